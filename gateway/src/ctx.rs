@@ -1,0 +1,65 @@
+//! Per-request state carried through the proxy phases.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::error::GatewayError;
+use crate::routing::InstanceLease;
+use crate::runtime::{Active, InFlight};
+
+/// What the gateway knows and decided about one request.
+#[derive(Debug)]
+pub struct RequestCtx {
+    /// When the request was first seen.
+    pub started: Instant,
+    /// The policy the request is served under (taken once, in `request_filter`).
+    pub active: Option<Arc<Active>>,
+    /// `X-Request-Id`, kept from the client or generated.
+    pub request_id: String,
+    /// Index of the app in `active.bundle.apps`.
+    pub app: Option<usize>,
+    /// Index of the matched route, `None` for passthrough.
+    pub route: Option<usize>,
+    /// Body cap for this request.
+    pub body_cap: u64,
+    /// Body bytes seen so far.
+    pub body_bytes: u64,
+    /// Instances tried (bit per instance).
+    pub tried: u64,
+    /// Upstream attempts made.
+    pub attempts: u32,
+    /// The in-flight slot on the current instance.
+    pub lease: Option<InstanceLease>,
+    /// When the upstream exchange must be over (the app's total timeout).
+    pub deadline: Option<Instant>,
+    /// A decision that ends the request, rendered by `fail_to_proxy`.
+    pub error: Option<GatewayError>,
+    _in_flight: InFlight,
+}
+
+impl RequestCtx {
+    /// A fresh context counted as in flight.
+    pub fn new(in_flight: InFlight) -> Self {
+        Self {
+            started: Instant::now(),
+            active: None,
+            request_id: String::new(),
+            app: None,
+            route: None,
+            body_cap: u64::MAX,
+            body_bytes: 0,
+            tried: 0,
+            attempts: 0,
+            lease: None,
+            deadline: None,
+            error: None,
+            _in_flight: in_flight,
+        }
+    }
+
+    /// The app this request was routed to.
+    pub fn app(&self) -> Option<&crate::policy::App> {
+        let active = self.active.as_ref()?;
+        active.bundle.apps.get(self.app?)
+    }
+}

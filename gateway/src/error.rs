@@ -1,0 +1,181 @@
+//! The one mapping from gateway decisions and failures to HTTP problem
+//! responses (RFC 9457 `application/problem+json`).
+//!
+//! Every response the gateway writes itself goes through [`GatewayError`]:
+//! a stable `type` URI per kind, a fixed `title`, a `detail` written for the
+//! caller, and the request id. Internal causes (peer addresses, OS errors)
+//! are logged, never sent.
+
+use bytes::Bytes;
+use pingora::{Error, ErrorType};
+
+/// Base of the stable problem `type` URIs.
+pub const PROBLEM_BASE: &str = "https://gatehouse.dev/problems/";
+
+/// A response the gateway decides on its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GatewayError {
+    /// No app serves this host and path.
+    NoApp,
+    /// The app has no such route.
+    NoRoute,
+    /// The route exists but not for this method; `allow` lists the methods.
+    MethodNotAllowed {
+        /// Comma-separated allowed methods.
+        allow: String,
+    },
+    /// The path has dot segments or encoded slashes.
+    BadPath,
+    /// The body is larger than the route allows.
+    BodyTooLarge {
+        /// The cap in bytes.
+        limit: u64,
+    },
+    /// No instance could be connected to.
+    UpstreamUnreachable,
+    /// Every instance is unhealthy or ejected.
+    NoHealthyInstance,
+    /// The upstream did not answer in time.
+    UpstreamTimeout,
+    /// The upstream broke the exchange (reset, bad HTTP).
+    UpstreamFailed,
+    /// The client sent something unparseable.
+    BadRequest,
+    /// A bug or resource failure inside the gateway.
+    Internal,
+}
+
+impl GatewayError {
+    /// HTTP status.
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::NoApp | Self::NoRoute => 404,
+            Self::MethodNotAllowed { .. } => 405,
+            Self::BadPath | Self::BadRequest => 400,
+            Self::BodyTooLarge { .. } => 413,
+            Self::UpstreamUnreachable | Self::UpstreamFailed => 502,
+            Self::NoHealthyInstance => 503,
+            Self::UpstreamTimeout => 504,
+            Self::Internal => 500,
+        }
+    }
+
+    /// Stable slug, the last part of the `type` URI; also the telemetry outcome.
+    pub fn slug(&self) -> &'static str {
+        match self {
+            Self::NoApp => "no-app",
+            Self::NoRoute => "no-route",
+            Self::MethodNotAllowed { .. } => "method-not-allowed",
+            Self::BadPath => "bad-path",
+            Self::BodyTooLarge { .. } => "body-too-large",
+            Self::UpstreamUnreachable => "upstream-unreachable",
+            Self::NoHealthyInstance => "no-healthy-instance",
+            Self::UpstreamTimeout => "upstream-timeout",
+            Self::UpstreamFailed => "upstream-failed",
+            Self::BadRequest => "bad-request",
+            Self::Internal => "internal",
+        }
+    }
+
+    fn title(&self) -> &'static str {
+        match self {
+            Self::NoApp => "No app serves this address",
+            Self::NoRoute => "No such route",
+            Self::MethodNotAllowed { .. } => "Method not allowed",
+            Self::BadPath => "Path not allowed",
+            Self::BodyTooLarge { .. } => "Request body too large",
+            Self::UpstreamUnreachable => "Upstream unreachable",
+            Self::NoHealthyInstance => "No healthy upstream instance",
+            Self::UpstreamTimeout => "Upstream timeout",
+            Self::UpstreamFailed => "Upstream failed",
+            Self::BadRequest => "Bad request",
+            Self::Internal => "Internal gateway error",
+        }
+    }
+
+    fn detail(&self) -> String {
+        match self {
+            Self::NoApp => "No app is configured for this host and path.".into(),
+            Self::NoRoute => "The app has no route for this path.".into(),
+            Self::MethodNotAllowed { allow } => format!("This route accepts only: {allow}."),
+            Self::BadPath => "Paths with dot segments or encoded slashes are not accepted.".into(),
+            Self::BodyTooLarge { limit } => format!("The request body exceeds the limit of {limit} bytes for this route."),
+            Self::UpstreamUnreachable => "The app could not be reached. Try again later.".into(),
+            Self::NoHealthyInstance => "No instance of the app is healthy at the moment. Try again later.".into(),
+            Self::UpstreamTimeout => "The app did not answer in time.".into(),
+            Self::UpstreamFailed => "The app ended the exchange abnormally.".into(),
+            Self::BadRequest => "The request could not be understood.".into(),
+            Self::Internal => "The gateway failed to handle the request.".into(),
+        }
+    }
+
+    /// The problem document.
+    pub fn problem_json(&self, request_id: &str, instance: &str) -> Bytes {
+        let body = serde_json::json!({
+            "type": format!("{PROBLEM_BASE}{}", self.slug()),
+            "title": self.title(),
+            "status": self.status(),
+            "detail": self.detail(),
+            "instance": instance,
+            "request_id": request_id,
+        });
+        Bytes::from(body.to_string())
+    }
+
+    /// Classify a Pingora error that ended a request.
+    pub fn from_pingora(e: &Error) -> Self {
+        match e.etype() {
+            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
+                if matches!(e.esource(), pingora::ErrorSource::Downstream) {
+                    Self::BadRequest
+                } else {
+                    Self::UpstreamTimeout
+                }
+            }
+            ErrorType::ConnectRefused
+            | ErrorType::ConnectNoRoute
+            | ErrorType::ConnectError
+            | ErrorType::TLSHandshakeFailure
+            | ErrorType::TLSHandshakeTimedout
+            | ErrorType::InvalidCert
+            | ErrorType::HandshakeError
+            | ErrorType::SocketError
+            | ErrorType::BindError => Self::UpstreamUnreachable,
+            ErrorType::HTTPStatus(413) => Self::BodyTooLarge { limit: 0 },
+            ErrorType::HTTPStatus(504) => Self::UpstreamTimeout,
+            ErrorType::HTTPStatus(code) if (400..500).contains(code) => Self::BadRequest,
+            _ => match e.esource() {
+                pingora::ErrorSource::Upstream => Self::UpstreamFailed,
+                pingora::ErrorSource::Downstream => Self::BadRequest,
+                _ => Self::Internal,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn problem_documents_carry_type_status_and_request_id() {
+        let e = GatewayError::BodyTooLarge { limit: 1024 };
+        let v: serde_json::Value = serde_json::from_slice(&e.problem_json("rid-1", "/orders")).unwrap();
+        assert_eq!(v["type"], "https://gatehouse.dev/problems/body-too-large");
+        assert_eq!(v["status"], 413);
+        assert_eq!(v["request_id"], "rid-1");
+        assert!(v["detail"].as_str().unwrap().contains("1024"));
+    }
+
+    #[test]
+    fn pingora_errors_map_to_gateway_statuses() {
+        let up = |t| GatewayError::from_pingora(&Error::new_up(t)).status();
+        assert_eq!(up(ErrorType::ConnectRefused), 502);
+        assert_eq!(up(ErrorType::ConnectTimedout), 504);
+        assert_eq!(up(ErrorType::ReadTimedout), 504);
+        assert_eq!(up(ErrorType::ConnectionClosed), 502);
+        let down = GatewayError::from_pingora(&Error::new_down(ErrorType::InvalidHTTPHeader));
+        assert_eq!(down.status(), 400);
+        assert_eq!(GatewayError::from_pingora(&Error::new_in(ErrorType::InternalError)).status(), 500);
+    }
+}

@@ -1,0 +1,167 @@
+//! The compiled, immutable form of a policy bundle.
+
+use std::time::Duration;
+
+use http::{HeaderName, Method};
+
+use crate::routing::{PathTemplate, Router};
+
+/// A compiled policy bundle: everything the data plane needs, read-only.
+#[derive(Debug)]
+pub struct Bundle {
+    /// Content hash (`sha256` hex of the canonical files): the policy version.
+    pub version: String,
+    /// The apps, in a stable order (by name).
+    pub apps: Vec<App>,
+    /// Host/prefix lookup into `apps`.
+    pub router: Router,
+    /// Paths of the files the bundle was built from.
+    pub files: Vec<String>,
+}
+
+impl Bundle {
+    /// The first 12 hex digits of the version, for logs and headers.
+    pub fn short_version(&self) -> &str {
+        &self.version[..12.min(self.version.len())]
+    }
+
+    /// Total number of routes over all apps.
+    pub fn route_count(&self) -> usize {
+        self.apps.iter().map(|a| a.routes.len()).sum()
+    }
+}
+
+/// A compiled app.
+#[derive(Debug)]
+pub struct App {
+    /// Unique name.
+    pub name: String,
+    /// Owning team.
+    pub owner: String,
+    /// Platform label.
+    pub platform: Option<String>,
+    /// Hosts as written (lowercase).
+    pub hosts: Vec<String>,
+    /// Path prefix without trailing slash (`""` = whole path space).
+    pub path_prefix: String,
+    /// Strip the prefix before forwarding.
+    pub strip_prefix: bool,
+    /// Routes, sorted so that the first match is the most specific.
+    pub routes: Vec<Route>,
+    /// Forward unmatched paths too.
+    pub passthrough: bool,
+    /// Instances and balancing.
+    pub upstream: Upstream,
+    /// Timeouts.
+    pub timeouts: Timeouts,
+    /// Extra attempts on other instances.
+    pub retries: u32,
+    /// Body cap in bytes.
+    pub max_request_body: u64,
+}
+
+/// A compiled route.
+#[derive(Debug)]
+pub struct Route {
+    /// Stable id (unique within the app).
+    pub id: String,
+    /// Method; `None` = any.
+    pub method: Option<Method>,
+    /// Template below the app prefix.
+    pub template: PathTemplate,
+    /// Body cap in bytes.
+    pub max_request_body: u64,
+}
+
+impl Route {
+    /// Does this route accept `method`? `HEAD` is served by `GET` routes.
+    pub fn accepts(&self, method: &Method) -> bool {
+        match &self.method {
+            None => true,
+            Some(m) => m == method || (method == Method::HEAD && m == Method::GET),
+        }
+    }
+}
+
+/// Compiled upstream settings.
+#[derive(Debug)]
+pub struct Upstream {
+    /// Instances in declaration order.
+    pub instances: Vec<InstanceAddr>,
+    /// Algorithm.
+    pub balancing: Balancing,
+    /// Active health check.
+    pub health_check: Option<HealthCheck>,
+    /// Passive ejection.
+    pub ejection: Ejection,
+}
+
+/// A parsed instance URL.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct InstanceAddr {
+    /// The URL as written (normalised), the instance's identity.
+    pub url: String,
+    /// Host name or IP literal (without brackets).
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// `https`.
+    pub tls: bool,
+}
+
+impl InstanceAddr {
+    /// `host:port` for socket resolution (IPv6 literals bracketed).
+    pub fn authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// Balancing algorithm.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Balancing {
+    /// In turn.
+    RoundRobin,
+    /// Fewest in flight.
+    LeastConnections,
+    /// Rendezvous hash of a header.
+    ConsistentHash(HeaderName),
+}
+
+/// Active health check.
+#[derive(Debug, Clone)]
+pub struct HealthCheck {
+    /// Path to GET.
+    pub path: String,
+    /// Between checks.
+    pub interval: Duration,
+    /// Per check.
+    pub timeout: Duration,
+    /// Successes to become healthy.
+    pub healthy_threshold: u32,
+    /// Failures to become unhealthy.
+    pub unhealthy_threshold: u32,
+}
+
+/// Passive ejection.
+#[derive(Debug, Clone)]
+pub struct Ejection {
+    /// Consecutive connect failures (0 = off).
+    pub consecutive_failures: u32,
+    /// Ejection time.
+    pub duration: Duration,
+}
+
+/// Timeouts.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// Connect.
+    pub connect: Duration,
+    /// Each read.
+    pub read: Duration,
+    /// Whole upstream exchange.
+    pub total: Duration,
+}

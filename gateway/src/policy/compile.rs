@@ -1,0 +1,432 @@
+//! The pure compile step: source files → [`Bundle`], or every error found.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::OnceLock;
+
+use http::{HeaderName, Method};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use super::bundle::{App, Balancing, Bundle, Ejection, HealthCheck, InstanceAddr, Route, Timeouts, Upstream};
+use super::model::{AppSpec, BalancingSpec, PolicyFile};
+use super::{PolicyError, PolicyErrors, SourceFile};
+use crate::routing::{PathTemplate, Router, MAX_INSTANCES};
+
+/// The JSON Schema of policy files (`policies/policy.schema.json`).
+pub const POLICY_SCHEMA: &str = include_str!("../../../policies/policy.schema.json");
+
+/// Default request body cap when neither app nor route sets one.
+pub const DEFAULT_MAX_REQUEST_BODY: u64 = 10 << 20;
+
+fn schema_validator() -> &'static jsonschema::Validator {
+    static V: OnceLock<jsonschema::Validator> = OnceLock::new();
+    V.get_or_init(|| {
+        let schema: Value = serde_json::from_str(POLICY_SCHEMA).expect("policy.schema.json is valid JSON (checked by tests)");
+        jsonschema::validator_for(&schema).expect("policy.schema.json is a valid JSON Schema (checked by tests)")
+    })
+}
+
+/// Compile source files into a bundle. Pure: no I/O, same input → same
+/// bundle and version. Collects every error before giving up.
+pub fn compile(sources: &[SourceFile]) -> Result<Bundle, PolicyErrors> {
+    let mut errors = Vec::new();
+    let mut parsed: Vec<(&SourceFile, Value, PolicyFile)> = Vec::new();
+    let mut hasher = Sha256::new();
+
+    for src in sources {
+        let value = match parse_document(src) {
+            Ok(v) => v,
+            Err(e) => {
+                errors.push(e);
+                continue;
+            }
+        };
+        hasher.update(src.path.as_bytes());
+        hasher.update([0]);
+        hasher.update(canonical_json(&value).as_bytes());
+        hasher.update([0]);
+        let before = errors.len();
+        for err in schema_validator().iter_errors(&value) {
+            errors.push(PolicyError::new(&src.path, err.instance_path().to_string(), err.to_string()));
+        }
+        if errors.len() > before {
+            continue;
+        }
+        match serde_json::from_value::<PolicyFile>(value.clone()) {
+            Ok(file) => parsed.push((src, value, file)),
+            Err(e) => errors.push(PolicyError::new(&src.path, "", e.to_string())),
+        }
+    }
+
+    let mut apps: Vec<(String, App)> = Vec::new();
+    let mut names: HashMap<String, String> = HashMap::new();
+    let mut host_prefixes: HashMap<(String, String), String> = HashMap::new();
+    for (src, _value, file) in &parsed {
+        for (i, spec) in file.apps.iter().enumerate() {
+            let at = format!("/apps/{i}");
+            let place = format!("{} {at}", src.path);
+            if let Some(first) = names.get(&spec.name) {
+                errors.push(PolicyError::new(
+                    &src.path,
+                    format!("{at}/name"),
+                    format!("app name `{}` is already used at {first}", spec.name),
+                ));
+            } else {
+                names.insert(spec.name.clone(), place.clone());
+            }
+            if let Some(app) = compile_app(&src.path, &at, spec, &mut errors) {
+                for (h, host) in app.hosts.iter().enumerate() {
+                    let key = (host.clone(), app.path_prefix.clone());
+                    if let Some(first) = host_prefixes.get(&key) {
+                        let prefix = if key.1.is_empty() { "/" } else { key.1.as_str() };
+                        errors.push(PolicyError::new(
+                            &src.path,
+                            format!("{at}/hosts/{h}"),
+                            format!("host `{host}` with path prefix `{prefix}` is already served by {first}"),
+                        ));
+                    } else {
+                        host_prefixes.insert(key, format!("app `{}` ({place})", app.name));
+                    }
+                }
+                apps.push((src.path.clone(), app));
+            }
+        }
+    }
+
+    if !errors.is_empty() {
+        return Err(PolicyErrors(errors));
+    }
+    if apps.is_empty() {
+        let file = sources.first().map_or("<bundle>", |s| s.path.as_str());
+        return Err(PolicyErrors(vec![PolicyError::new(file, "", "the bundle declares no apps")]));
+    }
+    let mut apps: Vec<App> = apps.into_iter().map(|(_, a)| a).collect();
+    apps.sort_by(|a, b| a.name.cmp(&b.name));
+    let router = Router::build(&apps);
+    let version = hex(&hasher.finalize());
+    Ok(Bundle {
+        version,
+        apps,
+        router,
+        files: sources.iter().map(|s| s.path.clone()).collect(),
+    })
+}
+
+fn parse_document(src: &SourceFile) -> Result<Value, PolicyError> {
+    if src.path.ends_with(".json") {
+        serde_json::from_str(&src.text).map_err(|e| {
+            PolicyError::new(&src.path, "", format!("invalid JSON at line {} column {}: {e}", e.line(), e.column()))
+        })
+    } else {
+        serde_yaml::from_str::<Value>(&src.text).map_err(|e| {
+            let loc = e
+                .location()
+                .map(|l| format!(" at line {} column {}", l.line(), l.column()))
+                .unwrap_or_default();
+            PolicyError::new(&src.path, "", format!("invalid YAML{loc}: {e}"))
+        })
+    }
+}
+
+fn compile_app(file: &str, at: &str, spec: &AppSpec, errors: &mut Vec<PolicyError>) -> Option<App> {
+    let start = errors.len();
+    let mut err = |ptr: String, msg: String| errors.push(PolicyError::new(file, ptr, msg));
+
+    let mut hosts = Vec::new();
+    for (h, host) in spec.hosts.iter().enumerate() {
+        match check_host(host) {
+            Ok(host) if hosts.contains(&host) => err(format!("{at}/hosts/{h}"), format!("host `{host}` is listed twice")),
+            Ok(host) => hosts.push(host),
+            Err(m) => err(format!("{at}/hosts/{h}"), m),
+        }
+    }
+
+    let path_prefix = match spec.path_prefix.as_deref() {
+        None | Some("/") => String::new(),
+        Some(p) if !p.starts_with('/') || p.ends_with('/') || p.contains(['{', '}', '?', '#']) => {
+            err(
+                format!("{at}/path_prefix"),
+                format!("path prefix `{p}` must start with `/`, not end with `/`, and hold no template or query"),
+            );
+            String::new()
+        }
+        Some(p) => p.to_string(),
+    };
+    if spec.strip_prefix && path_prefix.is_empty() {
+        err(format!("{at}/strip_prefix"), "strip_prefix needs a path_prefix".into());
+    }
+
+    let app_body_cap = spec.max_request_body.map_or(DEFAULT_MAX_REQUEST_BODY, |b| b.0);
+    let mut routes: Vec<Route> = Vec::new();
+    let mut ids: HashMap<String, usize> = HashMap::new();
+    let mut shapes: HashMap<(Option<Method>, String), usize> = HashMap::new();
+    for (r, rs) in spec.routes.iter().enumerate() {
+        let rat = format!("{at}/routes/{r}");
+        let method = if rs.method == "ANY" {
+            None
+        } else {
+            match Method::from_bytes(rs.method.as_bytes()) {
+                Ok(m) if rs.method.bytes().all(|b| b.is_ascii_uppercase()) => Some(m),
+                _ => {
+                    err(format!("{rat}/method"), format!("`{}` is not an HTTP method (use upper case, or ANY)", rs.method));
+                    continue;
+                }
+            }
+        };
+        let template = match PathTemplate::parse(&rs.path) {
+            Ok(t) => t,
+            Err(e) => {
+                err(format!("{rat}/path"), format!("`{}`: {e}", rs.path));
+                continue;
+            }
+        };
+        let id = rs.id.clone().unwrap_or_else(|| format!("{} {}", rs.method, rs.path));
+        if let Some(first) = ids.get(&id) {
+            err(format!("{rat}/id"), format!("route id `{id}` is already used by {at}/routes/{first}"));
+        } else {
+            ids.insert(id.clone(), r);
+        }
+        let key = (method.clone(), template.shape());
+        if let Some(first) = shapes.get(&key) {
+            err(
+                format!("{rat}/path"),
+                format!(
+                    "`{} {}` conflicts with {at}/routes/{first}: both match exactly the same requests",
+                    rs.method, rs.path
+                ),
+            );
+        } else {
+            shapes.insert(key, r);
+        }
+        routes.push(Route {
+            id,
+            method,
+            template,
+            max_request_body: rs.max_request_body.map_or(app_body_cap, |b| b.0),
+        });
+    }
+    routes.sort_by(|a, b| {
+        a.template
+            .specificity()
+            .cmp(&b.template.specificity())
+            .then(a.method.is_none().cmp(&b.method.is_none()))
+    });
+    if routes.is_empty() && !spec.passthrough && spec.routes.is_empty() {
+        err(format!("{at}/routes"), "the app declares no routes and is not passthrough: it would serve nothing".into());
+    }
+
+    let up = &spec.upstream;
+    let mut instances = Vec::new();
+    let mut seen = HashSet::new();
+    for (k, url) in up.instances.iter().enumerate() {
+        match parse_instance_url(url) {
+            Ok(addr) if !seen.insert(addr.url.clone()) => {
+                err(format!("{at}/upstream/instances/{k}"), format!("instance `{}` is listed twice", addr.url))
+            }
+            Ok(addr) => instances.push(addr),
+            Err(m) => err(format!("{at}/upstream/instances/{k}"), m),
+        }
+    }
+    if up.instances.len() > MAX_INSTANCES {
+        err(format!("{at}/upstream/instances"), format!("at most {MAX_INSTANCES} instances per app"));
+    }
+    let balancing = match (up.balancing, &up.hash_header) {
+        (BalancingSpec::ConsistentHash, Some(h)) => match HeaderName::from_bytes(h.as_bytes()) {
+            Ok(name) => Balancing::ConsistentHash(name),
+            Err(_) => {
+                err(format!("{at}/upstream/hash_header"), format!("`{h}` is not a valid header name"));
+                Balancing::RoundRobin
+            }
+        },
+        (BalancingSpec::ConsistentHash, None) => {
+            err(format!("{at}/upstream/hash_header"), "consistent_hash balancing needs hash_header".into());
+            Balancing::RoundRobin
+        }
+        (_, Some(_)) => {
+            err(format!("{at}/upstream/hash_header"), "hash_header is only used by consistent_hash balancing".into());
+            Balancing::RoundRobin
+        }
+        (BalancingSpec::RoundRobin, None) => Balancing::RoundRobin,
+        (BalancingSpec::LeastConnections, None) => Balancing::LeastConnections,
+    };
+    let health_check = up.health_check.as_ref().map(|hc| {
+        if !hc.path.starts_with('/') {
+            err(format!("{at}/upstream/health_check/path"), format!("`{}` must start with `/`", hc.path));
+        }
+        if hc.timeout.get() >= hc.interval.get() {
+            err(format!("{at}/upstream/health_check/timeout"), "timeout must be shorter than interval".into());
+        }
+        HealthCheck {
+            path: hc.path.clone(),
+            interval: hc.interval.get(),
+            timeout: hc.timeout.get(),
+            healthy_threshold: hc.healthy_threshold,
+            unhealthy_threshold: hc.unhealthy_threshold,
+        }
+    });
+    let t = &spec.timeouts;
+    if t.connect.get() > t.total.get() {
+        err(format!("{at}/timeouts/connect"), "connect timeout is longer than the total timeout".into());
+    }
+    if t.read.get() > t.total.get() {
+        err(format!("{at}/timeouts/read"), "read timeout is longer than the total timeout".into());
+    }
+
+    if errors.len() > start {
+        return None;
+    }
+    Some(App {
+        name: spec.name.clone(),
+        owner: spec.owner.clone(),
+        platform: spec.platform.clone(),
+        hosts,
+        path_prefix,
+        strip_prefix: spec.strip_prefix,
+        routes,
+        passthrough: spec.passthrough,
+        upstream: Upstream {
+            instances,
+            balancing,
+            health_check,
+            ejection: Ejection {
+                consecutive_failures: up.ejection.consecutive_failures,
+                duration: up.ejection.duration.get(),
+            },
+        },
+        timeouts: Timeouts {
+            connect: t.connect.get(),
+            read: t.read.get(),
+            total: t.total.get(),
+        },
+        retries: spec.retries,
+        max_request_body: app_body_cap,
+    })
+}
+
+/// Validate a host pattern: a DNS name, or `*.` followed by one.
+fn check_host(host: &str) -> Result<String, String> {
+    let lower = host.to_ascii_lowercase();
+    let name = lower.strip_prefix("*.").unwrap_or(&lower);
+    let ok = !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    if ok {
+        Ok(lower)
+    } else {
+        Err(format!("`{host}` is not a host name or a `*.domain` wildcard"))
+    }
+}
+
+/// Parse `http(s)://host[:port][/]`.
+pub fn parse_instance_url(url: &str) -> Result<InstanceAddr, String> {
+    let bad = |why: &str| format!("`{url}` is not a valid instance URL: {why}");
+    let (tls, rest) = if let Some(r) = url.strip_prefix("http://") {
+        (false, r)
+    } else if let Some(r) = url.strip_prefix("https://") {
+        (true, r)
+    } else {
+        return Err(bad("the scheme must be http or https"));
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, ""),
+    };
+    if !(path.is_empty() || path == "/") {
+        return Err(bad("instance URLs name a host and port only, without a path"));
+    }
+    if authority.contains('@') {
+        return Err(bad("credentials do not belong in instance URLs"));
+    }
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let end = v6.find(']').ok_or_else(|| bad("unclosed `[`"))?;
+        let host = &v6[..end];
+        if host.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(bad("bad IPv6 address"));
+        }
+        (host, v6[end + 1..].strip_prefix(':'))
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        }
+    };
+    let port = match port {
+        None => {
+            if tls {
+                443
+            } else {
+                80
+            }
+        }
+        Some(p) => match p.parse::<u16>() {
+            Ok(p) if p > 0 => p,
+            _ => return Err(bad("bad port")),
+        },
+    };
+    if !host.contains(':') && check_host(host).is_err() {
+        return Err(bad("bad host"));
+    }
+    let addr = InstanceAddr {
+        url: String::new(),
+        host: host.to_ascii_lowercase(),
+        port,
+        tls,
+    };
+    Ok(InstanceAddr {
+        url: format!("{}://{}", if tls { "https" } else { "http" }, addr.authority()),
+        ..addr
+    })
+}
+
+/// JSON with object keys sorted, whatever the map type in use.
+fn canonical_json(v: &Value) -> String {
+    fn write(v: &Value, out: &mut String) {
+        match v {
+            Value::Object(map) => {
+                let mut keys: Vec<_> = map.keys().collect();
+                keys.sort();
+                out.push('{');
+                for (i, k) in keys.into_iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    out.push_str(&Value::String(k.clone()).to_string());
+                    out.push(':');
+                    write(&map[k], out);
+                }
+                out.push('}');
+            }
+            Value::Array(items) => {
+                out.push('[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    write(item, out);
+                }
+                out.push(']');
+            }
+            other => out.push_str(&other.to_string()),
+        }
+    }
+    let mut out = String::new();
+    write(v, &mut out);
+    out
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+#[cfg(test)]
+mod tests;

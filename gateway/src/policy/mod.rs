@@ -1,0 +1,78 @@
+//! Policy bundles: the files a governance board reviews, compiled into the
+//! immutable [`Bundle`] the data plane serves.
+//!
+//! ```text
+//! DIR/*.yaml ──load──► SourceFile[] ──compile (pure)──► Bundle { version = sha256 }
+//!                                      │ schema check (policy.schema.json)
+//!                                      │ serde model (deny_unknown_fields)
+//!                                      └ semantic checks, all errors collected
+//! ```
+//!
+//! Which files are policy files: every `*.yaml`, `*.yml` and `*.json` file in
+//! the directory and its subdirectories, except hidden entries, files ending in
+//! `.schema.json`, and the `contracts/` and `schemas/` subdirectories (which
+//! hold documents that policy files refer to).
+
+mod bundle;
+mod compile;
+pub mod model;
+mod source;
+
+pub use bundle::{App, Balancing, Bundle, Ejection, HealthCheck, InstanceAddr, Route, Timeouts};
+pub use compile::{compile, parse_instance_url, DEFAULT_MAX_REQUEST_BODY, POLICY_SCHEMA};
+pub use source::{load_dir, SourceFile};
+
+use std::fmt;
+
+/// One problem in a policy bundle, located as `file: /json/pointer`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PolicyError {
+    /// File path relative to the bundle directory.
+    pub file: String,
+    /// JSON pointer into the file (`""` for the whole file).
+    pub pointer: String,
+    /// What is wrong, for a human.
+    pub message: String,
+}
+
+impl PolicyError {
+    /// Build an error.
+    pub fn new(file: &str, pointer: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            file: file.to_string(),
+            pointer: pointer.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for PolicyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let pointer = if self.pointer.is_empty() { "/" } else { &self.pointer };
+        write!(f, "{}: {}: {}", self.file, pointer, self.message)
+    }
+}
+
+/// All problems found in a bundle (never empty when returned as an error).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyErrors(pub Vec<PolicyError>);
+
+impl fmt::Display for PolicyErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for PolicyErrors {}
+
+/// Load and compile a bundle directory in one step.
+pub fn load_and_compile(dir: &std::path::Path) -> Result<Bundle, PolicyErrors> {
+    let sources = load_dir(dir)?;
+    compile(&sources)
+}

@@ -1,0 +1,318 @@
+//! The policy file format: what a governance board writes and reviews.
+//!
+//! Every policy file is a YAML (or JSON) document with a `version` and one or
+//! more sections. Types here mirror `policies/policy.schema.json` one to one;
+//! the schema is checked first (so a board sees every schema error at once),
+//! then these types are deserialised and compiled by [`super::compile`].
+
+use serde::{Deserialize, Serialize};
+
+/// One policy file.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyFile {
+    /// Format version of the file; only `1` exists today.
+    pub version: u32,
+    /// Apps declared by this file.
+    #[serde(default)]
+    pub apps: Vec<AppSpec>,
+}
+
+/// A low-code application fronted by the gateway.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppSpec {
+    /// Unique name of the app (lowercase, `a-z0-9-`); used in telemetry.
+    pub name: String,
+    /// Who owns the app (team or mailbox); shown to reviewers.
+    pub owner: String,
+    /// Free text for humans.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Platform the app is built on (mendix, outsystems, powerapps, …).
+    #[serde(default)]
+    pub platform: Option<String>,
+    /// Host names served by this app: exact (`orders.corp.example`) or
+    /// wildcard (`*.corp.example`, one or more labels).
+    pub hosts: Vec<String>,
+    /// Only requests whose path starts with this prefix (on a segment
+    /// boundary) belong to the app; routes are declared below it.
+    #[serde(default)]
+    pub path_prefix: Option<String>,
+    /// Remove `path_prefix` from the path before forwarding.
+    #[serde(default)]
+    pub strip_prefix: bool,
+    /// Where traffic goes.
+    pub upstream: UpstreamSpec,
+    /// Connect/read/total timeouts.
+    #[serde(default)]
+    pub timeouts: TimeoutSpec,
+    /// How many other instances a failed attempt may be retried on.
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    /// Largest request body accepted, e.g. `1MiB` (413 above it).
+    #[serde(default)]
+    pub max_request_body: Option<ByteSize>,
+    /// Forward every method and path of the app (after `routes`, which
+    /// still win and are reported by id).
+    #[serde(default)]
+    pub passthrough: bool,
+    /// The app's operations.
+    #[serde(default)]
+    pub routes: Vec<RouteSpec>,
+}
+
+fn default_retries() -> u32 {
+    2
+}
+
+/// One operation of an app.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSpec {
+    /// Stable id of the route (unique in the app); defaults to `METHOD template`.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// HTTP method, or `ANY`.
+    pub method: String,
+    /// Path template below the app prefix: literals, `{param}` for one
+    /// segment, `{name*}` as the last segment for the rest of the path.
+    pub path: String,
+    /// Largest request body for this route (overrides the app's).
+    #[serde(default)]
+    pub max_request_body: Option<ByteSize>,
+}
+
+/// The instances of an app and how traffic is spread over them.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamSpec {
+    /// Instance base URLs, e.g. `http://10.0.0.5:8080`.
+    pub instances: Vec<String>,
+    /// Balancing algorithm.
+    #[serde(default)]
+    pub balancing: BalancingSpec,
+    /// Request header hashed by `consistent_hash`.
+    #[serde(default)]
+    pub hash_header: Option<String>,
+    /// Active HTTP health check.
+    #[serde(default)]
+    pub health_check: Option<HealthCheckSpec>,
+    /// Passive ejection after consecutive connect failures.
+    #[serde(default)]
+    pub ejection: EjectionSpec,
+}
+
+/// Balancing algorithms.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum BalancingSpec {
+    /// Each instance in turn.
+    #[default]
+    RoundRobin,
+    /// The instance with the fewest requests in flight.
+    LeastConnections,
+    /// Rendezvous hash of `hash_header` (round robin when it is absent).
+    ConsistentHash,
+}
+
+/// Active health check settings.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckSpec {
+    /// Path requested with GET, e.g. `/health`.
+    pub path: String,
+    /// Time between checks of one instance.
+    #[serde(default = "default_hc_interval")]
+    pub interval: Duration,
+    /// Time a check may take.
+    #[serde(default = "default_hc_timeout")]
+    pub timeout: Duration,
+    /// Consecutive successes that make an unhealthy instance healthy.
+    #[serde(default = "default_two")]
+    pub healthy_threshold: u32,
+    /// Consecutive failures that make a healthy instance unhealthy.
+    #[serde(default = "default_two")]
+    pub unhealthy_threshold: u32,
+}
+
+fn default_hc_interval() -> Duration {
+    Duration::from_millis(5_000)
+}
+fn default_hc_timeout() -> Duration {
+    Duration::from_millis(1_000)
+}
+fn default_two() -> u32 {
+    2
+}
+
+/// Passive ejection settings.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EjectionSpec {
+    /// Consecutive connect failures that eject an instance (0 disables).
+    #[serde(default = "default_three")]
+    pub consecutive_failures: u32,
+    /// How long an ejected instance gets no traffic (unless an active
+    /// check sees it healthy again first).
+    #[serde(default = "default_ejection")]
+    pub duration: Duration,
+}
+
+impl Default for EjectionSpec {
+    fn default() -> Self {
+        Self {
+            consecutive_failures: default_three(),
+            duration: default_ejection(),
+        }
+    }
+}
+
+fn default_three() -> u32 {
+    3
+}
+fn default_ejection() -> Duration {
+    Duration::from_millis(10_000)
+}
+
+/// Timeouts of one app.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutSpec {
+    /// Time to establish a connection to an instance.
+    #[serde(default = "default_connect")]
+    pub connect: Duration,
+    /// Longest wait for any read from the instance (e.g. the response head).
+    #[serde(default = "default_read")]
+    pub read: Duration,
+    /// Longest time for the whole upstream exchange, retries included.
+    #[serde(default = "default_total")]
+    pub total: Duration,
+}
+
+impl Default for TimeoutSpec {
+    fn default() -> Self {
+        Self {
+            connect: default_connect(),
+            read: default_read(),
+            total: default_total(),
+        }
+    }
+}
+
+fn default_connect() -> Duration {
+    Duration::from_millis(2_000)
+}
+fn default_read() -> Duration {
+    Duration::from_millis(30_000)
+}
+fn default_total() -> Duration {
+    Duration::from_millis(60_000)
+}
+
+/// A duration written as `250ms`, `2s` or `1m`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Duration(std::time::Duration);
+
+impl Duration {
+    /// From milliseconds.
+    pub const fn from_millis(ms: u64) -> Self {
+        Self(std::time::Duration::from_millis(ms))
+    }
+    /// The standard library value.
+    pub fn get(self) -> std::time::Duration {
+        self.0
+    }
+}
+
+impl TryFrom<String> for Duration {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        let (num, unit) = split_number(&s);
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("`{s}` is not a duration like 250ms, 2s or 1m"))?;
+        let ms = match unit {
+            "ms" => n,
+            "s" => n.saturating_mul(1_000),
+            "m" => n.saturating_mul(60_000),
+            _ => return Err(format!("`{s}` is not a duration like 250ms, 2s or 1m")),
+        };
+        Ok(Self(std::time::Duration::from_millis(ms)))
+    }
+}
+
+impl From<Duration> for String {
+    fn from(d: Duration) -> String {
+        format!("{}ms", d.0.as_millis())
+    }
+}
+
+/// A size written as `512B`, `64KiB`, `1MiB` or a plain number of bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "serde_json::Value", into = "u64")]
+pub struct ByteSize(pub u64);
+
+impl TryFrom<serde_json::Value> for ByteSize {
+    type Error = String;
+    fn try_from(v: serde_json::Value) -> Result<Self, String> {
+        match v {
+            serde_json::Value::Number(n) => n
+                .as_u64()
+                .map(ByteSize)
+                .ok_or_else(|| format!("`{n}` is not a byte count")),
+            serde_json::Value::String(s) => {
+                let (num, unit) = split_number(&s);
+                let n: u64 = num
+                    .parse()
+                    .map_err(|_| format!("`{s}` is not a size like 64KiB or 1MiB"))?;
+                let mult = match unit {
+                    "" | "B" => 1,
+                    "KiB" => 1 << 10,
+                    "MiB" => 1 << 20,
+                    "GiB" => 1 << 30,
+                    _ => return Err(format!("`{s}` is not a size like 64KiB or 1MiB")),
+                };
+                Ok(ByteSize(n.saturating_mul(mult)))
+            }
+            other => Err(format!("`{other}` is not a size like 64KiB or 1MiB")),
+        }
+    }
+}
+
+impl From<ByteSize> for u64 {
+    fn from(b: ByteSize) -> u64 {
+        b.0
+    }
+}
+
+fn split_number(s: &str) -> (&str, &str) {
+    let s = s.trim();
+    let idx = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    (&s[..idx], s[idx..].trim())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(Duration::try_from("250ms".to_string()).unwrap().get().as_millis(), 250);
+        assert_eq!(Duration::try_from("2s".to_string()).unwrap().get().as_millis(), 2000);
+        assert_eq!(Duration::try_from("1m".to_string()).unwrap().get().as_secs(), 60);
+        assert!(Duration::try_from("2h".to_string()).is_err());
+        assert!(Duration::try_from("fast".to_string()).is_err());
+    }
+
+    #[test]
+    fn sizes_parse_with_units() {
+        let s = |v: serde_json::Value| ByteSize::try_from(v).map(|b| b.0);
+        assert_eq!(s(serde_json::json!(1024)), Ok(1024));
+        assert_eq!(s(serde_json::json!("64KiB")), Ok(65536));
+        assert_eq!(s(serde_json::json!("1MiB")), Ok(1 << 20));
+        assert!(s(serde_json::json!("1MB")).is_err());
+        assert!(s(serde_json::json!(-1)).is_err());
+    }
+}

@@ -1,0 +1,78 @@
+//! Reading a bundle directory into memory (the only I/O of the policy module).
+
+use std::path::Path;
+
+use super::{PolicyError, PolicyErrors};
+
+/// A policy file's path (relative to the bundle directory) and text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceFile {
+    /// Path relative to the bundle root, with `/` separators.
+    pub path: String,
+    /// File contents.
+    pub text: String,
+}
+
+/// Read every policy file of `dir`, sorted by path.
+pub fn load_dir(dir: &Path) -> Result<Vec<SourceFile>, PolicyErrors> {
+    let mut out = Vec::new();
+    let mut errors = Vec::new();
+    if !dir.is_dir() {
+        return Err(PolicyErrors(vec![PolicyError::new(
+            &dir.display().to_string(),
+            "",
+            "not a directory",
+        )]));
+    }
+    walk(dir, dir, &mut out, &mut errors);
+    if !errors.is_empty() {
+        return Err(PolicyErrors(errors));
+    }
+    if out.is_empty() {
+        return Err(PolicyErrors(vec![PolicyError::new(
+            &dir.display().to_string(),
+            "",
+            "no policy files (*.yaml, *.yml, *.json) found",
+        )]));
+    }
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(out)
+}
+
+fn walk(root: &Path, dir: &Path, out: &mut Vec<SourceFile>, errors: &mut Vec<PolicyError>) {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) => {
+            errors.push(PolicyError::new(&dir.display().to_string(), "", e.to_string()));
+            return;
+        }
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().to_string();
+        if name.starts_with('.') {
+            continue;
+        }
+        let rel = path
+            .strip_prefix(root)
+            .unwrap_or(&path)
+            .to_string_lossy()
+            .replace('\\', "/");
+        if path.is_dir() {
+            if dir == root && (name == "contracts" || name == "schemas") {
+                continue;
+            }
+            walk(root, &path, out, errors);
+            continue;
+        }
+        let is_policy = (name.ends_with(".yaml") || name.ends_with(".yml") || name.ends_with(".json"))
+            && !name.ends_with(".schema.json");
+        if !is_policy {
+            continue;
+        }
+        match std::fs::read_to_string(&path) {
+            Ok(text) => out.push(SourceFile { path: rel, text }),
+            Err(e) => errors.push(PolicyError::new(&rel, "", format!("cannot read: {e}"))),
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! The running gateway's shared state: the active bundle (behind
+//! `arc-swap`), how it got there, and process-wide flags read by the admin
+//! listener. Activation = compile, build upstream groups, swap; a request
+//! holds its own `Arc<Active>` from start to end, so a swap never changes
+//! the policy a request is already being served under.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+
+use crate::policy::{self, Bundle, PolicyErrors};
+use crate::routing::UpstreamSet;
+
+/// A bundle in service, with its upstream groups.
+#[derive(Debug)]
+pub struct Active {
+    /// The compiled policy.
+    pub bundle: Arc<Bundle>,
+    /// Upstream groups, indexed like `bundle.apps`.
+    pub upstreams: UpstreamSet,
+    /// When it was activated.
+    pub activated_at: SystemTime,
+    /// Where it came from (directory path).
+    pub source: String,
+}
+
+/// Outcome of a reload attempt.
+#[derive(Debug)]
+pub enum ReloadOutcome {
+    /// A new version is active.
+    Activated {
+        /// Previous version.
+        from: String,
+        /// New version.
+        to: String,
+    },
+    /// The files compile to the version already active.
+    Unchanged,
+}
+
+/// State shared by the proxy, the admin listener and background services.
+#[derive(Debug)]
+pub struct Shared {
+    active: ArcSwap<Active>,
+    policies_dir: PathBuf,
+    reload_lock: Mutex<()>,
+    /// Successful activations since start (the first load included).
+    pub reloads_ok: AtomicU64,
+    /// Failed reload attempts since start.
+    pub reloads_failed: AtomicU64,
+    /// Errors of the last failed reload, cleared by a successful one.
+    pub last_reload_errors: Mutex<Vec<String>>,
+    /// Requests being served now.
+    pub in_flight: AtomicUsize,
+    /// The proxy listener accepts connections.
+    pub proxy_listening: AtomicBool,
+    /// Graceful shutdown has begun.
+    pub shutting_down: AtomicBool,
+}
+
+impl Shared {
+    /// Load and activate the bundle in `dir`; fails when it does not compile.
+    pub fn load(dir: &Path) -> Result<Self, PolicyErrors> {
+        let bundle = Arc::new(policy::load_and_compile(dir)?);
+        let upstreams = UpstreamSet::build(&bundle, None, None);
+        let active = Active {
+            bundle,
+            upstreams,
+            activated_at: SystemTime::now(),
+            source: dir.display().to_string(),
+        };
+        Ok(Self {
+            active: ArcSwap::from_pointee(active),
+            policies_dir: dir.to_path_buf(),
+            reload_lock: Mutex::new(()),
+            reloads_ok: AtomicU64::new(1),
+            reloads_failed: AtomicU64::new(0),
+            last_reload_errors: Mutex::new(Vec::new()),
+            in_flight: AtomicUsize::new(0),
+            proxy_listening: AtomicBool::new(false),
+            shutting_down: AtomicBool::new(false),
+        })
+    }
+
+    /// The active bundle (one atomic load; hold it for the whole request).
+    pub fn active(&self) -> Arc<Active> {
+        self.active.load_full()
+    }
+
+    /// The directory the bundle is loaded from.
+    pub fn policies_dir(&self) -> &Path {
+        &self.policies_dir
+    }
+
+    /// Recompile the policy directory and activate it if it compiles and
+    /// differs. Blocking (file I/O, DNS): call from a blocking context.
+    /// On failure the active bundle stays and every error is returned.
+    pub fn reload(&self) -> Result<ReloadOutcome, PolicyErrors> {
+        let _serial = self.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let result = policy::load_and_compile(&self.policies_dir);
+        let bundle = match result {
+            Ok(b) => Arc::new(b),
+            Err(errors) => {
+                self.reloads_failed.fetch_add(1, Ordering::Relaxed);
+                *self.last_reload_errors.lock().unwrap_or_else(|p| p.into_inner()) =
+                    errors.0.iter().map(ToString::to_string).collect();
+                return Err(errors);
+            }
+        };
+        let current = self.active();
+        self.last_reload_errors.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        if current.bundle.version == bundle.version {
+            return Ok(ReloadOutcome::Unchanged);
+        }
+        let upstreams = UpstreamSet::build(&bundle, Some(&current.upstreams), Some(&current.bundle));
+        let to = bundle.version.clone();
+        self.active.store(Arc::new(Active {
+            bundle,
+            upstreams,
+            activated_at: SystemTime::now(),
+            source: self.policies_dir.display().to_string(),
+        }));
+        self.reloads_ok.fetch_add(1, Ordering::Relaxed);
+        Ok(ReloadOutcome::Activated {
+            from: current.bundle.version.clone(),
+            to,
+        })
+    }
+
+    /// Count a request in flight until the guard drops.
+    pub fn enter(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(Arc::clone(self))
+    }
+}
+
+/// Counts one request in flight; decrements on drop.
+#[derive(Debug)]
+pub struct InFlight(Arc<Shared>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Reload and log the outcome (every error on failure).
+pub fn reload_and_log(shared: &Shared, trigger: &str) {
+    match shared.reload() {
+        Ok(ReloadOutcome::Activated { from, to }) => {
+            tracing::info!(trigger, from = &from[..12], to = &to[..12], "policy bundle activated");
+        }
+        Ok(ReloadOutcome::Unchanged) => {
+            tracing::info!(trigger, "policy files changed but compile to the active version; nothing to do");
+        }
+        Err(errors) => {
+            tracing::error!(trigger, errors = errors.0.len(), "policy reload rejected; the active version keeps serving");
+            for e in &errors.0 {
+                tracing::error!(file = %e.file, pointer = %e.pointer, "{}", e.message);
+            }
+        }
+    }
+}

@@ -1,0 +1,260 @@
+//! Assembling the process: the Pingora server with the proxy listener(s),
+//! the admin listener, the policy watcher, the health checker and the drain
+//! monitor, all as Pingora services sharing one [`Shared`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{Server, ShutdownWatch};
+use pingora::services::background::{background_service, BackgroundService};
+
+use crate::proxy::Gateway;
+use crate::routing::{health, now_ms};
+use crate::runtime::{reload_and_log, Shared};
+
+/// Options of `gatehouse serve`.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// Policy bundle directory.
+    pub policies: PathBuf,
+    /// Plain HTTP listener.
+    pub listen: String,
+    /// Admin listener.
+    pub admin_listen: String,
+    /// TLS listener (HTTP/1.1 and HTTP/2 via ALPN).
+    pub tls_listen: Option<String>,
+    /// PEM certificate chain for the TLS listener.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for the TLS listener.
+    pub tls_key: Option<PathBuf>,
+    /// Worker threads of the proxy.
+    pub threads: usize,
+    /// Longest time in-flight requests get to finish after SIGTERM.
+    pub drain_timeout: Duration,
+    /// Watch the policy directory for changes.
+    pub watch: bool,
+}
+
+/// Run the gateway until SIGTERM/SIGINT.
+pub fn run(opts: ServeOptions) -> anyhow::Result<()> {
+    let shared = match Shared::load(&opts.policies) {
+        Ok(s) => Arc::new(s),
+        Err(errors) => {
+            for e in &errors.0 {
+                tracing::error!("{e}");
+            }
+            anyhow::bail!("the policy bundle in {} does not compile ({} errors)", opts.policies.display(), errors.0.len());
+        }
+    };
+    {
+        let active = shared.active();
+        tracing::info!(version = active.bundle.short_version(), apps = active.bundle.apps.len(),
+            routes = active.bundle.route_count(), "policy bundle active");
+    }
+    let admin_addr: SocketAddr = opts.admin_listen.parse().context("--admin-listen must be IP:PORT")?;
+    let listen_addr: SocketAddr = opts.listen.parse().context("--listen must be IP:PORT")?;
+
+    let run_dir = std::env::temp_dir().join(format!("gatehouse-{}", std::process::id()));
+    let conf = ServerConf {
+        threads: opts.threads.max(1),
+        work_stealing: false,
+        grace_period_seconds: Some(opts.drain_timeout.as_secs().max(1)),
+        graceful_shutdown_timeout_seconds: Some(1),
+        max_retries: 11,
+        pid_file: run_dir.join("gatehouse.pid").display().to_string(),
+        upgrade_sock: run_dir.join("upgrade.sock").display().to_string(),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(&server.configuration, Gateway::new(Arc::clone(&shared)), "gatehouse-proxy");
+    proxy.add_tcp(&opts.listen);
+    if let Some(tls_addr) = &opts.tls_listen {
+        let (Some(cert), Some(key)) = (&opts.tls_cert, &opts.tls_key) else {
+            anyhow::bail!("--tls-listen needs --tls-cert and --tls-key");
+        };
+        let mut tls = pingora::listeners::tls::TlsSettings::intermediate(
+            &cert.display().to_string(),
+            &key.display().to_string(),
+        )
+        .map_err(|e| anyhow::anyhow!("cannot load TLS certificate/key: {e}"))?;
+        tls.enable_h2();
+        proxy.add_tls_with_settings(tls_addr, None, tls);
+    }
+    server.add_service(proxy);
+    server.add_service(background_service("admin", Admin { shared: Arc::clone(&shared), addr: admin_addr, proxy: listen_addr }));
+    server.add_service(background_service("health-checker", HealthChecker { shared: Arc::clone(&shared) }));
+    if opts.watch {
+        server.add_service(background_service("policy-watcher", PolicyWatcher { shared: Arc::clone(&shared) }));
+    }
+    server.add_service(background_service("drain-monitor", DrainMonitor { shared: Arc::clone(&shared), deadline: opts.drain_timeout }));
+    tracing::info!(listen = %opts.listen, admin = %opts.admin_listen, tls = ?opts.tls_listen, "gatehouse starting");
+    server.run_forever()
+}
+
+struct Admin {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    proxy: SocketAddr,
+}
+
+#[async_trait]
+impl BackgroundService for Admin {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let listener = match tokio::net::TcpListener::bind(self.addr).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(addr = %self.addr, error = %e, "cannot bind the admin listener; exiting");
+                std::process::exit(2);
+            }
+        };
+        // Ready once the proxy listener accepts connections.
+        let shared = Arc::clone(&self.shared);
+        let proxy = self.proxy;
+        tokio::spawn(async move {
+            for _ in 0..600 {
+                if tokio::net::TcpStream::connect(proxy).await.is_ok() {
+                    shared.proxy_listening.store(true, Ordering::Relaxed);
+                    tracing::info!(%proxy, "proxy listener accepting");
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            tracing::error!(%proxy, "proxy listener never accepted a connection");
+        });
+        let app = crate::admin::router(Arc::clone(&self.shared));
+        let stop = async move {
+            let _ = shutdown.changed().await;
+        };
+        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
+            tracing::error!(error = %e, "admin listener failed");
+        }
+    }
+}
+
+struct HealthChecker {
+    shared: Arc<Shared>,
+}
+
+#[async_trait]
+impl BackgroundService for HealthChecker {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.changed() => return,
+            }
+            let active = self.shared.active();
+            let now = now_ms();
+            for (app, group) in active.bundle.apps.iter().zip(&active.upstreams.groups) {
+                let Some(hc) = &app.upstream.health_check else { continue };
+                for inst in &group.instances {
+                    let Some(socket) = inst.socket else { continue };
+                    if !inst.probe_due(hc.interval.as_millis() as u64, now) {
+                        continue;
+                    }
+                    let (inst, hc, app_name) = (Arc::clone(inst), hc.clone(), app.name.clone());
+                    tokio::spawn(async move {
+                        let ok = health::probe(socket, &inst.addr.host, &hc.path, inst.addr.tls, hc.timeout).await;
+                        if let Some(healthy) = inst.record_probe(&hc, ok) {
+                            if healthy {
+                                tracing::info!(app = %app_name, instance = %inst.addr.url, "instance healthy again");
+                            } else {
+                                tracing::warn!(app = %app_name, instance = %inst.addr.url, "instance unhealthy: health checks failing");
+                            }
+                        }
+                    });
+                }
+            }
+        }
+    }
+}
+
+struct PolicyWatcher {
+    shared: Arc<Shared>,
+}
+
+#[async_trait]
+impl BackgroundService for PolicyWatcher {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        use notify::Watcher;
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<&'static str>(64);
+        let fs_tx = tx.clone();
+        let mut watcher = match notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            if let Ok(ev) = res {
+                if !ev.kind.is_access() {
+                    let _ = fs_tx.try_send("file change");
+                }
+            }
+        }) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot watch the policy directory; reload with SIGHUP");
+                None
+            }
+        };
+        if let Some(w) = watcher.as_mut() {
+            if let Err(e) = w.watch(self.shared.policies_dir(), notify::RecursiveMode::Recursive) {
+                tracing::error!(error = %e, "cannot watch the policy directory; reload with SIGHUP");
+            }
+        }
+        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGHUP");
+                None
+            }
+        };
+        loop {
+            let trigger = tokio::select! {
+                Some(t) = rx.recv() => t,
+                Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => "SIGHUP",
+                _ = shutdown.changed() => return,
+            };
+            // Debounce: editors write several events per save.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            while rx.try_recv().is_ok() {}
+            let shared = Arc::clone(&self.shared);
+            let _ = tokio::task::spawn_blocking(move || reload_and_log(&shared, trigger)).await;
+        }
+    }
+}
+
+struct DrainMonitor {
+    shared: Arc<Shared>,
+    deadline: Duration,
+}
+
+#[async_trait]
+impl BackgroundService for DrainMonitor {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let _ = shutdown.changed().await;
+        self.shared.shutting_down.store(true, Ordering::Relaxed);
+        tracing::info!(deadline_s = self.deadline.as_secs(), "graceful shutdown: listeners closed, draining in-flight requests");
+        let start = tokio::time::Instant::now();
+        let mut idle_since: Option<tokio::time::Instant> = None;
+        loop {
+            tokio::time::sleep(Duration::from_millis(25)).await;
+            let n = self.shared.in_flight.load(Ordering::Relaxed);
+            if n == 0 {
+                let since = *idle_since.get_or_insert_with(tokio::time::Instant::now);
+                if since.elapsed() >= Duration::from_millis(150) {
+                    tracing::info!(drained_in_ms = start.elapsed().as_millis() as u64, "drained; exiting");
+                    std::process::exit(0);
+                }
+            } else {
+                idle_since = None;
+            }
+            // Past the deadline Pingora's grace period ends and the runtimes stop.
+        }
+    }
+}
