@@ -107,7 +107,9 @@ struct Admin {
 
 #[async_trait]
 impl BackgroundService for Admin {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
+    async fn start(&self, _shutdown: ShutdownWatch) {
+        // The admin listener outlives the shutdown signal on purpose: while
+        // in-flight requests drain, /readyz answers 503 "shutting down".
         let listener = match tokio::net::TcpListener::bind(self.addr).await {
             Ok(l) => l,
             Err(e) => {
@@ -130,10 +132,7 @@ impl BackgroundService for Admin {
             tracing::error!(%proxy, "proxy listener never accepted a connection");
         });
         let app = crate::admin::router(Arc::clone(&self.shared));
-        let stop = async move {
-            let _ = shutdown.changed().await;
-        };
-        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
+        if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "admin listener failed");
         }
     }

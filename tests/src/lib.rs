@@ -1,1 +1,297 @@
-//! e2e
+//! Fixtures for Gatehouse's end-to-end tests: real `gatehouse` and
+//! `lowcode-sim` processes on loopback ports, real HTTP.
+//!
+//! Binaries are taken from the same target directory as the test binary, so
+//! run `cargo build --workspace --bins` first (the README's test command
+//! does).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Path of a workspace binary next to the running test.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` before the tests",
+        path.display()
+    );
+    path
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind port 0")
+}
+
+/// A running `lowcode-sim` process.
+pub struct Sim {
+    child: Child,
+    /// Listener addresses in the order given.
+    pub addrs: Vec<SocketAddr>,
+}
+
+impl Sim {
+    /// Start `lowcode-sim` with `--app KIND=ADDR` for each `(kind, addr)`.
+    pub fn start(apps: &[(&str, &str)], extra: &[&str]) -> Sim {
+        let mut cmd = Command::new(bin("lowcode-sim"));
+        for (kind, addr) in apps {
+            cmd.arg("--app").arg(format!("{kind}={addr}"));
+        }
+        cmd.args(extra).stdout(Stdio::piped()).stderr(Stdio::inherit());
+        let mut child = cmd.spawn().expect("spawn lowcode-sim");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut addrs = Vec::new();
+        for line in BufReader::new(stdout).lines() {
+            let line = line.expect("read sim stdout");
+            if line == "ready" {
+                break;
+            }
+            if let Some(addr) = line.split("addr=").nth(1) {
+                addrs.push(addr.trim().parse().expect("sim addr"));
+            }
+        }
+        assert_eq!(addrs.len(), apps.len(), "lowcode-sim did not start all listeners");
+        Sim { child, addrs }
+    }
+
+    /// One instance of `kind` on a free port.
+    pub fn one(kind: &str) -> Sim {
+        Sim::start(&[(kind, "127.0.0.1:0")], &[])
+    }
+
+    /// `http://ADDR` of listener `i`.
+    pub fn url(&self, i: usize) -> String {
+        format!("http://{}", self.addrs[i])
+    }
+
+    /// Requests listener `i` has received (health checks excluded).
+    pub fn requests(&self, i: usize) -> u64 {
+        let body = http_get(self.addrs[i], "/__sim/stats", "sim");
+        let v: serde_json::Value = serde_json::from_str(&body).expect("stats json");
+        v["requests"].as_u64().expect("requests")
+    }
+
+    /// Kill the process at once (SIGKILL).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A running `gatehouse serve`.
+pub struct Gateway {
+    child: Child,
+    /// Proxy listener.
+    pub addr: SocketAddr,
+    /// Admin listener.
+    pub admin: SocketAddr,
+    /// Where its log goes.
+    pub log: PathBuf,
+    _logdir: tempfile::TempDir,
+}
+
+impl Gateway {
+    /// Start a gateway on `policies` with free ports; waits for `/readyz`.
+    pub fn start(policies: &Path, extra: &[&str]) -> Gateway {
+        let port = free_port();
+        let admin_port = free_port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().expect("addr");
+        let logdir = tempfile::tempdir().expect("tempdir");
+        let log = logdir.path().join("gatehouse.log");
+        let logfile = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(bin("gatehouse"))
+            .arg("serve")
+            .arg("--policies")
+            .arg(policies)
+            .args(["--listen", &addr.to_string(), "--admin-listen", &admin.to_string(), "--threads", "2"])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(logfile)
+            .spawn()
+            .expect("spawn gatehouse");
+        let gw = Gateway {
+            child,
+            addr,
+            admin,
+            log,
+            _logdir: logdir,
+        };
+        gw.wait_ready(Duration::from_secs(30));
+        gw
+    }
+
+    fn wait_ready(&self, within: Duration) {
+        let start = Instant::now();
+        while start.elapsed() < within {
+            if let Some((200, _)) = try_http_get(self.admin, "/readyz", "admin") {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("gateway not ready within {within:?}; log:\n{}", self.log_text());
+    }
+
+    /// The gateway's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `http://ADDR` of the proxy.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// GET an admin endpoint as JSON.
+    pub fn admin_json(&self, path: &str) -> serde_json::Value {
+        let body = http_get(self.admin, path, "admin");
+        serde_json::from_str(&body).expect("admin json")
+    }
+
+    /// The active policy version.
+    pub fn policy_version(&self) -> String {
+        self.admin_json("/v1/policy")["version"].as_str().expect("version").to_string()
+    }
+
+    /// Send a signal (`TERM`, `HUP`, …) with kill(1).
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    /// Wait for the process to exit; `None` on timeout.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let start = Instant::now();
+        while start.elapsed() < within {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- gatehouse log ---\n{}", self.log_text());
+        }
+    }
+}
+
+/// A policy directory in a temp dir.
+pub struct PolicyDir {
+    dir: tempfile::TempDir,
+}
+
+impl PolicyDir {
+    /// An empty directory.
+    pub fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    /// Its path.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Write (atomically: temp file + rename) one file.
+    pub fn write(&self, name: &str, text: &str) {
+        let path = self.dir.path().join(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).expect("mkdir");
+        }
+        let tmp = self.dir.path().join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, text).expect("write policy");
+        std::fs::rename(&tmp, &path).expect("rename policy");
+    }
+}
+
+impl Default for PolicyDir {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// One simple app as a policy file body.
+pub fn app_policy(name: &str, host: &str, instances: &[String], extra: &str, routes: &str) -> String {
+    let instances = instances.iter().map(|i| format!("\"{i}\"")).collect::<Vec<_>>().join(", ");
+    format!(
+        "version: 1\napps:\n  - name: {name}\n    owner: team@corp.example\n    hosts: [{host}]\n    upstream:\n      instances: [{instances}]\n{extra}\n    routes:\n{routes}\n"
+    )
+}
+
+/// Raw HTTP/1.1 exchange: send `request` bytes, read until the server closes.
+pub fn raw_http(addr: SocketAddr, request: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    s.write_all(request).expect("write");
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).to_string()
+}
+
+/// GET with `Connection: close`; `(status, body)` or `None` when it fails.
+pub fn try_http_get(addr: SocketAddr, path: &str, host: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").ok()?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).ok()?;
+    let text = String::from_utf8_lossy(&out).to_string();
+    let status = text.get(9..12)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Some((status, body))
+}
+
+/// Like [`try_http_get`] but panics on failure and returns the body.
+pub fn http_get(addr: SocketAddr, path: &str, host: &str) -> String {
+    try_http_get(addr, path, host).unwrap_or_else(|| panic!("GET {path} on {addr} failed")).1
+}
+
+/// Poll `cond` every 50 ms until it holds or `within` passes.
+pub fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < within {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    cond()
+}
+
+/// An HTTP client for the tests (no proxy from the environment, no pooling
+/// surprises across tests).
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client")
+}

@@ -48,9 +48,10 @@ pub struct Behaviour {
     pub nonconforming: bool,
 }
 
-/// Latency model.
+/// Latency model, written `20` (fixed ms), `5..20` (uniform) or
+/// `normal:20:5` (mean and standard deviation, ms).
 #[derive(Debug, Clone, Deserialize, Default, serde::Serialize)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
+#[serde(try_from = "String", into = "String")]
 pub enum Latency {
     /// None.
     #[default]
@@ -101,4 +102,25 @@ pub fn parse_latency(s: &str) -> Result<Latency, String> {
         ));
     }
     s.parse().map(Latency::Fixed).map_err(|_| format!("`{s}` is not 20, 5..20 or normal:20:5"))
+}
+
+impl TryFrom<String> for Latency {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        if s.is_empty() || s == "0" {
+            return Ok(Latency::None);
+        }
+        parse_latency(&s)
+    }
+}
+
+impl From<Latency> for String {
+    fn from(l: Latency) -> String {
+        match l {
+            Latency::None => "0".into(),
+            Latency::Fixed(ms) => ms.to_string(),
+            Latency::Uniform(a, b) => format!("{a}..{b}"),
+            Latency::Normal(m, sd) => format!("normal:{m}:{sd}"),
+        }
+    }
 }

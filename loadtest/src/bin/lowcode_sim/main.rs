@@ -10,7 +10,7 @@
 //! - `GET /__sim/stats` — request counters (health checks and `/__sim`
 //!   calls excluded from `requests`);
 //! - `PUT /__sim/config` — replace the default behaviour at run time
-//!   (`{"latency":{"fixed":500},"error_rate":0,"pad_bytes":0,"nonconforming":true}`).
+//!   (`{"latency":"500","error_rate":0,"pad_bytes":0,"nonconforming":true}`).
 //!
 //! Per request, `x-sim-delay-ms: N` adds a delay and `x-sim-status: N`
 //! forces a status. On start it prints one `listening kind=K addr=A` line per

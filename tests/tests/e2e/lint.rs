@@ -1,0 +1,83 @@
+//! `gatehouse policy lint` reports every error of a broken bundle.
+
+use std::process::Command;
+
+use gatehouse_e2e::*;
+
+#[test]
+fn lint_prints_every_error_with_file_and_pointer() {
+    let dir = PolicyDir::new();
+    dir.write("broken-yaml.yaml", "version: 1\napps: [ {name: x\n");
+    dir.write(
+        "schema.yaml",
+        "version: 1\napps:\n  - name: Bad_Name\n    owner: a\n    hosts: [a.test]\n    colour: blue\n    upstream: { instances: [\"http://127.0.0.1:1\"] }\n    timeouts: { connect: 5 }\n",
+    );
+    dir.write(
+        "semantic.yaml",
+        r#"version: 1
+apps:
+  - name: one
+    owner: a
+    hosts: [shared.test]
+    upstream: { instances: ["http://127.0.0.1:1", "http://127.0.0.1:1/"] }
+    routes:
+      - { method: GET, path: "/orders/{id}" }
+      - { method: GET, path: "/orders/{orderId}" }
+      - { method: GET, path: "/files/{rest*}/x" }
+  - name: two
+    owner: b
+    hosts: [shared.test, "bad host"]
+    upstream:
+      instances: ["http://user@10.0.0.1:80", "https://ok.test:99999"]
+      balancing: consistent_hash
+    timeouts: { connect: 5s, total: 1s }
+  - name: one
+    owner: c
+    hosts: [other.test]
+    upstream: { instances: ["http://127.0.0.1:2"], hash_header: x-user }
+"#,
+    );
+    let out = Command::new(bin("gatehouse")).args(["policy", "lint"]).arg(dir.path()).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let expected = [
+        "broken-yaml.yaml: /: invalid YAML at line",
+        "schema.yaml: /apps/0/name:",
+        "schema.yaml: /apps/0:",
+        "colour",
+        "schema.yaml: /apps/0/timeouts/connect:",
+        "semantic.yaml: /apps/0/upstream/instances/1: instance `http://127.0.0.1:1` is listed twice",
+        "semantic.yaml: /apps/0/routes/1/path: `GET /orders/{orderId}` conflicts with /apps/0/routes/0",
+        "semantic.yaml: /apps/0/routes/2/path:",
+        "must be the last segment",
+        "semantic.yaml: /apps/1/hosts/0: host `shared.test` with path prefix `/` is already served by app `one`",
+        "semantic.yaml: /apps/1/hosts/1: `bad host` is not a host name",
+        "semantic.yaml: /apps/1/upstream/instances/0:",
+        "credentials do not belong",
+        "semantic.yaml: /apps/1/upstream/instances/1:",
+        "bad port",
+        "semantic.yaml: /apps/1/upstream/hash_header: consistent_hash balancing needs hash_header",
+        "semantic.yaml: /apps/1/timeouts/connect: connect timeout is longer than the total timeout",
+        "semantic.yaml: /apps/2/name: app name `one` is already used",
+        "semantic.yaml: /apps/2/upstream/hash_header: hash_header is only used by consistent_hash",
+    ];
+    for e in expected {
+        assert!(text.contains(e), "missing `{e}` in:\n{text}");
+    }
+    let json = Command::new(bin("gatehouse")).args(["policy", "lint", "--format", "json"]).arg(dir.path()).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(v["ok"], false);
+    assert!(v["errors"].as_array().unwrap().len() >= 14);
+}
+
+#[test]
+fn lint_accepts_the_example_policies() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
+    let out = Command::new(bin("gatehouse")).args(["policy", "lint"]).arg(&root).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.starts_with("ok: "), "{text}");
+    let apps: usize = text.split(", ").find_map(|p| p.strip_suffix(" apps")).unwrap().parse().unwrap();
+    let routes: usize = text.split(", ").find_map(|p| p.strip_suffix(" routes")).unwrap().parse().unwrap();
+    assert!(apps >= 4 && routes >= 25, "{text}");
+}
