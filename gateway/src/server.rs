@@ -91,9 +91,7 @@ pub fn run(opts: ServeOptions) -> anyhow::Result<()> {
     server.add_service(proxy);
     server.add_service(background_service("admin", Admin { shared: Arc::clone(&shared), addr: admin_addr, proxy: listen_addr }));
     server.add_service(background_service("health-checker", HealthChecker { shared: Arc::clone(&shared) }));
-    if opts.watch {
-        server.add_service(background_service("policy-watcher", PolicyWatcher { shared: Arc::clone(&shared) }));
-    }
+    server.add_service(background_service("policy-watcher", PolicyWatcher { shared: Arc::clone(&shared), watch_files: opts.watch }));
     server.add_service(background_service("drain-monitor", DrainMonitor { shared: Arc::clone(&shared), deadline: opts.drain_timeout }));
     tracing::info!(listen = %opts.listen, admin = %opts.admin_listen, tls = ?opts.tls_listen, "gatehouse starting");
     server.run_forever()
@@ -178,8 +176,10 @@ impl BackgroundService for HealthChecker {
     }
 }
 
+/// Reloads the bundle on SIGHUP and (unless disabled) on file changes.
 struct PolicyWatcher {
     shared: Arc<Shared>,
+    watch_files: bool,
 }
 
 #[async_trait]
@@ -188,17 +188,21 @@ impl BackgroundService for PolicyWatcher {
         use notify::Watcher;
         let (tx, mut rx) = tokio::sync::mpsc::channel::<&'static str>(64);
         let fs_tx = tx.clone();
-        let mut watcher = match notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        let mut watcher = if !self.watch_files {
+            None
+        } else {
+            match notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
             if let Ok(ev) = res {
                 if !ev.kind.is_access() {
                     let _ = fs_tx.try_send("file change");
                 }
             }
         }) {
-            Ok(w) => Some(w),
-            Err(e) => {
-                tracing::error!(error = %e, "cannot watch the policy directory; reload with SIGHUP");
-                None
+                Ok(w) => Some(w),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot watch the policy directory; reload with SIGHUP");
+                    None
+                }
             }
         };
         if let Some(w) = watcher.as_mut() {

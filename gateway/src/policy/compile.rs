@@ -74,20 +74,26 @@ pub fn compile(sources: &[SourceFile]) -> Result<Bundle, PolicyErrors> {
             } else {
                 names.insert(spec.name.clone(), place.clone());
             }
-            if let Some(app) = compile_app(&src.path, &at, spec, &mut errors) {
-                for (h, host) in app.hosts.iter().enumerate() {
-                    let key = (host.clone(), app.path_prefix.clone());
-                    if let Some(first) = host_prefixes.get(&key) {
-                        let prefix = if key.1.is_empty() { "/" } else { key.1.as_str() };
-                        errors.push(PolicyError::new(
-                            &src.path,
-                            format!("{at}/hosts/{h}"),
-                            format!("host `{host}` with path prefix `{prefix}` is already served by {first}"),
-                        ));
-                    } else {
-                        host_prefixes.insert(key, format!("app `{}` ({place})", app.name));
-                    }
+            let prefix = normalized_prefix(spec.path_prefix.as_deref()).unwrap_or_default();
+            let mut own = HashSet::new();
+            for (h, host) in spec.hosts.iter().enumerate() {
+                let Ok(host) = check_host(host) else { continue };
+                let key = (host, prefix.clone());
+                if !own.insert(key.clone()) {
+                    continue; // listed twice in one app: reported by compile_app
                 }
+                if let Some(first) = host_prefixes.get(&key) {
+                    let shown = if key.1.is_empty() { "/" } else { key.1.as_str() };
+                    errors.push(PolicyError::new(
+                        &src.path,
+                        format!("{at}/hosts/{h}"),
+                        format!("host `{}` with path prefix `{shown}` is already served by {first}", key.0),
+                    ));
+                } else {
+                    host_prefixes.insert(key, format!("app `{}` ({place})", spec.name));
+                }
+            }
+            if let Some(app) = compile_app(&src.path, &at, spec, &mut errors) {
                 apps.push((src.path.clone(), app));
             }
         }
@@ -141,16 +147,12 @@ fn compile_app(file: &str, at: &str, spec: &AppSpec, errors: &mut Vec<PolicyErro
         }
     }
 
-    let path_prefix = match spec.path_prefix.as_deref() {
-        None | Some("/") => String::new(),
-        Some(p) if !p.starts_with('/') || p.ends_with('/') || p.contains(['{', '}', '?', '#']) => {
-            err(
-                format!("{at}/path_prefix"),
-                format!("path prefix `{p}` must start with `/`, not end with `/`, and hold no template or query"),
-            );
+    let path_prefix = match normalized_prefix(spec.path_prefix.as_deref()) {
+        Ok(p) => p,
+        Err(m) => {
+            err(format!("{at}/path_prefix"), m);
             String::new()
         }
-        Some(p) => p.to_string(),
     };
     if spec.strip_prefix && path_prefix.is_empty() {
         err(format!("{at}/strip_prefix"), "strip_prefix needs a path_prefix".into());
@@ -301,6 +303,17 @@ fn compile_app(file: &str, at: &str, spec: &AppSpec, errors: &mut Vec<PolicyErro
         retries: spec.retries,
         max_request_body: app_body_cap,
     })
+}
+
+/// `""` for no prefix or `/`; the prefix itself when valid.
+fn normalized_prefix(prefix: Option<&str>) -> Result<String, String> {
+    match prefix {
+        None | Some("/") => Ok(String::new()),
+        Some(p) if !p.starts_with('/') || p.ends_with('/') || p.contains(['{', '}', '?', '#']) => Err(format!(
+            "path prefix `{p}` must start with `/`, not end with `/`, and hold no template or query"
+        )),
+        Some(p) => Ok(p.to_string()),
+    }
 }
 
 /// Validate a host pattern: a DNS name, or `*.` followed by one.
