@@ -105,7 +105,7 @@ fn main() -> ExitCode {
 
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
@@ -170,3 +170,8 @@ fn lint(dir: &std::path::Path, format: OutputFormat) -> ExitCode {
         }
     }
 }
+
+/// Default log filter. Pingora's connection pool logs a benign lost race
+/// (`failed to acquire reusable stream`, it then opens a new connection) at
+/// ERROR under concurrency; connect failures are reported by Gatehouse itself.
+const DEFAULT_LOG_FILTER: &str = "info,pingora_core::connectors=off";

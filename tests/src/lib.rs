@@ -121,7 +121,7 @@ impl Gateway {
             .arg(policies)
             .args(["--listen", &addr.to_string(), "--admin-listen", &admin.to_string(), "--threads", "2"])
             .args(extra)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", "info,pingora_core::connectors=off")
             .stdout(Stdio::null())
             .stderr(logfile)
             .spawn()

@@ -34,7 +34,7 @@ async fn round_robin_spreads_evenly() {
     assert!(counts.values().all(|&n| n == 100), "sequential round robin is exact: {counts:?}");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn least_connections_avoids_busy_instances() {
     let sim = three("approvals");
     let dir = PolicyDir::new();

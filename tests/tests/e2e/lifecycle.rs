@@ -56,7 +56,7 @@ impl Load {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hot_reload_under_load_drops_nothing_and_serves_the_new_route() {
     let sim = Sim::start(&[("approvals", "127.0.0.1:0"), ("approvals", "127.0.0.1:0")], &[]);
     let urls = vec![sim.url(0), sim.url(1)];
@@ -129,7 +129,7 @@ async fn sighup_reloads_when_watching_is_off() {
     assert_eq!(r.status(), 200);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_requests_then_exits() {
     let sim = Sim::one("approvals");
     let dir = PolicyDir::new();

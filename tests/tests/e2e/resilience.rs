@@ -9,7 +9,7 @@ use serde_json::Value;
 
 const ROUTE: &str = "      - { method: GET, path: \"/approvals/{id}\" }\n      - { method: POST, path: /approvals }";
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_an_instance_under_load_fails_no_request_and_it_rejoins() {
     let a = Sim::one("approvals");
     let mut b = Sim::one("approvals");
@@ -64,6 +64,7 @@ async fn killing_an_instance_under_load_fails_no_request_and_it_rejoins() {
     // Restart on the same port: it must rejoin.
     let b2 = Sim::start(&[("approvals", &b_addr.to_string())], &[]);
     let rejoined = eventually(Duration::from_secs(5), || b2.requests(0) > 0);
+    let apps_after = gw.admin_json("/v1/apps");
     stop.store(true, Ordering::Relaxed);
     for w in workers {
         w.await.unwrap();
@@ -71,7 +72,7 @@ async fn killing_an_instance_under_load_fails_no_request_and_it_rejoins() {
     let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
     assert_eq!(failed, 0, "{failed} failed requests ({ok} ok)");
     assert!(before_kill > 50 && ok > before_kill * 2, "steady load: {before_kill} before the kill, {ok} in all");
-    assert!(rejoined, "the restarted instance got traffic again");
+    assert!(rejoined, "the restarted instance got traffic again: {apps_after}");
 }
 
 #[tokio::test]
