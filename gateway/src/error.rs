@@ -99,9 +99,13 @@ impl GatewayError {
             Self::NoRoute => "The app has no route for this path.".into(),
             Self::MethodNotAllowed { allow } => format!("This route accepts only: {allow}."),
             Self::BadPath => "Paths with dot segments or encoded slashes are not accepted.".into(),
-            Self::BodyTooLarge { limit } => format!("The request body exceeds the limit of {limit} bytes for this route."),
+            Self::BodyTooLarge { limit } => {
+                format!("The request body exceeds the limit of {limit} bytes for this route.")
+            }
             Self::UpstreamUnreachable => "The app could not be reached. Try again later.".into(),
-            Self::NoHealthyInstance => "No instance of the app is healthy at the moment. Try again later.".into(),
+            Self::NoHealthyInstance => {
+                "No instance of the app is healthy at the moment. Try again later.".into()
+            }
             Self::UpstreamTimeout => "The app did not answer in time.".into(),
             Self::UpstreamFailed => "The app ended the exchange abnormally.".into(),
             Self::BadRequest => "The request could not be understood.".into(),
@@ -160,7 +164,8 @@ mod tests {
     #[test]
     fn problem_documents_carry_type_status_and_request_id() {
         let e = GatewayError::BodyTooLarge { limit: 1024 };
-        let v: serde_json::Value = serde_json::from_slice(&e.problem_json("rid-1", "/orders")).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_slice(&e.problem_json("rid-1", "/orders")).unwrap();
         assert_eq!(v["type"], "https://gatehouse.dev/problems/body-too-large");
         assert_eq!(v["status"], 413);
         assert_eq!(v["request_id"], "rid-1");
@@ -176,6 +181,9 @@ mod tests {
         assert_eq!(up(ErrorType::ConnectionClosed), 502);
         let down = GatewayError::from_pingora(&Error::new_down(ErrorType::InvalidHTTPHeader));
         assert_eq!(down.status(), 400);
-        assert_eq!(GatewayError::from_pingora(&Error::new_in(ErrorType::InternalError)).status(), 500);
+        assert_eq!(
+            GatewayError::from_pingora(&Error::new_in(ErrorType::InternalError)).status(),
+            500
+        );
     }
 }

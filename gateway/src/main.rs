@@ -106,7 +106,9 @@ fn main() -> ExitCode {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -143,7 +145,11 @@ fn lint(dir: &std::path::Path, format: OutputFormat) -> ExitCode {
                     bundle.files.len(),
                     bundle.apps.len(),
                     bundle.route_count(),
-                    bundle.apps.iter().map(|a| a.upstream.instances.len()).sum::<usize>(),
+                    bundle
+                        .apps
+                        .iter()
+                        .map(|a| a.upstream.instances.len())
+                        .sum::<usize>(),
                     bundle.version
                 ),
                 OutputFormat::Json => println!(
@@ -164,7 +170,9 @@ fn lint(dir: &std::path::Path, format: OutputFormat) -> ExitCode {
                     }
                     eprintln!("{} error(s); the bundle is not valid", errors.0.len());
                 }
-                OutputFormat::Json => println!("{}", serde_json::json!({ "ok": false, "errors": errors.0 })),
+                OutputFormat::Json => {
+                    println!("{}", serde_json::json!({ "ok": false, "errors": errors.0 }))
+                }
             }
             ExitCode::FAILURE
         }

@@ -76,7 +76,10 @@ impl ProxyHttp for Gateway {
             .and_then(|h| h.to_str().ok())
             .or_else(|| req.uri.host())
             .unwrap_or("");
-        let matched = active.bundle.router.route(&active.bundle.apps, host, &req.method, path);
+        let matched = active
+            .bundle
+            .router
+            .route(&active.bundle.apps, host, &req.method, path);
         let (app_idx, route_idx) = match matched {
             RouteMatch::Route { app, route } => (app, Some(route)),
             RouteMatch::Passthrough { app } => (app, None),
@@ -126,26 +129,39 @@ impl ProxyHttp for Gateway {
         Ok(false)
     }
 
-    async fn upstream_peer(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
         let (Some(active), Some(app_idx)) = (ctx.active.clone(), ctx.app) else {
             return fail(ctx, GatewayError::Internal);
         };
         let app = &active.bundle.apps[app_idx];
         let now = Instant::now();
-        let remaining = ctx.deadline.map_or(app.timeouts.total, |d| d.saturating_duration_since(now));
+        let remaining = ctx
+            .deadline
+            .map_or(app.timeouts.total, |d| d.saturating_duration_since(now));
         if remaining.is_zero() {
             return fail(ctx, GatewayError::UpstreamTimeout);
         }
         let group = &active.upstreams.groups[app_idx];
         let hash_key = match &app.upstream.balancing {
-            crate::policy::Balancing::ConsistentHash(h) => session.req_header().headers.get(h).map(|v| v.as_bytes()),
+            crate::policy::Balancing::ConsistentHash(h) => {
+                session.req_header().headers.get(h).map(|v| v.as_bytes())
+            }
             _ => None,
         };
         let idx = match group.pick(ctx.tried, hash_key, now_ms()) {
             Pick::Instance(i) => i,
-            Pick::NoneAvailable if ctx.attempts == 0 => return fail(ctx, GatewayError::NoHealthyInstance),
+            Pick::NoneAvailable if ctx.attempts == 0 => {
+                return fail(ctx, GatewayError::NoHealthyInstance)
+            }
             Pick::NoneAvailable | Pick::Exhausted => {
-                let last = ctx.error.take().unwrap_or(GatewayError::UpstreamUnreachable);
+                let last = ctx
+                    .error
+                    .take()
+                    .unwrap_or(GatewayError::UpstreamUnreachable);
                 return fail(ctx, last);
             }
         };
@@ -218,7 +234,10 @@ impl ProxyHttp for Gateway {
         _client_reused: bool,
     ) -> Box<Error> {
         let retries = ctx.app().map_or(0, |a| a.retries);
-        let timed_out = matches!(e.etype(), ErrorType::ReadTimedout | ErrorType::WriteTimedout);
+        let timed_out = matches!(
+            e.etype(),
+            ErrorType::ReadTimedout | ErrorType::WriteTimedout
+        );
         let retry = session.req_header().method.is_idempotent()
             && !session.as_ref().retry_buffer_truncated()
             && session.response_written().is_none()
@@ -239,7 +258,11 @@ impl ProxyHttp for Gateway {
         upstream.insert_header("x-request-id", ctx.request_id.as_str())?;
         if let Some(addr) = session.client_addr().and_then(|a| a.as_inet()) {
             let ip = addr.ip().to_string();
-            let xff = match upstream.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            let xff = match upstream
+                .headers
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok())
+            {
                 Some(prev) if !prev.is_empty() => format!("{prev}, {ip}"),
                 _ => ip,
             };
@@ -252,7 +275,13 @@ impl ProxyHttp for Gateway {
             .headers
             .get(http::header::HOST)
             .cloned()
-            .or_else(|| session.req_header().uri.authority().and_then(|a| http::HeaderValue::from_str(a.as_str()).ok()));
+            .or_else(|| {
+                session
+                    .req_header()
+                    .uri
+                    .authority()
+                    .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok())
+            });
         if let Some(host) = host {
             if upstream.headers.get(http::header::HOST).is_none() {
                 upstream.insert_header(http::header::HOST, host.clone())?;
@@ -287,7 +316,9 @@ impl ProxyHttp for Gateway {
         if let Some(b) = body {
             ctx.body_bytes += b.len() as u64;
             if ctx.body_bytes > ctx.body_cap {
-                ctx.error = Some(GatewayError::BodyTooLarge { limit: ctx.body_cap });
+                ctx.error = Some(GatewayError::BodyTooLarge {
+                    limit: ctx.body_cap,
+                });
                 return Error::e_explain(ErrorType::HTTPStatus(413), "request body over the cap");
             }
         }
@@ -318,8 +349,16 @@ impl ProxyHttp for Gateway {
         Ok(None)
     }
 
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
-        let mut err = ctx.error.take().unwrap_or_else(|| GatewayError::from_pingora(e));
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let mut err = ctx
+            .error
+            .take()
+            .unwrap_or_else(|| GatewayError::from_pingora(e));
         if let GatewayError::BodyTooLarge { limit } = &mut err {
             *limit = ctx.body_cap;
         }
@@ -327,7 +366,10 @@ impl ProxyHttp for Gateway {
             ctx.request_id = request_id(session.req_header());
         }
         let downstream_gone = matches!(e.esource(), pingora::ErrorSource::Downstream)
-            && matches!(e.etype(), ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed);
+            && matches!(
+                e.etype(),
+                ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed
+            );
         if downstream_gone || session.response_written().is_some() {
             return FailToProxy {
                 error_code: if downstream_gone { 0 } else { err.status() },
@@ -394,7 +436,9 @@ async fn write_problem(session: &mut Session, ctx: &RequestCtx, err: &GatewayErr
         resp.insert_header(http::header::ALLOW, allow.as_str())?;
     }
     let head_only = session.req_header().method == http::Method::HEAD;
-    session.write_response_header(Box::new(resp), head_only).await?;
+    session
+        .write_response_header(Box::new(resp), head_only)
+        .await?;
     if !head_only {
         session.write_response_body(Some(body), true).await?;
     }

@@ -105,17 +105,24 @@ impl Shared {
             Ok(b) => Arc::new(b),
             Err(errors) => {
                 self.reloads_failed.fetch_add(1, Ordering::Relaxed);
-                *self.last_reload_errors.lock().unwrap_or_else(|p| p.into_inner()) =
+                *self
+                    .last_reload_errors
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) =
                     errors.0.iter().map(ToString::to_string).collect();
                 return Err(errors);
             }
         };
         let current = self.active();
-        self.last_reload_errors.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.last_reload_errors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
         if current.bundle.version == bundle.version {
             return Ok(ReloadOutcome::Unchanged);
         }
-        let upstreams = UpstreamSet::build(&bundle, Some(&current.upstreams), Some(&current.bundle));
+        let upstreams =
+            UpstreamSet::build(&bundle, Some(&current.upstreams), Some(&current.bundle));
         let to = bundle.version.clone();
         self.active.store(Arc::new(Active {
             bundle,
@@ -151,13 +158,25 @@ impl Drop for InFlight {
 pub fn reload_and_log(shared: &Shared, trigger: &str) {
     match shared.reload() {
         Ok(ReloadOutcome::Activated { from, to }) => {
-            tracing::info!(trigger, from = &from[..12], to = &to[..12], "policy bundle activated");
+            tracing::info!(
+                trigger,
+                from = &from[..12],
+                to = &to[..12],
+                "policy bundle activated"
+            );
         }
         Ok(ReloadOutcome::Unchanged) => {
-            tracing::info!(trigger, "policy files changed but compile to the active version; nothing to do");
+            tracing::info!(
+                trigger,
+                "policy files changed but compile to the active version; nothing to do"
+            );
         }
         Err(errors) => {
-            tracing::error!(trigger, errors = errors.0.len(), "policy reload rejected; the active version keeps serving");
+            tracing::error!(
+                trigger,
+                errors = errors.0.len(),
+                "policy reload rejected; the active version keeps serving"
+            );
             for e in &errors.0 {
                 tracing::error!(file = %e.file, pointer = %e.pointer, "{}", e.message);
             }

@@ -49,15 +49,26 @@ pub fn run(opts: ServeOptions) -> anyhow::Result<()> {
             for e in &errors.0 {
                 tracing::error!("{e}");
             }
-            anyhow::bail!("the policy bundle in {} does not compile ({} errors)", opts.policies.display(), errors.0.len());
+            anyhow::bail!(
+                "the policy bundle in {} does not compile ({} errors)",
+                opts.policies.display(),
+                errors.0.len()
+            );
         }
     };
     {
         let active = shared.active();
-        tracing::info!(version = active.bundle.short_version(), apps = active.bundle.apps.len(),
-            routes = active.bundle.route_count(), "policy bundle active");
+        tracing::info!(
+            version = active.bundle.short_version(),
+            apps = active.bundle.apps.len(),
+            routes = active.bundle.route_count(),
+            "policy bundle active"
+        );
     }
-    let admin_addr: SocketAddr = opts.admin_listen.parse().context("--admin-listen must be IP:PORT")?;
+    let admin_addr: SocketAddr = opts
+        .admin_listen
+        .parse()
+        .context("--admin-listen must be IP:PORT")?;
     let listen_addr: SocketAddr = opts.listen.parse().context("--listen must be IP:PORT")?;
 
     let run_dir = std::env::temp_dir().join(format!("gatehouse-{}", std::process::id()));
@@ -74,7 +85,11 @@ pub fn run(opts: ServeOptions) -> anyhow::Result<()> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(&server.configuration, Gateway::new(Arc::clone(&shared)), "gatehouse-proxy");
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        Gateway::new(Arc::clone(&shared)),
+        "gatehouse-proxy",
+    );
     proxy.add_tcp(&opts.listen);
     if let Some(tls_addr) = &opts.tls_listen {
         let (Some(cert), Some(key)) = (&opts.tls_cert, &opts.tls_key) else {
@@ -89,10 +104,34 @@ pub fn run(opts: ServeOptions) -> anyhow::Result<()> {
         proxy.add_tls_with_settings(tls_addr, None, tls);
     }
     server.add_service(proxy);
-    server.add_service(background_service("admin", Admin { shared: Arc::clone(&shared), addr: admin_addr, proxy: listen_addr }));
-    server.add_service(background_service("health-checker", HealthChecker { shared: Arc::clone(&shared) }));
-    server.add_service(background_service("policy-watcher", PolicyWatcher { shared: Arc::clone(&shared), watch_files: opts.watch }));
-    server.add_service(background_service("drain-monitor", DrainMonitor { shared: Arc::clone(&shared), deadline: opts.drain_timeout }));
+    server.add_service(background_service(
+        "admin",
+        Admin {
+            shared: Arc::clone(&shared),
+            addr: admin_addr,
+            proxy: listen_addr,
+        },
+    ));
+    server.add_service(background_service(
+        "health-checker",
+        HealthChecker {
+            shared: Arc::clone(&shared),
+        },
+    ));
+    server.add_service(background_service(
+        "policy-watcher",
+        PolicyWatcher {
+            shared: Arc::clone(&shared),
+            watch_files: opts.watch,
+        },
+    ));
+    server.add_service(background_service(
+        "drain-monitor",
+        DrainMonitor {
+            shared: Arc::clone(&shared),
+            deadline: opts.drain_timeout,
+        },
+    ));
     tracing::info!(listen = %opts.listen, admin = %opts.admin_listen, tls = ?opts.tls_listen, "gatehouse starting");
     server.run_forever()
 }
@@ -153,7 +192,9 @@ impl BackgroundService for HealthChecker {
             let active = self.shared.active();
             let now = now_ms();
             for (app, group) in active.bundle.apps.iter().zip(&active.upstreams.groups) {
-                let Some(hc) = &app.upstream.health_check else { continue };
+                let Some(hc) = &app.upstream.health_check else {
+                    continue;
+                };
                 for inst in &group.instances {
                     let Some(socket) = inst.socket else { continue };
                     if !inst.probe_due(hc.interval.as_millis() as u64, now) {
@@ -161,7 +202,14 @@ impl BackgroundService for HealthChecker {
                     }
                     let (inst, hc, app_name) = (Arc::clone(inst), hc.clone(), app.name.clone());
                     tokio::spawn(async move {
-                        let ok = health::probe(socket, &inst.addr.host, &hc.path, inst.addr.tls, hc.timeout).await;
+                        let ok = health::probe(
+                            socket,
+                            &inst.addr.host,
+                            &hc.path,
+                            inst.addr.tls,
+                            hc.timeout,
+                        )
+                        .await;
                         if let Some(healthy) = inst.record_probe(&hc, ok) {
                             if healthy {
                                 tracing::info!(app = %app_name, instance = %inst.addr.url, "instance healthy again");
@@ -192,12 +240,12 @@ impl BackgroundService for PolicyWatcher {
             None
         } else {
             match notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            if let Ok(ev) = res {
-                if !ev.kind.is_access() {
-                    let _ = fs_tx.try_send("file change");
+                if let Ok(ev) = res {
+                    if !ev.kind.is_access() {
+                        let _ = fs_tx.try_send("file change");
+                    }
                 }
-            }
-        }) {
+            }) {
                 Ok(w) => Some(w),
                 Err(e) => {
                     tracing::error!(error = %e, "cannot watch the policy directory; reload with SIGHUP");
@@ -242,7 +290,10 @@ impl BackgroundService for DrainMonitor {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let _ = shutdown.changed().await;
         self.shared.shutting_down.store(true, Ordering::Relaxed);
-        tracing::info!(deadline_s = self.deadline.as_secs(), "graceful shutdown: listeners closed, draining in-flight requests");
+        tracing::info!(
+            deadline_s = self.deadline.as_secs(),
+            "graceful shutdown: listeners closed, draining in-flight requests"
+        );
         let start = tokio::time::Instant::now();
         let mut idle_since: Option<tokio::time::Instant> = None;
         loop {
@@ -251,7 +302,10 @@ impl BackgroundService for DrainMonitor {
             if n == 0 {
                 let since = *idle_since.get_or_insert_with(tokio::time::Instant::now);
                 if since.elapsed() >= Duration::from_millis(150) {
-                    tracing::info!(drained_in_ms = start.elapsed().as_millis() as u64, "drained; exiting");
+                    tracing::info!(
+                        drained_in_ms = start.elapsed().as_millis() as u64,
+                        "drained; exiting"
+                    );
                     std::process::exit(0);
                 }
             } else {

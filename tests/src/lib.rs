@@ -46,7 +46,9 @@ impl Sim {
         for (kind, addr) in apps {
             cmd.arg("--app").arg(format!("{kind}={addr}"));
         }
-        cmd.args(extra).stdout(Stdio::piped()).stderr(Stdio::inherit());
+        cmd.args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
         let mut child = cmd.spawn().expect("spawn lowcode-sim");
         let stdout = child.stdout.take().expect("stdout");
         let mut addrs = Vec::new();
@@ -59,7 +61,11 @@ impl Sim {
                 addrs.push(addr.trim().parse().expect("sim addr"));
             }
         }
-        assert_eq!(addrs.len(), apps.len(), "lowcode-sim did not start all listeners");
+        assert_eq!(
+            addrs.len(),
+            apps.len(),
+            "lowcode-sim did not start all listeners"
+        );
         Sim { child, addrs }
     }
 
@@ -119,7 +125,14 @@ impl Gateway {
             .arg("serve")
             .arg("--policies")
             .arg(policies)
-            .args(["--listen", &addr.to_string(), "--admin-listen", &admin.to_string(), "--threads", "2"])
+            .args([
+                "--listen",
+                &addr.to_string(),
+                "--admin-listen",
+                &admin.to_string(),
+                "--threads",
+                "2",
+            ])
             .args(extra)
             .env("RUST_LOG", "info,pingora_core::connectors=off")
             .stdout(Stdio::null())
@@ -145,7 +158,10 @@ impl Gateway {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("gateway not ready within {within:?}; log:\n{}", self.log_text());
+        panic!(
+            "gateway not ready within {within:?}; log:\n{}",
+            self.log_text()
+        );
     }
 
     /// The gateway's log so far.
@@ -166,7 +182,10 @@ impl Gateway {
 
     /// The active policy version.
     pub fn policy_version(&self) -> String {
-        self.admin_json("/v1/policy")["version"].as_str().expect("version").to_string()
+        self.admin_json("/v1/policy")["version"]
+            .as_str()
+            .expect("version")
+            .to_string()
     }
 
     /// Send a signal (`TERM`, `HUP`, …) with kill(1).
@@ -239,8 +258,18 @@ impl Default for PolicyDir {
 }
 
 /// One simple app as a policy file body.
-pub fn app_policy(name: &str, host: &str, instances: &[String], extra: &str, routes: &str) -> String {
-    let instances = instances.iter().map(|i| format!("\"{i}\"")).collect::<Vec<_>>().join(", ");
+pub fn app_policy(
+    name: &str,
+    host: &str,
+    instances: &[String],
+    extra: &str,
+    routes: &str,
+) -> String {
+    let instances = instances
+        .iter()
+        .map(|i| format!("\"{i}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
     format!(
         "version: 1\napps:\n  - name: {name}\n    owner: team@corp.example\n    hosts: [{host}]\n    upstream:\n      instances: [{instances}]\n{extra}\n    routes:\n{routes}\n"
     )
@@ -249,7 +278,8 @@ pub fn app_policy(name: &str, host: &str, instances: &[String], extra: &str, rou
 /// Raw HTTP/1.1 exchange: send `request` bytes, read until the server closes.
 pub fn raw_http(addr: SocketAddr, request: &[u8]) -> String {
     let mut s = TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
     s.write_all(request).expect("write");
     let mut out = Vec::new();
     let _ = s.read_to_end(&mut out);
@@ -260,18 +290,27 @@ pub fn raw_http(addr: SocketAddr, request: &[u8]) -> String {
 pub fn try_http_get(addr: SocketAddr, path: &str, host: &str) -> Option<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut out = Vec::new();
     s.read_to_end(&mut out).ok()?;
     let text = String::from_utf8_lossy(&out).to_string();
     let status = text.get(9..12)?.parse().ok()?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     Some((status, body))
 }
 
 /// Like [`try_http_get`] but panics on failure and returns the body.
 pub fn http_get(addr: SocketAddr, path: &str, host: &str) -> String {
-    try_http_get(addr, path, host).unwrap_or_else(|| panic!("GET {path} on {addr} failed")).1
+    try_http_get(addr, path, host)
+        .unwrap_or_else(|| panic!("GET {path} on {addr} failed"))
+        .1
 }
 
 /// Poll `cond` every 50 ms until it holds or `within` passes.

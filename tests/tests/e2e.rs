@@ -3,8 +3,8 @@
 mod e2e {
     mod balancing;
     mod lifecycle;
-    mod lint;
     mod limits_and_errors;
+    mod lint;
     mod resilience;
     mod routing;
     mod tls;

@@ -38,15 +38,26 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     if shared.shutting_down.load(Ordering::Relaxed) {
         reasons.push("shutting down");
     }
-    let status = if reasons.is_empty() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if reasons.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     let version = shared.active().bundle.version.clone();
-    (status, Json(json!({ "ready": reasons.is_empty(), "reasons": reasons, "policy_version": version })))
+    (
+        status,
+        Json(json!({ "ready": reasons.is_empty(), "reasons": reasons, "policy_version": version })),
+    )
 }
 
 async fn policy(State(shared): State<Arc<Shared>>) -> Json<Value> {
     let active = shared.active();
     let b = &active.bundle;
-    let errors = shared.last_reload_errors.lock().map(|e| e.clone()).unwrap_or_default();
+    let errors = shared
+        .last_reload_errors
+        .lock()
+        .map(|e| e.clone())
+        .unwrap_or_default();
     Json(json!({
         "version": b.version,
         "short_version": b.short_version(),

@@ -7,7 +7,9 @@ use http::{HeaderName, Method};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use super::bundle::{App, Balancing, Bundle, Ejection, HealthCheck, InstanceAddr, Route, Timeouts, Upstream};
+use super::bundle::{
+    App, Balancing, Bundle, Ejection, HealthCheck, InstanceAddr, Route, Timeouts, Upstream,
+};
 use super::model::{AppSpec, BalancingSpec, PolicyFile};
 use super::{PolicyError, PolicyErrors, SourceFile};
 use crate::routing::{PathTemplate, Router, MAX_INSTANCES};
@@ -21,8 +23,10 @@ pub const DEFAULT_MAX_REQUEST_BODY: u64 = 10 << 20;
 fn schema_validator() -> &'static jsonschema::Validator {
     static V: OnceLock<jsonschema::Validator> = OnceLock::new();
     V.get_or_init(|| {
-        let schema: Value = serde_json::from_str(POLICY_SCHEMA).expect("policy.schema.json is valid JSON (checked by tests)");
-        jsonschema::validator_for(&schema).expect("policy.schema.json is a valid JSON Schema (checked by tests)")
+        let schema: Value = serde_json::from_str(POLICY_SCHEMA)
+            .expect("policy.schema.json is valid JSON (checked by tests)");
+        jsonschema::validator_for(&schema)
+            .expect("policy.schema.json is a valid JSON Schema (checked by tests)")
     })
 }
 
@@ -47,7 +51,11 @@ pub fn compile(sources: &[SourceFile]) -> Result<Bundle, PolicyErrors> {
         hasher.update([0]);
         let before = errors.len();
         for err in schema_validator().iter_errors(&value) {
-            errors.push(PolicyError::new(&src.path, err.instance_path().to_string(), err.to_string()));
+            errors.push(PolicyError::new(
+                &src.path,
+                err.instance_path().to_string(),
+                err.to_string(),
+            ));
         }
         if errors.len() > before {
             continue;
@@ -83,11 +91,18 @@ pub fn compile(sources: &[SourceFile]) -> Result<Bundle, PolicyErrors> {
                     continue; // listed twice in one app: reported by compile_app
                 }
                 if let Some(first) = host_prefixes.get(&key) {
-                    let shown = if key.1.is_empty() { "/" } else { key.1.as_str() };
+                    let shown = if key.1.is_empty() {
+                        "/"
+                    } else {
+                        key.1.as_str()
+                    };
                     errors.push(PolicyError::new(
                         &src.path,
                         format!("{at}/hosts/{h}"),
-                        format!("host `{}` with path prefix `{shown}` is already served by {first}", key.0),
+                        format!(
+                            "host `{}` with path prefix `{shown}` is already served by {first}",
+                            key.0
+                        ),
                     ));
                 } else {
                     host_prefixes.insert(key, format!("app `{}` ({place})", spec.name));
@@ -104,7 +119,11 @@ pub fn compile(sources: &[SourceFile]) -> Result<Bundle, PolicyErrors> {
     }
     if apps.is_empty() {
         let file = sources.first().map_or("<bundle>", |s| s.path.as_str());
-        return Err(PolicyErrors(vec![PolicyError::new(file, "", "the bundle declares no apps")]));
+        return Err(PolicyErrors(vec![PolicyError::new(
+            file,
+            "",
+            "the bundle declares no apps",
+        )]));
     }
     let mut apps: Vec<App> = apps.into_iter().map(|(_, a)| a).collect();
     apps.sort_by(|a, b| a.name.cmp(&b.name));
@@ -121,7 +140,15 @@ pub fn compile(sources: &[SourceFile]) -> Result<Bundle, PolicyErrors> {
 fn parse_document(src: &SourceFile) -> Result<Value, PolicyError> {
     if src.path.ends_with(".json") {
         serde_json::from_str(&src.text).map_err(|e| {
-            PolicyError::new(&src.path, "", format!("invalid JSON at line {} column {}: {e}", e.line(), e.column()))
+            PolicyError::new(
+                &src.path,
+                "",
+                format!(
+                    "invalid JSON at line {} column {}: {e}",
+                    e.line(),
+                    e.column()
+                ),
+            )
         })
     } else {
         serde_yaml::from_str::<Value>(&src.text).map_err(|e| {
@@ -141,7 +168,10 @@ fn compile_app(file: &str, at: &str, spec: &AppSpec, errors: &mut Vec<PolicyErro
     let mut hosts = Vec::new();
     for (h, host) in spec.hosts.iter().enumerate() {
         match check_host(host) {
-            Ok(host) if hosts.contains(&host) => err(format!("{at}/hosts/{h}"), format!("host `{host}` is listed twice")),
+            Ok(host) if hosts.contains(&host) => err(
+                format!("{at}/hosts/{h}"),
+                format!("host `{host}` is listed twice"),
+            ),
             Ok(host) => hosts.push(host),
             Err(m) => err(format!("{at}/hosts/{h}"), m),
         }
@@ -155,10 +185,15 @@ fn compile_app(file: &str, at: &str, spec: &AppSpec, errors: &mut Vec<PolicyErro
         }
     };
     if spec.strip_prefix && path_prefix.is_empty() {
-        err(format!("{at}/strip_prefix"), "strip_prefix needs a path_prefix".into());
+        err(
+            format!("{at}/strip_prefix"),
+            "strip_prefix needs a path_prefix".into(),
+        );
     }
 
-    let app_body_cap = spec.max_request_body.map_or(DEFAULT_MAX_REQUEST_BODY, |b| b.0);
+    let app_body_cap = spec
+        .max_request_body
+        .map_or(DEFAULT_MAX_REQUEST_BODY, |b| b.0);
     let mut routes: Vec<Route> = Vec::new();
     let mut ids: HashMap<String, usize> = HashMap::new();
     let mut shapes: HashMap<(Option<Method>, String), usize> = HashMap::new();
@@ -170,7 +205,13 @@ fn compile_app(file: &str, at: &str, spec: &AppSpec, errors: &mut Vec<PolicyErro
             match Method::from_bytes(rs.method.as_bytes()) {
                 Ok(m) if rs.method.bytes().all(|b| b.is_ascii_uppercase()) => Some(m),
                 _ => {
-                    err(format!("{rat}/method"), format!("`{}` is not an HTTP method (use upper case, or ANY)", rs.method));
+                    err(
+                        format!("{rat}/method"),
+                        format!(
+                            "`{}` is not an HTTP method (use upper case, or ANY)",
+                            rs.method
+                        ),
+                    );
                     continue;
                 }
             }
@@ -182,9 +223,15 @@ fn compile_app(file: &str, at: &str, spec: &AppSpec, errors: &mut Vec<PolicyErro
                 continue;
             }
         };
-        let id = rs.id.clone().unwrap_or_else(|| format!("{} {}", rs.method, rs.path));
+        let id = rs
+            .id
+            .clone()
+            .unwrap_or_else(|| format!("{} {}", rs.method, rs.path));
         if let Some(first) = ids.get(&id) {
-            err(format!("{rat}/id"), format!("route id `{id}` is already used by {at}/routes/{first}"));
+            err(
+                format!("{rat}/id"),
+                format!("route id `{id}` is already used by {at}/routes/{first}"),
+            );
         } else {
             ids.insert(id.clone(), r);
         }
@@ -214,7 +261,10 @@ fn compile_app(file: &str, at: &str, spec: &AppSpec, errors: &mut Vec<PolicyErro
             .then(a.method.is_none().cmp(&b.method.is_none()))
     });
     if routes.is_empty() && !spec.passthrough && spec.routes.is_empty() {
-        err(format!("{at}/routes"), "the app declares no routes and is not passthrough: it would serve nothing".into());
+        err(
+            format!("{at}/routes"),
+            "the app declares no routes and is not passthrough: it would serve nothing".into(),
+        );
     }
 
     let up = &spec.upstream;
@@ -222,30 +272,43 @@ fn compile_app(file: &str, at: &str, spec: &AppSpec, errors: &mut Vec<PolicyErro
     let mut seen = HashSet::new();
     for (k, url) in up.instances.iter().enumerate() {
         match parse_instance_url(url) {
-            Ok(addr) if !seen.insert(addr.url.clone()) => {
-                err(format!("{at}/upstream/instances/{k}"), format!("instance `{}` is listed twice", addr.url))
-            }
+            Ok(addr) if !seen.insert(addr.url.clone()) => err(
+                format!("{at}/upstream/instances/{k}"),
+                format!("instance `{}` is listed twice", addr.url),
+            ),
             Ok(addr) => instances.push(addr),
             Err(m) => err(format!("{at}/upstream/instances/{k}"), m),
         }
     }
     if up.instances.len() > MAX_INSTANCES {
-        err(format!("{at}/upstream/instances"), format!("at most {MAX_INSTANCES} instances per app"));
+        err(
+            format!("{at}/upstream/instances"),
+            format!("at most {MAX_INSTANCES} instances per app"),
+        );
     }
     let balancing = match (up.balancing, &up.hash_header) {
         (BalancingSpec::ConsistentHash, Some(h)) => match HeaderName::from_bytes(h.as_bytes()) {
             Ok(name) => Balancing::ConsistentHash(name),
             Err(_) => {
-                err(format!("{at}/upstream/hash_header"), format!("`{h}` is not a valid header name"));
+                err(
+                    format!("{at}/upstream/hash_header"),
+                    format!("`{h}` is not a valid header name"),
+                );
                 Balancing::RoundRobin
             }
         },
         (BalancingSpec::ConsistentHash, None) => {
-            err(format!("{at}/upstream/hash_header"), "consistent_hash balancing needs hash_header".into());
+            err(
+                format!("{at}/upstream/hash_header"),
+                "consistent_hash balancing needs hash_header".into(),
+            );
             Balancing::RoundRobin
         }
         (_, Some(_)) => {
-            err(format!("{at}/upstream/hash_header"), "hash_header is only used by consistent_hash balancing".into());
+            err(
+                format!("{at}/upstream/hash_header"),
+                "hash_header is only used by consistent_hash balancing".into(),
+            );
             Balancing::RoundRobin
         }
         (BalancingSpec::RoundRobin, None) => Balancing::RoundRobin,
@@ -253,10 +316,16 @@ fn compile_app(file: &str, at: &str, spec: &AppSpec, errors: &mut Vec<PolicyErro
     };
     let health_check = up.health_check.as_ref().map(|hc| {
         if !hc.path.starts_with('/') {
-            err(format!("{at}/upstream/health_check/path"), format!("`{}` must start with `/`", hc.path));
+            err(
+                format!("{at}/upstream/health_check/path"),
+                format!("`{}` must start with `/`", hc.path),
+            );
         }
         if hc.timeout.get() >= hc.interval.get() {
-            err(format!("{at}/upstream/health_check/timeout"), "timeout must be shorter than interval".into());
+            err(
+                format!("{at}/upstream/health_check/timeout"),
+                "timeout must be shorter than interval".into(),
+            );
         }
         HealthCheck {
             path: hc.path.clone(),
@@ -268,10 +337,16 @@ fn compile_app(file: &str, at: &str, spec: &AppSpec, errors: &mut Vec<PolicyErro
     });
     let t = &spec.timeouts;
     if t.connect.get() > t.total.get() {
-        err(format!("{at}/timeouts/connect"), "connect timeout is longer than the total timeout".into());
+        err(
+            format!("{at}/timeouts/connect"),
+            "connect timeout is longer than the total timeout".into(),
+        );
     }
     if t.read.get() > t.total.get() {
-        err(format!("{at}/timeouts/read"), "read timeout is longer than the total timeout".into());
+        err(
+            format!("{at}/timeouts/read"),
+            "read timeout is longer than the total timeout".into(),
+        );
     }
 
     if errors.len() > start {
@@ -309,9 +384,11 @@ fn compile_app(file: &str, at: &str, spec: &AppSpec, errors: &mut Vec<PolicyErro
 fn normalized_prefix(prefix: Option<&str>) -> Result<String, String> {
     match prefix {
         None | Some("/") => Ok(String::new()),
-        Some(p) if !p.starts_with('/') || p.ends_with('/') || p.contains(['{', '}', '?', '#']) => Err(format!(
+        Some(p) if !p.starts_with('/') || p.ends_with('/') || p.contains(['{', '}', '?', '#']) => {
+            Err(format!(
             "path prefix `{p}` must start with `/`, not end with `/`, and hold no template or query"
-        )),
+        ))
+        }
         Some(p) => Ok(p.to_string()),
     }
 }
@@ -327,12 +404,16 @@ fn check_host(host: &str) -> Result<String, String> {
                 && label.len() <= 63
                 && !label.starts_with('-')
                 && !label.ends_with('-')
-                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
         });
     if ok {
         Ok(lower)
     } else {
-        Err(format!("`{host}` is not a host name or a `*.domain` wildcard"))
+        Err(format!(
+            "`{host}` is not a host name or a `*.domain` wildcard"
+        ))
     }
 }
 
@@ -351,7 +432,9 @@ pub fn parse_instance_url(url: &str) -> Result<InstanceAddr, String> {
         None => (rest, ""),
     };
     if !(path.is_empty() || path == "/") {
-        return Err(bad("instance URLs name a host and port only, without a path"));
+        return Err(bad(
+            "instance URLs name a host and port only, without a path",
+        ));
     }
     if authority.contains('@') {
         return Err(bad("credentials do not belong in instance URLs"));
@@ -392,7 +475,11 @@ pub fn parse_instance_url(url: &str) -> Result<InstanceAddr, String> {
         tls,
     };
     Ok(InstanceAddr {
-        url: format!("{}://{}", if tls { "https" } else { "http" }, addr.authority()),
+        url: format!(
+            "{}://{}",
+            if tls { "https" } else { "http" },
+            addr.authority()
+        ),
         ..addr
     })
 }
@@ -435,10 +522,12 @@ fn canonical_json(v: &Value) -> String {
 
 fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 #[cfg(test)]

@@ -299,9 +299,27 @@ mod tests {
 
     #[test]
     fn durations_parse_with_units() {
-        assert_eq!(Duration::try_from("250ms".to_string()).unwrap().get().as_millis(), 250);
-        assert_eq!(Duration::try_from("2s".to_string()).unwrap().get().as_millis(), 2000);
-        assert_eq!(Duration::try_from("1m".to_string()).unwrap().get().as_secs(), 60);
+        assert_eq!(
+            Duration::try_from("250ms".to_string())
+                .unwrap()
+                .get()
+                .as_millis(),
+            250
+        );
+        assert_eq!(
+            Duration::try_from("2s".to_string())
+                .unwrap()
+                .get()
+                .as_millis(),
+            2000
+        );
+        assert_eq!(
+            Duration::try_from("1m".to_string())
+                .unwrap()
+                .get()
+                .as_secs(),
+            60
+        );
         assert!(Duration::try_from("2h".to_string()).is_err());
         assert!(Duration::try_from("fast".to_string()).is_err());
     }

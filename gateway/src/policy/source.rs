@@ -43,7 +43,11 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<SourceFile>, errors: &mut Vec<Pol
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) => {
-            errors.push(PolicyError::new(&dir.display().to_string(), "", e.to_string()));
+            errors.push(PolicyError::new(
+                &dir.display().to_string(),
+                "",
+                e.to_string(),
+            ));
             return;
         }
     };
@@ -65,8 +69,9 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<SourceFile>, errors: &mut Vec<Pol
             walk(root, &path, out, errors);
             continue;
         }
-        let is_policy = (name.ends_with(".yaml") || name.ends_with(".yml") || name.ends_with(".json"))
-            && !name.ends_with(".schema.json");
+        let is_policy =
+            (name.ends_with(".yaml") || name.ends_with(".yml") || name.ends_with(".json"))
+                && !name.ends_with(".schema.json");
         if !is_policy {
             continue;
         }

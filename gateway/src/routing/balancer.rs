@@ -137,7 +137,12 @@ impl Instance {
         next <= now
             && self
                 .next_probe_ms
-                .compare_exchange(next, now + interval_ms, Ordering::Relaxed, Ordering::Relaxed)
+                .compare_exchange(
+                    next,
+                    now + interval_ms,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
                 .is_ok()
     }
 }
@@ -244,7 +249,11 @@ impl UpstreamSet {
     /// Build the groups for `bundle`, keeping the live state of instances that
     /// `previous` already had. Resolves instance host names (blocking: call
     /// off the request path).
-    pub fn build(bundle: &Bundle, previous: Option<&UpstreamSet>, previous_bundle: Option<&Bundle>) -> Self {
+    pub fn build(
+        bundle: &Bundle,
+        previous: Option<&UpstreamSet>,
+        previous_bundle: Option<&Bundle>,
+    ) -> Self {
         let mut known: HashMap<(&str, &str), &Arc<Instance>> = HashMap::new();
         if let (Some(prev), Some(pb)) = (previous, previous_bundle) {
             for (app, group) in pb.apps.iter().zip(&prev.groups) {
@@ -261,10 +270,12 @@ impl UpstreamSet {
                     .upstream
                     .instances
                     .iter()
-                    .map(|addr| match known.get(&(app.name.as_str(), addr.url.as_str())) {
-                        Some(inst) => Arc::clone(inst),
-                        None => Arc::new(Instance::new(addr.clone(), resolve(addr))),
-                    })
+                    .map(
+                        |addr| match known.get(&(app.name.as_str(), addr.url.as_str())) {
+                            Some(inst) => Arc::clone(inst),
+                            None => Arc::new(Instance::new(addr.clone(), resolve(addr))),
+                        },
+                    )
                     .collect();
                 UpstreamGroup::new(instances, app.upstream.balancing.clone())
             })
@@ -320,8 +331,12 @@ mod tests {
     #[test]
     fn tried_instances_are_skipped_then_exhausted() {
         let g = group(2, Balancing::RoundRobin);
-        let Pick::Instance(first) = g.pick(0, None, 0) else { panic!() };
-        let Pick::Instance(second) = g.pick(1 << first, None, 0) else { panic!() };
+        let Pick::Instance(first) = g.pick(0, None, 0) else {
+            panic!()
+        };
+        let Pick::Instance(second) = g.pick(1 << first, None, 0) else {
+            panic!()
+        };
         assert_ne!(first, second);
         assert_eq!(g.pick(0b11, None, 0), Pick::Exhausted);
     }
@@ -338,10 +353,19 @@ mod tests {
 
     #[test]
     fn consistent_hash_is_sticky_and_moves_only_from_a_lost_instance() {
-        let g = group(4, Balancing::ConsistentHash(http::HeaderName::from_static("x-user")));
+        let g = group(
+            4,
+            Balancing::ConsistentHash(http::HeaderName::from_static("x-user")),
+        );
         let keys: Vec<String> = (0..200).map(|i| format!("user-{i}")).collect();
-        let before: Vec<_> = keys.iter().map(|k| g.pick(0, Some(k.as_bytes()), 0)).collect();
-        let again: Vec<_> = keys.iter().map(|k| g.pick(0, Some(k.as_bytes()), 0)).collect();
+        let before: Vec<_> = keys
+            .iter()
+            .map(|k| g.pick(0, Some(k.as_bytes()), 0))
+            .collect();
+        let again: Vec<_> = keys
+            .iter()
+            .map(|k| g.pick(0, Some(k.as_bytes()), 0))
+            .collect();
         assert_eq!(before, again);
         // Eject instance 0: only its keys move.
         for _ in 0..3 {

@@ -11,7 +11,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Probe `socket` once. `host` is sent as the Host header.
-pub async fn probe(socket: SocketAddr, host: &str, path: &str, tls: bool, timeout: Duration) -> bool {
+pub async fn probe(
+    socket: SocketAddr,
+    host: &str,
+    path: &str,
+    tls: bool,
+    timeout: Duration,
+) -> bool {
     tokio::time::timeout(timeout, probe_inner(socket, host, path, tls))
         .await
         .unwrap_or(false)
@@ -78,7 +84,9 @@ mod tests {
             let (mut s, _) = l.accept().await.unwrap();
             let mut buf = [0u8; 512];
             let _ = s.read(&mut buf).await;
-            s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").await.unwrap();
+            s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                .await
+                .unwrap();
         });
         assert!(probe(addr, "x", "/health", false, Duration::from_secs(2)).await);
     }

@@ -8,7 +8,9 @@ mod balancer;
 pub mod health;
 mod template;
 
-pub use balancer::{now_ms, Instance, InstanceLease, Pick, UpstreamGroup, UpstreamSet, MAX_INSTANCES};
+pub use balancer::{
+    now_ms, Instance, InstanceLease, Pick, UpstreamGroup, UpstreamSet, MAX_INSTANCES,
+};
 pub use template::{PathTemplate, Segment, TemplateError};
 
 use std::collections::HashMap;
@@ -78,7 +80,12 @@ impl Router {
             }
         }
         let by_prefix_len = |v: &mut Vec<PrefixEntry>| {
-            v.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()).then(a.prefix.cmp(&b.prefix)))
+            v.sort_by(|a, b| {
+                b.prefix
+                    .len()
+                    .cmp(&a.prefix.len())
+                    .then(a.prefix.cmp(&b.prefix))
+            })
         };
         exact.values_mut().for_each(by_prefix_len);
         let mut wildcard: Vec<_> = wildcard.into_iter().collect();
@@ -120,7 +127,10 @@ impl Router {
         for (i, r) in app.routes.iter().enumerate() {
             if r.template.matches(sub) {
                 if r.accepts(method) {
-                    return RouteMatch::Route { app: app_idx, route: i };
+                    return RouteMatch::Route {
+                        app: app_idx,
+                        route: i,
+                    };
                 }
                 path_known = true;
             }

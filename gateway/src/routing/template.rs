@@ -51,7 +51,9 @@ pub enum TemplateError {
 impl PathTemplate {
     /// Parse a template such as `/orders/{id}`.
     pub fn parse(source: &str) -> Result<Self, TemplateError> {
-        let rest = source.strip_prefix('/').ok_or(TemplateError::NoLeadingSlash)?;
+        let rest = source
+            .strip_prefix('/')
+            .ok_or(TemplateError::NoLeadingSlash)?;
         let mut segments = Vec::new();
         if !rest.is_empty() {
             let parts: Vec<&str> = rest.split('/').collect();
@@ -205,13 +207,34 @@ mod tests {
 
     #[test]
     fn bad_templates_are_rejected() {
-        assert_eq!(PathTemplate::parse("orders"), Err(TemplateError::NoLeadingSlash));
-        assert!(matches!(PathTemplate::parse("/a/{b"), Err(TemplateError::BadSegment(_))));
-        assert!(matches!(PathTemplate::parse("/a/x{b}"), Err(TemplateError::BadSegment(_))));
-        assert!(matches!(PathTemplate::parse("/{r*}/x"), Err(TemplateError::TailNotLast(_))));
-        assert!(matches!(PathTemplate::parse("/{a}/{a}"), Err(TemplateError::DuplicateParam(_))));
-        assert!(matches!(PathTemplate::parse("/a/../b"), Err(TemplateError::ForbiddenSegment(_))));
-        assert!(matches!(PathTemplate::parse("/a//b"), Err(TemplateError::ForbiddenSegment(_))));
+        assert_eq!(
+            PathTemplate::parse("orders"),
+            Err(TemplateError::NoLeadingSlash)
+        );
+        assert!(matches!(
+            PathTemplate::parse("/a/{b"),
+            Err(TemplateError::BadSegment(_))
+        ));
+        assert!(matches!(
+            PathTemplate::parse("/a/x{b}"),
+            Err(TemplateError::BadSegment(_))
+        ));
+        assert!(matches!(
+            PathTemplate::parse("/{r*}/x"),
+            Err(TemplateError::TailNotLast(_))
+        ));
+        assert!(matches!(
+            PathTemplate::parse("/{a}/{a}"),
+            Err(TemplateError::DuplicateParam(_))
+        ));
+        assert!(matches!(
+            PathTemplate::parse("/a/../b"),
+            Err(TemplateError::ForbiddenSegment(_))
+        ));
+        assert!(matches!(
+            PathTemplate::parse("/a//b"),
+            Err(TemplateError::ForbiddenSegment(_))
+        ));
     }
 
     #[test]

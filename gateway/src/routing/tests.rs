@@ -20,7 +20,10 @@ fn route(b: &Bundle, host: &str, method: Method, path: &str) -> RouteMatch {
 
 fn route_id(b: &Bundle, host: &str, method: Method, path: &str) -> Option<String> {
     match route(b, host, method, path) {
-        RouteMatch::Route { app, route } => Some(format!("{}:{}", b.apps[app].name, b.apps[app].routes[route].id)),
+        RouteMatch::Route { app, route } => Some(format!(
+            "{}:{}",
+            b.apps[app].name, b.apps[app].routes[route].id
+        )),
         RouteMatch::Passthrough { app } => Some(format!("{}:*", b.apps[app].name)),
         _ => None,
     }
@@ -57,42 +60,102 @@ apps:
 #[test]
 fn exact_hosts_beat_wildcards_and_long_prefixes_beat_short_ones() {
     let b = bundle(ESTATE);
-    assert_eq!(route_id(&b, "orders.corp.example", Method::GET, "/api/orders/1").as_deref(), Some("orders:get"));
-    assert_eq!(route_id(&b, "eu.orders.corp.example", Method::GET, "/api/orders/1").as_deref(), Some("orders:get"));
-    assert_eq!(route_id(&b, "hr.corp.example", Method::GET, "/anything").as_deref(), Some("catchall:*"));
-    assert_eq!(route_id(&b, "orders.corp.example", Method::GET, "/api/admin/stats").as_deref(), Some("admin:stats"));
+    assert_eq!(
+        route_id(&b, "orders.corp.example", Method::GET, "/api/orders/1").as_deref(),
+        Some("orders:get")
+    );
+    assert_eq!(
+        route_id(&b, "eu.orders.corp.example", Method::GET, "/api/orders/1").as_deref(),
+        Some("orders:get")
+    );
+    assert_eq!(
+        route_id(&b, "hr.corp.example", Method::GET, "/anything").as_deref(),
+        Some("catchall:*")
+    );
+    assert_eq!(
+        route_id(&b, "orders.corp.example", Method::GET, "/api/admin/stats").as_deref(),
+        Some("admin:stats")
+    );
     // `/api/administrator` is not under the `/api/admin` prefix (apps sort by name: orders is 2).
-    assert_eq!(route(&b, "orders.corp.example", Method::GET, "/api/administrator"), RouteMatch::NoRoute { app: 2 });
+    assert_eq!(
+        route(&b, "orders.corp.example", Method::GET, "/api/administrator"),
+        RouteMatch::NoRoute { app: 2 }
+    );
     // Outside every prefix of an exact host, wildcard hosts get their turn.
-    assert_eq!(route_id(&b, "orders.corp.example", Method::GET, "/other").as_deref(), Some("catchall:*"));
-    assert_eq!(route(&b, "corp.example", Method::GET, "/"), RouteMatch::NoApp);
-    assert_eq!(route(&b, "elsewhere.example", Method::GET, "/"), RouteMatch::NoApp);
+    assert_eq!(
+        route_id(&b, "orders.corp.example", Method::GET, "/other").as_deref(),
+        Some("catchall:*")
+    );
+    assert_eq!(
+        route(&b, "corp.example", Method::GET, "/"),
+        RouteMatch::NoApp
+    );
+    assert_eq!(
+        route(&b, "elsewhere.example", Method::GET, "/"),
+        RouteMatch::NoApp
+    );
 }
 
 #[test]
 fn the_most_specific_route_wins() {
     let b = bundle(ESTATE);
     let h = "orders.corp.example";
-    assert_eq!(route_id(&b, h, Method::GET, "/api/orders/export").as_deref(), Some("orders:export"));
-    assert_eq!(route_id(&b, h, Method::GET, "/api/orders/7").as_deref(), Some("orders:get"));
-    assert_eq!(route_id(&b, h, Method::DELETE, "/api/orders/7").as_deref(), Some("orders:any-order"));
-    assert_eq!(route_id(&b, h, Method::HEAD, "/api/orders/7").as_deref(), Some("orders:get"));
-    assert_eq!(route_id(&b, h, Method::GET, "/api/files/readme").as_deref(), Some("orders:readme"));
-    assert_eq!(route_id(&b, h, Method::GET, "/api/files/a/b/c").as_deref(), Some("orders:files"));
-    assert_eq!(route(&b, h, Method::POST, "/api/files/a"), RouteMatch::MethodNotAllowed { app: 2 });
+    assert_eq!(
+        route_id(&b, h, Method::GET, "/api/orders/export").as_deref(),
+        Some("orders:export")
+    );
+    assert_eq!(
+        route_id(&b, h, Method::GET, "/api/orders/7").as_deref(),
+        Some("orders:get")
+    );
+    assert_eq!(
+        route_id(&b, h, Method::DELETE, "/api/orders/7").as_deref(),
+        Some("orders:any-order")
+    );
+    assert_eq!(
+        route_id(&b, h, Method::HEAD, "/api/orders/7").as_deref(),
+        Some("orders:get")
+    );
+    assert_eq!(
+        route_id(&b, h, Method::GET, "/api/files/readme").as_deref(),
+        Some("orders:readme")
+    );
+    assert_eq!(
+        route_id(&b, h, Method::GET, "/api/files/a/b/c").as_deref(),
+        Some("orders:files")
+    );
+    assert_eq!(
+        route(&b, h, Method::POST, "/api/files/a"),
+        RouteMatch::MethodNotAllowed { app: 2 }
+    );
 }
 
 #[test]
 fn hosts_are_normalised() {
-    assert_eq!(normalize_host("Orders.Corp.Example:8443"), "orders.corp.example");
-    assert_eq!(normalize_host("orders.corp.example."), "orders.corp.example");
+    assert_eq!(
+        normalize_host("Orders.Corp.Example:8443"),
+        "orders.corp.example"
+    );
+    assert_eq!(
+        normalize_host("orders.corp.example."),
+        "orders.corp.example"
+    );
     assert_eq!(normalize_host("[::1]:80"), "[::1]");
     assert_eq!(normalize_host("plain"), "plain");
 }
 
 #[test]
 fn unsafe_paths_are_refused() {
-    for p in ["/a/../b", "/a/./b", "/..", "/a/%2e%2E/b", "/a/%2E/b", "/a%2fb", "/a%5Cb", "relative"] {
+    for p in [
+        "/a/../b",
+        "/a/./b",
+        "/..",
+        "/a/%2e%2E/b",
+        "/a/%2E/b",
+        "/a%2fb",
+        "/a%5Cb",
+        "relative",
+    ] {
         assert!(!path_is_safe(p), "{p}");
     }
     for p in ["/", "/a/b", "/a/b.json", "/a/..b", "/%20x", "/a/%41"] {
@@ -101,7 +164,11 @@ fn unsafe_paths_are_refused() {
 }
 
 fn template_strategy() -> impl Strategy<Value = String> {
-    proptest::collection::vec(prop_oneof![Just("a"), Just("b"), Just("{p}"), Just("{q}")], 1..4).prop_flat_map(|segs| {
+    proptest::collection::vec(
+        prop_oneof![Just("a"), Just("b"), Just("{p}"), Just("{q}")],
+        1..4,
+    )
+    .prop_flat_map(|segs| {
         let mut names = 0;
         let segs: Vec<String> = segs
             .into_iter()

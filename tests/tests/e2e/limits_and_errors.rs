@@ -22,7 +22,13 @@ async fn oversized_bodies_get_413_and_the_upstream_sees_nothing() {
     let big = format!("{{\"note\":\"{}\"}}", "x".repeat(4000));
 
     // Declared length over the cap.
-    let r = c.post(format!("{}/approvals", gw.url())).header("host", "app.test").body(big.clone()).send().await.unwrap();
+    let r = c
+        .post(format!("{}/approvals", gw.url()))
+        .header("host", "app.test")
+        .body(big.clone())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 413);
     let p: Value = r.json().await.unwrap();
     assert_eq!(p["type"], "https://gatehouse.dev/problems/body-too-large");
@@ -38,14 +44,30 @@ async fn oversized_bodies_get_413_and_the_upstream_sees_nothing() {
     assert!(resp.starts_with("HTTP/1.1 413"), "{resp}");
 
     // A per-route cap overrides the app's.
-    let r = c.post(format!("{}/approvals/1/approve", gw.url())).header("host", "app.test").body("y".repeat(200)).send().await.unwrap();
+    let r = c
+        .post(format!("{}/approvals/1/approve", gw.url()))
+        .header("host", "app.test")
+        .body("y".repeat(200))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 413);
 
-    assert_eq!(sim.requests(0), 0, "the upstream saw none of the refused requests");
+    assert_eq!(
+        sim.requests(0),
+        0,
+        "the upstream saw none of the refused requests"
+    );
 
     // Under the cap: forwarded byte for byte (chunked too).
     let small = "{\"workflow\":\"travel\",\"amount\":120}";
-    let r = c.post(format!("{}/approvals", gw.url())).header("host", "app.test").body(small).send().await.unwrap();
+    let r = c
+        .post(format!("{}/approvals", gw.url()))
+        .header("host", "app.test")
+        .body(small)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 201);
     let created: Value = r.json().await.unwrap();
     assert_eq!(created["workflow"], "travel");

@@ -37,7 +37,11 @@ apps:
     upstream: { instances: ["http://127.0.0.1:2"], hash_header: x-user }
 "#,
     );
-    let out = Command::new(bin("gatehouse")).args(["policy", "lint"]).arg(dir.path()).output().unwrap();
+    let out = Command::new(bin("gatehouse"))
+        .args(["policy", "lint"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let text = String::from_utf8_lossy(&out.stdout);
     let expected = [
@@ -64,7 +68,11 @@ apps:
     for e in expected {
         assert!(text.contains(e), "missing `{e}` in:\n{text}");
     }
-    let json = Command::new(bin("gatehouse")).args(["policy", "lint", "--format", "json"]).arg(dir.path()).output().unwrap();
+    let json = Command::new(bin("gatehouse"))
+        .args(["policy", "lint", "--format", "json"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(v["ok"], false);
     assert!(v["errors"].as_array().unwrap().len() >= 14);
@@ -73,11 +81,29 @@ apps:
 #[test]
 fn lint_accepts_the_example_policies() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
-    let out = Command::new(bin("gatehouse")).args(["policy", "lint"]).arg(&root).output().unwrap();
+    let out = Command::new(bin("gatehouse"))
+        .args(["policy", "lint"])
+        .arg(&root)
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(text.starts_with("ok: "), "{text}");
-    let apps: usize = text.split(", ").find_map(|p| p.strip_suffix(" apps")).unwrap().parse().unwrap();
-    let routes: usize = text.split(", ").find_map(|p| p.strip_suffix(" routes")).unwrap().parse().unwrap();
+    let apps: usize = text
+        .split(", ")
+        .find_map(|p| p.strip_suffix(" apps"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let routes: usize = text
+        .split(", ")
+        .find_map(|p| p.strip_suffix(" routes"))
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(apps >= 4 && routes >= 25, "{text}");
 }

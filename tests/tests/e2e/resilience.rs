@@ -39,11 +39,19 @@ async fn killing_an_instance_under_load_fails_no_request_and_it_rejoins() {
             let mut i = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 i += 1;
-                let r = c.get(format!("{url}/approvals/{}", w * 1000 + i % 900 + 1)).header("host", "app.test").send().await;
+                let r = c
+                    .get(format!("{url}/approvals/{}", w * 1000 + i % 900 + 1))
+                    .header("host", "app.test")
+                    .send()
+                    .await;
                 match r {
                     Ok(r) if r.status() == 200 => ok.fetch_add(1, Ordering::Relaxed),
                     Ok(r) => {
-                        eprintln!("failed: {} {}", r.status(), r.text().await.unwrap_or_default());
+                        eprintln!(
+                            "failed: {} {}",
+                            r.status(),
+                            r.text().await.unwrap_or_default()
+                        );
                         failed.fetch_add(1, Ordering::Relaxed)
                     }
                     Err(e) => {
@@ -71,8 +79,14 @@ async fn killing_an_instance_under_load_fails_no_request_and_it_rejoins() {
     }
     let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
     assert_eq!(failed, 0, "{failed} failed requests ({ok} ok)");
-    assert!(before_kill > 50 && ok > before_kill * 2, "steady load: {before_kill} before the kill, {ok} in all");
-    assert!(rejoined, "the restarted instance got traffic again: {apps_after}");
+    assert!(
+        before_kill > 50 && ok > before_kill * 2,
+        "steady load: {before_kill} before the kill, {ok} in all"
+    );
+    assert!(
+        rejoined,
+        "the restarted instance got traffic again: {apps_after}"
+    );
 }
 
 #[tokio::test]
@@ -81,11 +95,23 @@ async fn a_slow_upstream_gets_504_within_the_timeout() {
     let dir = PolicyDir::new();
     dir.write(
         "a.yaml",
-        &app_policy("app", "app.test", &[sim.url(0)], "    timeouts: { connect: 500ms, read: 500ms, total: 5s }", ROUTE),
+        &app_policy(
+            "app",
+            "app.test",
+            &[sim.url(0)],
+            "    timeouts: { connect: 500ms, read: 500ms, total: 5s }",
+            ROUTE,
+        ),
     );
     dir.write(
         "b.yaml",
-        &app_policy("total", "total.test", &[sim.url(0)], "    timeouts: { connect: 500ms, read: 700ms, total: 700ms }", ROUTE),
+        &app_policy(
+            "total",
+            "total.test",
+            &[sim.url(0)],
+            "    timeouts: { connect: 500ms, read: 700ms, total: 700ms }",
+            ROUTE,
+        ),
     );
     let gw = Gateway::start(dir.path(), &[]);
     let c = client();
@@ -102,10 +128,18 @@ async fn a_slow_upstream_gets_504_within_the_timeout() {
         assert_eq!(r.status(), 504, "{host}");
         let p: Value = r.json().await.unwrap();
         assert_eq!(p["type"], "https://gatehouse.dev/problems/upstream-timeout");
-        assert!(took >= timeout_ms && took <= timeout_ms + 100, "{host}: 504 after {took} ms, timeout {timeout_ms} ms");
+        assert!(
+            took >= timeout_ms && took <= timeout_ms + 100,
+            "{host}: 504 after {took} ms, timeout {timeout_ms} ms"
+        );
     }
     // A quick request still works on the same app.
-    let r = c.get(format!("{}/approvals/1", gw.url())).header("host", "app.test").send().await.unwrap();
+    let r = c
+        .get(format!("{}/approvals/1", gw.url()))
+        .header("host", "app.test")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
 }
 
@@ -113,7 +147,16 @@ async fn a_slow_upstream_gets_504_within_the_timeout() {
 async fn unreachable_and_unhealthy_upstreams_give_502_and_503() {
     let closed = format!("http://127.0.0.1:{}", free_port());
     let dir = PolicyDir::new();
-    dir.write("a.yaml", &app_policy("dead", "dead.test", &[closed.clone()], "      ejection: { consecutive_failures: 0 }", ROUTE));
+    dir.write(
+        "a.yaml",
+        &app_policy(
+            "dead",
+            "dead.test",
+            std::slice::from_ref(&closed),
+            "      ejection: { consecutive_failures: 0 }",
+            ROUTE,
+        ),
+    );
     dir.write(
         "b.yaml",
         &app_policy(
@@ -126,17 +169,40 @@ async fn unreachable_and_unhealthy_upstreams_give_502_and_503() {
     );
     let gw = Gateway::start(dir.path(), &[]);
     let c = client();
-    let r = c.get(format!("{}/approvals/1", gw.url())).header("host", "dead.test").send().await.unwrap();
+    let r = c
+        .get(format!("{}/approvals/1", gw.url()))
+        .header("host", "dead.test")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 502);
     let p: Value = r.json().await.unwrap();
-    assert_eq!(p["type"], "https://gatehouse.dev/problems/upstream-unreachable");
-    assert!(!p.to_string().contains("127.0.0.1"), "no internal address leaks: {p}");
+    assert_eq!(
+        p["type"],
+        "https://gatehouse.dev/problems/upstream-unreachable"
+    );
+    assert!(
+        !p.to_string().contains("127.0.0.1"),
+        "no internal address leaks: {p}"
+    );
 
     assert!(eventually(Duration::from_secs(3), || {
-        gw.admin_json("/v1/apps")["apps"].as_array().unwrap().iter().any(|a| a["name"] == "sick" && a["instances"][0]["healthy"] == false)
+        gw.admin_json("/v1/apps")["apps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["name"] == "sick" && a["instances"][0]["healthy"] == false)
     }));
-    let r = c.get(format!("{}/approvals/1", gw.url())).header("host", "sick.test").send().await.unwrap();
+    let r = c
+        .get(format!("{}/approvals/1", gw.url()))
+        .header("host", "sick.test")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 503);
     let p: Value = r.json().await.unwrap();
-    assert_eq!(p["type"], "https://gatehouse.dev/problems/no-healthy-instance");
+    assert_eq!(
+        p["type"],
+        "https://gatehouse.dev/problems/no-healthy-instance"
+    );
 }

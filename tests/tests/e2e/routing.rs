@@ -4,7 +4,14 @@ use gatehouse_e2e::*;
 use serde_json::Value;
 
 fn estate() -> (Sim, PolicyDir) {
-    let sim = Sim::start(&[("orders", "127.0.0.1:0"), ("customers", "127.0.0.1:0"), ("approvals", "127.0.0.1:0")], &[]);
+    let sim = Sim::start(
+        &[
+            ("orders", "127.0.0.1:0"),
+            ("customers", "127.0.0.1:0"),
+            ("approvals", "127.0.0.1:0"),
+        ],
+        &[],
+    );
     let dir = PolicyDir::new();
     dir.write(
         "orders.yaml",
@@ -35,9 +42,15 @@ async fn requests_reach_the_right_app_and_problems_are_precise() {
     let (sim, dir) = estate();
     let gw = Gateway::start(dir.path(), &[]);
     let c = client();
-    let get = |host: &'static str, path: &str| c.get(format!("{}{path}", gw.url())).header("host", host).send();
+    let get = |host: &'static str, path: &str| {
+        c.get(format!("{}{path}", gw.url()))
+            .header("host", host)
+            .send()
+    };
 
-    let r = get("orders.test", "/rest/orders/v1/orders/7").await.unwrap();
+    let r = get("orders.test", "/rest/orders/v1/orders/7")
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let inst = r.headers()["x-sim-instance"].to_str().unwrap().to_string();
     assert_eq!(inst, format!("orders@{}", sim.addrs[0]));
@@ -45,14 +58,22 @@ async fn requests_reach_the_right_app_and_problems_are_precise() {
     assert_eq!(body["id"], 7);
 
     // Host matching ignores case and port.
-    let r = get("CRM.test:8080", "/CRM/rest/v1/customers/5").await.unwrap();
+    let r = get("CRM.test:8080", "/CRM/rest/v1/customers/5")
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
-    assert!(r.headers()["x-sim-instance"].to_str().unwrap().starts_with("customers@"));
+    assert!(r.headers()["x-sim-instance"]
+        .to_str()
+        .unwrap()
+        .starts_with("customers@"));
 
     // Wildcard host, passthrough app.
     let r = get("eu.tools.test", "/workflows/travel").await.unwrap();
     assert_eq!(r.status(), 200);
-    assert!(r.headers()["x-sim-instance"].to_str().unwrap().starts_with("approvals@"));
+    assert!(r.headers()["x-sim-instance"]
+        .to_str()
+        .unwrap()
+        .starts_with("approvals@"));
     // A wildcard needs at least one label.
     let r = get("tools.test", "/workflows").await.unwrap();
     assert_eq!(r.status(), 404);
@@ -67,10 +88,20 @@ async fn requests_reach_the_right_app_and_problems_are_precise() {
     assert_eq!(p["status"], 404);
     assert_eq!(p["request_id"], rid.as_str());
 
-    let p: Value = get("orders.test", "/rest/orders/v1/invoices").await.unwrap().json().await.unwrap();
+    let p: Value = get("orders.test", "/rest/orders/v1/invoices")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(p["type"], "https://gatehouse.dev/problems/no-route");
 
-    let r = c.delete(format!("{}/rest/orders/v1/orders/7", gw.url())).header("host", "orders.test").send().await.unwrap();
+    let r = c
+        .delete(format!("{}/rest/orders/v1/orders/7", gw.url()))
+        .header("host", "orders.test")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 405);
     assert_eq!(r.headers()["allow"], "GET, HEAD");
 
@@ -78,10 +109,21 @@ async fn requests_reach_the_right_app_and_problems_are_precise() {
     assert_eq!(sim.requests(0), 1);
 
     // Dot segments, plain or encoded, never reach an upstream.
-    for path in ["/rest/orders/v1/orders/../../admin", "/rest/orders/v1/%2e%2e/x", "/rest/orders/v1/orders/a%2Fb"] {
-        let resp = raw_http(gw.addr, format!("GET {path} HTTP/1.1\r\nHost: orders.test\r\nConnection: close\r\n\r\n").as_bytes());
+    for path in [
+        "/rest/orders/v1/orders/../../admin",
+        "/rest/orders/v1/%2e%2e/x",
+        "/rest/orders/v1/orders/a%2Fb",
+    ] {
+        let resp = raw_http(
+            gw.addr,
+            format!("GET {path} HTTP/1.1\r\nHost: orders.test\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        );
         assert!(resp.starts_with("HTTP/1.1 400"), "{path}: {resp}");
-        assert!(resp.contains("https://gatehouse.dev/problems/bad-path"), "{resp}");
+        assert!(
+            resp.contains("https://gatehouse.dev/problems/bad-path"),
+            "{resp}"
+        );
     }
     assert_eq!(sim.requests(0), 1);
 }

@@ -9,46 +9,134 @@ use serde_json::Value;
 async fn tls_listener_speaks_http2_and_http11() {
     let sim = Sim::one("approvals");
     let dir = PolicyDir::new();
-    dir.write("a.yaml", &app_policy("app", "app.test", &[sim.url(0)], "    passthrough: true", "      - { method: GET, path: \"/approvals/{id}\" }"));
+    dir.write(
+        "a.yaml",
+        &app_policy(
+            "app",
+            "app.test",
+            &[sim.url(0)],
+            "    passthrough: true",
+            "      - { method: GET, path: \"/approvals/{id}\" }",
+        ),
+    );
     let certs = tempfile::tempdir().unwrap();
     let (ca, cert, key) = make_certs(certs.path());
     let tls_port = free_port();
     let tls_addr = format!("127.0.0.1:{tls_port}");
     let gw = Gateway::start(
         dir.path(),
-        &["--tls-listen", &tls_addr, "--tls-cert", &cert, "--tls-key", &key],
+        &[
+            "--tls-listen",
+            &tls_addr,
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+        ],
     );
     let _ = &gw;
     let ca = reqwest::Certificate::from_pem(&std::fs::read(&ca).unwrap()).unwrap();
     let addr: std::net::SocketAddr = tls_addr.parse().unwrap();
-    for (h2, expected) in [(true, reqwest::Version::HTTP_2), (false, reqwest::Version::HTTP_11)] {
-        let mut b = reqwest::Client::builder().no_proxy().add_root_certificate(ca.clone()).resolve("app.test", addr);
+    for (h2, expected) in [
+        (true, reqwest::Version::HTTP_2),
+        (false, reqwest::Version::HTTP_11),
+    ] {
+        let mut b = reqwest::Client::builder()
+            .no_proxy()
+            .add_root_certificate(ca.clone())
+            .resolve("app.test", addr);
         if !h2 {
             b = b.http1_only();
         }
         let c = b.build().unwrap();
-        let r = c.get(format!("https://app.test:{tls_port}/__sim/echo")).send().await.unwrap();
+        let r = c
+            .get(format!("https://app.test:{tls_port}/__sim/echo"))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200);
         assert_eq!(r.version(), expected);
         let echo: Value = r.json().await.unwrap();
         assert_eq!(echo["headers"]["x-forwarded-proto"], "https");
-        assert!(echo["headers"]["x-forwarded-host"].as_str().unwrap().starts_with("app.test"));
+        assert!(echo["headers"]["x-forwarded-host"]
+            .as_str()
+            .unwrap()
+            .starts_with("app.test"));
     }
 }
 
 /// A throwaway CA and a leaf certificate for `app.test`, made with openssl(1).
 fn make_certs(dir: &std::path::Path) -> (String, String, String) {
     let p = |n: &str| dir.join(n).to_str().expect("utf-8 temp path").to_string();
-    std::fs::write(p("leaf.ext"), "subjectAltName=DNS:app.test\nbasicConstraints=CA:FALSE\n").unwrap();
-    let (ca_key, ca, key, csr, cert, ext) = (p("ca.key"), p("ca.pem"), p("key.pem"), p("leaf.csr"), p("cert.pem"), p("leaf.ext"));
+    std::fs::write(
+        p("leaf.ext"),
+        "subjectAltName=DNS:app.test\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    let (ca_key, ca, key, csr, cert, ext) = (
+        p("ca.key"),
+        p("ca.pem"),
+        p("key.pem"),
+        p("leaf.csr"),
+        p("cert.pem"),
+        p("leaf.ext"),
+    );
     let steps: [&[&str]; 3] = [
-        &["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=gatehouse-test-ca", "-keyout", &ca_key, "-out", &ca],
-        &["req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=app.test", "-keyout", &key, "-out", &csr],
-        &["x509", "-req", "-days", "2", "-CAcreateserial", "-in", &csr, "-CA", &ca, "-CAkey", &ca_key, "-extfile", &ext, "-out", &cert],
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=gatehouse-test-ca",
+            "-keyout",
+            &ca_key,
+            "-out",
+            &ca,
+        ],
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=app.test",
+            "-keyout",
+            &key,
+            "-out",
+            &csr,
+        ],
+        &[
+            "x509",
+            "-req",
+            "-days",
+            "2",
+            "-CAcreateserial",
+            "-in",
+            &csr,
+            "-CA",
+            &ca,
+            "-CAkey",
+            &ca_key,
+            "-extfile",
+            &ext,
+            "-out",
+            &cert,
+        ],
     ];
     for args in steps {
-        let out = Command::new("openssl").args(args).output().expect("openssl is installed by the test setup");
-        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new("openssl")
+            .args(args)
+            .output()
+            .expect("openssl is installed by the test setup");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     (ca, cert, key)
 }

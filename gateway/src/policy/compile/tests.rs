@@ -22,7 +22,10 @@ fn app(body: &str) -> String {
 
 fn one_error(body: &str, expected: &str) {
     let errs = errors(&[src("f.yaml", &app(body))]);
-    assert!(errs.iter().any(|e| e.contains(expected)), "`{expected}` not in {errs:#?}");
+    assert!(
+        errs.iter().any(|e| e.contains(expected)),
+        "`{expected}` not in {errs:#?}"
+    );
 }
 
 #[test]
@@ -32,7 +35,11 @@ fn the_embedded_schema_is_valid() {
 
 #[test]
 fn a_valid_bundle_compiles() {
-    let b = compile(&[src("f.yaml", &app("    routes: [ { method: GET, path: /x } ]"))]).unwrap();
+    let b = compile(&[src(
+        "f.yaml",
+        &app("    routes: [ { method: GET, path: /x } ]"),
+    )])
+    .unwrap();
     assert_eq!(b.apps.len(), 1);
     assert_eq!(b.version.len(), 64);
     assert_eq!(b.apps[0].max_request_body, DEFAULT_MAX_REQUEST_BODY);
@@ -40,29 +47,71 @@ fn a_valid_bundle_compiles() {
 
 #[test]
 fn syntax_errors_give_line_and_column() {
-    let errs = errors(&[src("f.yaml", "version: 1\napps: [\n  - x: y\n"), src("g.json", "{\"version\": 1,,}")]);
-    assert!(errs[0].starts_with("f.yaml: /: invalid YAML at line"), "{errs:?}");
-    assert!(errs[1].starts_with("g.json: /: invalid JSON at line 1 column"), "{errs:?}");
+    let errs = errors(&[
+        src("f.yaml", "version: 1\napps: [\n  - x: y\n"),
+        src("g.json", "{\"version\": 1,,}"),
+    ]);
+    assert!(
+        errs[0].starts_with("f.yaml: /: invalid YAML at line"),
+        "{errs:?}"
+    );
+    assert!(
+        errs[1].starts_with("g.json: /: invalid JSON at line 1 column"),
+        "{errs:?}"
+    );
 }
 
 #[test]
 fn schema_errors_carry_json_pointers() {
     let errs = errors(&[src("f.yaml", "version: 2\napps:\n  - name: A\n    owner: o\n    hosts: []\n    upstream: { instances: [] }\n    extra: 1\n")]);
-    for expected in ["f.yaml: /version:", "f.yaml: /apps/0/name:", "f.yaml: /apps/0/hosts:", "f.yaml: /apps/0/upstream/instances:", "f.yaml: /apps/0: Additional properties"] {
-        assert!(errs.iter().any(|e| e.starts_with(expected)), "`{expected}` not in {errs:#?}");
+    for expected in [
+        "f.yaml: /version:",
+        "f.yaml: /apps/0/name:",
+        "f.yaml: /apps/0/hosts:",
+        "f.yaml: /apps/0/upstream/instances:",
+        "f.yaml: /apps/0: Additional properties",
+    ] {
+        assert!(
+            errs.iter().any(|e| e.starts_with(expected)),
+            "`{expected}` not in {errs:#?}"
+        );
     }
 }
 
 #[test]
 fn every_semantic_error_kind_is_reported() {
-    one_error("    routes: [ { method: GET, path: \"/a/{b\" } ]", "/apps/0/routes/0/path: `/a/{b`: segment");
-    one_error("    routes: [ { method: GET, path: \"/a\" }, { method: GET, path: \"/a\" } ]", "/apps/0/routes/1/path: `GET /a` conflicts with /apps/0/routes/0");
-    one_error("    routes: [ { id: x, method: GET, path: /a }, { id: x, method: POST, path: /a } ]", "/apps/0/routes/1/id: route id `x` is already used");
-    one_error("    path_prefix: api", "/apps/0/path_prefix: path prefix `api` must start with `/`");
-    one_error("    strip_prefix: true\n    passthrough: true", "/apps/0/strip_prefix: strip_prefix needs a path_prefix");
-    one_error("", "/apps/0/routes: the app declares no routes and is not passthrough");
-    one_error("    passthrough: true\n    timeouts: { connect: 2s, read: 5s, total: 1s }", "/apps/0/timeouts/connect: connect timeout is longer");
-    one_error("    passthrough: true\n    timeouts: { read: 5s, total: 1s, connect: 100ms }", "/apps/0/timeouts/read: read timeout is longer");
+    one_error(
+        "    routes: [ { method: GET, path: \"/a/{b\" } ]",
+        "/apps/0/routes/0/path: `/a/{b`: segment",
+    );
+    one_error(
+        "    routes: [ { method: GET, path: \"/a\" }, { method: GET, path: \"/a\" } ]",
+        "/apps/0/routes/1/path: `GET /a` conflicts with /apps/0/routes/0",
+    );
+    one_error(
+        "    routes: [ { id: x, method: GET, path: /a }, { id: x, method: POST, path: /a } ]",
+        "/apps/0/routes/1/id: route id `x` is already used",
+    );
+    one_error(
+        "    path_prefix: api",
+        "/apps/0/path_prefix: path prefix `api` must start with `/`",
+    );
+    one_error(
+        "    strip_prefix: true\n    passthrough: true",
+        "/apps/0/strip_prefix: strip_prefix needs a path_prefix",
+    );
+    one_error(
+        "",
+        "/apps/0/routes: the app declares no routes and is not passthrough",
+    );
+    one_error(
+        "    passthrough: true\n    timeouts: { connect: 2s, read: 5s, total: 1s }",
+        "/apps/0/timeouts/connect: connect timeout is longer",
+    );
+    one_error(
+        "    passthrough: true\n    timeouts: { read: 5s, total: 1s, connect: 100ms }",
+        "/apps/0/timeouts/read: read timeout is longer",
+    );
     for (url, why) in [
         ("ftp://x", "the scheme must be http or https"),
         ("http://x/base", "without a path"),
@@ -73,7 +122,11 @@ fn every_semantic_error_kind_is_reported() {
     ] {
         let body = format!("version: 1\napps:\n  - name: a\n    owner: o\n    hosts: [a.test]\n    passthrough: true\n    upstream: {{ instances: [\"{url}\"] }}\n");
         let errs = errors(&[src("f.yaml", &body)]);
-        assert!(errs.iter().any(|e| e.contains("/apps/0/upstream/instances/0") && e.contains(why)), "{url}: {errs:#?}");
+        assert!(
+            errs.iter()
+                .any(|e| e.contains("/apps/0/upstream/instances/0") && e.contains(why)),
+            "{url}: {errs:#?}"
+        );
     }
     let body = "version: 1\napps:\n  - name: a\n    owner: o\n    hosts: [a.test, A.test, \"x y\", \"*.\"]\n    passthrough: true\n    upstream:\n      instances: [\"http://h:1\", \"http://H:1/\"]\n      balancing: consistent_hash\n      health_check: { path: health, interval: 1s, timeout: 2s }\n";
     let errs = errors(&[src("f.yaml", body)]);
@@ -86,16 +139,26 @@ fn every_semantic_error_kind_is_reported() {
         "/apps/0/upstream/health_check/path: `health` must start with `/`",
         "/apps/0/upstream/health_check/timeout: timeout must be shorter than interval",
     ] {
-        assert!(errs.iter().any(|e| e.contains(expected)), "`{expected}` not in {errs:#?}");
+        assert!(
+            errs.iter().any(|e| e.contains(expected)),
+            "`{expected}` not in {errs:#?}"
+        );
     }
 }
 
 #[test]
 fn cross_file_conflicts_name_both_places() {
     let a = src("a.yaml", &app("    passthrough: true"));
-    let b = src("b.yaml", &app("    passthrough: true").replace("hosts: [a.test]", "hosts: [A.test]"));
+    let b = src(
+        "b.yaml",
+        &app("    passthrough: true").replace("hosts: [a.test]", "hosts: [A.test]"),
+    );
     let errs = errors(&[a, b]);
-    assert!(errs.iter().any(|e| e == "b.yaml: /apps/0/name: app name `a` is already used at a.yaml /apps/0"), "{errs:#?}");
+    assert!(
+        errs.iter()
+            .any(|e| e == "b.yaml: /apps/0/name: app name `a` is already used at a.yaml /apps/0"),
+        "{errs:#?}"
+    );
     assert!(
         errs.iter().any(|e| e == "b.yaml: /apps/0/hosts/0: host `a.test` with path prefix `/` is already served by app `a` (a.yaml /apps/0)"),
         "{errs:#?}"
@@ -105,7 +168,10 @@ fn cross_file_conflicts_name_both_places() {
 #[test]
 fn an_empty_bundle_is_an_error() {
     let errs = errors(&[src("f.yaml", "version: 1\n")]);
-    assert_eq!(errs, vec!["f.yaml: /: the bundle declares no apps".to_string()]);
+    assert_eq!(
+        errs,
+        vec!["f.yaml: /: the bundle declares no apps".to_string()]
+    );
 }
 
 #[test]
@@ -117,7 +183,10 @@ fn the_version_ignores_formatting_but_not_content() {
     let c = compile(&[src("f.yaml", &app("    passthrough: true\n    retries: 2"))]).unwrap();
     assert_ne!(a.version, c.version);
     let d = compile(&[src("g.yaml", &app("    passthrough: true\n    retries: 1"))]).unwrap();
-    assert_ne!(a.version, d.version, "the file layout is part of the bundle");
+    assert_ne!(
+        a.version, d.version,
+        "the file layout is part of the bundle"
+    );
 }
 
 #[test]
@@ -125,5 +194,8 @@ fn instance_urls_normalise() {
     let a = parse_instance_url("HTTP://Example.ORG".to_lowercase().as_str()).unwrap();
     assert_eq!(a.url, "http://example.org:80");
     let b = parse_instance_url("https://[::1]:8443/").unwrap();
-    assert_eq!((b.url.as_str(), b.host.as_str(), b.port, b.tls), ("https://[::1]:8443", "::1", 8443, true));
+    assert_eq!(
+        (b.url.as_str(), b.host.as_str(), b.port, b.tls),
+        ("https://[::1]:8443", "::1", 8443, true)
+    );
 }

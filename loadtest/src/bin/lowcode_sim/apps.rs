@@ -21,8 +21,16 @@ impl Req<'_> {
         self.query.iter().find(|(k, _)| *k == key).map(|(_, v)| *v)
     }
     fn page(&self) -> (u64, u64) {
-        let page = self.q("page").and_then(|v| v.parse().ok()).unwrap_or(1).max(1);
-        let size = self.q("page_size").and_then(|v| v.parse().ok()).unwrap_or(20).clamp(1, 500);
+        let page = self
+            .q("page")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1)
+            .max(1);
+        let size = self
+            .q("page_size")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(20)
+            .clamp(1, 500);
         (page, size)
     }
     fn id(&self) -> Option<u64> {
@@ -81,7 +89,11 @@ impl Endpoint {
 
 macro_rules! ep {
     ($m:literal, $t:literal, $h:expr) => {
-        Endpoint { method: $m, template: $t, handler: $h }
+        Endpoint {
+            method: $m,
+            template: $t,
+            handler: $h,
+        }
     };
 }
 
@@ -107,8 +119,16 @@ pub fn endpoints(kind: &str) -> Option<Vec<Endpoint>> {
             ep!("GET", "/CRM/rest/v1/customers/{id}", get_customer),
             ep!("PUT", "/CRM/rest/v1/customers/{id}", update_customer),
             ep!("PATCH", "/CRM/rest/v1/customers/{id}", update_customer),
-            ep!("GET", "/CRM/rest/v1/customers/{id}/contacts", customer_contacts),
-            ep!("POST", "/CRM/rest/v1/customers/{id}/contacts", create_contact),
+            ep!(
+                "GET",
+                "/CRM/rest/v1/customers/{id}/contacts",
+                customer_contacts
+            ),
+            ep!(
+                "POST",
+                "/CRM/rest/v1/customers/{id}/contacts",
+                create_contact
+            ),
         ],
         // A Power Apps HR app behind a custom connector.
         "employees" => vec![
@@ -118,7 +138,11 @@ pub fn endpoints(kind: &str) -> Option<Vec<Endpoint>> {
             ep!("PATCH", "/api/hr/employees/{id}", patch_employee),
             ep!("GET", "/api/hr/departments", list_departments),
             ep!("GET", "/api/hr/employees/{id}/leave-requests", list_leave),
-            ep!("POST", "/api/hr/employees/{id}/leave-requests", create_leave),
+            ep!(
+                "POST",
+                "/api/hr/employees/{id}/leave-requests",
+                create_leave
+            ),
         ],
         // An approval-workflow app (Retool-style internal tool).
         "approvals" => vec![
@@ -141,8 +165,12 @@ pub const KINDS: [&str; 4] = ["orders", "customers", "employees", "approvals"];
 // ---- deterministic data -------------------------------------------------
 
 const STATUSES: [&str; 5] = ["draft", "submitted", "approved", "shipped", "cancelled"];
-const NAMES: [&str; 8] = ["Avery", "Blake", "Casey", "Devon", "Emery", "Finley", "Harper", "Jordan"];
-const SURNAMES: [&str; 8] = ["Jansen", "de Vries", "Bakker", "Visser", "Smit", "Meijer", "Mulder", "Bos"];
+const NAMES: [&str; 8] = [
+    "Avery", "Blake", "Casey", "Devon", "Emery", "Finley", "Harper", "Jordan",
+];
+const SURNAMES: [&str; 8] = [
+    "Jansen", "de Vries", "Bakker", "Visser", "Smit", "Meijer", "Mulder", "Bos",
+];
 const DEPARTMENTS: [&str; 5] = ["Finance", "Operations", "Sales", "IT", "People"];
 
 fn pick<T: Copy>(xs: &[T], n: u64) -> T {
@@ -175,7 +203,10 @@ fn order(id: u64, ctx: &Ctx) -> Value {
     if ctx.drift {
         // Contract drift after a redeploy: renamed field, number as string, dropped field.
         let m = v.as_object_mut().expect("object literal");
-        m.insert("total".into(), Value::String(format!("{:.2}", ((id * 7919) % 100_000) as f64 / 100.0)));
+        m.insert(
+            "total".into(),
+            Value::String(format!("{:.2}", ((id * 7919) % 100_000) as f64 / 100.0)),
+        );
         if let Some(s) = m.remove("status") {
             m.insert("state".into(), s);
         }
@@ -240,7 +271,13 @@ fn approval(id: u64, ctx: &Ctx) -> Value {
     v
 }
 
-fn page_of(req: &Req, ctx: &Ctx, total: u64, make: fn(u64, &Ctx) -> Value, keep: impl Fn(&Value) -> bool) -> Reply {
+fn page_of(
+    req: &Req,
+    ctx: &Ctx,
+    total: u64,
+    make: fn(u64, &Ctx) -> Value,
+    keep: impl Fn(&Value) -> bool,
+) -> Reply {
     let (page, size) = req.page();
     let start = (page - 1) * size + 1;
     let items: Vec<Value> = (start..start + size * 6)
@@ -249,7 +286,10 @@ fn page_of(req: &Req, ctx: &Ctx, total: u64, make: fn(u64, &Ctx) -> Value, keep:
         .filter(|v| keep(v))
         .take(size as usize)
         .collect();
-    (200, json!({ "items": items, "page": page, "page_size": size, "total": total }))
+    (
+        200,
+        json!({ "items": items, "page": page, "page_size": size, "total": total }),
+    )
 }
 
 fn body_object(req: &Req) -> Result<Map<String, Value>, Reply> {
@@ -284,10 +324,16 @@ fn new_id() -> u64 {
 
 fn list_orders(req: &Req, ctx: &Ctx) -> Reply {
     let status = req.q("status").map(str::to_string);
-    page_of(req, ctx, 50_000, order, move |o| status.as_deref().is_none_or(|s| o["status"] == s))
+    page_of(req, ctx, 50_000, order, move |o| {
+        status.as_deref().is_none_or(|s| o["status"] == s)
+    })
 }
 fn create_order(req: &Req, _: &Ctx) -> Reply {
-    created(new_id(), req, json!({ "status": "draft", "currency": "EUR" }))
+    created(
+        new_id(),
+        req,
+        json!({ "status": "draft", "currency": "EUR" }),
+    )
 }
 fn get_order(req: &Req, ctx: &Ctx) -> Reply {
     match req.id() {
@@ -296,7 +342,9 @@ fn get_order(req: &Req, ctx: &Ctx) -> Reply {
     }
 }
 fn update_order(req: &Req, ctx: &Ctx) -> Reply {
-    let Some(id) = req.id() else { return not_found() };
+    let Some(id) = req.id() else {
+        return not_found();
+    };
     match body_object(req) {
         Ok(m) => {
             let mut o = order(id, ctx);
@@ -315,7 +363,9 @@ fn delete_any(req: &Req, _: &Ctx) -> Reply {
     }
 }
 fn order_lines(req: &Req, ctx: &Ctx) -> Reply {
-    let Some(id) = req.id() else { return not_found() };
+    let Some(id) = req.id() else {
+        return not_found();
+    };
     let lines: Vec<Value> = (1..=id % 9 + 1)
         .map(|n| {
             let mut l = json!({ "line": n, "sku": format!("SKU-{:05}", (id * n) % 2000), "quantity": n, "unit_price": 9.95 });
@@ -326,7 +376,9 @@ fn order_lines(req: &Req, ctx: &Ctx) -> Reply {
     (200, json!({ "order_id": id, "lines": lines }))
 }
 fn submit_order(req: &Req, ctx: &Ctx) -> Reply {
-    let Some(id) = req.id() else { return not_found() };
+    let Some(id) = req.id() else {
+        return not_found();
+    };
     let mut o = order(id, ctx);
     o["status"] = json!("submitted");
     (202, o)
@@ -340,7 +392,12 @@ fn list_products(req: &Req, ctx: &Ctx) -> Reply {
     page_of(req, ctx, 2_000, product, |_| true)
 }
 fn get_product(req: &Req, ctx: &Ctx) -> Reply {
-    match req.params.first().and_then(|s| s.strip_prefix("SKU-")).and_then(|n| n.parse().ok()) {
+    match req
+        .params
+        .first()
+        .and_then(|s| s.strip_prefix("SKU-"))
+        .and_then(|n| n.parse().ok())
+    {
         Some(n) => (200, product(n, ctx)),
         None => not_found(),
     }
@@ -349,7 +406,11 @@ fn get_product(req: &Req, ctx: &Ctx) -> Reply {
 fn list_customers(req: &Req, ctx: &Ctx) -> Reply {
     let q = req.q("q").map(str::to_ascii_lowercase);
     page_of(req, ctx, 20_000, customer, move |c| {
-        q.as_deref().is_none_or(|q| c["name"].as_str().is_some_and(|n| n.to_ascii_lowercase().contains(q)))
+        q.as_deref().is_none_or(|q| {
+            c["name"]
+                .as_str()
+                .is_some_and(|n| n.to_ascii_lowercase().contains(q))
+        })
     })
 }
 fn create_customer(req: &Req, _: &Ctx) -> Reply {
@@ -362,7 +423,9 @@ fn get_customer(req: &Req, ctx: &Ctx) -> Reply {
     }
 }
 fn update_customer(req: &Req, ctx: &Ctx) -> Reply {
-    let Some(id) = req.id() else { return not_found() };
+    let Some(id) = req.id() else {
+        return not_found();
+    };
     match body_object(req) {
         Ok(m) => {
             let mut c = customer(id, ctx);
@@ -375,7 +438,9 @@ fn update_customer(req: &Req, ctx: &Ctx) -> Reply {
     }
 }
 fn customer_contacts(req: &Req, ctx: &Ctx) -> Reply {
-    let Some(id) = req.id() else { return not_found() };
+    let Some(id) = req.id() else {
+        return not_found();
+    };
     let contacts: Vec<Value> = (1..=id % 4 + 1)
         .map(|n| {
             let mut c = json!({ "id": id * 10 + n, "name": pick(&NAMES, id + n), "role": pick(&["buyer", "finance", "legal"], n) });
@@ -391,13 +456,18 @@ fn create_contact(req: &Req, _: &Ctx) -> Reply {
 
 fn list_employees(req: &Req, ctx: &Ctx) -> Reply {
     let dept = req.q("department").map(str::to_string);
-    page_of(req, ctx, 5_000, employee, move |e| dept.as_deref().is_none_or(|d| e["department"] == d))
+    page_of(req, ctx, 5_000, employee, move |e| {
+        dept.as_deref().is_none_or(|d| e["department"] == d)
+    })
 }
 fn create_employee(req: &Req, _: &Ctx) -> Reply {
     created(new_id(), req, json!({ "fte": 1.0 }))
 }
 fn employee_id(req: &Req) -> Option<u64> {
-    req.params.first().and_then(|p| p.strip_prefix('E')).and_then(|n| n.parse().ok())
+    req.params
+        .first()
+        .and_then(|p| p.strip_prefix('E'))
+        .and_then(|n| n.parse().ok())
 }
 fn get_employee(req: &Req, ctx: &Ctx) -> Reply {
     match employee_id(req) {
@@ -406,7 +476,9 @@ fn get_employee(req: &Req, ctx: &Ctx) -> Reply {
     }
 }
 fn patch_employee(req: &Req, ctx: &Ctx) -> Reply {
-    let Some(id) = employee_id(req) else { return not_found() };
+    let Some(id) = employee_id(req) else {
+        return not_found();
+    };
     match body_object(req) {
         Ok(m) => {
             let mut e = employee(id, ctx);
@@ -427,11 +499,16 @@ fn list_departments(_: &Req, _: &Ctx) -> Reply {
     (200, json!({ "items": items }))
 }
 fn list_leave(req: &Req, _: &Ctx) -> Reply {
-    let Some(id) = employee_id(req) else { return not_found() };
+    let Some(id) = employee_id(req) else {
+        return not_found();
+    };
     let items: Vec<Value> = (0..id % 3)
         .map(|n| json!({ "id": id * 100 + n, "from": date(id + n), "days": n + 1, "status": "approved" }))
         .collect();
-    (200, json!({ "employee_id": format!("E{id:05}"), "items": items }))
+    (
+        200,
+        json!({ "employee_id": format!("E{id:05}"), "items": items }),
+    )
 }
 fn create_leave(req: &Req, _: &Ctx) -> Reply {
     created(new_id(), req, json!({ "status": "requested" }))
@@ -446,15 +523,18 @@ fn list_workflows(_: &Req, _: &Ctx) -> Reply {
 }
 fn get_workflow(req: &Req, _: &Ctx) -> Reply {
     match req.params.first() {
-        Some(k) if ["purchase", "travel", "access", "contract"].contains(k) => {
-            (200, json!({ "key": k, "steps": [ { "name": "manager" }, { "name": "finance" } ], "sla_hours": 48 }))
-        }
+        Some(k) if ["purchase", "travel", "access", "contract"].contains(k) => (
+            200,
+            json!({ "key": k, "steps": [ { "name": "manager" }, { "name": "finance" } ], "sla_hours": 48 }),
+        ),
         _ => not_found(),
     }
 }
 fn list_approvals(req: &Req, ctx: &Ctx) -> Reply {
     let status = req.q("status").map(str::to_string);
-    page_of(req, ctx, 10_000, approval, move |a| status.as_deref().is_none_or(|s| a["status"] == s))
+    page_of(req, ctx, 10_000, approval, move |a| {
+        status.as_deref().is_none_or(|s| a["status"] == s)
+    })
 }
 fn create_approval(req: &Req, _: &Ctx) -> Reply {
     created(new_id(), req, json!({ "status": "pending" }))
@@ -466,9 +546,17 @@ fn get_approval(req: &Req, ctx: &Ctx) -> Reply {
     }
 }
 fn decide_approval(req: &Req, ctx: &Ctx) -> Reply {
-    let Some(id) = req.id() else { return not_found() };
+    let Some(id) = req.id() else {
+        return not_found();
+    };
     let mut a = approval(id, ctx);
-    let decided = if req.body.as_ref().and_then(|b| b.get("approve")).and_then(Value::as_bool) == Some(false) {
+    let decided = if req
+        .body
+        .as_ref()
+        .and_then(|b| b.get("approve"))
+        .and_then(Value::as_bool)
+        == Some(false)
+    {
         "rejected"
     } else {
         "approved"
@@ -477,6 +565,11 @@ fn decide_approval(req: &Req, ctx: &Ctx) -> Reply {
     (200, a)
 }
 fn approval_history(req: &Req, _: &Ctx) -> Reply {
-    let Some(id) = req.id() else { return not_found() };
-    (200, json!({ "approval_id": id, "events": [ { "at": format!("{}T10:00:00Z", date(id)), "event": "created" } ] }))
+    let Some(id) = req.id() else {
+        return not_found();
+    };
+    (
+        200,
+        json!({ "approval_id": id, "events": [ { "at": format!("{}T10:00:00Z", date(id)), "event": "created" } ] }),
+    )
 }

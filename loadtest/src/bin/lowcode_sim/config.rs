@@ -101,7 +101,9 @@ pub fn parse_latency(s: &str) -> Result<Latency, String> {
             b.parse().map_err(|_| "bad upper bound")?,
         ));
     }
-    s.parse().map(Latency::Fixed).map_err(|_| format!("`{s}` is not 20, 5..20 or normal:20:5"))
+    s.parse()
+        .map(Latency::Fixed)
+        .map_err(|_| format!("`{s}` is not 20, 5..20 or normal:20:5"))
 }
 
 impl TryFrom<String> for Latency {

@@ -96,8 +96,10 @@ fn main() -> anyhow::Result<()> {
     }
     let mut estate = match &cli.config {
         Some(path) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-            serde_yaml::from_str::<EstateConfig>(&text).with_context(|| format!("parsing {}", path.display()))?
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            serde_yaml::from_str::<EstateConfig>(&text)
+                .with_context(|| format!("parsing {}", path.display()))?
         }
         None => EstateConfig::default(),
     };
@@ -116,7 +118,10 @@ fn main() -> anyhow::Result<()> {
             endpoints: Default::default(),
         });
     }
-    anyhow::ensure!(!estate.apps.is_empty(), "nothing to run: give --app KIND=ADDR or --config FILE");
+    anyhow::ensure!(
+        !estate.apps.is_empty(),
+        "nothing to run: give --app KIND=ADDR or --config FILE"
+    );
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cli.threads.max(1))
         .enable_all()
@@ -133,10 +138,16 @@ async fn run(estate: EstateConfig) -> anyhow::Result<()> {
             .map(|e| format!("{} {}", e.method, e.template))
             .collect();
         for key in app.endpoints.keys() {
-            anyhow::ensure!(endpoints_known.contains(key), "`{key}` is not an endpoint of `{}`", app.kind);
+            anyhow::ensure!(
+                endpoints_known.contains(key),
+                "`{key}` is not an endpoint of `{}`",
+                app.kind
+            );
         }
         for addr in &app.listen {
-            let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding {addr}"))?;
             let local = listener.local_addr()?;
             let instance = Arc::new(Instance {
                 label: format!("{}@{local}", app.kind),
@@ -185,12 +196,19 @@ async fn accept_loop(listener: tokio::net::TcpListener, instance: Arc<Instance>)
 }
 
 fn json_response(status: u16, body: &Value, label: &str) -> Response<Full<Bytes>> {
-    let bytes = if body.is_null() && status == 204 { Bytes::new() } else { Bytes::from(body.to_string()) };
+    let bytes = if body.is_null() && status == 204 {
+        Bytes::new()
+    } else {
+        Bytes::from(body.to_string())
+    };
     let mut resp = Response::new(Full::new(bytes));
     *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let h = resp.headers_mut();
     if status != 204 {
-        h.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+        h.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
     }
     if let Ok(v) = http::HeaderValue::from_str(label) {
         h.insert("x-sim-instance", v);
@@ -198,7 +216,10 @@ fn json_response(status: u16, body: &Value, label: &str) -> Response<Full<Bytes>
     resp
 }
 
-async fn handle(inst: Arc<Instance>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle(
+    inst: Arc<Instance>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().to_string();
     if path == "/health" {
@@ -216,7 +237,13 @@ async fn handle(inst: Arc<Instance>, req: Request<Incoming>) -> Result<Response<
     }
     let body = match Limited::new(body, MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
-        Err(_) => return Ok(json_response(413, &json!({ "error": "body too large or aborted" }), &inst.label)),
+        Err(_) => {
+            return Ok(json_response(
+                413,
+                &json!({ "error": "body too large or aborted" }),
+                &inst.label,
+            ))
+        }
     };
     if path == "/__sim/config" && parts.method == Method::PUT {
         return Ok(match serde_json::from_slice::<Behaviour>(&body) {
@@ -228,7 +255,8 @@ async fn handle(inst: Arc<Instance>, req: Request<Incoming>) -> Result<Response<
         });
     }
     inst.requests.fetch_add(1, Ordering::Relaxed);
-    inst.body_bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
+    inst.body_bytes
+        .fetch_add(body.len() as u64, Ordering::Relaxed);
     let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
     let delay = header("x-sim-delay-ms").and_then(|v| v.parse::<u64>().ok());
     let forced = header("x-sim-status").and_then(|v| v.parse::<u16>().ok());
@@ -240,7 +268,12 @@ async fn handle(inst: Arc<Instance>, req: Request<Incoming>) -> Result<Response<
         let headers: serde_json::Map<String, Value> = parts
             .headers
             .iter()
-            .map(|(k, v)| (k.as_str().to_string(), Value::String(String::from_utf8_lossy(v.as_bytes()).into())))
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_string(),
+                    Value::String(String::from_utf8_lossy(v.as_bytes()).into()),
+                )
+            })
             .collect();
         let echo = json!({
             "instance": inst.label,
@@ -254,28 +287,54 @@ async fn handle(inst: Arc<Instance>, req: Request<Incoming>) -> Result<Response<
     }
 
     let method = parts.method.as_str();
-    let found = inst.endpoints.iter().find_map(|ep| ep.matches(method, &path).map(|p| (ep, p)));
+    let found = inst
+        .endpoints
+        .iter()
+        .find_map(|ep| ep.matches(method, &path).map(|p| (ep, p)));
     let Some((ep, params)) = found else {
-        return Ok(json_response(404, &json!({ "error": "no such endpoint" }), &inst.label));
+        return Ok(json_response(
+            404,
+            &json!({ "error": "no such endpoint" }),
+            &inst.label,
+        ));
     };
     let default = inst.behaviour.load();
-    let behaviour = inst.overrides.get(&format!("{} {}", ep.method, ep.template)).unwrap_or(&default);
-    let wait = delay.map(std::time::Duration::from_millis).unwrap_or_else(|| behaviour.latency.sample());
+    let behaviour = inst
+        .overrides
+        .get(&format!("{} {}", ep.method, ep.template))
+        .unwrap_or(&default);
+    let wait = delay
+        .map(std::time::Duration::from_millis)
+        .unwrap_or_else(|| behaviour.latency.sample());
     if !wait.is_zero() {
         tokio::time::sleep(wait).await;
     }
     if let Some(status) = forced {
-        return Ok(json_response(status, &json!({ "error": "forced by x-sim-status" }), &inst.label));
+        return Ok(json_response(
+            status,
+            &json!({ "error": "forced by x-sim-status" }),
+            &inst.label,
+        ));
     }
     if behaviour.error_rate > 0.0 && rand::random::<f64>() < behaviour.error_rate {
-        return Ok(json_response(500, &json!({ "error": "simulated failure" }), &inst.label));
+        return Ok(json_response(
+            500,
+            &json!({ "error": "simulated failure" }),
+            &inst.label,
+        ));
     }
     let parsed = if body.is_empty() {
         None
     } else {
         match serde_json::from_slice::<Value>(&body) {
             Ok(v) => Some(v),
-            Err(e) => return Ok(json_response(400, &json!({ "error": format!("invalid JSON: {e}") }), &inst.label)),
+            Err(e) => {
+                return Ok(json_response(
+                    400,
+                    &json!({ "error": format!("invalid JSON: {e}") }),
+                    &inst.label,
+                ))
+            }
         }
     };
     let query: Vec<(&str, &str)> = parts
@@ -290,7 +349,13 @@ async fn handle(inst: Arc<Instance>, req: Request<Incoming>) -> Result<Response<
         pad: behaviour.pad_bytes,
         drift: behaviour.nonconforming,
     };
-    let (status, value) = ep.call(&apps::Req { params, query, body: parsed }, &ctx);
+    let (status, value) = ep.call(
+        &apps::Req {
+            params,
+            query,
+            body: parsed,
+        },
+        &ctx,
+    );
     Ok(json_response(status, &value, &inst.label))
 }
-
