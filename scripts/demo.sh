@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 scripts/setup.sh
 profile=debug
-build=(cargo build --locked -p gatehouse -p gatehouse-loadtest --bins)
+build=(cargo build --locked --workspace --bins)
 if [ "${1:-}" = "--release" ]; then
   profile=release
   build+=(--release)
@@ -41,7 +41,7 @@ Gatehouse is serving the example estate.
 
 Try:
   curl -H 'Host: orders.corp.example'    http://127.0.0.1:8080/rest/orders/v1/orders/42
-  curl -H 'Host: crm.corp.example'       http://127.0.0.1:8080/CRM/rest/v1/customers?page_size=2
+  curl -H 'Host: crm.corp.example'       'http://127.0.0.1:8080/CRM/rest/v1/customers?page_size=2'
   curl -H 'Host: hr.corp.example'        http://127.0.0.1:8080/api/hr/departments
   curl -H 'Host: eu.approvals.corp.example' http://127.0.0.1:8080/approvals/7
   curl -i -H 'Host: orders.corp.example' http://127.0.0.1:8080/rest/orders/v1/nope   # 404 problem+json
