@@ -3,6 +3,9 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::BytesMut;
+
+use crate::contract::{Verdict, Violation};
 use crate::error::GatewayError;
 use crate::routing::InstanceLease;
 use crate::runtime::{Active, InFlight};
@@ -34,6 +37,18 @@ pub struct RequestCtx {
     pub deadline: Option<Instant>,
     /// A decision that ends the request, rendered by `fail_to_proxy`.
     pub error: Option<GatewayError>,
+    /// Status sent by the gateway itself (0 = the upstream's).
+    pub status: u16,
+    /// Request contract verdict.
+    pub request_verdict: Verdict,
+    /// Response contract verdict.
+    pub response_verdict: Verdict,
+    /// Violations recorded in monitor mode (request and response).
+    pub violations: Vec<Violation>,
+    /// Monitor mode: a copy of the streamed request body, validated at its end.
+    pub request_tee: Option<BodyTee>,
+    /// Monitor mode: a copy of the streamed response body, validated at its end.
+    pub response_tee: Option<BodyTee>,
     _in_flight: InFlight,
 }
 
@@ -53,6 +68,12 @@ impl RequestCtx {
             lease: None,
             deadline: None,
             error: None,
+            status: 0,
+            request_verdict: Verdict::Unchecked,
+            response_verdict: Verdict::Unchecked,
+            violations: Vec::new(),
+            request_tee: None,
+            response_tee: None,
             _in_flight: in_flight,
         }
     }
@@ -61,5 +82,43 @@ impl RequestCtx {
     pub fn app(&self) -> Option<&crate::policy::App> {
         let active = self.active.as_ref()?;
         active.bundle.apps.get(self.app?)
+    }
+}
+
+/// A bounded copy of a streamed body, validated when the stream ends.
+#[derive(Debug)]
+pub struct BodyTee {
+    /// What the body must satisfy.
+    pub validator: std::sync::Arc<jsonschema::Validator>,
+    /// The copy so far.
+    pub buf: BytesMut,
+    /// Most bytes kept; beyond it the body goes unchecked.
+    pub cap: u64,
+    /// The body outgrew `cap`.
+    pub overflow: bool,
+}
+
+impl BodyTee {
+    /// An empty copy.
+    pub fn new(validator: std::sync::Arc<jsonschema::Validator>, cap: u64) -> Self {
+        Self {
+            validator,
+            buf: BytesMut::new(),
+            cap,
+            overflow: false,
+        }
+    }
+
+    /// Append a chunk (or give up past the cap).
+    pub fn push(&mut self, chunk: &[u8]) {
+        if self.overflow {
+            return;
+        }
+        if (self.buf.len() + chunk.len()) as u64 > self.cap {
+            self.overflow = true;
+            self.buf = BytesMut::new();
+        } else {
+            self.buf.extend_from_slice(chunk);
+        }
     }
 }

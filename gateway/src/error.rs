@@ -9,6 +9,8 @@
 use bytes::Bytes;
 use pingora::{Error, ErrorType};
 
+use crate::contract::Violation;
+
 /// Base of the stable problem `type` URIs.
 pub const PROBLEM_BASE: &str = "https://gatehouse.dev/problems/";
 
@@ -43,6 +45,26 @@ pub enum GatewayError {
     BadRequest,
     /// A bug or resource failure inside the gateway.
     Internal,
+    /// The request breaks the app's contract.
+    ContractViolation {
+        /// What is wrong (at most the configured number).
+        violations: Vec<Violation>,
+    },
+    /// The JSON body does not parse.
+    MalformedJson {
+        /// Where and why, e.g. `line 3 column 7: expected value`.
+        detail: String,
+    },
+    /// The body's media type is not one the operation accepts.
+    UnsupportedMediaType {
+        /// Accepted media types.
+        expected: Vec<String>,
+    },
+    /// The upstream's response breaks the app's contract (enforce mode).
+    UpstreamContractViolation {
+        /// How many violations were found (details are logged, not sent).
+        count: usize,
+    },
 }
 
 impl GatewayError {
@@ -51,7 +73,9 @@ impl GatewayError {
         match self {
             Self::NoApp | Self::NoRoute => 404,
             Self::MethodNotAllowed { .. } => 405,
-            Self::BadPath | Self::BadRequest => 400,
+            Self::BadPath | Self::BadRequest | Self::ContractViolation { .. } | Self::MalformedJson { .. } => 400,
+            Self::UnsupportedMediaType { .. } => 415,
+            Self::UpstreamContractViolation { .. } => 502,
             Self::BodyTooLarge { .. } => 413,
             Self::UpstreamUnreachable | Self::UpstreamFailed => 502,
             Self::NoHealthyInstance => 503,
@@ -74,6 +98,10 @@ impl GatewayError {
             Self::UpstreamFailed => "upstream-failed",
             Self::BadRequest => "bad-request",
             Self::Internal => "internal",
+            Self::ContractViolation { .. } => "contract-violation",
+            Self::MalformedJson { .. } => "malformed-json",
+            Self::UnsupportedMediaType { .. } => "unsupported-media-type",
+            Self::UpstreamContractViolation { .. } => "upstream-contract-violation",
         }
     }
 
@@ -90,6 +118,10 @@ impl GatewayError {
             Self::UpstreamFailed => "Upstream failed",
             Self::BadRequest => "Bad request",
             Self::Internal => "Internal gateway error",
+            Self::ContractViolation { .. } => "Request violates the API contract",
+            Self::MalformedJson { .. } => "Malformed JSON body",
+            Self::UnsupportedMediaType { .. } => "Unsupported media type",
+            Self::UpstreamContractViolation { .. } => "Upstream response violates the API contract",
         }
     }
 
@@ -110,12 +142,22 @@ impl GatewayError {
             Self::UpstreamFailed => "The app ended the exchange abnormally.".into(),
             Self::BadRequest => "The request could not be understood.".into(),
             Self::Internal => "The gateway failed to handle the request.".into(),
+            Self::ContractViolation { violations } => {
+                format!("The request breaks the API contract in {} place(s); see `violations`.", violations.len())
+            }
+            Self::MalformedJson { detail } => format!("The body is not valid JSON: {detail}."),
+            Self::UnsupportedMediaType { expected } => {
+                format!("This operation accepts only: {}.", expected.join(", "))
+            }
+            Self::UpstreamContractViolation { count } => format!(
+                "The app answered with a response that breaks its API contract ({count} violation(s)); it was withheld."
+            ),
         }
     }
 
     /// The problem document.
     pub fn problem_json(&self, request_id: &str, instance: &str) -> Bytes {
-        let body = serde_json::json!({
+        let mut body = serde_json::json!({
             "type": format!("{PROBLEM_BASE}{}", self.slug()),
             "title": self.title(),
             "status": self.status(),
@@ -123,6 +165,9 @@ impl GatewayError {
             "instance": instance,
             "request_id": request_id,
         });
+        if let Self::ContractViolation { violations } = self {
+            body["violations"] = serde_json::to_value(violations).unwrap_or_default();
+        }
         Bytes::from(body.to_string())
     }
 

@@ -8,6 +8,7 @@
 //! [`error`] is the one mapping from gateway errors to problem responses.
 
 pub mod admin;
+pub mod contract;
 pub mod ctx;
 pub mod error;
 pub mod policy;

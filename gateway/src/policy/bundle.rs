@@ -2,7 +2,11 @@
 
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use http::{HeaderName, Method};
+
+use crate::contract::{Mode, Operation, Undocumented};
 
 use crate::routing::{PathTemplate, Router};
 
@@ -58,6 +62,23 @@ pub struct App {
     pub retries: u32,
     /// Body cap in bytes.
     pub max_request_body: u64,
+    /// Contract settings (defaults when the app has no contract).
+    pub contract: ContractSettings,
+}
+
+/// App-wide contract settings.
+#[derive(Debug, Clone)]
+pub struct ContractSettings {
+    /// The OpenAPI document the routes come from.
+    pub openapi: Option<String>,
+    /// Undocumented operations.
+    pub undocumented: Undocumented,
+    /// Most violations per 400.
+    pub max_violations: usize,
+    /// Validation cap for request bodies.
+    pub max_body: u64,
+    /// Validation cap for response bodies.
+    pub max_response_body: u64,
 }
 
 /// A compiled route.
@@ -71,6 +92,12 @@ pub struct Route {
     pub template: PathTemplate,
     /// Body cap in bytes.
     pub max_request_body: u64,
+    /// The contract of this operation, if any.
+    pub operation: Option<Arc<Operation>>,
+    /// Request checks.
+    pub request_mode: Mode,
+    /// Response checks.
+    pub response_mode: Mode,
 }
 
 impl Route {

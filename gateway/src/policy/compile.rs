@@ -3,19 +3,24 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::OnceLock;
 
-use http::{HeaderName, Method};
+use http::HeaderName;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::bundle::{
-    App, Balancing, Bundle, Ejection, HealthCheck, InstanceAddr, Route, Timeouts, Upstream,
+    App, Balancing, Bundle, ContractSettings, Ejection, HealthCheck, InstanceAddr, Timeouts,
+    Upstream,
 };
 use super::model::{AppSpec, BalancingSpec, PolicyFile};
 use super::{PolicyError, PolicyErrors, SourceFile};
-use crate::routing::{PathTemplate, Router, MAX_INSTANCES};
+use crate::contract::{BundleDocuments, Undocumented};
+use crate::routing::{Router, MAX_INSTANCES};
 
 /// The JSON Schema of policy files (`policies/policy.schema.json`).
 pub const POLICY_SCHEMA: &str = include_str!("../../../policies/policy.schema.json");
+
+/// Default validation cap for request and response bodies.
+pub const DEFAULT_MAX_VALIDATED_BODY: u64 = 1 << 20;
 
 /// Default request body cap when neither app nor route sets one.
 pub const DEFAULT_MAX_REQUEST_BODY: u64 = 10 << 20;
@@ -37,7 +42,18 @@ pub fn compile(sources: &[SourceFile]) -> Result<Bundle, PolicyErrors> {
     let mut parsed: Vec<(&SourceFile, Value, PolicyFile)> = Vec::new();
     let mut hasher = Sha256::new();
 
-    for src in sources {
+    let (doc_files, policy_files): (Vec<&SourceFile>, Vec<&SourceFile>) =
+        sources.iter().partition(|s| super::is_document(&s.path));
+    let docs = BundleDocuments::parse(&doc_files, &mut errors);
+    for f in &doc_files {
+        if let Some(v) = docs.get(&f.path) {
+            hasher.update(f.path.as_bytes());
+            hasher.update([0]);
+            hasher.update(canonical_json(v).as_bytes());
+            hasher.update([0]);
+        }
+    }
+    for src in policy_files {
         let value = match parse_document(src) {
             Ok(v) => v,
             Err(e) => {
@@ -108,7 +124,7 @@ pub fn compile(sources: &[SourceFile]) -> Result<Bundle, PolicyErrors> {
                     host_prefixes.insert(key, format!("app `{}` ({place})", spec.name));
                 }
             }
-            if let Some(app) = compile_app(&src.path, &at, spec, &mut errors) {
+            if let Some(app) = compile_app(&src.path, &at, spec, &docs, &mut errors) {
                 apps.push((src.path.clone(), app));
             }
         }
@@ -138,150 +154,70 @@ pub fn compile(sources: &[SourceFile]) -> Result<Bundle, PolicyErrors> {
 }
 
 fn parse_document(src: &SourceFile) -> Result<Value, PolicyError> {
-    if src.path.ends_with(".json") {
-        serde_json::from_str(&src.text).map_err(|e| {
-            PolicyError::new(
-                &src.path,
-                "",
-                format!(
-                    "invalid JSON at line {} column {}: {e}",
-                    e.line(),
-                    e.column()
-                ),
-            )
-        })
-    } else {
-        serde_yaml::from_str::<Value>(&src.text).map_err(|e| {
-            let loc = e
-                .location()
-                .map(|l| format!(" at line {} column {}", l.line(), l.column()))
-                .unwrap_or_default();
-            PolicyError::new(&src.path, "", format!("invalid YAML{loc}: {e}"))
-        })
-    }
+    crate::contract::documents::parse_text(&src.path, &src.text)
 }
 
-fn compile_app(file: &str, at: &str, spec: &AppSpec, errors: &mut Vec<PolicyError>) -> Option<App> {
+fn compile_app(
+    file: &str,
+    at: &str,
+    spec: &AppSpec,
+    docs: &BundleDocuments,
+    errors: &mut Vec<PolicyError>,
+) -> Option<App> {
     let start = errors.len();
-    let mut err = |ptr: String, msg: String| errors.push(PolicyError::new(file, ptr, msg));
+    macro_rules! err {
+        ($ptr:expr, $msg:expr $(,)?) => {
+            errors.push(PolicyError::new(file, $ptr, String::from($msg)))
+        };
+    }
 
     let mut hosts = Vec::new();
     for (h, host) in spec.hosts.iter().enumerate() {
         match check_host(host) {
-            Ok(host) if hosts.contains(&host) => err(
+            Ok(host) if hosts.contains(&host) => err!(
                 format!("{at}/hosts/{h}"),
                 format!("host `{host}` is listed twice"),
             ),
             Ok(host) => hosts.push(host),
-            Err(m) => err(format!("{at}/hosts/{h}"), m),
+            Err(m) => err!(format!("{at}/hosts/{h}"), m),
         }
     }
 
     let path_prefix = match normalized_prefix(spec.path_prefix.as_deref()) {
         Ok(p) => p,
         Err(m) => {
-            err(format!("{at}/path_prefix"), m);
+            err!(format!("{at}/path_prefix"), m);
             String::new()
         }
     };
     if spec.strip_prefix && path_prefix.is_empty() {
-        err(
+        err!(
             format!("{at}/strip_prefix"),
-            "strip_prefix needs a path_prefix".into(),
+            "strip_prefix needs a path_prefix",
         );
     }
 
     let app_body_cap = spec
         .max_request_body
         .map_or(DEFAULT_MAX_REQUEST_BODY, |b| b.0);
-    let mut routes: Vec<Route> = Vec::new();
-    let mut ids: HashMap<String, usize> = HashMap::new();
-    let mut shapes: HashMap<(Option<Method>, String), usize> = HashMap::new();
-    for (r, rs) in spec.routes.iter().enumerate() {
-        let rat = format!("{at}/routes/{r}");
-        let method = if rs.method == "ANY" {
-            None
-        } else {
-            match Method::from_bytes(rs.method.as_bytes()) {
-                Ok(m) if rs.method.bytes().all(|b| b.is_ascii_uppercase()) => Some(m),
-                _ => {
-                    err(
-                        format!("{rat}/method"),
-                        format!(
-                            "`{}` is not an HTTP method (use upper case, or ANY)",
-                            rs.method
-                        ),
-                    );
-                    continue;
-                }
-            }
-        };
-        let template = match PathTemplate::parse(&rs.path) {
-            Ok(t) => t,
-            Err(e) => {
-                err(format!("{rat}/path"), format!("`{}`: {e}", rs.path));
-                continue;
-            }
-        };
-        let id = rs
-            .id
-            .clone()
-            .unwrap_or_else(|| format!("{} {}", rs.method, rs.path));
-        if let Some(first) = ids.get(&id) {
-            err(
-                format!("{rat}/id"),
-                format!("route id `{id}` is already used by {at}/routes/{first}"),
-            );
-        } else {
-            ids.insert(id.clone(), r);
-        }
-        let key = (method.clone(), template.shape());
-        if let Some(first) = shapes.get(&key) {
-            err(
-                format!("{rat}/path"),
-                format!(
-                    "`{} {}` conflicts with {at}/routes/{first}: both match exactly the same requests",
-                    rs.method, rs.path
-                ),
-            );
-        } else {
-            shapes.insert(key, r);
-        }
-        routes.push(Route {
-            id,
-            method,
-            template,
-            max_request_body: rs.max_request_body.map_or(app_body_cap, |b| b.0),
-        });
-    }
-    routes.sort_by(|a, b| {
-        a.template
-            .specificity()
-            .cmp(&b.template.specificity())
-            .then(a.method.is_none().cmp(&b.method.is_none()))
-    });
-    if routes.is_empty() && !spec.passthrough && spec.routes.is_empty() {
-        err(
-            format!("{at}/routes"),
-            "the app declares no routes and is not passthrough: it would serve nothing".into(),
-        );
-    }
+    let contract = contract_settings(spec);
+    let routes = super::routes::compile_routes(file, at, spec, &contract, docs, app_body_cap, errors);
 
     let up = &spec.upstream;
     let mut instances = Vec::new();
     let mut seen = HashSet::new();
     for (k, url) in up.instances.iter().enumerate() {
         match parse_instance_url(url) {
-            Ok(addr) if !seen.insert(addr.url.clone()) => err(
+            Ok(addr) if !seen.insert(addr.url.clone()) => err!(
                 format!("{at}/upstream/instances/{k}"),
                 format!("instance `{}` is listed twice", addr.url),
             ),
             Ok(addr) => instances.push(addr),
-            Err(m) => err(format!("{at}/upstream/instances/{k}"), m),
+            Err(m) => err!(format!("{at}/upstream/instances/{k}"), m),
         }
     }
     if up.instances.len() > MAX_INSTANCES {
-        err(
+        err!(
             format!("{at}/upstream/instances"),
             format!("at most {MAX_INSTANCES} instances per app"),
         );
@@ -290,7 +226,7 @@ fn compile_app(file: &str, at: &str, spec: &AppSpec, errors: &mut Vec<PolicyErro
         (BalancingSpec::ConsistentHash, Some(h)) => match HeaderName::from_bytes(h.as_bytes()) {
             Ok(name) => Balancing::ConsistentHash(name),
             Err(_) => {
-                err(
+                err!(
                     format!("{at}/upstream/hash_header"),
                     format!("`{h}` is not a valid header name"),
                 );
@@ -298,16 +234,16 @@ fn compile_app(file: &str, at: &str, spec: &AppSpec, errors: &mut Vec<PolicyErro
             }
         },
         (BalancingSpec::ConsistentHash, None) => {
-            err(
+            err!(
                 format!("{at}/upstream/hash_header"),
-                "consistent_hash balancing needs hash_header".into(),
+                "consistent_hash balancing needs hash_header",
             );
             Balancing::RoundRobin
         }
         (_, Some(_)) => {
-            err(
+            err!(
                 format!("{at}/upstream/hash_header"),
-                "hash_header is only used by consistent_hash balancing".into(),
+                "hash_header is only used by consistent_hash balancing",
             );
             Balancing::RoundRobin
         }
@@ -316,15 +252,15 @@ fn compile_app(file: &str, at: &str, spec: &AppSpec, errors: &mut Vec<PolicyErro
     };
     let health_check = up.health_check.as_ref().map(|hc| {
         if !hc.path.starts_with('/') {
-            err(
+            err!(
                 format!("{at}/upstream/health_check/path"),
                 format!("`{}` must start with `/`", hc.path),
             );
         }
         if hc.timeout.get() >= hc.interval.get() {
-            err(
+            err!(
                 format!("{at}/upstream/health_check/timeout"),
-                "timeout must be shorter than interval".into(),
+                "timeout must be shorter than interval",
             );
         }
         HealthCheck {
@@ -337,15 +273,15 @@ fn compile_app(file: &str, at: &str, spec: &AppSpec, errors: &mut Vec<PolicyErro
     });
     let t = &spec.timeouts;
     if t.connect.get() > t.total.get() {
-        err(
+        err!(
             format!("{at}/timeouts/connect"),
-            "connect timeout is longer than the total timeout".into(),
+            "connect timeout is longer than the total timeout",
         );
     }
     if t.read.get() > t.total.get() {
-        err(
+        err!(
             format!("{at}/timeouts/read"),
-            "read timeout is longer than the total timeout".into(),
+            "read timeout is longer than the total timeout",
         );
     }
 
@@ -360,7 +296,8 @@ fn compile_app(file: &str, at: &str, spec: &AppSpec, errors: &mut Vec<PolicyErro
         path_prefix,
         strip_prefix: spec.strip_prefix,
         routes,
-        passthrough: spec.passthrough,
+        passthrough: spec.passthrough
+            || (spec.contract.is_some() && contract_undocumented_passes(spec)),
         upstream: Upstream {
             instances,
             balancing,
@@ -377,7 +314,27 @@ fn compile_app(file: &str, at: &str, spec: &AppSpec, errors: &mut Vec<PolicyErro
         },
         retries: spec.retries,
         max_request_body: app_body_cap,
+        contract,
     })
+}
+
+fn contract_settings(spec: &AppSpec) -> ContractSettings {
+    let c = spec.contract.as_ref();
+    ContractSettings {
+        openapi: c.and_then(|c| c.openapi.clone()),
+        undocumented: c.map_or(Undocumented::Reject, |c| c.undocumented),
+        max_violations: c.map_or(20, |c| c.max_violations.max(1)),
+        max_body: c.and_then(|c| c.max_body).map_or(DEFAULT_MAX_VALIDATED_BODY, |b| b.0),
+        max_response_body: c
+            .and_then(|c| c.max_response_body)
+            .map_or(DEFAULT_MAX_VALIDATED_BODY, |b| b.0),
+    }
+}
+
+fn contract_undocumented_passes(spec: &AppSpec) -> bool {
+    spec.contract
+        .as_ref()
+        .is_some_and(|c| c.undocumented != Undocumented::Reject)
 }
 
 /// `""` for no prefix or `/`; the prefix itself when valid.

@@ -8,19 +8,21 @@
 //!                                      └ semantic checks, all errors collected
 //! ```
 //!
-//! Which files are policy files: every `*.yaml`, `*.yml` and `*.json` file in
-//! the directory and its subdirectories, except hidden entries, files ending in
-//! `.schema.json`, and the `contracts/` and `schemas/` subdirectories (which
-//! hold documents that policy files refer to).
+//! Which files belong to a bundle: every `*.yaml`, `*.yml` and `*.json` file in
+//! the directory and its subdirectories, except hidden entries and `*.schema.json`
+//! files at the top level (editor support). Files under `contracts/` (OpenAPI
+//! documents) and `schemas/` (JSON Schemas) are documents that policy files
+//! refer to; all others are policy files. Every file is part of the version.
 
 mod bundle;
 mod compile;
+mod routes;
 pub mod model;
 mod source;
 
-pub use bundle::{App, Balancing, Bundle, Ejection, HealthCheck, InstanceAddr, Route, Timeouts};
+pub use bundle::{App, Balancing, Bundle, ContractSettings, Ejection, HealthCheck, InstanceAddr, Route, Timeouts};
 pub use compile::{compile, parse_instance_url, DEFAULT_MAX_REQUEST_BODY, POLICY_SCHEMA};
-pub use source::{load_dir, SourceFile};
+pub use source::{is_document, load_dir, SourceFile};
 
 use std::fmt;
 

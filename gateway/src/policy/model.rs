@@ -7,6 +7,8 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::contract::{Mode, Undocumented};
+
 /// One policy file.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -57,9 +59,66 @@ pub struct AppSpec {
     /// still win and are reported by id).
     #[serde(default)]
     pub passthrough: bool,
-    /// The app's operations.
+    /// The app's operations (for apps without an OpenAPI contract, whose
+    /// operations come from the document).
     #[serde(default)]
     pub routes: Vec<RouteSpec>,
+    /// The app's API contract and how it is enforced.
+    #[serde(default)]
+    pub contract: Option<ContractSpec>,
+}
+
+/// An app's API contract.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContractSpec {
+    /// OpenAPI 3.0/3.1 document (bundle-relative path, under `contracts/`).
+    /// Its paths and methods become the app's routes.
+    #[serde(default)]
+    pub openapi: Option<String>,
+    /// Request checks: enforce, monitor or off.
+    #[serde(default = "enforce")]
+    pub request: Mode,
+    /// Response checks: enforce, monitor or off.
+    #[serde(default = "monitor")]
+    pub response: Mode,
+    /// Requests for operations the contract does not document.
+    #[serde(default)]
+    pub undocumented: Undocumented,
+    /// Most violations listed in one 400 response.
+    #[serde(default = "default_max_violations")]
+    pub max_violations: usize,
+    /// Largest request body that is validated (413 above it when enforcing).
+    #[serde(default)]
+    pub max_body: Option<ByteSize>,
+    /// Largest response body that is buffered and validated (larger ones pass unchecked).
+    #[serde(default)]
+    pub max_response_body: Option<ByteSize>,
+    /// Per-operation mode overrides, by operation id.
+    #[serde(default)]
+    pub operations: std::collections::BTreeMap<String, ModeOverride>,
+}
+
+/// Per-route mode overrides.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModeOverride {
+    /// Request checks for this operation.
+    #[serde(default)]
+    pub request: Option<Mode>,
+    /// Response checks for this operation.
+    #[serde(default)]
+    pub response: Option<Mode>,
+}
+
+fn enforce() -> Mode {
+    Mode::Enforce
+}
+fn monitor() -> Mode {
+    Mode::Monitor
+}
+fn default_max_violations() -> usize {
+    20
 }
 
 fn default_retries() -> u32 {
@@ -81,6 +140,18 @@ pub struct RouteSpec {
     /// Largest request body for this route (overrides the app's).
     #[serde(default)]
     pub max_request_body: Option<ByteSize>,
+    /// JSON Schema of the request body (bundle-relative path, under `schemas/`).
+    #[serde(default)]
+    pub request_schema: Option<String>,
+    /// JSON Schema of 2xx response bodies (bundle-relative path, under `schemas/`).
+    #[serde(default)]
+    pub response_schema: Option<String>,
+    /// Request checks for this route (default: the contract's, else enforce).
+    #[serde(default)]
+    pub request: Option<Mode>,
+    /// Response checks for this route (default: the contract's, else monitor).
+    #[serde(default)]
+    pub response: Option<Mode>,
 }
 
 /// The instances of an app and how traffic is spread over them.

@@ -4,7 +4,13 @@ use std::path::Path;
 
 use super::{PolicyError, PolicyErrors};
 
-/// A policy file's path (relative to the bundle directory) and text.
+/// Is this bundle file a document that policy files refer to (an OpenAPI
+/// contract or a JSON Schema) rather than a policy file?
+pub fn is_document(path: &str) -> bool {
+    path.starts_with("contracts/") || path.starts_with("schemas/")
+}
+
+/// A bundle file's path (relative to the bundle directory) and text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SourceFile {
     /// Path relative to the bundle root, with `/` separators.

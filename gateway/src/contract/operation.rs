@@ -1,0 +1,125 @@
+//! A compiled operation: what a request and its responses must look like.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use jsonschema::Validator;
+use serde::Serialize;
+use serde_json::Value;
+
+use super::params::{ParamCheck, RequestParts};
+
+/// Where a violation was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ViolationLocation {
+    /// A path parameter.
+    Path,
+    /// A query parameter.
+    Query,
+    /// A request header.
+    Header,
+    /// The request body.
+    Body,
+    /// The response (status or body).
+    Response,
+}
+
+/// One way a message breaks the contract.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Violation {
+    /// Where.
+    pub location: ViolationLocation,
+    /// Parameter name, for parameters.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// JSON pointer into the value (`""` = the whole value).
+    pub pointer: String,
+    /// The failing JSON Schema keyword (`type`, `required`, …).
+    pub keyword: String,
+    /// Human message.
+    pub message: String,
+}
+
+/// Request body expectations.
+#[derive(Debug)]
+pub struct BodyCheck {
+    /// Must a body be present?
+    pub required: bool,
+    /// Accepted media types (lowercase, no parameters); empty = any.
+    pub media_types: Vec<String>,
+    /// Validator for JSON bodies.
+    pub json: Option<Arc<Validator>>,
+}
+
+/// Response expectations by status.
+#[derive(Debug, Default)]
+pub struct ResponseChecks {
+    /// Exact status codes → JSON validator (None: documented, body not checked).
+    pub exact: HashMap<u16, Option<Arc<Validator>>>,
+    /// `1XX` … `5XX` ranges (index = first digit).
+    pub ranges: [Option<Option<Arc<Validator>>>; 6],
+    /// `default`.
+    pub default: Option<Option<Arc<Validator>>>,
+}
+
+impl ResponseChecks {
+    /// Is anything documented at all?
+    pub fn is_empty(&self) -> bool {
+        self.exact.is_empty() && self.ranges.iter().all(Option::is_none) && self.default.is_none()
+    }
+
+    /// What is expected of a response with `status`: `Err` when the status is
+    /// not documented, `Ok(None)` when its body is not checked.
+    pub fn expect(&self, status: u16) -> Result<Option<&Arc<Validator>>, ()> {
+        if let Some(v) = self.exact.get(&status) {
+            return Ok(v.as_ref());
+        }
+        if let Some(Some(v)) = self.ranges.get((status / 100) as usize) {
+            return Ok(v.as_ref());
+        }
+        match &self.default {
+            Some(v) => Ok(v.as_ref()),
+            None => Err(()),
+        }
+    }
+}
+
+/// One documented operation.
+#[derive(Debug, Default)]
+pub struct Operation {
+    /// Path, query and header parameters.
+    pub params: Vec<ParamCheck>,
+    /// Request body, when the operation documents one.
+    pub body: Option<BodyCheck>,
+    /// Responses.
+    pub responses: ResponseChecks,
+}
+
+impl Operation {
+    /// Check parameters; push at most `max` violations.
+    pub fn check_params(&self, req: &RequestParts<'_>, out: &mut Vec<Violation>, max: usize) {
+        for p in &self.params {
+            if out.len() >= max {
+                return;
+            }
+            p.check(req, out, max);
+        }
+    }
+}
+
+/// Validate `value` with `validator`, pushing at most `max` violations in all.
+pub fn validate_json(validator: &Validator, value: &Value, location: ViolationLocation, name: Option<&str>, out: &mut Vec<Violation>, max: usize) {
+    for err in validator.iter_errors(value) {
+        if out.len() >= max {
+            break;
+        }
+        out.push(Violation {
+            location,
+            name: name.map(str::to_string),
+            pointer: err.instance_path().to_string(),
+            keyword: err.kind().keyword().to_string(),
+            message: err.to_string(),
+        });
+    }
+}

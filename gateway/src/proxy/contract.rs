@@ -1,0 +1,278 @@
+//! Contract checks on the request path (what touches the Pingora session);
+//! the validation itself lives in [`crate::contract`].
+
+use bytes::{Bytes, BytesMut};
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+use pingora::Result;
+
+use super::respond::respond;
+use crate::contract::openapi::is_json;
+use crate::contract::operation::validate_json;
+use crate::contract::params::RequestParts;
+use crate::contract::{Mode, Operation, Verdict, Violation, ViolationLocation};
+use crate::ctx::{BodyTee, RequestCtx};
+use crate::error::GatewayError;
+use crate::policy::{App, Route};
+use crate::routing::strip_app_prefix;
+
+/// Pingora replays a request body it buffered only up to this size.
+pub const REPLAY_LIMIT: usize = 64 * 1024;
+
+/// What `request_filter` does after the contract check.
+#[derive(Debug)]
+pub enum RequestCheck {
+    /// Let Pingora proxy the request (the body, if read, is replayed).
+    Continue,
+    /// A response was written.
+    Responded,
+    /// Forward with this complete body through the buffered forwarder.
+    Forward(Bytes),
+}
+
+/// The media type of a `Content-Type` value: lowercase, parameters dropped.
+pub fn media_type(headers: &http::HeaderMap) -> String {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+        .unwrap_or_default()
+}
+
+fn media_accepted(accepted: &[String], media: &str) -> bool {
+    accepted.is_empty()
+        || accepted.iter().any(|a| {
+            a == media
+                || a == "*/*"
+                || a.strip_suffix("/*").is_some_and(|major| media.split('/').next() == Some(major))
+        })
+}
+
+/// Read the whole request body, keeping it for Pingora's replay; `None`
+/// when it is longer than `limit`.
+pub async fn read_body(session: &mut Session, limit: u64) -> Result<Option<Bytes>> {
+    session.enable_retry_buffering();
+    let mut buf = BytesMut::new();
+    while let Some(chunk) = session.read_request_body().await? {
+        if (buf.len() + chunk.len()) as u64 > limit {
+            return Ok(None);
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(Some(buf.freeze()))
+}
+
+/// Check the request against `op`. In enforce mode a violating request is
+/// answered here, before any byte reaches the upstream.
+pub async fn check_request(session: &mut Session, ctx: &mut RequestCtx, app: &App, route: &Route, op: &Operation) -> Result<RequestCheck> {
+    let settings = &app.contract;
+    let max = settings.max_violations;
+    let mode = route.request_mode;
+    let enforce = mode == Mode::Enforce;
+    let enforce_response = route.response_mode == Mode::Enforce && !op.responses.is_empty();
+    let mut violations = Vec::new();
+    let mut json_check = None;
+    let has_body = !session.is_body_empty();
+
+    if mode != Mode::Off {
+        let req = session.req_header();
+        let parts = RequestParts {
+            path: strip_app_prefix(&app.path_prefix, req.uri.path()),
+            query: req.uri.query(),
+            headers: &req.headers,
+        };
+        op.check_params(&parts, &mut violations, max);
+        if let Some(body) = &op.body {
+            let media = media_type(&req.headers);
+            if !has_body {
+                if body.required {
+                    violations.push(Violation {
+                        location: ViolationLocation::Body,
+                        name: None,
+                        pointer: String::new(),
+                        keyword: "required".into(),
+                        message: "a request body is required".into(),
+                    });
+                }
+            } else if !media_accepted(&body.media_types, &media) {
+                if enforce {
+                    let expected = body.media_types.clone();
+                    respond(session, ctx, GatewayError::UnsupportedMediaType { expected }).await?;
+                    return Ok(RequestCheck::Responded);
+                }
+                violations.push(Violation {
+                    location: ViolationLocation::Header,
+                    name: Some("content-type".into()),
+                    pointer: String::new(),
+                    keyword: "contentType".into(),
+                    message: format!("`{media}` is not one of {:?}", body.media_types),
+                });
+            } else if is_json(&media) {
+                json_check = body.json.clone();
+            }
+        }
+    }
+
+    // Read the body now when it must be judged before the upstream sees it,
+    // or when the response is enforced (the forwarder sends it itself).
+    let mut body_bytes = None;
+    if has_body && (enforce_response || (enforce && json_check.is_some())) {
+        let limit = if json_check.is_some() { ctx.body_cap.min(settings.max_body) } else { ctx.body_cap };
+        match read_body(session, limit).await? {
+            Some(b) => body_bytes = Some(b),
+            None => {
+                respond(session, ctx, GatewayError::BodyTooLarge { limit }).await?;
+                return Ok(RequestCheck::Responded);
+            }
+        }
+    }
+    if let Some(validator) = json_check {
+        match &body_bytes {
+            Some(body) => match serde_json::from_slice::<serde_json::Value>(body) {
+                Ok(value) => validate_json(&validator, &value, ViolationLocation::Body, None, &mut violations, max),
+                Err(e) if enforce => {
+                    let detail = format!("line {} column {}: {e}", e.line(), e.column());
+                    respond(session, ctx, GatewayError::MalformedJson { detail }).await?;
+                    return Ok(RequestCheck::Responded);
+                }
+                Err(e) => violations.push(malformed(&e)),
+            },
+            None => ctx.request_tee = Some(BodyTee::new(validator, settings.max_body)),
+        }
+    }
+
+    if !violations.is_empty() {
+        if enforce {
+            respond(session, ctx, GatewayError::ContractViolation { violations }).await?;
+            return Ok(RequestCheck::Responded);
+        }
+        record(ctx, violations, "request");
+        ctx.request_verdict = Verdict::Invalid;
+    } else if mode != Mode::Off && ctx.request_tee.is_none() {
+        ctx.request_verdict = Verdict::Valid;
+    }
+    Ok(match body_bytes {
+        Some(b) if enforce_response || b.len() > REPLAY_LIMIT => RequestCheck::Forward(b),
+        None if enforce_response => RequestCheck::Forward(Bytes::new()),
+        _ => RequestCheck::Continue,
+    })
+}
+
+fn malformed(e: &serde_json::Error) -> Violation {
+    Violation {
+        location: ViolationLocation::Body,
+        name: None,
+        pointer: String::new(),
+        keyword: "json".into(),
+        message: format!("malformed JSON at line {} column {}: {e}", e.line(), e.column()),
+    }
+}
+
+/// Finish the monitor-mode copy of the request body.
+pub fn finish_request_tee(ctx: &mut RequestCtx, max: usize) {
+    let Some(tee) = ctx.request_tee.take() else { return };
+    let (verdict, violations) = judge_json(&tee, ViolationLocation::Body, max);
+    ctx.request_verdict = verdict;
+    if !violations.is_empty() {
+        record(ctx, violations, "request");
+    }
+}
+
+/// Judge a complete response: its status, media type and JSON body.
+pub fn response_violations(op: &Operation, head: &ResponseHeader, body: Option<&[u8]>, max: usize) -> (Verdict, Vec<Violation>) {
+    let status = head.status.as_u16();
+    let validator = match op.responses.expect(status) {
+        Err(()) => {
+            return (
+                Verdict::Invalid,
+                vec![Violation {
+                    location: ViolationLocation::Response,
+                    name: None,
+                    pointer: String::new(),
+                    keyword: "status".into(),
+                    message: format!("status {status} is not documented for this operation"),
+                }],
+            )
+        }
+        Ok(None) => return (Verdict::Valid, Vec::new()),
+        Ok(Some(v)) => v,
+    };
+    if encoded(head) {
+        return (Verdict::Unchecked, Vec::new());
+    }
+    let media = media_type(&head.headers);
+    if !is_json(&media) {
+        return (
+            Verdict::Invalid,
+            vec![Violation {
+                location: ViolationLocation::Response,
+                name: Some("content-type".into()),
+                pointer: String::new(),
+                keyword: "contentType".into(),
+                message: format!("expected a JSON body, got `{media}`"),
+            }],
+        );
+    }
+    let Some(body) = body else { return (Verdict::Unchecked, Vec::new()) };
+    let mut violations = Vec::new();
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(v) => validate_json(validator, &v, ViolationLocation::Response, None, &mut violations, max),
+        Err(e) => violations.push(Violation { location: ViolationLocation::Response, ..malformed(&e) }),
+    }
+    (if violations.is_empty() { Verdict::Valid } else { Verdict::Invalid }, violations)
+}
+
+fn encoded(head: &ResponseHeader) -> bool {
+    head.headers
+        .get(http::header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| !v.eq_ignore_ascii_case("identity"))
+}
+
+/// Monitor mode, at the response head: decide whether the body must be copied.
+pub fn start_response_check(ctx: &mut RequestCtx, op: &Operation, head: &ResponseHeader, max: usize, cap: u64) {
+    match op.responses.expect(head.status.as_u16()) {
+        Ok(Some(v)) if !encoded(head) && is_json(&media_type(&head.headers)) => {
+            ctx.response_tee = Some(BodyTee::new(v.clone(), cap));
+        }
+        _ => {
+            let (verdict, violations) = response_violations(op, head, None, max);
+            ctx.response_verdict = verdict;
+            if !violations.is_empty() {
+                record(ctx, violations, "response");
+            }
+        }
+    }
+}
+
+/// Finish the monitor-mode copy of the response body.
+pub fn finish_response_tee(ctx: &mut RequestCtx, max: usize) {
+    let Some(tee) = ctx.response_tee.take() else { return };
+    let (verdict, violations) = judge_json(&tee, ViolationLocation::Response, max);
+    ctx.response_verdict = verdict;
+    if !violations.is_empty() {
+        record(ctx, violations, "response");
+    }
+}
+
+fn judge_json(tee: &BodyTee, location: ViolationLocation, max: usize) -> (Verdict, Vec<Violation>) {
+    if tee.overflow {
+        return (Verdict::Unchecked, Vec::new());
+    }
+    let mut violations = Vec::new();
+    match serde_json::from_slice::<serde_json::Value>(&tee.buf) {
+        Ok(v) => validate_json(&tee.validator, &v, location, None, &mut violations, max),
+        Err(e) => violations.push(Violation { location, ..malformed(&e) }),
+    }
+    (if violations.is_empty() { Verdict::Valid } else { Verdict::Invalid }, violations)
+}
+
+/// Record monitor-mode violations (kept for telemetry, logged at debug).
+pub fn record(ctx: &mut RequestCtx, violations: Vec<Violation>, what: &str) {
+    for v in &violations {
+        tracing::debug!(request_id = %ctx.request_id, what, location = ?v.location, pointer = %v.pointer,
+            keyword = %v.keyword, "contract violation (monitor)");
+    }
+    crate::contract::count_violation(what);
+    ctx.violations.extend(violations);
+}

@@ -1,0 +1,316 @@
+//! The data plane: Gatehouse's [`ProxyHttp`] implementation.
+//!
+//! Phase chart (each phase does one thing and delegates the logic):
+//!
+//! | phase                      | what Gatehouse does                                          |
+//! |----------------------------|--------------------------------------------------------------|
+//! | `new_ctx`                  | count the request in flight                                   |
+//! | `request_filter`           | request id; take the bundle once; path safety; route (404/405); body cap (413); request contract ([`contract`]); hand enforced-response and large enforced-body requests to the [`forward`]er |
+//! | `upstream_peer`            | pick an instance (balancing, health, ejection; 503 when none) |
+//! | `connected_to_upstream`    | reset the instance's connect-failure streak                   |
+//! | `fail_to_connect`          | count the failure (passive ejection); retry on another instance |
+//! | `error_while_proxy`        | retry idempotent requests that got no response yet            |
+//! | `upstream_request_filter`  | `X-Request-Id`, `X-Forwarded-*`, prefix stripping             |
+//! | `request_body_filter`      | body cap on streamed bodies; monitor-mode request contract    |
+//! | `response_filter`          | `X-Request-Id`; monitor-mode response contract (head)         |
+//! | `response_body_filter`     | monitor-mode response contract (body)                         |
+//! | `upstream_response_body_filter` | the app's total timeout                                 |
+//! | `fail_to_proxy`            | render the error as `application/problem+json` ([`GatewayError`]) |
+//! | `logging`                  | (telemetry hooks in later)                                    |
+
+mod contract;
+mod forward;
+mod respond;
+mod upstream;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::connectors::http::Connector;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::HttpPeer;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::{Error, ErrorType, Result};
+
+use crate::contract::Mode;
+use crate::ctx::RequestCtx;
+use crate::error::GatewayError;
+use crate::routing::{self, RouteMatch};
+use crate::runtime::Shared;
+use contract::RequestCheck;
+use respond::{allowed_methods, request_id, respond, write_problem};
+
+pub use contract::REPLAY_LIMIT;
+
+/// The Gatehouse proxy.
+pub struct Gateway {
+    shared: Arc<Shared>,
+    connector: Connector,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway").finish_non_exhaustive()
+    }
+}
+
+impl Gateway {
+    /// A proxy serving the policy in `shared`.
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Self {
+            shared,
+            connector: Connector::new(None),
+        }
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::new(self.shared.enter())
+    }
+
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {
+        // No downstream modules: no compression pass on the hot path.
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        ctx.request_id = request_id(session.req_header());
+        let active = self.shared.active();
+        let req = session.req_header();
+        let path = req.uri.path();
+        if !routing::path_is_safe(path) {
+            return respond(session, ctx, GatewayError::BadPath).await;
+        }
+        let host = req
+            .headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| req.uri.host())
+            .unwrap_or("");
+        let matched = active.bundle.router.route(&active.bundle.apps, host, &req.method, path);
+        let (app_idx, route_idx) = match matched {
+            RouteMatch::Route { app, route } => (app, Some(route)),
+            RouteMatch::Passthrough { app } => (app, None),
+            RouteMatch::MethodNotAllowed { app } => {
+                let allow = allowed_methods(&active.bundle.apps[app], path);
+                ctx.app = Some(app);
+                ctx.active = Some(active);
+                return respond(session, ctx, GatewayError::MethodNotAllowed { allow }).await;
+            }
+            RouteMatch::NoRoute { app } => {
+                ctx.app = Some(app);
+                ctx.active = Some(active);
+                return respond(session, ctx, GatewayError::NoRoute).await;
+            }
+            RouteMatch::NoApp => return respond(session, ctx, GatewayError::NoApp).await,
+        };
+        let app = &active.bundle.apps[app_idx];
+        ctx.body_cap = route_idx.map_or(app.max_request_body, |r| app.routes[r].max_request_body);
+        ctx.deadline = Some(Instant::now() + app.timeouts.total);
+        ctx.app = Some(app_idx);
+        ctx.route = route_idx;
+        ctx.active = Some(Arc::clone(&active));
+
+        let declared = session
+            .req_header()
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|len| len > ctx.body_cap) {
+            let limit = ctx.body_cap;
+            return respond(session, ctx, GatewayError::BodyTooLarge { limit }).await;
+        }
+
+        if let Some(route) = route_idx.map(|r| &app.routes[r]) {
+            if let Some(op) = &route.operation {
+                match contract::check_request(session, ctx, app, route, op).await? {
+                    RequestCheck::Continue => {}
+                    RequestCheck::Responded => return Ok(true),
+                    RequestCheck::Forward(body) => {
+                        return forward::forward(&self.connector, session, ctx, body).await;
+                    }
+                }
+            }
+        } else if app.contract.undocumented == crate::contract::Undocumented::Monitor && app.contract.openapi.is_some() {
+            contract::record(
+                ctx,
+                vec![crate::contract::Violation {
+                    location: crate::contract::ViolationLocation::Path,
+                    name: None,
+                    pointer: String::new(),
+                    keyword: "undocumented".into(),
+                    message: "the operation is not documented in the contract".into(),
+                }],
+                "request",
+            );
+            ctx.request_verdict = crate::contract::Verdict::Invalid;
+        }
+
+        // A chunked body is read now when the cap is small enough to replay,
+        // so a body over the cap never reaches the upstream.
+        if declared.is_none()
+            && ctx.body_cap <= REPLAY_LIMIT as u64
+            && !session.is_body_empty()
+            && !session.is_body_done()
+        {
+            if contract::read_body(session, ctx.body_cap).await?.is_none() {
+                let limit = ctx.body_cap;
+                return respond(session, ctx, GatewayError::BodyTooLarge { limit }).await;
+            }
+            ctx.body_bytes = 0; // counted again as the buffer is replayed upstream
+        }
+        Ok(false)
+    }
+
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+        upstream::select_peer(session, ctx)
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        #[cfg(unix)] _fd: std::os::unix::io::RawFd,
+        #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
+        _digest: Option<&pingora::protocols::Digest>,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(lease) = &ctx.lease {
+            lease.instance().record_connect_success();
+        }
+        Ok(())
+    }
+
+    fn fail_to_connect(&self, _session: &mut Session, _peer: &HttpPeer, ctx: &mut RequestCtx, mut e: Box<Error>) -> Box<Error> {
+        let retry = upstream::on_connect_failure(ctx, &e);
+        e.set_retry(retry);
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        _peer: &HttpPeer,
+        session: &mut Session,
+        mut e: Box<Error>,
+        ctx: &mut RequestCtx,
+        _client_reused: bool,
+    ) -> Box<Error> {
+        let retries = ctx.app().map_or(0, |a| a.retries);
+        let timed_out = matches!(e.etype(), ErrorType::ReadTimedout | ErrorType::WriteTimedout);
+        let retry = session.req_header().method.is_idempotent()
+            && !session.as_ref().retry_buffer_truncated()
+            && session.response_written().is_none()
+            && !timed_out
+            && ctx.attempts <= retries
+            && !upstream::deadline_passed(ctx);
+        ctx.error = Some(GatewayError::from_pingora(&e));
+        e.set_retry(retry);
+        e
+    }
+
+    async fn upstream_request_filter(&self, session: &mut Session, upstream: &mut RequestHeader, ctx: &mut RequestCtx) -> Result<()> {
+        upstream::prepare_upstream_request(session, upstream, ctx)
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(b) = body {
+            ctx.body_bytes += b.len() as u64;
+            if ctx.body_bytes > ctx.body_cap {
+                ctx.error = Some(GatewayError::BodyTooLarge { limit: ctx.body_cap });
+                return Error::e_explain(ErrorType::HTTPStatus(413), "request body over the cap");
+            }
+            if let Some(tee) = &mut ctx.request_tee {
+                tee.push(b);
+            }
+        }
+        if end_of_stream && ctx.request_tee.is_some() {
+            let max = ctx.app().map_or(20, |a| a.contract.max_violations);
+            contract::finish_request_tee(ctx, max);
+        }
+        Ok(())
+    }
+
+    async fn response_filter(&self, _session: &mut Session, response: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<()> {
+        response.insert_header("x-request-id", ctx.request_id.as_str())?;
+        if let (Some(active), Some(app), Some(route)) = (ctx.active.clone(), ctx.app, ctx.route) {
+            let app = &active.bundle.apps[app];
+            let route = &app.routes[route];
+            if let (Some(op), Mode::Monitor) = (&route.operation, route.response_mode) {
+                contract::start_response_check(ctx, op, response, app.contract.max_violations, app.contract.max_response_body);
+            }
+        }
+        Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        if let (Some(tee), Some(b)) = (&mut ctx.response_tee, body.as_ref()) {
+            tee.push(b);
+        }
+        if end_of_stream && ctx.response_tee.is_some() {
+            let max = ctx.app().map_or(20, |a| a.contract.max_violations);
+            contract::finish_response_tee(ctx, max);
+        }
+        Ok(None)
+    }
+
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        if !end_of_stream && upstream::deadline_passed(ctx) {
+            ctx.error = Some(GatewayError::UpstreamTimeout);
+            return Error::e_explain(ErrorType::ReadTimedout, "total upstream timeout");
+        }
+        Ok(None)
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+        let mut err = ctx.error.take().unwrap_or_else(|| GatewayError::from_pingora(e));
+        if let GatewayError::BodyTooLarge { limit } = &mut err {
+            *limit = ctx.body_cap;
+        }
+        if ctx.request_id.is_empty() {
+            ctx.request_id = request_id(session.req_header());
+        }
+        let downstream_gone = matches!(e.esource(), pingora::ErrorSource::Downstream)
+            && matches!(e.etype(), ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed);
+        if downstream_gone || session.response_written().is_some() {
+            return FailToProxy {
+                error_code: if downstream_gone { 0 } else { err.status() },
+                can_reuse_downstream: false,
+            };
+        }
+        tracing::debug!(request_id = %ctx.request_id, kind = err.slug(), cause = %e, "request failed");
+        session.set_keepalive(None);
+        if let Err(write_err) = write_problem(session, ctx, &err).await {
+            tracing::debug!(request_id = %ctx.request_id, error = %write_err, "could not write the error response");
+        }
+        ctx.status = err.status();
+        FailToProxy {
+            error_code: err.status(),
+            can_reuse_downstream: false,
+        }
+    }
+}

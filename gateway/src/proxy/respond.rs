@@ -1,0 +1,84 @@
+//! Writing gateway-generated responses and request ids.
+
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::proxy::Session;
+use pingora::{Error, ErrorType, Result};
+
+use crate::ctx::RequestCtx;
+use crate::error::GatewayError;
+
+/// Keep a sane client-supplied `X-Request-Id`, else make a UUIDv7.
+pub fn request_id(req: &RequestHeader) -> String {
+    if let Some(v) = req.headers.get("x-request-id") {
+        let b = v.as_bytes();
+        if !b.is_empty() && b.len() <= 200 && b.iter().all(|c| (0x21..0x7f).contains(c)) {
+            if let Ok(s) = v.to_str() {
+                return s.to_string();
+            }
+        }
+    }
+    uuid::Uuid::now_v7().to_string()
+}
+
+/// Record `err` as the request's outcome and fail the phase (rendered by `fail_to_proxy`).
+pub fn fail<T>(ctx: &mut RequestCtx, err: GatewayError) -> Result<T> {
+    let status = err.status();
+    ctx.error = Some(err);
+    let mut e = Error::explain(ErrorType::HTTPStatus(status), "gateway decision");
+    e.set_retry(false);
+    Err(e)
+}
+
+/// Write an early problem response from `request_filter`; returns `Ok(true)`.
+pub async fn respond(session: &mut Session, ctx: &mut RequestCtx, err: GatewayError) -> Result<bool> {
+    if !session.is_body_done() {
+        // The request body is not (fully) read: the connection cannot be reused.
+        session.set_keepalive(None);
+    }
+    write_problem(session, ctx, &err).await?;
+    ctx.status = err.status();
+    ctx.error = Some(err);
+    Ok(true)
+}
+
+/// Write `err` as `application/problem+json`.
+pub async fn write_problem(session: &mut Session, ctx: &RequestCtx, err: &GatewayError) -> Result<()> {
+    let body = err.problem_json(&ctx.request_id, session.req_header().uri.path());
+    let mut resp = ResponseHeader::build(err.status(), Some(6))?;
+    resp.insert_header(http::header::CONTENT_TYPE, "application/problem+json")?;
+    resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
+    resp.insert_header(http::header::CACHE_CONTROL, "no-store")?;
+    resp.insert_header("x-request-id", ctx.request_id.as_str())?;
+    match err {
+        GatewayError::MethodNotAllowed { allow } => {
+            resp.insert_header(http::header::ALLOW, allow.as_str())?;
+        }
+        GatewayError::UnsupportedMediaType { expected } => {
+            resp.insert_header("accept", expected.join(", "))?;
+        }
+        _ => {}
+    }
+    let head_only = session.req_header().method == http::Method::HEAD;
+    session.write_response_header(Box::new(resp), head_only).await?;
+    if !head_only {
+        session.write_response_body(Some(body), true).await?;
+    }
+    Ok(())
+}
+
+/// The methods routes of `app` accept at `path`, for `Allow`.
+pub fn allowed_methods(app: &crate::policy::App, path: &str) -> String {
+    let sub = crate::routing::strip_app_prefix(&app.path_prefix, path);
+    let mut methods: Vec<&str> = app
+        .routes
+        .iter()
+        .filter(|r| r.template.matches(sub))
+        .filter_map(|r| r.method.as_ref().map(|m| m.as_str()))
+        .collect();
+    if methods.contains(&"GET") {
+        methods.push("HEAD");
+    }
+    methods.sort_unstable();
+    methods.dedup();
+    methods.join(", ")
+}

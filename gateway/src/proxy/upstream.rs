@@ -1,0 +1,123 @@
+//! Choosing an instance and preparing what is sent to it; shared by the
+//! Pingora proxy loop and the buffered forwarder.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pingora::http::RequestHeader;
+use pingora::prelude::HttpPeer;
+use pingora::proxy::Session;
+use pingora::{Error, ErrorType, Result};
+
+use super::respond::fail;
+use crate::ctx::RequestCtx;
+use crate::error::GatewayError;
+use crate::policy::Balancing;
+use crate::routing::{self, now_ms, InstanceLease, Pick};
+
+/// Pick an instance for the next attempt and build its peer. On failure the
+/// reason is in `ctx.error`.
+pub fn select_peer(session: &Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+    let (Some(active), Some(app_idx)) = (ctx.active.clone(), ctx.app) else {
+        return fail(ctx, GatewayError::Internal);
+    };
+    let app = &active.bundle.apps[app_idx];
+    let now = Instant::now();
+    let remaining = ctx.deadline.map_or(app.timeouts.total, |d| d.saturating_duration_since(now));
+    if remaining.is_zero() {
+        return fail(ctx, GatewayError::UpstreamTimeout);
+    }
+    let group = &active.upstreams.groups[app_idx];
+    let hash_key = match &app.upstream.balancing {
+        Balancing::ConsistentHash(h) => session.req_header().headers.get(h).map(|v| v.as_bytes()),
+        _ => None,
+    };
+    let idx = match group.pick(ctx.tried, hash_key, now_ms()) {
+        Pick::Instance(i) => i,
+        Pick::NoneAvailable if ctx.attempts == 0 => return fail(ctx, GatewayError::NoHealthyInstance),
+        Pick::NoneAvailable | Pick::Exhausted => {
+            let last = ctx.error.take().unwrap_or(GatewayError::UpstreamUnreachable);
+            return fail(ctx, last);
+        }
+    };
+    ctx.error = None;
+    ctx.tried |= 1 << idx;
+    ctx.attempts += 1;
+    let instance = Arc::clone(&group.instances[idx]);
+    let Some(socket) = instance.socket else {
+        return fail(ctx, GatewayError::UpstreamUnreachable);
+    };
+    let mut peer = HttpPeer::new(socket, instance.addr.tls, instance.addr.host.clone());
+    let t = &app.timeouts;
+    peer.options.connection_timeout = Some(t.connect.min(remaining));
+    peer.options.total_connection_timeout = Some(t.connect.min(remaining));
+    peer.options.read_timeout = Some(t.read.min(remaining));
+    peer.options.write_timeout = Some(t.read.min(remaining));
+    peer.options.idle_timeout = Some(Duration::from_secs(60));
+    ctx.lease = Some(InstanceLease::new(instance));
+    Ok(Box::new(peer))
+}
+
+/// A connection attempt failed: count it (passive ejection) and say whether
+/// to try another instance. Nothing reached the upstream, so any method may.
+pub fn on_connect_failure(ctx: &mut RequestCtx, e: &Error) -> bool {
+    let Some(app) = ctx.app() else { return false };
+    let (ejection, retries, name) = (app.upstream.ejection.clone(), app.retries, app.name.clone());
+    if let Some(lease) = ctx.lease.take() {
+        let inst = lease.instance();
+        if inst.record_connect_failure(&ejection, now_ms()) {
+            tracing::warn!(app = %name, instance = %inst.addr.url, for_ms = ejection.duration.as_millis() as u64,
+                "instance ejected after consecutive connect failures");
+        }
+    }
+    ctx.error = Some(GatewayError::from_pingora(e));
+    ctx.attempts <= retries && !deadline_passed(ctx)
+}
+
+/// Has the app's total timeout run out?
+pub fn deadline_passed(ctx: &RequestCtx) -> bool {
+    ctx.deadline.is_some_and(|d| Instant::now() >= d)
+}
+
+/// Add `X-Request-Id` and `X-Forwarded-*`, strip the app prefix if asked.
+pub fn prepare_upstream_request(session: &Session, upstream: &mut RequestHeader, ctx: &RequestCtx) -> Result<()> {
+    upstream.insert_header("x-request-id", ctx.request_id.as_str())?;
+    if let Some(addr) = session.client_addr().and_then(|a| a.as_inet()) {
+        let ip = addr.ip().to_string();
+        let xff = match upstream.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            Some(prev) if !prev.is_empty() => format!("{prev}, {ip}"),
+            _ => ip,
+        };
+        upstream.insert_header("x-forwarded-for", xff)?;
+    }
+    let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+    upstream.insert_header("x-forwarded-proto", if tls { "https" } else { "http" })?;
+    let req = session.req_header();
+    let host = req
+        .headers
+        .get(http::header::HOST)
+        .cloned()
+        .or_else(|| req.uri.authority().and_then(|a| http::HeaderValue::from_str(a.as_str()).ok()));
+    if let Some(host) = host {
+        if upstream.headers.get(http::header::HOST).is_none() {
+            upstream.insert_header(http::header::HOST, host.clone())?;
+        }
+        upstream.insert_header("x-forwarded-host", host)?;
+    }
+    if let Some(app) = ctx.app() {
+        if app.strip_prefix {
+            let uri = &upstream.uri;
+            let path = routing::strip_app_prefix(&app.path_prefix, uri.path());
+            let pq = match uri.query() {
+                Some(q) => format!("{path}?{q}"),
+                None => path.to_string(),
+            };
+            let new_uri = http::Uri::builder()
+                .path_and_query(pq)
+                .build()
+                .map_err(|_| Error::new_in(ErrorType::InternalError))?;
+            upstream.set_uri(new_uri);
+        }
+    }
+    Ok(())
+}
