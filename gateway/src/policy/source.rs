@@ -69,16 +69,14 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<SourceFile>, errors: &mut Vec<Pol
             .to_string_lossy()
             .replace('\\', "/");
         if path.is_dir() {
-            if dir == root && (name == "contracts" || name == "schemas") {
-                continue;
-            }
             walk(root, &path, out, errors);
             continue;
         }
-        let is_policy =
-            (name.ends_with(".yaml") || name.ends_with(".yml") || name.ends_with(".json"))
-                && !name.ends_with(".schema.json");
-        if !is_policy {
+        let yaml_or_json =
+            name.ends_with(".yaml") || name.ends_with(".yml") || name.ends_with(".json");
+        // `policy.schema.json` (any `*.schema.json`) beside the policy files is
+        // editor support, not part of the bundle.
+        if !yaml_or_json || (dir == root && name.ends_with(".schema.json")) {
             continue;
         }
         match std::fs::read_to_string(&path) {

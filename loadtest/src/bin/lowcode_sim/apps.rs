@@ -299,16 +299,19 @@ fn body_object(req: &Req) -> Result<Map<String, Value>, Reply> {
     }
 }
 
-fn created(id: u64, req: &Req, base: Value) -> Reply {
+/// A created record: the full generated record for a new id, overlaid with
+/// the fields the client sent (like an app that stores and echoes them).
+fn created(req: &Req, mut record: Value) -> Reply {
     match body_object(req) {
-        Ok(mut m) => {
-            if let Value::Object(b) = base {
-                for (k, v) in b {
-                    m.entry(k).or_insert(v);
+        Ok(m) => {
+            if let Value::Object(r) = &mut record {
+                for (k, v) in m {
+                    if k != "id" {
+                        r.insert(k, v);
+                    }
                 }
             }
-            m.insert("id".into(), json!(id));
-            (201, Value::Object(m))
+            (201, record)
         }
         Err(e) => e,
     }
@@ -329,11 +332,9 @@ fn list_orders(req: &Req, ctx: &Ctx) -> Reply {
     })
 }
 fn create_order(req: &Req, _: &Ctx) -> Reply {
-    created(
-        new_id(),
-        req,
-        json!({ "status": "draft", "currency": "EUR" }),
-    )
+    let mut o = order(new_id(), &Ctx { pad: 0, drift: false });
+    o["status"] = json!("draft");
+    created(req, o)
 }
 fn get_order(req: &Req, ctx: &Ctx) -> Reply {
     match req.id() {
@@ -414,7 +415,7 @@ fn list_customers(req: &Req, ctx: &Ctx) -> Reply {
     })
 }
 fn create_customer(req: &Req, _: &Ctx) -> Reply {
-    created(new_id(), req, json!({ "active": true }))
+    created(req, customer(new_id(), &Ctx { pad: 0, drift: false }))
 }
 fn get_customer(req: &Req, ctx: &Ctx) -> Reply {
     match req.id() {
@@ -451,7 +452,8 @@ fn customer_contacts(req: &Req, ctx: &Ctx) -> Reply {
     (200, json!({ "customer_id": id, "items": contacts }))
 }
 fn create_contact(req: &Req, _: &Ctx) -> Reply {
-    created(new_id(), req, json!({}))
+    let id = req.id().unwrap_or(1);
+    created(req, json!({ "id": id * 10 + 9, "name": "New contact", "role": "buyer" }))
 }
 
 fn list_employees(req: &Req, ctx: &Ctx) -> Reply {
@@ -461,7 +463,7 @@ fn list_employees(req: &Req, ctx: &Ctx) -> Reply {
     })
 }
 fn create_employee(req: &Req, _: &Ctx) -> Reply {
-    created(new_id(), req, json!({ "fte": 1.0 }))
+    created(req, employee(new_id(), &Ctx { pad: 0, drift: false }))
 }
 fn employee_id(req: &Req) -> Option<u64> {
     req.params
@@ -511,7 +513,7 @@ fn list_leave(req: &Req, _: &Ctx) -> Reply {
     )
 }
 fn create_leave(req: &Req, _: &Ctx) -> Reply {
-    created(new_id(), req, json!({ "status": "requested" }))
+    created(req, json!({ "id": new_id(), "status": "requested", "from": "2026-01-01", "days": 1 }))
 }
 
 fn list_workflows(_: &Req, _: &Ctx) -> Reply {
@@ -537,7 +539,9 @@ fn list_approvals(req: &Req, ctx: &Ctx) -> Reply {
     })
 }
 fn create_approval(req: &Req, _: &Ctx) -> Reply {
-    created(new_id(), req, json!({ "status": "pending" }))
+    let mut a = approval(new_id(), &Ctx { pad: 0, drift: false });
+    a["status"] = json!("pending");
+    created(req, a)
 }
 fn get_approval(req: &Req, ctx: &Ctx) -> Reply {
     match req.id() {
