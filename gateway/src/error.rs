@@ -73,7 +73,10 @@ impl GatewayError {
         match self {
             Self::NoApp | Self::NoRoute => 404,
             Self::MethodNotAllowed { .. } => 405,
-            Self::BadPath | Self::BadRequest | Self::ContractViolation { .. } | Self::MalformedJson { .. } => 400,
+            Self::BadPath
+            | Self::BadRequest
+            | Self::ContractViolation { .. }
+            | Self::MalformedJson { .. } => 400,
             Self::UnsupportedMediaType { .. } => 415,
             Self::UpstreamContractViolation { .. } => 502,
             Self::BodyTooLarge { .. } => 413,

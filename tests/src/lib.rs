@@ -245,7 +245,11 @@ impl PolicyDir {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).expect("mkdir");
         }
-        let tmp = self.dir.path().join(format!(".{name}.tmp"));
+        let file_name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("policy");
+        let tmp = path.with_file_name(format!(".{file_name}.tmp"));
         std::fs::write(&tmp, text).expect("write policy");
         std::fs::rename(&tmp, &path).expect("rename policy");
     }
@@ -333,4 +337,65 @@ pub fn client() -> reqwest::Client {
         .timeout(Duration::from_secs(30))
         .build()
         .expect("client")
+}
+
+/// A copy of the example bundle in `policies/` whose instance URLs point at
+/// `sim` (one listener per app kind, in the order orders, customers,
+/// employees, approvals); `edit` may change the app files' text.
+pub fn example_policies(sim: &Sim, edit: impl Fn(&str, String) -> String) -> PolicyDir {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
+    let dir = PolicyDir::new();
+    let ports = [("91", 0), ("92", 1), ("93", 2), ("94", 3)];
+    copy_tree(&root, &root, &dir, &|rel, text| {
+        let mut text = text;
+        if rel.starts_with("apps/") {
+            for (prefix, i) in ports {
+                for n in 1..=2 {
+                    text = text.replace(&format!("http://127.0.0.1:{prefix}0{n}"), &sim.url(i));
+                }
+            }
+            // One listener per kind: the second instance is the first again.
+            let mut seen = std::collections::HashSet::new();
+            text = text
+                .lines()
+                .filter(|l| {
+                    !l.trim_start().starts_with("- http://") || seen.insert(l.trim().to_string())
+                })
+                .collect::<Vec<_>>()
+                .join("\n");
+            text = edit(rel, text);
+        }
+        text
+    });
+    dir
+}
+
+fn copy_tree(root: &Path, dir: &Path, out: &PolicyDir, f: &dyn Fn(&str, String) -> String) {
+    for entry in std::fs::read_dir(dir).expect("read policies").flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            copy_tree(root, &path, out, f);
+            continue;
+        }
+        let rel = path
+            .strip_prefix(root)
+            .expect("under root")
+            .to_string_lossy()
+            .to_string();
+        let text = std::fs::read_to_string(&path).expect("read policy file");
+        out.write(&rel, &f(&rel, text));
+    }
+}
+
+/// The estate of the example policies: one instance of each app kind.
+pub fn example_estate() -> Sim {
+    Sim::start(
+        &[
+            ("orders", "127.0.0.1:0"),
+            ("customers", "127.0.0.1:0"),
+            ("employees", "127.0.0.1:0"),
+            ("approvals", "127.0.0.1:0"),
+        ],
+        &[],
+    )
 }

@@ -2,6 +2,7 @@
 
 mod e2e {
     mod balancing;
+    mod contracts;
     mod lifecycle;
     mod limits_and_errors;
     mod lint;

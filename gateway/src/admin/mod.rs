@@ -72,6 +72,10 @@ async fn policy(State(shared): State<Arc<Shared>>) -> Json<Value> {
             "last_rejection_errors": errors,
         },
         "in_flight": shared.in_flight.load(Ordering::Relaxed),
+        "contract": {
+            "request_violations": crate::contract::counters::REQUEST_VIOLATIONS.load(Ordering::Relaxed),
+            "response_violations": crate::contract::counters::RESPONSE_VIOLATIONS.load(Ordering::Relaxed),
+        },
     }))
 }
 

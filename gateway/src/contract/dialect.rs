@@ -26,7 +26,10 @@ pub fn convert_30(v: &mut Value) {
 }
 
 fn convert_schema_object(map: &mut Map<String, Value>) {
-    for (bound, exclusive) in [("minimum", "exclusiveMinimum"), ("maximum", "exclusiveMaximum")] {
+    for (bound, exclusive) in [
+        ("minimum", "exclusiveMinimum"),
+        ("maximum", "exclusiveMaximum"),
+    ] {
         if let Some(Value::Bool(flag)) = map.get(exclusive).cloned() {
             map.remove(exclusive);
             if flag {
@@ -56,7 +59,10 @@ fn convert_schema_object(map: &mut Map<String, Value>) {
             _ => {
                 // `$ref`/`allOf` with `nullable`: the value may also be null.
                 let rest = std::mem::take(map);
-                map.insert("anyOf".into(), json!([Value::Object(rest), { "type": "null" }]));
+                map.insert(
+                    "anyOf".into(),
+                    json!([Value::Object(rest), { "type": "null" }]),
+                );
             }
         }
     } else if map.get("nullable") == Some(&Value::Bool(false)) {
@@ -72,10 +78,16 @@ mod tests {
     fn nullable_becomes_a_null_type() {
         let mut v = json!({ "type": "string", "nullable": true, "enum": ["a"] });
         convert_30(&mut v);
-        assert_eq!(v, json!({ "type": ["string", "null"], "enum": ["a", null] }));
+        assert_eq!(
+            v,
+            json!({ "type": ["string", "null"], "enum": ["a", null] })
+        );
         let mut v = json!({ "$ref": "#/x", "nullable": true });
         convert_30(&mut v);
-        assert_eq!(v, json!({ "anyOf": [{ "$ref": "#/x" }, { "type": "null" }] }));
+        assert_eq!(
+            v,
+            json!({ "anyOf": [{ "$ref": "#/x" }, { "type": "null" }] })
+        );
     }
 
     #[test]
@@ -87,8 +99,12 @@ mod tests {
 
     #[test]
     fn nested_schemas_and_property_names_are_handled() {
-        let mut v = json!({ "properties": { "nullable": { "type": "integer", "nullable": true } } });
+        let mut v =
+            json!({ "properties": { "nullable": { "type": "integer", "nullable": true } } });
         convert_30(&mut v);
-        assert_eq!(v, json!({ "properties": { "nullable": { "type": ["integer", "null"] } } }));
+        assert_eq!(
+            v,
+            json!({ "properties": { "nullable": { "type": ["integer", "null"] } } })
+        );
     }
 }

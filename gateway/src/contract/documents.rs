@@ -50,33 +50,52 @@ impl BundleDocuments {
                 (k.clone(), v)
             })
             .collect();
-        BundleRetriever { docs: Arc::new(docs) }
+        BundleRetriever {
+            docs: Arc::new(docs),
+        }
     }
 
     /// Follow `$ref` from `value` (found in `doc`) to the object it names.
     /// Returns the document and JSON pointer of the target and the target.
-    pub fn resolve<'a>(&'a self, doc: &str, pointer: &str, value: &'a Value) -> Result<(String, String, &'a Value), String> {
+    pub fn resolve<'a>(
+        &'a self,
+        doc: &str,
+        pointer: &str,
+        value: &'a Value,
+    ) -> Result<(String, String, &'a Value), String> {
         let (mut doc, mut pointer, mut value) = (doc.to_string(), pointer.to_string(), value);
         for _ in 0..16 {
             let Some(r) = value.get("$ref").and_then(Value::as_str) else {
                 return Ok((doc, pointer, value));
             };
             let (file, frag) = r.split_once('#').unwrap_or((r, ""));
-            let target_doc = if file.is_empty() { doc.clone() } else { join(&doc, file)? };
-            let root = self.raw.get(&target_doc).ok_or_else(|| format!("`$ref: {r}` names `{target_doc}`, which is not in the bundle"))?;
-            let target = root.pointer(frag).ok_or_else(|| format!("`$ref: {r}`: `{frag}` does not exist in `{target_doc}`"))?;
+            let target_doc = if file.is_empty() {
+                doc.clone()
+            } else {
+                join(&doc, file)?
+            };
+            let root = self.raw.get(&target_doc).ok_or_else(|| {
+                format!("`$ref: {r}` names `{target_doc}`, which is not in the bundle")
+            })?;
+            let target = root
+                .pointer(frag)
+                .ok_or_else(|| format!("`$ref: {r}`: `{frag}` does not exist in `{target_doc}`"))?;
             doc = target_doc;
             pointer = frag.to_string();
             value = target;
         }
-        Err(format!("`$ref` chain from {doc}#{pointer} is too long or circular"))
+        Err(format!(
+            "`$ref` chain from {doc}#{pointer} is too long or circular"
+        ))
     }
 }
 
 /// Resolve a relative file reference against the referring document's path.
 pub fn join(from_doc: &str, rel: &str) -> Result<String, String> {
     if rel.contains("://") {
-        return Err(format!("`{rel}`: only references inside the bundle are allowed"));
+        return Err(format!(
+            "`{rel}`: only references inside the bundle are allowed"
+        ));
     }
     let mut parts: Vec<&str> = from_doc.split('/').collect();
     parts.pop();
@@ -101,9 +120,14 @@ pub struct BundleRetriever {
 }
 
 impl jsonschema::Retrieve for BundleRetriever {
-    fn retrieve(&self, uri: &jsonschema::Uri<String>) -> Result<Value, Box<dyn std::error::Error + Send + Sync>> {
+    fn retrieve(
+        &self,
+        uri: &jsonschema::Uri<String>,
+    ) -> Result<Value, Box<dyn std::error::Error + Send + Sync>> {
         let s = uri.as_str();
-        let path = s.strip_prefix(BASE_URI).map(|p| p.split('#').next().unwrap_or(p));
+        let path = s
+            .strip_prefix(BASE_URI)
+            .map(|p| p.split('#').next().unwrap_or(p));
         match path.and_then(|p| self.docs.get(p)) {
             Some(v) => Ok(v.clone()),
             None => Err(format!("`{s}` is not a document of the bundle").into()),
@@ -115,7 +139,15 @@ impl jsonschema::Retrieve for BundleRetriever {
 pub fn parse_text(path: &str, text: &str) -> Result<Value, PolicyError> {
     if path.ends_with(".json") {
         serde_json::from_str(text).map_err(|e| {
-            PolicyError::new(path, "", format!("invalid JSON at line {} column {}: {e}", e.line(), e.column()))
+            PolicyError::new(
+                path,
+                "",
+                format!(
+                    "invalid JSON at line {} column {}: {e}",
+                    e.line(),
+                    e.column()
+                ),
+            )
         })
     } else {
         serde_yaml::from_str::<Value>(text).map_err(|e| {
@@ -134,9 +166,18 @@ mod tests {
 
     #[test]
     fn relative_paths_join_inside_the_bundle() {
-        assert_eq!(join("contracts/orders.yaml", "common.yaml").unwrap(), "contracts/common.yaml");
-        assert_eq!(join("contracts/v1/orders.yaml", "../common.yaml").unwrap(), "contracts/common.yaml");
-        assert_eq!(join("contracts/orders.yaml", "./x/y.json").unwrap(), "contracts/x/y.json");
+        assert_eq!(
+            join("contracts/orders.yaml", "common.yaml").unwrap(),
+            "contracts/common.yaml"
+        );
+        assert_eq!(
+            join("contracts/v1/orders.yaml", "../common.yaml").unwrap(),
+            "contracts/common.yaml"
+        );
+        assert_eq!(
+            join("contracts/orders.yaml", "./x/y.json").unwrap(),
+            "contracts/x/y.json"
+        );
         assert!(join("contracts/orders.yaml", "../../etc/passwd").is_err());
         assert!(join("contracts/orders.yaml", "https://example.com/s.json").is_err());
     }

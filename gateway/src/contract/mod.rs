@@ -75,6 +75,10 @@ pub mod counters {
 /// Count one message with violations (`what` = `request` or `response`).
 pub fn count_violation(what: &str) {
     use std::sync::atomic::Ordering;
-    let c = if what == "response" { &counters::RESPONSE_VIOLATIONS } else { &counters::REQUEST_VIOLATIONS };
+    let c = if what == "response" {
+        &counters::RESPONSE_VIOLATIONS
+    } else {
+        &counters::REQUEST_VIOLATIONS
+    };
     c.fetch_add(1, Ordering::Relaxed);
 }

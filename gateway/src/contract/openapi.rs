@@ -11,7 +11,9 @@ use super::params::{ParamCheck, ParamIn, Scalar, Shape};
 use crate::policy::PolicyError;
 use crate::routing::{PathTemplate, Segment};
 
-const METHODS: [&str; 8] = ["get", "put", "post", "delete", "options", "head", "patch", "trace"];
+const METHODS: [&str; 8] = [
+    "get", "put", "post", "delete", "options", "head", "patch", "trace",
+];
 
 /// One operation of a document, ready to become a route.
 #[derive(Debug)]
@@ -55,24 +57,45 @@ impl SchemaCompiler {
 }
 
 /// Compile every operation of the OpenAPI document `doc_path`.
-pub fn compile_document(docs: &BundleDocuments, doc_path: &str, errors: &mut Vec<PolicyError>) -> Vec<DocOperation> {
+pub fn compile_document(
+    docs: &BundleDocuments,
+    doc_path: &str,
+    errors: &mut Vec<PolicyError>,
+) -> Vec<DocOperation> {
     let Some(root) = docs.get(doc_path) else {
         return Vec::new();
     };
-    let version = root.get("openapi").and_then(Value::as_str).unwrap_or("");
-    let convert_30 = if version.starts_with("3.0.") {
+    let version = match root.get("openapi") {
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+        None => String::new(),
+    };
+    let is_text = root.get("openapi").is_some_and(Value::is_string);
+    let convert_30 = if is_text && version.starts_with("3.0.") {
         true
-    } else if version.starts_with("3.1.") {
+    } else if is_text && version.starts_with("3.1.") {
         false
     } else {
-        let shown = if version.is_empty() { "missing".to_string() } else { format!("`{version}`") };
-        errors.push(PolicyError::new(doc_path, "/openapi", format!("unsupported OpenAPI version {shown}: use 3.0.x or 3.1.x")));
+        let shown = if version.is_empty() {
+            "missing".to_string()
+        } else {
+            format!("`{version}`")
+        };
+        errors.push(PolicyError::new(
+            doc_path,
+            "/openapi",
+            format!("unsupported OpenAPI version {shown}: use 3.0.x or 3.1.x"),
+        ));
         return Vec::new();
     };
     let compiler = SchemaCompiler::new(docs, convert_30);
     let mut ops = Vec::new();
     let Some(paths) = root.get("paths").and_then(Value::as_object) else {
-        errors.push(PolicyError::new(doc_path, "/paths", "the document has no `paths` object"));
+        errors.push(PolicyError::new(
+            doc_path,
+            "/paths",
+            "the document has no `paths` object",
+        ));
         return ops;
     };
     for (tpl, item) in paths {
@@ -80,7 +103,11 @@ pub fn compile_document(docs: &BundleDocuments, doc_path: &str, errors: &mut Vec
         let template = match PathTemplate::parse(tpl) {
             Ok(t) => t,
             Err(e) => {
-                errors.push(PolicyError::new(doc_path, item_ptr, format!("`{tpl}`: {e}")));
+                errors.push(PolicyError::new(
+                    doc_path,
+                    item_ptr,
+                    format!("`{tpl}`: {e}"),
+                ));
                 continue;
             }
         };
@@ -129,11 +156,23 @@ impl OpCompile<'_> {
         self.errors.push(PolicyError::new(doc, ptr, msg));
     }
 
-    fn operation(&mut self, idoc: &str, iptr: &str, item: &Value, op_ptr: &str, op: &Value) -> Operation {
+    fn operation(
+        &mut self,
+        idoc: &str,
+        iptr: &str,
+        item: &Value,
+        op_ptr: &str,
+        op: &Value,
+    ) -> Operation {
         let mut params: Vec<ParamCheck> = Vec::new();
-        let lists = [(idoc, format!("{iptr}/parameters"), item.get("parameters")), (idoc, format!("{op_ptr}/parameters"), op.get("parameters"))];
+        let lists = [
+            (idoc, format!("{iptr}/parameters"), item.get("parameters")),
+            (idoc, format!("{op_ptr}/parameters"), op.get("parameters")),
+        ];
         for (doc, list_ptr, list) in lists {
-            let Some(list) = list.and_then(Value::as_array) else { continue };
+            let Some(list) = list.and_then(Value::as_array) else {
+                continue;
+            };
             for (i, p) in list.iter().enumerate() {
                 if let Some(check) = self.parameter(doc, &format!("{list_ptr}/{i}"), p) {
                     params.retain(|q| !(q.name == check.name && q.location == check.location));
@@ -143,7 +182,10 @@ impl OpCompile<'_> {
         }
         for seg in self.template.segments() {
             if let Segment::Param(name) = seg {
-                if !params.iter().any(|p| p.location == ParamIn::Path && &p.name == name) {
+                if !params
+                    .iter()
+                    .any(|p| p.location == ParamIn::Path && &p.name == name)
+                {
                     params.push(ParamCheck {
                         name: name.clone(),
                         location: ParamIn::Path,
@@ -155,13 +197,25 @@ impl OpCompile<'_> {
                 }
             }
         }
-        let body = op.get("requestBody").and_then(|b| self.request_body(idoc, &format!("{op_ptr}/requestBody"), b));
-        let responses = op.get("responses").map(|r| self.responses(idoc, &format!("{op_ptr}/responses"), r)).unwrap_or_default();
-        Operation { params, body, responses }
+        let body = op
+            .get("requestBody")
+            .and_then(|b| self.request_body(idoc, &format!("{op_ptr}/requestBody"), b));
+        let responses = op
+            .get("responses")
+            .map(|r| self.responses(idoc, &format!("{op_ptr}/responses"), r))
+            .unwrap_or_default();
+        Operation {
+            params,
+            body,
+            responses,
+        }
     }
 
     fn segment_of(&self, name: &str) -> Option<usize> {
-        self.template.segments().iter().position(|s| matches!(s, Segment::Param(n) if n == name))
+        self.template
+            .segments()
+            .iter()
+            .position(|s| matches!(s, Segment::Param(n) if n == name))
     }
 
     fn parameter(&mut self, doc: &str, ptr: &str, p: &Value) -> Option<ParamCheck> {
@@ -182,17 +236,28 @@ impl OpCompile<'_> {
         let segment = if location == ParamIn::Path {
             let seg = self.segment_of(&name);
             if seg.is_none() {
-                self.err(&pdoc, format!("{pptr}/name"), format!("path parameter `{name}` is not in the path template `{}`", self.template));
+                self.err(
+                    &pdoc,
+                    format!("{pptr}/name"),
+                    format!(
+                        "path parameter `{name}` is not in the path template `{}`",
+                        self.template
+                    ),
+                );
                 return None;
             }
             seg
         } else {
             None
         };
-        let required = location == ParamIn::Path || p.get("required").and_then(Value::as_bool).unwrap_or(false);
+        let required = location == ParamIn::Path
+            || p.get("required").and_then(Value::as_bool).unwrap_or(false);
         let (shape, validator) = match p.get("schema") {
             Some(schema) => {
-                let explode = p.get("explode").and_then(Value::as_bool).unwrap_or(location == ParamIn::Query);
+                let explode = p
+                    .get("explode")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(location == ParamIn::Query);
                 let shape = self.shape(&pdoc, &format!("{pptr}/schema"), schema, explode);
                 match self.compiler.compile(&pdoc, &format!("{pptr}/schema")) {
                     Ok(v) => (shape, Some(v)),
@@ -204,14 +269,29 @@ impl OpCompile<'_> {
             }
             None => (Shape::Scalar(Scalar::String), None),
         };
-        let name = if location == ParamIn::Header { name.to_ascii_lowercase() } else { name };
-        Some(ParamCheck { name, location, required, shape, validator, segment })
+        let name = if location == ParamIn::Header {
+            name.to_ascii_lowercase()
+        } else {
+            name
+        };
+        Some(ParamCheck {
+            name,
+            location,
+            required,
+            shape,
+            validator,
+            segment,
+        })
     }
 
     fn shape(&self, doc: &str, ptr: &str, schema: &Value, explode: bool) -> Shape {
         let scalar = |s: &Value| match s.get("type") {
             Some(Value::String(t)) => scalar_of(t),
-            Some(Value::Array(ts)) => ts.iter().filter_map(Value::as_str).find(|t| *t != "null").map_or(Scalar::String, scalar_of),
+            Some(Value::Array(ts)) => ts
+                .iter()
+                .filter_map(Value::as_str)
+                .find(|t| *t != "null")
+                .map_or(Scalar::String, scalar_of),
             _ => Scalar::String,
         };
         let Ok((d, p, s)) = self.docs.resolve(doc, ptr, schema) else {
@@ -257,12 +337,18 @@ impl OpCompile<'_> {
                 media_types.push(lower);
             }
         }
-        Some(BodyCheck { required, media_types, json })
+        Some(BodyCheck {
+            required,
+            media_types,
+            json,
+        })
     }
 
     fn responses(&mut self, doc: &str, ptr: &str, r: &Value) -> ResponseChecks {
         let mut checks = ResponseChecks::default();
-        let Some(map) = r.as_object() else { return checks };
+        let Some(map) = r.as_object() else {
+            return checks;
+        };
         for (code, resp) in map {
             let rptr = format!("{ptr}/{}", escape(code));
             let (rdoc, rptr, resp) = match self.docs.resolve(doc, &rptr, resp) {
@@ -274,7 +360,10 @@ impl OpCompile<'_> {
             };
             let mut validator = None;
             if let Some(content) = resp.get("content").and_then(Value::as_object) {
-                if let Some((mt, _)) = content.iter().find(|(mt, m)| is_json(&mt.to_ascii_lowercase()) && m.get("schema").is_some()) {
+                if let Some((mt, _)) = content
+                    .iter()
+                    .find(|(mt, m)| is_json(&mt.to_ascii_lowercase()) && m.get("schema").is_some())
+                {
                     let sptr = format!("{rptr}/content/{}/schema", escape(mt));
                     match self.compiler.compile(&rdoc, &sptr) {
                         Ok(v) => validator = Some(v),
@@ -291,14 +380,22 @@ impl OpCompile<'_> {
             } else if upper.len() == 3 && upper.ends_with("XX") {
                 match upper.as_bytes()[0] {
                     d @ b'1'..=b'5' => checks.ranges[(d - b'0') as usize] = Some(validator),
-                    _ => self.err(&rdoc, rptr, format!("`{code}` is not a status code, range or `default`")),
+                    _ => self.err(
+                        &rdoc,
+                        rptr,
+                        format!("`{code}` is not a status code, range or `default`"),
+                    ),
                 }
             } else {
                 match code.parse::<u16>() {
                     Ok(c) if (100..600).contains(&c) => {
                         checks.exact.insert(c, validator);
                     }
-                    _ => self.err(&rdoc, rptr, format!("`{code}` is not a status code, range or `default`")),
+                    _ => self.err(
+                        &rdoc,
+                        rptr,
+                        format!("`{code}` is not a status code, range or `default`"),
+                    ),
                 }
             }
         }

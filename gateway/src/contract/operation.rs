@@ -69,20 +69,34 @@ impl ResponseChecks {
         self.exact.is_empty() && self.ranges.iter().all(Option::is_none) && self.default.is_none()
     }
 
-    /// What is expected of a response with `status`: `Err` when the status is
-    /// not documented, `Ok(None)` when its body is not checked.
-    pub fn expect(&self, status: u16) -> Result<Option<&Arc<Validator>>, ()> {
-        if let Some(v) = self.exact.get(&status) {
-            return Ok(v.as_ref());
-        }
-        if let Some(Some(v)) = self.ranges.get((status / 100) as usize) {
-            return Ok(v.as_ref());
-        }
-        match &self.default {
-            Some(v) => Ok(v.as_ref()),
-            None => Err(()),
+    /// What is expected of a response with `status`.
+    pub fn expect(&self, status: u16) -> Expectation<'_> {
+        let found = self
+            .exact
+            .get(&status)
+            .or_else(|| {
+                self.ranges
+                    .get((status / 100) as usize)
+                    .and_then(Option::as_ref)
+            })
+            .or(self.default.as_ref());
+        match found {
+            None => Expectation::Undocumented,
+            Some(None) => Expectation::AnyBody,
+            Some(Some(v)) => Expectation::Json(v),
         }
     }
+}
+
+/// What the contract says about a response status.
+#[derive(Debug, Clone, Copy)]
+pub enum Expectation<'a> {
+    /// The status is not documented.
+    Undocumented,
+    /// Documented, body not described.
+    AnyBody,
+    /// Documented with a JSON body schema.
+    Json(&'a Arc<Validator>),
 }
 
 /// One documented operation.
@@ -109,7 +123,14 @@ impl Operation {
 }
 
 /// Validate `value` with `validator`, pushing at most `max` violations in all.
-pub fn validate_json(validator: &Validator, value: &Value, location: ViolationLocation, name: Option<&str>, out: &mut Vec<Violation>, max: usize) {
+pub fn validate_json(
+    validator: &Validator,
+    value: &Value,
+    location: ViolationLocation,
+    name: Option<&str>,
+    out: &mut Vec<Violation>,
+    max: usize,
+) {
     for err in validator.iter_errors(value) {
         if out.len() >= max {
             break;

@@ -105,7 +105,11 @@ impl ParamCheck {
                     name: Some(self.name.clone()),
                     pointer: String::new(),
                     keyword: "required".into(),
-                    message: format!("required {} parameter `{}` is missing", loc_name(self.location), self.name),
+                    message: format!(
+                        "required {} parameter `{}` is missing",
+                        loc_name(self.location),
+                        self.name
+                    ),
                 });
             }
             return;
@@ -139,7 +143,10 @@ fn typed(text: &str, s: Scalar) -> Value {
     let t = text.trim();
     match s {
         Scalar::String => Value::String(text.to_string()),
-        Scalar::Integer => t.parse::<i64>().map(Value::from).unwrap_or_else(|_| Value::String(text.to_string())),
+        Scalar::Integer => t
+            .parse::<i64>()
+            .map(Value::from)
+            .unwrap_or_else(|_| Value::String(text.to_string())),
         Scalar::Number => t
             .parse::<f64>()
             .ok()
@@ -169,7 +176,7 @@ pub fn query_values<'a>(query: Option<&'a str>, name: &str) -> Vec<Cow<'a, str>>
 
 /// Decode `%XX` escapes (and `+` as space in query strings). Invalid escapes stay as written.
 pub fn percent_decode(s: &str, plus_is_space: bool) -> Cow<'_, str> {
-    if !s.contains('%') && !(plus_is_space && s.contains('+')) {
+    if !(s.contains('%') || plus_is_space && s.contains('+')) {
         return Cow::Borrowed(s);
     }
     let b = s.as_bytes();

@@ -201,7 +201,8 @@ fn compile_app(
         .max_request_body
         .map_or(DEFAULT_MAX_REQUEST_BODY, |b| b.0);
     let contract = contract_settings(spec);
-    let routes = super::routes::compile_routes(file, at, spec, &contract, docs, app_body_cap, errors);
+    let routes =
+        super::routes::compile_routes(file, at, spec, &contract, docs, app_body_cap, errors);
 
     let up = &spec.upstream;
     let mut instances = Vec::new();
@@ -324,7 +325,9 @@ fn contract_settings(spec: &AppSpec) -> ContractSettings {
         openapi: c.and_then(|c| c.openapi.clone()),
         undocumented: c.map_or(Undocumented::Reject, |c| c.undocumented),
         max_violations: c.map_or(20, |c| c.max_violations.max(1)),
-        max_body: c.and_then(|c| c.max_body).map_or(DEFAULT_MAX_VALIDATED_BODY, |b| b.0),
+        max_body: c
+            .and_then(|c| c.max_body)
+            .map_or(DEFAULT_MAX_VALIDATED_BODY, |b| b.0),
         max_response_body: c
             .and_then(|c| c.max_response_body)
             .map_or(DEFAULT_MAX_VALIDATED_BODY, |b| b.0),

@@ -16,11 +16,13 @@
 
 mod bundle;
 mod compile;
-mod routes;
 pub mod model;
+mod routes;
 mod source;
 
-pub use bundle::{App, Balancing, Bundle, ContractSettings, Ejection, HealthCheck, InstanceAddr, Route, Timeouts};
+pub use bundle::{
+    App, Balancing, Bundle, ContractSettings, Ejection, HealthCheck, InstanceAddr, Route, Timeouts,
+};
 pub use compile::{compile, parse_instance_url, DEFAULT_MAX_REQUEST_BODY, POLICY_SCHEMA};
 pub use source::{is_document, load_dir, SourceFile};
 

@@ -47,29 +47,45 @@ pub fn compile_routes(
                 "with an OpenAPI contract, set contract.undocumented (reject, monitor or allow) instead"));
         }
         if docs.get(doc).is_none() {
-            errors.push(PolicyError::new(file, format!("{at}/contract/openapi"), format!(
-                "`{doc}` is not a document of the bundle (contracts live under contracts/)"
-            )));
+            errors.push(PolicyError::new(
+                file,
+                format!("{at}/contract/openapi"),
+                format!(
+                    "`{doc}` is not a document of the bundle (contracts live under contracts/)"
+                ),
+            ));
             return Vec::new();
         }
         let overrides = contract.map(|c| &c.operations);
+        let before = errors.len();
         let ops = compile_document(docs, doc, errors);
-        if let Some(overrides) = overrides {
+        let doc_failed = ops.is_empty() && errors.len() > before;
+        if let (Some(overrides), false) = (overrides, doc_failed) {
             for id in overrides.keys() {
                 if !ops.iter().any(|o| &o.id == id) {
-                    errors.push(PolicyError::new(file, format!("{at}/contract/operations/{}", escape(id)), format!(
-                        "`{id}` is not an operation of `{doc}`"
-                    )));
+                    errors.push(PolicyError::new(
+                        file,
+                        format!("{at}/contract/operations/{}", escape(id)),
+                        format!("`{id}` is not an operation of `{doc}`"),
+                    ));
                 }
             }
         }
         for op in ops {
-            let Ok(method) = Method::from_bytes(op.method.as_bytes()) else { continue };
-            let Ok(template) = PathTemplate::parse(&op.path) else { continue };
+            let Ok(method) = Method::from_bytes(op.method.as_bytes()) else {
+                continue;
+            };
+            let Ok(template) = PathTemplate::parse(&op.path) else {
+                continue;
+            };
             let o = overrides.and_then(|m| m.get(&op.id));
             declared.push(Declared {
                 file: doc.to_string(),
-                pointer: format!("/paths/{}/{}", escape(&op.path), op.method.to_ascii_lowercase()),
+                pointer: format!(
+                    "/paths/{}/{}",
+                    escape(&op.path),
+                    op.method.to_ascii_lowercase()
+                ),
                 route: Route {
                     id: op.id,
                     method: Some(method),
@@ -91,9 +107,14 @@ pub fn compile_routes(
                 match Method::from_bytes(rs.method.as_bytes()) {
                     Ok(m) if rs.method.bytes().all(|b| b.is_ascii_uppercase()) => Some(m),
                     _ => {
-                        errors.push(PolicyError::new(file, format!("{rat}/method"), format!(
-                            "`{}` is not an HTTP method (use upper case, or ANY)", rs.method
-                        )));
+                        errors.push(PolicyError::new(
+                            file,
+                            format!("{rat}/method"),
+                            format!(
+                                "`{}` is not an HTTP method (use upper case, or ANY)",
+                                rs.method
+                            ),
+                        ));
                         continue;
                     }
                 }
@@ -101,16 +122,24 @@ pub fn compile_routes(
             let template = match PathTemplate::parse(&rs.path) {
                 Ok(t) => t,
                 Err(e) => {
-                    errors.push(PolicyError::new(file, format!("{rat}/path"), format!("`{}`: {e}", rs.path)));
+                    errors.push(PolicyError::new(
+                        file,
+                        format!("{rat}/path"),
+                        format!("`{}`: {e}", rs.path),
+                    ));
                     continue;
                 }
             };
             let mut schema = |key: &str, path: &Option<String>| {
                 let path = path.as_deref()?;
                 if docs.get(path).is_none() {
-                    errors.push(PolicyError::new(file, format!("{rat}/{key}"), format!(
+                    errors.push(PolicyError::new(
+                        file,
+                        format!("{rat}/{key}"),
+                        format!(
                         "`{path}` is not a document of the bundle (schemas live under schemas/)"
-                    )));
+                    ),
+                    ));
                     return None;
                 }
                 match compiler.compile(path, "") {
@@ -145,7 +174,10 @@ pub fn compile_routes(
                 file: file.to_string(),
                 pointer: rat,
                 route: Route {
-                    id: rs.id.clone().unwrap_or_else(|| format!("{} {}", rs.method, rs.path)),
+                    id: rs
+                        .id
+                        .clone()
+                        .unwrap_or_else(|| format!("{} {}", rs.method, rs.path)),
                     method,
                     template,
                     max_request_body: rs.max_request_body.map_or(body_cap, |b| b.0),
@@ -156,8 +188,11 @@ pub fn compile_routes(
             });
         }
         if declared.is_empty() && !spec.passthrough && spec.routes.is_empty() {
-            errors.push(PolicyError::new(file, format!("{at}/routes"),
-                "the app declares no routes and is not passthrough: it would serve nothing"));
+            errors.push(PolicyError::new(
+                file,
+                format!("{at}/routes"),
+                "the app declares no routes and is not passthrough: it would serve nothing",
+            ));
         }
     }
 
@@ -166,17 +201,24 @@ pub fn compile_routes(
     for d in &declared {
         let r = &d.route;
         if let Some(first) = ids.get(r.id.as_str()) {
-            errors.push(PolicyError::new(&d.file, format!("{}/id", d.pointer), format!(
-                "route id `{}` is already used by {first}", r.id
-            )));
+            errors.push(PolicyError::new(
+                &d.file,
+                format!("{}/id", d.pointer),
+                format!("route id `{}` is already used by {first}", r.id),
+            ));
         } else {
             ids.insert(&r.id, &d.pointer);
         }
         let method = r.method.as_ref().map_or("ANY", |m| m.as_str());
         if let Some(first) = shapes.get(&(r.method.as_ref(), r.template.shape())) {
-            errors.push(PolicyError::new(&d.file, format!("{}/path", d.pointer), format!(
-                "`{method} {}` conflicts with {first}: both match exactly the same requests", r.template
-            )));
+            errors.push(PolicyError::new(
+                &d.file,
+                format!("{}/path", d.pointer),
+                format!(
+                    "`{method} {}` conflicts with {first}: both match exactly the same requests",
+                    r.template
+                ),
+            ));
         } else {
             shapes.insert((r.method.as_ref(), r.template.shape()), &d.pointer);
         }

@@ -8,7 +8,7 @@ use pingora::Result;
 
 use super::respond::respond;
 use crate::contract::openapi::is_json;
-use crate::contract::operation::validate_json;
+use crate::contract::operation::{validate_json, Expectation};
 use crate::contract::params::RequestParts;
 use crate::contract::{Mode, Operation, Verdict, Violation, ViolationLocation};
 use crate::ctx::{BodyTee, RequestCtx};
@@ -35,7 +35,13 @@ pub fn media_type(headers: &http::HeaderMap) -> String {
     headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
         .unwrap_or_default()
 }
 
@@ -44,7 +50,8 @@ fn media_accepted(accepted: &[String], media: &str) -> bool {
         || accepted.iter().any(|a| {
             a == media
                 || a == "*/*"
-                || a.strip_suffix("/*").is_some_and(|major| media.split('/').next() == Some(major))
+                || a.strip_suffix("/*")
+                    .is_some_and(|major| media.split('/').next() == Some(major))
         })
 }
 
@@ -64,7 +71,13 @@ pub async fn read_body(session: &mut Session, limit: u64) -> Result<Option<Bytes
 
 /// Check the request against `op`. In enforce mode a violating request is
 /// answered here, before any byte reaches the upstream.
-pub async fn check_request(session: &mut Session, ctx: &mut RequestCtx, app: &App, route: &Route, op: &Operation) -> Result<RequestCheck> {
+pub async fn check_request(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    app: &App,
+    route: &Route,
+    op: &Operation,
+) -> Result<RequestCheck> {
     let settings = &app.contract;
     let max = settings.max_violations;
     let mode = route.request_mode;
@@ -97,7 +110,12 @@ pub async fn check_request(session: &mut Session, ctx: &mut RequestCtx, app: &Ap
             } else if !media_accepted(&body.media_types, &media) {
                 if enforce {
                     let expected = body.media_types.clone();
-                    respond(session, ctx, GatewayError::UnsupportedMediaType { expected }).await?;
+                    respond(
+                        session,
+                        ctx,
+                        GatewayError::UnsupportedMediaType { expected },
+                    )
+                    .await?;
                     return Ok(RequestCheck::Responded);
                 }
                 violations.push(Violation {
@@ -117,7 +135,11 @@ pub async fn check_request(session: &mut Session, ctx: &mut RequestCtx, app: &Ap
     // or when the response is enforced (the forwarder sends it itself).
     let mut body_bytes = None;
     if has_body && (enforce_response || (enforce && json_check.is_some())) {
-        let limit = if json_check.is_some() { ctx.body_cap.min(settings.max_body) } else { ctx.body_cap };
+        let limit = if json_check.is_some() {
+            ctx.body_cap.min(settings.max_body)
+        } else {
+            ctx.body_cap
+        };
         match read_body(session, limit).await? {
             Some(b) => body_bytes = Some(b),
             None => {
@@ -129,7 +151,14 @@ pub async fn check_request(session: &mut Session, ctx: &mut RequestCtx, app: &Ap
     if let Some(validator) = json_check {
         match &body_bytes {
             Some(body) => match serde_json::from_slice::<serde_json::Value>(body) {
-                Ok(value) => validate_json(&validator, &value, ViolationLocation::Body, None, &mut violations, max),
+                Ok(value) => validate_json(
+                    &validator,
+                    &value,
+                    ViolationLocation::Body,
+                    None,
+                    &mut violations,
+                    max,
+                ),
                 Err(e) if enforce => {
                     let detail = format!("line {} column {}: {e}", e.line(), e.column());
                     respond(session, ctx, GatewayError::MalformedJson { detail }).await?;
@@ -164,13 +193,19 @@ fn malformed(e: &serde_json::Error) -> Violation {
         name: None,
         pointer: String::new(),
         keyword: "json".into(),
-        message: format!("malformed JSON at line {} column {}: {e}", e.line(), e.column()),
+        message: format!(
+            "malformed JSON at line {} column {}: {e}",
+            e.line(),
+            e.column()
+        ),
     }
 }
 
 /// Finish the monitor-mode copy of the request body.
 pub fn finish_request_tee(ctx: &mut RequestCtx, max: usize) {
-    let Some(tee) = ctx.request_tee.take() else { return };
+    let Some(tee) = ctx.request_tee.take() else {
+        return;
+    };
     let (verdict, violations) = judge_json(&tee, ViolationLocation::Body, max);
     ctx.request_verdict = verdict;
     if !violations.is_empty() {
@@ -179,10 +214,15 @@ pub fn finish_request_tee(ctx: &mut RequestCtx, max: usize) {
 }
 
 /// Judge a complete response: its status, media type and JSON body.
-pub fn response_violations(op: &Operation, head: &ResponseHeader, body: Option<&[u8]>, max: usize) -> (Verdict, Vec<Violation>) {
+pub fn response_violations(
+    op: &Operation,
+    head: &ResponseHeader,
+    body: Option<&[u8]>,
+    max: usize,
+) -> (Verdict, Vec<Violation>) {
     let status = head.status.as_u16();
     let validator = match op.responses.expect(status) {
-        Err(()) => {
+        Expectation::Undocumented => {
             return (
                 Verdict::Invalid,
                 vec![Violation {
@@ -194,8 +234,8 @@ pub fn response_violations(op: &Operation, head: &ResponseHeader, body: Option<&
                 }],
             )
         }
-        Ok(None) => return (Verdict::Valid, Vec::new()),
-        Ok(Some(v)) => v,
+        Expectation::AnyBody => return (Verdict::Valid, Vec::new()),
+        Expectation::Json(v) => v,
     };
     if encoded(head) {
         return (Verdict::Unchecked, Vec::new());
@@ -213,13 +253,32 @@ pub fn response_violations(op: &Operation, head: &ResponseHeader, body: Option<&
             }],
         );
     }
-    let Some(body) = body else { return (Verdict::Unchecked, Vec::new()) };
+    let Some(body) = body else {
+        return (Verdict::Unchecked, Vec::new());
+    };
     let mut violations = Vec::new();
     match serde_json::from_slice::<serde_json::Value>(body) {
-        Ok(v) => validate_json(validator, &v, ViolationLocation::Response, None, &mut violations, max),
-        Err(e) => violations.push(Violation { location: ViolationLocation::Response, ..malformed(&e) }),
+        Ok(v) => validate_json(
+            validator,
+            &v,
+            ViolationLocation::Response,
+            None,
+            &mut violations,
+            max,
+        ),
+        Err(e) => violations.push(Violation {
+            location: ViolationLocation::Response,
+            ..malformed(&e)
+        }),
     }
-    (if violations.is_empty() { Verdict::Valid } else { Verdict::Invalid }, violations)
+    (
+        if violations.is_empty() {
+            Verdict::Valid
+        } else {
+            Verdict::Invalid
+        },
+        violations,
+    )
 }
 
 fn encoded(head: &ResponseHeader) -> bool {
@@ -230,9 +289,15 @@ fn encoded(head: &ResponseHeader) -> bool {
 }
 
 /// Monitor mode, at the response head: decide whether the body must be copied.
-pub fn start_response_check(ctx: &mut RequestCtx, op: &Operation, head: &ResponseHeader, max: usize, cap: u64) {
+pub fn start_response_check(
+    ctx: &mut RequestCtx,
+    op: &Operation,
+    head: &ResponseHeader,
+    max: usize,
+    cap: u64,
+) {
     match op.responses.expect(head.status.as_u16()) {
-        Ok(Some(v)) if !encoded(head) && is_json(&media_type(&head.headers)) => {
+        Expectation::Json(v) if !encoded(head) && is_json(&media_type(&head.headers)) => {
             ctx.response_tee = Some(BodyTee::new(v.clone(), cap));
         }
         _ => {
@@ -247,7 +312,9 @@ pub fn start_response_check(ctx: &mut RequestCtx, op: &Operation, head: &Respons
 
 /// Finish the monitor-mode copy of the response body.
 pub fn finish_response_tee(ctx: &mut RequestCtx, max: usize) {
-    let Some(tee) = ctx.response_tee.take() else { return };
+    let Some(tee) = ctx.response_tee.take() else {
+        return;
+    };
     let (verdict, violations) = judge_json(&tee, ViolationLocation::Response, max);
     ctx.response_verdict = verdict;
     if !violations.is_empty() {
@@ -262,9 +329,19 @@ fn judge_json(tee: &BodyTee, location: ViolationLocation, max: usize) -> (Verdic
     let mut violations = Vec::new();
     match serde_json::from_slice::<serde_json::Value>(&tee.buf) {
         Ok(v) => validate_json(&tee.validator, &v, location, None, &mut violations, max),
-        Err(e) => violations.push(Violation { location, ..malformed(&e) }),
+        Err(e) => violations.push(Violation {
+            location,
+            ..malformed(&e)
+        }),
     }
-    (if violations.is_empty() { Verdict::Valid } else { Verdict::Invalid }, violations)
+    (
+        if violations.is_empty() {
+            Verdict::Valid
+        } else {
+            Verdict::Invalid
+        },
+        violations,
+    )
 }
 
 /// Record monitor-mode violations (kept for telemetry, logged at debug).

@@ -23,7 +23,12 @@ use crate::ctx::RequestCtx;
 use crate::error::GatewayError;
 
 /// Forward the request with `body`; always answers the client (`Ok(true)`).
-pub async fn forward(connector: &Connector, session: &mut Session, ctx: &mut RequestCtx, body: Bytes) -> Result<bool> {
+pub async fn forward(
+    connector: &Connector,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    body: Bytes,
+) -> Result<bool> {
     let outcome = exchange(connector, session, ctx, &body).await;
     match outcome {
         Ok(()) => Ok(true),
@@ -39,7 +44,12 @@ pub async fn forward(connector: &Connector, session: &mut Session, ctx: &mut Req
     }
 }
 
-async fn exchange(connector: &Connector, session: &mut Session, ctx: &mut RequestCtx, body: &Bytes) -> Result<(), GatewayError> {
+async fn exchange(
+    connector: &Connector,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    body: &Bytes,
+) -> Result<(), GatewayError> {
     let (Some(active), Some(app_idx)) = (ctx.active.clone(), ctx.app) else {
         return Err(GatewayError::Internal);
     };
@@ -49,7 +59,12 @@ async fn exchange(connector: &Connector, session: &mut Session, ctx: &mut Reques
     loop {
         let peer = match select_peer(session, ctx) {
             Ok(p) => p,
-            Err(_) => return Err(ctx.error.take().unwrap_or(GatewayError::UpstreamUnreachable)),
+            Err(_) => {
+                return Err(ctx
+                    .error
+                    .take()
+                    .unwrap_or(GatewayError::UpstreamUnreachable))
+            }
         };
         let mut up = match connector.get_http_session(&*peer).await {
             Ok((s, _reused)) => s,
@@ -57,7 +72,10 @@ async fn exchange(connector: &Connector, session: &mut Session, ctx: &mut Reques
                 if on_connect_failure(ctx, &e) {
                     continue;
                 }
-                return Err(ctx.error.take().unwrap_or(GatewayError::UpstreamUnreachable));
+                return Err(ctx
+                    .error
+                    .take()
+                    .unwrap_or(GatewayError::UpstreamUnreachable));
             }
         };
         if let Some(lease) = &ctx.lease {
@@ -115,8 +133,11 @@ async fn exchange(connector: &Connector, session: &mut Session, ctx: &mut Reques
         }
         let mut head = head;
         if let (Some(route), false) = (route, overflow) {
-            if let (Some(op), Mode::Enforce | Mode::Monitor) = (&route.operation, route.response_mode) {
-                let (verdict, violations) = response_violations(op, &head, Some(&buf), app.contract.max_violations);
+            if let (Some(op), Mode::Enforce | Mode::Monitor) =
+                (&route.operation, route.response_mode)
+            {
+                let (verdict, violations) =
+                    response_violations(op, &head, Some(&buf), app.contract.max_violations);
                 ctx.response_verdict = verdict;
                 if verdict == Verdict::Invalid {
                     let count = violations.len();
@@ -126,16 +147,27 @@ async fn exchange(connector: &Connector, session: &mut Session, ctx: &mut Reques
                     }
                     if route.response_mode == Mode::Enforce {
                         crate::contract::count_violation("response");
-                        connector.release_http_session(up, &*peer, peer.options.idle_timeout).await;
+                        connector
+                            .release_http_session(up, &*peer, peer.options.idle_timeout)
+                            .await;
                         return Err(GatewayError::UpstreamContractViolation { count });
                     }
                     record(ctx, violations, "response");
                 }
             }
         }
-        write_response(session, ctx, &mut head, buf.freeze(), overflow.then_some(&mut up)).await?;
+        write_response(
+            session,
+            ctx,
+            &mut head,
+            buf.freeze(),
+            overflow.then_some(&mut up),
+        )
+        .await?;
         if !overflow {
-            connector.release_http_session(up, &*peer, peer.options.idle_timeout).await;
+            connector
+                .release_http_session(up, &*peer, peer.options.idle_timeout)
+                .await;
         }
         return Ok(());
     }
@@ -151,7 +183,8 @@ async fn write_response(
     rest: Option<&mut pingora::protocols::http::client::HttpSession>,
 ) -> Result<(), GatewayError> {
     let io = |_| GatewayError::UpstreamFailed;
-    head.insert_header("x-request-id", ctx.request_id.as_str()).map_err(|_| GatewayError::Internal)?;
+    head.insert_header("x-request-id", ctx.request_id.as_str())
+        .map_err(|_| GatewayError::Internal)?;
     if rest.is_none() {
         head.remove_header(&http::header::TRANSFER_ENCODING);
         head.insert_header(http::header::CONTENT_LENGTH, buffered.len().to_string())
@@ -159,17 +192,33 @@ async fn write_response(
     }
     ctx.status = head.status.as_u16();
     let head_only = session.req_header().method == http::Method::HEAD;
-    session.write_response_header(Box::new(head.clone()), false).await.map_err(io)?;
+    session
+        .write_response_header(Box::new(head.clone()), false)
+        .await
+        .map_err(io)?;
     if head_only {
         session.write_response_body(None, true).await.map_err(io)?;
         return Ok(());
     }
     match rest {
-        None => session.write_response_body(Some(buffered), true).await.map_err(io)?,
+        None => session
+            .write_response_body(Some(buffered), true)
+            .await
+            .map_err(io)?,
         Some(up) => {
-            session.write_response_body(Some(buffered), false).await.map_err(io)?;
-            while let Some(chunk) = up.read_response_body().await.map_err(|e| GatewayError::from_pingora(&e))? {
-                session.write_response_body(Some(chunk), false).await.map_err(io)?;
+            session
+                .write_response_body(Some(buffered), false)
+                .await
+                .map_err(io)?;
+            while let Some(chunk) = up
+                .read_response_body()
+                .await
+                .map_err(|e| GatewayError::from_pingora(&e))?
+            {
+                session
+                    .write_response_body(Some(chunk), false)
+                    .await
+                    .map_err(io)?;
             }
             session.write_response_body(None, true).await.map_err(io)?;
         }

@@ -92,7 +92,10 @@ impl ProxyHttp for Gateway {
             .and_then(|h| h.to_str().ok())
             .or_else(|| req.uri.host())
             .unwrap_or("");
-        let matched = active.bundle.router.route(&active.bundle.apps, host, &req.method, path);
+        let matched = active
+            .bundle
+            .router
+            .route(&active.bundle.apps, host, &req.method, path);
         let (app_idx, route_idx) = match matched {
             RouteMatch::Route { app, route } => (app, Some(route)),
             RouteMatch::Passthrough { app } => (app, None),
@@ -137,7 +140,9 @@ impl ProxyHttp for Gateway {
                     }
                 }
             }
-        } else if app.contract.undocumented == crate::contract::Undocumented::Monitor && app.contract.openapi.is_some() {
+        } else if app.contract.undocumented == crate::contract::Undocumented::Monitor
+            && app.contract.openapi.is_some()
+        {
             contract::record(
                 ctx,
                 vec![crate::contract::Violation {
@@ -168,7 +173,11 @@ impl ProxyHttp for Gateway {
         Ok(false)
     }
 
-    async fn upstream_peer(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
         upstream::select_peer(session, ctx)
     }
 
@@ -188,7 +197,13 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
-    fn fail_to_connect(&self, _session: &mut Session, _peer: &HttpPeer, ctx: &mut RequestCtx, mut e: Box<Error>) -> Box<Error> {
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
         let retry = upstream::on_connect_failure(ctx, &e);
         e.set_retry(retry);
         e
@@ -203,7 +218,10 @@ impl ProxyHttp for Gateway {
         _client_reused: bool,
     ) -> Box<Error> {
         let retries = ctx.app().map_or(0, |a| a.retries);
-        let timed_out = matches!(e.etype(), ErrorType::ReadTimedout | ErrorType::WriteTimedout);
+        let timed_out = matches!(
+            e.etype(),
+            ErrorType::ReadTimedout | ErrorType::WriteTimedout
+        );
         let retry = session.req_header().method.is_idempotent()
             && !session.as_ref().retry_buffer_truncated()
             && session.response_written().is_none()
@@ -215,7 +233,12 @@ impl ProxyHttp for Gateway {
         e
     }
 
-    async fn upstream_request_filter(&self, session: &mut Session, upstream: &mut RequestHeader, ctx: &mut RequestCtx) -> Result<()> {
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
         upstream::prepare_upstream_request(session, upstream, ctx)
     }
 
@@ -229,7 +252,9 @@ impl ProxyHttp for Gateway {
         if let Some(b) = body {
             ctx.body_bytes += b.len() as u64;
             if ctx.body_bytes > ctx.body_cap {
-                ctx.error = Some(GatewayError::BodyTooLarge { limit: ctx.body_cap });
+                ctx.error = Some(GatewayError::BodyTooLarge {
+                    limit: ctx.body_cap,
+                });
                 return Error::e_explain(ErrorType::HTTPStatus(413), "request body over the cap");
             }
             if let Some(tee) = &mut ctx.request_tee {
@@ -243,13 +268,24 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
-    async fn response_filter(&self, _session: &mut Session, response: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<()> {
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
         response.insert_header("x-request-id", ctx.request_id.as_str())?;
         if let (Some(active), Some(app), Some(route)) = (ctx.active.clone(), ctx.app, ctx.route) {
             let app = &active.bundle.apps[app];
             let route = &app.routes[route];
             if let (Some(op), Mode::Monitor) = (&route.operation, route.response_mode) {
-                contract::start_response_check(ctx, op, response, app.contract.max_violations, app.contract.max_response_body);
+                contract::start_response_check(
+                    ctx,
+                    op,
+                    response,
+                    app.contract.max_violations,
+                    app.contract.max_response_body,
+                );
             }
         }
         Ok(())
@@ -286,8 +322,16 @@ impl ProxyHttp for Gateway {
         Ok(None)
     }
 
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
-        let mut err = ctx.error.take().unwrap_or_else(|| GatewayError::from_pingora(e));
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let mut err = ctx
+            .error
+            .take()
+            .unwrap_or_else(|| GatewayError::from_pingora(e));
         if let GatewayError::BodyTooLarge { limit } = &mut err {
             *limit = ctx.body_cap;
         }
@@ -295,7 +339,10 @@ impl ProxyHttp for Gateway {
             ctx.request_id = request_id(session.req_header());
         }
         let downstream_gone = matches!(e.esource(), pingora::ErrorSource::Downstream)
-            && matches!(e.etype(), ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed);
+            && matches!(
+                e.etype(),
+                ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed
+            );
         if downstream_gone || session.response_written().is_some() {
             return FailToProxy {
                 error_code: if downstream_gone { 0 } else { err.status() },

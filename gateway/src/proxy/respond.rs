@@ -30,19 +30,35 @@ pub fn fail<T>(ctx: &mut RequestCtx, err: GatewayError) -> Result<T> {
 }
 
 /// Write an early problem response from `request_filter`; returns `Ok(true)`.
-pub async fn respond(session: &mut Session, ctx: &mut RequestCtx, err: GatewayError) -> Result<bool> {
+pub async fn respond(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    err: GatewayError,
+) -> Result<bool> {
     if !session.is_body_done() {
         // The request body is not (fully) read: the connection cannot be reused.
         session.set_keepalive(None);
     }
     write_problem(session, ctx, &err).await?;
+    if matches!(
+        err,
+        GatewayError::ContractViolation { .. }
+            | GatewayError::MalformedJson { .. }
+            | GatewayError::UnsupportedMediaType { .. }
+    ) {
+        crate::contract::count_violation("request");
+    }
     ctx.status = err.status();
     ctx.error = Some(err);
     Ok(true)
 }
 
 /// Write `err` as `application/problem+json`.
-pub async fn write_problem(session: &mut Session, ctx: &RequestCtx, err: &GatewayError) -> Result<()> {
+pub async fn write_problem(
+    session: &mut Session,
+    ctx: &RequestCtx,
+    err: &GatewayError,
+) -> Result<()> {
     let body = err.problem_json(&ctx.request_id, session.req_header().uri.path());
     let mut resp = ResponseHeader::build(err.status(), Some(6))?;
     resp.insert_header(http::header::CONTENT_TYPE, "application/problem+json")?;
@@ -59,7 +75,9 @@ pub async fn write_problem(session: &mut Session, ctx: &RequestCtx, err: &Gatewa
         _ => {}
     }
     let head_only = session.req_header().method == http::Method::HEAD;
-    session.write_response_header(Box::new(resp), head_only).await?;
+    session
+        .write_response_header(Box::new(resp), head_only)
+        .await?;
     if !head_only {
         session.write_response_body(Some(body), true).await?;
     }

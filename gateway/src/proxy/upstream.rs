@@ -23,7 +23,9 @@ pub fn select_peer(session: &Session, ctx: &mut RequestCtx) -> Result<Box<HttpPe
     };
     let app = &active.bundle.apps[app_idx];
     let now = Instant::now();
-    let remaining = ctx.deadline.map_or(app.timeouts.total, |d| d.saturating_duration_since(now));
+    let remaining = ctx
+        .deadline
+        .map_or(app.timeouts.total, |d| d.saturating_duration_since(now));
     if remaining.is_zero() {
         return fail(ctx, GatewayError::UpstreamTimeout);
     }
@@ -34,9 +36,14 @@ pub fn select_peer(session: &Session, ctx: &mut RequestCtx) -> Result<Box<HttpPe
     };
     let idx = match group.pick(ctx.tried, hash_key, now_ms()) {
         Pick::Instance(i) => i,
-        Pick::NoneAvailable if ctx.attempts == 0 => return fail(ctx, GatewayError::NoHealthyInstance),
+        Pick::NoneAvailable if ctx.attempts == 0 => {
+            return fail(ctx, GatewayError::NoHealthyInstance)
+        }
         Pick::NoneAvailable | Pick::Exhausted => {
-            let last = ctx.error.take().unwrap_or(GatewayError::UpstreamUnreachable);
+            let last = ctx
+                .error
+                .take()
+                .unwrap_or(GatewayError::UpstreamUnreachable);
             return fail(ctx, last);
         }
     };
@@ -80,11 +87,19 @@ pub fn deadline_passed(ctx: &RequestCtx) -> bool {
 }
 
 /// Add `X-Request-Id` and `X-Forwarded-*`, strip the app prefix if asked.
-pub fn prepare_upstream_request(session: &Session, upstream: &mut RequestHeader, ctx: &RequestCtx) -> Result<()> {
+pub fn prepare_upstream_request(
+    session: &Session,
+    upstream: &mut RequestHeader,
+    ctx: &RequestCtx,
+) -> Result<()> {
     upstream.insert_header("x-request-id", ctx.request_id.as_str())?;
     if let Some(addr) = session.client_addr().and_then(|a| a.as_inet()) {
         let ip = addr.ip().to_string();
-        let xff = match upstream.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        let xff = match upstream
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+        {
             Some(prev) if !prev.is_empty() => format!("{prev}, {ip}"),
             _ => ip,
         };
@@ -93,11 +108,11 @@ pub fn prepare_upstream_request(session: &Session, upstream: &mut RequestHeader,
     let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
     upstream.insert_header("x-forwarded-proto", if tls { "https" } else { "http" })?;
     let req = session.req_header();
-    let host = req
-        .headers
-        .get(http::header::HOST)
-        .cloned()
-        .or_else(|| req.uri.authority().and_then(|a| http::HeaderValue::from_str(a.as_str()).ok()));
+    let host = req.headers.get(http::header::HOST).cloned().or_else(|| {
+        req.uri
+            .authority()
+            .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok())
+    });
     if let Some(host) = host {
         if upstream.headers.get(http::header::HOST).is_none() {
             upstream.insert_header(http::header::HOST, host.clone())?;

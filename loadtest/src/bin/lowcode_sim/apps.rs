@@ -332,7 +332,13 @@ fn list_orders(req: &Req, ctx: &Ctx) -> Reply {
     })
 }
 fn create_order(req: &Req, _: &Ctx) -> Reply {
-    let mut o = order(new_id(), &Ctx { pad: 0, drift: false });
+    let mut o = order(
+        new_id(),
+        &Ctx {
+            pad: 0,
+            drift: false,
+        },
+    );
     o["status"] = json!("draft");
     created(req, o)
 }
@@ -415,7 +421,16 @@ fn list_customers(req: &Req, ctx: &Ctx) -> Reply {
     })
 }
 fn create_customer(req: &Req, _: &Ctx) -> Reply {
-    created(req, customer(new_id(), &Ctx { pad: 0, drift: false }))
+    created(
+        req,
+        customer(
+            new_id(),
+            &Ctx {
+                pad: 0,
+                drift: false,
+            },
+        ),
+    )
 }
 fn get_customer(req: &Req, ctx: &Ctx) -> Reply {
     match req.id() {
@@ -453,7 +468,10 @@ fn customer_contacts(req: &Req, ctx: &Ctx) -> Reply {
 }
 fn create_contact(req: &Req, _: &Ctx) -> Reply {
     let id = req.id().unwrap_or(1);
-    created(req, json!({ "id": id * 10 + 9, "name": "New contact", "role": "buyer" }))
+    created(
+        req,
+        json!({ "id": id * 10 + 9, "name": "New contact", "role": "buyer" }),
+    )
 }
 
 fn list_employees(req: &Req, ctx: &Ctx) -> Reply {
@@ -463,7 +481,16 @@ fn list_employees(req: &Req, ctx: &Ctx) -> Reply {
     })
 }
 fn create_employee(req: &Req, _: &Ctx) -> Reply {
-    created(req, employee(new_id(), &Ctx { pad: 0, drift: false }))
+    created(
+        req,
+        employee(
+            new_id(),
+            &Ctx {
+                pad: 0,
+                drift: false,
+            },
+        ),
+    )
 }
 fn employee_id(req: &Req) -> Option<u64> {
     req.params
@@ -513,7 +540,10 @@ fn list_leave(req: &Req, _: &Ctx) -> Reply {
     )
 }
 fn create_leave(req: &Req, _: &Ctx) -> Reply {
-    created(req, json!({ "id": new_id(), "status": "requested", "from": "2026-01-01", "days": 1 }))
+    created(
+        req,
+        json!({ "id": new_id(), "status": "requested", "from": "2026-01-01", "days": 1 }),
+    )
 }
 
 fn list_workflows(_: &Req, _: &Ctx) -> Reply {
@@ -539,7 +569,13 @@ fn list_approvals(req: &Req, ctx: &Ctx) -> Reply {
     })
 }
 fn create_approval(req: &Req, _: &Ctx) -> Reply {
-    let mut a = approval(new_id(), &Ctx { pad: 0, drift: false });
+    let mut a = approval(
+        new_id(),
+        &Ctx {
+            pad: 0,
+            drift: false,
+        },
+    );
     a["status"] = json!("pending");
     created(req, a)
 }
