@@ -45,6 +45,9 @@ Try:
   curl -H 'Host: hr.corp.example'        http://127.0.0.1:8080/api/hr/departments
   curl -H 'Host: eu.approvals.corp.example' http://127.0.0.1:8080/approvals/7
   curl -i -H 'Host: orders.corp.example' http://127.0.0.1:8080/rest/orders/v1/nope   # 404 problem+json
+  curl -H 'Host: orders.corp.example' -H 'content-type: application/json' \
+       -d '{"customer_id":"x","lines":[{"sku":"bad","quantity":0}]}' \
+       http://127.0.0.1:8080/rest/orders/v1/orders                                   # 400: every contract violation
   curl http://127.0.0.1:9901/v1/apps                                                 # apps, routes, instance health
 
 Edit a file in policies/ and the gateway reloads it (an invalid edit is refused and logged).

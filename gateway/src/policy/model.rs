@@ -18,6 +18,211 @@ pub struct PolicyFile {
     /// Apps declared by this file.
     #[serde(default)]
     pub apps: Vec<AppSpec>,
+    /// Consumers declared by this file.
+    #[serde(default)]
+    pub consumers: Vec<ConsumerSpec>,
+    /// Plans (per-consumer limits and quotas) declared by this file.
+    #[serde(default)]
+    pub plans: Vec<PlanSpec>,
+}
+
+/// A consumer of the estate's APIs.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumerSpec {
+    /// Stable id (telemetry, limits); unique.
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// Plan giving the consumer its own limits and quotas.
+    #[serde(default)]
+    pub plan: Option<String>,
+    /// Apps the consumer may call (`["*"]` or absent: all).
+    #[serde(default)]
+    pub apps: Option<Vec<String>>,
+    /// API keys, as `sha256:<hex>` hashes (never the keys themselves).
+    #[serde(default)]
+    pub keys: Vec<KeySpec>,
+    /// JWT subject (claim) values that identify this consumer (besides its id).
+    #[serde(default)]
+    pub jwt_subjects: Vec<String>,
+}
+
+/// One API key of a consumer.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeySpec {
+    /// `sha256:<64 hex digits>` of the key.
+    pub hash: String,
+    /// What the key is for (rotation bookkeeping).
+    #[serde(default)]
+    pub label: Option<String>,
+}
+
+/// A plan: limits and quotas applied per consumer.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanSpec {
+    /// Unique name.
+    pub name: String,
+    /// Rate limits, keyed by consumer.
+    #[serde(default)]
+    pub limits: Vec<PlanLimitSpec>,
+    /// Quotas, keyed by consumer.
+    #[serde(default)]
+    pub quotas: Vec<PlanQuotaSpec>,
+}
+
+/// A per-consumer rate limit of a plan.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanLimitSpec {
+    /// Name (unique in the plan), shown in `RateLimit-Policy`.
+    pub name: String,
+    /// Sustained rate: `100/s`, `6000/m`, `100000/h`.
+    pub rate: String,
+    /// Requests admitted at once (default: the rate's count).
+    #[serde(default)]
+    pub burst: Option<u32>,
+}
+
+/// A per-consumer quota of a plan.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanQuotaSpec {
+    /// Name (unique in the plan).
+    pub name: String,
+    /// Requests per window.
+    pub limit: u64,
+    /// Window: minute, hour or day (UTC-aligned).
+    pub window: QuotaWindow,
+}
+
+/// Quota windows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QuotaWindow {
+    /// Calendar minute.
+    Minute,
+    /// Calendar hour.
+    Hour,
+    /// Calendar day (UTC).
+    Day,
+}
+
+/// How an app identifies consumers.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSpec {
+    /// required (401 without valid credentials), optional, or none.
+    #[serde(default)]
+    pub mode: AuthMode,
+    /// Where the API key is read.
+    #[serde(default)]
+    pub api_key: Option<ApiKeySpec>,
+    /// Bearer JWTs.
+    #[serde(default)]
+    pub jwt: Option<JwtSpec>,
+}
+
+/// Authentication modes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMode {
+    /// Valid credentials are required.
+    #[default]
+    Required,
+    /// Credentials are used when present (and must then be valid).
+    Optional,
+    /// No identification.
+    None,
+}
+
+/// Where API keys are read.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeySpec {
+    /// Header carrying the key (default `x-api-key`).
+    #[serde(default = "default_key_header")]
+    pub header: String,
+    /// Query parameter carrying the key (off unless set).
+    #[serde(default)]
+    pub query: Option<String>,
+}
+
+fn default_key_header() -> String {
+    "x-api-key".into()
+}
+
+/// JWT verification.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtSpec {
+    /// Required `iss`.
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// Required `aud` (one of).
+    #[serde(default)]
+    pub audience: Option<String>,
+    /// Environment variable holding the HS256 secret.
+    #[serde(default)]
+    pub hs256_secret_env: Option<String>,
+    /// File holding the HS256 secret.
+    #[serde(default)]
+    pub hs256_secret_file: Option<String>,
+    /// JWKS document with RS256/ES256 public keys (bundle-relative, under `keys/`).
+    #[serde(default)]
+    pub jwks: Option<String>,
+    /// Claim naming the consumer (default `sub`).
+    #[serde(default = "default_claim")]
+    pub consumer_claim: String,
+    /// Clock skew allowed for `exp`/`nbf`, seconds.
+    #[serde(default = "default_leeway")]
+    pub leeway_secs: u64,
+}
+
+fn default_claim() -> String {
+    "sub".into()
+}
+fn default_leeway() -> u64 {
+    30
+}
+
+/// An app-level rate limit.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitSpec {
+    /// Name (unique in the app), shown in `RateLimit-Policy`.
+    pub name: String,
+    /// What the limit is keyed by.
+    pub per: LimitPer,
+    /// Header whose value is the key (`per: header`).
+    #[serde(default)]
+    pub header: Option<String>,
+    /// Sustained rate: `100/s`, `6000/m`, `100000/h`.
+    pub rate: String,
+    /// Requests admitted at once (default: the rate's count).
+    #[serde(default)]
+    pub burst: Option<u32>,
+    /// Route ids the limit applies to (default: all).
+    #[serde(default)]
+    pub routes: Vec<String>,
+}
+
+/// Limit keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitPer {
+    /// Each consumer (anonymous callers: each client IP).
+    Consumer,
+    /// Each client IP.
+    Ip,
+    /// The whole app.
+    App,
+    /// Each route.
+    Route,
+    /// Each value of a header.
+    Header,
 }
 
 /// A low-code application fronted by the gateway.
@@ -66,6 +271,12 @@ pub struct AppSpec {
     /// The app's API contract and how it is enforced.
     #[serde(default)]
     pub contract: Option<ContractSpec>,
+    /// How consumers are identified (absent: no identification).
+    #[serde(default)]
+    pub auth: Option<AuthSpec>,
+    /// Rate limits of the app (all must admit, with the consumer's plan limits).
+    #[serde(default)]
+    pub limits: Vec<LimitSpec>,
 }
 
 /// An app's API contract.

@@ -8,7 +8,7 @@ use pingora::Result;
 
 use super::respond::respond;
 use crate::contract::openapi::is_json;
-use crate::contract::operation::{validate_json, Expectation};
+use crate::contract::operation::{check_json_body, validate_json, Expectation};
 use crate::contract::params::RequestParts;
 use crate::contract::{Mode, Operation, Verdict, Violation, ViolationLocation};
 use crate::ctx::{BodyTee, RequestCtx};
@@ -150,15 +150,8 @@ pub async fn check_request(
     }
     if let Some(validator) = json_check {
         match &body_bytes {
-            Some(body) => match serde_json::from_slice::<serde_json::Value>(body) {
-                Ok(value) => validate_json(
-                    &validator,
-                    &value,
-                    ViolationLocation::Body,
-                    None,
-                    &mut violations,
-                    max,
-                ),
+            Some(body) => match check_json_body(&validator, body, ViolationLocation::Body, max.saturating_sub(violations.len())) {
+                Ok(found) => violations.extend(found),
                 Err(e) if enforce => {
                     let detail = format!("line {} column {}: {e}", e.line(), e.column());
                     respond(session, ctx, GatewayError::MalformedJson { detail }).await?;
