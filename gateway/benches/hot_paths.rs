@@ -38,11 +38,28 @@ fn order_body_1kb() -> Vec<u8> {
 
 fn bench_validation(c: &mut Criterion) {
     let bundle = example_bundle();
-    let orders = bundle.apps.iter().find(|a| a.name == "orders").expect("orders app");
-    let create = orders.routes.iter().find(|r| r.id == "createOrder").expect("createOrder");
-    let validator = create.operation.as_ref().and_then(|o| o.body.as_ref()).and_then(|b| b.json.clone()).expect("body validator");
+    let orders = bundle
+        .apps
+        .iter()
+        .find(|a| a.name == "orders")
+        .expect("orders app");
+    let create = orders
+        .routes
+        .iter()
+        .find(|r| r.id == "createOrder")
+        .expect("createOrder");
+    let validator = create
+        .operation
+        .as_ref()
+        .and_then(|o| o.body.as_ref())
+        .and_then(|b| b.json.clone())
+        .expect("body validator");
     let small = order_body_1kb();
-    assert!(check_json_body(&validator, &small, ViolationLocation::Body, 20).expect("json").is_empty());
+    assert!(
+        check_json_body(&validator, &small, ViolationLocation::Body, 20)
+            .expect("json")
+            .is_empty()
+    );
 
     // ~100 KB: a bulk document against a schema of the same style.
     let bulk_schema = r##"{"openapi":"3.0.3","info":{"title":"b","version":"1"},"paths":{"/bulk":{"post":{"operationId":"bulk",
@@ -52,14 +69,29 @@ fn bench_validation(c: &mut Criterion) {
         "quantity":{"type":"integer","minimum":1},"unit_price":{"type":"number","minimum":0,"exclusiveMinimum":true},"note":{"type":"string","maxLength":200,"nullable":true}}}}}}"##;
     let policy = "version: 1\napps:\n  - name: bulk\n    owner: o\n    hosts: [b.test]\n    upstream: { instances: [\"http://127.0.0.1:1\"] }\n    contract: { openapi: contracts/bulk.json }\n";
     let b = compile(&[
-        SourceFile { path: "a.yaml".into(), text: policy.into() },
-        SourceFile { path: "contracts/bulk.json".into(), text: bulk_schema.into() },
+        SourceFile {
+            path: "a.yaml".into(),
+            text: policy.into(),
+        },
+        SourceFile {
+            path: "contracts/bulk.json".into(),
+            text: bulk_schema.into(),
+        },
     ])
     .expect("bulk bundle");
-    let bulk_validator = b.apps[0].routes[0].operation.as_ref().and_then(|o| o.body.as_ref()).and_then(|b| b.json.clone()).expect("validator");
+    let bulk_validator = b.apps[0].routes[0]
+        .operation
+        .as_ref()
+        .and_then(|o| o.body.as_ref())
+        .and_then(|b| b.json.clone())
+        .expect("validator");
     let lines: Vec<_> = (0..1500).map(|i| json!({ "sku": format!("SKU-{:05}", i), "quantity": i % 40 + 1, "unit_price": 1.5, "note": null })).collect();
     let large = serde_json::to_vec(&json!({ "items": lines })).expect("json");
-    assert!(check_json_body(&bulk_validator, &large, ViolationLocation::Body, 20).expect("json").is_empty());
+    assert!(
+        check_json_body(&bulk_validator, &large, ViolationLocation::Body, 20)
+            .expect("json")
+            .is_empty()
+    );
 
     let mut g = c.benchmark_group("request_validation");
     g.throughput(Throughput::Bytes(small.len() as u64));
@@ -68,7 +100,14 @@ fn bench_validation(c: &mut Criterion) {
     });
     g.throughput(Throughput::Bytes(large.len() as u64));
     g.bench_function(format!("bulk_{}B", large.len()), |bench| {
-        bench.iter(|| check_json_body(&bulk_validator, black_box(&large), ViolationLocation::Body, 20))
+        bench.iter(|| {
+            check_json_body(
+                &bulk_validator,
+                black_box(&large),
+                ViolationLocation::Body,
+                20,
+            )
+        })
     });
     g.finish();
 }
@@ -77,12 +116,31 @@ fn bench_routing(c: &mut Criterion) {
     let bundle = example_bundle();
     let mut g = c.benchmark_group("route_match");
     for (name, host, method, path) in [
-        ("orders_get_by_id", "orders.corp.example", Method::GET, "/rest/orders/v1/orders/4711"),
-        ("approvals_wildcard", "eu.approvals.corp.example", Method::POST, "/approvals/17/approve"),
-        ("no_route", "orders.corp.example", Method::GET, "/rest/orders/v1/nope/1"),
+        (
+            "orders_get_by_id",
+            "orders.corp.example",
+            Method::GET,
+            "/rest/orders/v1/orders/4711",
+        ),
+        (
+            "approvals_wildcard",
+            "eu.approvals.corp.example",
+            Method::POST,
+            "/approvals/17/approve",
+        ),
+        (
+            "no_route",
+            "orders.corp.example",
+            Method::GET,
+            "/rest/orders/v1/nope/1",
+        ),
     ] {
         g.bench_function(name, |bench| {
-            bench.iter(|| bundle.router.route(&bundle.apps, black_box(host), &method, black_box(path)))
+            bench.iter(|| {
+                bundle
+                    .router
+                    .route(&bundle.apps, black_box(host), &method, black_box(path))
+            })
         });
     }
     g.finish();

@@ -49,6 +49,12 @@ pub struct RequestCtx {
     pub request_tee: Option<BodyTee>,
     /// Monitor mode: a copy of the streamed response body, validated at its end.
     pub response_tee: Option<BodyTee>,
+    /// The identified consumer (index into the bundle's consumers).
+    pub consumer: Option<usize>,
+    /// Id of the limit or quota that refused the request.
+    pub rejected_by: Option<String>,
+    /// `RateLimit-Policy` and `RateLimit` for the response.
+    pub rate_headers: Option<(String, String)>,
     _in_flight: InFlight,
 }
 
@@ -74,8 +80,22 @@ impl RequestCtx {
             violations: Vec::new(),
             request_tee: None,
             response_tee: None,
+            consumer: None,
+            rejected_by: None,
+            rate_headers: None,
             _in_flight: in_flight,
         }
+    }
+
+    /// The identified consumer's id.
+    pub fn consumer_id(&self) -> Option<&str> {
+        let active = self.active.as_ref()?;
+        active
+            .bundle
+            .consumers
+            .consumers
+            .get(self.consumer?)
+            .map(|c| c.id.as_str())
     }
 
     /// The app this request was routed to.

@@ -60,6 +60,24 @@ pub enum GatewayError {
         /// Accepted media types.
         expected: Vec<String>,
     },
+    /// Missing or invalid credentials.
+    Unauthenticated {
+        /// Why, in terms safe to show.
+        reason: String,
+        /// `WWW-Authenticate` challenge.
+        challenge: String,
+    },
+    /// The consumer may not call this app.
+    Forbidden,
+    /// A rate limit or quota refused the request.
+    RateLimited {
+        /// Seconds until a request would be admitted.
+        retry_after: u64,
+        /// `RateLimit-Policy` value of the refusing limit.
+        policy: String,
+        /// `RateLimit` value of the refusing limit.
+        state: String,
+    },
     /// The upstream's response breaks the app's contract (enforce mode).
     UpstreamContractViolation {
         /// How many violations were found (details are logged, not sent).
@@ -78,6 +96,9 @@ impl GatewayError {
             | Self::ContractViolation { .. }
             | Self::MalformedJson { .. } => 400,
             Self::UnsupportedMediaType { .. } => 415,
+            Self::Unauthenticated { .. } => 401,
+            Self::Forbidden => 403,
+            Self::RateLimited { .. } => 429,
             Self::UpstreamContractViolation { .. } => 502,
             Self::BodyTooLarge { .. } => 413,
             Self::UpstreamUnreachable | Self::UpstreamFailed => 502,
@@ -105,6 +126,9 @@ impl GatewayError {
             Self::MalformedJson { .. } => "malformed-json",
             Self::UnsupportedMediaType { .. } => "unsupported-media-type",
             Self::UpstreamContractViolation { .. } => "upstream-contract-violation",
+            Self::Unauthenticated { .. } => "unauthenticated",
+            Self::Forbidden => "forbidden",
+            Self::RateLimited { .. } => "rate-limited",
         }
     }
 
@@ -125,6 +149,9 @@ impl GatewayError {
             Self::MalformedJson { .. } => "Malformed JSON body",
             Self::UnsupportedMediaType { .. } => "Unsupported media type",
             Self::UpstreamContractViolation { .. } => "Upstream response violates the API contract",
+            Self::Unauthenticated { .. } => "Authentication required",
+            Self::Forbidden => "Not allowed",
+            Self::RateLimited { .. } => "Too many requests",
         }
     }
 
@@ -151,6 +178,11 @@ impl GatewayError {
             Self::MalformedJson { detail } => format!("The body is not valid JSON: {detail}."),
             Self::UnsupportedMediaType { expected } => {
                 format!("This operation accepts only: {}.", expected.join(", "))
+            }
+            Self::Unauthenticated { reason, .. } => format!("{reason}."),
+            Self::Forbidden => "Your credentials are valid but do not give access to this app.".into(),
+            Self::RateLimited { retry_after, .. } => {
+                format!("A rate limit or quota was reached; retry after {retry_after} second(s).")
             }
             Self::UpstreamContractViolation { count } => format!(
                 "The app answered with a response that breaks its API contract ({count} violation(s)); it was withheld."

@@ -11,6 +11,8 @@ pub mod admin;
 pub mod contract;
 pub mod ctx;
 pub mod error;
+pub mod identity;
+pub mod limits;
 pub mod policy;
 pub mod proxy;
 pub mod routing;

@@ -33,6 +33,36 @@ enum Command {
     /// Work with policy bundles.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Manage consumers.
+    #[command(subcommand)]
+    Consumer(ConsumerCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum ConsumerCommand {
+    /// Generate an API key for a new consumer: the key is shown once (or
+    /// written to --key-file); the policy entry, holding only its hash, goes
+    /// to stdout.
+    New {
+        /// Consumer id.
+        #[arg(long)]
+        id: String,
+        /// Display name (default: the id).
+        #[arg(long)]
+        name: Option<String>,
+        /// Plan.
+        #[arg(long)]
+        plan: Option<String>,
+        /// Allowed apps, comma-separated (default: all).
+        #[arg(long, value_delimiter = ',')]
+        apps: Vec<String>,
+        /// Key label (rotation bookkeeping).
+        #[arg(long)]
+        label: Option<String>,
+        /// Write the key to this file (mode 0600) instead of stderr.
+        #[arg(long)]
+        key_file: Option<PathBuf>,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -96,6 +126,21 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve(args) => serve(args),
         Command::Policy(PolicyCommand::Lint { dir, format }) => lint(&dir, format),
+        Command::Consumer(ConsumerCommand::New {
+            id,
+            name,
+            plan,
+            apps,
+            label,
+            key_file,
+        }) => new_consumer(
+            &id,
+            name.as_deref(),
+            plan.as_deref(),
+            &apps,
+            label.as_deref(),
+            key_file.as_deref(),
+        ),
         Command::Policy(PolicyCommand::Schema) => {
             println!("{}", gatehouse::policy::POLICY_SCHEMA);
             ExitCode::SUCCESS
@@ -183,3 +228,55 @@ fn lint(dir: &std::path::Path, format: OutputFormat) -> ExitCode {
 /// (`failed to acquire reusable stream`, it then opens a new connection) at
 /// ERROR under concurrency; connect failures are reported by Gatehouse itself.
 const DEFAULT_LOG_FILTER: &str = "info,pingora_core::connectors=off";
+
+fn new_consumer(
+    id: &str,
+    name: Option<&str>,
+    plan: Option<&str>,
+    apps: &[String],
+    label: Option<&str>,
+    key_file: Option<&std::path::Path>,
+) -> ExitCode {
+    let key = gatehouse::identity::generate_key();
+    match key_file {
+        Some(path) => {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let written = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(path)
+                .and_then(|mut f| writeln!(f, "{key}"));
+            if let Err(e) = written {
+                eprintln!("gatehouse: cannot write {}: {e}", path.display());
+                return ExitCode::FAILURE;
+            }
+            eprintln!("API key written to {} (only its hash goes in the policy).", path.display());
+        }
+        None => eprintln!("API key for `{id}` (shown once; store it now, only its hash goes in the policy):\n{key}"),
+    }
+    let q = |s: &str| serde_json::Value::from(s).to_string();
+    let mut yaml = format!(
+        "version: 1\nconsumers:\n  - id: {}\n    name: {}\n",
+        q(id),
+        q(name.unwrap_or(id))
+    );
+    if let Some(p) = plan {
+        yaml.push_str(&format!("    plan: {}\n", q(p)));
+    }
+    if !apps.is_empty() {
+        let list: Vec<String> = apps.iter().map(|a| q(a)).collect();
+        yaml.push_str(&format!("    apps: [{}]\n", list.join(", ")));
+    }
+    yaml.push_str(&format!(
+        "    keys:\n      - hash: {}\n",
+        q(&gatehouse::identity::key_fingerprint(&key))
+    ));
+    if let Some(l) = label {
+        yaml.push_str(&format!("        label: {}\n", q(l)));
+    }
+    print!("{yaml}");
+    ExitCode::SUCCESS
+}

@@ -11,6 +11,10 @@ use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 
+use std::collections::{HashMap, HashSet};
+
+use crate::limits::quota::QuotaStore;
+use crate::limits::{LimitStore, Limits};
 use crate::policy::{self, Bundle, PolicyErrors};
 use crate::routing::UpstreamSet;
 
@@ -25,6 +29,54 @@ pub struct Active {
     pub activated_at: SystemTime,
     /// Where it came from (directory path).
     pub source: String,
+    /// Rate-limit stores by limit id.
+    pub limit_stores: HashMap<String, Arc<dyn LimitStore>>,
+    /// Quota counters by quota id.
+    pub quota_stores: HashMap<String, Arc<QuotaStore>>,
+}
+
+impl Active {
+    /// Put `bundle` in service: upstream groups (keeping the live state of
+    /// instances `previous` had) and limit stores (kept when unchanged).
+    fn build(
+        bundle: Arc<Bundle>,
+        previous: Option<&Active>,
+        limits: &Limits,
+        source: String,
+    ) -> Active {
+        let upstreams = UpstreamSet::build(
+            &bundle,
+            previous.map(|p| &p.upstreams),
+            previous.map(|p| &*p.bundle),
+        );
+        let mut limit_stores = HashMap::new();
+        let mut quota_stores = HashMap::new();
+        let rules = bundle
+            .apps
+            .iter()
+            .flat_map(|a| a.limits.iter().map(|l| &l.rule))
+            .chain(bundle.plans.values().flat_map(|p| p.limits.iter()));
+        for rule in rules {
+            limit_stores.insert(rule.id.clone(), limits.store(rule));
+        }
+        for q in bundle.plans.values().flat_map(|p| p.quotas.iter()) {
+            quota_stores.insert(q.id.clone(), limits.quota(q));
+        }
+        let ids: HashSet<String> = limit_stores
+            .keys()
+            .chain(quota_stores.keys())
+            .cloned()
+            .collect();
+        limits.retain(&ids);
+        Active {
+            bundle,
+            upstreams,
+            activated_at: SystemTime::now(),
+            source,
+            limit_stores,
+            quota_stores,
+        }
+    }
 }
 
 /// Outcome of a reload attempt.
@@ -59,20 +111,18 @@ pub struct Shared {
     pub proxy_listening: AtomicBool,
     /// Graceful shutdown has begun.
     pub shutting_down: AtomicBool,
+    /// Limit and quota stores, shared by successive bundles.
+    pub limits: Limits,
 }
 
 impl Shared {
     /// Load and activate the bundle in `dir`; fails when it does not compile.
     pub fn load(dir: &Path) -> Result<Self, PolicyErrors> {
         let bundle = Arc::new(policy::load_and_compile(dir)?);
-        let upstreams = UpstreamSet::build(&bundle, None, None);
-        let active = Active {
-            bundle,
-            upstreams,
-            activated_at: SystemTime::now(),
-            source: dir.display().to_string(),
-        };
+        let limits = Limits::default();
+        let active = Active::build(bundle, None, &limits, dir.display().to_string());
         Ok(Self {
+            limits,
             active: ArcSwap::from_pointee(active),
             policies_dir: dir.to_path_buf(),
             reload_lock: Mutex::new(()),
@@ -121,15 +171,10 @@ impl Shared {
         if current.bundle.version == bundle.version {
             return Ok(ReloadOutcome::Unchanged);
         }
-        let upstreams =
-            UpstreamSet::build(&bundle, Some(&current.upstreams), Some(&current.bundle));
         let to = bundle.version.clone();
-        self.active.store(Arc::new(Active {
-            bundle,
-            upstreams,
-            activated_at: SystemTime::now(),
-            source: self.policies_dir.display().to_string(),
-        }));
+        let source = self.policies_dir.display().to_string();
+        let next = Active::build(bundle, Some(&current), &self.limits, source);
+        self.active.store(Arc::new(next));
         self.reloads_ok.fetch_add(1, Ordering::Relaxed);
         Ok(ReloadOutcome::Activated {
             from: current.bundle.version.clone(),

@@ -126,6 +126,12 @@ pub fn run(opts: ServeOptions) -> anyhow::Result<()> {
         },
     ));
     server.add_service(background_service(
+        "limit-evictor",
+        LimitEvictor {
+            shared: Arc::clone(&shared),
+        },
+    ));
+    server.add_service(background_service(
         "drain-monitor",
         DrainMonitor {
             shared: Arc::clone(&shared),
@@ -276,6 +282,31 @@ impl BackgroundService for PolicyWatcher {
             while rx.try_recv().is_ok() {}
             let shared = Arc::clone(&self.shared);
             let _ = tokio::task::spawn_blocking(move || reload_and_log(&shared, trigger)).await;
+        }
+    }
+}
+
+/// Drops idle rate-limit keys and past quota windows, so memory follows the
+/// number of active consumers, not the number ever seen.
+struct LimitEvictor {
+    shared: Arc<Shared>,
+}
+
+#[async_trait]
+impl BackgroundService for LimitEvictor {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut tick = tokio::time::interval(Duration::from_secs(10));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.changed() => return,
+            }
+            let shared = Arc::clone(&self.shared);
+            if let Ok(kept) = tokio::task::spawn_blocking(move || shared.limits.evict_idle()).await
+            {
+                tracing::debug!(kept, "evicted idle rate-limit keys");
+            }
         }
     }
 }

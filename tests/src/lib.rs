@@ -341,8 +341,9 @@ pub fn client() -> reqwest::Client {
 
 /// A copy of the example bundle in `policies/` whose instance URLs point at
 /// `sim` (one listener per app kind, in the order orders, customers,
-/// employees, approvals); `edit` may change the app files' text.
-pub fn example_policies(sim: &Sim, edit: impl Fn(&str, String) -> String) -> PolicyDir {
+/// employees, approvals); `edit` may change the app files' text. It adds a
+/// consumer `e2e` allowed on every app, without a plan, and returns its key.
+pub fn example_policies(sim: &Sim, edit: impl Fn(&str, String) -> String) -> (PolicyDir, String) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
     let dir = PolicyDir::new();
     let ports = [("91", 0), ("92", 1), ("93", 2), ("94", 3)];
@@ -367,7 +368,47 @@ pub fn example_policies(sim: &Sim, edit: impl Fn(&str, String) -> String) -> Pol
         }
         text
     });
-    dir
+    let (entry, key) = new_consumer(&["--id", "e2e", "--name", "End-to-end tests"]);
+    dir.write("consumers-e2e.yaml", &entry);
+    (dir, key)
+}
+
+/// Run `gatehouse consumer new ARGS`; returns the policy entry and the key.
+pub fn new_consumer(args: &[&str]) -> (String, String) {
+    let keydir = tempfile::tempdir().expect("tempdir");
+    let keyfile = keydir.path().join("key");
+    let out = Command::new(bin("gatehouse"))
+        .args(["consumer", "new"])
+        .args(args)
+        .arg("--key-file")
+        .arg(&keyfile)
+        .output()
+        .expect("gatehouse consumer new");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key = std::fs::read_to_string(&keyfile)
+        .expect("key file")
+        .trim()
+        .to_string();
+    (String::from_utf8(out.stdout).expect("utf-8"), key)
+}
+
+/// A client sending `x-api-key: key` on every request.
+pub fn keyed_client(key: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        "x-api-key",
+        reqwest::header::HeaderValue::from_str(key).expect("key header"),
+    );
+    reqwest::Client::builder()
+        .no_proxy()
+        .default_headers(headers)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client")
 }
 
 fn copy_tree(root: &Path, dir: &Path, out: &PolicyDir, f: &dyn Fn(&str, String) -> String) {

@@ -147,7 +147,12 @@ pub fn validate_json(
 
 /// Parse a JSON body and validate it: what the request path does for an
 /// enforced body. `Err` when the body is not JSON.
-pub fn check_json_body(validator: &Validator, body: &[u8], location: ViolationLocation, max: usize) -> Result<Vec<Violation>, serde_json::Error> {
+pub fn check_json_body(
+    validator: &Validator,
+    body: &[u8],
+    location: ViolationLocation,
+    max: usize,
+) -> Result<Vec<Violation>, serde_json::Error> {
     let value: Value = serde_json::from_slice(body)?;
     let mut out = Vec::new();
     validate_json(validator, &value, location, None, &mut out, max);

@@ -72,19 +72,28 @@ impl JwtVerifier {
     ) -> Result<Self, String> {
         let mut keys = Vec::new();
         if let Some(doc) = jwks {
-            let set: JwkSet = serde_json::from_value(doc.clone()).map_err(|e| format!("not a JWKS document: {e}"))?;
+            let set: JwkSet = serde_json::from_value(doc.clone())
+                .map_err(|e| format!("not a JWKS document: {e}"))?;
             for (i, jwk) in set.keys.iter().enumerate() {
                 let alg = match &jwk.algorithm {
                     AlgorithmParameters::RSA(_) => Algorithm::RS256,
-                    AlgorithmParameters::EllipticCurve(ec) if ec.curve == EllipticCurve::P256 => Algorithm::ES256,
-                    _ => return Err(format!("/keys/{i}: only RSA (RS256) and P-256 (ES256) keys are supported")),
+                    AlgorithmParameters::EllipticCurve(ec) if ec.curve == EllipticCurve::P256 => {
+                        Algorithm::ES256
+                    }
+                    _ => {
+                        return Err(format!(
+                            "/keys/{i}: only RSA (RS256) and P-256 (ES256) keys are supported"
+                        ))
+                    }
                 };
                 let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("/keys/{i}: {e}"))?;
                 keys.push((jwk.common.key_id.clone(), alg, key));
             }
         }
         if secret.is_none() && keys.is_empty() {
-            return Err("a JWT configuration needs hs256_secret_env, hs256_secret_file or jwks".into());
+            return Err(
+                "a JWT configuration needs hs256_secret_env, hs256_secret_file or jwks".into(),
+            );
         }
         Ok(Self {
             issuer,
@@ -123,7 +132,9 @@ impl JwtVerifier {
             alg @ (Algorithm::RS256 | Algorithm::ES256) => self
                 .keys
                 .iter()
-                .find(|(kid, a, _)| *a == alg && (header.kid.is_none() || kid.is_none() || *kid == header.kid))
+                .find(|(kid, a, _)| {
+                    *a == alg && (header.kid.is_none() || kid.is_none() || *kid == header.kid)
+                })
                 .map(|(_, _, k)| k)
                 .ok_or(JwtError::Invalid)?,
             _ => return Err(JwtError::Invalid),
@@ -164,18 +175,34 @@ mod tests {
     use serde_json::json;
 
     fn now() -> u64 {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
     }
 
     fn hs(claims: serde_json::Value) -> String {
-        encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(b"s3cret")).unwrap()
+        encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(b"s3cret"),
+        )
+        .unwrap()
     }
 
     fn verifier() -> JwtVerifier {
         let path = std::env::temp_dir().join(format!("gatehouse-jwt-test-{}", std::process::id()));
         std::fs::write(&path, "s3cret\n").unwrap();
         let source = SecretSource::File(path.display().to_string());
-        JwtVerifier::new(Some("https://idp.corp.example".into()), Some("orders".into()), "sub".into(), 0, Some(source), None).unwrap()
+        JwtVerifier::new(
+            Some("https://idp.corp.example".into()),
+            Some("orders".into()),
+            "sub".into(),
+            0,
+            Some(source),
+            None,
+        )
+        .unwrap()
     }
 
     #[test]
@@ -195,7 +222,12 @@ mod tests {
         let mut c = ok.clone();
         c["iss"] = json!("https://evil.example");
         assert_eq!(v.verify(&hs(c)), Err(JwtError::WrongIssuer));
-        let forged = encode(&Header::new(Algorithm::HS256), &ok, &EncodingKey::from_secret(b"guess")).unwrap();
+        let forged = encode(
+            &Header::new(Algorithm::HS256),
+            &ok,
+            &EncodingKey::from_secret(b"guess"),
+        )
+        .unwrap();
         assert_eq!(v.verify(&forged), Err(JwtError::Invalid));
         let mut c = ok;
         c.as_object_mut().unwrap().remove("exp");

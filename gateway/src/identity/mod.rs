@@ -6,6 +6,8 @@
 //! `sha256:<hex>` of the whole key; a request's key is hashed and looked up,
 //! so neither files, logs nor telemetry ever contain a key.
 
+pub mod jwt;
+
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
@@ -30,7 +32,9 @@ pub struct Consumer {
 impl Consumer {
     /// May this consumer call `app`?
     pub fn allowed(&self, app: &str) -> bool {
-        self.apps.as_ref().is_none_or(|apps| apps.iter().any(|a| a == app))
+        self.apps
+            .as_ref()
+            .is_none_or(|apps| apps.iter().any(|a| a == app))
     }
 }
 
@@ -40,6 +44,7 @@ pub struct ConsumerDirectory {
     /// All consumers.
     pub consumers: Vec<Consumer>,
     by_key: HashMap<[u8; 32], usize>,
+    by_subject: HashMap<String, usize>,
 }
 
 impl ConsumerDirectory {
@@ -48,7 +53,18 @@ impl ConsumerDirectory {
         Self {
             consumers,
             by_key: keys.into_iter().collect(),
+            by_subject: HashMap::new(),
         }
+    }
+
+    /// Map a JWT subject to consumer `idx` (first mapping wins).
+    pub fn add_subject(&mut self, subject: String, idx: usize) {
+        self.by_subject.entry(subject).or_insert(idx);
+    }
+
+    /// The consumer a JWT subject names, if any.
+    pub fn by_subject(&self, subject: &str) -> Option<usize> {
+        self.by_subject.get(subject).copied()
     }
 
     /// The consumer owning `key`, if any.
@@ -119,7 +135,12 @@ mod tests {
     #[test]
     fn lookup_is_by_hash_and_apps_are_checked() {
         let key = generate_key();
-        let c = Consumer { id: "erp".into(), name: "ERP".into(), plan: None, apps: Some(vec!["orders".into()]) };
+        let c = Consumer {
+            id: "erp".into(),
+            name: "ERP".into(),
+            plan: None,
+            apps: Some(vec!["orders".into()]),
+        };
         let dir = ConsumerDirectory::new(vec![c], vec![(hash_key(&key), 0)]);
         assert_eq!(dir.by_key(&key), Some(0));
         assert_eq!(dir.by_key("gh_wrong"), None);

@@ -12,13 +12,15 @@
 //! behind [`LimitStore`] so a cluster-wide backend can replace it; all of it
 //! is generic over a [`governor::clock::Clock`] and tested with a fake one.
 
+pub mod quota;
+
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use governor::clock::{Clock, DefaultClock, Reference};
+use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
 use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter};
@@ -84,6 +86,17 @@ pub struct LimitRule {
     pub burst: u32,
 }
 
+/// A compiled quota (per consumer).
+#[derive(Debug, Clone)]
+pub struct QuotaRule {
+    /// Stable id (`plan:name:quota`).
+    pub id: String,
+    /// Requests per window.
+    pub limit: u64,
+    /// Window.
+    pub window: quota::Window,
+}
+
 /// The outcome of one limit check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Decision {
@@ -111,7 +124,9 @@ pub struct GovernorStore<C: Clock = DefaultClock> {
 
 impl<C: Clock> std::fmt::Debug for GovernorStore<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GovernorStore").field("keys", &self.limiter.len()).finish()
+        f.debug_struct("GovernorStore")
+            .field("keys", &self.limiter.len())
+            .finish()
     }
 }
 
@@ -122,7 +137,8 @@ where
     /// A store for `rule` on `clock`.
     pub fn new(rule: &LimitRule, clock: C) -> Self {
         let quota = quota(rule);
-        let limiter = RateLimiter::dashmap_with_clock(quota, clock.clone()).with_middleware::<StateInformationMiddleware>();
+        let limiter = RateLimiter::dashmap_with_clock(quota, clock.clone())
+            .with_middleware::<StateInformationMiddleware>();
         Self { limiter, clock }
     }
 }
@@ -162,11 +178,13 @@ where
     }
 }
 
-/// The stores of every limit in the active bundle, kept across reloads for
-/// limits whose definition did not change.
+/// The stores of every limit and quota in the active bundle, kept across
+/// reloads for those whose definition did not change. Only activation and
+/// the eviction task lock it; requests use the stores handed out.
 #[derive(Debug, Default)]
 pub struct Limits {
     stores: Mutex<HashMap<String, (LimitSignature, Arc<dyn LimitStore>)>>,
+    quotas: Mutex<HashMap<String, (u64, u64, Arc<quota::QuotaStore>)>>,
 }
 
 type LimitSignature = (u32, Duration, u32);
@@ -179,23 +197,58 @@ impl Limits {
         match stores.get(&rule.id) {
             Some((s, store)) if *s == sig => Arc::clone(store),
             _ => {
-                let store: Arc<dyn LimitStore> = Arc::new(GovernorStore::new(rule, DefaultClock::default()));
+                let store: Arc<dyn LimitStore> =
+                    Arc::new(GovernorStore::new(rule, DefaultClock::default()));
                 stores.insert(rule.id.clone(), (sig, Arc::clone(&store)));
                 store
             }
         }
     }
 
-    /// Forget stores of limits no longer in `ids`.
-    pub fn retain(&self, ids: &[&str]) {
-        let mut stores = self.stores.lock().unwrap_or_else(|p| p.into_inner());
-        stores.retain(|id, _| ids.contains(&id.as_str()));
+    /// The counters for `rule` (created, or reused when unchanged).
+    pub fn quota(&self, rule: &QuotaRule) -> Arc<quota::QuotaStore> {
+        let sig = (rule.limit, rule.window.secs());
+        let mut quotas = self.quotas.lock().unwrap_or_else(|p| p.into_inner());
+        match quotas.get(&rule.id) {
+            Some((l, w, store)) if (*l, *w) == sig => Arc::clone(store),
+            _ => {
+                let store = Arc::new(quota::QuotaStore::new(rule.limit, rule.window));
+                quotas.insert(rule.id.clone(), (sig.0, sig.1, Arc::clone(&store)));
+                store
+            }
+        }
+    }
+
+    /// Forget limits and quotas whose ids are not in `ids`.
+    pub fn retain(&self, ids: &std::collections::HashSet<String>) {
+        self.stores
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|id, _| ids.contains(id));
+        self.quotas
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|id, _| ids.contains(id));
     }
 
     /// Evict idle keys everywhere; returns the keys kept.
     pub fn evict_idle(&self) -> usize {
-        let stores: Vec<_> = self.stores.lock().unwrap_or_else(|p| p.into_inner()).values().map(|(_, s)| Arc::clone(s)).collect();
-        stores.iter().map(|s| s.evict_idle()).sum()
+        let stores: Vec<_> = self
+            .stores
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(|(_, s)| Arc::clone(s))
+            .collect();
+        let quotas: Vec<_> = self
+            .quotas
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(|(_, _, q)| Arc::clone(q))
+            .collect();
+        stores.iter().map(|s| s.evict_idle()).sum::<usize>()
+            + quotas.iter().map(|q| q.evict_idle()).sum::<usize>()
     }
 }
 
@@ -207,21 +260,29 @@ pub fn key_hash(limit_id: &str, value: &[u8]) -> u64 {
     h.finish()
 }
 
-#[allow(dead_code)]
-fn _reference_is_used<R: Reference>(_: R) {}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use governor::clock::FakeRelativeClock;
 
     fn rule(rate: &str, burst: u32) -> LimitRule {
-        LimitRule { id: "t".into(), key: LimitKey::Consumer, rate: Rate::parse(rate).unwrap(), burst }
+        LimitRule {
+            id: "t".into(),
+            key: LimitKey::Consumer,
+            rate: Rate::parse(rate).unwrap(),
+            burst,
+        }
     }
 
     #[test]
     fn rates_parse() {
-        assert_eq!(Rate::parse("100/s").unwrap(), Rate { count: 100, period: Duration::from_secs(1) });
+        assert_eq!(
+            Rate::parse("100/s").unwrap(),
+            Rate {
+                count: 100,
+                period: Duration::from_secs(1)
+            }
+        );
         assert_eq!(Rate::parse("6000/m").unwrap().window_secs(), 60);
         assert!(Rate::parse("0/s").is_err());
         assert!(Rate::parse("5/day").is_err());
@@ -245,7 +306,10 @@ mod tests {
         assert!(store.check(key_hash("t", b"bob")).allowed);
         clock.advance(Duration::from_millis(100));
         assert!(store.check(key).allowed);
-        assert!(!store.check(key).allowed, "a refused request consumed nothing, one new cell per 100 ms");
+        assert!(
+            !store.check(key).allowed,
+            "a refused request consumed nothing, one new cell per 100 ms"
+        );
     }
 
     #[test]

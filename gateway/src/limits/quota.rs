@@ -67,7 +67,11 @@ impl QuotaStore {
             *entry = (index, 0);
         }
         if entry.1 >= self.limit {
-            return QuotaDecision { allowed: false, remaining: 0, reset };
+            return QuotaDecision {
+                allowed: false,
+                remaining: 0,
+                reset,
+            };
         }
         entry.1 += 1;
         QuotaDecision {
@@ -84,7 +88,9 @@ impl QuotaStore {
 
     /// Drop counters of past windows; returns how many remain.
     pub fn evict_idle(&self) -> usize {
-        let secs = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let secs = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
         let index = secs / self.window.secs();
         self.counts.retain(|_, (i, _)| *i == index);
         self.counts.shrink_to_fit();
@@ -107,7 +113,10 @@ mod tests {
             assert_eq!(d.reset, Duration::from_secs(50));
         }
         assert!(!q.check_at(7, t0).allowed);
-        assert!(!q.check_at(7, t0 + Duration::from_secs(49)).allowed, "refusals are not counted but the window is spent");
+        assert!(
+            !q.check_at(7, t0 + Duration::from_secs(49)).allowed,
+            "refusals are not counted but the window is spent"
+        );
         assert!(q.check_at(8, t0).allowed, "another key has its own quota");
         let next = q.check_at(7, t0 + Duration::from_secs(50));
         assert!(next.allowed);

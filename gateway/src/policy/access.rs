@@ -23,20 +23,31 @@ pub struct Declared<'a, T> {
 }
 
 /// Compile plans (by name).
-pub fn compile_plans(plans: &[Declared<'_, PlanSpec>], errors: &mut Vec<PolicyError>) -> HashMap<String, Plan> {
+pub fn compile_plans(
+    plans: &[Declared<'_, PlanSpec>],
+    errors: &mut Vec<PolicyError>,
+) -> HashMap<String, Plan> {
     let mut out: HashMap<String, Plan> = HashMap::new();
     for d in plans {
         let at = format!("/plans/{}", d.index);
         let p = d.spec;
         if out.contains_key(&p.name) {
-            errors.push(PolicyError::new(d.file, format!("{at}/name"), format!("plan `{}` is declared twice", p.name)));
+            errors.push(PolicyError::new(
+                d.file,
+                format!("{at}/name"),
+                format!("plan `{}` is declared twice", p.name),
+            ));
             continue;
         }
         let mut names = std::collections::HashSet::new();
         let mut limits = Vec::new();
         for (i, l) in p.limits.iter().enumerate() {
             if !names.insert(l.name.as_str()) {
-                errors.push(PolicyError::new(d.file, format!("{at}/limits/{i}/name"), format!("limit `{}` is declared twice in the plan", l.name)));
+                errors.push(PolicyError::new(
+                    d.file,
+                    format!("{at}/limits/{i}/name"),
+                    format!("limit `{}` is declared twice in the plan", l.name),
+                ));
                 continue;
             }
             match Rate::parse(&l.rate) {
@@ -52,7 +63,11 @@ pub fn compile_plans(plans: &[Declared<'_, PlanSpec>], errors: &mut Vec<PolicyEr
         let mut quotas = Vec::new();
         for (i, q) in p.quotas.iter().enumerate() {
             if !names.insert(q.name.as_str()) {
-                errors.push(PolicyError::new(d.file, format!("{at}/quotas/{i}/name"), format!("`{}` is declared twice in the plan", q.name)));
+                errors.push(PolicyError::new(
+                    d.file,
+                    format!("{at}/quotas/{i}/name"),
+                    format!("`{}` is declared twice in the plan", q.name),
+                ));
                 continue;
             }
             quotas.push(QuotaRule {
@@ -65,7 +80,14 @@ pub fn compile_plans(plans: &[Declared<'_, PlanSpec>], errors: &mut Vec<PolicyEr
                 },
             });
         }
-        out.insert(p.name.clone(), Plan { name: p.name.clone(), limits, quotas });
+        out.insert(
+            p.name.clone(),
+            Plan {
+                name: p.name.clone(),
+                limits,
+                quotas,
+            },
+        );
     }
     out
 }
@@ -86,13 +108,21 @@ pub fn compile_consumers(
         let at = format!("/consumers/{}", d.index);
         let c = d.spec;
         if let Some(first) = ids.get(c.id.as_str()) {
-            errors.push(PolicyError::new(d.file, format!("{at}/id"), format!("consumer `{}` is already declared at {first}", c.id)));
+            errors.push(PolicyError::new(
+                d.file,
+                format!("{at}/id"),
+                format!("consumer `{}` is already declared at {first}", c.id),
+            ));
             continue;
         }
         ids.insert(&c.id, format!("{} {at}", d.file));
         if let Some(plan) = &c.plan {
             if !plans.contains_key(plan) {
-                errors.push(PolicyError::new(d.file, format!("{at}/plan"), format!("unknown plan `{plan}`")));
+                errors.push(PolicyError::new(
+                    d.file,
+                    format!("{at}/plan"),
+                    format!("unknown plan `{plan}`"),
+                ));
             }
         }
         let apps = match &c.apps {
@@ -101,7 +131,11 @@ pub fn compile_consumers(
             Some(list) => {
                 for (i, a) in list.iter().enumerate() {
                     if !app_names.contains(&a.as_str()) {
-                        errors.push(PolicyError::new(d.file, format!("{at}/apps/{i}"), format!("unknown app `{a}`")));
+                        errors.push(PolicyError::new(
+                            d.file,
+                            format!("{at}/apps/{i}"),
+                            format!("unknown app `{a}`"),
+                        ));
                     }
                 }
                 Some(list.clone())
@@ -143,7 +177,13 @@ pub fn compile_consumers(
 }
 
 /// Compile an app's `auth`.
-pub fn compile_auth(file: &str, at: &str, spec: &AppSpec, docs: &BundleDocuments, errors: &mut Vec<PolicyError>) -> Option<Auth> {
+pub fn compile_auth(
+    file: &str,
+    at: &str,
+    spec: &AppSpec,
+    docs: &BundleDocuments,
+    errors: &mut Vec<PolicyError>,
+) -> Option<Auth> {
     let a = spec.auth.as_ref()?;
     if a.mode == AuthMode::None {
         return None;
@@ -152,7 +192,11 @@ pub fn compile_auth(file: &str, at: &str, spec: &AppSpec, docs: &BundleDocuments
         Some(k) => match http::HeaderName::from_bytes(k.header.as_bytes()) {
             Ok(h) => Some(h),
             Err(_) => {
-                errors.push(PolicyError::new(file, format!("{at}/auth/api_key/header"), format!("`{}` is not a header name", k.header)));
+                errors.push(PolicyError::new(
+                    file,
+                    format!("{at}/auth/api_key/header"),
+                    format!("`{}` is not a header name", k.header),
+                ));
                 None
             }
         },
@@ -164,7 +208,11 @@ pub fn compile_auth(file: &str, at: &str, spec: &AppSpec, docs: &BundleDocuments
             (None, Some(f)) => Some(SecretSource::File(f.clone())),
             (None, None) => None,
             (Some(_), Some(_)) => {
-                errors.push(PolicyError::new(file, format!("{at}/auth/jwt"), "give hs256_secret_env or hs256_secret_file, not both"));
+                errors.push(PolicyError::new(
+                    file,
+                    format!("{at}/auth/jwt"),
+                    "give hs256_secret_env or hs256_secret_file, not both",
+                ));
                 return None;
             }
         };
@@ -172,13 +220,24 @@ pub fn compile_auth(file: &str, at: &str, spec: &AppSpec, docs: &BundleDocuments
             Some(path) => match docs.get(path) {
                 Some(v) => Some(v),
                 None => {
-                    errors.push(PolicyError::new(file, format!("{at}/auth/jwt/jwks"), format!("`{path}` is not a document of the bundle (keys live under keys/)")));
+                    errors.push(PolicyError::new(
+                        file,
+                        format!("{at}/auth/jwt/jwks"),
+                        format!("`{path}` is not a document of the bundle (keys live under keys/)"),
+                    ));
                     return None;
                 }
             },
             None => None,
         };
-        match JwtVerifier::new(j.issuer.clone(), j.audience.clone(), j.consumer_claim.clone(), j.leeway_secs, secret, jwks) {
+        match JwtVerifier::new(
+            j.issuer.clone(),
+            j.audience.clone(),
+            j.consumer_claim.clone(),
+            j.leeway_secs,
+            secret,
+            jwks,
+        ) {
             Ok(v) => Some(Arc::new(v)),
             Err(m) => {
                 errors.push(PolicyError::new(file, format!("{at}/auth/jwt"), m));
@@ -187,7 +246,11 @@ pub fn compile_auth(file: &str, at: &str, spec: &AppSpec, docs: &BundleDocuments
         }
     });
     if api_key_header.is_none() && jwt.is_none() && a.api_key.is_none() && a.jwt.is_none() {
-        errors.push(PolicyError::new(file, format!("{at}/auth"), "auth needs api_key and/or jwt"));
+        errors.push(PolicyError::new(
+            file,
+            format!("{at}/auth"),
+            "auth needs api_key and/or jwt",
+        ));
     }
     Some(Auth {
         mode: a.mode,
@@ -198,29 +261,51 @@ pub fn compile_auth(file: &str, at: &str, spec: &AppSpec, docs: &BundleDocuments
 }
 
 /// Compile an app's `limits`.
-pub fn compile_limits(file: &str, at: &str, spec: &AppSpec, route_ids: &[&str], errors: &mut Vec<PolicyError>) -> Vec<AppLimit> {
+pub fn compile_limits(
+    file: &str,
+    at: &str,
+    spec: &AppSpec,
+    route_ids: &[&str],
+    errors: &mut Vec<PolicyError>,
+) -> Vec<AppLimit> {
     let mut out = Vec::new();
     let mut names = std::collections::HashSet::new();
     for (i, l) in spec.limits.iter().enumerate() {
         let lat = format!("{at}/limits/{i}");
         if !names.insert(l.name.as_str()) {
-            errors.push(PolicyError::new(file, format!("{lat}/name"), format!("limit `{}` is declared twice in the app", l.name)));
+            errors.push(PolicyError::new(
+                file,
+                format!("{lat}/name"),
+                format!("limit `{}` is declared twice in the app", l.name),
+            ));
             continue;
         }
         let key = match (l.per, &l.header) {
             (LimitPer::Header, Some(h)) => match http::HeaderName::from_bytes(h.as_bytes()) {
                 Ok(h) => LimitKey::Header(h),
                 Err(_) => {
-                    errors.push(PolicyError::new(file, format!("{lat}/header"), format!("`{h}` is not a header name")));
+                    errors.push(PolicyError::new(
+                        file,
+                        format!("{lat}/header"),
+                        format!("`{h}` is not a header name"),
+                    ));
                     continue;
                 }
             },
             (LimitPer::Header, None) => {
-                errors.push(PolicyError::new(file, format!("{lat}/header"), "per: header needs header"));
+                errors.push(PolicyError::new(
+                    file,
+                    format!("{lat}/header"),
+                    "per: header needs header",
+                ));
                 continue;
             }
             (_, Some(_)) => {
-                errors.push(PolicyError::new(file, format!("{lat}/header"), "header is only used with per: header"));
+                errors.push(PolicyError::new(
+                    file,
+                    format!("{lat}/header"),
+                    "header is only used with per: header",
+                ));
                 continue;
             }
             (LimitPer::Consumer, None) => LimitKey::Consumer,
@@ -230,7 +315,11 @@ pub fn compile_limits(file: &str, at: &str, spec: &AppSpec, route_ids: &[&str], 
         };
         for (r, id) in l.routes.iter().enumerate() {
             if !route_ids.contains(&id.as_str()) {
-                errors.push(PolicyError::new(file, format!("{lat}/routes/{r}"), format!("unknown route `{id}`")));
+                errors.push(PolicyError::new(
+                    file,
+                    format!("{lat}/routes/{r}"),
+                    format!("unknown route `{id}`"),
+                ));
             }
         }
         match Rate::parse(&l.rate) {

@@ -6,7 +6,13 @@ use std::sync::Arc;
 
 use http::{HeaderName, Method};
 
+use std::collections::HashMap;
+
+use super::model::AuthMode;
 use crate::contract::{Mode, Operation, Undocumented};
+use crate::identity::jwt::JwtVerifier;
+use crate::identity::ConsumerDirectory;
+use crate::limits::{LimitRule, QuotaRule};
 
 use crate::routing::{PathTemplate, Router};
 
@@ -21,6 +27,43 @@ pub struct Bundle {
     pub router: Router,
     /// Paths of the files the bundle was built from.
     pub files: Vec<String>,
+    /// Consumers and their key hashes.
+    pub consumers: ConsumerDirectory,
+    /// Plans by name.
+    pub plans: HashMap<String, Plan>,
+}
+
+/// A compiled plan.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Name.
+    pub name: String,
+    /// Per-consumer rate limits.
+    pub limits: Vec<LimitRule>,
+    /// Per-consumer quotas.
+    pub quotas: Vec<QuotaRule>,
+}
+
+/// An app's authentication.
+#[derive(Debug, Clone)]
+pub struct Auth {
+    /// required / optional.
+    pub mode: AuthMode,
+    /// Header carrying API keys.
+    pub api_key_header: Option<HeaderName>,
+    /// Query parameter carrying API keys.
+    pub api_key_query: Option<String>,
+    /// JWT verifier.
+    pub jwt: Option<Arc<JwtVerifier>>,
+}
+
+/// An app-level limit and the routes it covers (empty: all).
+#[derive(Debug, Clone)]
+pub struct AppLimit {
+    /// The rule.
+    pub rule: LimitRule,
+    /// Route ids.
+    pub routes: Vec<String>,
 }
 
 impl Bundle {
@@ -64,6 +107,10 @@ pub struct App {
     pub max_request_body: u64,
     /// Contract settings (defaults when the app has no contract).
     pub contract: ContractSettings,
+    /// Authentication (None: anonymous).
+    pub auth: Option<Auth>,
+    /// App-level rate limits.
+    pub limits: Vec<AppLimit>,
 }
 
 /// App-wide contract settings.

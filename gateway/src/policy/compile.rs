@@ -12,7 +12,7 @@ use super::bundle::{
     Upstream,
 };
 use super::model::{AppSpec, BalancingSpec, PolicyFile};
-use super::{PolicyError, PolicyErrors, SourceFile};
+use super::{access, PolicyError, PolicyErrors, SourceFile};
 use crate::contract::{BundleDocuments, Undocumented};
 use crate::routing::{Router, MAX_INSTANCES};
 
@@ -130,6 +130,28 @@ pub fn compile(sources: &[SourceFile]) -> Result<Bundle, PolicyErrors> {
         }
     }
 
+    let mut plan_decls = Vec::new();
+    let mut consumer_decls = Vec::new();
+    for (src, _value, file) in &parsed {
+        for (index, spec) in file.plans.iter().enumerate() {
+            plan_decls.push(access::Declared {
+                file: &src.path,
+                index,
+                spec,
+            });
+        }
+        for (index, spec) in file.consumers.iter().enumerate() {
+            consumer_decls.push(access::Declared {
+                file: &src.path,
+                index,
+                spec,
+            });
+        }
+    }
+    let plans = access::compile_plans(&plan_decls, &mut errors);
+    let app_names: Vec<&str> = apps.iter().map(|(_, a)| a.name.as_str()).collect();
+    let consumers = access::compile_consumers(&consumer_decls, &app_names, &plans, &mut errors);
+
     if !errors.is_empty() {
         return Err(PolicyErrors(errors));
     }
@@ -150,6 +172,8 @@ pub fn compile(sources: &[SourceFile]) -> Result<Bundle, PolicyErrors> {
         apps,
         router,
         files: sources.iter().map(|s| s.path.clone()).collect(),
+        consumers,
+        plans,
     })
 }
 
@@ -201,8 +225,11 @@ fn compile_app(
         .max_request_body
         .map_or(DEFAULT_MAX_REQUEST_BODY, |b| b.0);
     let contract = contract_settings(spec);
+    let auth = access::compile_auth(file, at, spec, docs, errors);
     let routes =
         super::routes::compile_routes(file, at, spec, &contract, docs, app_body_cap, errors);
+    let route_ids: Vec<&str> = routes.iter().map(|r| r.id.as_str()).collect();
+    let limits = access::compile_limits(file, at, spec, &route_ids, errors);
 
     let up = &spec.upstream;
     let mut instances = Vec::new();
@@ -316,6 +343,8 @@ fn compile_app(
         retries: spec.retries,
         max_request_body: app_body_cap,
         contract,
+        auth,
+        limits,
     })
 }
 

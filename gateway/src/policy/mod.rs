@@ -14,6 +14,7 @@
 //! documents) and `schemas/` (JSON Schemas) are documents that policy files
 //! refer to; all others are policy files. Every file is part of the version.
 
+mod access;
 mod bundle;
 mod compile;
 pub mod model;
@@ -21,7 +22,8 @@ mod routes;
 mod source;
 
 pub use bundle::{
-    App, Balancing, Bundle, ContractSettings, Ejection, HealthCheck, InstanceAddr, Route, Timeouts,
+    App, AppLimit, Auth, Balancing, Bundle, ContractSettings, Ejection, HealthCheck, InstanceAddr,
+    Plan, Route, Timeouts,
 };
 pub use compile::{compile, parse_instance_url, DEFAULT_MAX_REQUEST_BODY, POLICY_SCHEMA};
 pub use source::{is_document, load_dir, SourceFile};

@@ -7,7 +7,7 @@ use super::{PolicyError, PolicyErrors};
 /// Is this bundle file a document that policy files refer to (an OpenAPI
 /// contract or a JSON Schema) rather than a policy file?
 pub fn is_document(path: &str) -> bool {
-    path.starts_with("contracts/") || path.starts_with("schemas/")
+    path.starts_with("contracts/") || path.starts_with("schemas/") || path.starts_with("keys/")
 }
 
 /// A bundle file's path (relative to the bundle directory) and text.

@@ -150,7 +150,12 @@ pub async fn check_request(
     }
     if let Some(validator) = json_check {
         match &body_bytes {
-            Some(body) => match check_json_body(&validator, body, ViolationLocation::Body, max.saturating_sub(violations.len())) {
+            Some(body) => match check_json_body(
+                &validator,
+                body,
+                ViolationLocation::Body,
+                max.saturating_sub(violations.len()),
+            ) {
                 Ok(found) => violations.extend(found),
                 Err(e) if enforce => {
                     let detail = format!("line {} column {}: {e}", e.line(), e.column());

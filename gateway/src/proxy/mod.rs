@@ -5,7 +5,7 @@
 //! | phase                      | what Gatehouse does                                          |
 //! |----------------------------|--------------------------------------------------------------|
 //! | `new_ctx`                  | count the request in flight                                   |
-//! | `request_filter`           | request id; take the bundle once; path safety; route (404/405); body cap (413); request contract ([`contract`]); hand enforced-response and large enforced-body requests to the [`forward`]er |
+//! | `request_filter`           | request id; take the bundle once; path safety; route (404/405); body cap (413); identity (401/403) and limits (429) ([`access`]); request contract ([`contract`]); hand enforced-response and large enforced-body requests to the [`forward`]er |
 //! | `upstream_peer`            | pick an instance (balancing, health, ejection; 503 when none) |
 //! | `connected_to_upstream`    | reset the instance's connect-failure streak                   |
 //! | `fail_to_connect`          | count the failure (passive ejection); retry on another instance |
@@ -18,6 +18,7 @@
 //! | `fail_to_proxy`            | render the error as `application/problem+json` ([`GatewayError`]) |
 //! | `logging`                  | (telemetry hooks in later)                                    |
 
+mod access;
 mod contract;
 mod forward;
 mod respond;
@@ -128,6 +129,18 @@ impl ProxyHttp for Gateway {
         if declared.is_some_and(|len| len > ctx.body_cap) {
             let limit = ctx.body_cap;
             return respond(session, ctx, GatewayError::BodyTooLarge { limit }).await;
+        }
+
+        if access::check(
+            session,
+            ctx,
+            &active,
+            app,
+            route_idx.map(|r| &app.routes[r]),
+        )
+        .await?
+        {
+            return Ok(true);
         }
 
         if let Some(route) = route_idx.map(|r| &app.routes[r]) {
@@ -275,6 +288,10 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         response.insert_header("x-request-id", ctx.request_id.as_str())?;
+        if let Some((policy, state)) = &ctx.rate_headers {
+            response.insert_header("ratelimit-policy", policy.as_str())?;
+            response.insert_header("ratelimit", state.as_str())?;
+        }
         if let (Some(active), Some(app), Some(route)) = (ctx.active.clone(), ctx.app, ctx.route) {
             let app = &active.bundle.apps[app];
             let route = &app.routes[route];

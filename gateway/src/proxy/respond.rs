@@ -72,6 +72,18 @@ pub async fn write_problem(
         GatewayError::UnsupportedMediaType { expected } => {
             resp.insert_header("accept", expected.join(", "))?;
         }
+        GatewayError::Unauthenticated { challenge, .. } => {
+            resp.insert_header(http::header::WWW_AUTHENTICATE, challenge.as_str())?;
+        }
+        GatewayError::RateLimited {
+            retry_after,
+            policy,
+            state,
+        } => {
+            resp.insert_header(http::header::RETRY_AFTER, retry_after.to_string())?;
+            resp.insert_header("ratelimit-policy", policy.as_str())?;
+            resp.insert_header("ratelimit", state.as_str())?;
+        }
         _ => {}
     }
     let head_only = session.req_header().method == http::Method::HEAD;

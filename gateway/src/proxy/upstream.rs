@@ -119,6 +119,36 @@ pub fn prepare_upstream_request(
         }
         upstream.insert_header("x-forwarded-host", host)?;
     }
+    if let Some(auth) = ctx.app().and_then(|a| a.auth.as_ref()) {
+        // Credentials for the gateway are not the app's business.
+        if let Some(h) = &auth.api_key_header {
+            upstream.remove_header(h);
+        }
+        if let Some(q) = &auth.api_key_query {
+            if let Some(query) = upstream.uri.query().filter(|qs| qs.contains(q.as_str())) {
+                let kept: Vec<&str> = query
+                    .split('&')
+                    .filter(|p| {
+                        p.split('=')
+                            .next()
+                            .map(|k| crate::contract::params::percent_decode(k, true))
+                            != Some(q.as_str().into())
+                    })
+                    .collect();
+                let path = upstream.uri.path().to_string();
+                let pq = if kept.is_empty() {
+                    path
+                } else {
+                    format!("{path}?{}", kept.join("&"))
+                };
+                let uri = http::Uri::builder()
+                    .path_and_query(pq)
+                    .build()
+                    .map_err(|_| Error::new_in(ErrorType::InternalError))?;
+                upstream.set_uri(uri);
+            }
+        }
+    }
     if let Some(app) = ctx.app() {
         if app.strip_prefix {
             let uri = &upstream.uri;

@@ -208,21 +208,44 @@ fn route_level_json_schemas_compile_into_body_and_response_checks() {
     let schema = r#"{"$schema":"https://json-schema.org/draft/2020-12/schema","type":"object","required":["name"],"properties":{"name":{"type":"string","minLength":2}}}"#;
     let b = compile(&[src("f.yaml", &policy), src("schemas/thing.json", schema)]).unwrap();
     let route = &b.apps[0].routes[0];
-    assert_eq!((route.request_mode, route.response_mode), (Mode::Enforce, Mode::Enforce));
+    assert_eq!(
+        (route.request_mode, route.response_mode),
+        (Mode::Enforce, Mode::Enforce)
+    );
     let op = route.operation.as_ref().unwrap();
     let body = op.body.as_ref().unwrap();
     let v = body.json.as_ref().unwrap();
-    assert!(check_json_body(v, br#"{"name":"ok"}"#, ViolationLocation::Body, 10).unwrap().is_empty());
+    assert!(
+        check_json_body(v, br#"{"name":"ok"}"#, ViolationLocation::Body, 10)
+            .unwrap()
+            .is_empty()
+    );
     let found = check_json_body(v, br#"{"name":"x"}"#, ViolationLocation::Body, 10).unwrap();
-    assert_eq!((found[0].pointer.as_str(), found[0].keyword.as_str()), ("/name", "minLength"));
+    assert_eq!(
+        (found[0].pointer.as_str(), found[0].keyword.as_str()),
+        ("/name", "minLength")
+    );
     assert!(matches!(op.responses.expect(201), Expectation::Json(_)));
     assert!(matches!(op.responses.expect(404), Expectation::AnyBody));
 
-    let missing = app("    routes:\n      - { method: POST, path: /things, request_schema: schemas/nope.json }\n");
+    let missing = app(
+        "    routes:\n      - { method: POST, path: /things, request_schema: schemas/nope.json }\n",
+    );
     let errs = errors(&[src("f.yaml", &missing)]);
-    assert!(errs.iter().any(|e| e.contains("/apps/0/routes/0/request_schema: `schemas/nope.json` is not a document")), "{errs:#?}");
-    let bad = errors(&[src("f.yaml", &policy), src("schemas/thing.json", r#"{"type":"strnig"}"#)]);
-    assert!(bad.iter().any(|e| e.starts_with("schemas/thing.json: /: invalid schema")), "{bad:#?}");
+    assert!(
+        errs.iter().any(|e| e
+            .contains("/apps/0/routes/0/request_schema: `schemas/nope.json` is not a document")),
+        "{errs:#?}"
+    );
+    let bad = errors(&[
+        src("f.yaml", &policy),
+        src("schemas/thing.json", r#"{"type":"strnig"}"#),
+    ]);
+    assert!(
+        bad.iter()
+            .any(|e| e.starts_with("schemas/thing.json: /: invalid schema")),
+        "{bad:#?}"
+    );
 }
 
 #[test]
@@ -232,12 +255,27 @@ fn openapi_apps_take_their_routes_from_the_document() {
     let b = compile(&[src("f.yaml", &policy), src("contracts/t.yaml", doc)]).unwrap();
     let ids: Vec<&str> = b.apps[0].routes.iter().map(|r| r.id.as_str()).collect();
     assert_eq!(ids, vec!["getItem", "DELETE /items/{id}"]);
-    assert_eq!(b.apps[0].routes[0].request_mode, crate::contract::Mode::Monitor);
+    assert_eq!(
+        b.apps[0].routes[0].request_mode,
+        crate::contract::Mode::Monitor
+    );
     let both = app("    contract: { openapi: contracts/t.yaml, operations: { nope: { request: off } } }\n    routes: [ { method: GET, path: /x } ]\n");
     let errs = errors(&[src("f.yaml", &both), src("contracts/t.yaml", doc)]);
-    assert!(errs.iter().any(|e| e.contains("/apps/0/routes: routes come from the OpenAPI document")), "{errs:#?}");
-    assert!(errs.iter().any(|e| e.contains("/apps/0/contract/operations/nope: `nope` is not an operation")), "{errs:#?}");
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("/apps/0/routes: routes come from the OpenAPI document")),
+        "{errs:#?}"
+    );
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("/apps/0/contract/operations/nope: `nope` is not an operation")),
+        "{errs:#?}"
+    );
     let bad_param = doc.replace("name: id, in: path", "name: key, in: path");
     let errs = errors(&[src("f.yaml", &policy), src("contracts/t.yaml", &bad_param)]);
-    assert!(errs.iter().any(|e| e.contains("path parameter `key` is not in the path template")), "{errs:#?}");
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("path parameter `key` is not in the path template")),
+        "{errs:#?}"
+    );
 }

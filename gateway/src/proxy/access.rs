@@ -1,0 +1,248 @@
+//! Identity and limits on the request path: who is calling (API key or
+//! JWT), may they call this app (403), and do the consumer's plan and the
+//! app's limits admit the request (429). Everything here reads the request's
+//! bundle snapshot; no locks.
+
+use std::time::Duration;
+
+use pingora::proxy::Session;
+use pingora::Result;
+
+use super::respond::respond;
+use crate::contract::params::query_values;
+use crate::ctx::RequestCtx;
+use crate::error::GatewayError;
+use crate::limits::{key_hash, LimitKey};
+use crate::policy::model::AuthMode;
+use crate::policy::{App, Auth, Route};
+use crate::runtime::Active;
+
+/// Identify the consumer and check limits; `Ok(true)` when a response
+/// (401/403/429) was written.
+pub async fn check(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    active: &Active,
+    app: &App,
+    route: Option<&Route>,
+) -> Result<bool> {
+    if let Some(auth) = &app.auth {
+        match identify(session, active, auth) {
+            Ok(Some(idx)) => {
+                if !active.bundle.consumers.consumers[idx].allowed(&app.name) {
+                    ctx.consumer = Some(idx);
+                    respond(session, ctx, GatewayError::Forbidden).await?;
+                    return Ok(true);
+                }
+                ctx.consumer = Some(idx);
+            }
+            Ok(None) => {}
+            Err(err) => {
+                respond(session, ctx, err).await?;
+                return Ok(true);
+            }
+        }
+    }
+    if let Some(err) = limit(session, ctx, active, app, route) {
+        respond(session, ctx, err).await?;
+        return Ok(true);
+    }
+    Ok(false)
+}
+
+fn challenge(auth: &Auth, error: Option<&str>) -> String {
+    let mut parts = Vec::new();
+    if let Some(h) = &auth.api_key_header {
+        parts.push(format!("ApiKey realm=\"gatehouse\", header=\"{h}\""));
+    }
+    if auth.jwt.is_some() {
+        match error {
+            Some(e) => parts.push(format!(
+                "Bearer realm=\"gatehouse\", error=\"invalid_token\", error_description=\"{e}\""
+            )),
+            None => parts.push("Bearer realm=\"gatehouse\"".to_string()),
+        }
+    }
+    if parts.is_empty() {
+        parts.push("ApiKey realm=\"gatehouse\"".into());
+    }
+    parts.join(", ")
+}
+
+fn identify(
+    session: &Session,
+    active: &Active,
+    auth: &Auth,
+) -> Result<Option<usize>, GatewayError> {
+    let req = session.req_header();
+    let dir = &active.bundle.consumers;
+    let key = auth
+        .api_key_header
+        .as_ref()
+        .and_then(|h| req.headers.get(h))
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.trim().to_string())
+        .or_else(|| {
+            auth.api_key_query
+                .as_deref()
+                .and_then(|q| query_values(req.uri.query(), q).into_iter().next())
+                .map(|v| v.into_owned())
+        });
+    if let Some(key) = key {
+        return match dir.by_key(&key) {
+            Some(i) => Ok(Some(i)),
+            None => Err(GatewayError::Unauthenticated {
+                reason: "The API key is not valid".into(),
+                challenge: challenge(auth, None),
+            }),
+        };
+    }
+    let bearer = req
+        .headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim);
+    if let (Some(jwt), Some(token)) = (&auth.jwt, bearer) {
+        return match jwt.verify(token) {
+            Ok(subject) => match dir.by_subject(&subject) {
+                Some(i) => Ok(Some(i)),
+                None => Err(GatewayError::Unauthenticated {
+                    reason: "The token does not name a known consumer".into(),
+                    challenge: challenge(auth, Some("unknown consumer")),
+                }),
+            },
+            Err(e) => Err(GatewayError::Unauthenticated {
+                reason: {
+                    let mut r = e.to_string();
+                    if let Some(first) = r.get_mut(0..1) {
+                        first.make_ascii_uppercase();
+                    }
+                    r
+                },
+                challenge: challenge(auth, Some(&e.to_string())),
+            }),
+        };
+    }
+    if auth.mode == AuthMode::Required {
+        return Err(GatewayError::Unauthenticated {
+            reason: "This API needs credentials".into(),
+            challenge: challenge(auth, None),
+        });
+    }
+    Ok(None)
+}
+
+/// One applied limit, for the response headers.
+struct Applied<'a> {
+    id: &'a str,
+    quota: u64,
+    window: u64,
+    remaining: u64,
+    reset: u64,
+}
+
+fn limit(
+    session: &Session,
+    ctx: &mut RequestCtx,
+    active: &Active,
+    app: &App,
+    route: Option<&Route>,
+) -> Option<GatewayError> {
+    let consumer = ctx.consumer.map(|i| &active.bundle.consumers.consumers[i]);
+    let plan = consumer
+        .and_then(|c| c.plan.as_ref())
+        .and_then(|p| active.bundle.plans.get(p));
+    if plan.is_none() && app.limits.is_empty() {
+        return None;
+    }
+    let ip = session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip());
+    let ip_text = ip.map(|i| i.to_string()).unwrap_or_default();
+    let mut applied: Vec<Applied<'_>> = Vec::new();
+
+    let plan_rules = plan.into_iter().flat_map(|p| p.limits.iter());
+    let app_rules = app
+        .limits
+        .iter()
+        .filter(|l| {
+            l.routes.is_empty() || route.is_some_and(|r| l.routes.iter().any(|id| *id == r.id))
+        })
+        .map(|l| &l.rule);
+    for rule in plan_rules.chain(app_rules) {
+        let value: &[u8] = match &rule.key {
+            LimitKey::Consumer => consumer.map_or(ip_text.as_bytes(), |c| c.id.as_bytes()),
+            LimitKey::Ip => ip_text.as_bytes(),
+            LimitKey::App => app.name.as_bytes(),
+            LimitKey::Route => route.map_or(b"-".as_slice(), |r| r.id.as_bytes()),
+            LimitKey::Header(h) => match session.req_header().headers.get(h) {
+                Some(v) => v.as_bytes(),
+                None => continue,
+            },
+        };
+        let Some(store) = active.limit_stores.get(&rule.id) else {
+            continue;
+        };
+        let d = store.check(key_hash(&rule.id, value));
+        let emission = rule.rate.period.as_secs_f64() / rule.rate.count as f64;
+        let this = Applied {
+            id: &rule.id,
+            quota: rule.burst as u64,
+            window: rule.rate.window_secs(),
+            remaining: d.remaining as u64,
+            reset: ((rule.burst.saturating_sub(d.remaining)) as f64 * emission).ceil() as u64,
+        };
+        if !d.allowed {
+            ctx.rejected_by = Some(rule.id.clone());
+            return Some(refusal(&this, d.retry_after));
+        }
+        applied.push(this);
+    }
+    if let (Some(plan), Some(c)) = (plan, consumer) {
+        for q in &plan.quotas {
+            let Some(store) = active.quota_stores.get(&q.id) else {
+                continue;
+            };
+            let d = store.check(key_hash(&q.id, c.id.as_bytes()));
+            let this = Applied {
+                id: &q.id,
+                quota: q.limit,
+                window: q.window.secs(),
+                remaining: d.remaining,
+                reset: d.reset.as_secs(),
+            };
+            if !d.allowed {
+                ctx.rejected_by = Some(q.id.clone());
+                return Some(refusal(&this, d.reset));
+            }
+            applied.push(this);
+        }
+    }
+    if let Some(tightest) = applied.iter().min_by_key(|a| a.remaining) {
+        let policy = applied
+            .iter()
+            .map(|a| format!("\"{}\";q={};w={}", a.id, a.quota, a.window))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let state = format!(
+            "\"{}\";r={};t={}",
+            tightest.id, tightest.remaining, tightest.reset
+        );
+        ctx.rate_headers = Some((policy, state));
+    }
+    None
+}
+
+fn refusal(a: &Applied<'_>, wait: Duration) -> GatewayError {
+    let retry_after = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    GatewayError::RateLimited {
+        retry_after: retry_after.max(1),
+        policy: format!("\"{}\";q={};w={}", a.id, a.quota, a.window),
+        state: format!("\"{}\";r=0;t={}", a.id, retry_after.max(1)),
+    }
+}
