@@ -15,6 +15,15 @@ fi
 "${build[@]}"
 bin="target/$profile"
 
+# A demo consumer: its key is kept in .state/ (never in policies/, which only
+# ever holds the key's hash), its policy entry in a git-ignored local file.
+mkdir -p .state
+if [ ! -s .state/demo.key ] || [ ! -s policies/local-demo.yaml ]; then
+  "$bin/gatehouse" consumer new --id demo --name "Demo user" --plan gold \
+    --key-file .state/demo.key > policies/local-demo.yaml
+fi
+key=$(cat .state/demo.key)
+
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -33,21 +42,20 @@ for _ in $(seq 1 100); do
 done
 curl -fsS http://127.0.0.1:9901/readyz >/dev/null || { echo "demo: gateway did not become ready" >&2; exit 1; }
 
-cat <<'MSG'
+cat <<MSG
 
-Gatehouse is serving the example estate.
+Gatehouse is serving the example estate. Your demo API key: $key
 
   proxy  http://127.0.0.1:8080     admin  http://127.0.0.1:9901
 
-Try:
-  curl -H 'Host: orders.corp.example'    http://127.0.0.1:8080/rest/orders/v1/orders/42
-  curl -H 'Host: crm.corp.example'       'http://127.0.0.1:8080/CRM/rest/v1/customers?page_size=2'
-  curl -H 'Host: hr.corp.example'        http://127.0.0.1:8080/api/hr/departments
+Try (most apps need the key; approvals also serves anonymous callers):
+  curl -H 'Host: orders.corp.example' -H "x-api-key: $key" http://127.0.0.1:8080/rest/orders/v1/orders/42
+  curl -H 'Host: crm.corp.example' "http://127.0.0.1:8080/CRM/rest/v1/customers?page_size=2&api_key=$key"
+  curl -H 'Host: hr.corp.example' -H "x-api-key: $key" http://127.0.0.1:8080/api/hr/departments
+  curl -i -H 'Host: orders.corp.example' http://127.0.0.1:8080/rest/orders/v1/orders/42   # 401 without a key
   curl -H 'Host: eu.approvals.corp.example' http://127.0.0.1:8080/approvals/7
-  curl -i -H 'Host: orders.corp.example' http://127.0.0.1:8080/rest/orders/v1/nope   # 404 problem+json
-  curl -H 'Host: orders.corp.example' -H 'content-type: application/json' \
-       -d '{"customer_id":"x","lines":[{"sku":"bad","quantity":0}]}' \
-       http://127.0.0.1:8080/rest/orders/v1/orders                                   # 400: every contract violation
+  curl -i -H 'Host: orders.corp.example' -H "x-api-key: $key" http://127.0.0.1:8080/rest/orders/v1/nope   # 404 problem+json
+  curl -H 'Host: orders.corp.example' -H "x-api-key: $key" -H 'content-type: application/json' -d '{"customer_id":"x","lines":[{"sku":"bad","quantity":0}]}' http://127.0.0.1:8080/rest/orders/v1/orders   # 400: every contract violation
   curl http://127.0.0.1:9901/v1/apps                                                 # apps, routes, instance health
 
 Edit a file in policies/ and the gateway reloads it (an invalid edit is refused and logged).

@@ -183,11 +183,13 @@ where
 /// the eviction task lock it; requests use the stores handed out.
 #[derive(Debug, Default)]
 pub struct Limits {
-    stores: Mutex<HashMap<String, (LimitSignature, Arc<dyn LimitStore>)>>,
-    quotas: Mutex<HashMap<String, (u64, u64, Arc<quota::QuotaStore>)>>,
+    stores: Mutex<HashMap<String, StoreEntry>>,
+    quotas: Mutex<HashMap<String, QuotaEntry>>,
 }
 
 type LimitSignature = (u32, Duration, u32);
+type StoreEntry = (LimitSignature, Arc<dyn LimitStore>);
+type QuotaEntry = (u64, u64, Arc<quota::QuotaStore>);
 
 impl Limits {
     /// The store for `rule` (created, or reused when unchanged).

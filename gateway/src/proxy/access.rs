@@ -170,9 +170,7 @@ fn limit(
     let app_rules = app
         .limits
         .iter()
-        .filter(|l| {
-            l.routes.is_empty() || route.is_some_and(|r| l.routes.iter().any(|id| *id == r.id))
-        })
+        .filter(|l| l.routes.is_empty() || route.is_some_and(|r| l.routes.contains(&r.id)))
         .map(|l| &l.rule);
     for rule in plan_rules.chain(app_rules) {
         let value: &[u8] = match &rule.key {
