@@ -9,6 +9,7 @@ command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)      # test certificates
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)            # the demo's readiness check
 command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
+command -v clickhouse-server >/dev/null 2>&1 || need_apt+=(clickhouse-server clickhouse-client)  # telemetry tests and demo
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]} with apt-get"

@@ -55,6 +55,10 @@ pub struct RequestCtx {
     pub rejected_by: Option<String>,
     /// `RateLimit-Policy` and `RateLimit` for the response.
     pub rate_headers: Option<(String, String)>,
+    /// Phase timings for the wide event.
+    pub timings: Timings,
+    /// The instance of the last upstream attempt.
+    pub last_instance: Option<std::sync::Arc<crate::routing::Instance>>,
     _in_flight: InFlight,
 }
 
@@ -83,6 +87,8 @@ impl RequestCtx {
             consumer: None,
             rejected_by: None,
             rate_headers: None,
+            timings: Timings::default(),
+            last_instance: None,
             _in_flight: in_flight,
         }
     }
@@ -141,4 +147,32 @@ impl BodyTee {
             self.buf.extend_from_slice(chunk);
         }
     }
+}
+
+/// Where a request's time went, for telemetry (microseconds unless noted).
+#[derive(Debug, Default, Clone)]
+pub struct Timings {
+    /// Identification.
+    pub auth_us: u32,
+    /// Limit checks.
+    pub limits_us: u32,
+    /// Request contract checks.
+    pub request_validation_us: u32,
+    /// Response contract checks.
+    pub response_validation_us: u32,
+    /// Connecting (0 for a reused connection).
+    pub upstream_connect_us: u32,
+    /// Request sent → first response byte.
+    pub upstream_ttfb_us: u32,
+    /// First instance choice.
+    pub upstream_start: Option<Instant>,
+    /// Start of the current attempt.
+    pub attempt_start: Option<Instant>,
+    /// Last response byte from the upstream.
+    pub upstream_end: Option<Instant>,
+}
+
+/// Microseconds since `t`, saturating.
+pub fn micros_since(t: Instant) -> u32 {
+    u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX)
 }

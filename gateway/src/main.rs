@@ -36,6 +36,35 @@ enum Command {
     /// Manage consumers.
     #[command(subcommand)]
     Consumer(ConsumerCommand),
+    /// The telemetry database.
+    #[command(subcommand)]
+    Db(DbCommand),
+    /// Run a bottleneck report (`gatehouse report` lists them).
+    Report {
+        /// Report name.
+        name: Option<String>,
+        #[command(flatten)]
+        ch: ClickHouseArgs,
+        /// How far back, e.g. 15m, 1h, 7d.
+        #[arg(long, default_value = "1h")]
+        since: humantime::Duration,
+        /// Only this app.
+        #[arg(long)]
+        app: Option<String>,
+        /// Most rows.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = ReportFormat::Table)]
+        format: ReportFormat,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ReportFormat {
+    Table,
+    Json,
+    Csv,
 }
 
 #[derive(Subcommand, Debug)]
@@ -94,6 +123,74 @@ struct ServeArgs {
     /// Do not watch the policy directory (SIGHUP still reloads).
     #[arg(long)]
     no_watch: bool,
+    /// ClickHouse HTTP URL for request telemetry (off when absent).
+    #[arg(long, env = "GATEHOUSE_CLICKHOUSE")]
+    clickhouse: Option<String>,
+    /// ClickHouse database.
+    #[arg(
+        long,
+        default_value = "gatehouse",
+        env = "GATEHOUSE_CLICKHOUSE_DATABASE"
+    )]
+    clickhouse_database: String,
+    /// Create or upgrade the schema at start instead of refusing to start.
+    #[arg(long)]
+    migrate: bool,
+    /// Where batches wait while ClickHouse is away.
+    #[arg(long, default_value = ".state/spool", env = "GATEHOUSE_SPOOL_DIR")]
+    spool_dir: PathBuf,
+    /// Spool cap in MiB (beyond it events are dropped and counted).
+    #[arg(long, default_value_t = 1024, env = "GATEHOUSE_SPOOL_MAX_MIB")]
+    spool_max_mib: u64,
+    /// Rows per ClickHouse insert.
+    #[arg(long, default_value_t = 5000)]
+    telemetry_batch: usize,
+    /// Longest time (ms) a row waits for its batch.
+    #[arg(long, default_value_t = 1000)]
+    telemetry_flush_ms: u64,
+    /// Telemetry queue capacity (rows); beyond it events are dropped and counted.
+    #[arg(long, default_value_t = 100_000)]
+    telemetry_queue: usize,
+    /// This node's name in telemetry (default: the host name).
+    #[arg(long, env = "GATEHOUSE_INSTANCE")]
+    instance: Option<String>,
+    /// Drop telemetry partitions older than this many days (hourly job).
+    #[arg(long, env = "GATEHOUSE_RETENTION_DAYS")]
+    retention_days: Option<u32>,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+struct ClickHouseArgs {
+    /// ClickHouse HTTP URL.
+    #[arg(
+        long,
+        default_value = "http://127.0.0.1:18123",
+        env = "GATEHOUSE_CLICKHOUSE"
+    )]
+    clickhouse: String,
+    /// Database.
+    #[arg(
+        long,
+        default_value = "gatehouse",
+        env = "GATEHOUSE_CLICKHOUSE_DATABASE"
+    )]
+    database: String,
+}
+
+#[derive(Subcommand, Debug)]
+enum DbCommand {
+    /// Create or upgrade the telemetry schema (idempotent).
+    Migrate(ClickHouseArgs),
+    /// Drop daily partitions older than --days.
+    Retention {
+        #[command(flatten)]
+        ch: ClickHouseArgs,
+        /// Days to keep.
+        #[arg(long)]
+        days: u32,
+    },
+    /// Check that the schema matches this version.
+    Check(ClickHouseArgs),
 }
 
 fn default_threads() -> usize {
@@ -141,6 +238,22 @@ fn main() -> ExitCode {
             label.as_deref(),
             key_file.as_deref(),
         ),
+        Command::Db(cmd) => db(cmd),
+        Command::Report {
+            name,
+            ch,
+            since,
+            app,
+            limit,
+            format,
+        } => report(
+            name.as_deref(),
+            &ch,
+            since.into(),
+            app.as_deref(),
+            limit,
+            format,
+        ),
         Command::Policy(PolicyCommand::Schema) => {
             println!("{}", gatehouse::policy::POLICY_SCHEMA);
             ExitCode::SUCCESS
@@ -171,6 +284,20 @@ fn serve(args: ServeArgs) -> ExitCode {
         threads: args.threads,
         drain_timeout: Duration::from_secs(args.drain_timeout),
         watch: !args.no_watch,
+        telemetry: args
+            .clickhouse
+            .map(|url| gatehouse::server::TelemetryOptions {
+                url,
+                database: args.clickhouse_database,
+                migrate: args.migrate,
+                spool_dir: args.spool_dir,
+                spool_max_bytes: args.spool_max_mib.saturating_mul(1 << 20),
+                batch_size: args.telemetry_batch,
+                flush_interval: Duration::from_millis(args.telemetry_flush_ms.max(10)),
+                queue_capacity: args.telemetry_queue,
+                instance: args.instance.unwrap_or_else(host_name),
+                retention_days: args.retention_days,
+            }),
     };
     match gatehouse::server::run(opts) {
         Ok(()) => ExitCode::SUCCESS,
@@ -279,4 +406,115 @@ fn new_consumer(
     }
     print!("{yaml}");
     ExitCode::SUCCESS
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "gatehouse".into())
+}
+
+fn block_on<F: std::future::Future>(f: F) -> Option<F::Output> {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => Some(rt.block_on(f)),
+        Err(e) => {
+            eprintln!("gatehouse: {e}");
+            None
+        }
+    }
+}
+
+fn db(cmd: DbCommand) -> ExitCode {
+    use gatehouse::telemetry::{schema, sink};
+    let result = block_on(async {
+        match cmd {
+            DbCommand::Migrate(ch) => {
+                let client = sink::client(&ch.clickhouse, "default");
+                let applied = schema::migrate(&client, &ch.clickhouse, &ch.database).await?;
+                schema::check(&client, &ch.clickhouse, &ch.database).await?;
+                if applied.is_empty() {
+                    println!("{}: schema up to date", ch.database);
+                } else {
+                    println!("{}: applied migrations {applied:?}", ch.database);
+                }
+                Ok(())
+            }
+            DbCommand::Check(ch) => {
+                let client = sink::client(&ch.clickhouse, "default");
+                schema::check(&client, &ch.clickhouse, &ch.database).await?;
+                println!("{}: schema matches", ch.database);
+                Ok(())
+            }
+            DbCommand::Retention { ch, days } => {
+                let client = sink::client(&ch.clickhouse, "default");
+                let dropped =
+                    schema::retention(&client, &ch.clickhouse, &ch.database, days).await?;
+                println!(
+                    "{}: dropped {} partition(s) older than {days} days {dropped:?}",
+                    ch.database,
+                    dropped.len()
+                );
+                Ok(())
+            }
+        }
+    });
+    match result {
+        Some(Ok(())) => ExitCode::SUCCESS,
+        Some(Err(e)) => {
+            let e: gatehouse::telemetry::schema::SchemaError = e;
+            eprintln!("gatehouse: {e}");
+            ExitCode::FAILURE
+        }
+        None => ExitCode::FAILURE,
+    }
+}
+
+fn report(
+    name: Option<&str>,
+    ch: &ClickHouseArgs,
+    since: Duration,
+    app: Option<&str>,
+    limit: u32,
+    format: ReportFormat,
+) -> ExitCode {
+    use gatehouse::telemetry::report::{self, Format, Report, REPORTS};
+    let Some(name) = name else {
+        println!(
+            "Reports (gatehouse report NAME --since 1h [--app APP] [--format table|json|csv]):"
+        );
+        for r in REPORTS {
+            println!("  {:<24} {}", r.name, r.summary());
+        }
+        return ExitCode::SUCCESS;
+    };
+    let Some(r) = Report::named(name) else {
+        eprintln!("gatehouse: no report named `{name}`; `gatehouse report` lists them");
+        return ExitCode::from(2);
+    };
+    let sql = r.render(&ch.database, since, app, limit);
+    let client = gatehouse::telemetry::sink::client(&ch.clickhouse, "default");
+    match block_on(report::run(&client, &sql)) {
+        Some(Ok((header, rows))) => {
+            let f = match format {
+                ReportFormat::Table => Format::Table,
+                ReportFormat::Json => Format::Json,
+                ReportFormat::Csv => Format::Csv,
+            };
+            print!("{}", report::format(&header, &rows, f));
+            ExitCode::SUCCESS
+        }
+        Some(Err(e)) => {
+            eprintln!(
+                "gatehouse: report `{name}` failed against {}: {e}",
+                ch.clickhouse
+            );
+            ExitCode::FAILURE
+        }
+        None => ExitCode::FAILURE,
+    }
 }

@@ -113,6 +113,8 @@ pub struct Shared {
     pub shutting_down: AtomicBool,
     /// Limit and quota stores, shared by successive bundles.
     pub limits: Limits,
+    /// Telemetry counters, when telemetry is on.
+    pub telemetry: std::sync::OnceLock<Arc<crate::telemetry::SinkStats>>,
 }
 
 impl Shared {
@@ -123,6 +125,7 @@ impl Shared {
         let active = Active::build(bundle, None, &limits, dir.display().to_string());
         Ok(Self {
             limits,
+            telemetry: std::sync::OnceLock::new(),
             active: ArcSwap::from_pointee(active),
             policies_dir: dir.to_path_buf(),
             reload_lock: Mutex::new(()),

@@ -39,6 +39,33 @@ pub struct ServeOptions {
     pub drain_timeout: Duration,
     /// Watch the policy directory for changes.
     pub watch: bool,
+    /// Telemetry to ClickHouse (off when `None`).
+    pub telemetry: Option<TelemetryOptions>,
+}
+
+/// Telemetry settings of `serve`.
+#[derive(Debug, Clone)]
+pub struct TelemetryOptions {
+    /// ClickHouse HTTP URL.
+    pub url: String,
+    /// Database.
+    pub database: String,
+    /// Run migrations at start instead of refusing a missing schema.
+    pub migrate: bool,
+    /// Spool directory.
+    pub spool_dir: PathBuf,
+    /// Spool cap.
+    pub spool_max_bytes: u64,
+    /// Rows per insert.
+    pub batch_size: usize,
+    /// Longest wait of a row for its batch.
+    pub flush_interval: Duration,
+    /// Queue capacity (rows).
+    pub queue_capacity: usize,
+    /// This node's name in events.
+    pub instance: String,
+    /// Drop daily partitions older than this many days (hourly job).
+    pub retention_days: Option<u32>,
 }
 
 /// Run the gateway until SIGTERM/SIGINT.
@@ -85,9 +112,31 @@ pub fn run(opts: ServeOptions) -> anyhow::Result<()> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
+    let mut gateway = Gateway::new(Arc::clone(&shared));
+    let mut telemetry_service = None;
+    if let Some(t) = &opts.telemetry {
+        prepare_clickhouse(t)?;
+        let (telemetry, sink) = crate::telemetry::sink::channel(crate::telemetry::SinkConfig {
+            url: t.url.clone(),
+            database: t.database.clone(),
+            batch_size: t.batch_size.max(1),
+            flush_interval: t.flush_interval,
+            queue_capacity: t.queue_capacity,
+            spool_dir: t.spool_dir.clone(),
+            spool_cap_bytes: t.spool_max_bytes,
+        })
+        .with_context(|| format!("cannot open the telemetry spool {}", t.spool_dir.display()))?;
+        let _ = shared.telemetry.set(Arc::clone(&telemetry.stats));
+        gateway = gateway.with_telemetry(telemetry, t.instance.clone());
+        telemetry_service = Some(TelemetryService {
+            sink: std::sync::Mutex::new(Some(sink)),
+            shared: Arc::clone(&shared),
+            options: t.clone(),
+        });
+    }
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
-        Gateway::new(Arc::clone(&shared)),
+        gateway,
         "gatehouse-proxy",
     );
     proxy.add_tcp(&opts.listen);
@@ -125,6 +174,9 @@ pub fn run(opts: ServeOptions) -> anyhow::Result<()> {
             watch_files: opts.watch,
         },
     ));
+    if let Some(t) = telemetry_service {
+        server.add_service(background_service("telemetry", t));
+    }
     server.add_service(background_service(
         "limit-evictor",
         LimitEvictor {
@@ -311,6 +363,69 @@ impl BackgroundService for LimitEvictor {
     }
 }
 
+/// Check (or migrate) the ClickHouse schema before serving.
+fn prepare_clickhouse(t: &TelemetryOptions) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let client = crate::telemetry::sink::client(&t.url, "default");
+        if t.migrate {
+            let applied = crate::telemetry::schema::migrate(&client, &t.url, &t.database).await?;
+            if !applied.is_empty() {
+                tracing::info!(?applied, database = %t.database, "ClickHouse migrations applied");
+            }
+        }
+        crate::telemetry::schema::check(&client, &t.url, &t.database).await?;
+        Ok::<(), crate::telemetry::schema::SchemaError>(())
+    })
+    .map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// Runs the telemetry sink (batches, inserts, spool replay) and the
+/// retention job; on shutdown it flushes once the last requests logged.
+struct TelemetryService {
+    sink: std::sync::Mutex<Option<crate::telemetry::sink::Sink>>,
+    shared: Arc<Shared>,
+    options: TelemetryOptions,
+}
+
+#[async_trait]
+impl BackgroundService for TelemetryService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let Some(sink) = self.sink.lock().ok().and_then(|mut s| s.take()) else {
+            return;
+        };
+        if let Some(days) = self.options.retention_days {
+            let (url, db) = (self.options.url.clone(), self.options.database.clone());
+            let mut stop = shutdown.clone();
+            tokio::spawn(async move {
+                let client = crate::telemetry::sink::client(&url, "default");
+                let mut tick = tokio::time::interval(Duration::from_secs(3600));
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => {}
+                        _ = stop.changed() => return,
+                    }
+                    match crate::telemetry::schema::retention(&client, &url, &db, days).await {
+                        Ok(dropped) if !dropped.is_empty() => {
+                            tracing::info!(?dropped, "retention: old partitions dropped")
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "retention job failed"),
+                    }
+                }
+            });
+        }
+        let shared = Arc::clone(&self.shared);
+        let stop = Box::pin(async move {
+            let _ = shutdown.changed().await;
+        });
+        sink.run(stop, move || shared.in_flight.load(Ordering::Relaxed))
+            .await;
+    }
+}
+
 struct DrainMonitor {
     shared: Arc<Shared>,
     deadline: Duration,
@@ -330,7 +445,12 @@ impl BackgroundService for DrainMonitor {
         loop {
             tokio::time::sleep(Duration::from_millis(25)).await;
             let n = self.shared.in_flight.load(Ordering::Relaxed);
-            if n == 0 {
+            let flushed = self
+                .shared
+                .telemetry
+                .get()
+                .is_none_or(|t| t.flushed.load(Ordering::Relaxed));
+            if n == 0 && flushed {
                 let since = *idle_since.get_or_insert_with(tokio::time::Instant::now);
                 if since.elapsed() >= Duration::from_millis(150) {
                     tracing::info!(

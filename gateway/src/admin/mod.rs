@@ -23,6 +23,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/readyz", get(readyz))
         .route("/v1/policy", get(policy))
         .route("/v1/apps", get(apps))
+        .route("/metrics", get(metrics))
         .with_state(shared)
 }
 
@@ -120,4 +121,89 @@ async fn apps(State(shared): State<Arc<Shared>>) -> Json<Value> {
         })
         .collect();
     Json(json!({ "policy_version": active.bundle.version, "apps": apps }))
+}
+
+/// Prometheus text exposition: bounded labels only (no paths, no consumers).
+async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let mut counter = |name: &str, help: &str, kind: &str, samples: &[(&str, u64)]| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, v) in samples {
+            if labels.is_empty() {
+                let _ = writeln!(out, "{name} {v}");
+            } else {
+                let _ = writeln!(out, "{name}{{{labels}}} {v}");
+            }
+        }
+    };
+    counter(
+        "gatehouse_in_flight_requests",
+        "Requests being served.",
+        "gauge",
+        &[("", shared.in_flight.load(Ordering::Relaxed) as u64)],
+    );
+    counter(
+        "gatehouse_policy_reloads_total",
+        "Policy reloads by result.",
+        "counter",
+        &[
+            (
+                "result=\"activated\"",
+                shared.reloads_ok.load(Ordering::Relaxed),
+            ),
+            (
+                "result=\"rejected\"",
+                shared.reloads_failed.load(Ordering::Relaxed),
+            ),
+        ],
+    );
+    counter(
+        "gatehouse_contract_violations_total",
+        "Requests and responses found breaking their contract.",
+        "counter",
+        &[
+            (
+                "what=\"request\"",
+                crate::contract::counters::REQUEST_VIOLATIONS.load(Ordering::Relaxed),
+            ),
+            (
+                "what=\"response\"",
+                crate::contract::counters::RESPONSE_VIOLATIONS.load(Ordering::Relaxed),
+            ),
+        ],
+    );
+    if let Some(t) = shared.telemetry.get() {
+        counter(
+            "gatehouse_telemetry_events_total",
+            "Request events by fate: queued, dropped (queue full), inserted, spooled, lost (spool full).",
+            "counter",
+            &[
+                ("result=\"queued\"", t.queued.load(Ordering::Relaxed)),
+                ("result=\"dropped_queue_full\"", t.dropped_queue_full.load(Ordering::Relaxed)),
+                ("result=\"inserted\"", t.inserted.load(Ordering::Relaxed)),
+                ("result=\"spooled\"", t.spooled.load(Ordering::Relaxed)),
+                ("result=\"spool_lost\"", t.spool_lost.load(Ordering::Relaxed)),
+            ],
+        );
+        counter(
+            "gatehouse_telemetry_insert_failures_total",
+            "Failed ClickHouse insert attempts.",
+            "counter",
+            &[("", t.insert_failures.load(Ordering::Relaxed))],
+        );
+        counter(
+            "gatehouse_telemetry_spool_bytes",
+            "Bytes waiting in the telemetry spool.",
+            "gauge",
+            &[("", t.spool_bytes.load(Ordering::Relaxed))],
+        );
+    }
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        out,
+    )
 }

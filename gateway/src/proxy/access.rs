@@ -27,7 +27,10 @@ pub async fn check(
     route: Option<&Route>,
 ) -> Result<bool> {
     if let Some(auth) = &app.auth {
-        match identify(session, active, auth) {
+        let started = std::time::Instant::now();
+        let identified = identify(session, active, auth);
+        ctx.timings.auth_us = crate::ctx::micros_since(started);
+        match identified {
             Ok(Some(idx)) => {
                 if !active.bundle.consumers.consumers[idx].allowed(&app.name) {
                     ctx.consumer = Some(idx);
@@ -43,7 +46,10 @@ pub async fn check(
             }
         }
     }
-    if let Some(err) = limit(session, ctx, active, app, route) {
+    let started = std::time::Instant::now();
+    let refused = limit(session, ctx, active, app, route);
+    ctx.timings.limits_us = crate::ctx::micros_since(started);
+    if let Some(err) = refused {
         respond(session, ctx, err).await?;
         return Ok(true);
     }

@@ -170,6 +170,8 @@ pub async fn check_request(
 
     if !violations.is_empty() {
         if enforce {
+            ctx.request_verdict = Verdict::Invalid;
+            ctx.violations.extend(violations.iter().cloned());
             respond(session, ctx, GatewayError::ContractViolation { violations }).await?;
             return Ok(RequestCheck::Responded);
         }

@@ -110,6 +110,9 @@ async fn exchange(
             }
             return Err(err);
         }
+        if let Some(t) = ctx.timings.attempt_start {
+            ctx.timings.upstream_ttfb_us = crate::ctx::micros_since(t);
+        }
         let Some(head) = up.response_header().cloned() else {
             return Err(GatewayError::UpstreamFailed);
         };
@@ -131,6 +134,7 @@ async fn exchange(
                 return Err(GatewayError::UpstreamTimeout);
             }
         }
+        ctx.timings.upstream_end = Some(std::time::Instant::now());
         let mut head = head;
         if let (Some(route), false) = (route, overflow) {
             if let (Some(op), Mode::Enforce | Mode::Monitor) =

@@ -16,11 +16,12 @@
 //! | `response_body_filter`     | monitor-mode response contract (body)                         |
 //! | `upstream_response_body_filter` | the app's total timeout                                 |
 //! | `fail_to_proxy`            | render the error as `application/problem+json` ([`GatewayError`]) |
-//! | `logging`                  | (telemetry hooks in later)                                    |
+//! | `logging`                  | build the wide event and `try_send` it to telemetry ([`log`]) |
 
 mod access;
 mod contract;
 mod forward;
+mod log;
 mod respond;
 mod upstream;
 
@@ -49,6 +50,8 @@ pub use contract::REPLAY_LIMIT;
 pub struct Gateway {
     shared: Arc<Shared>,
     connector: Connector,
+    telemetry: Option<crate::telemetry::Telemetry>,
+    instance: String,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -63,7 +66,20 @@ impl Gateway {
         Self {
             shared,
             connector: Connector::new(None),
+            telemetry: None,
+            instance: String::new(),
         }
+    }
+
+    /// Send one wide event per request to `telemetry`, tagged with `instance`.
+    pub fn with_telemetry(
+        mut self,
+        telemetry: crate::telemetry::Telemetry,
+        instance: String,
+    ) -> Self {
+        self.telemetry = Some(telemetry);
+        self.instance = instance;
+        self
     }
 }
 
@@ -145,7 +161,10 @@ impl ProxyHttp for Gateway {
 
         if let Some(route) = route_idx.map(|r| &app.routes[r]) {
             if let Some(op) = &route.operation {
-                match contract::check_request(session, ctx, app, route, op).await? {
+                let started = Instant::now();
+                let checked = contract::check_request(session, ctx, app, route, op).await;
+                ctx.timings.request_validation_us = crate::ctx::micros_since(started);
+                match checked? {
                     RequestCheck::Continue => {}
                     RequestCheck::Responded => return Ok(true),
                     RequestCheck::Forward(body) => {
@@ -197,7 +216,7 @@ impl ProxyHttp for Gateway {
     async fn connected_to_upstream(
         &self,
         _session: &mut Session,
-        _reused: bool,
+        reused: bool,
         _peer: &HttpPeer,
         #[cfg(unix)] _fd: std::os::unix::io::RawFd,
         #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
@@ -207,7 +226,30 @@ impl ProxyHttp for Gateway {
         if let Some(lease) = &ctx.lease {
             lease.instance().record_connect_success();
         }
+        ctx.timings.upstream_connect_us = match (reused, ctx.timings.attempt_start) {
+            (false, Some(t)) => crate::ctx::micros_since(t),
+            _ => 0,
+        };
         Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        _response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(t) = ctx.timings.attempt_start {
+            ctx.timings.upstream_ttfb_us =
+                crate::ctx::micros_since(t).saturating_sub(ctx.timings.upstream_connect_us);
+        }
+        Ok(())
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        if let Some(t) = &self.telemetry {
+            t.record(log::event(session, e, ctx, &self.instance));
+        }
     }
 
     fn fail_to_connect(
@@ -296,6 +338,7 @@ impl ProxyHttp for Gateway {
             let app = &active.bundle.apps[app];
             let route = &app.routes[route];
             if let (Some(op), Mode::Monitor) = (&route.operation, route.response_mode) {
+                let started = Instant::now();
                 contract::start_response_check(
                     ctx,
                     op,
@@ -303,6 +346,7 @@ impl ProxyHttp for Gateway {
                     app.contract.max_violations,
                     app.contract.max_response_body,
                 );
+                ctx.timings.response_validation_us += crate::ctx::micros_since(started);
             }
         }
         Ok(())
@@ -319,8 +363,10 @@ impl ProxyHttp for Gateway {
             tee.push(b);
         }
         if end_of_stream && ctx.response_tee.is_some() {
+            let started = Instant::now();
             let max = ctx.app().map_or(20, |a| a.contract.max_violations);
             contract::finish_response_tee(ctx, max);
+            ctx.timings.response_validation_us += crate::ctx::micros_since(started);
         }
         Ok(None)
     }
@@ -332,7 +378,9 @@ impl ProxyHttp for Gateway {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<Duration>> {
-        if !end_of_stream && upstream::deadline_passed(ctx) {
+        if end_of_stream {
+            ctx.timings.upstream_end = Some(Instant::now());
+        } else if upstream::deadline_passed(ctx) {
             ctx.error = Some(GatewayError::UpstreamTimeout);
             return Error::e_explain(ErrorType::ReadTimedout, "total upstream timeout");
         }

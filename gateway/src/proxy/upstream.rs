@@ -51,6 +51,9 @@ pub fn select_peer(session: &Session, ctx: &mut RequestCtx) -> Result<Box<HttpPe
     ctx.tried |= 1 << idx;
     ctx.attempts += 1;
     let instance = Arc::clone(&group.instances[idx]);
+    ctx.timings.upstream_start.get_or_insert(now);
+    ctx.timings.attempt_start = Some(now);
+    ctx.last_instance = Some(Arc::clone(&instance));
     let Some(socket) = instance.socket else {
         return fail(ctx, GatewayError::UpstreamUnreachable);
     };

@@ -1,0 +1,163 @@
+//! The `logging` phase: turn the request context into the wide event.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use pingora::proxy::Session;
+use pingora::Error;
+
+use crate::contract::Verdict;
+use crate::ctx::RequestCtx;
+use crate::error::GatewayError;
+use crate::telemetry::RequestEvent;
+
+/// Most violation summaries kept per event.
+const MAX_VIOLATIONS: usize = 10;
+
+fn verdict(v: Verdict) -> &'static str {
+    match v {
+        Verdict::Unchecked => "unchecked",
+        Verdict::Valid => "valid",
+        Verdict::Invalid => "invalid",
+    }
+}
+
+/// The outcome column: a small fixed vocabulary analysts group by.
+pub fn outcome(ctx: &RequestCtx, status: u16, e: Option<&Error>) -> &'static str {
+    match &ctx.error {
+        Some(err) => match err {
+            GatewayError::NoApp | GatewayError::NoRoute | GatewayError::MethodNotAllowed { .. } => {
+                "not_found"
+            }
+            GatewayError::BadPath | GatewayError::BadRequest => "bad_request",
+            GatewayError::BodyTooLarge { .. } => "too_large",
+            GatewayError::UpstreamUnreachable | GatewayError::UpstreamFailed => "upstream_error",
+            GatewayError::NoHealthyInstance => "no_healthy_instance",
+            GatewayError::UpstreamTimeout => "upstream_timeout",
+            GatewayError::Internal => "internal_error",
+            GatewayError::ContractViolation { .. }
+            | GatewayError::MalformedJson { .. }
+            | GatewayError::UnsupportedMediaType { .. } => "contract_violation",
+            GatewayError::UpstreamContractViolation { .. } => "upstream_contract_violation",
+            GatewayError::Unauthenticated { .. } => "unauthenticated",
+            GatewayError::Forbidden => "forbidden",
+            GatewayError::RateLimited { .. } => "rate_limited",
+        },
+        None if status == 0 || e.is_some() => "client_closed",
+        None => "ok",
+    }
+}
+
+/// Build the event for a finished request.
+pub fn event(
+    session: &Session,
+    e: Option<&Error>,
+    ctx: &RequestCtx,
+    instance: &str,
+) -> RequestEvent {
+    let started_wall = SystemTime::now()
+        .checked_sub(ctx.started.elapsed())
+        .unwrap_or_else(SystemTime::now)
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let total_us = crate::ctx::micros_since(ctx.started);
+    let status = session
+        .response_written()
+        .map_or(ctx.status, |r| r.status.as_u16());
+    let t = &ctx.timings;
+    let upstream_total_us = match (t.upstream_start, t.upstream_end) {
+        (Some(s), Some(end)) => {
+            u32::try_from(end.saturating_duration_since(s).as_micros()).unwrap_or(u32::MAX)
+        }
+        (Some(s), None) => crate::ctx::micros_since(s),
+        _ => 0,
+    };
+    let req = session.req_header();
+    let trace_id = req
+        .headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split('-').nth(1))
+        .filter(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+        .unwrap_or("")
+        .to_string();
+    let (app, route, policy_version) = match (&ctx.active, ctx.app) {
+        (Some(active), Some(a)) => {
+            let app = &active.bundle.apps[a];
+            let route = ctx
+                .route
+                .map_or("passthrough", |r| app.routes[r].id.as_str());
+            (
+                app.name.clone(),
+                if ctx.route.is_none() && ctx.error.is_some() {
+                    String::new()
+                } else {
+                    route.to_string()
+                },
+                active.bundle.version.clone(),
+            )
+        }
+        (Some(active), None) => (String::new(), String::new(), active.bundle.version.clone()),
+        _ => (String::new(), String::new(), String::new()),
+    };
+    let violations = ctx
+        .violations
+        .iter()
+        .take(MAX_VIOLATIONS)
+        .map(|v| {
+            format!(
+                "{}:{}:{}",
+                serde_json::to_value(v.location)
+                    .ok()
+                    .and_then(|l| l.as_str().map(str::to_string))
+                    .unwrap_or_default(),
+                if v.pointer.is_empty() {
+                    v.name.as_deref().unwrap_or("")
+                } else {
+                    v.pointer.as_str()
+                },
+                v.keyword
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(";");
+    RequestEvent {
+        time: started_wall.as_secs() as u32,
+        time_us: started_wall.as_micros() as u64,
+        request_id: ctx.request_id.clone(),
+        trace_id,
+        instance: instance.to_string(),
+        policy_version,
+        app,
+        route,
+        method: req.method.as_str().to_string(),
+        status,
+        consumer: ctx.consumer_id().unwrap_or("").to_string(),
+        outcome: outcome(ctx, status, e).to_string(),
+        rejected_by: ctx.rejected_by.clone().unwrap_or_default(),
+        request_verdict: verdict(ctx.request_verdict).to_string(),
+        response_verdict: verdict(ctx.response_verdict).to_string(),
+        violations,
+        bytes_in: session.body_bytes_read() as u64,
+        bytes_out: session.body_bytes_sent() as u64,
+        client_ip: session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip().to_string())
+            .unwrap_or_default(),
+        upstream: ctx
+            .last_instance
+            .as_ref()
+            .map(|i| i.addr.url.clone())
+            .unwrap_or_default(),
+        attempts: u8::try_from(ctx.attempts).unwrap_or(u8::MAX),
+        total_us,
+        gateway_us: total_us.saturating_sub(upstream_total_us),
+        auth_us: t.auth_us,
+        limits_us: t.limits_us,
+        request_validation_us: t.request_validation_us,
+        upstream_connect_us: t.upstream_connect_us,
+        upstream_ttfb_us: t.upstream_ttfb_us,
+        upstream_total_us,
+        response_validation_us: t.response_validation_us,
+    }
+}

@@ -1,0 +1,288 @@
+//! The ClickHouse sink: a bounded queue fed with `try_send` from the
+//! `logging` phase, a batcher (size or time), RowBinary inserts with retry
+//! and backoff, and the [`Spool`] when ClickHouse is away.
+//!
+//! Order: while anything is spooled, new batches join the spool behind it
+//! and the spool is replayed oldest first, so rows arrive in order.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use super::event::RequestEvent;
+use super::spool::{Spool, SpoolError};
+
+/// Sink settings.
+#[derive(Debug, Clone)]
+pub struct SinkConfig {
+    /// ClickHouse HTTP URL.
+    pub url: String,
+    /// Database.
+    pub database: String,
+    /// Rows per insert.
+    pub batch_size: usize,
+    /// Longest time a row waits for its batch.
+    pub flush_interval: Duration,
+    /// Queue capacity (rows); beyond it events are dropped and counted.
+    pub queue_capacity: usize,
+    /// Spool directory.
+    pub spool_dir: std::path::PathBuf,
+    /// Spool cap in bytes.
+    pub spool_cap_bytes: u64,
+}
+
+/// Counters of the telemetry pipeline (exported on the admin listener).
+#[derive(Debug, Default)]
+pub struct SinkStats {
+    /// Events accepted into the queue.
+    pub queued: AtomicU64,
+    /// Events dropped because the queue was full.
+    pub dropped_queue_full: AtomicU64,
+    /// Events inserted into ClickHouse (replays included).
+    pub inserted: AtomicU64,
+    /// Events written to the spool.
+    pub spooled: AtomicU64,
+    /// Events lost because the spool was full (or unwritable).
+    pub spool_lost: AtomicU64,
+    /// Failed insert attempts.
+    pub insert_failures: AtomicU64,
+    /// Bytes waiting in the spool.
+    pub spool_bytes: AtomicU64,
+    /// Everything accepted so far has been inserted or spooled (set at shutdown).
+    pub flushed: AtomicBool,
+}
+
+/// The producer side, cheap to clone into the proxy.
+#[derive(Debug, Clone)]
+pub struct Telemetry {
+    tx: mpsc::Sender<RequestEvent>,
+    /// Counters.
+    pub stats: Arc<SinkStats>,
+}
+
+impl Telemetry {
+    /// Hand an event to the sink without waiting; counts a drop when full.
+    pub fn record(&self, event: RequestEvent) {
+        match self.tx.try_send(event) {
+            Ok(()) => {
+                self.stats.queued.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(_) => {
+                self.stats
+                    .dropped_queue_full
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// The consumer side, run by a background service.
+pub struct Sink {
+    rx: mpsc::Receiver<RequestEvent>,
+    client: clickhouse::Client,
+    config: SinkConfig,
+    spool: Spool,
+    stats: Arc<SinkStats>,
+    replay_failures: u32,
+}
+
+/// Build the pair.
+pub fn channel(config: SinkConfig) -> std::io::Result<(Telemetry, Sink)> {
+    let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
+    let stats = Arc::new(SinkStats::default());
+    let spool = Spool::open(&config.spool_dir, config.spool_cap_bytes)?;
+    stats.spool_bytes.store(spool.bytes(), Ordering::Relaxed);
+    let client = client(&config.url, &config.database);
+    Ok((
+        Telemetry {
+            tx,
+            stats: Arc::clone(&stats),
+        },
+        Sink {
+            rx,
+            client,
+            config,
+            spool,
+            stats,
+            replay_failures: 0,
+        },
+    ))
+}
+
+/// A ClickHouse client with the settings that work on 18.16 and current releases.
+pub fn client(url: &str, database: &str) -> clickhouse::Client {
+    clickhouse::Client::default()
+        .with_url(url)
+        .with_database(database)
+        .with_validation(false)
+}
+
+impl Sink {
+    /// Run until `stop` resolves, then flush what is queued (after
+    /// `in_flight` reaches zero, so the last requests are included).
+    pub async fn run(
+        mut self,
+        mut stop: impl std::future::Future<Output = ()> + Unpin,
+        in_flight: impl Fn() -> usize,
+    ) {
+        let mut batch = Vec::with_capacity(self.config.batch_size);
+        let mut tick = tokio::time::interval(self.config.flush_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        if !self.spool.is_empty() {
+            tracing::info!(bytes = self.spool.bytes(), "telemetry spool holds batches from an earlier run; replaying when ClickHouse answers");
+        }
+        loop {
+            tokio::select! {
+                ev = self.rx.recv() => match ev {
+                    Some(ev) => {
+                        batch.push(ev);
+                        if batch.len() >= self.config.batch_size {
+                            self.flush(&mut batch).await;
+                        }
+                    }
+                    None => break,
+                },
+                _ = tick.tick() => {
+                    if !batch.is_empty() {
+                        self.flush(&mut batch).await;
+                    }
+                    self.replay().await;
+                }
+                _ = &mut stop => break,
+            }
+        }
+        // Shutdown: wait for in-flight requests to log, then drain and flush once.
+        for _ in 0..200 {
+            if in_flight() == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        while let Ok(ev) = self.rx.try_recv() {
+            batch.push(ev);
+            if batch.len() >= self.config.batch_size {
+                self.flush_once(&mut batch).await;
+            }
+        }
+        if !batch.is_empty() {
+            self.flush_once(&mut batch).await;
+        }
+        self.stats.flushed.store(true, Ordering::Relaxed);
+        tracing::info!(spooled_bytes = self.spool.bytes(), "telemetry flushed");
+    }
+
+    async fn insert(&self, rows: &[RequestEvent]) -> Result<(), clickhouse::error::Error> {
+        let mut insert = self.client.insert::<RequestEvent>("requests").await?;
+        for row in rows {
+            insert.write(row).await?;
+        }
+        insert.end().await
+    }
+
+    /// Insert with retries; spool when ClickHouse stays away.
+    async fn flush(&mut self, batch: &mut Vec<RequestEvent>) {
+        if !self.spool.is_empty() {
+            self.replay().await;
+        }
+        if self.spool.is_empty() {
+            for (attempt, backoff) in [0u64, 100, 400].into_iter().enumerate() {
+                if backoff > 0 {
+                    tokio::time::sleep(Duration::from_millis(backoff)).await;
+                }
+                match self.insert(batch).await {
+                    Ok(()) => {
+                        self.stats
+                            .inserted
+                            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                        batch.clear();
+                        return;
+                    }
+                    Err(e) => {
+                        self.stats.insert_failures.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(attempt = attempt + 1, rows = batch.len(), error = %e, "telemetry insert failed");
+                    }
+                }
+            }
+        }
+        self.spool_batch(batch);
+    }
+
+    /// One attempt, then spool (shutdown path: never wait long).
+    async fn flush_once(&mut self, batch: &mut Vec<RequestEvent>) {
+        if self.spool.is_empty() {
+            if let Ok(()) = self.insert(batch).await {
+                self.stats
+                    .inserted
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                batch.clear();
+                return;
+            }
+        }
+        self.spool_batch(batch);
+    }
+
+    fn spool_batch(&mut self, batch: &mut Vec<RequestEvent>) {
+        let n = batch.len() as u64;
+        match self.spool.push(batch) {
+            Ok(()) => {
+                self.stats.spooled.fetch_add(n, Ordering::Relaxed);
+            }
+            Err(e @ SpoolError::Full { .. }) | Err(e @ SpoolError::Io(_)) => {
+                self.stats.spool_lost.fetch_add(n, Ordering::Relaxed);
+                tracing::error!(events = n, error = %e, "telemetry events lost");
+            }
+        }
+        self.stats
+            .spool_bytes
+            .store(self.spool.bytes(), Ordering::Relaxed);
+        batch.clear();
+    }
+
+    /// Insert spooled batches oldest first until one fails.
+    async fn replay(&mut self) {
+        let Ok(files) = self.spool.files() else {
+            return;
+        };
+        for (_, path) in files {
+            let rows = match Spool::read(&path) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(file = %path.display(), error = %e, "unreadable spool file moved aside");
+                    let _ = self.spool.quarantine(&path);
+                    continue;
+                }
+            };
+            match self.insert(&rows).await {
+                Ok(()) => {
+                    self.replay_failures = 0;
+                    self.stats
+                        .inserted
+                        .fetch_add(rows.len() as u64, Ordering::Relaxed);
+                    if let Err(e) = self.spool.remove(&path) {
+                        tracing::error!(file = %path.display(), error = %e, "cannot delete replayed spool file");
+                    }
+                    tracing::info!(rows = rows.len(), "replayed a spooled telemetry batch");
+                }
+                Err(e) => {
+                    self.replay_failures += 1;
+                    // ClickHouse answers but refuses the rows (e.g. a schema
+                    // error): do not retry forever, keep them aside.
+                    if self.replay_failures >= 20
+                        && self.client.query("SELECT 1").execute().await.is_ok()
+                    {
+                        if let Ok(to) = self.spool.quarantine(&path) {
+                            tracing::error!(file = %to.display(), error = %e, "spooled batch refused 20 times; moved aside");
+                        }
+                        self.replay_failures = 0;
+                    }
+                    break;
+                }
+            }
+        }
+        self.stats
+            .spool_bytes
+            .store(self.spool.bytes(), Ordering::Relaxed);
+    }
+}
