@@ -227,7 +227,8 @@ mod tests {
             vec!["a,b".to_string(), "10".to_string()],
         ];
         let t = format(&h, &rows, Format::Table);
-        assert!(t.contains("get      1.5"), "{t}");
+        assert!(t.contains("get       1.5\n"), "{t}");
+        assert!(t.starts_with("route  p99_ms\n-----  ------\n"), "{t}");
         assert!(format(&h, &rows, Format::Csv).contains("\"a,b\",10"));
         assert!(format(&h, &rows, Format::Json).contains("\"p99_ms\":1.5"));
     }
