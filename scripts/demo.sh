@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Run the demo: lowcode-sim serving the fake estate of loadtest/estate.yaml,
-# and Gatehouse in front of it with the example policies in policies/.
+# Gatehouse in front of it with the example policies in policies/, and a
+# project-local ClickHouse (scripts/clickhouse.sh) receiving telemetry.
 # Ctrl-C stops both.  Usage: scripts/demo.sh [--release]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,16 +25,21 @@ if [ ! -s .state/demo.key ] || [ ! -s policies/local-demo.yaml ]; then
 fi
 key=$(cat .state/demo.key)
 
+scripts/clickhouse.sh start
+clickhouse=http://127.0.0.1:${CLICKHOUSE_HTTP_PORT:-18123}
+
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
+  scripts/clickhouse.sh stop || true
 }
 trap cleanup EXIT INT TERM
 
 "$bin/lowcode-sim" --config loadtest/estate.yaml --threads 1 > /dev/null &
 pids+=($!)
-"$bin/gatehouse" serve --policies policies --listen 127.0.0.1:8080 --admin-listen 127.0.0.1:9901 &
+"$bin/gatehouse" serve --policies policies --listen 127.0.0.1:8080 --admin-listen 127.0.0.1:9901 \
+  --clickhouse "$clickhouse" --migrate --spool-dir .state/spool &
 pids+=($!)
 
 for _ in $(seq 1 100); do
@@ -57,6 +63,12 @@ Try (most apps need the key; approvals also serves anonymous callers):
   curl -i -H 'Host: orders.corp.example' -H "x-api-key: $key" http://127.0.0.1:8080/rest/orders/v1/nope   # 404 problem+json
   curl -H 'Host: orders.corp.example' -H "x-api-key: $key" -H 'content-type: application/json' -d '{"customer_id":"x","lines":[{"sku":"bad","quantity":0}]}' http://127.0.0.1:8080/rest/orders/v1/orders   # 400: every contract violation
   curl http://127.0.0.1:9901/v1/apps                                                 # apps, routes, instance health
+  curl http://127.0.0.1:9901/metrics                                                 # Prometheus metrics
+
+Every request is a row in ClickHouse ($clickhouse, database gatehouse):
+  $bin/gatehouse report                                   # the bottleneck reports
+  $bin/gatehouse report slowest_routes --since 15m
+  curl '$clickhouse/?query=SELECT+app,route,status,total_us+FROM+gatehouse.requests+ORDER+BY+time_us+DESC+LIMIT+5' 
 
 Edit a file in policies/ and the gateway reloads it (an invalid edit is refused and logged).
 Ctrl-C stops the demo.

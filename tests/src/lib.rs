@@ -440,3 +440,185 @@ pub fn example_estate() -> Sim {
         &[],
     )
 }
+
+/// A private ClickHouse server (Debian's `clickhouse-server`, installed by
+/// `scripts/setup.sh`) on free loopback ports with its data in a temp dir.
+pub struct ClickHouse {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    http_port: u16,
+    tcp_port: u16,
+}
+
+impl ClickHouse {
+    /// Start and wait for `/ping`.
+    pub fn start() -> ClickHouse {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut ch = ClickHouse {
+            child: None,
+            dir,
+            http_port: free_port(),
+            tcp_port: free_port(),
+        };
+        ch.write_config();
+        ch.spawn();
+        ch
+    }
+
+    fn write_config(&self) {
+        let d = self.dir.path().display();
+        for sub in ["data", "tmp", "user_files", "format_schemas", "log"] {
+            std::fs::create_dir_all(self.dir.path().join(sub)).expect("mkdir");
+        }
+        let config = format!(
+            "<?xml version=\"1.0\"?>\n<yandex>\n<logger><level>warning</level><log>{d}/log/server.log</log><errorlog>{d}/log/error.log</errorlog><size>10M</size><count>1</count></logger>\n\
+             <http_port>{}</http_port><tcp_port>{}</tcp_port><listen_host>127.0.0.1</listen_host>\n\
+             <path>{d}/data/</path><tmp_path>{d}/tmp/</tmp_path><user_files_path>{d}/user_files/</user_files_path><format_schema_path>{d}/format_schemas/</format_schema_path>\n\
+             <mark_cache_size>67108864</mark_cache_size><max_concurrent_queries>50</max_concurrent_queries>\n\
+             <users_config>users.xml</users_config><default_profile>default</default_profile><default_database>default</default_database>\n</yandex>\n",
+            self.http_port, self.tcp_port
+        );
+        std::fs::write(self.dir.path().join("config.xml"), config).expect("config");
+        let users = "<?xml version=\"1.0\"?>\n<yandex><profiles><default><max_memory_usage>2000000000</max_memory_usage></default></profiles>\
+            <users><default><password></password><networks><ip>127.0.0.1</ip><ip>::1</ip></networks><profile>default</profile><quota>default</quota></default></users>\
+            <quotas><default></default></quotas></yandex>\n";
+        std::fs::write(self.dir.path().join("users.xml"), users).expect("users");
+    }
+
+    fn spawn(&mut self) {
+        let server = ["/usr/bin/clickhouse-server", "/usr/sbin/clickhouse-server"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect("clickhouse-server is installed by scripts/setup.sh");
+        let log = std::fs::File::create(self.dir.path().join("log/stdout.log")).expect("log");
+        let child = Command::new(server)
+            .arg(format!(
+                "--config-file={}",
+                self.dir.path().join("config.xml").display()
+            ))
+            .current_dir(self.dir.path())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn clickhouse-server");
+        self.child = Some(child);
+        let ok = eventually(Duration::from_secs(20), || {
+            try_http_get(self.addr(), "/ping", "clickhouse")
+                .is_some_and(|(s, b)| s == 200 && b.starts_with("Ok."))
+        });
+        assert!(
+            ok,
+            "ClickHouse did not start; log: {}",
+            std::fs::read_to_string(self.dir.path().join("log/stdout.log")).unwrap_or_default()
+        );
+    }
+
+    /// HTTP address.
+    pub fn addr(&self) -> SocketAddr {
+        format!("127.0.0.1:{}", self.http_port)
+            .parse()
+            .expect("addr")
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr())
+    }
+
+    /// Run a query; the response body (TabSeparated), or panic.
+    pub fn query(&self, sql: &str) -> String {
+        let body = sql.as_bytes();
+        let req = format!(
+            "POST / HTTP/1.1\r\nHost: clickhouse\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        let mut bytes = req.into_bytes();
+        bytes.extend_from_slice(body);
+        let resp = raw_http(self.addr(), &bytes);
+        assert!(
+            resp.starts_with("HTTP/1.1 200"),
+            "query failed: {sql}\n{resp}"
+        );
+        let body = resp
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        if resp
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+        {
+            dechunk(&body)
+        } else {
+            body
+        }
+    }
+
+    /// A single number from a query.
+    pub fn count(&self, sql: &str) -> u64 {
+        self.query(sql)
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("not a number from {sql}"))
+    }
+
+    /// Stop the server (SIGTERM, then wait).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
+            let start = std::time::Instant::now();
+            while start.elapsed() < Duration::from_secs(30) {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Start again on the same ports and data.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    /// Freeze (`STOP`) or thaw (`CONT`) the server process.
+    pub fn signal(&self, sig: &str) {
+        if let Some(c) = &self.child {
+            let _ = Command::new("kill")
+                .arg(format!("-{sig}"))
+                .arg(c.id().to_string())
+                .status();
+        }
+    }
+}
+
+impl Drop for ClickHouse {
+    fn drop(&mut self) {
+        self.signal("CONT");
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn dechunk(body: &str) -> String {
+    let mut out = String::new();
+    let mut rest = body;
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if n == 0 || after.len() < n {
+            break;
+        }
+        out.push_str(&after[..n]);
+        rest = after[n..].trim_start_matches("\r\n");
+    }
+    out
+}

@@ -9,5 +9,6 @@ mod e2e {
     mod lint;
     mod resilience;
     mod routing;
+    mod telemetry;
     mod tls;
 }

@@ -1,0 +1,476 @@
+//! Request telemetry in a real ClickHouse: exact rows, outages, spool,
+//! overflow, migrations and the report library.
+
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use gatehouse_e2e::*;
+use serde_json::Value;
+
+const DB: &str = "gh";
+
+fn telemetry_args<'a>(ch: &'a str, spool: &'a str) -> Vec<&'a str> {
+    vec![
+        "--clickhouse",
+        ch,
+        "--clickhouse-database",
+        DB,
+        "--migrate",
+        "--spool-dir",
+        spool,
+        "--telemetry-flush-ms",
+        "100",
+        "--instance",
+        "node-1",
+    ]
+}
+
+fn policy(dir: &PolicyDir, instances: &[String], extra: &str) {
+    let list = instances
+        .iter()
+        .map(|i| format!("\"{i}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    dir.write(
+        "schemas/new.json",
+        r#"{"type":"object","required":["workflow"]}"#,
+    );
+    dir.write(
+        "app.yaml",
+        &format!(
+            "version: 1\napps:\n  - name: app\n    owner: o\n    hosts: [app.test]\n    upstream: {{ instances: [{list}] }}\n{extra}    auth: {{ mode: optional, api_key: {{ header: x-api-key }} }}\n    routes:\n      - {{ id: get-approval, method: GET, path: \"/approvals/{{id}}\" }}\n      - {{ id: history, method: GET, path: \"/approvals/{{id}}/history\" }}\n      - {{ id: create, method: POST, path: /approvals, request_schema: schemas/new.json }}\nplans:\n  - {{ name: tiny, limits: [ {{ name: burst, rate: 1/m, burst: 2 }} ] }}\n"
+        ),
+    );
+}
+
+fn report(ch: &ClickHouse, name: &str) -> Vec<Value> {
+    let out = Command::new(bin("gatehouse"))
+        .args([
+            "report",
+            name,
+            "--clickhouse",
+            &ch.url(),
+            "--database",
+            DB,
+            "--since",
+            "1h",
+            "--format",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice::<Value>(&out.stdout)
+        .unwrap()
+        .as_array()
+        .cloned()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_is_one_row_and_the_reports_find_the_bottlenecks() {
+    let ch = ClickHouse::start();
+    let fast = Sim::one("approvals");
+    let slow = Sim::start(&[("approvals", "127.0.0.1:0")], &["--latency", "15"]);
+    let dir = PolicyDir::new();
+    policy(&dir, &[fast.url(0), slow.url(0)], "");
+    let (heavy, heavy_key) = new_consumer(&["--id", "heavy"]);
+    let (limited, limited_key) = new_consumer(&["--id", "limited", "--plan", "tiny"]);
+    dir.write("heavy.yaml", &heavy);
+    dir.write("limited.yaml", &limited);
+    let spool = tempfile::tempdir().unwrap();
+    let url = ch.url();
+    let gw = Gateway::start(
+        dir.path(),
+        &telemetry_args(&url, spool.path().to_str().unwrap()),
+    );
+    let c = client();
+    let base = gw.url();
+    let get = |path: String| c.get(format!("{base}{path}")).header("host", "app.test");
+
+    for i in 1..=60 {
+        assert_eq!(
+            get(format!("/approvals/{i}"))
+                .header("x-api-key", &heavy_key)
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+    }
+    for i in 1..=20 {
+        assert_eq!(
+            get(format!("/approvals/{i}/history"))
+                .header("x-sim-delay-ms", "60")
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+    }
+    for _ in 0..10 {
+        assert_eq!(get("/nope".into()).send().await.unwrap().status(), 404);
+    }
+    for _ in 0..5 {
+        let r = c
+            .post(format!("{base}/approvals"))
+            .header("host", "app.test")
+            .header("x-api-key", &heavy_key)
+            .header("content-type", "application/json")
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400);
+    }
+    let mut statuses = Vec::new();
+    for i in 1..=5 {
+        statuses.push(
+            get(format!("/approvals/{i}"))
+                .header("x-api-key", &limited_key)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16(),
+        );
+    }
+    assert_eq!(statuses, vec![200, 200, 429, 429, 429]);
+
+    let total = |ch: &ClickHouse| ch.count(&format!("SELECT count() FROM {DB}.requests"));
+    assert!(
+        eventually(Duration::from_secs(15), || total(&ch) == 100),
+        "rows: {}",
+        total(&ch)
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(total(&ch), 100, "exactly one row per request");
+    assert_eq!(
+        ch.count(&format!("SELECT uniqExact(request_id) FROM {DB}.requests")),
+        100
+    );
+    let version = gw.policy_version();
+    let checks = [
+        ("route = 'get-approval' AND status = 200 AND consumer = 'heavy' AND outcome = 'ok'", 60),
+        ("route = 'history' AND upstream_total_us >= 60000 AND consumer = ''", 20),
+        ("status = 404 AND outcome = 'not_found' AND app = 'app'", 10),
+        ("route = 'create' AND status = 400 AND outcome = 'contract_violation' AND request_verdict = 'invalid' AND violations LIKE 'body::required%'", 5),
+        ("status = 429 AND outcome = 'rate_limited' AND rejected_by = 'plan:tiny:burst' AND consumer = 'limited'", 3),
+        ("upstream_total_us > total_us", 0),
+        ("auth_us + limits_us + request_validation_us + upstream_total_us + response_validation_us > total_us", 0),
+        ("status = 200 AND (upstream = '' OR attempts != 1 OR upstream_ttfb_us = 0 OR upstream_ttfb_us > upstream_total_us)", 0),
+        ("status = 200 AND bytes_out = 0", 0),
+        ("instance != 'node-1' OR method = '' OR client_ip != '127.0.0.1' OR time_us = 0", 0),
+    ];
+    for (cond, expected) in checks {
+        assert_eq!(
+            ch.count(&format!("SELECT count() FROM {DB}.requests WHERE {cond}")),
+            expected,
+            "{cond}"
+        );
+    }
+    assert_eq!(
+        ch.count(&format!(
+            "SELECT count() FROM {DB}.requests WHERE policy_version = '{version}'"
+        )),
+        100
+    );
+    // The rollup view follows.
+    assert_eq!(
+        ch.count(&format!(
+            "SELECT toUInt64(countMerge(requests)) FROM {DB}.requests_1m"
+        )),
+        100
+    );
+
+    // The report library on these rows.
+    let slowest = report(&ch, "slowest_routes");
+    assert_eq!(slowest[0]["route"], "history", "{slowest:?}");
+    let outliers = report(&ch, "upstream_outliers");
+    assert_eq!(
+        outliers[0]["upstream"],
+        slow.url(0).as_str(),
+        "{outliers:?}"
+    );
+    assert!(outliers[0]["ratio"].as_f64().unwrap() > 1.0);
+    let errors = report(&ch, "error_hotspots");
+    assert!(
+        errors
+            .iter()
+            .any(|r| r["outcome"] == "not_found" && r["failures"] == 10),
+        "{errors:?}"
+    );
+    let violations = report(&ch, "contract_violations");
+    assert!(
+        violations
+            .iter()
+            .any(|r| r["route"] == "create" && r["refused"] == 5),
+        "{violations:?}"
+    );
+    let limited_rows = report(&ch, "rate_limited_consumers");
+    assert_eq!(
+        (
+            limited_rows[0]["caller"].as_str(),
+            limited_rows[0]["refused"].as_u64()
+        ),
+        (Some("limited"), Some(3)),
+        "{limited_rows:?}"
+    );
+    let heaviest = report(&ch, "heaviest_consumers");
+    assert_eq!(
+        (
+            heaviest[0]["caller"].as_str(),
+            heaviest[0]["requests"].as_u64()
+        ),
+        (Some("heavy"), Some(65)),
+        "{heaviest:?}"
+    );
+    assert!(heaviest
+        .iter()
+        .any(|r| r["caller"] == "anonymous" && r["requests"] == 30));
+    let split = report(&ch, "gateway_vs_upstream");
+    assert!(split.iter().any(|r| r["route"] == "history"));
+
+    // A policy change shows up as a second version in policy_change.
+    policy(&dir, &[fast.url(0), slow.url(0)], "    retries: 1\n");
+    assert!(eventually(Duration::from_secs(5), || gw.policy_version() != version));
+    for i in 1..=10 {
+        assert_eq!(
+            get(format!("/approvals/{i}"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+    }
+    assert!(eventually(Duration::from_secs(10), || total(&ch) == 110));
+    let versions = report(&ch, "policy_change");
+    assert_eq!(versions.len(), 2, "{versions:?}");
+    assert_eq!(versions[0]["policy_version"], version.as_str());
+    assert_eq!(versions[1]["requests"], 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clickhouse_outage_loses_nothing_and_costs_no_request() {
+    let mut ch = ClickHouse::start();
+    let sim = Sim::one("approvals");
+    let dir = PolicyDir::new();
+    policy(&dir, &[sim.url(0)], "");
+    let spool = tempfile::tempdir().unwrap();
+    let url = ch.url();
+    let gw = Gateway::start(
+        dir.path(),
+        &telemetry_args(&url, spool.path().to_str().unwrap()),
+    );
+    let (ok, failed, stop) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let load = {
+        let (ok, failed, stop, base) = (ok.clone(), failed.clone(), stop.clone(), gw.url());
+        tokio::spawn(async move {
+            let c = client();
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                i += 1;
+                match c
+                    .get(format!("{base}/approvals/{}", i % 500 + 1))
+                    .header("host", "app.test")
+                    .send()
+                    .await
+                {
+                    Ok(r) if r.status() == 200 => ok.fetch_add(1, Ordering::Relaxed),
+                    _ => failed.fetch_add(1, Ordering::Relaxed),
+                };
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    ch.stop();
+    let during_start = ok.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let during = ok.load(Ordering::Relaxed) - during_start;
+    let metrics = http_get(gw.admin, "/metrics", "admin");
+    assert!(
+        metrics.contains("gatehouse_telemetry_events_total{result=\"spooled\"}"),
+        "{metrics}"
+    );
+    ch.restart();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    load.await.unwrap();
+    let sent = ok.load(Ordering::Relaxed) + failed.load(Ordering::Relaxed);
+    assert_eq!(failed.load(Ordering::Relaxed), 0, "the proxy kept serving");
+    assert!(during > 1000, "traffic flowed during the outage: {during}");
+    let rows = || ch.count(&format!("SELECT count() FROM {DB}.requests"));
+    assert!(
+        eventually(Duration::from_secs(30), || rows() == sent),
+        "rows {} of {sent}",
+        rows()
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(rows(), sent);
+    assert_eq!(
+        ch.count(&format!("SELECT uniqExact(request_id) FROM {DB}.requests")),
+        sent,
+        "no duplicates"
+    );
+}
+
+#[tokio::test]
+async fn a_spool_left_by_a_stopped_gateway_is_replayed_by_the_next() {
+    let mut ch = ClickHouse::start();
+    let sim = Sim::one("approvals");
+    let dir = PolicyDir::new();
+    policy(&dir, &[sim.url(0)], "");
+    let spool = tempfile::tempdir().unwrap();
+    let spool_path = spool.path().to_str().unwrap().to_string();
+    let url = ch.url();
+    let mut gw = Gateway::start(dir.path(), &telemetry_args(&url, &spool_path));
+    ch.stop();
+    let c = client();
+    for i in 1..=50 {
+        assert_eq!(
+            c.get(format!("{}/approvals/{i}", gw.url()))
+                .header("host", "app.test")
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+    }
+    gw.signal("TERM");
+    assert!(gw
+        .wait_exit(Duration::from_secs(20))
+        .is_some_and(|s| s.success()));
+    let files = std::fs::read_dir(spool.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().extension().is_some_and(|x| x == "jsonl"))
+        .count();
+    assert!(files > 0, "the batches were spooled");
+    ch.restart();
+    let _gw2 = Gateway::start(dir.path(), &telemetry_args(&url, &spool_path));
+    assert!(eventually(Duration::from_secs(15), || ch
+        .count(&format!("SELECT count() FROM {DB}.requests"))
+        == 50));
+    assert!(eventually(Duration::from_secs(5), || std::fs::read_dir(
+        spool.path()
+    )
+    .unwrap()
+    .filter_map(|e| e.ok())
+    .all(|e| e.path().extension().is_none_or(|x| x != "jsonl"))));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_drops_events_and_counts_them() {
+    let ch = ClickHouse::start();
+    let sim = Sim::one("approvals");
+    let dir = PolicyDir::new();
+    policy(&dir, &[sim.url(0)], "");
+    let spool = tempfile::tempdir().unwrap();
+    let url = ch.url();
+    let mut args = telemetry_args(&url, spool.path().to_str().unwrap());
+    args.extend(["--telemetry-queue", "5", "--telemetry-batch", "1"]);
+    let gw = Gateway::start(dir.path(), &args);
+    ch.signal("STOP"); // inserts hang: the batcher stalls and the queue fills
+    let c = client();
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let (c, base) = (c.clone(), gw.url());
+        tasks.push(tokio::spawn(async move {
+            c.get(format!("{base}/approvals/{}", i + 1))
+                .header("host", "app.test")
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        }));
+    }
+    for t in tasks {
+        assert_eq!(
+            t.await.unwrap().unwrap(),
+            200,
+            "the proxy never waits for telemetry"
+        );
+    }
+    let metrics = http_get(gw.admin, "/metrics", "admin");
+    ch.signal("CONT");
+    let dropped: u64 = metrics
+        .lines()
+        .find(|l| l.starts_with("gatehouse_telemetry_events_total{result=\"dropped_queue_full\"}"))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(dropped > 0, "{metrics}");
+    assert!(gw.log_text().is_empty() || !gw.log_text().contains("panicked"));
+}
+
+#[test]
+fn migrations_are_idempotent_and_a_wrong_schema_is_refused() {
+    let ch = ClickHouse::start();
+    let run = |args: &[&str]| Command::new(bin("gatehouse")).args(args).output().unwrap();
+    let url = ch.url();
+    let first = run(&["db", "migrate", "--clickhouse", &url, "--database", "m1"]);
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert!(String::from_utf8_lossy(&first.stdout).contains("applied migrations [1, 2]"));
+    let again = run(&["db", "migrate", "--clickhouse", &url, "--database", "m1"]);
+    assert!(String::from_utf8_lossy(&again.stdout).contains("schema up to date"));
+    assert_eq!(ch.count("SELECT count() FROM m1.gatehouse_migrations"), 2);
+
+    ch.query("CREATE DATABASE wrong");
+    ch.query("CREATE TABLE wrong.requests (time DateTime, app String, status String) ENGINE = MergeTree ORDER BY time");
+    let check = run(&["db", "check", "--clickhouse", &url, "--database", "wrong"]);
+    assert!(!check.status.success());
+    let err = String::from_utf8_lossy(&check.stderr);
+    assert!(
+        err.contains("column `status` is String (expected UInt16)")
+            && err.contains("column `request_id` is missing"),
+        "{err}"
+    );
+
+    let dir = PolicyDir::new();
+    policy(&dir, &["http://127.0.0.1:9".to_string()], "");
+    let serve = Command::new(bin("gatehouse"))
+        .args(["serve", "--policies"])
+        .arg(dir.path())
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{}", free_port()),
+            "--admin-listen",
+            &format!("127.0.0.1:{}", free_port()),
+        ])
+        .args(["--clickhouse", &url, "--clickhouse-database", "wrong"])
+        .output()
+        .unwrap();
+    assert!(!serve.status.success());
+    assert!(
+        String::from_utf8_lossy(&serve.stderr).contains("does not match this version of Gatehouse"),
+        "{}",
+        String::from_utf8_lossy(&serve.stderr)
+    );
+    let missing = run(&[
+        "db",
+        "check",
+        "--clickhouse",
+        &url,
+        "--database",
+        "nothing_here",
+    ]);
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("run `gatehouse db migrate`"));
+}
