@@ -43,7 +43,8 @@ impl Consumer {
 pub struct ConsumerDirectory {
     /// All consumers.
     pub consumers: Vec<Consumer>,
-    by_key: HashMap<[u8; 32], usize>,
+    /// SHA-256 digests are uniform: the map uses their bytes as the hash.
+    by_key: HashMap<[u8; 32], usize, std::hash::BuildHasherDefault<crate::limits::PrehashedKey>>,
     by_subject: HashMap<String, usize>,
 }
 

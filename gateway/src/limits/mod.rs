@@ -15,14 +15,14 @@
 pub mod quota;
 
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
-use governor::state::keyed::DefaultKeyedStateStore;
+use governor::state::keyed::DashMapStateStore;
 use governor::{Quota, RateLimiter};
 
 /// A rate written `100/s`, `6000/m` or `100000/h`.
@@ -116,9 +116,29 @@ pub trait LimitStore: Send + Sync + std::fmt::Debug {
     fn evict_idle(&self) -> usize;
 }
 
+/// Keys are already 64-bit hashes ([`key_hash`]): hashing them again is waste.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PrehashedKey(u64);
+
+impl Hasher for PrehashedKey {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 << 8) | u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+}
+
+type KeyStore = DashMapStateStore<u64, BuildHasherDefault<PrehashedKey>>;
+
 /// GCRA store over `governor`, generic over its clock.
 pub struct GovernorStore<C: Clock = DefaultClock> {
-    limiter: RateLimiter<u64, DefaultKeyedStateStore<u64>, C, StateInformationMiddleware>,
+    limiter: RateLimiter<u64, KeyStore, C, StateInformationMiddleware>,
     clock: C,
 }
 
@@ -137,8 +157,12 @@ where
     /// A store for `rule` on `clock`.
     pub fn new(rule: &LimitRule, clock: C) -> Self {
         let quota = quota(rule);
-        let limiter = RateLimiter::dashmap_with_clock(quota, clock.clone())
-            .with_middleware::<StateInformationMiddleware>();
+        let limiter = RateLimiter::dashmap_with_clock_and_hasher(
+            quota,
+            clock.clone(),
+            BuildHasherDefault::<PrehashedKey>::default(),
+        )
+        .with_middleware::<StateInformationMiddleware>();
         Self { limiter, clock }
     }
 }
@@ -254,12 +278,18 @@ impl Limits {
     }
 }
 
-/// Hash a key value under a limit id.
+/// Hash a key value under a limit id: FNV-1a over both, finished with the
+/// SplitMix64 mixer so every bit of the result depends on every input byte
+/// (the store uses the value as its hash directly).
 pub fn key_hash(limit_id: &str, value: &[u8]) -> u64 {
-    let mut h = std::hash::DefaultHasher::new();
-    limit_id.hash(&mut h);
-    value.hash(&mut h);
-    h.finish()
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in limit_id.as_bytes().iter().chain([0xffu8].iter()).chain(value) {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
 }
 
 #[cfg(test)]
