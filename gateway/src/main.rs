@@ -69,6 +69,22 @@ enum ReportFormat {
 
 #[derive(Subcommand, Debug)]
 enum ConsumerCommand {
+    /// Generate many consumers at once (load tests): keys to --keys-file
+    /// (mode 0600, one per line), the policy file (JSON) to stdout.
+    Bulk {
+        /// How many.
+        #[arg(long)]
+        count: usize,
+        /// Id prefix (ids are PREFIX-0000001 …).
+        #[arg(long, default_value = "bench")]
+        prefix: String,
+        /// Plan for all of them.
+        #[arg(long)]
+        plan: Option<String>,
+        /// Where the keys go.
+        #[arg(long)]
+        keys_file: PathBuf,
+    },
     /// Generate an API key for a new consumer: the key is shown once (or
     /// written to --key-file); the policy entry, holding only its hash, goes
     /// to stdout.
@@ -123,6 +139,9 @@ struct ServeArgs {
     /// Do not watch the policy directory (SIGHUP still reloads).
     #[arg(long)]
     no_watch: bool,
+    /// Also accept cleartext HTTP/2 (prior knowledge) on --listen.
+    #[arg(long)]
+    h2c: bool,
     /// ClickHouse HTTP URL for request telemetry (off when absent).
     #[arg(long, env = "GATEHOUSE_CLICKHOUSE")]
     clickhouse: Option<String>,
@@ -223,6 +242,12 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve(args) => serve(args),
         Command::Policy(PolicyCommand::Lint { dir, format }) => lint(&dir, format),
+        Command::Consumer(ConsumerCommand::Bulk {
+            count,
+            prefix,
+            plan,
+            keys_file,
+        }) => bulk_consumers(count, &prefix, plan.as_deref(), &keys_file),
         Command::Consumer(ConsumerCommand::New {
             id,
             name,
@@ -284,6 +309,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         threads: args.threads,
         drain_timeout: Duration::from_secs(args.drain_timeout),
         watch: !args.no_watch,
+        h2c: args.h2c,
         telemetry: args
             .clickhouse
             .map(|url| gatehouse::server::TelemetryOptions {
@@ -517,4 +543,51 @@ fn report(
         }
         None => ExitCode::FAILURE,
     }
+}
+
+fn bulk_consumers(
+    count: usize,
+    prefix: &str,
+    plan: Option<&str>,
+    keys_file: &std::path::Path,
+) -> ExitCode {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(keys_file);
+    let mut keys = match file {
+        Ok(f) => std::io::BufWriter::new(f),
+        Err(e) => {
+            eprintln!("gatehouse: cannot write {}: {e}", keys_file.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let _ = write!(out, "{{\"version\":1,\"consumers\":[");
+    for i in 0..count {
+        let key = gatehouse::identity::generate_key();
+        if writeln!(keys, "{key}").is_err() {
+            eprintln!("gatehouse: cannot write {}", keys_file.display());
+            return ExitCode::FAILURE;
+        }
+        let mut entry = serde_json::json!({
+            "id": format!("{prefix}-{i:07}"),
+            "name": format!("{prefix} {i}"),
+            "keys": [ { "hash": gatehouse::identity::key_fingerprint(&key) } ],
+        });
+        if let Some(p) = plan {
+            entry["plan"] = p.into();
+        }
+        let _ = write!(out, "{}{entry}", if i == 0 { "" } else { "," });
+    }
+    let _ = writeln!(out, "]}}");
+    if keys.flush().is_err() || out.flush().is_err() {
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
 }

@@ -41,6 +41,8 @@ pub struct ServeOptions {
     pub watch: bool,
     /// Telemetry to ClickHouse (off when `None`).
     pub telemetry: Option<TelemetryOptions>,
+    /// Accept cleartext HTTP/2 (prior knowledge) on the plain listener too.
+    pub h2c: bool,
 }
 
 /// Telemetry settings of `serve`.
@@ -139,6 +141,13 @@ pub fn run(opts: ServeOptions) -> anyhow::Result<()> {
         gateway,
         "gatehouse-proxy",
     );
+    if opts.h2c {
+        if let Some(app) = proxy.app_logic_mut() {
+            let mut options = pingora::apps::HttpServerOptions::default();
+            options.h2c = true;
+            app.server_options = Some(options);
+        }
+    }
     proxy.add_tcp(&opts.listen);
     if let Some(tls_addr) = &opts.tls_listen {
         let (Some(cert), Some(key)) = (&opts.tls_cert, &opts.tls_key) else {

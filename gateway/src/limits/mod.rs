@@ -283,7 +283,12 @@ impl Limits {
 /// (the store uses the value as its hash directly).
 pub fn key_hash(limit_id: &str, value: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in limit_id.as_bytes().iter().chain([0xffu8].iter()).chain(value) {
+    for b in limit_id
+        .as_bytes()
+        .iter()
+        .chain([0xffu8].iter())
+        .chain(value)
+    {
         h ^= u64::from(*b);
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }

@@ -435,12 +435,35 @@ fn migrations_are_idempotent_and_a_wrong_schema_is_refused() {
 
     // Retention drops whole days older than the cut-off, in both tables.
     ch.query("INSERT INTO m1.requests (time, request_id, app, route) VALUES (now() - 10 * 86400, 'old', 'a', 'r'), (now(), 'new', 'a', 'r')");
-    assert_eq!(ch.count("SELECT toUInt64(countMerge(requests)) FROM m1.requests_1m"), 2);
-    let kept = run(&["db", "retention", "--clickhouse", &url, "--database", "m1", "--days", "7"]);
-    assert!(kept.status.success(), "{}", String::from_utf8_lossy(&kept.stderr));
-    assert!(String::from_utf8_lossy(&kept.stdout).contains("dropped 2 partition(s)"), "{}", String::from_utf8_lossy(&kept.stdout));
+    assert_eq!(
+        ch.count("SELECT toUInt64(countMerge(requests)) FROM m1.requests_1m"),
+        2
+    );
+    let kept = run(&[
+        "db",
+        "retention",
+        "--clickhouse",
+        &url,
+        "--database",
+        "m1",
+        "--days",
+        "7",
+    ]);
+    assert!(
+        kept.status.success(),
+        "{}",
+        String::from_utf8_lossy(&kept.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&kept.stdout).contains("dropped 2 partition(s)"),
+        "{}",
+        String::from_utf8_lossy(&kept.stdout)
+    );
     assert_eq!(ch.query("SELECT request_id FROM m1.requests").trim(), "new");
-    assert_eq!(ch.count("SELECT toUInt64(countMerge(requests)) FROM m1.requests_1m"), 1);
+    assert_eq!(
+        ch.count("SELECT toUInt64(countMerge(requests)) FROM m1.requests_1m"),
+        1
+    );
 
     ch.query("CREATE DATABASE wrong");
     ch.query("CREATE TABLE wrong.requests (time DateTime, app String, status String) ENGINE = MergeTree ORDER BY time");

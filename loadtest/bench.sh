@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark, one run: the same load straight to lowcode-sim
+# ("direct"), through nginx, through Gatehouse "passthrough" (routing only,
+# telemetry off) and Gatehouse "full" (API keys, two limits, contract
+# validation of a ~1 KB body, telemetry to ClickHouse on).
+#
+# The proxy under test is pinned to CPU 0; loadgen, lowcode-sim and
+# ClickHouse share CPU 1. Targets alternate, ROUNDS rounds (default 3); the
+# table reports medians with CPU time per request (from /proc) and RSS, and
+# the ratios against nginx. Figures are appended to loadtest/RESULTS.md.
+#
+# Usage: loadtest/bench.sh [--rounds N] [--duration 10s] [--connections 64]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+rounds=3; duration=10s; connections=64; consumers=1000
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --rounds) rounds=$2; shift 2 ;;
+    --duration) duration=$2; shift 2 ;;
+    --connections) connections=$2; shift 2 ;;
+    --consumers) consumers=$2; shift 2 ;;
+    *) echo "unknown option $1" >&2; exit 2 ;;
+  esac
+done
+
+scripts/setup.sh
+command -v nginx >/dev/null 2>&1 || { SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo; $SUDO apt-get install -y -qq --no-install-recommends nginx-light >/dev/null || $SUDO apt-get install -y -qq --no-install-recommends nginx >/dev/null; }
+command -v python3 >/dev/null 2>&1 || { SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo; $SUDO apt-get install -y -qq python3 >/dev/null; }
+cargo build --release --locked --workspace --bins
+bin=target/release
+work=.state/bench
+rm -rf "$work"; mkdir -p "$work"
+sim_port=19101; nginx_port=19201; pass_port=19301; full_port=19401; admin_a=19302; admin_b=19402
+
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
+  CLICKHOUSE_DIR="$PWD/$work/clickhouse" CLICKHOUSE_HTTP_PORT=19123 CLICKHOUSE_TCP_PORT=19124 scripts/clickhouse.sh stop >/dev/null 2>&1 || true
+  wait 2>/dev/null || true
+}
+trap cleanup EXIT INT TERM
+
+taskset -c 1 "$bin/lowcode-sim" --app "orders=127.0.0.1:$sim_port" --threads 1 > /dev/null &
+pids+=($!)
+
+sed -e "s#__DIR__#$PWD/$work#g" -e "s#__PORT__#$nginx_port#" -e "s#__UPSTREAM_PORT__#$sim_port#" loadtest/nginx.conf.template > "$work/nginx.conf"
+taskset -c 0 nginx -c "$PWD/$work/nginx.conf" -g "daemon off;" &
+pids+=($!)
+
+CLICKHOUSE_DIR="$PWD/$work/clickhouse" CLICKHOUSE_HTTP_PORT=19123 CLICKHOUSE_TCP_PORT=19124 taskset -c 1 scripts/clickhouse.sh start >/dev/null
+
+cp -r loadtest/bench/full "$work/full-policies"
+"$bin/gatehouse" consumer bulk --count "$consumers" --keys-file "$work/keys.txt" > "$work/full-policies/consumers.json"
+
+taskset -c 0 "$bin/gatehouse" serve --policies loadtest/bench/passthrough --listen "127.0.0.1:$pass_port" \
+  --admin-listen "127.0.0.1:$admin_a" --threads 1 --no-watch 2> "$work/gatehouse-passthrough.log" &
+pass_pid=$!; pids+=($pass_pid)
+taskset -c 0 "$bin/gatehouse" serve --policies "$work/full-policies" --listen "127.0.0.1:$full_port" \
+  --admin-listen "127.0.0.1:$admin_b" --threads 1 --no-watch \
+  --clickhouse http://127.0.0.1:19123 --migrate --spool-dir "$work/spool" 2> "$work/gatehouse-full.log" &
+full_pid=$!; pids+=($full_pid)
+
+for port in $admin_a $admin_b; do
+  for _ in $(seq 1 100); do curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
+done
+sleep 1
+nginx_pid=$(pgrep -f "nginx: worker process" | head -1)
+sim_pid=${pids[0]}
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+
+run() { # label port pid scenario
+  local label=$1 port=$2 pid=$3 scenario=$4 round=$5
+  local before after
+  before=$(cpu_ticks "$pid")
+  taskset -c 1 "$bin/loadgen" --target "127.0.0.1:$port" --scenario "$scenario" --mode closed \
+    --connections "$connections" --duration "$duration" --warmup 2s --label "$label" \
+    --json "$work/$label-$round.json" > "$work/$label-$round.txt"
+  after=$(cpu_ticks "$pid")
+  echo "{\"cpu_ticks\": $((after - before)), \"rss_kib\": $(rss_kib "$pid")}" > "$work/$label-$round.proc.json"
+  echo "  $label: $(head -1 "$work/$label-$round.txt")"
+}
+
+for round in $(seq 1 "$rounds"); do
+  echo "round $round"
+  for mix in get order; do
+    case $mix in
+      get) plain=loadtest/scenarios/get.yaml; keyed=loadtest/scenarios/get.yaml ;;
+      order) plain=loadtest/scenarios/order-1kb-nokey.yaml; keyed=loadtest/scenarios/order-1kb.yaml ;;
+    esac
+    run "direct-$mix" $sim_port "$sim_pid" "$plain" "$round"
+    run "nginx-$mix" $nginx_port "$nginx_pid" "$plain" "$round"
+    run "passthrough-$mix" $pass_port "$pass_pid" "$plain" "$round"
+    [ "$mix" = order ] && run "full-$mix" $full_port "$full_pid" "$keyed" "$round"
+  done
+done
+
+python3 loadtest/summarize.py "$work" "$rounds" "$(nproc)" "$duration" "$connections" "$consumers" | tee "$work/summary.md"
+{
+  echo
+  cat "$work/summary.md"
+} >> loadtest/RESULTS.md
+echo "appended to loadtest/RESULTS.md"

@@ -1,0 +1,45 @@
+"""Summarise a loadtest/bench.sh run as a Markdown section (medians of rounds)."""
+import json, os, statistics, subprocess, sys, datetime
+
+work, rounds, cpus, duration, connections, consumers = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6]
+tick = os.sysconf("SC_CLK_TCK")
+labels = ["direct-get", "nginx-get", "passthrough-get", "direct-order", "nginx-order", "passthrough-order", "full-order"]
+rows = {}
+for label in labels:
+    runs = []
+    for r in range(1, rounds + 1):
+        try:
+            s = json.load(open(f"{work}/{label}-{r}.json"))
+            p = json.load(open(f"{work}/{label}-{r}.proc.json"))
+        except FileNotFoundError:
+            continue
+        secs = s["seconds"] + 2  # the warm-up is in the CPU window too
+        cpu_us = p["cpu_ticks"] / tick * 1e6 / max(s["requests"] * secs / s["seconds"], 1)
+        runs.append((s["rps"], s["latency_ms"]["p50"], s["latency_ms"]["p99"], cpu_us, p["rss_kib"] / 1024, s["errors"], s["statuses"]))
+    if runs:
+        med = lambda i: statistics.median(x[i] for x in runs)
+        rows[label] = dict(rps=med(0), p50=med(1), p99=med(2), cpu=med(3), rss=med(4), errors=sum(x[5] for x in runs), statuses=runs[-1][6])
+
+cpu_model = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"], capture_output=True, text=True).stdout.strip()
+print(f"## Gateway vs nginx — {datetime.date.today()}")
+print()
+print(f"Command: `loadtest/bench.sh --rounds {rounds} --duration {duration} --connections {connections}` "
+      f"({cpus} vCPU {cpu_model}; proxy under test pinned to CPU 0, loadgen + lowcode-sim + ClickHouse on CPU 1; "
+      f"closed loop, {connections} HTTP/1.1 keep-alive connections, medians of {rounds} rounds; full mode spreads keys over {consumers} consumers).")
+print()
+print("| target | workload | rps | × nginx | p50 ms | p99 ms | proxy CPU µs/req | RSS MiB | non-2xx / errors |")
+print("|---|---|---|---|---|---|---|---|---|")
+for label in labels:
+    if label not in rows:
+        continue
+    r = rows[label]
+    target, mix = label.rsplit("-", 1)
+    base = rows.get(f"nginx-{mix}")
+    ratio = f"{r['rps'] / base['rps']:.2f}" if base else ""
+    cpu = "" if target == "direct" else f"{r['cpu']:.1f}"
+    rss = "" if target == "direct" else f"{r['rss']:.0f}"
+    non2xx = sum(v for k, v in r["statuses"].items() if not k.startswith("2"))
+    workload = "GET order" if mix == "get" else "POST ~1 KB order"
+    print(f"| {target} | {workload} | {r['rps']:.0f} | {ratio} | {r['p50']:.2f} | {r['p99']:.2f} | {cpu} | {rss} | {non2xx} / {r['errors']} |")
+print()
+print("`full` answers the 10 % invalid orders itself (400), the others forward them; `direct` has no proxy (CPU and RSS columns empty).")
