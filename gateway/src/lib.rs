@@ -11,6 +11,7 @@ pub mod admin;
 pub mod contract;
 pub mod ctx;
 pub mod error;
+pub mod governance;
 pub mod identity;
 pub mod limits;
 pub mod policy;

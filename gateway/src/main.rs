@@ -228,6 +228,17 @@ enum PolicyCommand {
     },
     /// Print the JSON Schema of policy files.
     Schema,
+    /// List every change from OLD to NEW with its impact class; exit 1 when
+    /// a change breaks clients (for CI), 0 otherwise, 2 when a bundle is invalid.
+    Diff {
+        /// The bundle in service.
+        old: PathBuf,
+        /// The proposed bundle.
+        new: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        format: OutputFormat,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -279,6 +290,9 @@ fn main() -> ExitCode {
             limit,
             format,
         ),
+        Command::Policy(PolicyCommand::Diff { old, new, format }) => {
+            policy_diff(&old, &new, format)
+        }
         Command::Policy(PolicyCommand::Schema) => {
             println!("{}", gatehouse::policy::POLICY_SCHEMA);
             ExitCode::SUCCESS
@@ -590,4 +604,60 @@ fn bulk_consumers(
         return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS
+}
+
+fn policy_diff(old: &std::path::Path, new: &std::path::Path, format: OutputFormat) -> ExitCode {
+    let load = |dir: &std::path::Path| {
+        gatehouse::policy::load_and_compile(dir).map_err(|errors| {
+            eprintln!("gatehouse: {} is not a valid bundle:", dir.display());
+            for e in &errors.0 {
+                eprintln!("  {e}");
+            }
+        })
+    };
+    let (Ok(a), Ok(b)) = (load(old), load(new)) else {
+        return ExitCode::from(2);
+    };
+    let changes = gatehouse::governance::policy_diff::diff(&a, &b);
+    let breaking = changes.iter().filter(|c| c.class.is_breaking()).count();
+    match format {
+        OutputFormat::Json => println!(
+            "{}",
+            serde_json::json!({ "from": a.version, "to": b.version, "breaking": breaking, "changes": changes })
+        ),
+        OutputFormat::Text => {
+            println!(
+                "{} → {}: {} change(s), {breaking} breaking",
+                a.short_version(),
+                b.short_version(),
+                changes.len()
+            );
+            for c in &changes {
+                let class = serde_json::to_value(c.class)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default();
+                let fp = c
+                    .contract
+                    .as_ref()
+                    .map(|x| format!(" [{}]", x.fingerprint))
+                    .unwrap_or_default();
+                let app = if c.app.is_empty() {
+                    String::new()
+                } else {
+                    format!("{}: ", c.app)
+                };
+                println!(
+                    "{}{class:<22} {app}{}{fp}",
+                    if c.class.is_breaking() { "! " } else { "  " },
+                    c.text
+                );
+            }
+        }
+    }
+    if breaking > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
 }

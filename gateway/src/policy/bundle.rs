@@ -31,6 +31,8 @@ pub struct Bundle {
     pub consumers: ConsumerDirectory,
     /// Plans by name.
     pub plans: HashMap<String, Plan>,
+    /// The documents (contracts, schemas, keys) the bundle was built with.
+    pub documents: crate::contract::BundleDocuments,
 }
 
 /// A compiled plan.

@@ -174,6 +174,7 @@ pub fn compile(sources: &[SourceFile]) -> Result<Bundle, PolicyErrors> {
         files: sources.iter().map(|s| s.path.clone()).collect(),
         consumers,
         plans,
+        documents: docs,
     })
 }
 

@@ -107,3 +107,105 @@ fn lint_accepts_the_example_policies() {
         .unwrap();
     assert!(apps >= 4 && routes >= 25, "{text}");
 }
+
+#[test]
+fn policy_diff_classifies_changes_and_fails_on_breaking_ones() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
+    let copy = |edit: &dyn Fn(&str, String) -> String| {
+        let dir = PolicyDir::new();
+        for sub in ["apps", "contracts", "keys", ""] {
+            for entry in std::fs::read_dir(root.join(sub)).unwrap().flatten() {
+                let name = entry.file_name().to_string_lossy().to_string();
+                if entry.path().is_dir() || name.starts_with("local-") {
+                    continue;
+                }
+                let rel = if sub.is_empty() {
+                    name
+                } else {
+                    format!("{sub}/{name}")
+                };
+                dir.write(
+                    &rel,
+                    &edit(&rel, std::fs::read_to_string(entry.path()).unwrap()),
+                );
+            }
+        }
+        dir
+    };
+    let old = copy(&|_, t| t);
+    let additive = copy(&|rel, t| {
+        if rel == "contracts/orders.openapi.yaml" {
+            t.replace("        notes: { type: string, maxLength: 500, nullable: true }\n        lines:", "        notes: { type: string, maxLength: 500, nullable: true }\n        channel: { type: string }\n        lines:")
+        } else {
+            t
+        }
+    });
+    let breaking = copy(&|rel, t| {
+        if rel == "contracts/orders.openapi.yaml" {
+            t.replace(
+                "quantity: { type: integer, minimum: 1, maximum: 1000 }",
+                "quantity: { type: integer, minimum: 1, maximum: 100 }",
+            )
+        } else if rel == "apps/customers.yaml" {
+            t.replace("mode: required", "mode: optional")
+        } else {
+            t
+        }
+    });
+    let run = |a: &PolicyDir, b: &PolicyDir| {
+        Command::new(bin("gatehouse"))
+            .args(["policy", "diff", "--format", "json"])
+            .arg(a.path())
+            .arg(b.path())
+            .output()
+            .unwrap()
+    };
+    let same = run(&old, &old);
+    assert_eq!(same.status.code(), Some(0));
+    let v: serde_json::Value = serde_json::from_slice(&same.stdout).unwrap();
+    assert_eq!(v["changes"].as_array().unwrap().len(), 0);
+
+    let add = run(&old, &additive);
+    assert_eq!(
+        add.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&add.stdout)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&add.stdout).unwrap();
+    assert_eq!(v["changes"][0]["class"], "contract.additive");
+    assert_eq!(
+        v["changes"][0]["contract"]["id"],
+        "new-optional-request-property"
+    );
+
+    let brk = run(&old, &breaking);
+    assert_eq!(brk.status.code(), Some(1), "breaking changes fail CI");
+    let v: serde_json::Value = serde_json::from_slice(&brk.stdout).unwrap();
+    let classes: Vec<&str> = v["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["class"].as_str().unwrap())
+        .collect();
+    assert!(
+        classes.contains(&"contract.breaking") && classes.contains(&"auth.removed"),
+        "{classes:?}"
+    );
+    assert_eq!(v["breaking"], 1);
+    let text = Command::new(bin("gatehouse"))
+        .args(["policy", "diff"])
+        .arg(old.path())
+        .arg(breaking.path())
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        out.contains("! contract.breaking") && out.contains("`maximum` tightened"),
+        "{out}"
+    );
+
+    let broken = PolicyDir::new();
+    broken.write("a.yaml", "version: 1\napps: [ {} ]\n");
+    assert_eq!(run(&old, &broken).status.code(), Some(2));
+}

@@ -1,0 +1,416 @@
+//! Semantic diff of two policy bundles: typed changes with impact classes
+//! (DESIGN.md §5), the contract diff of every app's OpenAPI document
+//! included. `gatehouse policy diff OLD NEW` prints it.
+
+use serde::Serialize;
+
+use super::contract_diff::{self, ContractChange, Level};
+use crate::contract::{Mode, Undocumented};
+use crate::policy::model::AuthMode;
+use crate::policy::{App, Bundle};
+
+/// Impact classes that review rules refer to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub enum Class {
+    /// A contract change that breaks clients.
+    #[serde(rename = "contract.breaking")]
+    ContractBreaking,
+    /// A contract change that the contract alone cannot decide.
+    #[serde(rename = "contract.undecided")]
+    ContractUndecided,
+    /// A safe contract change.
+    #[serde(rename = "contract.additive")]
+    ContractAdditive,
+    /// Less is enforced (enforce → monitor/off, undocumented allowed).
+    #[serde(rename = "enforcement.loosened")]
+    EnforcementLoosened,
+    /// More is enforced.
+    #[serde(rename = "enforcement.tightened")]
+    EnforcementTightened,
+    /// Authentication removed or made optional.
+    #[serde(rename = "auth.removed")]
+    AuthRemoved,
+    /// Authentication added or made required.
+    #[serde(rename = "auth.added")]
+    AuthAdded,
+    /// A limit admits more.
+    #[serde(rename = "limits.loosened")]
+    LimitsLoosened,
+    /// A limit admits less.
+    #[serde(rename = "limits.tightened")]
+    LimitsTightened,
+    /// An app or route was added.
+    #[serde(rename = "route.added")]
+    RouteAdded,
+    /// An app or route was removed.
+    #[serde(rename = "route.removed")]
+    RouteRemoved,
+    /// Instances, balancing or timeouts changed.
+    #[serde(rename = "upstream.changed")]
+    UpstreamChanged,
+    /// A consumer was added.
+    #[serde(rename = "consumer.added")]
+    ConsumerAdded,
+    /// A consumer was removed.
+    #[serde(rename = "consumer.removed")]
+    ConsumerRemoved,
+    /// A consumer's keys, plan or apps changed.
+    #[serde(rename = "consumer.changed")]
+    ConsumerChanged,
+}
+
+impl Class {
+    /// Does this class break existing clients?
+    pub fn is_breaking(self) -> bool {
+        matches!(
+            self,
+            Class::ContractBreaking
+                | Class::RouteRemoved
+                | Class::LimitsTightened
+                | Class::AuthAdded
+                | Class::ConsumerRemoved
+        )
+    }
+}
+
+/// One typed change.
+#[derive(Debug, Clone, Serialize)]
+pub struct Change {
+    /// Impact class.
+    pub class: Class,
+    /// App (empty for bundle-wide changes).
+    pub app: String,
+    /// What changed.
+    pub text: String,
+    /// The contract change behind it, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub contract: Option<ContractChange>,
+}
+
+/// Every change from `old` to `new`, sorted by class.
+pub fn diff(old: &Bundle, new: &Bundle) -> Vec<Change> {
+    let mut out = Vec::new();
+    let mut push = |class, app: &str, text: String, contract| {
+        out.push(Change {
+            class,
+            app: app.to_string(),
+            text,
+            contract,
+        })
+    };
+    for o in &old.apps {
+        match new.apps.iter().find(|n| n.name == o.name) {
+            None => push(
+                Class::RouteRemoved,
+                &o.name,
+                format!("app `{}` removed", o.name),
+                None,
+            ),
+            Some(n) => app_diff(old, o, new, n, &mut push),
+        }
+    }
+    for n in &new.apps {
+        if !old.apps.iter().any(|o| o.name == n.name) {
+            push(
+                Class::RouteAdded,
+                &n.name,
+                format!("app `{}` added ({} routes)", n.name, n.routes.len()),
+                None,
+            );
+        }
+    }
+    let (oc, nc) = (&old.consumers.consumers, &new.consumers.consumers);
+    for c in oc {
+        match nc.iter().find(|n| n.id == c.id) {
+            None => push(
+                Class::ConsumerRemoved,
+                "",
+                format!("consumer `{}` removed", c.id),
+                None,
+            ),
+            Some(n) if n.plan != c.plan || n.apps != c.apps => push(
+                Class::ConsumerChanged,
+                "",
+                format!(
+                    "consumer `{}`: plan {:?} → {:?}, apps {:?} → {:?}",
+                    c.id, c.plan, n.plan, c.apps, n.apps
+                ),
+                None,
+            ),
+            Some(_) => {}
+        }
+    }
+    for n in nc {
+        if !oc.iter().any(|c| c.id == n.id) {
+            push(
+                Class::ConsumerAdded,
+                "",
+                format!("consumer `{}` added", n.id),
+                None,
+            );
+        }
+    }
+    if old.consumers.key_count() != new.consumers.key_count() {
+        push(
+            Class::ConsumerChanged,
+            "",
+            format!(
+                "API keys: {} → {}",
+                old.consumers.key_count(),
+                new.consumers.key_count()
+            ),
+            None,
+        );
+    }
+    let mut plans: Vec<&String> = old.plans.keys().chain(new.plans.keys()).collect();
+    plans.sort();
+    plans.dedup();
+    for name in plans {
+        let (o, n) = (old.plans.get(name), new.plans.get(name));
+        let ol = o.map(|p| p.limits.as_slice()).unwrap_or_default();
+        let nl = n.map(|p| p.limits.as_slice()).unwrap_or_default();
+        limit_diff(&format!("plan `{name}`"), ol, nl, "", &mut push);
+    }
+    out.sort_by(|a, b| {
+        a.class
+            .cmp(&b.class)
+            .then(a.app.cmp(&b.app))
+            .then(a.text.cmp(&b.text))
+    });
+    out
+}
+
+type Push<'a> = dyn FnMut(Class, &str, String, Option<ContractChange>) + 'a;
+
+fn app_diff(old_b: &Bundle, o: &App, new_b: &Bundle, n: &App, push: &mut Push<'_>) {
+    let app = o.name.as_str();
+    // Routes (by method + shape of the template).
+    let key = |r: &crate::policy::Route| {
+        (
+            r.method
+                .as_ref()
+                .map_or("ANY".to_string(), |m| m.to_string()),
+            r.template.shape(),
+        )
+    };
+    for r in &o.routes {
+        if !n.routes.iter().any(|x| key(x) == key(r)) && o.contract.openapi.is_none() {
+            push(
+                Class::RouteRemoved,
+                app,
+                format!("route {} {} removed", key(r).0, r.template),
+                None,
+            );
+        }
+    }
+    for r in &n.routes {
+        if !o.routes.iter().any(|x| key(x) == key(r)) && n.contract.openapi.is_none() {
+            push(
+                Class::RouteAdded,
+                app,
+                format!("route {} {} added", key(r).0, r.template),
+                None,
+            );
+        }
+    }
+    if o.passthrough != n.passthrough {
+        let class = if n.passthrough {
+            Class::EnforcementLoosened
+        } else {
+            Class::RouteRemoved
+        };
+        push(
+            class,
+            app,
+            format!("passthrough {} → {}", o.passthrough, n.passthrough),
+            None,
+        );
+    }
+    // Upstream.
+    let urls = |a: &App| {
+        a.upstream
+            .instances
+            .iter()
+            .map(|i| i.url.clone())
+            .collect::<Vec<_>>()
+    };
+    if urls(o) != urls(n) || o.upstream.balancing != n.upstream.balancing {
+        push(
+            Class::UpstreamChanged,
+            app,
+            format!(
+                "instances {:?} → {:?}, balancing {:?} → {:?}",
+                urls(o),
+                urls(n),
+                o.upstream.balancing,
+                n.upstream.balancing
+            ),
+            None,
+        );
+    }
+    if o.timeouts.connect != n.timeouts.connect
+        || o.timeouts.read != n.timeouts.read
+        || o.timeouts.total != n.timeouts.total
+        || o.retries != n.retries
+    {
+        push(
+            Class::UpstreamChanged,
+            app,
+            format!(
+                "timeouts/retries {:?}/{} → {:?}/{}",
+                o.timeouts, o.retries, n.timeouts, n.retries
+            ),
+            None,
+        );
+    }
+    // Auth.
+    let mode = |a: &App| a.auth.as_ref().map_or(AuthMode::None, |x| x.mode);
+    match (mode(o), mode(n)) {
+        (a, b) if a == b => {}
+        (AuthMode::Required, _) | (AuthMode::Optional, AuthMode::None) => push(
+            Class::AuthRemoved,
+            app,
+            format!("authentication {:?} → {:?}", mode(o), mode(n)),
+            None,
+        ),
+        _ => push(
+            Class::AuthAdded,
+            app,
+            format!("authentication {:?} → {:?}", mode(o), mode(n)),
+            None,
+        ),
+    }
+    // Enforcement.
+    let rank = |m: Mode| match m {
+        Mode::Enforce => 2,
+        Mode::Monitor => 1,
+        Mode::Off => 0,
+    };
+    for r in &n.routes {
+        if let Some(or) = o.routes.iter().find(|x| x.id == r.id) {
+            for (what, a, b) in [
+                ("request", or.request_mode, r.request_mode),
+                ("response", or.response_mode, r.response_mode),
+            ] {
+                if rank(b) < rank(a) {
+                    push(
+                        Class::EnforcementLoosened,
+                        app,
+                        format!("`{}` {what} checks {a:?} → {b:?}", r.id),
+                        None,
+                    );
+                } else if rank(b) > rank(a) {
+                    push(
+                        Class::EnforcementTightened,
+                        app,
+                        format!("`{}` {what} checks {a:?} → {b:?}", r.id),
+                        None,
+                    );
+                }
+            }
+        }
+    }
+    let und = |u: Undocumented| match u {
+        Undocumented::Reject => 2,
+        Undocumented::Monitor => 1,
+        Undocumented::Allow => 0,
+    };
+    if und(n.contract.undocumented) < und(o.contract.undocumented) {
+        push(
+            Class::EnforcementLoosened,
+            app,
+            format!(
+                "undocumented operations {:?} → {:?}",
+                o.contract.undocumented, n.contract.undocumented
+            ),
+            None,
+        );
+    }
+    // Limits.
+    let ol: Vec<_> = o.limits.iter().map(|l| l.rule.clone()).collect();
+    let nl: Vec<_> = n.limits.iter().map(|l| l.rule.clone()).collect();
+    limit_diff(&format!("app `{app}`"), &ol, &nl, app, push);
+    // Contract documents.
+    match (&o.contract.openapi, &n.contract.openapi) {
+        (Some(od), Some(nd)) => {
+            let (old_doc, new_doc) = (
+                contract_diff::Doc {
+                    docs: &old_b.documents,
+                    path: od,
+                },
+                contract_diff::Doc {
+                    docs: &new_b.documents,
+                    path: nd,
+                },
+            );
+            for c in contract_diff::diff(&old_doc, &new_doc) {
+                let class = match c.level {
+                    Level::Breaking => Class::ContractBreaking,
+                    Level::Warn => Class::ContractUndecided,
+                    Level::Info => Class::ContractAdditive,
+                };
+                push(
+                    class,
+                    app,
+                    format!("{} {}: {}", c.method, c.path, c.text),
+                    Some(c),
+                );
+            }
+        }
+        (Some(_), None) => push(
+            Class::EnforcementLoosened,
+            app,
+            "contract removed".into(),
+            None,
+        ),
+        (None, Some(_)) => push(
+            Class::EnforcementTightened,
+            app,
+            "contract added".into(),
+            None,
+        ),
+        (None, None) => {}
+    }
+}
+
+fn limit_diff(
+    owner: &str,
+    old: &[crate::limits::LimitRule],
+    new: &[crate::limits::LimitRule],
+    app: &str,
+    push: &mut Push<'_>,
+) {
+    let per_sec = |r: &crate::limits::LimitRule| r.rate.count as f64 / r.rate.period.as_secs_f64();
+    for o in old {
+        match new.iter().find(|n| n.id == o.id) {
+            None => push(
+                Class::LimitsLoosened,
+                app,
+                format!("{owner}: limit `{}` removed", o.id),
+                None,
+            ),
+            Some(n) => {
+                let (a, b) = (per_sec(o), per_sec(n));
+                if (b - a).abs() > f64::EPSILON || o.burst != n.burst {
+                    let pct = if a > 0.0 { (b - a) / a * 100.0 } else { 0.0 };
+                    let class = if b < a || n.burst < o.burst {
+                        Class::LimitsTightened
+                    } else {
+                        Class::LimitsLoosened
+                    };
+                    push(class, app, format!("{owner}: limit `{}` {a:.3}/s (burst {}) → {b:.3}/s (burst {}), {pct:+.0}%", o.id, o.burst, n.burst), None);
+                }
+            }
+        }
+    }
+    for n in new {
+        if !old.iter().any(|o| o.id == n.id) {
+            push(
+                Class::LimitsTightened,
+                app,
+                format!("{owner}: limit `{}` added", n.id),
+                None,
+            );
+        }
+    }
+}
