@@ -39,6 +39,9 @@ enum Command {
     /// The telemetry database.
     #[command(subcommand)]
     Db(DbCommand),
+    /// The governance audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Run a bottleneck report (`gatehouse report` lists them).
     Report {
         /// Report name.
@@ -197,6 +200,16 @@ struct ClickHouseArgs {
 }
 
 #[derive(Subcommand, Debug)]
+enum AuditCommand {
+    /// Check the hash chain of an audit log: exit 0 when intact, 1 with the
+    /// first broken line otherwise.
+    Verify {
+        /// The audit log (JSON lines).
+        file: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 enum DbCommand {
     /// Create or upgrade the telemetry schema (idempotent).
     Migrate(ClickHouseArgs),
@@ -275,6 +288,25 @@ fn main() -> ExitCode {
             key_file.as_deref(),
         ),
         Command::Db(cmd) => db(cmd),
+        Command::Audit(AuditCommand::Verify { file }) => {
+            match gatehouse::governance::audit::verify(&file) {
+                Ok(entries) => {
+                    println!(
+                        "ok: {} entries, chain intact{}",
+                        entries.len(),
+                        entries
+                            .last()
+                            .map(|e| format!(", head {}", &e.hash[..12]))
+                            .unwrap_or_default()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    println!("audit log {} is NOT intact: {e}", file.display());
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Report {
             name,
             ch,

@@ -1,5 +1,7 @@
-//! Change review. Today: the semantic diff of contracts (the classifier
-//! proposals and approvals will be built on).
+//! Change review. Today: the semantic diff of bundles and contracts (the
+//! classifier proposals and approvals will be built on) and the
+//! hash-chained audit log.
 
+pub mod audit;
 pub mod contract_diff;
 pub mod policy_diff;
