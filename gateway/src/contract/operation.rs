@@ -70,7 +70,7 @@ impl ResponseChecks {
     }
 
     /// What is expected of a response with `status`.
-    pub fn expect(&self, status: u16) -> Expectation<'_> {
+    pub fn expectation(&self, status: u16) -> Expectation<'_> {
         let found = self
             .exact
             .get(&status)

@@ -221,7 +221,7 @@ pub fn response_violations(
     max: usize,
 ) -> (Verdict, Vec<Violation>) {
     let status = head.status.as_u16();
-    let validator = match op.responses.expect(status) {
+    let validator = match op.responses.expectation(status) {
         Expectation::Undocumented => {
             return (
                 Verdict::Invalid,
@@ -296,7 +296,7 @@ pub fn start_response_check(
     max: usize,
     cap: u64,
 ) {
-    match op.responses.expect(head.status.as_u16()) {
+    match op.responses.expectation(head.status.as_u16()) {
         Expectation::Json(v) if !encoded(head) && is_json(&media_type(&head.headers)) => {
             ctx.response_tee = Some(BodyTee::new(v.clone(), cap));
         }

@@ -225,8 +225,14 @@ fn route_level_json_schemas_compile_into_body_and_response_checks() {
         (found[0].pointer.as_str(), found[0].keyword.as_str()),
         ("/name", "minLength")
     );
-    assert!(matches!(op.responses.expect(201), Expectation::Json(_)));
-    assert!(matches!(op.responses.expect(404), Expectation::AnyBody));
+    assert!(matches!(
+        op.responses.expectation(201),
+        Expectation::Json(_)
+    ));
+    assert!(matches!(
+        op.responses.expectation(404),
+        Expectation::AnyBody
+    ));
 
     let missing = app(
         "    routes:\n      - { method: POST, path: /things, request_schema: schemas/nope.json }\n",
