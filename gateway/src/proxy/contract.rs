@@ -8,7 +8,7 @@ use pingora::Result;
 
 use super::respond::respond;
 use crate::contract::openapi::is_json;
-use crate::contract::operation::{check_json_body, validate_json, Expectation};
+use crate::contract::operation::{check_json_body, Expectation};
 use crate::contract::params::RequestParts;
 use crate::contract::{Mode, Operation, Verdict, Violation, ViolationLocation};
 use crate::ctx::{BodyTee, RequestCtx};
@@ -253,32 +253,32 @@ pub fn response_violations(
             }],
         );
     }
-    let Some(body) = body else {
-        return (Verdict::Unchecked, Vec::new());
-    };
-    let mut violations = Vec::new();
-    match serde_json::from_slice::<serde_json::Value>(body) {
-        Ok(v) => validate_json(
-            validator,
-            &v,
-            ViolationLocation::Response,
-            None,
-            &mut violations,
-            max,
-        ),
-        Err(e) => violations.push(Violation {
-            location: ViolationLocation::Response,
-            ..malformed(&e)
-        }),
+    match body {
+        Some(body) => judge(validator, body, ViolationLocation::Response, max),
+        None => (Verdict::Unchecked, Vec::new()),
     }
-    (
-        if violations.is_empty() {
-            Verdict::Valid
-        } else {
-            Verdict::Invalid
-        },
-        violations,
-    )
+}
+
+/// Parse and validate a complete JSON body: the verdict and its violations.
+fn judge(
+    validator: &jsonschema::Validator,
+    body: &[u8],
+    location: ViolationLocation,
+    max: usize,
+) -> (Verdict, Vec<Violation>) {
+    let violations = match check_json_body(validator, body, location, max) {
+        Ok(found) => found,
+        Err(e) => vec![Violation {
+            location,
+            ..malformed(&e)
+        }],
+    };
+    let verdict = if violations.is_empty() {
+        Verdict::Valid
+    } else {
+        Verdict::Invalid
+    };
+    (verdict, violations)
 }
 
 fn encoded(head: &ResponseHeader) -> bool {
@@ -326,22 +326,7 @@ fn judge_json(tee: &BodyTee, location: ViolationLocation, max: usize) -> (Verdic
     if tee.overflow {
         return (Verdict::Unchecked, Vec::new());
     }
-    let mut violations = Vec::new();
-    match serde_json::from_slice::<serde_json::Value>(&tee.buf) {
-        Ok(v) => validate_json(&tee.validator, &v, location, None, &mut violations, max),
-        Err(e) => violations.push(Violation {
-            location,
-            ..malformed(&e)
-        }),
-    }
-    (
-        if violations.is_empty() {
-            Verdict::Valid
-        } else {
-            Verdict::Invalid
-        },
-        violations,
-    )
+    judge(&tee.validator, &tee.buf, location, max)
 }
 
 /// Record monitor-mode violations (kept for telemetry, logged at debug).
