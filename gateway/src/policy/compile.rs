@@ -39,7 +39,7 @@ fn schema_validator() -> &'static jsonschema::Validator {
 /// bundle and version. Collects every error before giving up.
 pub fn compile(sources: &[SourceFile]) -> Result<Bundle, PolicyErrors> {
     let mut errors = Vec::new();
-    let mut parsed: Vec<(&SourceFile, Value, PolicyFile)> = Vec::new();
+    let mut parsed: Vec<(&SourceFile, PolicyFile)> = Vec::new();
     let mut hasher = Sha256::new();
 
     let (doc_files, policy_files): (Vec<&SourceFile>, Vec<&SourceFile>) =
@@ -76,8 +76,10 @@ pub fn compile(sources: &[SourceFile]) -> Result<Bundle, PolicyErrors> {
         if errors.len() > before {
             continue;
         }
-        match serde_json::from_value::<PolicyFile>(value.clone()) {
-            Ok(file) => parsed.push((src, value, file)),
+        // The parsed tree is consumed: a bundle of a million consumers should
+        // not be held twice.
+        match serde_json::from_value::<PolicyFile>(value) {
+            Ok(file) => parsed.push((src, file)),
             Err(e) => errors.push(PolicyError::new(&src.path, "", e.to_string())),
         }
     }
@@ -85,7 +87,7 @@ pub fn compile(sources: &[SourceFile]) -> Result<Bundle, PolicyErrors> {
     let mut apps: Vec<(String, App)> = Vec::new();
     let mut names: HashMap<String, String> = HashMap::new();
     let mut host_prefixes: HashMap<(String, String), String> = HashMap::new();
-    for (src, _value, file) in &parsed {
+    for (src, file) in &parsed {
         for (i, spec) in file.apps.iter().enumerate() {
             let at = format!("/apps/{i}");
             let place = format!("{} {at}", src.path);
@@ -132,7 +134,7 @@ pub fn compile(sources: &[SourceFile]) -> Result<Bundle, PolicyErrors> {
 
     let mut plan_decls = Vec::new();
     let mut consumer_decls = Vec::new();
-    for (src, _value, file) in &parsed {
+    for (src, file) in &parsed {
         for (index, spec) in file.plans.iter().enumerate() {
             plan_decls.push(access::Declared {
                 file: &src.path,
