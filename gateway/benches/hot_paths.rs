@@ -3,7 +3,8 @@
 //!
 //! - request body validation (parse + JSON Schema) for a ~1 KB order and a
 //!   ~100 KB body, with the example bundle's compiled validators;
-//! - route matching (host + method + template) on the example bundle.
+//! - route matching (host + method + template) on the example bundle;
+//! - API key lookup and a GCRA limit check (hot key and 10 000 rotating keys).
 
 use std::hint::black_box;
 use std::path::Path;
@@ -146,5 +147,54 @@ fn bench_routing(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_validation, bench_routing);
+fn bench_identity_and_limits(c: &mut Criterion) {
+    use gatehouse::identity::{generate_key, hash_key, Consumer, ConsumerDirectory};
+    use gatehouse::limits::{key_hash, GovernorStore, LimitKey, LimitRule, LimitStore, Rate};
+    let keys: Vec<String> = (0..10_000).map(|_| generate_key()).collect();
+    let consumers = (0..keys.len())
+        .map(|i| Consumer {
+            id: format!("c{i}"),
+            name: format!("c{i}"),
+            plan: Some("gold".into()),
+            apps: None,
+        })
+        .collect();
+    let dir = ConsumerDirectory::new(
+        consumers,
+        keys.iter()
+            .enumerate()
+            .map(|(i, k)| (hash_key(k), i))
+            .collect(),
+    );
+    let rule = LimitRule {
+        id: "plan:gold:per-second".into(),
+        key: LimitKey::Consumer,
+        rate: Rate::parse("1000000/s").expect("rate"),
+        burst: 1_000_000,
+    };
+    let store = GovernorStore::new(&rule, governor::clock::DefaultClock::default());
+    let mut g = c.benchmark_group("identity_and_limits");
+    g.bench_function("key_lookup_10k_consumers", |b| {
+        b.iter(|| dir.by_key(black_box(&keys[4242])))
+    });
+    g.bench_function("limit_check_hot_key", |b| {
+        b.iter(|| store.check(key_hash(&rule.id, black_box(b"c4242"))))
+    });
+    let mut i = 0usize;
+    g.bench_function("key_lookup_and_limit_check_10k_rotating", |b| {
+        b.iter(|| {
+            i = (i + 7) % keys.len();
+            let idx = dir.by_key(&keys[i]).unwrap_or(0);
+            store.check(key_hash(&rule.id, dir.consumers[idx].id.as_bytes()))
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    bench_validation,
+    bench_routing,
+    bench_identity_and_limits
+);
 criterion_main!(benches);
