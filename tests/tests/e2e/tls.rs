@@ -140,3 +140,42 @@ fn make_certs(dir: &std::path::Path) -> (String, String, String) {
     }
     (ca, cert, key)
 }
+
+#[tokio::test]
+async fn h2c_serves_cleartext_http2_next_to_http11() {
+    let sim = Sim::one("approvals");
+    let dir = PolicyDir::new();
+    dir.write(
+        "a.yaml",
+        &app_policy(
+            "app",
+            "app.test",
+            &[sim.url(0)],
+            "    passthrough: true",
+            "      - { method: GET, path: \"/approvals/{id}\" }",
+        ),
+    );
+    let gw = Gateway::start(dir.path(), &["--h2c"]);
+    // HTTP/2 carries the host in `:authority`, so address the app by name.
+    let h2 = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .resolve("app.test", gw.addr)
+        .build()
+        .unwrap();
+    let r = h2
+        .get(format!("http://app.test:{}/approvals/3", gw.addr.port()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(r.status(), 200);
+    let r = client()
+        .get(format!("{}/approvals/3", gw.url()))
+        .header("host", "app.test")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_11);
+    assert_eq!(r.status(), 200);
+}
