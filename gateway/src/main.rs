@@ -652,10 +652,12 @@ fn policy_diff(old: &std::path::Path, new: &std::path::Path, format: OutputForma
     };
     let changes = gatehouse::governance::policy_diff::diff(&a, &b);
     let breaking = changes.iter().filter(|c| c.class.is_breaking()).count();
+    // The rules of the bundle in service judge the change.
+    let needed = a.review.required(&changes);
     match format {
         OutputFormat::Json => println!(
             "{}",
-            serde_json::json!({ "from": a.version, "to": b.version, "breaking": breaking, "changes": changes })
+            serde_json::json!({ "from": a.version, "to": b.version, "breaking": breaking, "changes": changes, "approvals_needed": needed })
         ),
         OutputFormat::Text => {
             println!(

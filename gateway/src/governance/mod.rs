@@ -5,3 +5,4 @@
 pub mod audit;
 pub mod contract_diff;
 pub mod policy_diff;
+pub mod review;

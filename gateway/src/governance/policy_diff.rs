@@ -10,8 +10,11 @@ use crate::policy::model::AuthMode;
 use crate::policy::{App, Bundle};
 
 /// Impact classes that review rules refer to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, serde::Deserialize)]
 pub enum Class {
+    /// The review rules themselves changed (needs the strictest quorum).
+    #[serde(rename = "review_rules.changed")]
+    ReviewRulesChanged,
     /// A contract change that breaks clients.
     #[serde(rename = "contract.breaking")]
     ContractBreaking,
@@ -149,6 +152,14 @@ pub fn diff(old: &Bundle, new: &Bundle) -> Vec<Change> {
                 None,
             );
         }
+    }
+    if old.review.spec != new.review.spec {
+        push(
+            Class::ReviewRulesChanged,
+            "",
+            "review rules changed".into(),
+            None,
+        );
     }
     if old.consumers.key_count() != new.consumers.key_count() {
         push(

@@ -33,6 +33,8 @@ pub struct Bundle {
     pub plans: HashMap<String, Plan>,
     /// The documents (contracts, schemas, keys) the bundle was built with.
     pub documents: crate::contract::BundleDocuments,
+    /// Who must approve which changes to this bundle.
+    pub review: crate::governance::review::ReviewRules,
 }
 
 /// A compiled plan.

@@ -151,6 +151,27 @@ pub fn compile(sources: &[SourceFile]) -> Result<Bundle, PolicyErrors> {
         }
     }
     let plans = access::compile_plans(&plan_decls, &mut errors);
+    let mut review = crate::governance::review::ReviewRules::default();
+    let mut review_file: Option<&str> = None;
+    for (src, file) in &parsed {
+        if let Some(spec) = &file.review {
+            match review_file {
+                Some(first) => errors.push(PolicyError::new(
+                    &src.path,
+                    "/review",
+                    format!("review rules are already declared in {first}"),
+                )),
+                None => {
+                    review_file = Some(&src.path);
+                    review = crate::governance::review::ReviewRules::compile(
+                        &src.path,
+                        spec,
+                        &mut errors,
+                    );
+                }
+            }
+        }
+    }
     let app_names: Vec<&str> = apps.iter().map(|(_, a)| a.name.as_str()).collect();
     let consumers = access::compile_consumers(&consumer_decls, &app_names, &plans, &mut errors);
 
@@ -177,6 +198,7 @@ pub fn compile(sources: &[SourceFile]) -> Result<Bundle, PolicyErrors> {
         consumers,
         plans,
         documents: docs,
+        review,
     })
 }
 

@@ -24,6 +24,45 @@ pub struct PolicyFile {
     /// Plans (per-consumer limits and quotas) declared by this file.
     #[serde(default)]
     pub plans: Vec<PlanSpec>,
+    /// Who must approve which kinds of change (one file of the bundle at most).
+    #[serde(default)]
+    pub review: Option<ReviewSpec>,
+}
+
+/// Review rules: reviewer groups and the approvals each class of change needs.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ReviewSpec {
+    /// Group name → member principal names.
+    pub groups: std::collections::BTreeMap<String, Vec<String>>,
+    /// Rules, first match per change class wins.
+    #[serde(default)]
+    pub rules: Vec<ReviewRuleSpec>,
+    /// What any change not covered by a rule needs.
+    #[serde(default)]
+    pub default: Option<RequirementSpec>,
+}
+
+/// One review rule.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ReviewRuleSpec {
+    /// Change classes (`contract.breaking`, `auth.removed`, …).
+    pub classes: Vec<String>,
+    /// Approvals needed.
+    pub approvals: u32,
+    /// From members of this group.
+    pub group: String,
+}
+
+/// Approvals from a group.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RequirementSpec {
+    /// Approvals needed.
+    pub approvals: u32,
+    /// From members of this group.
+    pub group: String,
 }
 
 /// A consumer of the estate's APIs.
