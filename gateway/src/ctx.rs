@@ -19,6 +19,10 @@ pub struct RequestCtx {
     pub active: Option<Arc<Active>>,
     /// `X-Request-Id`, kept from the client or generated.
     pub request_id: String,
+    /// The same id as a header value, built once for the upstream request and the response.
+    pub request_id_header: Option<http::HeaderValue>,
+    /// The client sent the id: the upstream request already carries it.
+    pub request_id_from_client: bool,
     /// Index of the app in `active.bundle.apps`.
     pub app: Option<usize>,
     /// Index of the matched route, `None` for passthrough.
@@ -69,6 +73,8 @@ impl RequestCtx {
             started: Instant::now(),
             active: None,
             request_id: String::new(),
+            request_id_header: None,
+            request_id_from_client: false,
             app: None,
             route: None,
             body_cap: u64::MAX,

@@ -96,7 +96,7 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        ctx.request_id = request_id(session.req_header());
+        respond::assign_request_id(session.req_header(), ctx);
         let active = self.shared.active();
         let req = session.req_header();
         let path = req.uri.path();
@@ -329,7 +329,9 @@ impl ProxyHttp for Gateway {
         response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        response.insert_header("x-request-id", ctx.request_id.as_str())?;
+        if let Some(id) = &ctx.request_id_header {
+            response.insert_header("x-request-id", id.clone())?;
+        }
         if let Some((policy, state)) = &ctx.rate_headers {
             response.insert_header("ratelimit-policy", policy.as_str())?;
             response.insert_header("ratelimit", state.as_str())?;

@@ -7,6 +7,18 @@ use pingora::{Error, ErrorType, Result};
 use crate::ctx::RequestCtx;
 use crate::error::GatewayError;
 
+/// Set the request's id: a sane client-supplied `X-Request-Id`, else a new
+/// UUIDv7; the header value is built once here.
+pub fn assign_request_id(req: &RequestHeader, ctx: &mut RequestCtx) {
+    let id = request_id(req);
+    ctx.request_id_from_client = req
+        .headers
+        .get("x-request-id")
+        .is_some_and(|v| v.as_bytes() == id.as_bytes());
+    ctx.request_id_header = http::HeaderValue::from_str(&id).ok();
+    ctx.request_id = id;
+}
+
 /// Keep a sane client-supplied `X-Request-Id`, else make a UUIDv7.
 pub fn request_id(req: &RequestHeader) -> String {
     if let Some(v) = req.headers.get("x-request-id") {

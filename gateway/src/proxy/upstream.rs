@@ -95,21 +95,31 @@ pub fn prepare_upstream_request(
     upstream: &mut RequestHeader,
     ctx: &RequestCtx,
 ) -> Result<()> {
-    upstream.insert_header("x-request-id", ctx.request_id.as_str())?;
+    // Each insert re-parses the name and updates two maps in Pingora: insert
+    // only what is new, with values built once.
+    if !ctx.request_id_from_client {
+        if let Some(id) = &ctx.request_id_header {
+            upstream.insert_header("x-request-id", id.clone())?;
+        }
+    }
     if let Some(addr) = session.client_addr().and_then(|a| a.as_inet()) {
-        let ip = addr.ip().to_string();
-        let xff = match upstream
+        let mut xff = String::with_capacity(64);
+        if let Some(prev) = upstream
             .headers
             .get("x-forwarded-for")
             .and_then(|v| v.to_str().ok())
+            .filter(|p| !p.is_empty())
         {
-            Some(prev) if !prev.is_empty() => format!("{prev}, {ip}"),
-            _ => ip,
-        };
+            xff.push_str(prev);
+            xff.push_str(", ");
+        }
+        use std::fmt::Write as _;
+        let _ = write!(xff, "{}", addr.ip());
         upstream.insert_header("x-forwarded-for", xff)?;
     }
     let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-    upstream.insert_header("x-forwarded-proto", if tls { "https" } else { "http" })?;
+    let proto = http::HeaderValue::from_static(if tls { "https" } else { "http" });
+    upstream.insert_header("x-forwarded-proto", proto)?;
     let req = session.req_header();
     let host = req.headers.get(http::header::HOST).cloned().or_else(|| {
         req.uri
