@@ -60,7 +60,9 @@ case "${1:-}" in
     install
     if running && curl -fsS "$url/ping" >/dev/null 2>&1; then echo "clickhouse: already running at $url"; exit 0; fi
     write_config
-    (cd "$dir" && nohup clickhouse-server --config-file="$dir/config.xml" > "$dir/log/stdout.log" 2>&1 & echo $! > "$dir/pid")
+    # exec: the recorded pid is clickhouse-server's own, so `stop` signals the server.
+    (cd "$dir" && exec nohup clickhouse-server --config-file="$dir/config.xml") > "$dir/log/stdout.log" 2>&1 &
+    echo $! > "$dir/pid"
     for _ in $(seq 1 100); do
       if curl -fsS "$url/ping" 2>/dev/null | grep -q "Ok."; then echo "clickhouse: ready at $url"; exit 0; fi
       running || { echo "clickhouse: failed to start; see $dir/log" >&2; tail -20 "$dir/log/stdout.log" "$dir/log/error.log" >&2 || true; exit 1; }
