@@ -187,8 +187,7 @@ async fn write_response(
     rest: Option<&mut pingora::protocols::http::client::HttpSession>,
 ) -> Result<(), GatewayError> {
     let io = |_| GatewayError::UpstreamFailed;
-    head.insert_header("x-request-id", ctx.request_id.as_str())
-        .map_err(|_| GatewayError::Internal)?;
+    super::respond::add_gateway_headers(head, ctx).map_err(|_| GatewayError::Internal)?;
     if rest.is_none() {
         head.remove_header(&http::header::TRANSFER_ENCODING);
         head.insert_header(http::header::CONTENT_LENGTH, buffered.len().to_string())

@@ -329,13 +329,7 @@ impl ProxyHttp for Gateway {
         response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if let Some(id) = &ctx.request_id_header {
-            response.insert_header("x-request-id", id.clone())?;
-        }
-        if let Some((policy, state)) = &ctx.rate_headers {
-            response.insert_header("ratelimit-policy", policy.as_str())?;
-            response.insert_header("ratelimit", state.as_str())?;
-        }
+        respond::add_gateway_headers(response, ctx)?;
         if let (Some(active), Some(app), Some(route)) = (ctx.active.clone(), ctx.app, ctx.route) {
             let app = &active.bundle.apps[app];
             let route = &app.routes[route];

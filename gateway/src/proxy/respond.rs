@@ -41,6 +41,21 @@ pub fn fail<T>(ctx: &mut RequestCtx, err: GatewayError) -> Result<T> {
     Err(e)
 }
 
+/// Headers the gateway adds to every upstream response it relays:
+/// `X-Request-Id`, and `RateLimit-Policy` / `RateLimit` on limited routes.
+/// One place for both paths (the Pingora proxy loop and the buffered forwarder).
+pub fn add_gateway_headers(head: &mut ResponseHeader, ctx: &RequestCtx) -> Result<()> {
+    match &ctx.request_id_header {
+        Some(id) => head.insert_header("x-request-id", id.clone())?,
+        None => head.insert_header("x-request-id", ctx.request_id.as_str())?,
+    }
+    if let Some((policy, state)) = &ctx.rate_headers {
+        head.insert_header("ratelimit-policy", policy.as_str())?;
+        head.insert_header("ratelimit", state.as_str())?;
+    }
+    Ok(())
+}
+
 /// Write an early problem response from `request_filter`; returns `Ok(true)`.
 pub async fn respond(
     session: &mut Session,
