@@ -152,7 +152,8 @@ struct ServeArgs {
     #[arg(
         long,
         default_value = "gatehouse",
-        env = "GATEHOUSE_CLICKHOUSE_DATABASE"
+        env = "GATEHOUSE_CLICKHOUSE_DATABASE",
+        value_parser = database_name
     )]
     clickhouse_database: String,
     /// Create or upgrade the schema at start instead of refusing to start.
@@ -194,7 +195,8 @@ struct ClickHouseArgs {
     #[arg(
         long,
         default_value = "gatehouse",
-        env = "GATEHOUSE_CLICKHOUSE_DATABASE"
+        env = "GATEHOUSE_CLICKHOUSE_DATABASE",
+        value_parser = database_name
     )]
     database: String,
 }
@@ -693,5 +695,21 @@ fn policy_diff(old: &std::path::Path, new: &std::path::Path, format: OutputForma
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
+    }
+}
+
+/// Database names are spliced into SQL (ClickHouse 18.16 has no server-side
+/// parameters): accept identifiers only.
+fn database_name(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 64
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && !s.as_bytes()[0].is_ascii_digit();
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "`{s}` is not a database name (letters, digits and _; not starting with a digit)"
+        ))
     }
 }
