@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod remote;
+
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -42,6 +44,9 @@ enum Command {
     /// The governance audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Administer a governed state directory.
+    #[command(subcommand)]
+    Admin(AdminCommand),
     /// Run a bottleneck report (`gatehouse report` lists them).
     Report {
         /// Report name.
@@ -113,11 +118,54 @@ enum ConsumerCommand {
     },
 }
 
+#[derive(Subcommand, Debug)]
+enum AdminCommand {
+    /// Add a principal of the admin API (or rotate its token); the token is
+    /// printed once, only its hash is stored.
+    AddPrincipal {
+        /// The state directory.
+        #[arg(long, env = "GATEHOUSE_STATE")]
+        state: PathBuf,
+        /// Name (reviewer groups list principal names).
+        #[arg(long)]
+        name: String,
+        /// Roles (repeat or comma-separate).
+        #[arg(long = "role", value_enum, value_delimiter = ',', required = true)]
+        roles: Vec<gatehouse::governance::principals::Role>,
+        /// Replace the token (and roles) of an existing principal.
+        #[arg(long)]
+        rotate: bool,
+        /// Write the token to this file (mode 0600) instead of stdout.
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+    },
+}
+
 #[derive(clap::Args, Debug)]
 struct ServeArgs {
-    /// Policy bundle directory (watched for changes; SIGHUP reloads too).
+    /// Policy bundle directory: served and watched (file mode), or imported
+    /// as the first version of an empty --state.
     #[arg(long, env = "GATEHOUSE_POLICIES")]
-    policies: PathBuf,
+    policies: Option<PathBuf>,
+    /// Governed mode: serve the active version of this state directory;
+    /// changes arrive only as reviewed proposals over the admin API.
+    #[arg(long, env = "GATEHOUSE_STATE", conflicts_with = "control_plane")]
+    state: Option<PathBuf>,
+    /// Fleet mode: follow this control plane's active version.
+    #[arg(
+        long,
+        env = "GATEHOUSE_CONTROL_PLANE",
+        requires = "cache",
+        conflicts_with = "policies"
+    )]
+    control_plane: Option<String>,
+    /// Fleet mode: where the last good bundle is kept.
+    #[arg(long, env = "GATEHOUSE_CACHE")]
+    cache: Option<PathBuf>,
+    /// Fleet mode: a file holding the bearer token for the control plane
+    /// (else GATEHOUSE_TOKEN).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
     /// Proxy listener (plain HTTP/1.1).
     #[arg(long, default_value = "127.0.0.1:8080", env = "GATEHOUSE_LISTEN")]
     listen: String,
@@ -243,6 +291,74 @@ enum PolicyCommand {
     },
     /// Print the JSON Schema of policy files.
     Schema,
+    /// Propose a bundle directory as the next version (governed mode).
+    Propose {
+        /// Bundle directory.
+        dir: PathBuf,
+        /// What the change is for.
+        #[arg(long)]
+        title: String,
+        #[command(flatten)]
+        remote: remote::Remote,
+    },
+    /// Approve or reject a proposal.
+    Review {
+        /// Proposal id.
+        id: u64,
+        /// Approve.
+        #[arg(long, conflicts_with = "reject", required_unless_present = "reject")]
+        approve: bool,
+        /// Reject (blocks the proposal for good).
+        #[arg(long)]
+        reject: bool,
+        /// Comment.
+        #[arg(long, default_value = "")]
+        comment: String,
+        #[command(flatten)]
+        remote: remote::Remote,
+    },
+    /// Activate an approved proposal on every node.
+    Activate {
+        /// Proposal id.
+        id: u64,
+        #[command(flatten)]
+        remote: remote::Remote,
+    },
+    /// Withdraw your proposal.
+    Withdraw {
+        /// Proposal id.
+        id: u64,
+        #[command(flatten)]
+        remote: remote::Remote,
+    },
+    /// Roll back to an earlier version (default: the previous one).
+    Rollback {
+        /// Version (at least 8 hex digits).
+        #[arg(long)]
+        to: Option<String>,
+        #[command(flatten)]
+        remote: remote::Remote,
+    },
+    /// Show a proposal: its changes, approvals and what is missing.
+    Show {
+        /// Proposal id.
+        id: u64,
+        #[command(flatten)]
+        remote: remote::Remote,
+    },
+    /// The active version, its history and open proposals.
+    Status {
+        #[command(flatten)]
+        remote: remote::Remote,
+    },
+    /// The audit trail.
+    Log {
+        /// Only entries after this sequence number.
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        #[command(flatten)]
+        remote: remote::Remote,
+    },
     /// List every change from OLD to NEW with its impact class; exit 1 when
     /// a change breaks clients (for CI), 0 otherwise, 2 when a bundle is invalid.
     Diff {
@@ -327,6 +443,31 @@ fn main() -> ExitCode {
         Command::Policy(PolicyCommand::Diff { old, new, format }) => {
             policy_diff(&old, &new, format)
         }
+        Command::Policy(PolicyCommand::Propose { dir, title, remote }) => {
+            remote::propose(&remote, &dir, &title)
+        }
+        Command::Policy(PolicyCommand::Review {
+            id,
+            approve,
+            comment,
+            remote,
+            ..
+        }) => remote::review(&remote, id, approve, &comment),
+        Command::Policy(PolicyCommand::Activate { id, remote }) => remote::activate(&remote, id),
+        Command::Policy(PolicyCommand::Withdraw { id, remote }) => remote::withdraw(&remote, id),
+        Command::Policy(PolicyCommand::Rollback { to, remote }) => {
+            remote::rollback(&remote, to.as_deref())
+        }
+        Command::Policy(PolicyCommand::Show { id, remote }) => remote::show(&remote, id),
+        Command::Policy(PolicyCommand::Status { remote }) => remote::status(&remote),
+        Command::Policy(PolicyCommand::Log { after, remote }) => remote::log(&remote, after),
+        Command::Admin(AdminCommand::AddPrincipal {
+            state,
+            name,
+            roles,
+            rotate,
+            token_file,
+        }) => add_principal(&state, &name, &roles, rotate, token_file.as_deref()),
         Command::Policy(PolicyCommand::Schema) => {
             println!("{}", gatehouse::policy::POLICY_SCHEMA);
             ExitCode::SUCCESS
@@ -346,9 +487,97 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+fn add_principal(
+    state: &std::path::Path,
+    name: &str,
+    roles: &[gatehouse::governance::principals::Role],
+    rotate: bool,
+    token_file: Option<&std::path::Path>,
+) -> ExitCode {
+    let path = state.join("principals.json");
+    let token = match gatehouse::governance::principals::add(&path, name, roles, rotate) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("gatehouse: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match token_file {
+        Some(file) => {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let written = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(file)
+                .and_then(|mut f| writeln!(f, "{token}"));
+            if let Err(e) = written {
+                eprintln!("gatehouse: cannot write {}: {e}", file.display());
+                return ExitCode::FAILURE;
+            }
+            eprintln!(
+                "token for `{name}` written to {} (only its hash is stored)",
+                file.display()
+            );
+        }
+        None => {
+            eprintln!("token for `{name}` (shown once; only its hash is stored):");
+            println!("{token}");
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+fn policy_source(args: &ServeArgs) -> Result<gatehouse::server::PolicySource, String> {
+    use gatehouse::server::PolicySource;
+    if let Some(url) = &args.control_plane {
+        let token = match &args.token_file {
+            Some(f) => Some(
+                std::fs::read_to_string(f)
+                    .map_err(|e| format!("cannot read {}: {e}", f.display()))?
+                    .trim()
+                    .to_string(),
+            ),
+            None => std::env::var("GATEHOUSE_TOKEN").ok(),
+        };
+        return Ok(PolicySource::Follower(
+            gatehouse::governance::follower::FollowerConfig {
+                url: url.clone(),
+                token,
+                cache_dir: args
+                    .cache
+                    .clone()
+                    .ok_or("--control-plane needs --cache DIR")?,
+            },
+        ));
+    }
+    if let Some(state) = &args.state {
+        return Ok(PolicySource::Governed {
+            state: state.clone(),
+            bootstrap: args.policies.clone(),
+        });
+    }
+    match &args.policies {
+        Some(dir) => Ok(PolicySource::Files {
+            dir: dir.clone(),
+            watch: !args.no_watch,
+        }),
+        None => Err("give --policies DIR, --state DIR or --control-plane URL --cache DIR".into()),
+    }
+}
+
 fn serve(args: ServeArgs) -> ExitCode {
+    let source = match policy_source(&args) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("gatehouse: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let opts = gatehouse::server::ServeOptions {
-        policies: args.policies,
+        source,
         listen: args.listen,
         admin_listen: args.admin_listen,
         tls_listen: args.tls_listen,
@@ -356,7 +585,6 @@ fn serve(args: ServeArgs) -> ExitCode {
         tls_key: args.tls_key,
         threads: args.threads,
         drain_timeout: Duration::from_secs(args.drain_timeout),
-        watch: !args.no_watch,
         h2c: args.h2c,
         telemetry: args
             .clickhouse

@@ -97,7 +97,7 @@ pub enum ReloadOutcome {
 #[derive(Debug)]
 pub struct Shared {
     active: ArcSwap<Active>,
-    policies_dir: PathBuf,
+    policies_dir: Option<PathBuf>,
     reload_lock: Mutex<()>,
     /// Successful activations since start (the first load included).
     pub reloads_ok: AtomicU64,
@@ -120,14 +120,25 @@ pub struct Shared {
 impl Shared {
     /// Load and activate the bundle in `dir`; fails when it does not compile.
     pub fn load(dir: &Path) -> Result<Self, PolicyErrors> {
-        let bundle = Arc::new(policy::load_and_compile(dir)?);
+        let bundle = policy::load_and_compile(dir)?;
+        Ok(Self::new(
+            bundle,
+            dir.display().to_string(),
+            Some(dir.to_path_buf()),
+        ))
+    }
+
+    /// Serve `bundle` (from `source`); `policies_dir` is the directory that
+    /// [`Shared::reload`] recompiles (none when a control plane or the
+    /// governed state decides what is active).
+    pub fn new(bundle: Bundle, source: String, policies_dir: Option<PathBuf>) -> Self {
         let limits = Limits::default();
-        let active = Active::build(bundle, None, &limits, dir.display().to_string());
-        Ok(Self {
+        let active = Active::build(Arc::new(bundle), None, &limits, source);
+        Self {
             limits,
             telemetry: std::sync::OnceLock::new(),
             active: ArcSwap::from_pointee(active),
-            policies_dir: dir.to_path_buf(),
+            policies_dir,
             reload_lock: Mutex::new(()),
             reloads_ok: AtomicU64::new(1),
             reloads_failed: AtomicU64::new(0),
@@ -135,7 +146,7 @@ impl Shared {
             in_flight: AtomicUsize::new(0),
             proxy_listening: AtomicBool::new(false),
             shutting_down: AtomicBool::new(false),
-        })
+        }
     }
 
     /// The active bundle (one atomic load; hold it for the whole request).
@@ -143,46 +154,62 @@ impl Shared {
         self.active.load_full()
     }
 
-    /// The directory the bundle is loaded from.
-    pub fn policies_dir(&self) -> &Path {
-        &self.policies_dir
+    /// The directory the bundle is loaded from (file mode only).
+    pub fn policies_dir(&self) -> Option<&Path> {
+        self.policies_dir.as_deref()
+    }
+
+    /// Record a bundle that failed to compile (kept for `/v1/policy`).
+    pub fn record_rejection(&self, errors: &PolicyErrors) {
+        self.reloads_failed.fetch_add(1, Ordering::Relaxed);
+        *self
+            .last_reload_errors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) =
+            errors.0.iter().map(ToString::to_string).collect();
     }
 
     /// Recompile the policy directory and activate it if it compiles and
     /// differs. Blocking (file I/O, DNS): call from a blocking context.
     /// On failure the active bundle stays and every error is returned.
     pub fn reload(&self) -> Result<ReloadOutcome, PolicyErrors> {
-        let _serial = self.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let result = policy::load_and_compile(&self.policies_dir);
-        let bundle = match result {
-            Ok(b) => Arc::new(b),
-            Err(errors) => {
-                self.reloads_failed.fetch_add(1, Ordering::Relaxed);
-                *self
-                    .last_reload_errors
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner()) =
-                    errors.0.iter().map(ToString::to_string).collect();
-                return Err(errors);
-            }
+        let Some(dir) = &self.policies_dir else {
+            return Ok(ReloadOutcome::Unchanged);
         };
+        let _serial = self.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
+        match policy::load_and_compile(dir) {
+            Ok(b) => Ok(self.swap(b, dir.display().to_string())),
+            Err(errors) => {
+                self.record_rejection(&errors);
+                Err(errors)
+            }
+        }
+    }
+
+    /// Put a compiled bundle in service (atomic swap), unless it is the
+    /// version already active.
+    pub fn activate(&self, bundle: Bundle, source: String) -> ReloadOutcome {
+        let _serial = self.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.swap(bundle, source)
+    }
+
+    fn swap(&self, bundle: Bundle, source: String) -> ReloadOutcome {
         let current = self.active();
         self.last_reload_errors
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
         if current.bundle.version == bundle.version {
-            return Ok(ReloadOutcome::Unchanged);
+            return ReloadOutcome::Unchanged;
         }
         let to = bundle.version.clone();
-        let source = self.policies_dir.display().to_string();
-        let next = Active::build(bundle, Some(&current), &self.limits, source);
+        let next = Active::build(Arc::new(bundle), Some(&current), &self.limits, source);
         self.active.store(Arc::new(next));
         self.reloads_ok.fetch_add(1, Ordering::Relaxed);
-        Ok(ReloadOutcome::Activated {
+        ReloadOutcome::Activated {
             from: current.bundle.version.clone(),
             to,
-        })
+        }
     }
 
     /// Count a request in flight until the guard drops.

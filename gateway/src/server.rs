@@ -18,11 +18,33 @@ use crate::proxy::Gateway;
 use crate::routing::{health, now_ms};
 use crate::runtime::{reload_and_log, Shared};
 
+/// Where the policy a node serves comes from.
+#[derive(Debug, Clone)]
+pub enum PolicySource {
+    /// A bundle directory, reloaded on change (and SIGHUP).
+    Files {
+        /// The directory.
+        dir: PathBuf,
+        /// Watch it for changes.
+        watch: bool,
+    },
+    /// A governed state directory: changes only through reviewed proposals;
+    /// this node is the control plane.
+    Governed {
+        /// The state directory.
+        state: PathBuf,
+        /// Bundle imported as the first version when the state is empty.
+        bootstrap: Option<PathBuf>,
+    },
+    /// A fleet node following a control plane.
+    Follower(crate::governance::follower::FollowerConfig),
+}
+
 /// Options of `gatehouse serve`.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
-    /// Policy bundle directory.
-    pub policies: PathBuf,
+    /// Where the policy comes from.
+    pub source: PolicySource,
     /// Plain HTTP listener.
     pub listen: String,
     /// Admin listener.
@@ -37,8 +59,6 @@ pub struct ServeOptions {
     pub threads: usize,
     /// Longest time in-flight requests get to finish after SIGTERM.
     pub drain_timeout: Duration,
-    /// Watch the policy directory for changes.
-    pub watch: bool,
     /// Telemetry to ClickHouse (off when `None`).
     pub telemetry: Option<TelemetryOptions>,
     /// Accept cleartext HTTP/2 (prior knowledge) on the plain listener too.
@@ -72,17 +92,39 @@ pub struct TelemetryOptions {
 
 /// Run the gateway until SIGTERM/SIGINT.
 pub fn run(opts: ServeOptions) -> anyhow::Result<()> {
-    let shared = match Shared::load(&opts.policies) {
-        Ok(s) => Arc::new(s),
-        Err(errors) => {
-            for e in &errors.0 {
-                tracing::error!("{e}");
+    let mut control = None;
+    let shared = match &opts.source {
+        PolicySource::Files { dir, .. } => match Shared::load(dir) {
+            Ok(s) => Arc::new(s),
+            Err(errors) => {
+                for e in &errors.0 {
+                    tracing::error!("{e}");
+                }
+                anyhow::bail!(
+                    "the policy bundle in {} does not compile ({} errors)",
+                    dir.display(),
+                    errors.0.len()
+                );
             }
-            anyhow::bail!(
-                "the policy bundle in {} does not compile ({} errors)",
-                opts.policies.display(),
-                errors.0.len()
-            );
+        },
+        PolicySource::Governed { state, bootstrap } => {
+            let (store, audit, bundle) =
+                crate::governance::control::open_state(state, bootstrap.as_deref())?;
+            let shared = Arc::new(Shared::new(
+                bundle,
+                format!("state:{}", state.display()),
+                None,
+            ));
+            control = Some(Arc::new(crate::governance::control::Control::new(
+                store,
+                audit,
+                Arc::clone(&shared),
+            )));
+            shared
+        }
+        PolicySource::Follower(cfg) => {
+            let (bundle, source) = crate::governance::follower::initial_bundle(cfg)?;
+            Arc::new(Shared::new(bundle, source, None))
         }
     };
     {
@@ -168,6 +210,7 @@ pub fn run(opts: ServeOptions) -> anyhow::Result<()> {
             shared: Arc::clone(&shared),
             addr: admin_addr,
             proxy: listen_addr,
+            control,
         },
     ));
     server.add_service(background_service(
@@ -176,13 +219,27 @@ pub fn run(opts: ServeOptions) -> anyhow::Result<()> {
             shared: Arc::clone(&shared),
         },
     ));
-    server.add_service(background_service(
-        "policy-watcher",
-        PolicyWatcher {
-            shared: Arc::clone(&shared),
-            watch_files: opts.watch,
-        },
-    ));
+    match &opts.source {
+        PolicySource::Files { watch, .. } => {
+            server.add_service(background_service(
+                "policy-watcher",
+                PolicyWatcher {
+                    shared: Arc::clone(&shared),
+                    watch_files: *watch,
+                },
+            ));
+        }
+        PolicySource::Follower(cfg) => {
+            server.add_service(background_service(
+                "policy-follower",
+                Follower {
+                    shared: Arc::clone(&shared),
+                    config: cfg.clone(),
+                },
+            ));
+        }
+        PolicySource::Governed { .. } => {}
+    }
     if let Some(t) = telemetry_service {
         server.add_service(background_service("telemetry", t));
     }
@@ -207,6 +264,7 @@ struct Admin {
     shared: Arc<Shared>,
     addr: SocketAddr,
     proxy: SocketAddr,
+    control: Option<Arc<crate::governance::control::Control>>,
 }
 
 #[async_trait]
@@ -235,7 +293,7 @@ impl BackgroundService for Admin {
             }
             tracing::error!(%proxy, "proxy listener never accepted a connection");
         });
-        let app = crate::admin::router(Arc::clone(&self.shared));
+        let app = crate::admin::router(Arc::clone(&self.shared), self.control.clone());
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "admin listener failed");
         }
@@ -320,8 +378,8 @@ impl BackgroundService for PolicyWatcher {
                 }
             }
         };
-        if let Some(w) = watcher.as_mut() {
-            if let Err(e) = w.watch(self.shared.policies_dir(), notify::RecursiveMode::Recursive) {
+        if let (Some(w), Some(dir)) = (watcher.as_mut(), self.shared.policies_dir()) {
+            if let Err(e) = w.watch(dir, notify::RecursiveMode::Recursive) {
                 tracing::error!(error = %e, "cannot watch the policy directory; reload with SIGHUP");
             }
         }
@@ -344,6 +402,23 @@ impl BackgroundService for PolicyWatcher {
             let shared = Arc::clone(&self.shared);
             let _ = tokio::task::spawn_blocking(move || reload_and_log(&shared, trigger)).await;
         }
+    }
+}
+
+/// Follows the control plane (fleet nodes).
+struct Follower {
+    shared: Arc<Shared>,
+    config: crate::governance::follower::FollowerConfig,
+}
+
+#[async_trait]
+impl BackgroundService for Follower {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let stop = async move {
+            let _ = shutdown.changed().await;
+        };
+        crate::governance::follower::follow(Arc::clone(&self.shared), self.config.clone(), stop)
+            .await;
     }
 }
 

@@ -1,6 +1,9 @@
-//! The admin listener (axum): health, readiness and read-only views of the
-//! active policy. State-changing endpoints (with authentication and roles)
-//! arrive with change review.
+//! The admin listener (axum): health, readiness, metrics and read-only views
+//! of the policy this node serves; in governed mode (`serve --state`) also
+//! the control-plane API ([`governance`]), where every route needs a bearer
+//! token and a role.
+
+pub mod governance;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -16,15 +19,22 @@ use crate::policy::Balancing;
 use crate::routing::now_ms;
 use crate::runtime::Shared;
 
-/// The admin API.
-pub fn router(shared: Arc<Shared>) -> Router {
-    Router::new()
+/// The admin API, with the control-plane routes when `control` is given.
+pub fn router(
+    shared: Arc<Shared>,
+    control: Option<Arc<crate::governance::control::Control>>,
+) -> Router {
+    let node = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/v1/policy", get(policy))
         .route("/v1/apps", get(apps))
         .route("/metrics", get(metrics))
-        .with_state(shared)
+        .with_state(shared);
+    match control {
+        Some(c) => node.merge(governance::router(c)),
+        None => node,
+    }
 }
 
 async fn healthz() -> Json<Value> {

@@ -1,8 +1,13 @@
-//! Change review. Today: the semantic diff of bundles and contracts (the
-//! classifier proposals and approvals will be built on) and the
-//! hash-chained audit log.
+//! Change review: the semantic diff of bundles and contracts, review rules,
+//! proposals and their workflow, the state directory, the hash-chained audit
+//! log, the control plane that ties them together, and the fleet follower.
 
 pub mod audit;
 pub mod contract_diff;
+pub mod control;
+pub mod follower;
 pub mod policy_diff;
+pub mod principals;
 pub mod review;
+pub mod store;
+pub mod workflow;

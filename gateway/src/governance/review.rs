@@ -15,7 +15,7 @@ use crate::policy::model::ReviewSpec;
 use crate::policy::PolicyError;
 
 /// Approvals needed from one group.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Requirement {
     /// Group.
     pub group: String,

@@ -11,7 +11,7 @@ pub fn is_document(path: &str) -> bool {
 }
 
 /// A bundle file's path (relative to the bundle directory) and text.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SourceFile {
     /// Path relative to the bundle root, with `/` separators.
     pub path: String,

@@ -1,0 +1,662 @@
+//! The control plane of a governed gateway: proposals, reviews, activation
+//! and rollback over the state directory, every step audited.
+//!
+//! All state changes are serialised behind one lock and are blocking (file
+//! I/O, compiling bundles): call them from a blocking context. An activation
+//! compiles the stored bundle, writes the active pointer, swaps the bundle
+//! into this node's data plane and wakes the fleet's long-polls, in that
+//! order; a crash between the pointer and the swap is repaired at start-up,
+//! which serves what the pointer says.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use serde_json::{json, Value};
+
+use super::audit::{AuditLog, Entry, Record};
+use super::principals::{Principal, Principals, Role};
+use super::store::{Activation, Store, StoreError, StoredBundle};
+use super::workflow::{Proposal, ProposalState, Review, Verdict};
+use crate::policy::{self, Bundle, PolicyError, PolicyErrors, SourceFile};
+use crate::runtime::Shared;
+
+/// Why a control-plane call failed (mapped to HTTP by the admin API).
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// No or unknown bearer token (401).
+    #[error("authentication required: send `Authorization: Bearer <token>`")]
+    Unauthenticated,
+    /// The principal lacks a role or the rules forbid it (403).
+    #[error("{0}")]
+    Forbidden(String),
+    /// No such proposal or version (404).
+    #[error("{0}")]
+    NotFound(String),
+    /// The proposed bundle does not compile (422).
+    #[error("the proposed bundle is not valid ({} errors)", .0.len())]
+    Invalid(Vec<PolicyError>),
+    /// The request is well-formed but the state forbids it (409).
+    #[error("{message}")]
+    Conflict {
+        /// What is wrong.
+        message: String,
+        /// Details (missing approvals, versions).
+        detail: Value,
+    },
+    /// The state directory failed (500).
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for ControlError {
+    fn from(e: StoreError) -> Self {
+        ControlError::Internal(e.to_string())
+    }
+}
+
+impl ControlError {
+    fn conflict(message: impl Into<String>, detail: Value) -> Self {
+        ControlError::Conflict {
+            message: message.into(),
+            detail,
+        }
+    }
+
+    /// A stable short name for audit records.
+    fn kind(&self) -> &'static str {
+        match self {
+            ControlError::Unauthenticated => "unauthenticated",
+            ControlError::Forbidden(_) => "forbidden",
+            ControlError::NotFound(_) => "not_found",
+            ControlError::Invalid(_) => "invalid",
+            ControlError::Conflict { .. } => "conflict",
+            ControlError::Internal(_) => "internal",
+        }
+    }
+}
+
+/// The control plane.
+#[derive(Debug)]
+pub struct Control {
+    store: Store,
+    audit: AuditLog,
+    principals: Principals,
+    shared: Arc<Shared>,
+    lock: Mutex<()>,
+    active_tx: tokio::sync::watch::Sender<String>,
+}
+
+fn now() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
+/// Compile stored files and check they are the version they claim to be.
+pub fn compile_stored(b: &StoredBundle) -> Result<Bundle, String> {
+    let bundle = policy::compile(&b.files).map_err(|e| {
+        format!(
+            "stored bundle {} does not compile: {e}",
+            &b.version[..12.min(b.version.len())]
+        )
+    })?;
+    if bundle.version != b.version {
+        return Err(format!(
+            "stored bundle {} compiles to {} (tampered or corrupt)",
+            b.version, bundle.version
+        ));
+    }
+    Ok(bundle)
+}
+
+/// Open the state directory and compile the bundle to serve: the active
+/// version, or — on first start — the bundle in `bootstrap` (activated and
+/// audited as `bootstrap`).
+pub fn open_state(
+    dir: &Path,
+    bootstrap: Option<&Path>,
+) -> anyhow::Result<(Store, AuditLog, Bundle)> {
+    let store = Store::open(dir)?;
+    let audit = AuditLog::open(&store.audit_path())
+        .map_err(|e| anyhow::anyhow!("audit log {}: {e}", store.audit_path().display()))?;
+    let mut pointer = store.active()?;
+    if let Some(current) = pointer.current() {
+        let stored = store.bundle(&current.version)?.ok_or_else(|| {
+            anyhow::anyhow!(
+                "the active bundle {} is missing from {}",
+                current.version,
+                dir.display()
+            )
+        })?;
+        let bundle = compile_stored(&stored).map_err(|e| anyhow::anyhow!(e))?;
+        return Ok((store, audit, bundle));
+    }
+    let Some(src) = bootstrap else {
+        anyhow::bail!(
+            "{} has no active version yet: start once with --policies DIR to import the first bundle",
+            dir.display()
+        );
+    };
+    let files = policy::load_dir(src).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let bundle = policy::compile(&files).map_err(|e| anyhow::anyhow!("{e}"))?;
+    store.put_bundle(&StoredBundle {
+        version: bundle.version.clone(),
+        files,
+    })?;
+    pointer.history.push(Activation {
+        version: bundle.version.clone(),
+        at: now(),
+        by: "system".into(),
+        via: "bootstrap".into(),
+    });
+    store.set_active(&pointer)?;
+    audit
+        .append(Record {
+            principal: "system".into(),
+            action: "bundle.bootstrap".into(),
+            subject: bundle.version.clone(),
+            outcome: "ok".into(),
+            detail: json!({ "source": src.display().to_string() }),
+        })
+        .map_err(|e| anyhow::anyhow!("audit log: {e}"))?;
+    Ok((store, audit, bundle))
+}
+
+impl Control {
+    /// A control plane over an opened state (see [`open_state`]) whose
+    /// activations go to `shared`.
+    pub fn new(store: Store, audit: AuditLog, shared: Arc<Shared>) -> Self {
+        let version = shared.active().bundle.version.clone();
+        let (active_tx, _) = tokio::sync::watch::channel(version);
+        Self {
+            principals: Principals::new(store.principals_path()),
+            store,
+            audit,
+            shared,
+            lock: Mutex::new(()),
+            active_tx,
+        }
+    }
+
+    /// Follow the active version (fleet long-polls).
+    pub fn watch_active(&self) -> tokio::sync::watch::Receiver<String> {
+        self.active_tx.subscribe()
+    }
+
+    /// The state directory.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Append to the audit log; a failure is logged loudly (the call it
+    /// records has already happened or been refused).
+    pub fn audit(
+        &self,
+        principal: &str,
+        action: &str,
+        subject: &str,
+        outcome: &str,
+        detail: Value,
+    ) {
+        if let Err(e) = self.audit.append(Record {
+            principal: principal.to_string(),
+            action: action.to_string(),
+            subject: subject.to_string(),
+            outcome: outcome.to_string(),
+            detail,
+        }) {
+            tracing::error!(error = %e, action, subject, "cannot append to the audit log");
+        }
+    }
+
+    /// Authenticate a bearer token and check a role; refusals are audited
+    /// as `action` on `subject`.
+    pub fn authorize(
+        &self,
+        token: Option<&str>,
+        role: Role,
+        action: &str,
+        subject: &str,
+    ) -> Result<Principal, ControlError> {
+        let Some(principal) = token.and_then(|t| self.principals.authenticate(t)) else {
+            self.audit(
+                "anonymous",
+                action,
+                subject,
+                "refused",
+                json!({ "status": 401, "reason": if token.is_some() { "unknown token" } else { "no token" } }),
+            );
+            return Err(ControlError::Unauthenticated);
+        };
+        if !principal.has(role) {
+            let reason = format!(
+                "`{}` lacks the {} role for {action}",
+                principal.name,
+                role.as_str()
+            );
+            self.audit(
+                &principal.name,
+                action,
+                subject,
+                "refused",
+                json!({ "status": 403, "reason": reason }),
+            );
+            return Err(ControlError::Forbidden(reason));
+        }
+        Ok(principal)
+    }
+
+    fn refuse<T>(
+        &self,
+        who: &str,
+        action: &str,
+        subject: &str,
+        e: ControlError,
+    ) -> Result<T, ControlError> {
+        let mut detail = json!({ "error": e.kind(), "reason": e.to_string() });
+        if let ControlError::Conflict { detail: d, .. } = &e {
+            detail["detail"] = d.clone();
+        }
+        if let ControlError::Invalid(errors) = &e {
+            detail["errors"] = json!(errors.iter().map(ToString::to_string).collect::<Vec<_>>());
+        }
+        self.audit(who, action, subject, "refused", detail);
+        Err(e)
+    }
+
+    fn guard(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.lock.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The active version, its history and the open proposals.
+    pub fn status(&self) -> Result<Value, ControlError> {
+        let pointer = self.store.active()?;
+        let proposals = self.store.proposals()?;
+        let open: Vec<Value> = proposals
+            .iter()
+            .filter(|p| !p.state.is_final())
+            .map(|p| json!({ "id": p.id, "title": p.title, "author": p.author, "state": p.state }))
+            .collect();
+        Ok(json!({
+            "active": pointer.current(),
+            "history": pointer.history,
+            "open_proposals": open,
+        }))
+    }
+
+    /// A proposal with its current tally.
+    pub fn describe(&self, p: &Proposal) -> Value {
+        let mut v = serde_json::to_value(p).unwrap_or(Value::Null);
+        v["tally"] = serde_json::to_value(p.tally()).unwrap_or(Value::Null);
+        v
+    }
+
+    /// Every proposal (newest first).
+    pub fn proposals(&self) -> Result<Vec<Proposal>, ControlError> {
+        let mut all = self.store.proposals()?;
+        all.reverse();
+        Ok(all)
+    }
+
+    /// One proposal.
+    pub fn proposal(&self, id: u64) -> Result<Proposal, ControlError> {
+        self.store
+            .proposal(id)?
+            .ok_or_else(|| ControlError::NotFound(format!("no proposal {id}")))
+    }
+
+    /// A stored bundle.
+    pub fn bundle(&self, version: &str) -> Result<StoredBundle, ControlError> {
+        self.store
+            .bundle(version)?
+            .ok_or_else(|| ControlError::NotFound(format!("no bundle {version}")))
+    }
+
+    /// Audit entries after sequence `after`.
+    pub fn audit_entries(&self, after: u64) -> Result<Vec<Entry>, ControlError> {
+        super::audit::verify(&self.store.audit_path())
+            .map(|all| all.into_iter().filter(|e| e.seq > after).collect())
+            .map_err(|e| ControlError::Internal(format!("the audit log does not verify: {e}")))
+    }
+
+    /// Propose `files` as the next version.
+    pub fn propose(
+        &self,
+        who: &Principal,
+        title: &str,
+        files: Vec<SourceFile>,
+    ) -> Result<Proposal, ControlError> {
+        let _g = self.guard();
+        let action = "proposal.create";
+        if title.trim().is_empty() {
+            return self.refuse(
+                &who.name,
+                action,
+                "-",
+                ControlError::conflict("a proposal needs a title", Value::Null),
+            );
+        }
+        let bundle = match policy::compile(&files) {
+            Ok(b) => b,
+            Err(PolicyErrors(errors)) => {
+                return self.refuse(&who.name, action, "-", ControlError::Invalid(errors))
+            }
+        };
+        let active = self.shared.active();
+        let base = &active.bundle;
+        if bundle.version == base.version {
+            return self.refuse(
+                &who.name,
+                action,
+                &bundle.version,
+                ControlError::conflict(
+                    "the proposal is identical to the active version",
+                    json!({ "version": base.version }),
+                ),
+            );
+        }
+        let changes = super::policy_diff::diff(base, &bundle);
+        let required = base.review.required(&changes);
+        let groups = required
+            .iter()
+            .map(|r| {
+                (
+                    r.group.clone(),
+                    base.review
+                        .groups
+                        .get(&r.group)
+                        .cloned()
+                        .unwrap_or_default(),
+                )
+            })
+            .collect();
+        self.store.put_bundle(&StoredBundle {
+            version: bundle.version.clone(),
+            files,
+        })?;
+        let mut p = Proposal {
+            id: self.store.next_proposal_id()?,
+            title: title.trim().to_string(),
+            author: who.name.clone(),
+            created: now(),
+            base: base.version.clone(),
+            version: bundle.version.clone(),
+            state: ProposalState::Open,
+            changes: serde_json::to_value(&changes).unwrap_or(Value::Null),
+            required,
+            groups,
+            reviews: Vec::new(),
+            closed: None,
+        };
+        if p.tally().met {
+            p.state = ProposalState::Approved;
+        }
+        self.store.put_proposal(&p)?;
+        self.audit(
+            &who.name,
+            action,
+            &p.id.to_string(),
+            "ok",
+            json!({ "title": p.title, "base": p.base, "version": p.version, "changes": changes.len(), "required": p.required }),
+        );
+        Ok(p)
+    }
+
+    /// Approve or reject a proposal.
+    pub fn review(
+        &self,
+        who: &Principal,
+        id: u64,
+        verdict: Verdict,
+        comment: &str,
+    ) -> Result<Proposal, ControlError> {
+        let _g = self.guard();
+        let action = match verdict {
+            Verdict::Approve => "proposal.approve",
+            Verdict::Reject => "proposal.reject",
+        };
+        let subject = id.to_string();
+        let mut p = match self.proposal(id) {
+            Ok(p) => p,
+            Err(e) => return self.refuse(&who.name, action, &subject, e),
+        };
+        if p.state.is_final() {
+            return self.refuse(
+                &who.name,
+                action,
+                &subject,
+                ControlError::conflict(
+                    format!(
+                        "proposal {id} is {}; it takes no more reviews",
+                        p.state.as_str()
+                    ),
+                    Value::Null,
+                ),
+            );
+        }
+        if p.author == who.name && verdict == Verdict::Approve {
+            return self.refuse(
+                &who.name,
+                action,
+                &subject,
+                ControlError::Forbidden(
+                    "authors never approve their own proposal (four-eyes rule)".into(),
+                ),
+            );
+        }
+        p.add_review(Review {
+            reviewer: who.name.clone(),
+            verdict,
+            comment: comment.to_string(),
+            at: now(),
+        });
+        self.store.put_proposal(&p)?;
+        let tally = p.tally();
+        self.audit(
+            &who.name,
+            action,
+            &subject,
+            "ok",
+            json!({ "comment": comment, "state": p.state, "missing": tally.missing }),
+        );
+        Ok(p)
+    }
+
+    /// Withdraw a proposal (its author or an admin).
+    pub fn withdraw(&self, who: &Principal, id: u64) -> Result<Proposal, ControlError> {
+        let _g = self.guard();
+        let (action, subject) = ("proposal.withdraw", id.to_string());
+        let mut p = match self.proposal(id) {
+            Ok(p) => p,
+            Err(e) => return self.refuse(&who.name, action, &subject, e),
+        };
+        if p.author != who.name && !who.has(Role::Admin) {
+            return self.refuse(
+                &who.name,
+                action,
+                &subject,
+                ControlError::Forbidden("only the author or an admin withdraws a proposal".into()),
+            );
+        }
+        if p.state.is_final() {
+            return self.refuse(
+                &who.name,
+                action,
+                &subject,
+                ControlError::conflict(
+                    format!("proposal {id} is {}", p.state.as_str()),
+                    Value::Null,
+                ),
+            );
+        }
+        p.state = ProposalState::Withdrawn;
+        p.closed = Some(now());
+        self.store.put_proposal(&p)?;
+        self.audit(&who.name, action, &subject, "ok", Value::Null);
+        Ok(p)
+    }
+
+    /// Activate an approved proposal whose base is still active.
+    pub fn activate(&self, who: &Principal, id: u64) -> Result<Activation, ControlError> {
+        let _g = self.guard();
+        let (action, subject) = ("proposal.activate", id.to_string());
+        let mut p = match self.proposal(id) {
+            Ok(p) => p,
+            Err(e) => return self.refuse(&who.name, action, &subject, e),
+        };
+        match p.state {
+            ProposalState::Open | ProposalState::Approved => {}
+            ProposalState::Rejected => return self.refuse(
+                &who.name,
+                action,
+                &subject,
+                ControlError::conflict(
+                    format!(
+                        "proposal {id} was rejected by {}; a rejected proposal is never activated",
+                        p.rejected_by().join(", ")
+                    ),
+                    json!({ "state": p.state }),
+                ),
+            ),
+            s => {
+                return self.refuse(
+                    &who.name,
+                    action,
+                    &subject,
+                    ControlError::conflict(
+                        format!("proposal {id} is {}", s.as_str()),
+                        json!({ "state": s }),
+                    ),
+                )
+            }
+        }
+        let active = self.store.active()?;
+        let current = active
+            .current()
+            .map(|a| a.version.clone())
+            .unwrap_or_default();
+        if current != p.base {
+            p.state = ProposalState::Superseded;
+            p.closed = Some(now());
+            self.store.put_proposal(&p)?;
+            return self.refuse(&who.name, action, &subject, ControlError::conflict(
+                format!("proposal {id} is stale: it was made against {} but {} is active now; propose it again", &p.base[..12], &current[..12.min(current.len())]),
+                json!({ "base": p.base, "active": current }),
+            ));
+        }
+        let tally = p.tally();
+        if !tally.met {
+            return self.refuse(
+                &who.name,
+                action,
+                &subject,
+                ControlError::conflict(
+                    format!(
+                        "proposal {id} lacks approvals: {}",
+                        tally.missing.join("; ")
+                    ),
+                    serde_json::to_value(&tally).unwrap_or(Value::Null),
+                ),
+            );
+        }
+        let activation = self.switch_to(&who.name, &p.version, format!("proposal {id}"))?;
+        p.state = ProposalState::Activated;
+        p.closed = Some(activation.at.clone());
+        self.store.put_proposal(&p)?;
+        let superseded = self.supersede_stale(&p.version)?;
+        self.audit(&who.name, action, &subject, "ok", json!({ "from": current, "to": p.version, "approvals": tally.groups, "superseded": superseded }));
+        Ok(activation)
+    }
+
+    /// Roll back to `to` (default: the version active before the current
+    /// one). Only versions that were active before qualify.
+    pub fn rollback(&self, who: &Principal, to: Option<&str>) -> Result<Activation, ControlError> {
+        let _g = self.guard();
+        let action = "bundle.rollback";
+        let pointer = self.store.active()?;
+        let current = pointer
+            .current()
+            .map(|a| a.version.clone())
+            .unwrap_or_default();
+        let target = match to {
+            Some(v) => {
+                let matches: Vec<&Activation> = pointer
+                    .history
+                    .iter()
+                    .filter(|a| a.version.starts_with(v) && v.len() >= 8)
+                    .collect();
+                match matches.first() {
+                    Some(a) => a.version.clone(),
+                    None => return self.refuse(&who.name, action, v, ControlError::NotFound(format!(
+                        "{v} was never active here (give at least 8 hex digits of a version from `policy status`)"
+                    ))),
+                }
+            }
+            None => match pointer.history.iter().rev().find(|a| a.version != current) {
+                Some(a) => a.version.clone(),
+                None => {
+                    return self.refuse(
+                        &who.name,
+                        action,
+                        "-",
+                        ControlError::conflict(
+                            "there is no earlier version to roll back to",
+                            Value::Null,
+                        ),
+                    )
+                }
+            },
+        };
+        if target == current {
+            return self.refuse(
+                &who.name,
+                action,
+                &target,
+                ControlError::conflict("that version is already active", Value::Null),
+            );
+        }
+        let activation = self.switch_to(&who.name, &target, "rollback".into())?;
+        let superseded = self.supersede_stale(&target)?;
+        self.audit(
+            &who.name,
+            action,
+            &target,
+            "ok",
+            json!({ "from": current, "to": target, "superseded": superseded }),
+        );
+        Ok(activation)
+    }
+
+    /// Compile `version`, move the pointer, swap the data plane, wake the fleet.
+    fn switch_to(&self, who: &str, version: &str, via: String) -> Result<Activation, ControlError> {
+        let stored = self.bundle(version)?;
+        let bundle = compile_stored(&stored).map_err(ControlError::Internal)?;
+        let mut pointer = self.store.active()?;
+        let activation = Activation {
+            version: version.to_string(),
+            at: now(),
+            by: who.to_string(),
+            via,
+        };
+        pointer.history.push(activation.clone());
+        self.store.set_active(&pointer)?;
+        self.shared
+            .activate(bundle, format!("state:{}", self.store.dir().display()));
+        self.active_tx.send_replace(version.to_string());
+        tracing::info!(version = &version[..12], by = who, via = %activation.via, "policy version activated");
+        Ok(activation)
+    }
+
+    /// Open proposals whose base is no longer active become superseded.
+    fn supersede_stale(&self, active: &str) -> Result<Vec<u64>, ControlError> {
+        let mut out = Vec::new();
+        for mut p in self.store.proposals()? {
+            if !p.state.is_final() && p.base != active {
+                p.state = ProposalState::Superseded;
+                p.closed = Some(now());
+                self.store.put_proposal(&p)?;
+                out.push(p.id);
+            }
+        }
+        Ok(out)
+    }
+}

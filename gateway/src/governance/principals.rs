@@ -1,0 +1,250 @@
+//! Principals of the admin API: named holders of a bearer token, with roles.
+//!
+//! Tokens (`ght_` + 128 random bits, hex) are shown once by
+//! `gatehouse admin add-principal` and stored only as SHA-256 hashes in
+//! `STATE/principals.json`. The file is re-read when it changes, so adding a
+//! principal needs no restart.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Prefix of admin tokens (tells them apart from consumer API keys).
+pub const TOKEN_PREFIX: &str = "ght_";
+
+/// What a principal may do. Every principal may read (viewer); `admin` may
+/// do everything.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Read status, proposals, bundles, the audit log (fleet nodes use it).
+    Viewer,
+    /// Propose changes, withdraw own proposals.
+    Author,
+    /// Approve or reject proposals.
+    Reviewer,
+    /// Activate approved proposals, roll back.
+    Operator,
+    /// Everything.
+    Admin,
+}
+
+impl Role {
+    /// The name used in files and messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Author => "author",
+            Role::Reviewer => "reviewer",
+            Role::Operator => "operator",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+/// A principal as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Principal {
+    /// Name (reviewer group members are principal names).
+    pub name: String,
+    /// Roles.
+    pub roles: Vec<Role>,
+    /// `sha256:<hex>` of the token.
+    pub token_sha256: String,
+    /// When it was created (RFC 3339).
+    pub created: String,
+}
+
+impl Principal {
+    /// May this principal act as `role`?
+    pub fn has(&self, role: Role) -> bool {
+        role == Role::Viewer || self.roles.contains(&role) || self.roles.contains(&Role::Admin)
+    }
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PrincipalsFile {
+    principals: Vec<Principal>,
+}
+
+/// Errors managing principals.
+#[derive(Debug, thiserror::Error)]
+pub enum PrincipalError {
+    /// I/O or a corrupt file.
+    #[error("{path}: {reason}")]
+    File {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The name is taken (use `--rotate` to issue a new token).
+    #[error("principal `{0}` exists (use --rotate to issue it a new token)")]
+    Exists(String),
+    /// Invalid name.
+    #[error("principal names are 1-64 characters of a-z, 0-9, `-`, `_`, `.`: `{0}`")]
+    BadName(String),
+}
+
+fn token_hash(token: &str) -> String {
+    let mut s = String::from("sha256:");
+    for b in Sha256::digest(token.as_bytes()) {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+fn read_file(path: &Path) -> Result<PrincipalsFile, PrincipalError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => serde_json::from_str(&text).map_err(|e| PrincipalError::File {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(PrincipalsFile::default()),
+        Err(e) => Err(PrincipalError::File {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        }),
+    }
+}
+
+/// Add a principal (or, with `rotate`, replace its token and roles) in the
+/// principals file at `path`; returns the new token, which is not stored.
+pub fn add(
+    path: &Path,
+    name: &str,
+    roles: &[Role],
+    rotate: bool,
+) -> Result<String, PrincipalError> {
+    let valid = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b));
+    if !valid {
+        return Err(PrincipalError::BadName(name.to_string()));
+    }
+    let mut file = read_file(path)?;
+    let exists = file.principals.iter().any(|p| p.name == name);
+    if exists && !rotate {
+        return Err(PrincipalError::Exists(name.to_string()));
+    }
+    let bytes: [u8; 16] = rand::random();
+    let mut token = String::from(TOKEN_PREFIX);
+    for b in bytes {
+        let _ = write!(token, "{b:02x}");
+    }
+    let mut roles = roles.to_vec();
+    roles.sort();
+    roles.dedup();
+    file.principals.retain(|p| p.name != name);
+    file.principals.push(Principal {
+        name: name.to_string(),
+        roles,
+        token_sha256: token_hash(&token),
+        created: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+    });
+    file.principals.sort_by(|a, b| a.name.cmp(&b.name));
+    let text = serde_json::to_vec_pretty(&file).map_err(|e| PrincipalError::File {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    super::store::write_atomically(path, &text, 0o600).map_err(|e| PrincipalError::File {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    Ok(token)
+}
+
+/// The principals of a state directory, re-read when the file changes.
+#[derive(Debug)]
+pub struct Principals {
+    path: PathBuf,
+    cache: Mutex<(Option<SystemTime>, HashMap<String, Principal>)>,
+}
+
+impl Principals {
+    /// Principals stored at `path` (the file may not exist yet).
+    pub fn new(path: PathBuf) -> Self {
+        Self {
+            path,
+            cache: Mutex::new((None, HashMap::new())),
+        }
+    }
+
+    /// The principal holding `token`, if any.
+    pub fn authenticate(&self, token: &str) -> Option<Principal> {
+        let mtime = std::fs::metadata(&self.path)
+            .and_then(|m| m.modified())
+            .ok();
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.0 != mtime || mtime.is_none() {
+            match read_file(&self.path) {
+                Ok(file) => {
+                    cache.1 = file
+                        .principals
+                        .into_iter()
+                        .map(|p| (p.token_sha256.clone(), p))
+                        .collect();
+                    cache.0 = mtime;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read principals; keeping the last good set");
+                }
+            }
+        }
+        cache.1.get(&token_hash(token)).cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_stored_hashed_and_authenticate() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("principals.json");
+        let t = add(&path, "alice", &[Role::Reviewer, Role::Author], false).unwrap();
+        assert!(t.starts_with(TOKEN_PREFIX) && t.len() == 36);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(!text.contains(&t), "the token itself is never stored");
+        let p = Principals::new(path.clone());
+        let alice = p.authenticate(&t).unwrap();
+        assert_eq!(alice.name, "alice");
+        assert!(alice.has(Role::Reviewer) && alice.has(Role::Viewer) && !alice.has(Role::Operator));
+        assert!(p.authenticate("ght_wrong").is_none());
+        assert!(matches!(
+            add(&path, "alice", &[Role::Viewer], false),
+            Err(PrincipalError::Exists(_))
+        ));
+        let t2 = add(&path, "alice", &[Role::Admin], true).unwrap();
+        // Same-second rewrites may keep the mtime: a fresh reader sees the rotation.
+        let p = Principals::new(path.clone());
+        assert!(p.authenticate(&t).is_none(), "the old token stops working");
+        assert!(p.authenticate(&t2).unwrap().has(Role::Operator));
+        assert!(matches!(
+            add(&path, "Bad Name", &[], false),
+            Err(PrincipalError::BadName(_))
+        ));
+    }
+}
