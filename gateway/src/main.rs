@@ -31,7 +31,7 @@ enum LogFormat {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the gateway (data plane and admin listener).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Work with policy bundles.
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -256,6 +256,10 @@ enum AuditCommand {
     Verify {
         /// The audit log (JSON lines).
         file: PathBuf,
+        /// A head recorded earlier (`SEQ:HASH`, as printed by verify): the
+        /// log must still contain it.
+        #[arg(long)]
+        head: Option<String>,
     },
 }
 
@@ -382,7 +386,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
         Command::Policy(PolicyCommand::Lint { dir, format }) => lint(&dir, format),
         Command::Consumer(ConsumerCommand::Bulk {
             count,
@@ -406,25 +410,7 @@ fn main() -> ExitCode {
             key_file.as_deref(),
         ),
         Command::Db(cmd) => db(cmd),
-        Command::Audit(AuditCommand::Verify { file }) => {
-            match gatehouse::governance::audit::verify(&file) {
-                Ok(entries) => {
-                    println!(
-                        "ok: {} entries, chain intact{}",
-                        entries.len(),
-                        entries
-                            .last()
-                            .map(|e| format!(", head {}", &e.hash[..12]))
-                            .unwrap_or_default()
-                    );
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    println!("audit log {} is NOT intact: {e}", file.display());
-                    ExitCode::FAILURE
-                }
-            }
-        }
+        Command::Audit(AuditCommand::Verify { file, head }) => audit_verify(&file, head.as_deref()),
         Command::Report {
             name,
             ch,
@@ -484,6 +470,44 @@ fn init_logging(format: LogFormat) {
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn audit_verify(file: &std::path::Path, head: Option<&str>) -> ExitCode {
+    use gatehouse::governance::audit;
+    let expected = match head.map(|h| h.split_once(':')) {
+        None => None,
+        Some(Some((seq, hash))) if seq.parse::<u64>().is_ok() => Some(audit::Head {
+            seq: seq.parse().unwrap_or(0),
+            hash: hash.to_string(),
+        }),
+        Some(_) => {
+            eprintln!("gatehouse: --head is SEQ:HASH, as `audit verify` prints it");
+            return ExitCode::from(2);
+        }
+    };
+    let checked = audit::verify(file).and_then(|entries| {
+        if let Some(h) = &expected {
+            audit::check_head(&entries, h)?;
+        }
+        Ok(entries)
+    });
+    match checked {
+        Ok(entries) => {
+            println!(
+                "ok: {} entries, chain intact{}",
+                entries.len(),
+                entries
+                    .last()
+                    .map(|e| format!(", head {}:{}", e.seq, e.hash))
+                    .unwrap_or_default()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            println!("audit log {} is NOT intact: {e}", file.display());
+            ExitCode::FAILURE
+        }
     }
 }
 

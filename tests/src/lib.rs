@@ -114,6 +114,20 @@ pub struct Gateway {
 impl Gateway {
     /// Start a gateway on `policies` with free ports; waits for `/readyz`.
     pub fn start(policies: &Path, extra: &[&str]) -> Gateway {
+        let mut args = vec!["--policies", policies.to_str().expect("utf-8 path")];
+        args.extend_from_slice(extra);
+        Gateway::launch(&args)
+    }
+
+    /// Start `gatehouse serve ARGS` (listeners on free ports); waits for `/readyz`.
+    pub fn launch(args: &[&str]) -> Gateway {
+        let gw = Gateway::spawn(args);
+        gw.wait_ready(Duration::from_secs(30));
+        gw
+    }
+
+    /// Start `gatehouse serve ARGS` without waiting for it.
+    pub fn spawn(args: &[&str]) -> Gateway {
         let port = free_port();
         let admin_port = free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
@@ -123,8 +137,6 @@ impl Gateway {
         let logfile = std::fs::File::create(&log).expect("log file");
         let child = Command::new(bin("gatehouse"))
             .arg("serve")
-            .arg("--policies")
-            .arg(policies)
             .args([
                 "--listen",
                 &addr.to_string(),
@@ -133,21 +145,25 @@ impl Gateway {
                 "--threads",
                 "2",
             ])
-            .args(extra)
+            .args(args)
             .env("RUST_LOG", "info,pingora_core::connectors=off")
+            .env_remove("GATEHOUSE_TOKEN")
             .stdout(Stdio::null())
             .stderr(logfile)
             .spawn()
             .expect("spawn gatehouse");
-        let gw = Gateway {
+        Gateway {
             child,
             addr,
             admin,
             log,
             _logdir: logdir,
-        };
-        gw.wait_ready(Duration::from_secs(30));
-        gw
+        }
+    }
+
+    /// `http://ADDR` of the admin listener.
+    pub fn admin_url(&self) -> String {
+        format!("http://{}", self.admin)
     }
 
     fn wait_ready(&self, within: Duration) {
@@ -221,6 +237,43 @@ impl Drop for Gateway {
     }
 }
 
+/// Run the `gatehouse` CLI; returns (exit code, stdout, stderr).
+pub fn cli(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let out = Command::new(bin("gatehouse"))
+        .args(args)
+        .env_remove("GATEHOUSE_TOKEN")
+        .env_remove("GATEHOUSE_URL")
+        .envs(env.iter().copied())
+        .output()
+        .expect("run gatehouse");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+/// `gatehouse admin add-principal`: the new principal's token.
+pub fn add_principal(state: &Path, name: &str, roles: &str) -> String {
+    let (code, out, err) = cli(
+        &[
+            "admin",
+            "add-principal",
+            "--state",
+            state.to_str().expect("utf-8 path"),
+            "--name",
+            name,
+            "--role",
+            roles,
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    let token = out.trim().to_string();
+    assert!(token.starts_with("ght_"), "{out}");
+    token
+}
+
 /// A policy directory in a temp dir.
 pub struct PolicyDir {
     dir: tempfile::TempDir,
@@ -252,6 +305,16 @@ impl PolicyDir {
         let tmp = path.with_file_name(format!(".{file_name}.tmp"));
         std::fs::write(&tmp, text).expect("write policy");
         std::fs::rename(&tmp, &path).expect("rename policy");
+    }
+}
+
+impl PolicyDir {
+    /// A copy of the bundle in `src`, each file's text passed through `edit`
+    /// (given its path relative to `src`).
+    pub fn copy_of(src: &Path, edit: impl Fn(&str, String) -> String) -> Self {
+        let out = PolicyDir::new();
+        copy_tree(src, src, &out, &edit);
+        out
     }
 }
 

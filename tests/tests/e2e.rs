@@ -3,6 +3,7 @@
 mod e2e {
     mod balancing;
     mod contracts;
+    mod governance;
     mod identity;
     mod lifecycle;
     mod limits_and_errors;

@@ -139,13 +139,10 @@ where
     F: FnOnce(&Control, &Principal) -> Result<T, ControlError> + Send + 'static,
 {
     let token = bearer(headers);
-    tokio::task::spawn_blocking(move || {
-        let who = control.authorize(token.as_deref(), role, action, &subject)?;
-        f(&control, &who)
-    })
-    .await
-    .unwrap_or_else(|e| Err(ControlError::Internal(e.to_string())))
-    .map_err(error_response)
+    tokio::task::spawn_blocking(move || control.call(token.as_deref(), role, action, &subject, f))
+        .await
+        .unwrap_or_else(|e| Err(ControlError::Internal(e.to_string())))
+        .map_err(error_response)
 }
 
 fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ControlError> {

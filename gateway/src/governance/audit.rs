@@ -6,6 +6,14 @@
 //! fields in declaration order. The first entry's `prev` is 64 zeros. Appends
 //! are fsynced; a torn last line (crash mid-write) fails verification, which
 //! is what an auditor wants to see.
+//!
+//! A chain alone cannot tell a log whose last lines were cut off from a
+//! shorter one, so every append also rewrites the *head* (`<log>.head`:
+//! sequence and hash of the newest entry, atomically) and [`verify`] checks
+//! the log still reaches it. The head lags the log by at most one entry
+//! after a crash, never leads it. Against someone who can rewrite both
+//! files, keep heads elsewhere (`audit verify` prints the head as
+//! `SEQ:HASH`) and pass a recorded one to `audit verify --head SEQ:HASH`.
 
 use std::fs::OpenOptions;
 use std::io::{BufRead, Write};
@@ -70,6 +78,22 @@ fn entry_hash(seq: u64, time: &str, record: &Record, prev: &str) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+/// The newest entry's sequence and hash, kept beside the log.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Head {
+    /// Sequence number.
+    pub seq: u64,
+    /// Hash.
+    pub hash: String,
+}
+
+/// Where the head of the log at `path` is kept.
+pub fn head_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".head");
+    path.with_file_name(name)
 }
 
 /// An open audit log.
@@ -147,12 +171,59 @@ impl AuditLog {
             .and_then(|_| f.sync_data())
             .map_err(|e| AuditError::Io(e.to_string()))?;
         *tail = (seq, entry.hash.clone());
+        let head = serde_json::to_vec(&Head {
+            seq,
+            hash: entry.hash.clone(),
+        })
+        .map_err(|e| AuditError::Io(e.to_string()))?;
+        super::store::write_atomically(&head_path(&self.path), &head, 0o640)
+            .map_err(|e| AuditError::Io(e.to_string()))?;
         Ok(entry)
     }
 }
 
-/// Check every entry of the log at `path`; returns them when the chain holds.
+/// Check every entry of the log at `path` and that it reaches its head;
+/// returns the entries when the chain holds.
 pub fn verify(path: &Path) -> Result<Vec<Entry>, AuditError> {
+    let entries = verify_chain(path)?;
+    let head = match std::fs::read(head_path(path)) {
+        Ok(bytes) => Some(
+            serde_json::from_slice::<Head>(&bytes)
+                .map_err(|e| AuditError::Io(format!("{}: {e}", head_path(path).display())))?,
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(AuditError::Io(e.to_string())),
+    };
+    if let Some(head) = head {
+        check_head(&entries, &head)?;
+    }
+    Ok(entries)
+}
+
+/// Check that `entries` contain `head` (the newest entry an auditor saw).
+pub fn check_head(entries: &[Entry], head: &Head) -> Result<(), AuditError> {
+    let n = entries.len();
+    match entries.get((head.seq as usize).wrapping_sub(1)) {
+        Some(e) if e.hash == head.hash => Ok(()),
+        Some(_) => Err(AuditError::Broken {
+            line: head.seq as usize,
+            reason: format!(
+                "entry {} is not the recorded head {}",
+                head.seq,
+                &head.hash[..12.min(head.hash.len())]
+            ),
+        }),
+        None => Err(AuditError::Broken {
+            line: n,
+            reason: format!(
+                "the log ends at entry {n} but its head is entry {} (entries removed from the end)",
+                head.seq
+            ),
+        }),
+    }
+}
+
+fn verify_chain(path: &Path) -> Result<Vec<Entry>, AuditError> {
     let file = std::fs::File::open(path).map_err(|e| AuditError::Io(e.to_string()))?;
     let mut prev = GENESIS.to_string();
     let mut out = Vec::new();
@@ -257,6 +328,12 @@ mod tests {
         let swapped = [lines[0], lines[2], lines[1], lines[3]].join("\n") + "\n";
         std::fs::write(&path, swapped).unwrap();
         assert!(verify(&path).is_err());
+        let last_removed = lines[..3].join("\n") + "\n";
+        std::fs::write(&path, last_removed).unwrap();
+        assert!(
+            matches!(verify(&path), Err(AuditError::Broken { .. })),
+            "a cut-off tail is detected by the head"
+        );
         let first_removed = lines[1..].join("\n") + "\n";
         std::fs::write(&path, first_removed).unwrap();
         assert!(verify(&path).is_err());

@@ -245,22 +245,30 @@ impl Control {
         Ok(principal)
     }
 
-    fn refuse<T>(
+    /// Run one admin call: authenticate `token`, check `role`, run `f`;
+    /// a refusal at any step is audited as `action` on `subject`.
+    pub fn call<T>(
         &self,
-        who: &str,
+        token: Option<&str>,
+        role: Role,
         action: &str,
         subject: &str,
-        e: ControlError,
+        f: impl FnOnce(&Control, &Principal) -> Result<T, ControlError>,
     ) -> Result<T, ControlError> {
-        let mut detail = json!({ "error": e.kind(), "reason": e.to_string() });
-        if let ControlError::Conflict { detail: d, .. } = &e {
-            detail["detail"] = d.clone();
+        let who = self.authorize(token, role, action, subject)?;
+        let result = f(self, &who);
+        if let Err(e) = &result {
+            let mut detail = json!({ "error": e.kind(), "reason": e.to_string() });
+            if let ControlError::Conflict { detail: d, .. } = e {
+                detail["detail"] = d.clone();
+            }
+            if let ControlError::Invalid(errors) = e {
+                detail["errors"] =
+                    json!(errors.iter().map(ToString::to_string).collect::<Vec<_>>());
+            }
+            self.audit(&who.name, action, subject, "refused", detail);
         }
-        if let ControlError::Invalid(errors) = &e {
-            detail["errors"] = json!(errors.iter().map(ToString::to_string).collect::<Vec<_>>());
-        }
-        self.audit(who, action, subject, "refused", detail);
-        Err(e)
+        result
     }
 
     fn guard(&self) -> std::sync::MutexGuard<'_, ()> {
@@ -328,31 +336,22 @@ impl Control {
         let _g = self.guard();
         let action = "proposal.create";
         if title.trim().is_empty() {
-            return self.refuse(
-                &who.name,
-                action,
-                "-",
-                ControlError::conflict("a proposal needs a title", Value::Null),
-            );
+            return Err(ControlError::conflict(
+                "a proposal needs a title",
+                Value::Null,
+            ));
         }
         let bundle = match policy::compile(&files) {
             Ok(b) => b,
-            Err(PolicyErrors(errors)) => {
-                return self.refuse(&who.name, action, "-", ControlError::Invalid(errors))
-            }
+            Err(PolicyErrors(errors)) => return Err(ControlError::Invalid(errors)),
         };
         let active = self.shared.active();
         let base = &active.bundle;
         if bundle.version == base.version {
-            return self.refuse(
-                &who.name,
-                action,
-                &bundle.version,
-                ControlError::conflict(
-                    "the proposal is identical to the active version",
-                    json!({ "version": base.version }),
-                ),
-            );
+            return Err(ControlError::conflict(
+                "the proposal is identical to the active version",
+                json!({ "version": base.version }),
+            ));
         }
         let changes = super::policy_diff::diff(base, &bundle);
         let required = base.review.required(&changes);
@@ -415,33 +414,20 @@ impl Control {
             Verdict::Reject => "proposal.reject",
         };
         let subject = id.to_string();
-        let mut p = match self.proposal(id) {
-            Ok(p) => p,
-            Err(e) => return self.refuse(&who.name, action, &subject, e),
-        };
+        let mut p = self.proposal(id)?;
         if p.state.is_final() {
-            return self.refuse(
-                &who.name,
-                action,
-                &subject,
-                ControlError::conflict(
-                    format!(
-                        "proposal {id} is {}; it takes no more reviews",
-                        p.state.as_str()
-                    ),
-                    Value::Null,
+            return Err(ControlError::conflict(
+                format!(
+                    "proposal {id} is {}; it takes no more reviews",
+                    p.state.as_str()
                 ),
-            );
+                Value::Null,
+            ));
         }
         if p.author == who.name && verdict == Verdict::Approve {
-            return self.refuse(
-                &who.name,
-                action,
-                &subject,
-                ControlError::Forbidden(
-                    "authors never approve their own proposal (four-eyes rule)".into(),
-                ),
-            );
+            return Err(ControlError::Forbidden(
+                "authors never approve their own proposal (four-eyes rule)".into(),
+            ));
         }
         p.add_review(Review {
             reviewer: who.name.clone(),
@@ -465,28 +451,17 @@ impl Control {
     pub fn withdraw(&self, who: &Principal, id: u64) -> Result<Proposal, ControlError> {
         let _g = self.guard();
         let (action, subject) = ("proposal.withdraw", id.to_string());
-        let mut p = match self.proposal(id) {
-            Ok(p) => p,
-            Err(e) => return self.refuse(&who.name, action, &subject, e),
-        };
+        let mut p = self.proposal(id)?;
         if p.author != who.name && !who.has(Role::Admin) {
-            return self.refuse(
-                &who.name,
-                action,
-                &subject,
-                ControlError::Forbidden("only the author or an admin withdraws a proposal".into()),
-            );
+            return Err(ControlError::Forbidden(
+                "only the author or an admin withdraws a proposal".into(),
+            ));
         }
         if p.state.is_final() {
-            return self.refuse(
-                &who.name,
-                action,
-                &subject,
-                ControlError::conflict(
-                    format!("proposal {id} is {}", p.state.as_str()),
-                    Value::Null,
-                ),
-            );
+            return Err(ControlError::conflict(
+                format!("proposal {id} is {}", p.state.as_str()),
+                Value::Null,
+            ));
         }
         p.state = ProposalState::Withdrawn;
         p.closed = Some(now());
@@ -499,34 +474,23 @@ impl Control {
     pub fn activate(&self, who: &Principal, id: u64) -> Result<Activation, ControlError> {
         let _g = self.guard();
         let (action, subject) = ("proposal.activate", id.to_string());
-        let mut p = match self.proposal(id) {
-            Ok(p) => p,
-            Err(e) => return self.refuse(&who.name, action, &subject, e),
-        };
+        let mut p = self.proposal(id)?;
         match p.state {
             ProposalState::Open | ProposalState::Approved => {}
-            ProposalState::Rejected => return self.refuse(
-                &who.name,
-                action,
-                &subject,
-                ControlError::conflict(
+            ProposalState::Rejected => {
+                return Err(ControlError::conflict(
                     format!(
                         "proposal {id} was rejected by {}; a rejected proposal is never activated",
                         p.rejected_by().join(", ")
                     ),
                     json!({ "state": p.state }),
-                ),
-            ),
+                ))
+            }
             s => {
-                return self.refuse(
-                    &who.name,
-                    action,
-                    &subject,
-                    ControlError::conflict(
-                        format!("proposal {id} is {}", s.as_str()),
-                        json!({ "state": s }),
-                    ),
-                )
+                return Err(ControlError::conflict(
+                    format!("proposal {id} is {}", s.as_str()),
+                    json!({ "state": s }),
+                ))
             }
         }
         let active = self.store.active()?;
@@ -538,25 +502,20 @@ impl Control {
             p.state = ProposalState::Superseded;
             p.closed = Some(now());
             self.store.put_proposal(&p)?;
-            return self.refuse(&who.name, action, &subject, ControlError::conflict(
+            return Err(ControlError::conflict(
                 format!("proposal {id} is stale: it was made against {} but {} is active now; propose it again", &p.base[..12], &current[..12.min(current.len())]),
                 json!({ "base": p.base, "active": current }),
             ));
         }
         let tally = p.tally();
         if !tally.met {
-            return self.refuse(
-                &who.name,
-                action,
-                &subject,
-                ControlError::conflict(
-                    format!(
-                        "proposal {id} lacks approvals: {}",
-                        tally.missing.join("; ")
-                    ),
-                    serde_json::to_value(&tally).unwrap_or(Value::Null),
+            return Err(ControlError::conflict(
+                format!(
+                    "proposal {id} lacks approvals: {}",
+                    tally.missing.join("; ")
                 ),
-            );
+                serde_json::to_value(&tally).unwrap_or(Value::Null),
+            ));
         }
         let activation = self.switch_to(&who.name, &p.version, format!("proposal {id}"))?;
         p.state = ProposalState::Activated;
@@ -586,7 +545,7 @@ impl Control {
                     .collect();
                 match matches.first() {
                     Some(a) => a.version.clone(),
-                    None => return self.refuse(&who.name, action, v, ControlError::NotFound(format!(
+                    None => return Err(ControlError::NotFound(format!(
                         "{v} was never active here (give at least 8 hex digits of a version from `policy status`)"
                     ))),
                 }
@@ -594,25 +553,18 @@ impl Control {
             None => match pointer.history.iter().rev().find(|a| a.version != current) {
                 Some(a) => a.version.clone(),
                 None => {
-                    return self.refuse(
-                        &who.name,
-                        action,
-                        "-",
-                        ControlError::conflict(
-                            "there is no earlier version to roll back to",
-                            Value::Null,
-                        ),
-                    )
+                    return Err(ControlError::conflict(
+                        "there is no earlier version to roll back to",
+                        Value::Null,
+                    ))
                 }
             },
         };
         if target == current {
-            return self.refuse(
-                &who.name,
-                action,
-                &target,
-                ControlError::conflict("that version is already active", Value::Null),
-            );
+            return Err(ControlError::conflict(
+                "that version is already active",
+                Value::Null,
+            ));
         }
         let activation = self.switch_to(&who.name, &target, "rollback".into())?;
         let superseded = self.supersede_stale(&target)?;

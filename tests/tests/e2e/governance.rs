@@ -1,0 +1,736 @@
+//! Change review end to end: a governed control plane (`serve --state`),
+//! principals and roles, quorum approvals, rejection and staleness, the
+//! audit log, and a fleet of data-plane nodes following the control plane.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use gatehouse_e2e::*;
+use serde_json::{json, Value};
+
+/// A governed control plane with its principals.
+struct Governed {
+    state: tempfile::TempDir,
+    gw: Gateway,
+}
+
+impl Governed {
+    fn start(bootstrap: &Path) -> Governed {
+        let state = tempfile::tempdir().expect("tempdir");
+        let gw = Gateway::launch(&[
+            "--state",
+            state.path().to_str().unwrap(),
+            "--policies",
+            bootstrap.to_str().unwrap(),
+        ]);
+        Governed { state, gw }
+    }
+
+    fn principal(&self, name: &str, roles: &str) -> String {
+        add_principal(self.state.path(), name, roles)
+    }
+
+    fn audit_file(&self) -> std::path::PathBuf {
+        self.state.path().join("audit.jsonl")
+    }
+
+    /// Run a `gatehouse policy …` command as `token`.
+    fn policy(&self, token: &str, args: &[&str]) -> (i32, String, String) {
+        let mut full = vec!["policy"];
+        full.extend_from_slice(args);
+        cli(
+            &full,
+            &[
+                ("GATEHOUSE_URL", &self.gw.admin_url()),
+                ("GATEHOUSE_TOKEN", token),
+            ],
+        )
+    }
+}
+
+/// POST to the control-plane API.
+async fn post(
+    c: &reqwest::Client,
+    url: String,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> (u16, Value) {
+    api(c, reqwest::Method::POST, url, token, body).await
+}
+
+/// GET from the control-plane API.
+async fn get(
+    c: &reqwest::Client,
+    url: String,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> (u16, Value) {
+    api(c, reqwest::Method::GET, url, token, body).await
+}
+
+/// Call the control-plane API; returns status and JSON body.
+async fn api(
+    c: &reqwest::Client,
+    method: reqwest::Method,
+    url: String,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut req = c.request(method, url);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.expect("control plane reachable");
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap_or_default();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+/// The files of a bundle directory, as the API takes them.
+fn files_of(dir: &Path) -> Value {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<Value>) {
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(root, &p, out);
+            } else if !p.file_name().unwrap().to_string_lossy().starts_with('.') {
+                let rel = p.strip_prefix(root).unwrap().to_string_lossy().to_string();
+                if rel.ends_with(".schema.json") {
+                    continue;
+                }
+                out.push(json!({ "path": rel, "text": std::fs::read_to_string(&p).unwrap() }));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    Value::Array(out)
+}
+
+const REQUIRE_CUSTOMER: (&str, &str) = (
+    "        - name: customer_id\n          in: query\n",
+    "        - name: customer_id\n          in: query\n          required: true\n",
+);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_breaking_change_needs_two_board_approvals_that_are_not_the_authors() {
+    let sim = example_estate();
+    let (base, key) = example_policies(&sim, |_, t| t);
+    let cp = Governed::start(base.path());
+    let alice = cp.principal("alice", "author,reviewer");
+    let bob = cp.principal("bob", "reviewer");
+    let carol = cp.principal("carol", "reviewer");
+    let dave = cp.principal("dave", "reviewer"); // platform-team, not the board
+    let ops = cp.principal("ops", "operator");
+
+    let orders = |c: &reqwest::Client| {
+        c.get(format!("{}/rest/orders/v1/orders", cp.gw.url()))
+            .header("host", "orders.corp.example")
+            .send()
+    };
+    let c = keyed_client(&key);
+    assert_eq!(orders(&c).await.unwrap().status(), 200);
+
+    // The proposal: `customer_id` becomes a required query parameter.
+    let next = PolicyDir::copy_of(base.path(), |rel, t| {
+        if rel == "contracts/orders.openapi.yaml" {
+            assert!(t.contains(REQUIRE_CUSTOMER.0));
+            t.replacen(REQUIRE_CUSTOMER.0, REQUIRE_CUSTOMER.1, 1)
+        } else {
+            t
+        }
+    });
+    let (code, out, err) = cp.policy(
+        &alice,
+        &[
+            "propose",
+            next.path().to_str().unwrap(),
+            "--title",
+            "customer_id required",
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("proposal 1 [open]"), "{out}");
+    assert!(
+        out.contains("contract.breaking") && out.contains("customer_id"),
+        "the diff names the breaking change: {out}"
+    );
+    assert!(
+        out.contains("2 more approval(s) from governance-board"),
+        "{out}"
+    );
+
+    // The author's own approval is refused; an outsider's does not count.
+    let (code, _, err) = cp.policy(&alice, &["review", "1", "--approve"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("authors never approve their own proposal"),
+        "{err}"
+    );
+    let (code, out, _) = cp.policy(
+        &dave,
+        &["review", "1", "--approve", "--comment", "fine by me"],
+    );
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("not counted: dave: not a member of governance-board"),
+        "{out}"
+    );
+    let (code, out, _) = cp.policy(&bob, &["review", "1", "--approve", "--comment", "ok"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("approvals from governance-board: 1 of 2 (bob)"),
+        "{out}"
+    );
+
+    // One valid approval is not enough: refused with what is missing.
+    let (code, _, err) = cp.policy(&ops, &["activate", "1"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("refused (409)")
+            && err.contains("1 more approval(s) from governance-board (1 of 2 for contract.breaking); eligible: carol"),
+        "{err}"
+    );
+    assert_eq!(
+        orders(&c).await.unwrap().status(),
+        200,
+        "nothing changed yet"
+    );
+
+    let (code, out, _) = cp.policy(&carol, &["review", "1", "--approve"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("proposal 1 [approved]"), "{out}");
+    let (code, out, err) = cp.policy(&ops, &["activate", "1"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("activated"), "{out}");
+    let r = orders(&c).await.unwrap();
+    assert_eq!(r.status(), 400, "the new contract is enforced at once");
+    assert!(r.text().await.unwrap().contains("customer_id"));
+
+    // Status and the audit trail say what happened, and the chain holds.
+    let (_, status, _) = cp.policy(&ops, &["status"]);
+    assert!(
+        status.contains("proposal 1") && status.contains("bootstrap"),
+        "{status}"
+    );
+    let (code, log, _) = cp.policy(&bob, &["log"]);
+    assert_eq!(code, 0);
+    for needle in [
+        "proposal.create",
+        "proposal.approve",
+        "refused",
+        "proposal.activate",
+    ] {
+        assert!(
+            log.contains(needle),
+            "{needle} missing from the log:\n{log}"
+        );
+    }
+    let (code, out, _) = cli(&["audit", "verify", cp.audit_file().to_str().unwrap()], &[]);
+    assert_eq!(code, 0, "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejected_stale_and_unauthorised_changes_never_activate_and_are_audited() {
+    let sim = example_estate();
+    let (base, _) = example_policies(&sim, |_, t| t);
+    let cp = Governed::start(base.path());
+    let alice = cp.principal("alice", "author");
+    let bob = cp.principal("bob", "reviewer");
+    let dave = cp.principal("dave", "reviewer");
+    let viewer = cp.principal("vic", "viewer");
+    let ops = cp.principal("ops", "operator");
+    let c = client();
+    let url = |p: &str| format!("{}{p}", cp.gw.admin_url());
+    let v0 = cp.gw.policy_version();
+
+    // Three proposals against the same base: two limit changes, one breaking.
+    let tighten = |rate: &str| {
+        PolicyDir::copy_of(base.path(), |rel, t| {
+            if rel == "apps/orders.yaml" {
+                t.replace("rate: 500/s, burst: 1000", rate)
+            } else {
+                t
+            }
+        })
+    };
+    let a = tighten("rate: 400/s, burst: 800");
+    let b = tighten("rate: 300/s, burst: 600");
+    let mut ids = Vec::new();
+    for (dir, title) in [(&a, "per-ip 400/s"), (&b, "per-ip 300/s")] {
+        let (s, p) = post(
+            &c,
+            url("/v1/proposals"),
+            Some(&alice),
+            Some(json!({ "title": title, "files": files_of(dir.path()) })),
+        )
+        .await;
+        assert_eq!(s, 201, "{p}");
+        assert_eq!(p["required"][0]["group"], "platform-team", "{p}");
+        assert!(p["changes"].to_string().contains("limits.tightened"), "{p}");
+        ids.push(p["id"].as_u64().unwrap());
+    }
+
+    // A rejection blocks for good, even after a later approval elsewhere.
+    let (s, p) = post(
+        &c,
+        url(&format!("/v1/proposals/{}/reviews", ids[1])),
+        Some(&bob),
+        Some(json!({ "verdict": "reject", "comment": "too tight for the ERP batch" })),
+    )
+    .await;
+    assert_eq!((s, p["state"].as_str()), (200, Some("rejected")), "{p}");
+    let (s, p) = post(
+        &c,
+        url(&format!("/v1/proposals/{}/activate", ids[1])),
+        Some(&ops),
+        None,
+    )
+    .await;
+    assert_eq!(s, 409, "{p}");
+    assert!(
+        p["detail"].as_str().unwrap().contains("rejected by bob"),
+        "{p}"
+    );
+
+    // The other one is approved and activated; then a proposal made against
+    // the old base is stale.
+    let (s, _) = post(
+        &c,
+        url(&format!("/v1/proposals/{}/reviews", ids[0])),
+        Some(&dave),
+        Some(json!({ "verdict": "approve" })),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let late = tighten("rate: 450/s, burst: 900");
+    let (s, p) = post(
+        &c,
+        url("/v1/proposals"),
+        Some(&alice),
+        Some(json!({ "title": "per-ip 450/s", "files": files_of(late.path()) })),
+    )
+    .await;
+    assert_eq!(s, 201, "{p}");
+    let stale = p["id"].as_u64().unwrap();
+    let (s, _) = post(
+        &c,
+        url(&format!("/v1/proposals/{stale}/reviews")),
+        Some(&dave),
+        Some(json!({ "verdict": "approve" })),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (s, p) = post(
+        &c,
+        url(&format!("/v1/proposals/{}/activate", ids[0])),
+        Some(&ops),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{p}");
+    assert_ne!(cp.gw.policy_version(), v0);
+    let (s, p) = post(
+        &c,
+        url(&format!("/v1/proposals/{stale}/activate")),
+        Some(&ops),
+        None,
+    )
+    .await;
+    assert_eq!(
+        s, 409,
+        "a proposal whose base is gone is not activated: {p}"
+    );
+    let (_, p) = get(
+        &c,
+        url(&format!("/v1/proposals/{stale}")),
+        Some(&viewer),
+        None,
+    )
+    .await;
+    assert_eq!(p["state"], "superseded", "{p}");
+
+    // Invalid bundles are refused with every error.
+    let (s, p) = post(&c, url("/v1/proposals"), Some(&alice),
+        Some(json!({ "title": "broken", "files": [{ "path": "apps/x.yaml", "text": "version: 1\napps: [{ name: x }]\n" }] }))).await;
+    assert_eq!(s, 422, "{p}");
+    assert!(!p["errors"].as_array().unwrap().is_empty(), "{p}");
+    let (s, _) = post(&c, url("/v1/proposals"), Some(&alice), None).await;
+    assert_eq!(s, 409, "a missing body is a clear refusal");
+
+    // 401 and 403, each audited.
+    let (s, _) = get(&c, url("/v1/governance/status"), None, None).await;
+    assert_eq!(s, 401);
+    let (s, _) = post(&c, url("/v1/rollback"), Some("ght_not-a-token"), None).await;
+    assert_eq!(s, 401);
+    let (s, _) = post(
+        &c,
+        url("/v1/proposals"),
+        Some(&viewer),
+        Some(json!({ "title": "sneaky", "files": files_of(a.path()) })),
+    )
+    .await;
+    assert_eq!(s, 403);
+    let (s, _) = post(
+        &c,
+        url(&format!("/v1/proposals/{stale}/reviews")),
+        Some(&alice),
+        Some(json!({ "verdict": "approve" })),
+    )
+    .await;
+    assert_eq!(s, 403, "an author without the reviewer role cannot review");
+    let (s, _) = post(&c, url("/v1/rollback"), Some(&bob), None).await;
+    assert_eq!(s, 403);
+    let (s, audit) = get(&c, url("/v1/audit"), Some(&viewer), None).await;
+    assert_eq!(s, 200);
+    let entries = audit["entries"].as_array().unwrap();
+    let refused = |principal: &str, action: &str, status: u64| {
+        entries.iter().any(|e| {
+            e["principal"] == principal
+                && e["action"] == action
+                && e["outcome"] == "refused"
+                && e["detail"]["status"] == status
+        })
+    };
+    assert!(refused("anonymous", "status.read", 401), "{audit}");
+    assert!(refused("anonymous", "bundle.rollback", 401), "{audit}");
+    assert!(refused("vic", "proposal.create", 403), "{audit}");
+    assert!(refused("alice", "proposal.review", 403), "{audit}");
+    assert!(refused("bob", "bundle.rollback", 403), "{audit}");
+    let text = audit.to_string();
+    assert!(
+        !text.contains(&alice) && !text.contains("ght_not-a-token"),
+        "tokens are never audited"
+    );
+
+    // Tamper-evidence: the log verifies; any one changed byte or a removed
+    // line is detected.
+    let file = cp.audit_file();
+    let path = file.to_str().unwrap();
+    let (code, out, _) = cli(&["audit", "verify", path], &[]);
+    assert_eq!(code, 0, "{out}");
+    let original = std::fs::read(&file).unwrap();
+    let lines = original.iter().filter(|b| **b == b'\n').count();
+    assert!(lines >= 15, "{lines} entries");
+    let mut rng = 0x9e37_79b9_7f4a_7c15_u64;
+    for _ in 0..40 {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let pos = (rng as usize) % original.len();
+        if original[pos] == b'\n' {
+            continue;
+        }
+        let mut bytes = original.clone();
+        bytes[pos] = if bytes[pos] == b'0' { b'1' } else { b'0' };
+        std::fs::write(&file, &bytes).unwrap();
+        let (code, out, _) = cli(&["audit", "verify", path], &[]);
+        assert_eq!(code, 1, "a change at byte {pos} went unnoticed: {out}");
+        assert!(out.contains("NOT intact"), "{out}");
+    }
+    let text = String::from_utf8(original.clone()).unwrap();
+    let all: Vec<&str> = text.lines().collect();
+    for skip in [0, all.len() / 2, all.len() - 1] {
+        let kept: Vec<&str> = all
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != skip)
+            .map(|(_, l)| *l)
+            .collect();
+        std::fs::write(&file, kept.join("\n") + "\n").unwrap();
+        let (code, out, _) = cli(&["audit", "verify", path], &[]);
+        assert_eq!(code, 1, "removing line {} went unnoticed: {out}", skip + 1);
+        assert!(out.contains("NOT intact"), "{out}");
+    }
+    // Even with the head file rewritten too, a head recorded earlier catches
+    // a cut-off tail.
+    std::fs::write(&file, &original).unwrap();
+    let (_, out, _) = cli(&["audit", "verify", path], &[]);
+    let recorded = out.split("head ").nth(1).unwrap().trim().to_string();
+    std::fs::write(&file, all[..all.len() - 1].join("\n") + "\n").unwrap();
+    let head_file = std::path::PathBuf::from(format!("{path}.head"));
+    let head_text = std::fs::read_to_string(&head_file).unwrap();
+    let prev: Value = serde_json::from_str(all[all.len() - 2]).unwrap();
+    std::fs::write(
+        &head_file,
+        json!({ "seq": prev["seq"], "hash": prev["hash"] }).to_string(),
+    )
+    .unwrap();
+    let (code, _, _) = cli(&["audit", "verify", path], &[]);
+    assert_eq!(code, 0, "both files rewritten consistently");
+    let (code, out, _) = cli(&["audit", "verify", path, "--head", &recorded], &[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("entries removed from the end"), "{out}");
+    std::fs::write(&head_file, head_text).unwrap();
+    std::fs::write(&file, &original).unwrap();
+}
+
+const ONE_ROUTE: &str = "      - { method: GET, path: \"/approvals/{id}\" }";
+const TWO_ROUTES: &str =
+    "      - { method: GET, path: \"/approvals/{id}\" }\n      - { method: GET, path: /workflows }";
+const REVIEW: &str = "version: 1\nreview:\n  groups: { board: [alice, bob, carol] }\n  rules:\n    - { classes: [contract.breaking, route.removed, review_rules.changed], approvals: 2, group: board }\n  default: { approvals: 1, group: board }\n";
+
+/// Closed-loop GETs spread over `nodes`, counting failures.
+struct FleetLoad {
+    ok: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    workers: Vec<tokio::task::JoinHandle<()>>,
+    started: Instant,
+}
+
+impl FleetLoad {
+    fn start(nodes: &[String], per_node: usize) -> FleetLoad {
+        let ok = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut workers = Vec::new();
+        for (n, url) in nodes.iter().enumerate() {
+            for w in 0..per_node {
+                let (ok, failed, stop, url) =
+                    (ok.clone(), failed.clone(), stop.clone(), url.clone());
+                workers.push(tokio::spawn(async move {
+                    let c = client();
+                    let mut i = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        i += 1;
+                        let r = c
+                            .get(format!(
+                                "{url}/approvals/{}",
+                                (n * 7 + w) * 100 + i % 90 + 1
+                            ))
+                            .header("host", "app.test")
+                            .send()
+                            .await;
+                        match r {
+                            Ok(r) if r.status() == 200 => ok.fetch_add(1, Ordering::Relaxed),
+                            other => {
+                                eprintln!("failed request on {url}: {other:?}");
+                                failed.fetch_add(1, Ordering::Relaxed)
+                            }
+                        };
+                    }
+                }));
+            }
+        }
+        FleetLoad {
+            ok,
+            failed,
+            stop,
+            workers,
+            started: Instant::now(),
+        }
+    }
+
+    async fn finish(self) -> (u64, u64, f64) {
+        self.stop.store(true, Ordering::Relaxed);
+        for w in self.workers {
+            w.await.unwrap();
+        }
+        let ok = self.ok.load(Ordering::Relaxed);
+        (
+            ok,
+            self.failed.load(Ordering::Relaxed),
+            ok as f64 / self.started.elapsed().as_secs_f64(),
+        )
+    }
+}
+
+/// GET /workflows on every node answers `status`.
+async fn workflows_on_all(c: &reqwest::Client, nodes: &[Gateway], status: u16, why: &str) {
+    for n in nodes {
+        let r = c
+            .get(format!("{}/workflows", n.url()))
+            .header("host", "app.test")
+            .send()
+            .await;
+        assert_eq!(r.unwrap().status(), status, "{why} on {}", n.url());
+    }
+}
+
+/// Poll every node's active version until all report `version`; the time
+/// it took.
+async fn converge(nodes: &[&Gateway], version: &str, within: Duration) -> Duration {
+    let start = Instant::now();
+    loop {
+        let mut all = true;
+        for n in nodes {
+            let v = tokio::task::block_in_place(|| n.policy_version());
+            all &= v == version;
+        }
+        if all {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < within,
+            "nodes did not converge on {version} within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_follows_activation_and_rollback_under_load_and_survives_the_control_plane() {
+    let sim = Sim::start(
+        &[("approvals", "127.0.0.1:0"), ("approvals", "127.0.0.1:0")],
+        &[],
+    );
+    let urls = vec![sim.url(0), sim.url(1)];
+    let base = PolicyDir::new();
+    base.write(
+        "app.yaml",
+        &app_policy("app", "app.test", &urls, "", ONE_ROUTE),
+    );
+    base.write("review.yaml", REVIEW);
+    let mut cp = Governed::start(base.path());
+    let alice = cp.principal("alice", "author");
+    let bob = cp.principal("bob", "reviewer");
+    let ops = cp.principal("ops", "operator");
+    let node_token = cp.principal("edge", "viewer");
+    let token_dir = tempfile::tempdir().unwrap();
+    let token_file = token_dir.path().join("token");
+    std::fs::write(&token_file, &node_token).unwrap();
+    let caches: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let cp_url = cp.gw.admin_url();
+    let node_args = |i: usize| -> Vec<String> {
+        vec![
+            "--control-plane".into(),
+            cp_url.clone(),
+            "--cache".into(),
+            caches[i].path().display().to_string(),
+            "--token-file".into(),
+            token_file.display().to_string(),
+        ]
+    };
+    let mut nodes: Vec<Gateway> = (0..3)
+        .map(|i| {
+            let args = node_args(i);
+            Gateway::launch(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        })
+        .collect();
+    let v1 = cp.gw.policy_version();
+    for n in &nodes {
+        assert_eq!(
+            n.policy_version(),
+            v1,
+            "a node starts on the active version"
+        );
+    }
+    let c = client();
+    workflows_on_all(&c, &nodes, 404, "no such route yet").await;
+
+    // Propose and approve a new route; activate it under load.
+    let next = PolicyDir::new();
+    next.write(
+        "app.yaml",
+        &app_policy("app", "app.test", &urls, "", TWO_ROUTES),
+    );
+    next.write("review.yaml", REVIEW);
+    let admin = |p: &str| format!("{}{p}", cp.gw.admin_url());
+    let (s, p) = post(
+        &c,
+        admin("/v1/proposals"),
+        Some(&alice),
+        Some(json!({ "title": "workflows route", "files": files_of(next.path()) })),
+    )
+    .await;
+    assert_eq!(s, 201, "{p}");
+    let id = p["id"].as_u64().unwrap();
+    let v2 = p["version"].as_str().unwrap().to_string();
+    let (s, _) = post(
+        &c,
+        admin(&format!("/v1/proposals/{id}/reviews")),
+        Some(&bob),
+        Some(json!({ "verdict": "approve" })),
+    )
+    .await;
+    assert_eq!(s, 200);
+
+    let node_urls: Vec<String> = nodes.iter().map(Gateway::url).collect();
+    let load = FleetLoad::start(&node_urls, 4);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let (s, p) = post(
+        &c,
+        admin(&format!("/v1/proposals/{id}/activate")),
+        Some(&ops),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{p}");
+    let refs: Vec<&Gateway> = nodes.iter().collect();
+    let took = converge(&refs, &v2, Duration::from_secs(1)).await;
+    eprintln!("activation converged on 3 nodes in {took:?}");
+    workflows_on_all(&c, &nodes, 200, "the new route answers").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // Roll back the same way.
+    let (s, p) = post(&c, admin("/v1/rollback"), Some(&ops), Some(json!({}))).await;
+    assert_eq!(s, 200, "{p}");
+    let took = converge(&refs, &v1, Duration::from_secs(1)).await;
+    eprintln!("rollback converged on 3 nodes in {took:?}");
+    workflows_on_all(&c, &nodes, 404, "the previous behaviour is back").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // Activate v2 again via rollback --to, then kill the control plane.
+    let (s, p) = post(
+        &c,
+        admin("/v1/rollback"),
+        Some(&ops),
+        Some(json!({ "to": &v2[..16] })),
+    )
+    .await;
+    assert_eq!(s, 200, "{p}");
+    converge(&refs, &v2, Duration::from_secs(1)).await;
+    cp.gw.signal("KILL");
+    assert!(cp.gw.wait_exit(Duration::from_secs(5)).is_some());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (ok, failed, rps) = load.finish().await;
+    assert_eq!(failed, 0, "{failed} requests failed ({ok} ok)");
+    assert!(
+        rps >= 500.0,
+        "the fleet load was at least 500 req/s: {rps:.0}"
+    );
+    eprintln!("fleet load: {ok} requests, {rps:.0} req/s, 0 failed");
+
+    // With the control plane gone, nodes keep serving, and a restarted node
+    // serves its cached bundle.
+    workflows_on_all(&c, &nodes, 200, "served without the control plane").await;
+    let old = nodes.remove(0);
+    drop(old);
+    let args = node_args(0);
+    let restarted = Gateway::launch(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(restarted.policy_version(), v2);
+    workflows_on_all(
+        &c,
+        std::slice::from_ref(&restarted),
+        200,
+        "served from the cache",
+    )
+    .await;
+    assert!(restarted
+        .log_text()
+        .contains("starting from the cached bundle"));
+    // A node with neither control plane nor cache refuses to start, clearly.
+    let empty = tempfile::tempdir().unwrap();
+    let mut orphan = Gateway::spawn(&[
+        "--control-plane",
+        &cp_url,
+        "--cache",
+        empty.path().to_str().unwrap(),
+    ]);
+    let status = orphan.wait_exit(Duration::from_secs(10)).expect("exits");
+    assert_eq!(status.code(), Some(2));
+    assert!(
+        orphan.log_text().contains("no usable cached bundle"),
+        "{}",
+        orphan.log_text()
+    );
+}
