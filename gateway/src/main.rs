@@ -162,6 +162,10 @@ struct ServeArgs {
     /// Fleet mode: where the last good bundle is kept.
     #[arg(long, env = "GATEHOUSE_CACHE")]
     cache: Option<PathBuf>,
+    /// Principals file (as written by `admin add-principal`) whose tokens
+    /// may read /v1/policy and /v1/apps; governed mode uses its state's.
+    #[arg(long, env = "GATEHOUSE_ADMIN_PRINCIPALS")]
+    admin_principals: Option<PathBuf>,
     /// Fleet mode: a file holding the bearer token for the control plane
     /// (else GATEHOUSE_TOKEN).
     #[arg(long)]
@@ -610,6 +614,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         threads: args.threads,
         drain_timeout: Duration::from_secs(args.drain_timeout),
         h2c: args.h2c,
+        admin_principals: args.admin_principals,
         telemetry: args
             .clickhouse
             .map(|url| gatehouse::server::TelemetryOptions {

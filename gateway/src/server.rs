@@ -63,6 +63,9 @@ pub struct ServeOptions {
     pub telemetry: Option<TelemetryOptions>,
     /// Accept cleartext HTTP/2 (prior knowledge) on the plain listener too.
     pub h2c: bool,
+    /// Principals allowed to read `/v1/policy` and `/v1/apps` (governed
+    /// mode uses the state directory's own).
+    pub admin_principals: Option<PathBuf>,
 }
 
 /// Telemetry settings of `serve`.
@@ -210,6 +213,16 @@ pub fn run(opts: ServeOptions) -> anyhow::Result<()> {
             shared: Arc::clone(&shared),
             addr: admin_addr,
             proxy: listen_addr,
+            guard: match (&control, &opts.admin_principals) {
+                (Some(c), _) => crate::admin::ReadGuard::Control(Arc::clone(c)),
+                (None, Some(path)) => crate::admin::ReadGuard::Principals(Arc::new(
+                    crate::governance::principals::Principals::new(path.clone()),
+                )),
+                (None, None) => {
+                    tracing::warn!("no --admin-principals: /v1/policy and /v1/apps are readable without a token");
+                    crate::admin::ReadGuard::Open
+                }
+            },
             control,
         },
     ));
@@ -265,6 +278,7 @@ struct Admin {
     addr: SocketAddr,
     proxy: SocketAddr,
     control: Option<Arc<crate::governance::control::Control>>,
+    guard: crate::admin::ReadGuard,
 }
 
 #[async_trait]
@@ -293,7 +307,11 @@ impl BackgroundService for Admin {
             }
             tracing::error!(%proxy, "proxy listener never accepted a connection");
         });
-        let app = crate::admin::router(Arc::clone(&self.shared), self.control.clone());
+        let app = crate::admin::router(
+            Arc::clone(&self.shared),
+            self.control.clone(),
+            self.guard.clone(),
+        );
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "admin listener failed");
         }

@@ -108,6 +108,8 @@ pub struct Gateway {
     pub admin: SocketAddr,
     /// Where its log goes.
     pub log: PathBuf,
+    /// Bearer token sent with admin reads (governed mode needs one).
+    pub admin_token: Option<String>,
     _logdir: tempfile::TempDir,
 }
 
@@ -157,6 +159,7 @@ impl Gateway {
             addr,
             admin,
             log,
+            admin_token: None,
             _logdir: logdir,
         }
     }
@@ -192,7 +195,14 @@ impl Gateway {
 
     /// GET an admin endpoint as JSON.
     pub fn admin_json(&self, path: &str) -> serde_json::Value {
-        let body = http_get(self.admin, path, "admin");
+        let auth = self
+            .admin_token
+            .as_ref()
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        let (status, body) = try_http_get_with(self.admin, path, "admin", &auth)
+            .unwrap_or_else(|| panic!("GET {path} on the admin listener failed"));
+        assert_eq!(status, 200, "GET {path}: {body}");
         serde_json::from_str(&body).expect("admin json")
     }
 
@@ -355,11 +365,21 @@ pub fn raw_http(addr: SocketAddr, request: &[u8]) -> String {
 
 /// GET with `Connection: close`; `(status, body)` or `None` when it fails.
 pub fn try_http_get(addr: SocketAddr, path: &str, host: &str) -> Option<(u16, String)> {
+    try_http_get_with(addr, path, host, "")
+}
+
+/// Like [`try_http_get`], with extra header lines (each ending in CRLF).
+pub fn try_http_get_with(
+    addr: SocketAddr,
+    path: &str,
+    host: &str,
+    headers: &str,
+) -> Option<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\n{headers}Connection: close\r\n\r\n"
     )
     .ok()?;
     let mut out = Vec::new();

@@ -80,7 +80,8 @@ fn problem(status: StatusCode, kind: &str, detail: String, extra: Value) -> Resp
     resp
 }
 
-fn error_response(e: ControlError) -> Response {
+/// A control-plane error as an RFC 9457 problem.
+pub fn error_response(e: ControlError) -> Response {
     let text = e.to_string();
     match e {
         ControlError::Unauthenticated => problem(

@@ -15,22 +15,82 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
+use crate::governance::control::{Control, ControlError};
+use crate::governance::principals::{Principals, Role};
 use crate::policy::Balancing;
 use crate::routing::now_ms;
 use crate::runtime::Shared;
 
-/// The admin API, with the control-plane routes when `control` is given.
-pub fn router(
-    shared: Arc<Shared>,
-    control: Option<Arc<crate::governance::control::Control>>,
-) -> Router {
+/// Who may read a node's `/v1/policy` and `/v1/apps` (probes and
+/// `/metrics` stay open: they carry no policy detail).
+#[derive(Debug, Clone)]
+pub enum ReadGuard {
+    /// Anyone (no principals configured; logged as a warning at start).
+    Open,
+    /// A principal of this file (any role).
+    Principals(Arc<Principals>),
+    /// A principal of the control plane; refusals are audited.
+    Control(Arc<Control>),
+}
+
+async fn require_viewer(
+    State(guard): State<ReadGuard>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let token = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim().to_string());
+    let path = req.uri().path().to_string();
+    let allowed = match &guard {
+        ReadGuard::Open => Ok(()),
+        ReadGuard::Principals(p) => {
+            let p = Arc::clone(p);
+            let token2 = token.clone();
+            match tokio::task::spawn_blocking(move || token2.and_then(|t| p.authenticate(&t))).await
+            {
+                Ok(Some(_)) => Ok(()),
+                _ => {
+                    tracing::warn!(%path, "admin read refused: no or unknown bearer token");
+                    Err(ControlError::Unauthenticated)
+                }
+            }
+        }
+        ReadGuard::Control(c) => {
+            let c = Arc::clone(c);
+            let p2 = path.clone();
+            tokio::task::spawn_blocking(move || {
+                c.authorize(token.as_deref(), Role::Viewer, "node.read", &p2)
+                    .map(|_| ())
+            })
+            .await
+            .unwrap_or_else(|e| Err(ControlError::Internal(e.to_string())))
+        }
+    };
+    match allowed {
+        Ok(()) => next.run(req).await,
+        Err(e) => governance::error_response(e),
+    }
+}
+
+/// The admin API: probes, metrics and the node's policy views (behind
+/// `guard`), plus the control-plane routes when `control` is given.
+pub fn router(shared: Arc<Shared>, control: Option<Arc<Control>>, guard: ReadGuard) -> Router {
+    let views = Router::new()
+        .route("/v1/policy", get(policy))
+        .route("/v1/apps", get(apps))
+        .route_layer(axum::middleware::from_fn_with_state(guard, require_viewer))
+        .with_state(Arc::clone(&shared));
     let node = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/v1/policy", get(policy))
-        .route("/v1/apps", get(apps))
         .route("/metrics", get(metrics))
-        .with_state(shared);
+        .with_state(shared)
+        .merge(views);
     match control {
         Some(c) => node.merge(governance::router(c)),
         None => node,

@@ -50,6 +50,18 @@ impl FollowerConfig {
     }
 }
 
+/// An error with its causes (`reqwest` hides them in `source()`).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cur = c.source();
+    }
+    out
+}
+
 /// Ask the control plane for the active bundle; `Ok(None)` when it is still
 /// `etag` after `wait`.
 pub async fn fetch(
@@ -70,7 +82,10 @@ pub async fn fetch(
     if let Some(v) = etag {
         req = req.header("if-none-match", format!("\"{v}\""));
     }
-    let resp = req.send().await.map_err(|e| format!("{url}: {e}"))?;
+    let resp = req
+        .send()
+        .await
+        .map_err(|e| format!("{url}: {}", chain(&e)))?;
     match resp.status().as_u16() {
         304 => Ok(None),
         200 => resp
@@ -79,8 +94,13 @@ pub async fn fetch(
             .map(Some)
             .map_err(|e| format!("{url}: bad bundle: {e}")),
         s => Err(format!(
-            "{url}: HTTP {s}: {}",
-            resp.text().await.unwrap_or_default()
+            "{url}: HTTP {s}: {}{}",
+            resp.text().await.unwrap_or_default(),
+            if s == 401 || s == 403 {
+                " (check the node's token: --token-file or GATEHOUSE_TOKEN)"
+            } else {
+                ""
+            }
         )),
     }
 }
@@ -157,13 +177,13 @@ pub async fn follow(
             r = fetch(&client, &cfg, Some(&etag), POLL_WAIT) => r,
             _ = &mut stop => return,
         };
+        if polled.is_ok() && was_down {
+            tracing::info!(url = %cfg.url, "control plane reachable again");
+            was_down = false;
+        }
         match polled {
             Ok(None) => {}
             Ok(Some(stored)) => {
-                if was_down {
-                    tracing::info!(url = %cfg.url, "control plane reachable again");
-                    was_down = false;
-                }
                 backoff = Duration::from_millis(100);
                 etag = stored.version.clone();
                 let sh = Arc::clone(&shared);
@@ -196,12 +216,18 @@ pub async fn follow(
                 }
             }
             Err(e) => {
-                if !was_down {
+                // A refused token will not heal by itself: retry slowly
+                // (each refusal is an audit entry on the control plane).
+                let refused = e.contains("HTTP 401") || e.contains("HTTP 403");
+                if refused {
+                    tracing::error!(error = %e, "the control plane refuses this node; serving the active version");
+                } else if !was_down {
                     tracing::warn!(error = %e, "control plane unreachable; serving the active version and retrying");
-                    was_down = true;
                 }
+                was_down = true;
+                let pause = if refused { Duration::from_secs(30) } else { backoff };
                 tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tokio::time::sleep(pause) => {}
                     _ = &mut stop => return,
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(1));

@@ -19,12 +19,14 @@ struct Governed {
 impl Governed {
     fn start(bootstrap: &Path) -> Governed {
         let state = tempfile::tempdir().expect("tempdir");
-        let gw = Gateway::launch(&[
+        let probe = add_principal(state.path(), "probe", "viewer");
+        let mut gw = Gateway::launch(&[
             "--state",
             state.path().to_str().unwrap(),
             "--policies",
             bootstrap.to_str().unwrap(),
         ]);
+        gw.admin_token = Some(probe);
         Governed { state, gw }
     }
 
@@ -366,7 +368,11 @@ async fn rejected_stale_and_unauthorised_changes_never_activate_and_are_audited(
     let (s, _) = post(&c, url("/v1/proposals"), Some(&alice), None).await;
     assert_eq!(s, 409, "a missing body is a clear refusal");
 
-    // 401 and 403, each audited.
+    // 401 and 403, each audited; the node's own views need a token too.
+    let (s, _) = get(&c, url("/v1/policy"), None, None).await;
+    assert_eq!(s, 401);
+    let (s, p) = get(&c, url("/v1/apps"), Some(&viewer), None).await;
+    assert_eq!(s, 200, "{p}");
     let (s, _) = get(&c, url("/v1/governance/status"), None, None).await;
     assert_eq!(s, 401);
     let (s, _) = post(&c, url("/v1/rollback"), Some("ght_not-a-token"), None).await;
@@ -401,6 +407,7 @@ async fn rejected_stale_and_unauthorised_changes_never_activate_and_are_audited(
         })
     };
     assert!(refused("anonymous", "status.read", 401), "{audit}");
+    assert!(refused("anonymous", "node.read", 401), "{audit}");
     assert!(refused("anonymous", "bundle.rollback", 401), "{audit}");
     assert!(refused("vic", "proposal.create", 403), "{audit}");
     assert!(refused("alice", "proposal.review", 403), "{audit}");
@@ -733,4 +740,43 @@ async fn a_fleet_follows_activation_and_rollback_under_load_and_survives_the_con
         "{}",
         orphan.log_text()
     );
+}
+
+#[test]
+fn admin_principals_guard_a_nodes_policy_views_but_not_its_probes() {
+    let sim = Sim::one("approvals");
+    let dir = PolicyDir::new();
+    dir.write(
+        "app.yaml",
+        &app_policy("app", "app.test", &[sim.url(0)], "", ONE_ROUTE),
+    );
+    let keys = tempfile::tempdir().unwrap();
+    let token = add_principal(keys.path(), "grafana", "viewer");
+    let principals = keys.path().join("principals.json");
+    let mut gw = Gateway::start(
+        dir.path(),
+        &["--admin-principals", principals.to_str().unwrap()],
+    );
+    for path in ["/v1/policy", "/v1/apps"] {
+        let (status, body) = try_http_get(gw.admin, path, "admin").unwrap();
+        assert_eq!(status, 401, "{path}: {body}");
+        assert!(body.contains("Bearer"), "{body}");
+        let (status, _) = try_http_get_with(
+            gw.admin,
+            path,
+            "admin",
+            "Authorization: Bearer ght_00000000000000000000000000000000\r\n",
+        )
+        .unwrap();
+        assert_eq!(status, 401, "an unknown token is refused");
+    }
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        assert_eq!(
+            try_http_get(gw.admin, path, "admin").unwrap().0,
+            200,
+            "{path}"
+        );
+    }
+    gw.admin_token = Some(token);
+    assert_eq!(gw.admin_json("/v1/apps")["apps"][0]["name"], "app");
 }
