@@ -225,7 +225,11 @@ pub async fn follow(
                     tracing::warn!(error = %e, "control plane unreachable; serving the active version and retrying");
                 }
                 was_down = true;
-                let pause = if refused { Duration::from_secs(30) } else { backoff };
+                let pause = if refused {
+                    Duration::from_secs(30)
+                } else {
+                    backoff
+                };
                 tokio::select! {
                     _ = tokio::time::sleep(pause) => {}
                     _ = &mut stop => return,

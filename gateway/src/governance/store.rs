@@ -233,3 +233,57 @@ impl Store {
         Ok(self.proposals()?.iter().map(|p| p.id).max().unwrap_or(0) + 1)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bundles_are_addressed_by_version_and_nothing_else_names_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let b = StoredBundle {
+            version: "ab".repeat(32),
+            files: vec![SourceFile {
+                path: "a.yaml".into(),
+                text: "version: 1\n".into(),
+            }],
+        };
+        store.put_bundle(&b).unwrap();
+        store.put_bundle(&b).unwrap();
+        assert_eq!(store.bundle(&b.version).unwrap(), Some(b.clone()));
+        for bad in ["../../etc/passwd", "ab", &"zz".repeat(32), ""] {
+            assert_eq!(store.bundle(bad).unwrap(), None, "{bad}");
+        }
+        let bad = StoredBundle {
+            version: "../x".into(),
+            ..b
+        };
+        assert!(store.put_bundle(&bad).is_err());
+    }
+
+    #[test]
+    fn the_active_pointer_round_trips_and_starts_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.active().unwrap().current(), None);
+        let mut p = ActivePointer::default();
+        for v in ["a", "b"] {
+            p.history.push(Activation {
+                version: v.repeat(64),
+                at: "2026-11-28T00:00:00Z".into(),
+                by: "ops".into(),
+                via: "rollback".into(),
+            });
+        }
+        store.set_active(&p).unwrap();
+        assert_eq!(store.active().unwrap(), p);
+        assert_eq!(
+            store.active().unwrap().current().unwrap().version,
+            "b".repeat(64)
+        );
+        assert_eq!(store.next_proposal_id().unwrap(), 1);
+        std::fs::write(dir.path().join("active.json"), "{ torn").unwrap();
+        assert!(matches!(store.active(), Err(StoreError::Corrupt { .. })));
+    }
+}
