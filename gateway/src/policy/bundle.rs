@@ -97,6 +97,8 @@ pub struct App {
     pub path_prefix: String,
     /// Strip the prefix before forwarding.
     pub strip_prefix: bool,
+    /// Forwarding headers.
+    pub forwarded: super::model::ForwardedSpec,
     /// Routes, sorted so that the first match is the most specific.
     pub routes: Vec<Route>,
     /// Forward unmatched paths too.

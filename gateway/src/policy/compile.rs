@@ -348,6 +348,7 @@ fn compile_app(
         hosts,
         path_prefix,
         strip_prefix: spec.strip_prefix,
+        forwarded: spec.forwarded,
         routes,
         passthrough: spec.passthrough
             || (spec.contract.is_some() && contract_undocumented_passes(spec)),

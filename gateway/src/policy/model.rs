@@ -288,6 +288,9 @@ pub struct AppSpec {
     /// Remove `path_prefix` from the path before forwarding.
     #[serde(default)]
     pub strip_prefix: bool,
+    /// Which forwarding headers the app receives.
+    #[serde(default)]
+    pub forwarded: ForwardedSpec,
     /// Where traffic goes.
     pub upstream: UpstreamSpec,
     /// Connect/read/total timeouts.
@@ -654,4 +657,31 @@ mod tests {
         assert!(s(serde_json::json!("1MB")).is_err());
         assert!(s(serde_json::json!(-1)).is_err());
     }
+}
+
+/// How the client's address, scheme and host are passed to the app. The
+/// request's own `Host` header always reaches the app unchanged.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardedSpec {
+    /// Header style.
+    #[serde(default)]
+    pub style: ForwardedStyle,
+    /// Also send the client's `Host` (`X-Forwarded-Host` / `host=`); off by
+    /// default because the app already receives the same `Host`.
+    #[serde(default)]
+    pub host: bool,
+}
+
+/// Forwarding header style.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ForwardedStyle {
+    /// `X-Forwarded-For` (appended to) and `X-Forwarded-Proto`.
+    #[default]
+    XForwarded,
+    /// One RFC 7239 `Forwarded: for=…;proto=…` element (appended to).
+    Rfc7239,
+    /// Nothing.
+    None,
 }

@@ -12,8 +12,10 @@ use pingora::{Error, ErrorType, Result};
 use super::respond::fail;
 use crate::ctx::RequestCtx;
 use crate::error::GatewayError;
+use crate::policy::model::ForwardedStyle;
 use crate::policy::Balancing;
 use crate::routing::{self, now_ms, InstanceLease, Pick};
+use std::fmt::Write as _;
 
 /// Pick an instance for the next attempt and build its peer. On failure the
 /// reason is in `ctx.error`.
@@ -89,7 +91,24 @@ pub fn deadline_passed(ctx: &RequestCtx) -> bool {
     ctx.deadline.is_some_and(|d| Instant::now() >= d)
 }
 
-/// Add `X-Request-Id` and `X-Forwarded-*`, strip the app prefix if asked.
+/// The value of list header `name` with one more element written by `add`.
+fn appended(upstream: &RequestHeader, name: &str, add: impl FnOnce(&mut String)) -> String {
+    let mut out = String::with_capacity(64);
+    if let Some(prev) = upstream
+        .headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .filter(|p| !p.is_empty())
+    {
+        out.push_str(prev);
+        out.push_str(", ");
+    }
+    add(&mut out);
+    out
+}
+
+/// Add `X-Request-Id` and the app's forwarding headers (`X-Forwarded-*` or
+/// RFC 7239 `Forwarded`), strip the app prefix if asked.
 pub fn prepare_upstream_request(
     session: &Session,
     upstream: &mut RequestHeader,
@@ -102,35 +121,59 @@ pub fn prepare_upstream_request(
             upstream.insert_header("x-request-id", id.clone())?;
         }
     }
-    if let Some(addr) = session.client_addr().and_then(|a| a.as_inet()) {
-        let mut xff = String::with_capacity(64);
-        if let Some(prev) = upstream
-            .headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-            .filter(|p| !p.is_empty())
-        {
-            xff.push_str(prev);
-            xff.push_str(", ");
-        }
-        use std::fmt::Write as _;
-        let _ = write!(xff, "{}", addr.ip());
-        upstream.insert_header("x-forwarded-for", xff)?;
-    }
+    let forwarded = ctx.app().map(|a| a.forwarded).unwrap_or_default();
     let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-    let proto = http::HeaderValue::from_static(if tls { "https" } else { "http" });
-    upstream.insert_header("x-forwarded-proto", proto)?;
+    let client_ip = session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip());
     let req = session.req_header();
     let host = req.headers.get(http::header::HOST).cloned().or_else(|| {
         req.uri
             .authority()
             .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok())
     });
-    if let Some(host) = host {
+    if let Some(host) = &host {
+        // HTTP/2 clients send :authority, not Host: the app still gets one.
         if upstream.headers.get(http::header::HOST).is_none() {
             upstream.insert_header(http::header::HOST, host.clone())?;
         }
-        upstream.insert_header("x-forwarded-host", host)?;
+    }
+    match forwarded.style {
+        ForwardedStyle::XForwarded => {
+            if let Some(ip) = client_ip {
+                let xff = appended(upstream, "x-forwarded-for", |out| {
+                    let _ = write!(out, "{ip}");
+                });
+                upstream.insert_header("x-forwarded-for", xff)?;
+            }
+            let proto = http::HeaderValue::from_static(if tls { "https" } else { "http" });
+            upstream.insert_header("x-forwarded-proto", proto)?;
+            if let (true, Some(host)) = (forwarded.host, host) {
+                upstream.insert_header("x-forwarded-host", host)?;
+            }
+        }
+        ForwardedStyle::Rfc7239 => {
+            let element = appended(upstream, "forwarded", |out| {
+                match client_ip {
+                    Some(std::net::IpAddr::V6(ip)) => {
+                        let _ = write!(out, "for=\"[{ip}]\"");
+                    }
+                    Some(ip) => {
+                        let _ = write!(out, "for={ip}");
+                    }
+                    None => out.push_str("for=unknown"),
+                }
+                out.push_str(if tls { ";proto=https" } else { ";proto=http" });
+                if let (true, Some(h)) =
+                    (forwarded.host, host.as_ref().and_then(|h| h.to_str().ok()))
+                {
+                    let _ = write!(out, ";host=\"{h}\"");
+                }
+            });
+            upstream.insert_header("forwarded", element)?;
+        }
+        ForwardedStyle::None => {}
     }
     if let Some(auth) = ctx.app().and_then(|a| a.auth.as_ref()) {
         // Credentials for the gateway are not the app's business.

@@ -30,7 +30,7 @@ fn estate() -> (Sim, PolicyDir) {
     dir.write(
         "tools.yaml",
         &format!(
-            "version: 1\napps:\n  - name: tools\n    owner: t@x\n    hosts: [\"*.tools.test\"]\n    passthrough: true\n    upstream: {{ instances: [\"{0}\"] }}\n  - name: legacy\n    owner: t@x\n    hosts: [orders.test]\n    path_prefix: /legacy\n    strip_prefix: true\n    passthrough: true\n    upstream: {{ instances: [\"{0}\"] }}\n",
+            "version: 1\napps:\n  - name: tools\n    owner: t@x\n    hosts: [\"*.tools.test\"]\n    passthrough: true\n    upstream: {{ instances: [\"{0}\"] }}\n  - name: legacy\n    owner: t@x\n    hosts: [orders.test]\n    path_prefix: /legacy\n    strip_prefix: true\n    passthrough: true\n    upstream: {{ instances: [\"{0}\"] }}\n  - name: fwd-host\n    owner: t@x\n    hosts: [host.fwd.test]\n    passthrough: true\n    forwarded: {{ host: true }}\n    upstream: {{ instances: [\"{0}\"] }}\n  - name: fwd-rfc\n    owner: t@x\n    hosts: [rfc.fwd.test]\n    passthrough: true\n    forwarded: {{ style: rfc7239, host: true }}\n    upstream: {{ instances: [\"{0}\"] }}\n  - name: fwd-none\n    owner: t@x\n    hosts: [none.fwd.test]\n    passthrough: true\n    forwarded: {{ style: none }}\n    upstream: {{ instances: [\"{0}\"] }}\n",
             sim.url(2)
         ),
     );
@@ -148,11 +148,49 @@ async fn forwarded_headers_request_ids_and_prefix_stripping() {
     let h = &echo["headers"];
     assert_eq!(h["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
     assert_eq!(h["x-forwarded-proto"], "http");
-    assert_eq!(h["x-forwarded-host"], "eu.tools.test");
+    assert!(
+        h.get("x-forwarded-host").is_none(),
+        "the app gets the same Host already: {h}"
+    );
     assert_eq!(h["host"], "eu.tools.test");
     assert_eq!(h["x-request-id"], rid.as_str());
     assert_eq!(echo["path"], "/__sim/echo/a");
     assert_eq!(echo["query"], "x=1");
+
+    // Per app: X-Forwarded-Host on request, RFC 7239 `Forwarded`, or nothing.
+    let echo_headers = |host: &'static str| {
+        let c = c.clone();
+        let url = format!("{}/__sim/echo", gw.url());
+        async move {
+            let r = c
+                .get(url)
+                .header("host", host)
+                .header("forwarded", "for=198.51.100.7;proto=https")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            r.json::<Value>().await.unwrap()["headers"].clone()
+        }
+    };
+    let h = echo_headers("host.fwd.test").await;
+    assert_eq!(h["x-forwarded-host"], "host.fwd.test");
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+    let h = echo_headers("rfc.fwd.test").await;
+    assert_eq!(
+        h["forwarded"],
+        "for=198.51.100.7;proto=https, for=127.0.0.1;proto=http;host=\"rfc.fwd.test\""
+    );
+    assert!(h.get("x-forwarded-for").is_none(), "{h}");
+    let h = echo_headers("none.fwd.test").await;
+    assert!(
+        h.get("x-forwarded-for").is_none() && h.get("x-forwarded-proto").is_none(),
+        "{h}"
+    );
+    assert_eq!(
+        h["forwarded"], "for=198.51.100.7;proto=https",
+        "a client's own header passes untouched"
+    );
 
     // A client's request id is kept end to end.
     let r = c
