@@ -37,6 +37,11 @@ impl BundleDocuments {
         self.raw.get(path)
     }
 
+    /// Every document, by path.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Value)> {
+        self.raw.iter().map(|(k, v)| (k.as_str(), v))
+    }
+
     /// All documents, for the retriever; `convert_30` applies the 3.0 dialect conversion.
     pub fn retriever(&self, convert_30: bool) -> BundleRetriever {
         let docs = self

@@ -60,6 +60,17 @@ pub enum Class {
     /// A consumer's keys, plan or apps changed.
     #[serde(rename = "consumer.changed")]
     ConsumerChanged,
+    /// How credentials are presented or checked changed (key header or
+    /// parameter, JWT settings, signing keys).
+    #[serde(rename = "auth.changed")]
+    AuthChanged,
+    /// Owner, platform or description changed.
+    #[serde(rename = "metadata.changed")]
+    MetadataChanged,
+    /// The bundles differ in a way no typed change describes (reviewed
+    /// under the default rule, never silently).
+    #[serde(rename = "policy.unclassified")]
+    Unclassified,
 }
 
 impl Class {
@@ -71,6 +82,7 @@ impl Class {
                 | Class::RouteRemoved
                 | Class::LimitsTightened
                 | Class::AuthAdded
+                | Class::AuthChanged
                 | Class::ConsumerRemoved
         )
     }
@@ -173,6 +185,43 @@ pub fn diff(old: &Bundle, new: &Bundle) -> Vec<Change> {
             None,
         );
     }
+    // Documents no contract diff looks at: per-route JSON Schemas and keys.
+    let contracts: Vec<&String> = old
+        .apps
+        .iter()
+        .chain(&new.apps)
+        .filter_map(|a| a.contract.openapi.as_ref())
+        .collect();
+    let mut paths: Vec<&str> = old
+        .documents
+        .iter()
+        .chain(new.documents.iter())
+        .map(|(p, _)| p)
+        .collect();
+    paths.sort_unstable();
+    paths.dedup();
+    for path in paths {
+        if path.starts_with("contracts/") && !contracts.is_empty() {
+            // Contract documents (and what they `$ref`) are compared resolved,
+            // per operation, by the contract diff.
+            continue;
+        }
+        let (o, n) = (old.documents.get(path), new.documents.get(path));
+        if o == n {
+            continue;
+        }
+        let what = match (o, n) {
+            (None, _) => "added",
+            (_, None) => "removed",
+            _ => "changed",
+        };
+        let class = if path.starts_with("keys/") {
+            Class::AuthChanged
+        } else {
+            Class::ContractUndecided
+        };
+        push(class, "", format!("document `{path}` {what}"), None);
+    }
     let mut plans: Vec<&String> = old.plans.keys().chain(new.plans.keys()).collect();
     plans.sort();
     plans.dedup();
@@ -181,6 +230,18 @@ pub fn diff(old: &Bundle, new: &Bundle) -> Vec<Change> {
         let ol = o.map(|p| p.limits.as_slice()).unwrap_or_default();
         let nl = n.map(|p| p.limits.as_slice()).unwrap_or_default();
         limit_diff(&format!("plan `{name}`"), ol, nl, "", &mut push);
+    }
+    if out.is_empty() && old.version != new.version {
+        out.push(Change {
+            class: Class::Unclassified,
+            app: String::new(),
+            text: format!(
+                "the bundles differ ({} → {}) in a way no typed change describes; review the files",
+                old.short_version(),
+                new.short_version()
+            ),
+            contract: None,
+        });
     }
     out.sort_by(|a, b| {
         a.class
@@ -236,6 +297,114 @@ fn app_diff(old_b: &Bundle, o: &App, new_b: &Bundle, n: &App, push: &mut Push<'_
             format!("passthrough {} → {}", o.passthrough, n.passthrough),
             None,
         );
+    }
+    // Hosts and prefixes: who reaches the app.
+    for h in &o.hosts {
+        if !n.hosts.contains(h) {
+            push(
+                Class::RouteRemoved,
+                app,
+                format!("host `{h}` removed"),
+                None,
+            );
+        }
+    }
+    for h in &n.hosts {
+        if !o.hosts.contains(h) {
+            push(Class::RouteAdded, app, format!("host `{h}` added"), None);
+        }
+    }
+    if o.path_prefix != n.path_prefix {
+        push(
+            Class::RouteRemoved,
+            app,
+            format!(
+                "path prefix `{}` → `{}` (paths under the old prefix stop answering)",
+                o.path_prefix, n.path_prefix
+            ),
+            None,
+        );
+    }
+    // Body caps.
+    let caps = std::iter::once(("app".to_string(), o.max_request_body, n.max_request_body))
+        .chain(n.routes.iter().filter_map(|r| {
+            let or = o.routes.iter().find(|x| x.id == r.id)?;
+            Some((
+                format!("route `{}`", r.id),
+                or.max_request_body,
+                r.max_request_body,
+            ))
+        }))
+        .chain([
+            (
+                "contract max_body".to_string(),
+                o.contract.max_body,
+                n.contract.max_body,
+            ),
+            (
+                "contract max_response_body".to_string(),
+                o.contract.max_response_body,
+                n.contract.max_response_body,
+            ),
+        ]);
+    for (what, a, b) in caps {
+        if a != b {
+            let class = if b < a {
+                Class::LimitsTightened
+            } else {
+                Class::LimitsLoosened
+            };
+            push(
+                class,
+                app,
+                format!("{what}: body cap {a} → {b} bytes"),
+                None,
+            );
+        }
+    }
+    // Settings compared as a whole.
+    let settings = [
+        (
+            Class::UpstreamChanged,
+            "forwarding headers",
+            format!("{:?}", o.forwarded),
+            format!("{:?}", n.forwarded),
+        ),
+        (
+            Class::UpstreamChanged,
+            "prefix stripping",
+            o.strip_prefix.to_string(),
+            n.strip_prefix.to_string(),
+        ),
+        (
+            Class::UpstreamChanged,
+            "health checks / ejection",
+            format!("{:?} {:?}", o.upstream.health_check, o.upstream.ejection),
+            format!("{:?} {:?}", n.upstream.health_check, n.upstream.ejection),
+        ),
+        (
+            Class::EnforcementTightened,
+            "violations reported",
+            o.contract.max_violations.to_string(),
+            n.contract.max_violations.to_string(),
+        ),
+        (
+            Class::AuthChanged,
+            "credential settings",
+            auth_settings(o),
+            auth_settings(n),
+        ),
+        (
+            Class::MetadataChanged,
+            "owner / platform",
+            format!("{} {:?}", o.owner, o.platform),
+            format!("{} {:?}", n.owner, n.platform),
+        ),
+    ];
+    for (class, what, a, b) in settings {
+        if a != b {
+            push(class, app, format!("{what}: {a} → {b}"), None);
+        }
     }
     // Upstream.
     let urls = |a: &App| {
@@ -384,6 +553,19 @@ fn app_diff(old_b: &Bundle, o: &App, new_b: &Bundle, n: &App, push: &mut Push<'_
     }
 }
 
+/// How an app takes credentials (mode aside, which has its own classes).
+fn auth_settings(a: &App) -> String {
+    match &a.auth {
+        None => "none".into(),
+        Some(x) => format!(
+            "key header {:?}, key query {:?}, jwt {:?}",
+            x.api_key_header.as_ref().map(|h| h.as_str()),
+            x.api_key_query,
+            x.jwt
+        ),
+    }
+}
+
 fn limit_diff(
     owner: &str,
     old: &[crate::limits::LimitRule],
@@ -423,5 +605,73 @@ fn limit_diff(
                 None,
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{compile, SourceFile};
+
+    const APP: &str = "version: 1\napps:\n  - name: hr\n    owner: hr@corp.example\n    description: People data.\n    hosts: [hr.corp.example, hr.eu.corp.example]\n    path_prefix: /api/hr\n    max_request_body: 64KiB\n    upstream: { instances: [\"http://127.0.0.1:9301\"] }\n    routes:\n      - { id: dept, method: GET, path: /departments }\n";
+
+    fn bundle(text: &str) -> Bundle {
+        compile(&[SourceFile {
+            path: "apps/hr.yaml".into(),
+            text: text.into(),
+        }])
+        .expect("compiles")
+    }
+
+    fn classes(old: &str, new: &str) -> Vec<(Class, String)> {
+        diff(&bundle(old), &bundle(new))
+            .into_iter()
+            .map(|c| (c.class, c.text))
+            .collect()
+    }
+
+    #[test]
+    fn hosts_prefixes_caps_and_forwarding_are_typed() {
+        let c = classes(APP, &APP.replace(", hr.eu.corp.example", ""));
+        assert_eq!(
+            c,
+            vec![(
+                Class::RouteRemoved,
+                "host `hr.eu.corp.example` removed".into()
+            )]
+        );
+        let c = classes(APP, &APP.replace("/api/hr", "/api/people"));
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].0, Class::RouteRemoved, "{c:?}");
+        let c = classes(APP, &APP.replace("64KiB", "16KiB"));
+        assert!(
+            c.iter().any(|(k, t)| *k == Class::LimitsTightened
+                && t.starts_with("app: body cap 65536 → 16384")),
+            "{c:?}"
+        );
+        let c = classes(
+            APP,
+            &APP.replace(
+                "    upstream:",
+                "    forwarded: { style: rfc7239 }\n    upstream:",
+            ),
+        );
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].0, Class::UpstreamChanged, "{c:?}");
+        let c = classes(APP, &APP.replace("hr@corp", "people@corp"));
+        assert_eq!(c[0].0, Class::MetadataChanged, "{c:?}");
+    }
+
+    #[test]
+    fn a_difference_no_typed_change_describes_is_still_listed() {
+        // The description is not part of the compiled app: nothing typed
+        // covers it, yet the version differs, so it must be reviewed.
+        let c = classes(APP, &APP.replace("People data.", "All people data."));
+        assert_eq!(c.len(), 1, "{c:?}");
+        assert_eq!(c[0].0, Class::Unclassified);
+        assert!(
+            classes(APP, APP).is_empty(),
+            "identical bundles have no changes"
+        );
     }
 }

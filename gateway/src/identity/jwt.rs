@@ -32,6 +32,10 @@ impl std::fmt::Debug for JwtVerifier {
         f.debug_struct("JwtVerifier")
             .field("issuer", &self.issuer)
             .field("audience", &self.audience)
+            .field("claim", &self.claim)
+            .field("leeway", &self.leeway)
+            // Where the secret lives (a variable or file name), never its value.
+            .field("secret_from", &self.secret)
             .field("public_keys", &self.keys.len())
             .finish_non_exhaustive()
     }
