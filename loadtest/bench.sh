@@ -7,7 +7,10 @@
 # The proxy under test is pinned to CPU 0; loadgen, lowcode-sim and
 # ClickHouse share CPU 1. Targets alternate, ROUNDS rounds (default 3); the
 # table reports medians with CPU time per request (from /proc) and RSS, and
-# the ratios against nginx. Figures are appended to loadtest/RESULTS.md.
+# the ratios against nginx. An HTTP/2 row pair (cleartext h2, prior
+# knowledge, 4 connections carrying the same concurrency) compares nginx's
+# `http2` listener with Gatehouse's `--h2c`. Figures are appended to
+# loadtest/RESULTS.md.
 #
 # Usage: loadtest/bench.sh [--rounds N] [--duration 10s] [--connections 64]
 set -euo pipefail
@@ -31,7 +34,8 @@ cargo build --release --locked --workspace --bins
 bin=target/release
 work=.state/bench
 rm -rf "$work"; mkdir -p "$work"
-sim_port=19101; nginx_port=19201; pass_port=19301; full_port=19401; admin_a=19302; admin_b=19402
+sim_port=19101; nginx_port=19201; nginx_h2_port=19211; pass_port=19301; pass_h2_port=19311
+full_port=19401; admin_a=19302; admin_b=19402; admin_c=19312
 
 pids=()
 cleanup() {
@@ -45,7 +49,7 @@ trap cleanup EXIT INT TERM
 taskset -c 1 "$bin/lowcode-sim" --app "orders=127.0.0.1:$sim_port" --threads 1 > /dev/null &
 pids+=($!)
 
-sed -e "s#__DIR__#$PWD/$work#g" -e "s#__PORT__#$nginx_port#" -e "s#__UPSTREAM_PORT__#$sim_port#" loadtest/nginx.conf.template > "$work/nginx.conf"
+sed -e "s#__DIR__#$PWD/$work#g" -e "s#__PORT__#$nginx_port#" -e "s#__H2_PORT__#$nginx_h2_port#" -e "s#__UPSTREAM_PORT__#$sim_port#" loadtest/nginx.conf.template > "$work/nginx.conf"
 taskset -c 0 nginx -c "$PWD/$work/nginx.conf" -g "daemon off;" &
 pids+=($!)
 
@@ -57,12 +61,15 @@ cp -r loadtest/bench/full "$work/full-policies"
 taskset -c 0 "$bin/gatehouse" serve --policies loadtest/bench/passthrough --listen "127.0.0.1:$pass_port" \
   --admin-listen "127.0.0.1:$admin_a" --threads 1 --no-watch 2> "$work/gatehouse-passthrough.log" &
 pass_pid=$!; pids+=($pass_pid)
+taskset -c 0 "$bin/gatehouse" serve --policies loadtest/bench/passthrough --listen "127.0.0.1:$pass_h2_port" \
+  --admin-listen "127.0.0.1:$admin_c" --threads 1 --no-watch --h2c 2> "$work/gatehouse-passthrough-h2.log" &
+pass_h2_pid=$!; pids+=($pass_h2_pid)
 taskset -c 0 "$bin/gatehouse" serve --policies "$work/full-policies" --listen "127.0.0.1:$full_port" \
   --admin-listen "127.0.0.1:$admin_b" --threads 1 --no-watch \
   --clickhouse http://127.0.0.1:19123 --migrate --spool-dir "$work/spool" 2> "$work/gatehouse-full.log" &
 full_pid=$!; pids+=($full_pid)
 
-for port in $admin_a $admin_b; do
+for port in $admin_a $admin_b $admin_c; do
   for _ in $(seq 1 100); do curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
 done
 sleep 1
@@ -72,11 +79,12 @@ sim_pid=${pids[0]}
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 
-run() { # label port pid scenario
+run() { # label port pid scenario round [loadgen options…]
   local label=$1 port=$2 pid=$3 scenario=$4 round=$5
+  shift 5
   local before after
   before=$(cpu_ticks "$pid")
-  taskset -c 1 "$bin/loadgen" --target "127.0.0.1:$port" --scenario "$scenario" --mode closed \
+  taskset -c 1 "$bin/loadgen" --target "127.0.0.1:$port" --scenario "$scenario" --mode closed "$@" \
     --connections "$connections" --duration "$duration" --warmup 2s --label "$label" \
     --json "$work/$label-$round.json" > "$work/$label-$round.txt"
   after=$(cpu_ticks "$pid")
@@ -96,6 +104,8 @@ for round in $(seq 1 "$rounds"); do
     run "passthrough-$mix" $pass_port "$pass_pid" "$plain" "$round"
     [ "$mix" = order ] && run "full-$mix" $full_port "$full_pid" "$keyed" "$round"
   done
+  run nginx-h2get $nginx_h2_port "$nginx_pid" loadtest/scenarios/get.yaml "$round" --h2
+  run passthrough-h2get $pass_h2_port "$pass_h2_pid" loadtest/scenarios/get.yaml "$round" --h2
 done
 
 python3 loadtest/summarize.py "$work" "$rounds" "$(nproc)" "$duration" "$connections" "$consumers" | tee "$work/summary.md"

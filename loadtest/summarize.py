@@ -3,7 +3,8 @@ import json, os, statistics, subprocess, sys, datetime
 
 work, rounds, cpus, duration, connections, consumers = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6]
 tick = os.sysconf("SC_CLK_TCK")
-labels = ["direct-get", "nginx-get", "passthrough-get", "direct-order", "nginx-order", "passthrough-order", "full-order"]
+labels = ["direct-get", "nginx-get", "passthrough-get", "direct-order", "nginx-order", "passthrough-order", "full-order",
+          "nginx-h2get", "passthrough-h2get"]
 rows = {}
 for label in labels:
     runs = []
@@ -25,7 +26,7 @@ print(f"## Gateway vs nginx — {datetime.date.today()}")
 print()
 print(f"Command: `loadtest/bench.sh --rounds {rounds} --duration {duration} --connections {connections}` "
       f"({cpus} vCPU {cpu_model}; proxy under test pinned to CPU 0, loadgen + lowcode-sim + ClickHouse on CPU 1; "
-      f"closed loop, {connections} HTTP/1.1 keep-alive connections, medians of {rounds} rounds; full mode spreads keys over {consumers} consumers).")
+      f"closed loop, {connections} HTTP/1.1 keep-alive connections (HTTP/2 rows: {connections} concurrent streams over 4 connections), medians of {rounds} rounds; full mode spreads keys over {consumers} consumers).")
 print()
 print("| target | workload | rps | × nginx | p50 ms | p99 ms | proxy CPU µs/req | RSS MiB | non-2xx / errors |")
 print("|---|---|---|---|---|---|---|---|---|")
@@ -39,7 +40,7 @@ for label in labels:
     cpu = "" if target == "direct" else f"{r['cpu']:.1f}"
     rss = "" if target == "direct" else f"{r['rss']:.0f}"
     non2xx = sum(v for k, v in r["statuses"].items() if not k.startswith("2"))
-    workload = "GET order" if mix == "get" else "POST ~1 KB order"
+    workload = {"get": "GET order", "order": "POST ~1 KB order", "h2get": "GET order, HTTP/2 h2c"}[mix]
     print(f"| {target} | {workload} | {r['rps']:.0f} | {ratio} | {r['p50']:.2f} | {r['p99']:.2f} | {cpu} | {rss} | {non2xx} / {r['errors']} |")
 print()
 print("`full` answers the 10 % invalid orders itself (400), the others forward them; `direct` has no proxy (CPU and RSS columns empty).")
