@@ -23,6 +23,9 @@ pub struct RequestCtx {
     pub request_id_header: Option<http::HeaderValue>,
     /// The client sent the id: the upstream request already carries it.
     pub request_id_from_client: bool,
+    /// The client's IP address as text (empty when unknown), formatted once
+    /// for limits, forwarding headers and the event.
+    pub client_ip: String,
     /// Index of the app in `active.bundle.apps`.
     pub app: Option<usize>,
     /// Index of the matched route, `None` for passthrough.
@@ -75,6 +78,7 @@ impl RequestCtx {
             request_id: String::new(),
             request_id_header: None,
             request_id_from_client: false,
+            client_ip: String::new(),
             app: None,
             route: None,
             body_cap: u64::MAX,

@@ -131,6 +131,11 @@ pub fn validate_json(
     out: &mut Vec<Violation>,
     max: usize,
 ) {
+    // The common case costs one allocation-free pass; errors (with their
+    // pointers and messages) are collected only for a value that fails.
+    if validator.is_valid(value) {
+        return;
+    }
     for err in validator.iter_errors(value) {
         if out.len() >= max {
             break;

@@ -165,11 +165,7 @@ fn limit(
     if plan.is_none() && app.limits.is_empty() {
         return None;
     }
-    let ip = session
-        .client_addr()
-        .and_then(|a| a.as_inet())
-        .map(|a| a.ip());
-    let ip_text = ip.map(|i| i.to_string()).unwrap_or_default();
+    let ip_text = ctx.client_ip.clone();
     let mut applied: Vec<Applied<'_>> = Vec::new();
 
     let plan_rules = plan.into_iter().flat_map(|p| p.limits.iter());

@@ -139,11 +139,7 @@ pub fn event(
         violations,
         bytes_in: session.body_bytes_read() as u64,
         bytes_out: session.body_bytes_sent() as u64,
-        client_ip: session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip().to_string())
-            .unwrap_or_default(),
+        client_ip: ctx.client_ip.clone(),
         upstream: ctx
             .last_instance
             .as_ref()

@@ -97,6 +97,10 @@ impl ProxyHttp for Gateway {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         respond::assign_request_id(session.req_header(), ctx);
+        if let Some(addr) = session.client_addr().and_then(|a| a.as_inet()) {
+            use std::fmt::Write as _;
+            let _ = write!(ctx.client_ip, "{}", addr.ip());
+        }
         let active = self.shared.active();
         let req = session.req_header();
         let path = req.uri.path();

@@ -123,10 +123,7 @@ pub fn prepare_upstream_request(
     }
     let forwarded = ctx.app().map(|a| a.forwarded).unwrap_or_default();
     let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-    let client_ip = session
-        .client_addr()
-        .and_then(|a| a.as_inet())
-        .map(|a| a.ip());
+    let client_ip = ctx.client_ip.as_str();
     let req = session.req_header();
     let host = req.headers.get(http::header::HOST).cloned().or_else(|| {
         req.uri
@@ -141,10 +138,8 @@ pub fn prepare_upstream_request(
     }
     match forwarded.style {
         ForwardedStyle::XForwarded => {
-            if let Some(ip) = client_ip {
-                let xff = appended(upstream, "x-forwarded-for", |out| {
-                    let _ = write!(out, "{ip}");
-                });
+            if !client_ip.is_empty() {
+                let xff = appended(upstream, "x-forwarded-for", |out| out.push_str(client_ip));
                 upstream.insert_header("x-forwarded-for", xff)?;
             }
             let proto = http::HeaderValue::from_static(if tls { "https" } else { "http" });
@@ -156,13 +151,13 @@ pub fn prepare_upstream_request(
         ForwardedStyle::Rfc7239 => {
             let element = appended(upstream, "forwarded", |out| {
                 match client_ip {
-                    Some(std::net::IpAddr::V6(ip)) => {
+                    "" => out.push_str("for=unknown"),
+                    ip if ip.contains(':') => {
                         let _ = write!(out, "for=\"[{ip}]\"");
                     }
-                    Some(ip) => {
+                    ip => {
                         let _ = write!(out, "for={ip}");
                     }
-                    None => out.push_str("for=unknown"),
                 }
                 out.push_str(if tls { ";proto=https" } else { ";proto=http" });
                 if let (true, Some(h)) =
