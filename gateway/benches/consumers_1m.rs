@@ -30,14 +30,10 @@ fn main() {
     let ids: Vec<String> = (0..N).map(|i| format!("consumer-{i:07}")).collect();
 
     let before = rss_bytes();
+    let gold: std::sync::Arc<str> = "gold".into();
     let consumers: Vec<Consumer> = ids
         .iter()
-        .map(|id| Consumer {
-            id: id.clone(),
-            name: id.clone(),
-            plan: Some("gold".into()),
-            apps: None,
-        })
+        .map(|id| Consumer::new(id, id, Some(gold.clone()), None))
         .collect();
     let dir = ConsumerDirectory::new(
         consumers,

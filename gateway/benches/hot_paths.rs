@@ -152,11 +152,13 @@ fn bench_identity_and_limits(c: &mut Criterion) {
     use gatehouse::limits::{key_hash, GovernorStore, LimitKey, LimitRule, LimitStore, Rate};
     let keys: Vec<String> = (0..10_000).map(|_| generate_key()).collect();
     let consumers = (0..keys.len())
-        .map(|i| Consumer {
-            id: format!("c{i}"),
-            name: format!("c{i}"),
-            plan: Some("gold".into()),
-            apps: None,
+        .map(|i| {
+            Consumer::new(
+                &format!("c{i}"),
+                &format!("c{i}"),
+                Some("gold".into()),
+                None,
+            )
         })
         .collect();
     let dir = ConsumerDirectory::new(

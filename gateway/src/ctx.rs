@@ -111,7 +111,7 @@ impl RequestCtx {
             .consumers
             .consumers
             .get(self.consumer?)
-            .map(|c| c.id.as_str())
+            .map(|c| &*c.id)
     }
 
     /// The app this request was routed to.

@@ -136,7 +136,7 @@ pub fn diff(old: &Bundle, new: &Bundle) -> Vec<Change> {
     }
     let (oc, nc) = (&old.consumers.consumers, &new.consumers.consumers);
     for c in oc {
-        match nc.iter().find(|n| n.id == c.id) {
+        match new.consumers.by_id(&c.id).map(|i| &nc[i]) {
             None => push(
                 Class::ConsumerRemoved,
                 "",
@@ -156,7 +156,7 @@ pub fn diff(old: &Bundle, new: &Bundle) -> Vec<Change> {
         }
     }
     for n in nc {
-        if !oc.iter().any(|c| c.id == n.id) {
+        if old.consumers.by_id(&n.id).is_none() {
             push(
                 Class::ConsumerAdded,
                 "",

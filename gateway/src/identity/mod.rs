@@ -10,26 +10,43 @@ pub mod jwt;
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
 /// Prefix of generated keys (lets secret scanners recognise them).
 pub const KEY_PREFIX: &str = "gh_";
 
-/// A consumer, compiled.
-#[derive(Debug, Clone)]
+/// A consumer, compiled. Kept small because a bundle may hold millions:
+/// the name is stored only when it differs from the id, and plan names and
+/// app lists are shared between the consumers that have the same one.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Consumer {
     /// Stable id (telemetry, limits).
-    pub id: String,
-    /// Display name.
-    pub name: String,
+    pub id: Box<str>,
+    name: Option<Box<str>>,
     /// Plan name, if any.
-    pub plan: Option<String>,
+    pub plan: Option<Arc<str>>,
     /// Apps the consumer may call; `None` = all.
-    pub apps: Option<Vec<String>>,
+    pub apps: Option<Arc<[String]>>,
 }
 
 impl Consumer {
+    /// A consumer; `name` is stored only when it differs from `id`.
+    pub fn new(id: &str, name: &str, plan: Option<Arc<str>>, apps: Option<Arc<[String]>>) -> Self {
+        Self {
+            id: id.into(),
+            name: (name != id).then(|| name.into()),
+            plan,
+            apps,
+        }
+    }
+
+    /// Display name.
+    pub fn name(&self) -> &str {
+        self.name.as_deref().unwrap_or(&self.id)
+    }
+
     /// May this consumer call `app`?
     pub fn allowed(&self, app: &str) -> bool {
         self.apps
@@ -38,44 +55,126 @@ impl Consumer {
     }
 }
 
+/// Key digests sorted by value, with their consumer's index.
+///
+/// SHA-256 digests are uniformly distributed, so the position of a digest
+/// is predicted from its first eight bytes (interpolation search): a lookup
+/// touches two or three entries instead of a hash table's bucket, and the
+/// table has no empty slots (36 bytes per key; a hash map with its load
+/// factor and power-of-two growth used ≈ 80). After a few probes it falls
+/// back to binary search, so even a skewed set costs O(log n).
+#[derive(Debug, Default)]
+struct KeyTable {
+    entries: Vec<([u8; 32], u32)>,
+}
+
+fn prefix(h: &[u8; 32]) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&h[..8]);
+    u64::from_be_bytes(b)
+}
+
+impl KeyTable {
+    fn new(mut entries: Vec<([u8; 32], u32)>) -> Self {
+        entries.sort_unstable_by_key(|e| e.0);
+        entries.dedup_by(|a, b| a.0 == b.0);
+        entries.shrink_to_fit();
+        Self { entries }
+    }
+
+    fn get(&self, h: &[u8; 32]) -> Option<usize> {
+        let e = &self.entries;
+        let (mut lo, mut hi) = (0usize, e.len());
+        let key = prefix(h);
+        let mut probes = 0;
+        while lo < hi {
+            let mid = if probes < 4 {
+                probes += 1;
+                let (a, b) = (prefix(&e[lo].0), prefix(&e[hi - 1].0));
+                if key < a || key > b {
+                    return None;
+                }
+                if b == a {
+                    lo + (hi - lo) / 2
+                } else {
+                    let span = (hi - 1 - lo) as u128;
+                    lo + ((u128::from(key - a) * span) / u128::from(b - a)) as usize
+                }
+            } else {
+                lo + (hi - lo) / 2
+            };
+            match e[mid].0.cmp(h) {
+                std::cmp::Ordering::Equal => return Some(e[mid].1 as usize),
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
+            }
+        }
+        None
+    }
+}
+
 /// Consumers and the hashes of their keys.
 #[derive(Debug, Default)]
 pub struct ConsumerDirectory {
-    /// All consumers.
+    /// All consumers, sorted by id.
     pub consumers: Vec<Consumer>,
-    /// SHA-256 digests are uniform: the map uses their bytes as the hash.
-    by_key: HashMap<[u8; 32], usize, std::hash::BuildHasherDefault<crate::limits::PrehashedKey>>,
+    by_key: KeyTable,
+    /// Extra JWT subjects (a consumer's id is always one).
     by_subject: HashMap<String, usize>,
 }
 
 impl ConsumerDirectory {
-    /// Build from consumers and `(key hash, consumer index)` pairs.
+    /// Build from consumers and `(key hash, consumer index)` pairs; the
+    /// consumers are sorted by id (indexes are remapped).
     pub fn new(consumers: Vec<Consumer>, keys: Vec<([u8; 32], usize)>) -> Self {
+        let mut order: Vec<u32> = (0..consumers.len() as u32).collect();
+        order.sort_unstable_by(|a, b| consumers[*a as usize].id.cmp(&consumers[*b as usize].id));
+        let mut new_index = vec![0u32; consumers.len()];
+        for (new, old) in order.iter().enumerate() {
+            new_index[*old as usize] = new as u32;
+        }
+        let mut slots: Vec<Option<Consumer>> = consumers.into_iter().map(Some).collect();
+        let consumers = order
+            .iter()
+            .filter_map(|old| slots[*old as usize].take())
+            .collect();
+        let keys = keys
+            .into_iter()
+            .filter_map(|(h, i)| new_index.get(i).map(|n| (h, *n)))
+            .collect();
         Self {
             consumers,
-            by_key: keys.into_iter().collect(),
+            by_key: KeyTable::new(keys),
             by_subject: HashMap::new(),
         }
     }
 
-    /// Map a JWT subject to consumer `idx` (first mapping wins).
+    /// The index of consumer `id`.
+    pub fn by_id(&self, id: &str) -> Option<usize> {
+        self.consumers.binary_search_by(|c| (*c.id).cmp(id)).ok()
+    }
+
+    /// Map an extra JWT subject to consumer `idx` (first mapping wins).
     pub fn add_subject(&mut self, subject: String, idx: usize) {
         self.by_subject.entry(subject).or_insert(idx);
     }
 
-    /// The consumer a JWT subject names, if any.
+    /// The consumer a JWT subject names (an extra subject, else an id).
     pub fn by_subject(&self, subject: &str) -> Option<usize> {
-        self.by_subject.get(subject).copied()
+        self.by_subject
+            .get(subject)
+            .copied()
+            .or_else(|| self.by_id(subject))
     }
 
     /// The consumer owning `key`, if any.
     pub fn by_key(&self, key: &str) -> Option<usize> {
-        self.by_key.get(&hash_key(key)).copied()
+        self.by_key.get(&hash_key(key))
     }
 
     /// Number of keys.
     pub fn key_count(&self) -> usize {
-        self.by_key.len()
+        self.by_key.entries.len()
     }
 }
 
@@ -136,16 +235,74 @@ mod tests {
     #[test]
     fn lookup_is_by_hash_and_apps_are_checked() {
         let key = generate_key();
-        let c = Consumer {
-            id: "erp".into(),
-            name: "ERP".into(),
-            plan: None,
-            apps: Some(vec!["orders".into()]),
-        };
+        let c = Consumer::new("erp", "ERP", None, Some(vec!["orders".to_string()].into()));
         let dir = ConsumerDirectory::new(vec![c], vec![(hash_key(&key), 0)]);
         assert_eq!(dir.by_key(&key), Some(0));
         assert_eq!(dir.by_key("gh_wrong"), None);
         assert!(dir.consumers[0].allowed("orders"));
         assert!(!dir.consumers[0].allowed("hr"));
+    }
+
+    #[test]
+    fn the_key_table_finds_every_key_and_nothing_else() {
+        for n in [0usize, 1, 2, 3, 10, 1000, 50_000] {
+            let consumers: Vec<Consumer> = (0..n)
+                .map(|i| Consumer::new(&format!("c{i:06}"), &format!("c{i:06}"), None, None))
+                .collect();
+            let keys: Vec<([u8; 32], usize)> =
+                (0..n).map(|i| (hash_key(&format!("k{i}")), i)).collect();
+            let dir = ConsumerDirectory::new(consumers, keys);
+            assert_eq!(dir.key_count(), n);
+            for i in (0..n).step_by(1.max(n / 500)) {
+                let idx = dir.by_key(&format!("k{i}")).expect("found");
+                assert_eq!(&*dir.consumers[idx].id, format!("c{i:06}"));
+            }
+            for i in 0..200 {
+                assert_eq!(dir.by_key(&format!("absent{i}")), None);
+            }
+        }
+    }
+
+    #[test]
+    fn a_skewed_key_set_still_resolves() {
+        // Digests are uniform in practice; a crafted set must not break lookups.
+        let mut keys = Vec::new();
+        for i in 0..2000u32 {
+            let mut h = [0u8; 32];
+            h[31] = (i % 256) as u8;
+            h[30] = (i / 256) as u8;
+            if i % 3 == 0 {
+                h[0] = 0xff;
+            }
+            keys.push((h, 0usize));
+        }
+        let dir = ConsumerDirectory::new(vec![Consumer::new("a", "a", None, None)], keys.clone());
+        for (h, _) in &keys {
+            assert_eq!(dir.by_key.get(h), Some(0));
+        }
+        let mut other = keys[5].0;
+        other[29] = 9;
+        assert_eq!(dir.by_key.get(&other), None);
+    }
+
+    #[test]
+    fn consumers_are_found_by_id_and_subjects() {
+        let dir = {
+            let mut d = ConsumerDirectory::new(
+                vec![
+                    Consumer::new("zeta", "Zeta", None, None),
+                    Consumer::new("alpha", "alpha", Some("gold".into()), None),
+                ],
+                vec![(hash_key("kz"), 0), (hash_key("ka"), 1)],
+            );
+            d.add_subject("svc-alpha".into(), 0);
+            d
+        };
+        assert_eq!(&*dir.consumers[0].id, "alpha", "sorted by id");
+        assert_eq!(dir.consumers[dir.by_key("kz").unwrap()].name(), "Zeta");
+        assert_eq!(dir.consumers[dir.by_key("ka").unwrap()].name(), "alpha");
+        assert_eq!(dir.by_subject("zeta"), Some(1));
+        assert_eq!(dir.by_subject("svc-alpha"), Some(0));
+        assert_eq!(dir.by_subject("nobody"), None);
     }
 }

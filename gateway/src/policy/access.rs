@@ -103,7 +103,9 @@ pub fn compile_consumers(
     let mut keys: Vec<([u8; 32], usize)> = Vec::new();
     let mut key_owner: HashMap<[u8; 32], String> = HashMap::new();
     let mut ids: HashMap<&str, String> = HashMap::new();
-    let mut subjects: Vec<(String, usize)> = Vec::new();
+    let mut subjects: Vec<(String, String)> = Vec::new();
+    let mut shared_plans: HashMap<String, Arc<str>> = HashMap::new();
+    let mut shared_apps: HashMap<Vec<String>, Arc<[String]>> = HashMap::new();
     for d in consumers {
         let at = format!("/consumers/{}", d.index);
         let c = d.spec;
@@ -125,7 +127,7 @@ pub fn compile_consumers(
                 ));
             }
         }
-        let apps = match &c.apps {
+        let apps: Option<Arc<[String]>> = match &c.apps {
             None => None,
             Some(list) if list.iter().any(|a| a == "*") => None,
             Some(list) => {
@@ -138,7 +140,11 @@ pub fn compile_consumers(
                         ));
                     }
                 }
-                Some(list.clone())
+                Some(Arc::clone(
+                    shared_apps
+                        .entry(list.clone())
+                        .or_insert_with(|| list.clone().into()),
+                ))
             }
         };
         let idx = out.len();
@@ -157,21 +163,23 @@ pub fn compile_consumers(
             }
         }
         for s in &c.jwt_subjects {
-            subjects.push((s.clone(), idx));
+            subjects.push((s.clone(), c.id.clone()));
         }
-        out.push(Consumer {
-            id: c.id.clone(),
-            name: c.name.clone(),
-            plan: c.plan.clone(),
-            apps,
+        let plan = c.plan.as_ref().map(|p| {
+            Arc::clone(
+                shared_plans
+                    .entry(p.clone())
+                    .or_insert_with(|| p.as_str().into()),
+            )
         });
+        out.push(Consumer::new(&c.id, &c.name, plan, apps));
     }
+    drop(key_owner);
     let mut dir = ConsumerDirectory::new(out, keys);
-    for (i, c) in dir.consumers.clone().iter().enumerate() {
-        dir.add_subject(c.id.clone(), i);
-    }
-    for (s, i) in subjects {
-        dir.add_subject(s, i);
+    for (s, id) in subjects {
+        if let Some(i) = dir.by_id(&id) {
+            dir.add_subject(s, i);
+        }
     }
     dir
 }

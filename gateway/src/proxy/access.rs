@@ -161,7 +161,7 @@ fn limit(
     let consumer = ctx.consumer.map(|i| &active.bundle.consumers.consumers[i]);
     let plan = consumer
         .and_then(|c| c.plan.as_ref())
-        .and_then(|p| active.bundle.plans.get(p));
+        .and_then(|p| active.bundle.plans.get(&**p));
     if plan.is_none() && app.limits.is_empty() {
         return None;
     }
