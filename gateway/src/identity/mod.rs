@@ -55,17 +55,21 @@ impl Consumer {
     }
 }
 
-/// Key digests sorted by value, with their consumer's index.
+/// Key digests sorted by value, with their consumer's index, and a radix
+/// directory over them.
 ///
-/// SHA-256 digests are uniformly distributed, so the position of a digest
-/// is predicted from its first eight bytes (interpolation search): a lookup
-/// touches two or three entries instead of a hash table's bucket, and the
-/// table has no empty slots (36 bytes per key; a hash map with its load
-/// factor and power-of-two growth used ≈ 80). After a few probes it falls
-/// back to binary search, so even a skewed set costs O(log n).
+/// SHA-256 digests are uniformly distributed, so the top `bits` bits of a
+/// digest say which slice of the sorted table holds it: `starts[b]` is the
+/// first entry of bucket `b`. With about four entries per bucket a lookup
+/// reads one directory word and one or two cache lines of entries. Memory:
+/// 36 bytes per key plus about one byte per key for the directory (a hash
+/// map with its load factor and power-of-two growth used ≈ 80). A skewed set
+/// only makes some buckets longer; each bucket is binary-searched.
 #[derive(Debug, Default)]
 struct KeyTable {
     entries: Vec<([u8; 32], u32)>,
+    starts: Vec<u32>,
+    bits: u32,
 }
 
 fn prefix(h: &[u8; 32]) -> u64 {
@@ -79,37 +83,44 @@ impl KeyTable {
         entries.sort_unstable_by_key(|e| e.0);
         entries.dedup_by(|a, b| a.0 == b.0);
         entries.shrink_to_fit();
-        Self { entries }
+        let bits = (entries.len() / 4)
+            .max(1)
+            .next_power_of_two()
+            .trailing_zeros();
+        let mut table = Self {
+            entries,
+            starts: Vec::new(),
+            bits,
+        };
+        let buckets = 1usize << bits;
+        let mut starts = Vec::with_capacity(buckets + 1);
+        let mut i = 0usize;
+        for b in 0..buckets {
+            while i < table.entries.len() && table.bucket(&table.entries[i].0) < b {
+                i += 1;
+            }
+            starts.push(i as u32);
+        }
+        starts.push(table.entries.len() as u32);
+        table.starts = starts;
+        table
+    }
+
+    fn bucket(&self, h: &[u8; 32]) -> usize {
+        prefix(h).checked_shr(64 - self.bits).unwrap_or(0) as usize
     }
 
     fn get(&self, h: &[u8; 32]) -> Option<usize> {
-        let e = &self.entries;
-        let (mut lo, mut hi) = (0usize, e.len());
-        let key = prefix(h);
-        let mut probes = 0;
-        while lo < hi {
-            let mid = if probes < 4 {
-                probes += 1;
-                let (a, b) = (prefix(&e[lo].0), prefix(&e[hi - 1].0));
-                if key < a || key > b {
-                    return None;
-                }
-                if b == a {
-                    lo + (hi - lo) / 2
-                } else {
-                    let span = (hi - 1 - lo) as u128;
-                    lo + ((u128::from(key - a) * span) / u128::from(b - a)) as usize
-                }
-            } else {
-                lo + (hi - lo) / 2
-            };
-            match e[mid].0.cmp(h) {
-                std::cmp::Ordering::Equal => return Some(e[mid].1 as usize),
-                std::cmp::Ordering::Less => lo = mid + 1,
-                std::cmp::Ordering::Greater => hi = mid,
-            }
-        }
-        None
+        let b = self.bucket(h);
+        let (lo, hi) = (
+            *self.starts.get(b)? as usize,
+            *self.starts.get(b + 1)? as usize,
+        );
+        let slice = self.entries.get(lo..hi)?;
+        slice
+            .binary_search_by(|e| e.0.cmp(h))
+            .ok()
+            .map(|i| slice[i].1 as usize)
     }
 }
 
