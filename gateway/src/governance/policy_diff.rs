@@ -231,6 +231,7 @@ pub fn diff(old: &Bundle, new: &Bundle) -> Vec<Change> {
         let nl = n.map(|p| p.limits.as_slice()).unwrap_or_default();
         limit_diff(&format!("plan `{name}`"), ol, nl, "", &mut push);
     }
+    summarise_consumers(&mut out);
     if out.is_empty() && old.version != new.version {
         out.push(Change {
             class: Class::Unclassified,
@@ -553,6 +554,44 @@ fn app_diff(old_b: &Bundle, o: &App, new_b: &Bundle, n: &App, push: &mut Push<'_
     }
 }
 
+/// Consumer changes listed one by one at most this many times per class; a
+/// bundle that onboards a million consumers is one line, not a million.
+pub const CONSUMER_CHANGES_LISTED: usize = 50;
+
+fn summarise_consumers(out: &mut Vec<Change>) {
+    for class in [
+        Class::ConsumerAdded,
+        Class::ConsumerRemoved,
+        Class::ConsumerChanged,
+    ] {
+        let total = out.iter().filter(|c| c.class == class).count();
+        if total <= CONSUMER_CHANGES_LISTED {
+            continue;
+        }
+        let mut seen = 0;
+        out.retain(|c| {
+            if c.class != class {
+                return true;
+            }
+            seen += 1;
+            seen <= CONSUMER_CHANGES_LISTED
+        });
+        let what = serde_json::to_value(class)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        out.push(Change {
+            class,
+            app: String::new(),
+            text: format!(
+                "… and {} more ({total} {what} in all)",
+                total - CONSUMER_CHANGES_LISTED
+            ),
+            contract: None,
+        });
+    }
+}
+
 /// How an app takes credentials (mode aside, which has its own classes).
 fn auth_settings(a: &App) -> String {
     match &a.auth {
@@ -660,6 +699,45 @@ mod tests {
         assert_eq!(c[0].0, Class::UpstreamChanged, "{c:?}");
         let c = classes(APP, &APP.replace("hr@corp", "people@corp"));
         assert_eq!(c[0].0, Class::MetadataChanged, "{c:?}");
+    }
+
+    #[test]
+    fn many_consumer_changes_are_summarised() {
+        let consumers = |n: usize| {
+            let list: Vec<String> = (0..n)
+                .map(|i| format!("  - {{ id: c{i}, name: C{i} }}"))
+                .collect();
+            format!("version: 1\nconsumers:\n{}\n", list.join("\n"))
+        };
+        let with = |n: usize| {
+            compile(&[
+                SourceFile {
+                    path: "apps/hr.yaml".into(),
+                    text: APP.into(),
+                },
+                SourceFile {
+                    path: "consumers.yaml".into(),
+                    text: consumers(n),
+                },
+            ])
+            .expect("compiles")
+        };
+        let changes = diff(&with(1), &with(500));
+        let added: Vec<&Change> = changes
+            .iter()
+            .filter(|c| c.class == Class::ConsumerAdded)
+            .collect();
+        assert_eq!(added.len(), CONSUMER_CHANGES_LISTED + 1);
+        assert!(
+            added
+                .last()
+                .unwrap()
+                .text
+                .contains("and 449 more (499 consumer.added in all)"),
+            "{:?}",
+            added.last()
+        );
+        assert_eq!(diff(&with(1), &with(3)).len(), 2);
     }
 
     #[test]
