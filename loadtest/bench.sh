@@ -84,7 +84,7 @@ run() { # label port pid scenario round [loadgen options…]
   shift 5
   local before after
   before=$(cpu_ticks "$pid")
-  taskset -c 1 "$bin/loadgen" --target "127.0.0.1:$port" --scenario "$scenario" --mode closed "$@" \
+  taskset -c 1 "$bin/loadgen" --target "127.0.0.1:$port" --scenario "$scenario" "$@" \
     --connections "$connections" --duration "$duration" --warmup 2s --label "$label" \
     --json "$work/$label-$round.json" > "$work/$label-$round.txt"
   after=$(cpu_ticks "$pid")
@@ -107,6 +107,19 @@ for round in $(seq 1 "$rounds"); do
   run nginx-h2get $nginx_h2_port "$nginx_pid" loadtest/scenarios/get.yaml "$round" --h2
   run passthrough-h2get $pass_h2_port "$pass_h2_pid" loadtest/scenarios/get.yaml "$round" --h2
 done
+
+# Latency at half of nginx's max POST rate: open loop (constant arrival
+# rate, latency from the intended send time), direct vs full.
+half=$(python3 - "$work" "$rounds" <<'PY'
+import json, statistics, sys
+work, rounds = sys.argv[1], int(sys.argv[2])
+rps = [json.load(open(f"{work}/nginx-order-{r}.json"))["rps"] for r in range(1, rounds + 1)]
+print(int(statistics.median(rps) / 2))
+PY
+)
+echo "open loop at $half rps (half of nginx's POST median)"
+run open-direct-order $sim_port "$sim_pid" loadtest/scenarios/order-1kb-nokey.yaml 1 --mode open --rate "$half"
+run open-full-order $full_port "$full_pid" loadtest/scenarios/order-1kb.yaml 1 --mode open --rate "$half"
 
 python3 loadtest/summarize.py "$work" "$rounds" "$(nproc)" "$duration" "$connections" "$consumers" | tee "$work/summary.md"
 {

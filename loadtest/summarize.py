@@ -44,3 +44,25 @@ for label in labels:
     print(f"| {target} | {workload} | {r['rps']:.0f} | {ratio} | {r['p50']:.2f} | {r['p99']:.2f} | {cpu} | {rss} | {non2xx} / {r['errors']} |")
 print()
 print("`full` answers the 10 % invalid orders itself (400), the others forward them; `direct` has no proxy (CPU and RSS columns empty).")
+
+open_rows = {}
+for t in ("direct", "full"):
+    try:
+        open_rows[t] = json.load(open(f"{work}/open-{t}-order-1.json"))
+    except FileNotFoundError:
+        pass
+if len(open_rows) == 2:
+    rate = open_rows["direct"]["target_rate"]
+    print()
+    print(f"Latency at half of nginx's median POST rate: {rate} rps offered, open loop "
+          f"(constant arrival rate, latency from each request's intended send time), {connections} connections, one run each:")
+    print()
+    print("| target | offered rps | achieved rps | p50 ms | p99 ms | p99.9 ms | errors |")
+    print("|---|---|---|---|---|---|---|")
+    for t, s in open_rows.items():
+        l = s["latency_ms"]
+        print(f"| {t} | {s['target_rate']} | {s['rps']:.0f} | {l['p50']:.2f} | {l['p99']:.2f} | {l['p999']:.2f} | {s['errors']} |")
+    added = open_rows["full"]["latency_ms"]["p99"] - open_rows["direct"]["latency_ms"]["p99"]
+    verdict = "met" if added <= 1.0 else "not met"
+    print()
+    print(f"Full mode adds {added:.2f} ms at p99 over going direct (aim ≤ 1 ms: {verdict}).")

@@ -4,6 +4,12 @@
 //!
 //! Order: while anything is spooled, new batches join the spool behind it
 //! and the spool is replayed oldest first, so rows arrive in order.
+//!
+//! Exactly once, as far as ClickHouse can tell us: an insert that fails may
+//! still have been stored (the connection dropped after the body was sent).
+//! Retries and spool replays therefore first look up which of the batch's
+//! `request_id`s are stored and insert only the others. Two requests sent
+//! with the same client `X-Request-Id` inside one failed batch count once.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -181,6 +187,54 @@ impl Sink {
         insert.end().await
     }
 
+    /// Insert the rows ClickHouse does not hold yet, judged by request id:
+    /// the path for a batch whose earlier insert failed without saying
+    /// whether ClickHouse kept it (the connection dropped after the body was
+    /// sent). Costs one lookup over the batch's time range, never paid on
+    /// the normal path. Returns how many rows were inserted.
+    async fn insert_unseen(
+        &self,
+        rows: &[RequestEvent],
+    ) -> Result<usize, clickhouse::error::Error> {
+        #[derive(clickhouse::Row, serde::Deserialize)]
+        struct Seen {
+            request_id: String,
+        }
+        let (lo, hi) = rows
+            .iter()
+            .fold((u32::MAX, 0), |(l, h), r| (l.min(r.time), h.max(r.time)));
+        let ids: Vec<&str> = rows.iter().map(|r| r.request_id.as_str()).collect();
+        let seen: std::collections::HashSet<String> = self
+            .client
+            .query(
+                "SELECT request_id FROM requests WHERE time >= toDateTime(?) AND time <= toDateTime(?) \
+                 AND request_id IN (SELECT arrayJoin(?))",
+            )
+            .bind(lo)
+            .bind(hi)
+            .bind(ids)
+            .fetch_all::<Seen>()
+            .await?
+            .into_iter()
+            .map(|s| s.request_id)
+            .collect();
+        let fresh: Vec<RequestEvent> = rows
+            .iter()
+            .filter(|r| !seen.contains(&r.request_id))
+            .cloned()
+            .collect();
+        if !seen.is_empty() {
+            tracing::info!(
+                already_stored = rows.len() - fresh.len(),
+                "a failed insert had reached ClickHouse; not inserting those rows again"
+            );
+        }
+        if !fresh.is_empty() {
+            self.insert(&fresh).await?;
+        }
+        Ok(fresh.len())
+    }
+
     /// Insert with retries; spool when ClickHouse stays away.
     async fn flush(&mut self, batch: &mut Vec<RequestEvent>) {
         if !self.spool.is_empty() {
@@ -191,11 +245,15 @@ impl Sink {
                 if backoff > 0 {
                     tokio::time::sleep(Duration::from_millis(backoff)).await;
                 }
-                match self.insert(batch).await {
-                    Ok(()) => {
-                        self.stats
-                            .inserted
-                            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                // After a failure the rows may be stored already.
+                let result = if attempt == 0 {
+                    self.insert(batch).await.map(|()| batch.len())
+                } else {
+                    self.insert_unseen(batch).await
+                };
+                match result {
+                    Ok(n) => {
+                        self.stats.inserted.fetch_add(n as u64, Ordering::Relaxed);
                         batch.clear();
                         return;
                     }
@@ -254,12 +312,12 @@ impl Sink {
                     continue;
                 }
             };
-            match self.insert(&rows).await {
-                Ok(()) => {
+            // A spooled batch may have reached ClickHouse before its insert
+            // failed; replay only what is missing.
+            match self.insert_unseen(&rows).await {
+                Ok(n) => {
                     self.replay_failures = 0;
-                    self.stats
-                        .inserted
-                        .fetch_add(rows.len() as u64, Ordering::Relaxed);
+                    self.stats.inserted.fetch_add(n as u64, Ordering::Relaxed);
                     if let Err(e) = self.spool.remove(&path) {
                         tracing::error!(file = %path.display(), error = %e, "cannot delete replayed spool file");
                     }

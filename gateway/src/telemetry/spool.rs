@@ -12,7 +12,9 @@
 //! - the spool never exceeds its byte cap: a batch that would not fit is
 //!   dropped whole, counted and logged — the only way events are lost;
 //! - a file is deleted only after its events were inserted; a crash between
-//!   the two replays it again, so analysts deduplicate on `request_id`.
+//!   the two replays it again, and replay inserts only the rows whose
+//!   `request_id` ClickHouse does not hold yet (the sink's `insert_unseen`),
+//!   so the replay stores each event once.
 
 use std::fs;
 use std::io::Write;

@@ -361,17 +361,50 @@ async fn a_spool_left_by_a_stopped_gateway_is_replayed_by_the_next() {
         .filter(|e| e.path().extension().is_some_and(|x| x == "jsonl"))
         .count();
     assert!(files > 0, "the batches were spooled");
+    // Keep a copy: replaying it again below is a crash between a successful
+    // insert and the deletion of its spool file.
+    let copies: Vec<(std::path::PathBuf, Vec<u8>)> = std::fs::read_dir(spool.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
+        .map(|p| {
+            let bytes = std::fs::read(&p).unwrap();
+            (p, bytes)
+        })
+        .collect();
     ch.restart();
-    let _gw2 = Gateway::start(dir.path(), &telemetry_args(&url, &spool_path));
-    assert!(eventually(Duration::from_secs(15), || ch
-        .count(&format!("SELECT count() FROM {DB}.requests"))
-        == 50));
-    assert!(eventually(Duration::from_secs(5), || std::fs::read_dir(
-        spool.path()
-    )
-    .unwrap()
-    .filter_map(|e| e.ok())
-    .all(|e| e.path().extension().is_none_or(|x| x != "jsonl"))));
+    let spool_empty = || {
+        std::fs::read_dir(spool.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .all(|e| e.path().extension().is_none_or(|x| x != "jsonl"))
+    };
+    let rows = || ch.count(&format!("SELECT count() FROM {DB}.requests"));
+    {
+        let _gw2 = Gateway::start(dir.path(), &telemetry_args(&url, &spool_path));
+        assert!(eventually(Duration::from_secs(15), || rows() == 50));
+        assert!(eventually(Duration::from_secs(5), spool_empty));
+    }
+    for (path, bytes) in &copies {
+        std::fs::write(path, bytes).unwrap();
+    }
+    let gw3 = Gateway::start(dir.path(), &telemetry_args(&url, &spool_path));
+    assert!(
+        eventually(Duration::from_secs(15), spool_empty),
+        "replayed again"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(rows(), 50, "rows already stored are not inserted twice");
+    assert_eq!(
+        ch.count(&format!("SELECT uniqExact(request_id) FROM {DB}.requests")),
+        50
+    );
+    assert!(
+        gw3.log_text().contains("not inserting those rows again"),
+        "{}",
+        gw3.log_text()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
