@@ -160,6 +160,10 @@ async fn exchange(
                 }
             }
         }
+        if !overflow {
+            // The whole response is read: the instance is free.
+            ctx.lease = None;
+        }
         write_response(
             session,
             ctx,

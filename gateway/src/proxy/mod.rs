@@ -380,6 +380,9 @@ impl ProxyHttp for Gateway {
     ) -> Result<Option<Duration>> {
         if end_of_stream {
             ctx.timings.upstream_end = Some(Instant::now());
+            // The instance is done with this request: least-connections
+            // sees it free now, not after the response reaches the client.
+            ctx.lease = None;
         } else if upstream::deadline_passed(ctx) {
             ctx.error = Some(GatewayError::UpstreamTimeout);
             return Error::e_explain(ErrorType::ReadTimedout, "total upstream timeout");
