@@ -146,6 +146,14 @@ where
         .map_err(error_response)
 }
 
+/// A call's value as JSON, or its problem response.
+fn json<T: serde::Serialize>(result: Result<T, Response>) -> Response {
+    match result {
+        Ok(v) => Json(v).into_response(),
+        Err(r) => r,
+    }
+}
+
 fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ControlError> {
     serde_json::from_slice(body).map_err(|e| ControlError::Conflict {
         message: format!("malformed request body: {e}"),
@@ -154,19 +162,17 @@ fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ControlError> {
 }
 
 async fn status(State(c): State<Arc<Control>>, headers: HeaderMap) -> Response {
-    match call(
-        c,
-        &headers,
-        Role::Viewer,
-        "status.read",
-        "-".into(),
-        |c, _| c.status(),
+    json(
+        call(
+            c,
+            &headers,
+            Role::Viewer,
+            "status.read",
+            "-".into(),
+            |c, _| c.status(),
+        )
+        .await,
     )
-    .await
-    {
-        Ok(v) => Json(v).into_response(),
-        Err(r) => r,
-    }
 }
 
 async fn list(State(c): State<Arc<Control>>, headers: HeaderMap) -> Response {
@@ -218,22 +224,20 @@ async fn propose(State(c): State<Arc<Control>>, headers: HeaderMap, body: Bytes)
 }
 
 async fn show(State(c): State<Arc<Control>>, headers: HeaderMap, Path(id): Path<u64>) -> Response {
-    match call(
-        c,
-        &headers,
-        Role::Viewer,
-        "proposal.read",
-        id.to_string(),
-        move |c, _| {
-            let p = c.proposal(id)?;
-            Ok(c.describe(&p))
-        },
+    json(
+        call(
+            c,
+            &headers,
+            Role::Viewer,
+            "proposal.read",
+            id.to_string(),
+            move |c, _| {
+                let p = c.proposal(id)?;
+                Ok(c.describe(&p))
+            },
+        )
+        .await,
     )
-    .await
-    {
-        Ok(v) => Json(v).into_response(),
-        Err(r) => r,
-    }
 }
 
 #[derive(Deserialize)]
@@ -250,23 +254,21 @@ async fn review(
     Path(id): Path<u64>,
     body: Bytes,
 ) -> Response {
-    match call(
-        c,
-        &headers,
-        Role::Reviewer,
-        "proposal.review",
-        id.to_string(),
-        move |c, who| {
-            let body: ReviewBody = parse(&body)?;
-            let p = c.review(who, id, body.verdict, &body.comment)?;
-            Ok(c.describe(&p))
-        },
+    json(
+        call(
+            c,
+            &headers,
+            Role::Reviewer,
+            "proposal.review",
+            id.to_string(),
+            move |c, who| {
+                let body: ReviewBody = parse(&body)?;
+                let p = c.review(who, id, body.verdict, &body.comment)?;
+                Ok(c.describe(&p))
+            },
+        )
+        .await,
     )
-    .await
-    {
-        Ok(v) => Json(v).into_response(),
-        Err(r) => r,
-    }
 }
 
 async fn activate(
@@ -274,19 +276,18 @@ async fn activate(
     headers: HeaderMap,
     Path(id): Path<u64>,
 ) -> Response {
-    match call(
-        c,
-        &headers,
-        Role::Operator,
-        "proposal.activate",
-        id.to_string(),
-        move |c, who| c.activate(who, id),
+    json(
+        call(
+            c,
+            &headers,
+            Role::Operator,
+            "proposal.activate",
+            id.to_string(),
+            move |c, who| c.activate(who, id),
+        )
+        .await
+        .map(|a| json!({ "activated": a })),
     )
-    .await
-    {
-        Ok(a) => Json(json!({ "activated": a })).into_response(),
-        Err(r) => r,
-    }
 }
 
 async fn withdraw(
@@ -294,22 +295,20 @@ async fn withdraw(
     headers: HeaderMap,
     Path(id): Path<u64>,
 ) -> Response {
-    match call(
-        c,
-        &headers,
-        Role::Author,
-        "proposal.withdraw",
-        id.to_string(),
-        move |c, who| {
-            let p = c.withdraw(who, id)?;
-            Ok(c.describe(&p))
-        },
+    json(
+        call(
+            c,
+            &headers,
+            Role::Author,
+            "proposal.withdraw",
+            id.to_string(),
+            move |c, who| {
+                let p = c.withdraw(who, id)?;
+                Ok(c.describe(&p))
+            },
+        )
+        .await,
     )
-    .await
-    {
-        Ok(v) => Json(v).into_response(),
-        Err(r) => r,
-    }
 }
 
 #[derive(Deserialize, Default)]
@@ -320,26 +319,25 @@ struct RollbackBody {
 }
 
 async fn rollback(State(c): State<Arc<Control>>, headers: HeaderMap, body: Bytes) -> Response {
-    match call(
-        c,
-        &headers,
-        Role::Operator,
-        "bundle.rollback",
-        "-".into(),
-        move |c, who| {
-            let body: RollbackBody = if body.is_empty() {
-                RollbackBody::default()
-            } else {
-                parse(&body)?
-            };
-            c.rollback(who, body.to.as_deref())
-        },
+    json(
+        call(
+            c,
+            &headers,
+            Role::Operator,
+            "bundle.rollback",
+            "-".into(),
+            move |c, who| {
+                let body: RollbackBody = if body.is_empty() {
+                    RollbackBody::default()
+                } else {
+                    parse(&body)?
+                };
+                c.rollback(who, body.to.as_deref())
+            },
+        )
+        .await
+        .map(|a| json!({ "activated": a })),
     )
-    .await
-    {
-        Ok(a) => Json(json!({ "activated": a })).into_response(),
-        Err(r) => r,
-    }
 }
 
 #[derive(Deserialize)]
@@ -374,19 +372,17 @@ async fn bundle(
     Path(version): Path<String>,
 ) -> Response {
     let subject = version.clone();
-    match call(
-        c,
-        &headers,
-        Role::Viewer,
-        "bundle.read",
-        subject,
-        move |c, _| c.bundle(&version),
+    json(
+        call(
+            c,
+            &headers,
+            Role::Viewer,
+            "bundle.read",
+            subject,
+            move |c, _| c.bundle(&version),
+        )
+        .await,
     )
-    .await
-    {
-        Ok(v) => Json(v).into_response(),
-        Err(r) => r,
-    }
 }
 
 #[derive(Deserialize)]
