@@ -50,6 +50,11 @@ impl FollowerConfig {
     }
 }
 
+/// Did the control plane refuse the node's token (rather than fail to answer)?
+fn refused(reason: &str) -> bool {
+    reason.contains("HTTP 401") || reason.contains("HTTP 403")
+}
+
 /// An error with its causes (`reqwest` hides them in `source()`).
 fn chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
@@ -145,7 +150,11 @@ pub fn initial_bundle(cfg: &FollowerConfig) -> anyhow::Result<(Bundle, String)> 
         Ok(None) => anyhow::bail!("the control plane answered 304 to an unconditional request"),
         Err(reason) => {
             let cache = cfg.cache_file();
-            tracing::warn!(%reason, cache = %cache.display(), "control plane unreachable; starting from the cached bundle");
+            if refused(&reason) {
+                tracing::error!(%reason, cache = %cache.display(), "the control plane refuses this node's token; starting from the cached bundle");
+            } else {
+                tracing::warn!(%reason, cache = %cache.display(), "control plane unreachable; starting from the cached bundle");
+            }
             let stored = read_cache(&cache).map_err(|e| {
                 anyhow::anyhow!("the control plane is unreachable ({reason}) and there is no usable cached bundle ({e})")
             })?;
@@ -218,7 +227,7 @@ pub async fn follow(
             Err(e) => {
                 // A refused token will not heal by itself: retry slowly
                 // (each refusal is an audit entry on the control plane).
-                let refused = e.contains("HTTP 401") || e.contains("HTTP 403");
+                let refused = refused(&e);
                 if refused {
                     tracing::error!(error = %e, "the control plane refuses this node; serving the active version");
                 } else if !was_down {
