@@ -477,18 +477,34 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+/// Create (or truncate) a file only its owner may read: keys and tokens.
+fn secret_file(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+}
+
 fn audit_verify(file: &std::path::Path, head: Option<&str>) -> ExitCode {
     use gatehouse::governance::audit;
-    let expected = match head.map(|h| h.split_once(':')) {
+    let expected = match head {
         None => None,
-        Some(Some((seq, hash))) if seq.parse::<u64>().is_ok() => Some(audit::Head {
-            seq: seq.parse().unwrap_or(0),
-            hash: hash.to_string(),
-        }),
-        Some(_) => {
-            eprintln!("gatehouse: --head is SEQ:HASH, as `audit verify` prints it");
-            return ExitCode::from(2);
-        }
+        Some(h) => match h
+            .split_once(':')
+            .and_then(|(seq, hash)| Some((seq.parse().ok()?, hash)))
+        {
+            Some((seq, hash)) => Some(audit::Head {
+                seq,
+                hash: hash.to_string(),
+            }),
+            None => {
+                eprintln!("gatehouse: --head is SEQ:HASH, as `audit verify` prints it");
+                return ExitCode::from(2);
+            }
+        },
     };
     let checked = audit::verify(file).and_then(|entries| {
         if let Some(h) = &expected {
@@ -533,14 +549,7 @@ fn add_principal(
     match token_file {
         Some(file) => {
             use std::io::Write;
-            use std::os::unix::fs::OpenOptionsExt;
-            let written = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(file)
-                .and_then(|mut f| writeln!(f, "{token}"));
+            let written = secret_file(file).and_then(|mut f| writeln!(f, "{token}"));
             if let Err(e) = written {
                 eprintln!("gatehouse: cannot write {}: {e}", file.display());
                 return ExitCode::FAILURE;
@@ -699,14 +708,7 @@ fn new_consumer(
     match key_file {
         Some(path) => {
             use std::io::Write;
-            use std::os::unix::fs::OpenOptionsExt;
-            let written = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(path)
-                .and_then(|mut f| writeln!(f, "{key}"));
+            let written = secret_file(path).and_then(|mut f| writeln!(f, "{key}"));
             if let Err(e) = written {
                 eprintln!("gatehouse: cannot write {}: {e}", path.display());
                 return ExitCode::FAILURE;
@@ -857,14 +859,7 @@ fn bulk_consumers(
     keys_file: &std::path::Path,
 ) -> ExitCode {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(keys_file);
-    let mut keys = match file {
+    let mut keys = match secret_file(keys_file) {
         Ok(f) => std::io::BufWriter::new(f),
         Err(e) => {
             eprintln!("gatehouse: cannot write {}: {e}", keys_file.display());

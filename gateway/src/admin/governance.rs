@@ -118,7 +118,8 @@ pub fn error_response(e: ControlError) -> Response {
     }
 }
 
-fn bearer(headers: &HeaderMap) -> Option<String> {
+/// The token of an `Authorization: Bearer …` header.
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<String> {
     let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = v.split_once(' ')?;
     scheme
@@ -176,24 +177,23 @@ async fn status(State(c): State<Arc<Control>>, headers: HeaderMap) -> Response {
 }
 
 async fn list(State(c): State<Arc<Control>>, headers: HeaderMap) -> Response {
-    match call(
-        c,
-        &headers,
-        Role::Viewer,
-        "proposal.list",
-        "-".into(),
-        |c, _| {
-            Ok(c.proposals()?
-                .iter()
-                .map(|p| c.describe(p))
-                .collect::<Vec<_>>())
-        },
+    json(
+        call(
+            c,
+            &headers,
+            Role::Viewer,
+            "proposal.list",
+            "-".into(),
+            |c, _| {
+                Ok(c.proposals()?
+                    .iter()
+                    .map(|p| c.describe(p))
+                    .collect::<Vec<_>>())
+            },
+        )
+        .await
+        .map(|v| json!({ "proposals": v })),
     )
-    .await
-    {
-        Ok(v) => Json(json!({ "proposals": v })).into_response(),
-        Err(r) => r,
-    }
 }
 
 #[derive(Deserialize)]
@@ -351,19 +351,18 @@ async fn audit(
     headers: HeaderMap,
     Query(q): Query<AuditQuery>,
 ) -> Response {
-    match call(
-        c,
-        &headers,
-        Role::Viewer,
-        "audit.read",
-        "-".into(),
-        move |c, _| c.audit_entries(q.after),
+    json(
+        call(
+            c,
+            &headers,
+            Role::Viewer,
+            "audit.read",
+            "-".into(),
+            move |c, _| c.audit_entries(q.after),
+        )
+        .await
+        .map(|v| json!({ "entries": v })),
     )
-    .await
-    {
-        Ok(v) => Json(json!({ "entries": v })).into_response(),
-        Err(r) => r,
-    }
 }
 
 async fn bundle(

@@ -38,13 +38,7 @@ async fn require_viewer(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    let token = req
-        .headers()
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, t)| t.trim().to_string());
+    let token = governance::bearer(req.headers());
     let path = req.uri().path().to_string();
     let allowed = match &guard {
         ReadGuard::Open => Ok(()),

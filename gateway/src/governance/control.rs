@@ -118,8 +118,7 @@ pub fn open_state(
     let store = Store::open(dir)?;
     let audit = AuditLog::open(&store.audit_path())
         .map_err(|e| anyhow::anyhow!("audit log {}: {e}", store.audit_path().display()))?;
-    let mut pointer = store.active()?;
-    if let Some(current) = pointer.current() {
+    if let Some(current) = store.active()?.current() {
         let stored = store.bundle(&current.version)?.ok_or_else(|| {
             anyhow::anyhow!(
                 "the active bundle {} is missing from {}",
@@ -142,13 +141,7 @@ pub fn open_state(
         version: bundle.version.clone(),
         files,
     })?;
-    pointer.history.push(Activation {
-        version: bundle.version.clone(),
-        at: now(),
-        by: "system".into(),
-        via: "bootstrap".into(),
-    });
-    store.set_active(&pointer)?;
+    store.record_activation(&bundle.version, "system", "bootstrap".into())?;
     audit
         .append(Record {
             principal: "system".into(),
@@ -582,15 +575,7 @@ impl Control {
     fn switch_to(&self, who: &str, version: &str, via: String) -> Result<Activation, ControlError> {
         let stored = self.bundle(version)?;
         let bundle = compile_stored(&stored).map_err(ControlError::Internal)?;
-        let mut pointer = self.store.active()?;
-        let activation = Activation {
-            version: version.to_string(),
-            at: now(),
-            by: who.to_string(),
-            via,
-        };
-        pointer.history.push(activation.clone());
-        self.store.set_active(&pointer)?;
+        let activation = self.store.record_activation(version, who, via)?;
         self.shared
             .activate(bundle, format!("state:{}", self.store.dir().display()));
         self.active_tx.send_replace(version.to_string());

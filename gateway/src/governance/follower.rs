@@ -50,9 +50,16 @@ impl FollowerConfig {
     }
 }
 
-/// Did the control plane refuse the node's token (rather than fail to answer)?
-fn refused(reason: &str) -> bool {
-    reason.contains("HTTP 401") || reason.contains("HTTP 403")
+/// Why a poll brought no bundle.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// The control plane refused the node's token (401/403): retrying soon
+    /// will not help.
+    #[error("{0} (check the node's token: --token-file or GATEHOUSE_TOKEN)")]
+    Refused(String),
+    /// It could not be reached or answered something unusable.
+    #[error("{0}")]
+    Unreachable(String),
 }
 
 /// An error with its causes (`reqwest` hides them in `source()`).
@@ -74,7 +81,7 @@ pub async fn fetch(
     cfg: &FollowerConfig,
     etag: Option<&str>,
     wait: Duration,
-) -> Result<Option<StoredBundle>, String> {
+) -> Result<Option<StoredBundle>, FetchError> {
     let url = format!(
         "{}/v1/fleet/bundle?wait={}",
         cfg.url.trim_end_matches('/'),
@@ -90,23 +97,22 @@ pub async fn fetch(
     let resp = req
         .send()
         .await
-        .map_err(|e| format!("{url}: {}", chain(&e)))?;
+        .map_err(|e| FetchError::Unreachable(format!("{url}: {}", chain(&e))))?;
     match resp.status().as_u16() {
         304 => Ok(None),
         200 => resp
             .json::<StoredBundle>()
             .await
             .map(Some)
-            .map_err(|e| format!("{url}: bad bundle: {e}")),
-        s => Err(format!(
-            "{url}: HTTP {s}: {}{}",
-            resp.text().await.unwrap_or_default(),
-            if s == 401 || s == 403 {
-                " (check the node's token: --token-file or GATEHOUSE_TOKEN)"
+            .map_err(|e| FetchError::Unreachable(format!("{url}: bad bundle: {e}"))),
+        s => {
+            let text = format!("{url}: HTTP {s}: {}", resp.text().await.unwrap_or_default());
+            Err(if s == 401 || s == 403 {
+                FetchError::Refused(text)
             } else {
-                ""
-            }
-        )),
+                FetchError::Unreachable(text)
+            })
+        }
     }
 }
 
@@ -138,7 +144,7 @@ pub fn initial_bundle(cfg: &FollowerConfig) -> anyhow::Result<(Bundle, String)> 
     let fetched = rt.block_on(async {
         let client = cfg
             .client(Duration::from_secs(5))
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| FetchError::Unreachable(e.to_string()))?;
         fetch(&client, cfg, None, Duration::ZERO).await
     });
     match fetched {
@@ -150,7 +156,7 @@ pub fn initial_bundle(cfg: &FollowerConfig) -> anyhow::Result<(Bundle, String)> 
         Ok(None) => anyhow::bail!("the control plane answered 304 to an unconditional request"),
         Err(reason) => {
             let cache = cfg.cache_file();
-            if refused(&reason) {
+            if matches!(reason, FetchError::Refused(_)) {
                 tracing::error!(%reason, cache = %cache.display(), "the control plane refuses this node's token; starting from the cached bundle");
             } else {
                 tracing::warn!(%reason, cache = %cache.display(), "control plane unreachable; starting from the cached bundle");
@@ -227,7 +233,7 @@ pub async fn follow(
             Err(e) => {
                 // A refused token will not heal by itself: retry slowly
                 // (each refusal is an audit entry on the control plane).
-                let refused = refused(&e);
+                let refused = matches!(e, FetchError::Refused(_));
                 if refused {
                     tracing::error!(error = %e, "the control plane refuses this node; serving the active version");
                 } else if !was_down {

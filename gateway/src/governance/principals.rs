@@ -6,13 +6,11 @@
 //! principal needs no restart.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 /// Prefix of admin tokens (tells them apart from consumer API keys).
 pub const TOKEN_PREFIX: &str = "ght_";
@@ -105,12 +103,9 @@ pub enum PrincipalError {
     BadName(String),
 }
 
+/// `sha256:<hex>` of a token, as stored (the same form as consumer keys).
 fn token_hash(token: &str) -> String {
-    let mut s = String::from("sha256:");
-    for b in Sha256::digest(token.as_bytes()) {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
+    crate::identity::key_fingerprint(token)
 }
 
 fn read_file(path: &Path) -> Result<PrincipalsFile, PrincipalError> {
@@ -148,11 +143,7 @@ pub fn add(
     if exists && !rotate {
         return Err(PrincipalError::Exists(name.to_string()));
     }
-    let bytes: [u8; 16] = rand::random();
-    let mut token = String::from(TOKEN_PREFIX);
-    for b in bytes {
-        let _ = write!(token, "{b:02x}");
-    }
+    let token = crate::identity::random_secret::<16>(TOKEN_PREFIX);
     let mut roles = roles.to_vec();
     roles.sort();
     roles.dedup();

@@ -199,6 +199,25 @@ impl Store {
         self.write_json(&self.dir.join("active.json"), pointer)
     }
 
+    /// Append an activation to the active pointer, making `version` active.
+    pub fn record_activation(
+        &self,
+        version: &str,
+        by: &str,
+        via: String,
+    ) -> Result<Activation, StoreError> {
+        let mut pointer = self.active()?;
+        let activation = Activation {
+            version: version.to_string(),
+            at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+            by: by.to_string(),
+            via,
+        };
+        pointer.history.push(activation.clone());
+        self.set_active(&pointer)?;
+        Ok(activation)
+    }
+
     /// A proposal.
     pub fn proposal(&self, id: u64) -> Result<Option<Proposal>, StoreError> {
         self.read_json(&self.dir.join("proposals").join(format!("{id}.json")))

@@ -219,8 +219,13 @@ pub fn parse_fingerprint(s: &str) -> Option<[u8; 32]> {
 
 /// A new random key.
 pub fn generate_key() -> String {
-    let bytes: [u8; 20] = rand::random();
-    let mut s = String::from(KEY_PREFIX);
+    random_secret::<20>(KEY_PREFIX)
+}
+
+/// `prefix` followed by `N` random bytes in hex: API keys, admin tokens.
+pub fn random_secret<const N: usize>(prefix: &str) -> String {
+    let bytes: [u8; N] = rand::random();
+    let mut s = String::from(prefix);
     for b in bytes {
         let _ = write!(s, "{b:02x}");
     }

@@ -165,7 +165,7 @@ fn limit(
     if plan.is_none() && app.limits.is_empty() {
         return None;
     }
-    let ip_text = ctx.client_ip.clone();
+    let ip_text = ctx.client_ip.as_str();
     let mut applied: Vec<Applied<'_>> = Vec::new();
 
     let plan_rules = plan.into_iter().flat_map(|p| p.limits.iter());
