@@ -197,6 +197,16 @@ struct ServeArgs {
     /// Also accept cleartext HTTP/2 (prior knowledge) on --listen.
     #[arg(long)]
     h2c: bool,
+    /// What carries HTTP/1.1 on --listen: `lean` (Gatehouse's own request
+    /// loop, handing what it does not carry to Pingora) or `pingora` (all
+    /// requests through Pingora's proxy).
+    #[arg(
+        long,
+        value_enum,
+        default_value = "lean",
+        env = "GATEHOUSE_HTTP1_ENGINE"
+    )]
+    http1_engine: gatehouse::server::Http1Engine,
     /// ClickHouse HTTP URL for request telemetry (off when absent).
     #[arg(long, env = "GATEHOUSE_CLICKHOUSE")]
     clickhouse: Option<String>,
@@ -623,6 +633,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         threads: args.threads,
         drain_timeout: Duration::from_secs(args.drain_timeout),
         h2c: args.h2c,
+        http1_engine: args.http1_engine,
         admin_principals: args.admin_principals,
         telemetry: args
             .clickhouse

@@ -63,9 +63,21 @@ pub struct ServeOptions {
     pub telemetry: Option<TelemetryOptions>,
     /// Accept cleartext HTTP/2 (prior knowledge) on the plain listener too.
     pub h2c: bool,
+    /// What carries HTTP/1.1 on the plain listener.
+    pub http1_engine: Http1Engine,
     /// Principals allowed to read `/v1/policy` and `/v1/apps` (governed
     /// mode uses the state directory's own).
     pub admin_principals: Option<PathBuf>,
+}
+
+/// What carries HTTP/1.1 on the plain listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Http1Engine {
+    /// Gatehouse's own request loop ([`crate::proxy::http1`]); requests it
+    /// does not carry go to Pingora on the same connection.
+    Lean,
+    /// Pingora's proxy for every request.
+    Pingora,
 }
 
 /// Telemetry settings of `serve`.
@@ -159,11 +171,11 @@ pub fn run(opts: ServeOptions) -> anyhow::Result<()> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let mut gateway = Gateway::new(Arc::clone(&shared));
+    let mut telemetry = None;
     let mut telemetry_service = None;
     if let Some(t) = &opts.telemetry {
         prepare_clickhouse(t)?;
-        let (telemetry, sink) = crate::telemetry::sink::channel(crate::telemetry::SinkConfig {
+        let (producer, sink) = crate::telemetry::sink::channel(crate::telemetry::SinkConfig {
             url: t.url.clone(),
             database: t.database.clone(),
             batch_size: t.batch_size.max(1),
@@ -173,40 +185,68 @@ pub fn run(opts: ServeOptions) -> anyhow::Result<()> {
             spool_cap_bytes: t.spool_max_bytes,
         })
         .with_context(|| format!("cannot open the telemetry spool {}", t.spool_dir.display()))?;
-        let _ = shared.telemetry.set(Arc::clone(&telemetry.stats));
-        gateway = gateway.with_telemetry(telemetry, t.instance.clone());
+        let _ = shared.telemetry.set(Arc::clone(&producer.stats));
+        telemetry = Some((producer, t.instance.clone()));
         telemetry_service = Some(TelemetryService {
             sink: std::sync::Mutex::new(Some(sink)),
             shared: Arc::clone(&shared),
             options: t.clone(),
         });
     }
+    let gateway = || {
+        let g = Gateway::new(Arc::clone(&shared));
+        match &telemetry {
+            Some((producer, instance)) => g.with_telemetry(producer.clone(), instance.clone()),
+            None => g,
+        }
+    };
+    let server_options = opts.h2c.then(|| {
+        let mut options = pingora::apps::HttpServerOptions::default();
+        options.h2c = true;
+        options
+    });
+    let tls_settings = match &opts.tls_listen {
+        Some(_) => {
+            let (Some(cert), Some(key)) = (&opts.tls_cert, &opts.tls_key) else {
+                anyhow::bail!("--tls-listen needs --tls-cert and --tls-key");
+            };
+            let mut tls = pingora::listeners::tls::TlsSettings::intermediate(
+                &cert.display().to_string(),
+                &key.display().to_string(),
+            )
+            .map_err(|e| anyhow::anyhow!("cannot load TLS certificate/key: {e}"))?;
+            tls.enable_h2();
+            Some(tls)
+        }
+        None => None,
+    };
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
-        gateway,
+        gateway(),
         "gatehouse-proxy",
     );
-    if opts.h2c {
-        if let Some(app) = proxy.app_logic_mut() {
-            let mut options = pingora::apps::HttpServerOptions::default();
-            options.h2c = true;
-            app.server_options = Some(options);
+    if let Some(app) = proxy.app_logic_mut() {
+        app.server_options = server_options.clone();
+    }
+    match opts.http1_engine {
+        Http1Engine::Pingora => proxy.add_tcp(&opts.listen),
+        Http1Engine::Lean => {
+            let mut fallback = pingora::proxy::http_proxy(&server.configuration, gateway());
+            fallback.server_options = server_options;
+            let engine =
+                crate::proxy::http1::Engine::new(Arc::clone(&shared), telemetry.clone(), fallback);
+            let mut lean =
+                pingora::services::listening::Service::new("gatehouse-http1".to_string(), engine);
+            lean.add_tcp(&opts.listen);
+            server.add_service(lean);
         }
     }
-    proxy.add_tcp(&opts.listen);
-    if let Some(tls_addr) = &opts.tls_listen {
-        let (Some(cert), Some(key)) = (&opts.tls_cert, &opts.tls_key) else {
-            anyhow::bail!("--tls-listen needs --tls-cert and --tls-key");
-        };
-        let mut tls = pingora::listeners::tls::TlsSettings::intermediate(
-            &cert.display().to_string(),
-            &key.display().to_string(),
-        )
-        .map_err(|e| anyhow::anyhow!("cannot load TLS certificate/key: {e}"))?;
-        tls.enable_h2();
+    if let (Some(tls_addr), Some(tls)) = (&opts.tls_listen, tls_settings) {
         proxy.add_tls_with_settings(tls_addr, None, tls);
     }
-    server.add_service(proxy);
+    if opts.http1_engine == Http1Engine::Pingora || opts.tls_listen.is_some() {
+        server.add_service(proxy);
+    }
     server.add_service(background_service(
         "admin",
         Admin {

@@ -26,34 +26,44 @@ pub async fn check(
     app: &App,
     route: Option<&Route>,
 ) -> Result<bool> {
+    match admit(session.req_header(), ctx, active, app, route) {
+        Some(err) => {
+            respond(session, ctx, err).await?;
+            Ok(true)
+        }
+        None => Ok(false),
+    }
+}
+
+/// Identify the consumer (401/403) and check limits (429) for a request
+/// head; the refusal, if any. Records the consumer, timings and the
+/// `RateLimit-*` header values in `ctx`. Shared by both HTTP/1.1 engines.
+pub fn admit(
+    req: &http::request::Parts,
+    ctx: &mut RequestCtx,
+    active: &Active,
+    app: &App,
+    route: Option<&Route>,
+) -> Option<GatewayError> {
     if let Some(auth) = &app.auth {
         let started = std::time::Instant::now();
-        let identified = identify(session, active, auth);
+        let identified = identify(req, active, auth);
         ctx.timings.auth_us = crate::ctx::micros_since(started);
         match identified {
             Ok(Some(idx)) => {
-                if !active.bundle.consumers.consumers[idx].allowed(&app.name) {
-                    ctx.consumer = Some(idx);
-                    respond(session, ctx, GatewayError::Forbidden).await?;
-                    return Ok(true);
-                }
                 ctx.consumer = Some(idx);
+                if !active.bundle.consumers.consumers[idx].allowed(&app.name) {
+                    return Some(GatewayError::Forbidden);
+                }
             }
             Ok(None) => {}
-            Err(err) => {
-                respond(session, ctx, err).await?;
-                return Ok(true);
-            }
+            Err(err) => return Some(err),
         }
     }
     let started = std::time::Instant::now();
-    let refused = limit(session, ctx, active, app, route);
+    let refused = limit(req, ctx, active, app, route);
     ctx.timings.limits_us = crate::ctx::micros_since(started);
-    if let Some(err) = refused {
-        respond(session, ctx, err).await?;
-        return Ok(true);
-    }
-    Ok(false)
+    refused
 }
 
 fn challenge(auth: &Auth, error: Option<&str>) -> String {
@@ -76,11 +86,10 @@ fn challenge(auth: &Auth, error: Option<&str>) -> String {
 }
 
 fn identify(
-    session: &Session,
+    req: &http::request::Parts,
     active: &Active,
     auth: &Auth,
 ) -> Result<Option<usize>, GatewayError> {
-    let req = session.req_header();
     let dir = &active.bundle.consumers;
     let key = auth
         .api_key_header
@@ -152,7 +161,7 @@ struct Applied<'a> {
 }
 
 fn limit(
-    session: &Session,
+    req: &http::request::Parts,
     ctx: &mut RequestCtx,
     active: &Active,
     app: &App,
@@ -180,7 +189,7 @@ fn limit(
             LimitKey::Ip => ip_text.as_bytes(),
             LimitKey::App => app.name.as_bytes(),
             LimitKey::Route => route.map_or(b"-".as_slice(), |r| r.id.as_bytes()),
-            LimitKey::Header(h) => match session.req_header().headers.get(h) {
+            LimitKey::Header(h) => match req.headers.get(h) {
                 Some(v) => v.as_bytes(),
                 None => continue,
             },

@@ -2,7 +2,6 @@
 //! the validation itself lives in [`crate::contract`].
 
 use bytes::{Bytes, BytesMut};
-use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use pingora::Result;
 
@@ -69,32 +68,49 @@ pub async fn read_body(session: &mut Session, limit: u64) -> Result<Option<Bytes
     Ok(Some(buf.freeze()))
 }
 
-/// Check the request against `op`. In enforce mode a violating request is
-/// answered here, before any byte reaches the upstream.
-pub async fn check_request(
-    session: &mut Session,
-    ctx: &mut RequestCtx,
+/// The contract's needs for one request, decided from its head.
+#[derive(Debug)]
+pub struct RequestPlan {
+    violations: Vec<Violation>,
+    json_check: Option<std::sync::Arc<jsonschema::Validator>>,
+    enforce: bool,
+    enforce_response: bool,
+    /// The body must be read (up to `body_limit`) before the upstream sees anything.
+    pub read_body: bool,
+    /// The most body bytes the check reads.
+    pub body_limit: u64,
+}
+
+impl RequestPlan {
+    /// The response is enforced: the buffered forwarder must carry the request.
+    pub fn enforces_response(&self) -> bool {
+        self.enforce_response
+    }
+}
+
+/// Check the request head against `op` (parameters, media type): what the
+/// body check needs, or the refusal (enforce mode).
+pub fn plan_request(
+    req: &http::request::Parts,
+    has_body: bool,
+    ctx: &RequestCtx,
     app: &App,
     route: &Route,
     op: &Operation,
-) -> Result<RequestCheck> {
+) -> Result<RequestPlan, GatewayError> {
     let settings = &app.contract;
-    let max = settings.max_violations;
     let mode = route.request_mode;
     let enforce = mode == Mode::Enforce;
     let enforce_response = route.response_mode == Mode::Enforce && !op.responses.is_empty();
     let mut violations = Vec::new();
     let mut json_check = None;
-    let has_body = !session.is_body_empty();
-
     if mode != Mode::Off {
-        let req = session.req_header();
         let parts = RequestParts {
             path: strip_app_prefix(&app.path_prefix, req.uri.path()),
             query: req.uri.query(),
             headers: &req.headers,
         };
-        op.check_params(&parts, &mut violations, max);
+        op.check_params(&parts, &mut violations, settings.max_violations);
         if let Some(body) = &op.body {
             let media = media_type(&req.headers);
             if !has_body {
@@ -110,13 +126,7 @@ pub async fn check_request(
             } else if !media_accepted(&body.media_types, &media) {
                 if enforce {
                     let expected = body.media_types.clone();
-                    respond(
-                        session,
-                        ctx,
-                        GatewayError::UnsupportedMediaType { expected },
-                    )
-                    .await?;
-                    return Ok(RequestCheck::Responded);
+                    return Err(GatewayError::UnsupportedMediaType { expected });
                 }
                 violations.push(Violation {
                     location: ViolationLocation::Header,
@@ -130,55 +140,104 @@ pub async fn check_request(
             }
         }
     }
+    let body_limit = if json_check.is_some() {
+        ctx.body_cap.min(settings.max_body)
+    } else {
+        ctx.body_cap
+    };
+    Ok(RequestPlan {
+        read_body: has_body && (enforce_response || (enforce && json_check.is_some())),
+        violations,
+        json_check,
+        enforce,
+        enforce_response,
+        body_limit,
+    })
+}
 
-    // Read the body now when it must be judged before the upstream sees it,
-    // or when the response is enforced (the forwarder sends it itself).
-    let mut body_bytes = None;
-    if has_body && (enforce_response || (enforce && json_check.is_some())) {
-        let limit = if json_check.is_some() {
-            ctx.body_cap.min(settings.max_body)
-        } else {
-            ctx.body_cap
-        };
-        match read_body(session, limit).await? {
-            Some(b) => body_bytes = Some(b),
-            None => {
-                respond(session, ctx, GatewayError::BodyTooLarge { limit }).await?;
-                return Ok(RequestCheck::Responded);
-            }
-        }
-    }
+/// Finish the request check with the body read for it (`None` when the
+/// plan did not need it read: a monitor-mode body is then copied as it
+/// streams). In enforce mode a violation is the refusal; in monitor mode it
+/// is recorded.
+pub fn judge_request(
+    plan: RequestPlan,
+    body: Option<&[u8]>,
+    ctx: &mut RequestCtx,
+    app: &App,
+    mode: Mode,
+) -> Result<(), GatewayError> {
+    let settings = &app.contract;
+    let RequestPlan {
+        mut violations,
+        json_check,
+        enforce,
+        ..
+    } = plan;
     if let Some(validator) = json_check {
-        match &body_bytes {
+        match body {
             Some(body) => match check_json_body(
                 &validator,
                 body,
                 ViolationLocation::Body,
-                max.saturating_sub(violations.len()),
+                settings.max_violations.saturating_sub(violations.len()),
             ) {
                 Ok(found) => violations.extend(found),
                 Err(e) if enforce => {
                     let detail = format!("line {} column {}: {e}", e.line(), e.column());
-                    respond(session, ctx, GatewayError::MalformedJson { detail }).await?;
-                    return Ok(RequestCheck::Responded);
+                    return Err(GatewayError::MalformedJson { detail });
                 }
                 Err(e) => violations.push(malformed(&e)),
             },
             None => ctx.request_tee = Some(BodyTee::new(validator, settings.max_body)),
         }
     }
-
     if !violations.is_empty() {
+        ctx.request_verdict = Verdict::Invalid;
         if enforce {
-            ctx.request_verdict = Verdict::Invalid;
             ctx.violations.extend(violations.iter().cloned());
-            respond(session, ctx, GatewayError::ContractViolation { violations }).await?;
-            return Ok(RequestCheck::Responded);
+            return Err(GatewayError::ContractViolation { violations });
         }
         record(ctx, violations, "request");
-        ctx.request_verdict = Verdict::Invalid;
     } else if mode != Mode::Off && ctx.request_tee.is_none() {
         ctx.request_verdict = Verdict::Valid;
+    }
+    Ok(())
+}
+
+/// Check the request against `op`. In enforce mode a violating request is
+/// answered here, before any byte reaches the upstream.
+pub async fn check_request(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    app: &App,
+    route: &Route,
+    op: &Operation,
+) -> Result<RequestCheck> {
+    let has_body = !session.is_body_empty();
+    let plan = match plan_request(session.req_header(), has_body, ctx, app, route, op) {
+        Ok(plan) => plan,
+        Err(err) => {
+            respond(session, ctx, err).await?;
+            return Ok(RequestCheck::Responded);
+        }
+    };
+    let enforce_response = plan.enforces_response();
+    // Read the body now when it must be judged before the upstream sees it,
+    // or when the response is enforced (the forwarder sends it itself).
+    let mut body_bytes = None;
+    if plan.read_body {
+        match read_body(session, plan.body_limit).await? {
+            Some(b) => body_bytes = Some(b),
+            None => {
+                let limit = plan.body_limit;
+                respond(session, ctx, GatewayError::BodyTooLarge { limit }).await?;
+                return Ok(RequestCheck::Responded);
+            }
+        }
+    }
+    if let Err(err) = judge_request(plan, body_bytes.as_deref(), ctx, app, route.request_mode) {
+        respond(session, ctx, err).await?;
+        return Ok(RequestCheck::Responded);
     }
     Ok(match body_bytes {
         Some(b) if enforce_response || b.len() > REPLAY_LIMIT => RequestCheck::Forward(b),
@@ -216,11 +275,11 @@ pub fn finish_request_tee(ctx: &mut RequestCtx, max: usize) {
 /// Judge a complete response: its status, media type and JSON body.
 pub fn response_violations(
     op: &Operation,
-    head: &ResponseHeader,
+    status: u16,
+    headers: &http::HeaderMap,
     body: Option<&[u8]>,
     max: usize,
 ) -> (Verdict, Vec<Violation>) {
-    let status = head.status.as_u16();
     let validator = match op.responses.expectation(status) {
         Expectation::Undocumented => {
             return (
@@ -237,10 +296,10 @@ pub fn response_violations(
         Expectation::AnyBody => return (Verdict::Valid, Vec::new()),
         Expectation::Json(v) => v,
     };
-    if encoded(head) {
+    if encoded(headers) {
         return (Verdict::Unchecked, Vec::new());
     }
-    let media = media_type(&head.headers);
+    let media = media_type(headers);
     if !is_json(&media) {
         return (
             Verdict::Invalid,
@@ -281,8 +340,8 @@ fn judge(
     (verdict, violations)
 }
 
-fn encoded(head: &ResponseHeader) -> bool {
-    head.headers
+fn encoded(headers: &http::HeaderMap) -> bool {
+    headers
         .get(http::header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| !v.eq_ignore_ascii_case("identity"))
@@ -292,16 +351,17 @@ fn encoded(head: &ResponseHeader) -> bool {
 pub fn start_response_check(
     ctx: &mut RequestCtx,
     op: &Operation,
-    head: &ResponseHeader,
+    status: u16,
+    headers: &http::HeaderMap,
     max: usize,
     cap: u64,
 ) {
-    match op.responses.expectation(head.status.as_u16()) {
-        Expectation::Json(v) if !encoded(head) && is_json(&media_type(&head.headers)) => {
+    match op.responses.expectation(status) {
+        Expectation::Json(v) if !encoded(headers) && is_json(&media_type(headers)) => {
             ctx.response_tee = Some(BodyTee::new(v.clone(), cap));
         }
         _ => {
-            let (verdict, violations) = response_violations(op, head, None, max);
+            let (verdict, violations) = response_violations(op, status, headers, None, max);
             ctx.response_verdict = verdict;
             if !violations.is_empty() {
                 record(ctx, violations, "response");
@@ -327,6 +387,22 @@ fn judge_json(tee: &BodyTee, location: ViolationLocation, max: usize) -> (Verdic
         return (Verdict::Unchecked, Vec::new());
     }
     judge(&tee.validator, &tee.buf, location, max)
+}
+
+/// Monitor mode: the request's operation is not in the contract.
+pub fn record_undocumented(ctx: &mut RequestCtx) {
+    record(
+        ctx,
+        vec![Violation {
+            location: ViolationLocation::Path,
+            name: None,
+            pointer: String::new(),
+            keyword: "undocumented".into(),
+            message: "the operation is not documented in the contract".into(),
+        }],
+        "request",
+    );
+    ctx.request_verdict = Verdict::Invalid;
 }
 
 /// Record monitor-mode violations (kept for telemetry, logged at debug).

@@ -69,7 +69,7 @@ async fn exchange(
         let mut up = match connector.get_http_session(&*peer).await {
             Ok((s, _reused)) => s,
             Err(e) => {
-                if on_connect_failure(ctx, &e) {
+                if on_connect_failure(ctx, GatewayError::from_pingora(&e)) {
                     continue;
                 }
                 return Err(ctx
@@ -140,8 +140,13 @@ async fn exchange(
             if let (Some(op), Mode::Enforce | Mode::Monitor) =
                 (&route.operation, route.response_mode)
             {
-                let (verdict, violations) =
-                    response_violations(op, &head, Some(&buf), app.contract.max_violations);
+                let (verdict, violations) = response_violations(
+                    op,
+                    head.status.as_u16(),
+                    &head.headers,
+                    Some(&buf),
+                    app.contract.max_violations,
+                );
                 ctx.response_verdict = verdict;
                 if verdict == Verdict::Invalid {
                     let count = violations.len();

@@ -22,7 +22,7 @@ fn verdict(v: Verdict) -> &'static str {
 }
 
 /// The outcome column: a small fixed vocabulary analysts group by.
-pub fn outcome(ctx: &RequestCtx, status: u16, e: Option<&Error>) -> &'static str {
+pub fn outcome(ctx: &RequestCtx, status: u16, failed: bool) -> &'static str {
     match &ctx.error {
         Some(err) => match err {
             GatewayError::NoApp | GatewayError::NoRoute | GatewayError::MethodNotAllowed { .. } => {
@@ -42,27 +42,57 @@ pub fn outcome(ctx: &RequestCtx, status: u16, e: Option<&Error>) -> &'static str
             GatewayError::Forbidden => "forbidden",
             GatewayError::RateLimited { .. } => "rate_limited",
         },
-        None if status == 0 || e.is_some() => "client_closed",
+        None if status == 0 || failed => "client_closed",
         None => "ok",
     }
 }
 
-/// Build the event for a finished request.
+/// Build the event for a Pingora session's finished request.
 pub fn event(
     session: &Session,
     e: Option<&Error>,
     ctx: &RequestCtx,
     instance: &str,
 ) -> RequestEvent {
+    let status = session
+        .response_written()
+        .map_or(ctx.status, |r| r.status.as_u16());
+    let exchange = Exchange {
+        status,
+        failed: e.is_some(),
+        bytes_in: session.body_bytes_read() as u64,
+        bytes_out: session.body_bytes_sent() as u64,
+    };
+    wide_event(session.req_header(), &exchange, ctx, instance)
+}
+
+/// What the engine that carried a request saw of it.
+#[derive(Debug, Clone, Copy)]
+pub struct Exchange {
+    /// The status sent to the client (0: none).
+    pub status: u16,
+    /// The exchange ended with an error (e.g. the client went away).
+    pub failed: bool,
+    /// Request body bytes read from the client.
+    pub bytes_in: u64,
+    /// Response body bytes sent to the client.
+    pub bytes_out: u64,
+}
+
+/// Build the wide event for a finished request.
+pub fn wide_event(
+    req: &http::request::Parts,
+    exchange: &Exchange,
+    ctx: &RequestCtx,
+    instance: &str,
+) -> RequestEvent {
+    let status = exchange.status;
     let started_wall = SystemTime::now()
         .checked_sub(ctx.started.elapsed())
         .unwrap_or_else(SystemTime::now)
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
     let total_us = crate::ctx::micros_since(ctx.started);
-    let status = session
-        .response_written()
-        .map_or(ctx.status, |r| r.status.as_u16());
     let t = &ctx.timings;
     let upstream_total_us = match (t.upstream_start, t.upstream_end) {
         (Some(s), Some(end)) => {
@@ -71,7 +101,6 @@ pub fn event(
         (Some(s), None) => crate::ctx::micros_since(s),
         _ => 0,
     };
-    let req = session.req_header();
     let trace_id = req
         .headers
         .get("traceparent")
@@ -132,13 +161,13 @@ pub fn event(
         method: req.method.as_str().to_string(),
         status,
         consumer: ctx.consumer_id().unwrap_or("").to_string(),
-        outcome: outcome(ctx, status, e).to_string(),
+        outcome: outcome(ctx, status, exchange.failed).to_string(),
         rejected_by: ctx.rejected_by.clone().unwrap_or_default(),
         request_verdict: verdict(ctx.request_verdict).to_string(),
         response_verdict: verdict(ctx.response_verdict).to_string(),
         violations,
-        bytes_in: session.body_bytes_read() as u64,
-        bytes_out: session.body_bytes_sent() as u64,
+        bytes_in: exchange.bytes_in,
+        bytes_out: exchange.bytes_out,
         client_ip: ctx.client_ip.clone(),
         upstream: ctx
             .last_instance

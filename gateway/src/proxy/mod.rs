@@ -21,6 +21,7 @@
 mod access;
 mod contract;
 mod forward;
+pub mod http1;
 mod log;
 mod respond;
 mod upstream;
@@ -179,18 +180,7 @@ impl ProxyHttp for Gateway {
         } else if app.contract.undocumented == crate::contract::Undocumented::Monitor
             && app.contract.openapi.is_some()
         {
-            contract::record(
-                ctx,
-                vec![crate::contract::Violation {
-                    location: crate::contract::ViolationLocation::Path,
-                    name: None,
-                    pointer: String::new(),
-                    keyword: "undocumented".into(),
-                    message: "the operation is not documented in the contract".into(),
-                }],
-                "request",
-            );
-            ctx.request_verdict = crate::contract::Verdict::Invalid;
+            contract::record_undocumented(ctx);
         }
 
         // A chunked body is read now when the cap is small enough to replay,
@@ -263,7 +253,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        let retry = upstream::on_connect_failure(ctx, &e);
+        let retry = upstream::on_connect_failure(ctx, GatewayError::from_pingora(&e));
         e.set_retry(retry);
         e
     }
@@ -342,7 +332,8 @@ impl ProxyHttp for Gateway {
                 contract::start_response_check(
                     ctx,
                     op,
-                    response,
+                    response.status.as_u16(),
+                    &response.headers,
                     app.contract.max_violations,
                     app.contract.max_response_body,
                 );

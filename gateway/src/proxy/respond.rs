@@ -1,6 +1,6 @@
 //! Writing gateway-generated responses and request ids.
 
-use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use pingora::{Error, ErrorType, Result};
 
@@ -9,7 +9,7 @@ use crate::error::GatewayError;
 
 /// Set the request's id: a sane client-supplied `X-Request-Id`, else a new
 /// UUIDv7; the header value is built once here.
-pub fn assign_request_id(req: &RequestHeader, ctx: &mut RequestCtx) {
+pub fn assign_request_id(req: &http::request::Parts, ctx: &mut RequestCtx) {
     let id = request_id(req);
     ctx.request_id_from_client = req
         .headers
@@ -20,7 +20,7 @@ pub fn assign_request_id(req: &RequestHeader, ctx: &mut RequestCtx) {
 }
 
 /// Keep a sane client-supplied `X-Request-Id`, else make a UUIDv7.
-pub fn request_id(req: &RequestHeader) -> String {
+pub fn request_id(req: &http::request::Parts) -> String {
     if let Some(v) = req.headers.get("x-request-id") {
         let b = v.as_bytes();
         if !b.is_empty() && b.len() <= 200 && b.iter().all(|c| (0x21..0x7f).contains(c)) {
@@ -92,26 +92,8 @@ pub async fn write_problem(
     resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
     resp.insert_header(http::header::CACHE_CONTROL, "no-store")?;
     resp.insert_header("x-request-id", ctx.request_id.as_str())?;
-    match err {
-        GatewayError::MethodNotAllowed { allow } => {
-            resp.insert_header(http::header::ALLOW, allow.as_str())?;
-        }
-        GatewayError::UnsupportedMediaType { expected } => {
-            resp.insert_header("accept", expected.join(", "))?;
-        }
-        GatewayError::Unauthenticated { challenge, .. } => {
-            resp.insert_header(http::header::WWW_AUTHENTICATE, challenge.as_str())?;
-        }
-        GatewayError::RateLimited {
-            retry_after,
-            policy,
-            state,
-        } => {
-            resp.insert_header(http::header::RETRY_AFTER, retry_after.to_string())?;
-            resp.insert_header("ratelimit-policy", policy.as_str())?;
-            resp.insert_header("ratelimit", state.as_str())?;
-        }
-        _ => {}
+    for (name, value) in problem_headers(err) {
+        resp.insert_header(name, value)?;
     }
     let head_only = session.req_header().method == http::Method::HEAD;
     session
@@ -121,6 +103,35 @@ pub async fn write_problem(
         session.write_response_body(Some(body), true).await?;
     }
     Ok(())
+}
+
+/// The headers a problem response carries for `err` besides its content
+/// headers and the request id (`Allow`, `Accept`, `WWW-Authenticate`,
+/// `Retry-After` and `RateLimit-*`).
+pub fn problem_headers(err: &GatewayError) -> Vec<(http::HeaderName, String)> {
+    use http::header;
+    match err {
+        GatewayError::MethodNotAllowed { allow } => vec![(header::ALLOW, allow.clone())],
+        GatewayError::UnsupportedMediaType { expected } => {
+            vec![(header::ACCEPT, expected.join(", "))]
+        }
+        GatewayError::Unauthenticated { challenge, .. } => {
+            vec![(header::WWW_AUTHENTICATE, challenge.clone())]
+        }
+        GatewayError::RateLimited {
+            retry_after,
+            policy,
+            state,
+        } => vec![
+            (header::RETRY_AFTER, retry_after.to_string()),
+            (
+                http::HeaderName::from_static("ratelimit-policy"),
+                policy.clone(),
+            ),
+            (http::HeaderName::from_static("ratelimit"), state.clone()),
+        ],
+        _ => Vec::new(),
+    }
 }
 
 /// The methods routes of `app` accept at `path`, for `Allow`.

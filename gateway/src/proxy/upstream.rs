@@ -20,44 +20,17 @@ use std::fmt::Write as _;
 /// Pick an instance for the next attempt and build its peer. On failure the
 /// reason is in `ctx.error`.
 pub fn select_peer(session: &Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
-    let (Some(active), Some(app_idx)) = (ctx.active.clone(), ctx.app) else {
-        return fail(ctx, GatewayError::Internal);
-    };
-    let app = &active.bundle.apps[app_idx];
-    let now = Instant::now();
-    let remaining = ctx
-        .deadline
-        .map_or(app.timeouts.total, |d| d.saturating_duration_since(now));
-    if remaining.is_zero() {
-        return fail(ctx, GatewayError::UpstreamTimeout);
-    }
-    let group = &active.upstreams.groups[app_idx];
-    let hash_key = match &app.upstream.balancing {
-        Balancing::ConsistentHash(h) => session.req_header().headers.get(h).map(|v| v.as_bytes()),
+    let hash_key = match ctx.app().map(|a| &a.upstream.balancing) {
+        Some(Balancing::ConsistentHash(h)) => session.req_header().headers.get(h).cloned(),
         _ => None,
     };
-    let idx = match group.pick(ctx.tried, hash_key, now_ms()) {
-        Pick::Instance(i) => i,
-        Pick::NoneAvailable if ctx.attempts == 0 => {
-            return fail(ctx, GatewayError::NoHealthyInstance)
-        }
-        Pick::NoneAvailable | Pick::Exhausted => {
-            let last = ctx
-                .error
-                .take()
-                .unwrap_or(GatewayError::UpstreamUnreachable);
-            return fail(ctx, last);
-        }
-    };
-    ctx.error = None;
-    ctx.tried |= 1 << idx;
-    ctx.attempts += 1;
-    let instance = Arc::clone(&group.instances[idx]);
-    ctx.timings.upstream_start.get_or_insert(now);
-    ctx.timings.attempt_start = Some(now);
-    ctx.last_instance = Some(Arc::clone(&instance));
-    let Some(socket) = instance.socket else {
-        return fail(ctx, GatewayError::UpstreamUnreachable);
+    let (instance, socket, remaining) =
+        match choose_instance(ctx, hash_key.as_ref().map(|v| v.as_bytes())) {
+            Ok(chosen) => chosen,
+            Err(err) => return fail(ctx, err),
+        };
+    let Some(app) = ctx.app() else {
+        return fail(ctx, GatewayError::Internal);
     };
     let mut peer = HttpPeer::new(socket, instance.addr.tls, instance.addr.host.clone());
     let t = &app.timeouts;
@@ -70,9 +43,94 @@ pub fn select_peer(session: &Session, ctx: &mut RequestCtx) -> Result<Box<HttpPe
     Ok(Box::new(peer))
 }
 
+/// Append one RFC 7239 `Forwarded` element for this hop to `out`.
+pub fn forwarded_element(out: &mut String, client_ip: &str, tls: bool, host: Option<&str>) {
+    match client_ip {
+        "" => out.push_str("for=unknown"),
+        ip if ip.contains(':') => {
+            let _ = write!(out, "for=\"[{ip}]\"");
+        }
+        ip => {
+            let _ = write!(out, "for={ip}");
+        }
+    }
+    out.push_str(if tls { ";proto=https" } else { ";proto=http" });
+    if let Some(h) = host {
+        let _ = write!(out, ";host=\"{h}\"");
+    }
+}
+
+/// `path?query` without the query parameter `name` (the API key).
+pub fn path_without_param(path: &str, query: &str, name: &str) -> String {
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|p| {
+            p.split('=')
+                .next()
+                .map(|k| crate::contract::params::percent_decode(k, true))
+                != Some(name.into())
+        })
+        .collect();
+    if kept.is_empty() {
+        path.to_string()
+    } else {
+        format!("{path}?{}", kept.join("&"))
+    }
+}
+
+/// Pick the instance for the next attempt (balancing, health, ejection,
+/// instances already tried): the instance, its socket address and the time
+/// left before the app's total deadline. Records the attempt in `ctx`; the
+/// caller takes the lease.
+pub fn choose_instance(
+    ctx: &mut RequestCtx,
+    hash_key: Option<&[u8]>,
+) -> Result<
+    (
+        Arc<crate::routing::Instance>,
+        std::net::SocketAddr,
+        Duration,
+    ),
+    GatewayError,
+> {
+    let (Some(active), Some(app_idx)) = (ctx.active.clone(), ctx.app) else {
+        return Err(GatewayError::Internal);
+    };
+    let app = &active.bundle.apps[app_idx];
+    let now = Instant::now();
+    let remaining = ctx
+        .deadline
+        .map_or(app.timeouts.total, |d| d.saturating_duration_since(now));
+    if remaining.is_zero() {
+        return Err(GatewayError::UpstreamTimeout);
+    }
+    let group = &active.upstreams.groups[app_idx];
+    let idx = match group.pick(ctx.tried, hash_key, now_ms()) {
+        Pick::Instance(i) => i,
+        Pick::NoneAvailable if ctx.attempts == 0 => return Err(GatewayError::NoHealthyInstance),
+        Pick::NoneAvailable | Pick::Exhausted => {
+            return Err(ctx
+                .error
+                .take()
+                .unwrap_or(GatewayError::UpstreamUnreachable));
+        }
+    };
+    ctx.error = None;
+    ctx.tried |= 1 << idx;
+    ctx.attempts += 1;
+    let instance = Arc::clone(&group.instances[idx]);
+    ctx.timings.upstream_start.get_or_insert(now);
+    ctx.timings.attempt_start = Some(now);
+    ctx.last_instance = Some(Arc::clone(&instance));
+    match instance.socket {
+        Some(socket) => Ok((instance, socket, remaining)),
+        None => Err(GatewayError::UpstreamUnreachable),
+    }
+}
+
 /// A connection attempt failed: count it (passive ejection) and say whether
 /// to try another instance. Nothing reached the upstream, so any method may.
-pub fn on_connect_failure(ctx: &mut RequestCtx, e: &Error) -> bool {
+pub fn on_connect_failure(ctx: &mut RequestCtx, err: GatewayError) -> bool {
     let Some(app) = ctx.app() else { return false };
     let (ejection, retries, name) = (app.upstream.ejection.clone(), app.retries, app.name.clone());
     if let Some(lease) = ctx.lease.take() {
@@ -82,7 +140,7 @@ pub fn on_connect_failure(ctx: &mut RequestCtx, e: &Error) -> bool {
                 "instance ejected after consecutive connect failures");
         }
     }
-    ctx.error = Some(GatewayError::from_pingora(e));
+    ctx.error = Some(err);
     ctx.attempts <= retries && !deadline_passed(ctx)
 }
 
@@ -149,22 +207,9 @@ pub fn prepare_upstream_request(
             }
         }
         ForwardedStyle::Rfc7239 => {
+            let host = host.as_ref().and_then(|h| h.to_str().ok());
             let element = appended(upstream, "forwarded", |out| {
-                match client_ip {
-                    "" => out.push_str("for=unknown"),
-                    ip if ip.contains(':') => {
-                        let _ = write!(out, "for=\"[{ip}]\"");
-                    }
-                    ip => {
-                        let _ = write!(out, "for={ip}");
-                    }
-                }
-                out.push_str(if tls { ";proto=https" } else { ";proto=http" });
-                if let (true, Some(h)) =
-                    (forwarded.host, host.as_ref().and_then(|h| h.to_str().ok()))
-                {
-                    let _ = write!(out, ";host=\"{h}\"");
-                }
+                forwarded_element(out, client_ip, tls, host.filter(|_| forwarded.host));
             });
             upstream.insert_header("forwarded", element)?;
         }
@@ -177,21 +222,7 @@ pub fn prepare_upstream_request(
         }
         if let Some(q) = &auth.api_key_query {
             if let Some(query) = upstream.uri.query().filter(|qs| qs.contains(q.as_str())) {
-                let kept: Vec<&str> = query
-                    .split('&')
-                    .filter(|p| {
-                        p.split('=')
-                            .next()
-                            .map(|k| crate::contract::params::percent_decode(k, true))
-                            != Some(q.as_str().into())
-                    })
-                    .collect();
-                let path = upstream.uri.path().to_string();
-                let pq = if kept.is_empty() {
-                    path
-                } else {
-                    format!("{path}?{}", kept.join("&"))
-                };
+                let pq = path_without_param(upstream.uri.path(), query, q);
                 let uri = http::Uri::builder()
                     .path_and_query(pq)
                     .build()

@@ -1,0 +1,551 @@
+//! HTTP/1.1 message heads for the lean engine: parse a request head
+//! (`httparse`), decide whether this engine carries it, and write the heads
+//! that go upstream and back to the client.
+
+use std::fmt::Write as _;
+
+use http::header::{self, HeaderName, HeaderValue};
+
+use crate::ctx::RequestCtx;
+use crate::policy::model::ForwardedStyle;
+use crate::policy::App;
+
+/// Most header lines read in one head.
+pub const MAX_HEADERS: usize = 100;
+/// A head still incomplete after this many bytes goes to Pingora (431).
+pub const MAX_HEAD: usize = 32 * 1024;
+/// Request bodies up to this size are read whole before the upstream is
+/// chosen; larger ones go to Pingora, which streams them.
+pub const MAX_BUFFERED_BODY: u64 = 64 * 1024;
+
+/// A parsed request head.
+#[derive(Debug)]
+pub struct RequestHead {
+    /// Method, URI, version and headers.
+    pub parts: http::request::Parts,
+    /// Bytes of the head, blank line included.
+    pub len: usize,
+    /// The declared body length (0: none).
+    pub content_length: u64,
+    /// The client asked to close the connection after this request.
+    pub close: bool,
+}
+
+/// What the parser made of the buffered bytes.
+#[derive(Debug)]
+pub enum Parsed {
+    /// A head this engine carries.
+    Lean(RequestHead),
+    /// Not complete yet: read more.
+    Partial,
+    /// Valid or not, something Pingora's full HTTP stack handles (HTTP/1.0,
+    /// chunked or large bodies, upgrades, `Expect`, CONNECT, malformed heads).
+    Pingora,
+}
+
+/// Parse the request head at the start of `buf`.
+pub fn parse_request(buf: &[u8]) -> Parsed {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => return Parsed::Partial,
+        _ => return Parsed::Pingora,
+    };
+    if req.version != Some(1) {
+        return Parsed::Pingora;
+    }
+    let (Some(method), Some(path)) = (req.method, req.path) else {
+        return Parsed::Pingora;
+    };
+    let Ok(method) = http::Method::from_bytes(method.as_bytes()) else {
+        return Parsed::Pingora;
+    };
+    if method == http::Method::CONNECT {
+        return Parsed::Pingora;
+    }
+    let Ok(uri) = path.parse::<http::Uri>() else {
+        return Parsed::Pingora;
+    };
+    let (mut parts, ()) = http::Request::new(()).into_parts();
+    parts.method = method;
+    parts.uri = uri;
+    parts.version = http::Version::HTTP_11;
+    parts.headers.reserve(req.headers.len());
+    let mut content_length = None;
+    let mut close = false;
+    for h in req.headers.iter() {
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(h.name.as_bytes()),
+            HeaderValue::from_bytes(h.value),
+        ) else {
+            return Parsed::Pingora;
+        };
+        if name == header::CONTENT_LENGTH {
+            let parsed = std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            match (parsed, content_length) {
+                (Some(n), None) => content_length = Some(n),
+                (Some(n), Some(m)) if n == m => {}
+                _ => return Parsed::Pingora,
+            }
+        } else if name == header::TRANSFER_ENCODING
+            || name == header::UPGRADE
+            || name == header::EXPECT
+        {
+            return Parsed::Pingora;
+        } else if name == header::CONNECTION {
+            for token in h.value.split(|b| *b == b',') {
+                let token = token.trim_ascii();
+                if token.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if token.eq_ignore_ascii_case(b"upgrade") {
+                    return Parsed::Pingora;
+                }
+            }
+        }
+        parts.headers.append(name, value);
+    }
+    let content_length = content_length.unwrap_or(0);
+    if content_length > MAX_BUFFERED_BODY {
+        return Parsed::Pingora;
+    }
+    Parsed::Lean(RequestHead {
+        parts,
+        len,
+        content_length,
+        close,
+    })
+}
+
+/// Hop-by-hop headers a proxy never forwards (RFC 9110 §7.6.1).
+fn hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == header::TRANSFER_ENCODING
+        || name == header::TE
+        || name == header::TRAILER
+        || name == header::UPGRADE
+        || name == header::PROXY_AUTHORIZATION
+        || name.as_str() == "keep-alive"
+        || name.as_str() == "proxy-connection"
+}
+
+/// Headers named as connection options in the request's `Connection`.
+fn connection_options(headers: &http::HeaderMap) -> Vec<String> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty() && t != "close" && t != "keep-alive")
+        .collect()
+}
+
+fn push_header(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Write the request head that goes upstream into `out`: the request line
+/// (app prefix stripped and API-key query parameter removed when the app
+/// says so), the client's end-to-end headers minus the API-key header, then
+/// `X-Request-Id` and the app's forwarding headers — what
+/// `prepare_upstream_request` does for Pingora-carried requests.
+pub fn write_upstream_head(
+    out: &mut Vec<u8>,
+    parts: &http::request::Parts,
+    ctx: &RequestCtx,
+    app: &App,
+) {
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.push(b' ');
+    let path = if app.strip_prefix {
+        crate::routing::strip_app_prefix(&app.path_prefix, parts.uri.path())
+    } else {
+        parts.uri.path()
+    };
+    let key_param = app.auth.as_ref().and_then(|a| a.api_key_query.as_deref());
+    match (parts.uri.query(), key_param) {
+        (Some(q), Some(k)) if q.contains(k) => {
+            out.extend_from_slice(
+                super::super::upstream::path_without_param(path, q, k).as_bytes(),
+            );
+        }
+        (Some(q), _) => {
+            out.extend_from_slice(path.as_bytes());
+            out.push(b'?');
+            out.extend_from_slice(q.as_bytes());
+        }
+        (None, _) => out.extend_from_slice(path.as_bytes()),
+    }
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+
+    let forwarded = app.forwarded;
+    let key_header = app.auth.as_ref().and_then(|a| a.api_key_header.as_ref());
+    let options = if parts.headers.contains_key(header::CONNECTION) {
+        connection_options(&parts.headers)
+    } else {
+        Vec::new()
+    };
+    let mut previous_xff: Option<&HeaderValue> = None;
+    let mut previous_forwarded: Option<&HeaderValue> = None;
+    for (name, value) in &parts.headers {
+        if hop_by_hop(name)
+            || key_header.is_some_and(|k| k == name)
+            || options.iter().any(|o| o == name.as_str())
+        {
+            continue;
+        }
+        match name.as_str() {
+            "x-request-id" if !ctx.request_id_from_client => continue,
+            "x-forwarded-for" if forwarded.style == ForwardedStyle::XForwarded => {
+                previous_xff = Some(value);
+                continue;
+            }
+            "x-forwarded-proto" if forwarded.style == ForwardedStyle::XForwarded => continue,
+            "x-forwarded-host"
+                if forwarded.style == ForwardedStyle::XForwarded && forwarded.host =>
+            {
+                continue
+            }
+            "forwarded" if forwarded.style == ForwardedStyle::Rfc7239 => {
+                previous_forwarded = Some(value);
+                continue;
+            }
+            _ => {}
+        }
+        push_header(out, name.as_str(), value.as_bytes());
+    }
+    let host = parts
+        .headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| parts.uri.authority().map(|a| a.as_str()));
+    if !parts.headers.contains_key(header::HOST) {
+        if let Some(h) = host {
+            push_header(out, "host", h.as_bytes());
+        }
+    }
+    if !ctx.request_id_from_client {
+        push_header(out, "x-request-id", ctx.request_id.as_bytes());
+    }
+    let client_ip = ctx.client_ip.as_str();
+    match forwarded.style {
+        ForwardedStyle::XForwarded => {
+            if !client_ip.is_empty() {
+                out.extend_from_slice(b"x-forwarded-for: ");
+                if let Some(prev) = previous_xff.filter(|p| !p.is_empty()) {
+                    out.extend_from_slice(prev.as_bytes());
+                    out.extend_from_slice(b", ");
+                }
+                out.extend_from_slice(client_ip.as_bytes());
+                out.extend_from_slice(b"\r\n");
+            }
+            push_header(out, "x-forwarded-proto", b"http");
+            if let (true, Some(h)) = (forwarded.host, host) {
+                push_header(out, "x-forwarded-host", h.as_bytes());
+            }
+        }
+        ForwardedStyle::Rfc7239 => {
+            let mut element = String::with_capacity(64);
+            if let Some(prev) = previous_forwarded
+                .and_then(|p| p.to_str().ok())
+                .filter(|p| !p.is_empty())
+            {
+                element.push_str(prev);
+                element.push_str(", ");
+            }
+            super::super::upstream::forwarded_element(
+                &mut element,
+                client_ip,
+                false,
+                host.filter(|_| forwarded.host),
+            );
+            push_header(out, "forwarded", element.as_bytes());
+        }
+        ForwardedStyle::None => {}
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// How a response body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body (HEAD, 1xx, 204, 304).
+    Empty,
+    /// `Content-Length`.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`, relayed as is.
+    Chunked,
+    /// Until the upstream closes; the client connection closes after it.
+    UntilClose,
+}
+
+/// A parsed upstream response head.
+#[derive(Debug)]
+pub struct ResponseHead {
+    /// Status code.
+    pub status: u16,
+    /// Bytes of the head.
+    pub len: usize,
+    /// How the body is delimited.
+    pub framing: Framing,
+    /// The upstream connection can carry another request afterwards.
+    pub reusable: bool,
+    /// `Content-Type` and `Content-Encoding`, for the response contract.
+    pub content: http::HeaderMap,
+}
+
+/// Why an upstream response head is unusable.
+#[derive(Debug, PartialEq, Eq)]
+pub enum BadResponse {
+    /// Not complete yet.
+    Partial,
+    /// Not HTTP, or a head we do not accept (e.g. `101` to a plain request).
+    Invalid,
+}
+
+/// Parse the upstream's response head at the start of `buf` (`head_request`:
+/// the request was HEAD, so no body follows whatever the head says).
+pub fn parse_response(buf: &[u8], head_request: bool) -> Result<ResponseHead, BadResponse> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    let len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => return Err(BadResponse::Partial),
+        _ => return Err(BadResponse::Invalid),
+    };
+    let status = resp.code.ok_or(BadResponse::Invalid)?;
+    if status == 101 {
+        return Err(BadResponse::Invalid);
+    }
+    let mut reusable = resp.version == Some(1);
+    let mut length = None;
+    let mut chunked = false;
+    let mut content = http::HeaderMap::new();
+    for h in resp.headers.iter() {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            let n = std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .ok_or(BadResponse::Invalid)?;
+            if length.is_some_and(|m| m != n) {
+                return Err(BadResponse::Invalid);
+            }
+            length = Some(n);
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            let last = h.value.rsplit(|b| *b == b',').next().unwrap_or_default();
+            chunked = last.trim_ascii().eq_ignore_ascii_case(b"chunked");
+            if !chunked {
+                return Err(BadResponse::Invalid);
+            }
+        } else if h.name.eq_ignore_ascii_case("connection") {
+            if h.value
+                .split(|b| *b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
+            {
+                reusable = false;
+            }
+        } else if h.name.eq_ignore_ascii_case("content-type") {
+            if let Ok(v) = HeaderValue::from_bytes(h.value) {
+                content.insert(header::CONTENT_TYPE, v);
+            }
+        } else if h.name.eq_ignore_ascii_case("content-encoding") {
+            if let Ok(v) = HeaderValue::from_bytes(h.value) {
+                content.insert(header::CONTENT_ENCODING, v);
+            }
+        }
+    }
+    let framing = if head_request || (100..200).contains(&status) || status == 204 || status == 304
+    {
+        Framing::Empty
+    } else if chunked {
+        Framing::Chunked
+    } else if let Some(n) = length {
+        Framing::Length(n)
+    } else {
+        reusable = false;
+        Framing::UntilClose
+    };
+    Ok(ResponseHead {
+        status,
+        len,
+        framing,
+        reusable,
+        content,
+    })
+}
+
+/// Write the response head for the client into `out`: the upstream's
+/// status line and end-to-end headers, `X-Request-Id`, the `RateLimit-*`
+/// headers, and `Connection: close` when the connection ends after it.
+pub fn write_client_head(out: &mut Vec<u8>, upstream: &[u8], ctx: &RequestCtx, close: bool) {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    // The head parsed once already; a second parse of the same bytes cannot fail.
+    if resp.parse(upstream).is_err() {
+        return;
+    }
+    let code = resp.code.unwrap_or(502);
+    let _ = write!(
+        Utf8(out),
+        "HTTP/1.1 {code} {}\r\n",
+        resp.reason.filter(|r| !r.is_empty()).unwrap_or_else(|| {
+            http::StatusCode::from_u16(code)
+                .ok()
+                .and_then(|s| s.canonical_reason())
+                .unwrap_or("")
+        })
+    );
+    for h in resp.headers.iter() {
+        let name = h.name;
+        if name.eq_ignore_ascii_case("connection")
+            || name.eq_ignore_ascii_case("keep-alive")
+            || name.eq_ignore_ascii_case("proxy-connection")
+            || name.eq_ignore_ascii_case("x-request-id")
+            || (ctx.rate_headers.is_some()
+                && (name.eq_ignore_ascii_case("ratelimit")
+                    || name.eq_ignore_ascii_case("ratelimit-policy")))
+        {
+            continue;
+        }
+        push_header(out, name, h.value);
+    }
+    push_header(out, "x-request-id", ctx.request_id.as_bytes());
+    if let Some((policy, state)) = &ctx.rate_headers {
+        push_header(out, "ratelimit-policy", policy.as_bytes());
+        push_header(out, "ratelimit", state.as_bytes());
+    }
+    if close {
+        push_header(out, "connection", b"close");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// `fmt::Write` over a byte buffer.
+struct Utf8<'a>(&'a mut Vec<u8>);
+
+impl std::fmt::Write for Utf8<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
+    }
+}
+
+/// Write a complete gateway-generated problem response.
+pub fn write_problem(
+    out: &mut Vec<u8>,
+    err: &crate::error::GatewayError,
+    ctx: &RequestCtx,
+    path: &str,
+    head_request: bool,
+    close: bool,
+) {
+    let body = err.problem_json(&ctx.request_id, path);
+    let status =
+        http::StatusCode::from_u16(err.status()).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+    let _ = write!(
+        Utf8(out),
+        "HTTP/1.1 {} {}\r\ncontent-type: application/problem+json\r\ncontent-length: {}\r\ncache-control: no-store\r\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        body.len()
+    );
+    push_header(out, "x-request-id", ctx.request_id.as_bytes());
+    for (name, value) in super::super::respond::problem_headers(err) {
+        push_header(out, name.as_str(), value.as_bytes());
+    }
+    if close {
+        push_header(out, "connection", b"close");
+    }
+    out.extend_from_slice(b"\r\n");
+    if !head_request {
+        out.extend_from_slice(&body);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_heads_are_lean_and_everything_unusual_goes_to_pingora() {
+        let lean =
+            parse_request(b"POST /a?b=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc");
+        let Parsed::Lean(head) = lean else {
+            panic!("expected a lean head")
+        };
+        assert_eq!(head.content_length, 3);
+        assert_eq!(head.len, 52);
+        assert_eq!(head.parts.uri.query(), Some("b=1"));
+        assert!(!head.close);
+        assert!(matches!(
+            parse_request(b"GET / HTTP/1.1\r\nHost: x\r\n"),
+            Parsed::Partial
+        ));
+        for pingora in [
+            &b"GET / HTTP/1.0\r\n\r\n"[..],
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"GET / HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+            b"POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 999999\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            b"GET / HTTP/1.1\r\nBad Header: x\r\n\r\n",
+            b"CONNECT a:443 HTTP/1.1\r\n\r\n",
+        ] {
+            assert!(
+                matches!(parse_request(pingora), Parsed::Pingora),
+                "{}",
+                String::from_utf8_lossy(pingora)
+            );
+        }
+        let Parsed::Lean(closing) = parse_request(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n")
+        else {
+            panic!("expected a lean head")
+        };
+        assert!(closing.close);
+    }
+
+    #[test]
+    fn response_framing() {
+        let r =
+            parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", false).unwrap();
+        assert_eq!(
+            (r.status, r.framing, r.reusable),
+            (200, Framing::Length(5), true)
+        );
+        let r = parse_response(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+            false,
+        )
+        .unwrap();
+        assert_eq!(r.framing, Framing::Chunked);
+        let r = parse_response(b"HTTP/1.1 200 OK\r\n\r\n", false).unwrap();
+        assert_eq!((r.framing, r.reusable), (Framing::UntilClose, false));
+        let r = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", true).unwrap();
+        assert_eq!(r.framing, Framing::Empty);
+        let r = parse_response(
+            b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n",
+            false,
+        )
+        .unwrap();
+        assert_eq!((r.framing, r.reusable), (Framing::Empty, false));
+        assert_eq!(
+            parse_response(b"HTTP/1.1 200 OK\r\nContent-Le", false).unwrap_err(),
+            BadResponse::Partial
+        );
+        assert_eq!(
+            parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", false).unwrap_err(),
+            BadResponse::Invalid
+        );
+        assert_eq!(
+            parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", false)
+                .unwrap_err(),
+            BadResponse::Invalid
+        );
+    }
+}

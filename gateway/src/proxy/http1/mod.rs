@@ -1,0 +1,671 @@
+//! The lean HTTP/1.1 engine: Gatehouse's own request loop on `pingora-core`
+//! for the plain listener's common case, with Pingora's full proxy as the
+//! fallback for everything else on the same connection.
+//!
+//! Per request it reads the head (`httparse`) and a declared body of up to
+//! 64 KiB, runs the same phases as the Pingora path (request id, route,
+//! identity and limits, request contract, balancing with health and
+//! ejection, forwarding headers, response contract in monitor mode, the
+//! wide event), writes the upstream request in one buffer over a pooled
+//! connection and relays the response. What it does not carry — HTTP/1.0,
+//! chunked or larger request bodies, upgrades, `Expect`, h2c, apps with TLS
+//! upstreams or enforced response contracts — is handed to Pingora's
+//! `HttpProxy` with the bytes already read put back, before any side effect
+//! (no limit token is taken twice, no event is written twice).
+//!
+//! Why: Pingora's per-request work (header maps with case preservation,
+//! its connection pool's idle-watch task, per-request channels) cost more
+//! CPU than our whole policy; see `loadtest/RESULTS.md`.
+
+mod chunked;
+mod head;
+mod pool;
+
+use std::io;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use pingora::apps::{HttpServerApp, ServerApp};
+use pingora::protocols::http::ServerSession;
+use pingora::protocols::l4::stream::Stream as L4Stream;
+use pingora::protocols::Stream;
+use pingora::proxy::HttpProxy;
+use pingora::server::ShutdownWatch;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+
+use super::log::{wide_event, Exchange};
+use super::{contract, respond, upstream, Gateway};
+use crate::contract::Mode;
+use crate::ctx::{micros_since, RequestCtx};
+use crate::error::GatewayError;
+use crate::policy::Balancing;
+use crate::routing::{self, InstanceLease, RouteMatch};
+use crate::runtime::Shared;
+use chunked::ChunkedScanner;
+use head::{Framing, Parsed, RequestHead, ResponseHead};
+
+/// How long an idle keep-alive connection waits for its next request.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+/// How long a client may take to send the rest of a head or body.
+const CLIENT_READ: Duration = Duration::from_secs(30);
+/// How long a client may take to accept response bytes.
+const CLIENT_WRITE: Duration = Duration::from_secs(30);
+/// The HTTP/2 connection preface's first bytes (h2c prior knowledge).
+const H2_PREFACE_START: &[u8] = b"PRI * HTTP/2.0";
+
+/// The engine behind the plain listener.
+pub struct Engine {
+    shared: Arc<Shared>,
+    telemetry: Option<crate::telemetry::Telemetry>,
+    instance: String,
+    pingora: Arc<HttpProxy<Gateway>>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// An engine serving `shared`'s policy, handing what it does not carry
+    /// to `pingora` (built around the same policy and telemetry).
+    pub fn new(
+        shared: Arc<Shared>,
+        telemetry: Option<(crate::telemetry::Telemetry, String)>,
+        pingora: HttpProxy<Gateway>,
+    ) -> Self {
+        let (telemetry, instance) = match telemetry {
+            Some((t, i)) => (Some(t), i),
+            None => (None, String::new()),
+        };
+        Self {
+            shared,
+            telemetry,
+            instance,
+            pingora: Arc::new(pingora),
+        }
+    }
+}
+
+#[async_trait]
+impl ServerApp for Engine {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        self.serve(stream, shutdown).await;
+        None
+    }
+
+    async fn cleanup(&self) {
+        self.pingora.http_cleanup().await;
+    }
+}
+
+/// What the connection does after an exchange.
+enum Next {
+    /// Read the next request.
+    KeepAlive,
+    /// Close the connection.
+    Close,
+    /// Hand the buffered request to Pingora.
+    Pingora,
+}
+
+/// How one attempt at an instance failed.
+enum Attempt {
+    /// No connection: count it against the instance, try another.
+    Connect(GatewayError),
+    /// The exchange failed (`true`: nothing came back).
+    Exchange(GatewayError, bool),
+}
+
+/// Why talking to the upstream failed.
+struct UpstreamFailure {
+    error: GatewayError,
+    /// Nothing came back: the request may be sent again.
+    nothing_received: bool,
+}
+
+impl Engine {
+    async fn serve(self: &Arc<Self>, mut client: Stream, shutdown: &ShutdownWatch) {
+        let client_ip = client
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()))
+            .map(|ip| ip.to_string())
+            .unwrap_or_default();
+        let h2c = self.pingora.server_options().is_some_and(|o| o.h2c);
+        let mut buf: Vec<u8> = Vec::with_capacity(8 * 1024);
+        let mut first = true;
+        loop {
+            let head = loop {
+                if first && h2c && buf.len() >= H2_PREFACE_START.len() {
+                    if buf.starts_with(H2_PREFACE_START) {
+                        if let Some(client) = put_back(client, &buf) {
+                            self.pingora.process_new(client, shutdown).await;
+                        }
+                        return;
+                    }
+                    first = false;
+                }
+                match head::parse_request(&buf) {
+                    Parsed::Lean(head) => break Some(head),
+                    Parsed::Pingora => break None,
+                    Parsed::Partial => {}
+                }
+                let wait = if buf.is_empty() {
+                    KEEPALIVE_IDLE
+                } else {
+                    CLIENT_READ
+                };
+                match timeout(wait, read_more(&mut client, &mut buf)).await {
+                    Ok(Ok(n)) if n > 0 => {}
+                    _ => return,
+                }
+            };
+            first = false;
+            let next = match head {
+                Some(head) => {
+                    let closing = *shutdown.borrow();
+                    self.exchange(&mut client, &mut buf, head, &client_ip, closing)
+                        .await
+                }
+                None => Next::Pingora,
+            };
+            match next {
+                Next::KeepAlive if !*shutdown.borrow() => {}
+                Next::KeepAlive | Next::Close => return,
+                Next::Pingora => {
+                    let Some(rewound) = put_back(client, &buf) else {
+                        return;
+                    };
+                    buf.clear();
+                    let session = ServerSession::new_http1(rewound);
+                    match self.pingora.process_new_http(session, shutdown).await {
+                        Some(reused) => client = reused.consume().0,
+                        None => return,
+                    }
+                }
+            }
+        }
+    }
+
+    /// One request on the lean path. `buf` starts with its head; the bytes
+    /// of the exchange are removed from it unless it goes to Pingora.
+    async fn exchange(
+        &self,
+        client: &mut Stream,
+        buf: &mut Vec<u8>,
+        head: RequestHead,
+        client_ip: &str,
+        closing: bool,
+    ) -> Next {
+        let message_len = head.len + head.content_length as usize;
+        while buf.len() < message_len {
+            match timeout(CLIENT_READ, read_more(client, buf)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return Next::Close,
+            }
+        }
+        let mut ctx = RequestCtx::new(self.shared.enter());
+        ctx.client_ip.push_str(client_ip);
+        respond::assign_request_id(&head.parts, &mut ctx);
+        let close = head.close || closing;
+        let mut out = Vec::with_capacity(message_len + 512);
+        let outcome = self
+            .admit_and_forward(client, buf, &head, &mut ctx, close, &mut out)
+            .await;
+        let (status, failed, bytes_out, next) = match outcome {
+            Ok(Some(done)) => done,
+            Ok(None) => return Next::Pingora,
+            Err(err) => {
+                let next = self
+                    .refuse(client, &mut ctx, &head, err, close, &mut out)
+                    .await;
+                let failed = matches!(next, Next::Close) && !close;
+                (ctx.status, failed, 0, next)
+            }
+        };
+        buf.drain(..message_len);
+        if let Some(t) = &self.telemetry {
+            let exchange = Exchange {
+                status,
+                failed,
+                bytes_in: head.content_length,
+                bytes_out,
+            };
+            t.record(wide_event(&head.parts, &exchange, &ctx, &self.instance));
+        }
+        next
+    }
+
+    /// Write a gateway-generated problem response.
+    async fn refuse(
+        &self,
+        client: &mut Stream,
+        ctx: &mut RequestCtx,
+        head: &RequestHead,
+        err: GatewayError,
+        close: bool,
+        out: &mut Vec<u8>,
+    ) -> Next {
+        if matches!(
+            err,
+            GatewayError::ContractViolation { .. }
+                | GatewayError::MalformedJson { .. }
+                | GatewayError::UnsupportedMediaType { .. }
+        ) {
+            crate::contract::count_violation("request");
+        }
+        out.clear();
+        let head_request = head.parts.method == http::Method::HEAD;
+        head::write_problem(out, &err, ctx, head.parts.uri.path(), head_request, close);
+        ctx.status = err.status();
+        ctx.error = Some(err);
+        match write_client(client, out).await {
+            Ok(()) if !close => Next::KeepAlive,
+            _ => Next::Close,
+        }
+    }
+
+    /// Route, admit, check and forward. `Ok(None)`: Pingora carries it.
+    /// `Err`: refuse with that error (nothing was sent to the client yet).
+    async fn admit_and_forward(
+        &self,
+        client: &mut Stream,
+        buf: &[u8],
+        head: &RequestHead,
+        ctx: &mut RequestCtx,
+        close: bool,
+        out: &mut Vec<u8>,
+    ) -> Result<Option<(u16, bool, u64, Next)>, GatewayError> {
+        let req = &head.parts;
+        let path = req.uri.path();
+        let active = self.shared.active();
+        ctx.active = Some(Arc::clone(&active));
+        if !routing::path_is_safe(path) {
+            return Err(GatewayError::BadPath);
+        }
+        let host = req
+            .headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| req.uri.host())
+            .unwrap_or("");
+        let (app_idx, route_idx) =
+            match active
+                .bundle
+                .router
+                .route(&active.bundle.apps, host, &req.method, path)
+            {
+                RouteMatch::Route { app, route } => (app, Some(route)),
+                RouteMatch::Passthrough { app } => (app, None),
+                RouteMatch::MethodNotAllowed { app } => {
+                    ctx.app = Some(app);
+                    let allow = respond::allowed_methods(&active.bundle.apps[app], path);
+                    return Err(GatewayError::MethodNotAllowed { allow });
+                }
+                RouteMatch::NoRoute { app } => {
+                    ctx.app = Some(app);
+                    return Err(GatewayError::NoRoute);
+                }
+                RouteMatch::NoApp => return Err(GatewayError::NoApp),
+            };
+        let app = &active.bundle.apps[app_idx];
+        let route = route_idx.map(|r| &app.routes[r]);
+        let enforced_response = route.is_some_and(|r| {
+            r.response_mode == Mode::Enforce
+                && r.operation
+                    .as_ref()
+                    .is_some_and(|op| !op.responses.is_empty())
+        });
+        if enforced_response
+            || active.upstreams.groups[app_idx]
+                .instances
+                .iter()
+                .any(|i| i.addr.tls)
+        {
+            return Ok(None);
+        }
+        ctx.body_cap = route.map_or(app.max_request_body, |r| r.max_request_body);
+        ctx.deadline = Some(Instant::now() + app.timeouts.total);
+        ctx.app = Some(app_idx);
+        ctx.route = route_idx;
+        if head.content_length > ctx.body_cap {
+            return Err(GatewayError::BodyTooLarge {
+                limit: ctx.body_cap,
+            });
+        }
+        if let Some(err) = super::access::admit(req, ctx, &active, app, route) {
+            return Err(err);
+        }
+        let body = &buf[head.len..head.len + head.content_length as usize];
+        if let Some((route, op)) = route.and_then(|r| r.operation.as_ref().map(|op| (r, op))) {
+            let started = Instant::now();
+            let checked = check_request(req, body, ctx, app, route, op);
+            ctx.timings.request_validation_us = micros_since(started);
+            checked?;
+        } else if route.is_none()
+            && app.contract.undocumented == crate::contract::Undocumented::Monitor
+            && app.contract.openapi.is_some()
+        {
+            contract::record_undocumented(ctx);
+        }
+
+        out.clear();
+        head::write_upstream_head(out, req, ctx, app);
+        out.extend_from_slice(body);
+        let hash_key = match &app.upstream.balancing {
+            Balancing::ConsistentHash(h) => req.headers.get(h).map(|v| v.as_bytes()),
+            _ => None,
+        };
+        let head_request = req.method == http::Method::HEAD;
+        let mut ubuf = Vec::with_capacity(16 * 1024);
+        let (mut upstream, response) = loop {
+            let (instance, socket, remaining) = upstream::choose_instance(ctx, hash_key)?;
+            ctx.lease = Some(InstanceLease::new(Arc::clone(&instance)));
+            let t = &app.timeouts;
+            let mut fresh_retry = true;
+            let attempt = loop {
+                let (mut conn, reused) = match pool::take(socket) {
+                    Some(conn) => (conn, true),
+                    None => match connect(socket, t.connect.min(remaining)).await {
+                        Ok(conn) => {
+                            instance.record_connect_success();
+                            ctx.timings.upstream_connect_us =
+                                ctx.timings.attempt_start.map_or(0, micros_since);
+                            (conn, false)
+                        }
+                        Err(err) => break Err(Attempt::Connect(err)),
+                    },
+                };
+                let read = t.read.min(remaining);
+                match send(&mut conn, out, &mut ubuf, read, head_request).await {
+                    Ok(response) => break Ok((conn, response)),
+                    // A pooled connection the upstream had closed: once
+                    // more on a new one, the same instance, not a new attempt.
+                    Err(f) if reused && f.nothing_received && fresh_retry => {
+                        fresh_retry = false;
+                    }
+                    Err(f) => break Err(Attempt::Exchange(f.error, f.nothing_received)),
+                }
+            };
+            match attempt {
+                Ok(done) => break done,
+                Err(Attempt::Connect(err)) => {
+                    if !upstream::on_connect_failure(ctx, err) {
+                        return Err(ctx
+                            .error
+                            .take()
+                            .unwrap_or(GatewayError::UpstreamUnreachable));
+                    }
+                }
+                Err(Attempt::Exchange(err, nothing_received)) => {
+                    ctx.lease = None;
+                    let retry = nothing_received
+                        && req.method.is_idempotent()
+                        && !matches!(err, GatewayError::UpstreamTimeout)
+                        && ctx.attempts <= app.retries
+                        && !upstream::deadline_passed(ctx);
+                    if !retry {
+                        return Err(err);
+                    }
+                    ctx.error = Some(err);
+                }
+            }
+        };
+        if let Some(t) = ctx.timings.attempt_start {
+            ctx.timings.upstream_ttfb_us =
+                micros_since(t).saturating_sub(ctx.timings.upstream_connect_us);
+        }
+        if let (Some(route), Some(op)) = (route, route.and_then(|r| r.operation.as_ref())) {
+            if route.response_mode == Mode::Monitor {
+                let started = Instant::now();
+                contract::start_response_check(
+                    ctx,
+                    op,
+                    response.status,
+                    &response.content,
+                    app.contract.max_violations,
+                    app.contract.max_response_body,
+                );
+                ctx.timings.response_validation_us += micros_since(started);
+            }
+        }
+        let close_client = close || response.framing == Framing::UntilClose;
+        out.clear();
+        head::write_client_head(out, &ubuf[..response.len], ctx, close_client);
+        let read = app.timeouts.read;
+        let relayed = relay(client, &mut upstream, out, &mut ubuf, &response, read, ctx).await;
+        ctx.timings.upstream_end = Some(Instant::now());
+        ctx.lease = None;
+        if ctx.response_tee.is_some() {
+            let started = Instant::now();
+            contract::finish_response_tee(ctx, app.contract.max_violations);
+            ctx.timings.response_validation_us += micros_since(started);
+        }
+        ctx.status = response.status;
+        Ok(Some(match relayed {
+            Ok((bytes_out, reusable)) => {
+                if reusable {
+                    if let Some(socket) = ctx.last_instance.as_ref().and_then(|i| i.socket) {
+                        pool::give(socket, upstream);
+                    }
+                }
+                let next = if close_client {
+                    Next::Close
+                } else {
+                    Next::KeepAlive
+                };
+                (response.status, false, bytes_out, next)
+            }
+            Err(Relay::Upstream(err, bytes_out)) => {
+                ctx.error = Some(err);
+                (response.status, true, bytes_out, Next::Close)
+            }
+            Err(Relay::Client(bytes_out)) => (response.status, true, bytes_out, Next::Close),
+        }))
+    }
+}
+
+/// The request contract for a buffered body: parameters, media type and
+/// the JSON body, judged before the upstream sees anything.
+fn check_request(
+    req: &http::request::Parts,
+    body: &[u8],
+    ctx: &mut RequestCtx,
+    app: &crate::policy::App,
+    route: &crate::policy::Route,
+    op: &crate::contract::Operation,
+) -> Result<(), GatewayError> {
+    let plan = contract::plan_request(req, !body.is_empty(), ctx, app, route, op)?;
+    let over = body.len() as u64 > plan.body_limit;
+    if over && plan.read_body {
+        return Err(GatewayError::BodyTooLarge {
+            limit: plan.body_limit,
+        });
+    }
+    // Over the contract's body cap in monitor mode: the body is not judged.
+    let judged = (!body.is_empty() && !over).then_some(body);
+    contract::judge_request(plan, judged, ctx, app, route.request_mode)?;
+    ctx.request_tee = None;
+    Ok(())
+}
+
+/// Put bytes already read back in front of the connection's next read, for
+/// Pingora to parse. Only plain TCP connections reach this engine.
+fn put_back(client: Stream, bytes: &[u8]) -> Option<Stream> {
+    if bytes.is_empty() {
+        return Some(client);
+    }
+    match client.into_any().downcast::<L4Stream>() {
+        Ok(mut l4) => {
+            l4.rewind(bytes);
+            Some(l4)
+        }
+        Err(_) => {
+            tracing::error!("the lean HTTP/1.1 engine got a connection that is not plain TCP");
+            None
+        }
+    }
+}
+
+/// Read more bytes into `buf` (growing it when nearly full).
+async fn read_more<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut Vec<u8>) -> io::Result<usize> {
+    if buf.capacity() - buf.len() < 4096 {
+        buf.reserve(8 * 1024);
+    }
+    stream.read_buf(buf).await
+}
+
+async fn write_client(client: &mut Stream, bytes: &[u8]) -> io::Result<()> {
+    let write = async {
+        client.write_all(bytes).await?;
+        client.flush().await
+    };
+    match timeout(CLIENT_WRITE, write).await {
+        Ok(result) => result,
+        Err(_) => Err(io::ErrorKind::TimedOut.into()),
+    }
+}
+
+async fn connect(
+    socket: std::net::SocketAddr,
+    within: Duration,
+) -> Result<TcpStream, GatewayError> {
+    match timeout(within, TcpStream::connect(socket)).await {
+        Ok(Ok(conn)) => {
+            let _ = conn.set_nodelay(true);
+            Ok(conn)
+        }
+        Ok(Err(_)) => Err(GatewayError::UpstreamUnreachable),
+        Err(_) => Err(GatewayError::UpstreamTimeout),
+    }
+}
+
+/// Send the request and read the response head into `ubuf`.
+async fn send(
+    conn: &mut TcpStream,
+    request: &[u8],
+    ubuf: &mut Vec<u8>,
+    read: Duration,
+    head_request: bool,
+) -> Result<ResponseHead, UpstreamFailure> {
+    let failed = |error, nothing_received| UpstreamFailure {
+        error,
+        nothing_received,
+    };
+    match timeout(read, conn.write_all(request)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(_)) => return Err(failed(GatewayError::UpstreamFailed, true)),
+        Err(_) => return Err(failed(GatewayError::UpstreamTimeout, true)),
+    }
+    ubuf.clear();
+    loop {
+        match timeout(read, read_more(conn, ubuf)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            Ok(_) => return Err(failed(GatewayError::UpstreamFailed, ubuf.is_empty())),
+            Err(_) => return Err(failed(GatewayError::UpstreamTimeout, ubuf.is_empty())),
+        }
+        match head::parse_response(ubuf, head_request) {
+            // Interim responses (100, 103) are not relayed: drop and read on.
+            Ok(r) if (100..200).contains(&r.status) => {
+                ubuf.drain(..r.len);
+                if let Ok(r) = head::parse_response(ubuf, head_request) {
+                    if !(100..200).contains(&r.status) {
+                        return Ok(r);
+                    }
+                }
+            }
+            Ok(r) => return Ok(r),
+            Err(head::BadResponse::Partial) => {}
+            Err(head::BadResponse::Invalid) => {
+                return Err(failed(GatewayError::UpstreamFailed, false))
+            }
+        }
+    }
+}
+
+/// Why relaying a response body stopped early.
+enum Relay {
+    /// The upstream failed or timed out (body bytes sent so far).
+    Upstream(GatewayError, u64),
+    /// The client went away (body bytes sent so far).
+    Client(u64),
+}
+
+/// Send the response (`out` holds its head, `ubuf` the upstream's head and
+/// the first body bytes) and relay the rest of the body. Returns the body
+/// bytes sent and whether the upstream connection can be reused.
+async fn relay(
+    client: &mut Stream,
+    upstream: &mut TcpStream,
+    out: &mut Vec<u8>,
+    ubuf: &mut Vec<u8>,
+    response: &ResponseHead,
+    read: Duration,
+    ctx: &mut RequestCtx,
+) -> Result<(u64, bool), Relay> {
+    let mut sent = 0u64;
+    let mut chunked = ChunkedScanner::default();
+    let mut start = response.len;
+    loop {
+        let available = &ubuf[start..];
+        // How much of `available` belongs to this body, and whether it ends there.
+        let (take, done) = match response.framing {
+            Framing::Empty => (0, true),
+            Framing::Length(n) => {
+                let left = n - sent;
+                let take = (available.len() as u64).min(left) as usize;
+                (take, take as u64 == left)
+            }
+            Framing::Chunked => {
+                let tee = &mut ctx.response_tee;
+                let scanned = chunked.feed(available, |data| {
+                    if let Some(t) = tee.as_mut() {
+                        t.push(data);
+                    }
+                });
+                match scanned {
+                    Ok(Some(end)) => (end, true),
+                    Ok(None) => (available.len(), false),
+                    Err(_) => return Err(Relay::Upstream(GatewayError::UpstreamFailed, sent)),
+                }
+            }
+            Framing::UntilClose => (available.len(), false),
+        };
+        let piece = &available[..take];
+        if let (Some(t), false) = (&mut ctx.response_tee, response.framing == Framing::Chunked) {
+            t.push(piece);
+        }
+        out.extend_from_slice(piece);
+        sent += take as u64;
+        // Bytes past the end of the body: the upstream is out of step.
+        let surplus = available.len() > take;
+        if done || !out.is_empty() {
+            if write_client(client, out).await.is_err() {
+                return Err(Relay::Client(sent));
+            }
+            out.clear();
+        }
+        if done {
+            return Ok((sent, response.reusable && !surplus));
+        }
+        ubuf.clear();
+        start = 0;
+        let left = ctx.deadline.map_or(read, |d| {
+            d.saturating_duration_since(Instant::now()).min(read)
+        });
+        match timeout(left, read_more(upstream, ubuf)).await {
+            Ok(Ok(0)) if response.framing == Framing::UntilClose => return Ok((sent, false)),
+            Ok(Ok(n)) if n > 0 => {}
+            Ok(_) => return Err(Relay::Upstream(GatewayError::UpstreamFailed, sent)),
+            Err(_) => return Err(Relay::Upstream(GatewayError::UpstreamTimeout, sent)),
+        }
+    }
+}

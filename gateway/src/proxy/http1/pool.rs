@@ -1,0 +1,98 @@
+//! Idle upstream connections for the lean engine, one pool per proxy thread.
+//!
+//! Each proxy thread runs its own single-threaded runtime, so a per-thread
+//! pool needs no lock and keeps a connection on the reactor that registered
+//! it. Taking a connection checks it is still open without a system call
+//! in the common case (the reactor already knows whether the upstream
+//! closed it); the most recently used connection is taken first.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpStream;
+
+/// Idle connections older than this are closed instead of reused (below the
+/// usual upstream keep-alive timeouts, so the upstream rarely closes first).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(50);
+/// Most idle connections kept per instance and thread.
+pub const MAX_IDLE: usize = 256;
+
+struct Idle {
+    stream: TcpStream,
+    since: Instant,
+}
+
+thread_local! {
+    static IDLE: RefCell<HashMap<SocketAddr, Vec<Idle>>> = RefCell::new(HashMap::new());
+}
+
+/// An idle, still-open connection to `addr`, if there is one.
+pub fn take(addr: SocketAddr) -> Option<TcpStream> {
+    IDLE.with(|pool| {
+        let mut pool = pool.borrow_mut();
+        let idle = pool.get_mut(&addr)?;
+        let now = Instant::now();
+        while let Some(conn) = idle.pop() {
+            if now.duration_since(conn.since) < IDLE_TIMEOUT && open(&conn.stream) {
+                return Some(conn.stream);
+            }
+        }
+        None
+    })
+}
+
+/// Keep `stream` (which just finished a response cleanly) for reuse.
+pub fn give(addr: SocketAddr, stream: TcpStream) {
+    IDLE.with(|pool| {
+        let mut pool = pool.borrow_mut();
+        let idle = pool.entry(addr).or_default();
+        let now = Instant::now();
+        // Oldest first: drop the expired ones and any over the cap.
+        let expired = idle
+            .iter()
+            .take_while(|c| now.duration_since(c.since) >= IDLE_TIMEOUT)
+            .count();
+        let over = (idle.len() - expired + 1).saturating_sub(MAX_IDLE);
+        idle.drain(..expired + over);
+        idle.push(Idle { stream, since: now });
+    });
+}
+
+/// Whether an idle connection is still open and silent: an upstream that
+/// closed it (or sent something unasked) makes it readable.
+fn open(stream: &TcpStream) -> bool {
+    let mut probe = [0u8; 1];
+    matches!(stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn reuses_open_connections_and_drops_closed_ones() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        assert!(take(addr).is_none());
+        let a = TcpStream::connect(addr).await.unwrap();
+        let (mut server_a, _) = listener.accept().await.unwrap();
+        let b = TcpStream::connect(addr).await.unwrap();
+        let (_server_b, _) = listener.accept().await.unwrap();
+        let b_port = b.local_addr().unwrap().port();
+        give(addr, a);
+        give(addr, b);
+        // The most recent first.
+        let got = take(addr).unwrap();
+        assert_eq!(got.local_addr().unwrap().port(), b_port);
+        // The upstream closes `a` while it idles: it is not handed out.
+        server_a.shutdown().await.unwrap();
+        drop(server_a);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(take(addr).is_none());
+        give(addr, got);
+        assert!(take(addr).is_some());
+    }
+}
