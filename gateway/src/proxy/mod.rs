@@ -98,6 +98,7 @@ impl ProxyHttp for Gateway {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         respond::assign_request_id(session.req_header(), ctx);
+        ctx.request_id_header = http::HeaderValue::from_str(&ctx.request_id).ok();
         if let Some(addr) = session.client_addr().and_then(|a| a.as_inet()) {
             use std::fmt::Write as _;
             let _ = write!(ctx.client_ip, "{}", addr.ip());

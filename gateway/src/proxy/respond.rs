@@ -7,29 +7,42 @@ use pingora::{Error, ErrorType, Result};
 use crate::ctx::RequestCtx;
 use crate::error::GatewayError;
 
+/// `X-Request-Id`.
+pub static X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+
 /// Set the request's id: a sane client-supplied `X-Request-Id`, else a new
-/// UUIDv7; the header value is built once here.
+/// UUIDv7. (The Pingora path also builds the header value once, from it.)
 pub fn assign_request_id(req: &http::request::Parts, ctx: &mut RequestCtx) {
-    let id = request_id(req);
-    ctx.request_id_from_client = req
-        .headers
-        .get("x-request-id")
-        .is_some_and(|v| v.as_bytes() == id.as_bytes());
-    ctx.request_id_header = http::HeaderValue::from_str(&id).ok();
-    ctx.request_id = id;
+    match client_request_id(req) {
+        Some(id) => {
+            ctx.request_id_from_client = true;
+            ctx.request_id.push_str(id);
+        }
+        None => {
+            let mut text = uuid::Uuid::encode_buffer();
+            ctx.request_id
+                .push_str(uuid::Uuid::now_v7().hyphenated().encode_lower(&mut text));
+        }
+    }
+}
+
+/// A sane client-supplied `X-Request-Id` (printable ASCII, 1–200 bytes).
+fn client_request_id(req: &http::request::Parts) -> Option<&str> {
+    let v = req.headers.get(&X_REQUEST_ID)?;
+    let b = v.as_bytes();
+    if !b.is_empty() && b.len() <= 200 && b.iter().all(|c| (0x21..0x7f).contains(c)) {
+        v.to_str().ok()
+    } else {
+        None
+    }
 }
 
 /// Keep a sane client-supplied `X-Request-Id`, else make a UUIDv7.
 pub fn request_id(req: &http::request::Parts) -> String {
-    if let Some(v) = req.headers.get("x-request-id") {
-        let b = v.as_bytes();
-        if !b.is_empty() && b.len() <= 200 && b.iter().all(|c| (0x21..0x7f).contains(c)) {
-            if let Ok(s) = v.to_str() {
-                return s.to_string();
-            }
-        }
+    match client_request_id(req) {
+        Some(id) => id.to_string(),
+        None => uuid::Uuid::now_v7().to_string(),
     }
-    uuid::Uuid::now_v7().to_string()
 }
 
 /// Record `err` as the request's outcome and fail the phase (rendered by `fail_to_proxy`).

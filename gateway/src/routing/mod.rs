@@ -198,6 +198,10 @@ pub fn path_is_safe(path: &str) -> bool {
     if !path.starts_with('/') {
         return false;
     }
+    // The common case: nothing encoded and no dot segment.
+    if !path.as_bytes().contains(&b'%') && !path.contains("/.") {
+        return true;
+    }
     for seg in path.split('/') {
         if seg == "." || seg == ".." {
             return false;

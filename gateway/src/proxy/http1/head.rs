@@ -310,8 +310,18 @@ pub enum BadResponse {
 }
 
 /// Parse the upstream's response head at the start of `buf` (`head_request`:
-/// the request was HEAD, so no body follows whatever the head says).
-pub fn parse_response(buf: &[u8], head_request: bool) -> Result<ResponseHead, BadResponse> {
+/// the request was HEAD, so no body follows whatever the head says), and
+/// write the start of the client's head into `client_head`: the status line
+/// and the end-to-end headers, without the ones the gateway sets itself
+/// (`X-Request-Id`; `RateLimit-*` when `own_rate_headers`).
+/// [`finish_client_head`] completes it.
+pub fn parse_response(
+    buf: &[u8],
+    head_request: bool,
+    client_head: &mut Vec<u8>,
+    own_rate_headers: bool,
+) -> Result<ResponseHead, BadResponse> {
+    client_head.clear();
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut headers);
     let len = match resp.parse(buf) {
@@ -323,6 +333,16 @@ pub fn parse_response(buf: &[u8], head_request: bool) -> Result<ResponseHead, Ba
     if status == 101 {
         return Err(BadResponse::Invalid);
     }
+    let _ = write!(
+        Utf8(client_head),
+        "HTTP/1.1 {status} {}\r\n",
+        resp.reason.filter(|r| !r.is_empty()).unwrap_or_else(|| {
+            http::StatusCode::from_u16(status)
+                .ok()
+                .and_then(|s| s.canonical_reason())
+                .unwrap_or("")
+        })
+    );
     let mut reusable = resp.version == Some(1);
     let mut length = None;
     let mut chunked = false;
@@ -350,6 +370,7 @@ pub fn parse_response(buf: &[u8], head_request: bool) -> Result<ResponseHead, Ba
             {
                 reusable = false;
             }
+            continue;
         } else if h.name.eq_ignore_ascii_case("content-type") {
             if let Ok(v) = HeaderValue::from_bytes(h.value) {
                 content.insert(header::CONTENT_TYPE, v);
@@ -358,7 +379,16 @@ pub fn parse_response(buf: &[u8], head_request: bool) -> Result<ResponseHead, Ba
             if let Ok(v) = HeaderValue::from_bytes(h.value) {
                 content.insert(header::CONTENT_ENCODING, v);
             }
+        } else if h.name.eq_ignore_ascii_case("keep-alive")
+            || h.name.eq_ignore_ascii_case("proxy-connection")
+            || h.name.eq_ignore_ascii_case("x-request-id")
+            || (own_rate_headers
+                && (h.name.eq_ignore_ascii_case("ratelimit")
+                    || h.name.eq_ignore_ascii_case("ratelimit-policy")))
+        {
+            continue;
         }
+        push_header(client_head, h.name, h.value);
     }
     let framing = if head_request || (100..200).contains(&status) || status == 204 || status == 304
     {
@@ -380,41 +410,10 @@ pub fn parse_response(buf: &[u8], head_request: bool) -> Result<ResponseHead, Ba
     })
 }
 
-/// Write the response head for the client into `out`: the upstream's
-/// status line and end-to-end headers, `X-Request-Id`, the `RateLimit-*`
-/// headers, and `Connection: close` when the connection ends after it.
-pub fn write_client_head(out: &mut Vec<u8>, upstream: &[u8], ctx: &RequestCtx, close: bool) {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut headers);
-    // The head parsed once already; a second parse of the same bytes cannot fail.
-    if resp.parse(upstream).is_err() {
-        return;
-    }
-    let code = resp.code.unwrap_or(502);
-    let _ = write!(
-        Utf8(out),
-        "HTTP/1.1 {code} {}\r\n",
-        resp.reason.filter(|r| !r.is_empty()).unwrap_or_else(|| {
-            http::StatusCode::from_u16(code)
-                .ok()
-                .and_then(|s| s.canonical_reason())
-                .unwrap_or("")
-        })
-    );
-    for h in resp.headers.iter() {
-        let name = h.name;
-        if name.eq_ignore_ascii_case("connection")
-            || name.eq_ignore_ascii_case("keep-alive")
-            || name.eq_ignore_ascii_case("proxy-connection")
-            || name.eq_ignore_ascii_case("x-request-id")
-            || (ctx.rate_headers.is_some()
-                && (name.eq_ignore_ascii_case("ratelimit")
-                    || name.eq_ignore_ascii_case("ratelimit-policy")))
-        {
-            continue;
-        }
-        push_header(out, name, h.value);
-    }
+/// Complete the client's response head begun by [`parse_response`]:
+/// `X-Request-Id`, the `RateLimit-*` headers, and `Connection: close` when
+/// the connection ends after it.
+pub fn finish_client_head(out: &mut Vec<u8>, ctx: &RequestCtx, close: bool) {
     push_header(out, "x-request-id", ctx.request_id.as_bytes());
     if let Some((policy, state)) = &ctx.rate_headers {
         push_header(out, "ratelimit-policy", policy.as_bytes());
@@ -512,8 +511,13 @@ mod tests {
 
     #[test]
     fn response_framing() {
+        let mut client = Vec::new();
         let r =
-            parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", false).unwrap();
+            parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: keep-alive\r\nX-Request-Id: up\r\nX-App: 1\r\n\r\nhello", false, &mut client, true).unwrap();
+        assert_eq!(
+            client,
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-App: 1\r\n"
+        );
         assert_eq!(
             (r.status, r.framing, r.reusable),
             (200, Framing::Length(5), true)
@@ -521,30 +525,52 @@ mod tests {
         let r = parse_response(
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
             false,
+            &mut client,
+            false,
         )
         .unwrap();
         assert_eq!(r.framing, Framing::Chunked);
-        let r = parse_response(b"HTTP/1.1 200 OK\r\n\r\n", false).unwrap();
+        let r = parse_response(b"HTTP/1.1 200 OK\r\n\r\n", false, &mut client, false).unwrap();
         assert_eq!((r.framing, r.reusable), (Framing::UntilClose, false));
-        let r = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", true).unwrap();
+        let r = parse_response(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",
+            true,
+            &mut client,
+            false,
+        )
+        .unwrap();
         assert_eq!(r.framing, Framing::Empty);
         let r = parse_response(
             b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n",
+            false,
+            &mut client,
             false,
         )
         .unwrap();
         assert_eq!((r.framing, r.reusable), (Framing::Empty, false));
         assert_eq!(
-            parse_response(b"HTTP/1.1 200 OK\r\nContent-Le", false).unwrap_err(),
+            parse_response(b"HTTP/1.1 200 OK\r\nContent-Le", false, &mut client, false)
+                .unwrap_err(),
             BadResponse::Partial
         );
         assert_eq!(
-            parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", false).unwrap_err(),
+            parse_response(
+                b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n",
+                false,
+                &mut client,
+                false
+            )
+            .unwrap_err(),
             BadResponse::Invalid
         );
         assert_eq!(
-            parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", false)
-                .unwrap_err(),
+            parse_response(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+                false,
+                &mut client,
+                false
+            )
+            .unwrap_err(),
             BadResponse::Invalid
         );
     }

@@ -32,9 +32,9 @@ use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::protocols::Stream;
 use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
+use pingora::time::fast_timeout::fast_timeout as timeout;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::time::timeout;
 
 use super::log::{wide_event, Exchange};
 use super::{contract, respond, upstream, Gateway};
@@ -117,6 +117,17 @@ enum Next {
     Pingora,
 }
 
+/// A connection's working buffers, reused by each of its requests.
+#[derive(Default)]
+struct Buffers {
+    /// The upstream request (or a problem response).
+    out: Vec<u8>,
+    /// Bytes read from the upstream.
+    upstream: Vec<u8>,
+    /// The client's response head and body bytes.
+    response: Vec<u8>,
+}
+
 /// How one attempt at an instance failed.
 enum Attempt {
     /// No connection: count it against the instance, try another.
@@ -141,6 +152,7 @@ impl Engine {
             .unwrap_or_default();
         let h2c = self.pingora.server_options().is_some_and(|o| o.h2c);
         let mut buf: Vec<u8> = Vec::with_capacity(8 * 1024);
+        let mut bufs = Buffers::default();
         let mut first = true;
         loop {
             let head = loop {
@@ -172,7 +184,7 @@ impl Engine {
             let next = match head {
                 Some(head) => {
                     let closing = *shutdown.borrow();
-                    self.exchange(&mut client, &mut buf, head, &client_ip, closing)
+                    self.exchange(&mut client, &mut buf, &mut bufs, head, &client_ip, closing)
                         .await
                 }
                 None => Next::Pingora,
@@ -201,6 +213,7 @@ impl Engine {
         &self,
         client: &mut Stream,
         buf: &mut Vec<u8>,
+        bufs: &mut Buffers,
         head: RequestHead,
         client_ip: &str,
         closing: bool,
@@ -216,16 +229,15 @@ impl Engine {
         ctx.client_ip.push_str(client_ip);
         respond::assign_request_id(&head.parts, &mut ctx);
         let close = head.close || closing;
-        let mut out = Vec::with_capacity(message_len + 512);
         let outcome = self
-            .admit_and_forward(client, buf, &head, &mut ctx, close, &mut out)
+            .admit_and_forward(client, buf, &head, &mut ctx, close, bufs)
             .await;
         let (status, failed, bytes_out, next) = match outcome {
             Ok(Some(done)) => done,
             Ok(None) => return Next::Pingora,
             Err(err) => {
                 let next = self
-                    .refuse(client, &mut ctx, &head, err, close, &mut out)
+                    .refuse(client, &mut ctx, &head, err, close, &mut bufs.out)
                     .await;
                 let failed = matches!(next, Next::Close) && !close;
                 (ctx.status, failed, 0, next)
@@ -282,8 +294,13 @@ impl Engine {
         head: &RequestHead,
         ctx: &mut RequestCtx,
         close: bool,
-        out: &mut Vec<u8>,
+        bufs: &mut Buffers,
     ) -> Result<Option<(u16, bool, u64, Next)>, GatewayError> {
+        let Buffers {
+            out,
+            upstream: ubuf,
+            response: client_out,
+        } = bufs;
         let req = &head.parts;
         let path = req.uri.path();
         let active = self.shared.active();
@@ -365,7 +382,6 @@ impl Engine {
             _ => None,
         };
         let head_request = req.method == http::Method::HEAD;
-        let mut ubuf = Vec::with_capacity(16 * 1024);
         let (mut upstream, response) = loop {
             let (instance, socket, remaining) = upstream::choose_instance(ctx, hash_key)?;
             ctx.lease = Some(InstanceLease::new(Arc::clone(&instance)));
@@ -385,7 +401,18 @@ impl Engine {
                     },
                 };
                 let read = t.read.min(remaining);
-                match send(&mut conn, out, &mut ubuf, read, head_request).await {
+                let own_rate_headers = ctx.rate_headers.is_some();
+                match send(
+                    &mut conn,
+                    out,
+                    ubuf,
+                    client_out,
+                    read,
+                    head_request,
+                    own_rate_headers,
+                )
+                .await
+                {
                     Ok(response) => break Ok((conn, response)),
                     // A pooled connection the upstream had closed: once
                     // more on a new one, the same instance, not a new attempt.
@@ -438,10 +465,18 @@ impl Engine {
             }
         }
         let close_client = close || response.framing == Framing::UntilClose;
-        out.clear();
-        head::write_client_head(out, &ubuf[..response.len], ctx, close_client);
+        head::finish_client_head(client_out, ctx, close_client);
         let read = app.timeouts.read;
-        let relayed = relay(client, &mut upstream, out, &mut ubuf, &response, read, ctx).await;
+        let relayed = relay(
+            client,
+            &mut upstream,
+            client_out,
+            ubuf,
+            &response,
+            read,
+            ctx,
+        )
+        .await;
         ctx.timings.upstream_end = Some(Instant::now());
         ctx.lease = None;
         if ctx.response_tee.is_some() {
@@ -549,12 +584,15 @@ async fn connect(
 }
 
 /// Send the request and read the response head into `ubuf`.
+/// The client's response head is begun in `client_head`.
 async fn send(
     conn: &mut TcpStream,
     request: &[u8],
     ubuf: &mut Vec<u8>,
+    client_head: &mut Vec<u8>,
     read: Duration,
     head_request: bool,
+    own_rate_headers: bool,
 ) -> Result<ResponseHead, UpstreamFailure> {
     let failed = |error, nothing_received| UpstreamFailure {
         error,
@@ -572,11 +610,13 @@ async fn send(
             Ok(_) => return Err(failed(GatewayError::UpstreamFailed, ubuf.is_empty())),
             Err(_) => return Err(failed(GatewayError::UpstreamTimeout, ubuf.is_empty())),
         }
-        match head::parse_response(ubuf, head_request) {
+        match head::parse_response(ubuf, head_request, client_head, own_rate_headers) {
             // Interim responses (100, 103) are not relayed: drop and read on.
             Ok(r) if (100..200).contains(&r.status) => {
                 ubuf.drain(..r.len);
-                if let Ok(r) = head::parse_response(ubuf, head_request) {
+                if let Ok(r) =
+                    head::parse_response(ubuf, head_request, client_head, own_rate_headers)
+                {
                     if !(100..200).contains(&r.status) {
                         return Ok(r);
                     }

@@ -16,6 +16,10 @@ use tokio::net::TcpStream;
 /// Idle connections older than this are closed instead of reused (below the
 /// usual upstream keep-alive timeouts, so the upstream rarely closes first).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(50);
+/// Connections idle for less than this are taken without the open check:
+/// upstreams close idle connections after seconds, and a connection that
+/// fails before any response byte is retried once on a new one.
+pub const CHECK_AFTER: Duration = Duration::from_secs(2);
 /// Most idle connections kept per instance and thread.
 pub const MAX_IDLE: usize = 256;
 
@@ -30,12 +34,17 @@ thread_local! {
 
 /// An idle, still-open connection to `addr`, if there is one.
 pub fn take(addr: SocketAddr) -> Option<TcpStream> {
+    take_checking_after(addr, CHECK_AFTER)
+}
+
+fn take_checking_after(addr: SocketAddr, check_after: Duration) -> Option<TcpStream> {
     IDLE.with(|pool| {
         let mut pool = pool.borrow_mut();
         let idle = pool.get_mut(&addr)?;
         let now = Instant::now();
         while let Some(conn) = idle.pop() {
-            if now.duration_since(conn.since) < IDLE_TIMEOUT && open(&conn.stream) {
+            let idle = now.duration_since(conn.since);
+            if idle < check_after || (idle < IDLE_TIMEOUT && open(&conn.stream)) {
                 return Some(conn.stream);
             }
         }
@@ -91,8 +100,8 @@ mod tests {
         server_a.shutdown().await.unwrap();
         drop(server_a);
         tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(take(addr).is_none());
+        assert!(take_checking_after(addr, Duration::ZERO).is_none());
         give(addr, got);
-        assert!(take(addr).is_some());
+        assert!(take_checking_after(addr, Duration::ZERO).is_some());
     }
 }
