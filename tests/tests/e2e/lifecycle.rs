@@ -134,7 +134,7 @@ async fn an_invalid_edit_keeps_the_old_version_serving() {
     let c = client();
 
     dir.write("a.yaml", "version: 1\napps:\n  - name: app\n    owner: x\n    hosts: [app.test]\n    upstream: { instances: [\"ftp://nowhere\"] }\n    routes: [ { method: GET, path: \"/approvals/{id\" } ]\n");
-    assert!(eventually(Duration::from_secs(5), || gw
+    assert!(eventually(Duration::from_secs(15), || gw
         .admin_json("/v1/policy")["reloads"]["rejected"]
         == 1));
     let policy = gw.admin_json("/v1/policy");
