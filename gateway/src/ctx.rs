@@ -125,7 +125,7 @@ impl RequestCtx {
 #[derive(Debug)]
 pub struct BodyTee {
     /// What the body must satisfy.
-    pub validator: std::sync::Arc<jsonschema::Validator>,
+    pub validator: std::sync::Arc<crate::contract::borrowed::BodySchema>,
     /// The copy so far.
     pub buf: BytesMut,
     /// Most bytes kept; beyond it the body goes unchecked.
@@ -136,7 +136,7 @@ pub struct BodyTee {
 
 impl BodyTee {
     /// An empty copy.
-    pub fn new(validator: std::sync::Arc<jsonschema::Validator>, cap: u64) -> Self {
+    pub fn new(validator: std::sync::Arc<crate::contract::borrowed::BodySchema>, cap: u64) -> Self {
         Self {
             validator,
             buf: BytesMut::new(),

@@ -12,6 +12,7 @@
 //! and a [`documents::BundleRetriever`] serves those files from memory: no
 //! file or network access happens while compiling or validating.
 
+pub mod borrowed;
 pub mod dialect;
 pub mod documents;
 pub mod openapi;

@@ -1,5 +1,6 @@
 //! OpenAPI 3.0 / 3.1 documents → operations with compiled validators.
 
+use super::borrowed::{BodySchema, Borrowed};
 use std::sync::Arc;
 
 use jsonschema::{Draft, Validator};
@@ -45,13 +46,31 @@ impl SchemaCompiler {
 
     /// A validator for the schema at `doc#pointer`.
     pub fn compile(&self, doc: &str, pointer: &str) -> Result<Arc<Validator>, String> {
-        let uri = format!("{BASE_URI}{doc}#{}", encode_fragment(pointer));
+        self.validator(doc, pointer).map(Arc::new)
+    }
+
+    /// A body schema (both validators) for the schema at `doc#pointer`.
+    pub fn compile_body(&self, doc: &str, pointer: &str) -> Result<Arc<BodySchema>, String> {
+        let value = self.validator(doc, pointer)?;
+        let fast = jsonschema::options_for::<Borrowed>()
+            .with_draft(self.draft)
+            .should_validate_formats(true)
+            .with_retriever(self.retriever.clone())
+            .build(&Self::reference(doc, pointer))
+            .map_err(|e| format!("invalid schema: {e}"))?;
+        Ok(Arc::new(BodySchema::new(value, fast)))
+    }
+
+    fn reference(doc: &str, pointer: &str) -> Value {
+        json!({ "$ref": format!("{BASE_URI}{doc}#{}", encode_fragment(pointer)) })
+    }
+
+    fn validator(&self, doc: &str, pointer: &str) -> Result<Validator, String> {
         jsonschema::options()
             .with_draft(self.draft)
             .should_validate_formats(true)
             .with_retriever(self.retriever.clone())
-            .build(&json!({ "$ref": uri }))
-            .map(Arc::new)
+            .build(&Self::reference(doc, pointer))
             .map_err(|e| format!("invalid schema: {e}"))
     }
 }
@@ -329,7 +348,7 @@ impl OpCompile<'_> {
                 let lower = mt.to_ascii_lowercase();
                 if is_json(&lower) && media.get("schema").is_some() && json.is_none() {
                     let sptr = format!("{bptr}/content/{}/schema", escape(mt));
-                    match self.compiler.compile(&bdoc, &sptr) {
+                    match self.compiler.compile_body(&bdoc, &sptr) {
                         Ok(v) => json = Some(v),
                         Err(m) => self.err(&bdoc, sptr, m),
                     }
@@ -365,7 +384,7 @@ impl OpCompile<'_> {
                     .find(|(mt, m)| is_json(&mt.to_ascii_lowercase()) && m.get("schema").is_some())
                 {
                     let sptr = format!("{rptr}/content/{}/schema", escape(mt));
-                    match self.compiler.compile(&rdoc, &sptr) {
+                    match self.compiler.compile_body(&rdoc, &sptr) {
                         Ok(v) => validator = Some(v),
                         Err(m) => {
                             self.err(&rdoc, sptr, m);

@@ -142,7 +142,7 @@ pub fn compile_routes(
                     ));
                     return None;
                 }
-                match compiler.compile(path, "") {
+                match compiler.compile_body(path, "") {
                     Ok(v) => Some(v),
                     Err(m) => {
                         errors.push(PolicyError::new(path, "", m));

@@ -72,7 +72,7 @@ pub async fn read_body(session: &mut Session, limit: u64) -> Result<Option<Bytes
 #[derive(Debug)]
 pub struct RequestPlan {
     violations: Vec<Violation>,
-    json_check: Option<std::sync::Arc<jsonschema::Validator>>,
+    json_check: Option<std::sync::Arc<crate::contract::borrowed::BodySchema>>,
     enforce: bool,
     enforce_response: bool,
     /// The body must be read (up to `body_limit`) before the upstream sees anything.
@@ -320,7 +320,7 @@ pub fn response_violations(
 
 /// Parse and validate a complete JSON body: the verdict and its violations.
 fn judge(
-    validator: &jsonschema::Validator,
+    validator: &crate::contract::borrowed::BodySchema,
     body: &[u8],
     location: ViolationLocation,
     max: usize,
