@@ -53,7 +53,7 @@ sed -e "s#__DIR__#$PWD/$work#g" -e "s#__PORT__#$nginx_port#" -e "s#__H2_PORT__#$
 taskset -c 0 nginx -c "$PWD/$work/nginx.conf" -g "daemon off;" &
 pids+=($!)
 
-CLICKHOUSE_DIR="$PWD/$work/clickhouse" CLICKHOUSE_HTTP_PORT=19123 CLICKHOUSE_TCP_PORT=19124 taskset -c 1 scripts/clickhouse.sh start >/dev/null
+CLICKHOUSE_DIR="$PWD/$work/clickhouse" CLICKHOUSE_HTTP_PORT=19123 CLICKHOUSE_TCP_PORT=19124 taskset -c 1 chrt --idle 0 scripts/clickhouse.sh start >/dev/null
 
 cp -r loadtest/bench/full "$work/full-policies"
 "$bin/gatehouse" consumer bulk --count "$consumers" --keys-file "$work/keys.txt" > "$work/full-policies/consumers.json"

@@ -2,8 +2,8 @@
 //!
 //! Parsing a request body into a `serde_json::Value` allocates a `String`
 //! per key and per string and a `BTreeMap` node per member; it was the
-//! largest cost of a validated request. [`Tree`] borrows strings from the
-//! body (only escaped ones are copied) and keeps members in a `Vec`, and
+//! largest cost of a validated request. [`Tree`] is built from a
+//! `simd-json` tape of the body (strings borrowed, members in a `Vec`), and
 //! `jsonschema` validates it through its custom-representation traits. A
 //! body that fails is judged again over a `serde_json::Value`, which gives
 //! the error pointers and messages, so the fast path only ever says "valid".
@@ -13,7 +13,6 @@ use std::fmt;
 
 use jsonschema::json::{Array, Json, JsonNumber, Node, NodeIdentity, Object};
 use jsonschema::{JsonType, Validator};
-use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Number, Value};
 
 /// Objects wider than this go to the `serde_json::Value` path (duplicate
@@ -38,10 +37,73 @@ pub enum Tree<'a> {
     Object(Vec<(Cow<'a, str>, Tree<'a>)>),
 }
 
-/// Parse `body` into a [`Tree`]; `None` when it is not JSON or too wide for
-/// this path (the caller then parses it into a `serde_json::Value`).
-pub fn parse(body: &[u8]) -> Option<Tree<'_>> {
-    serde_json::from_slice(body).ok()
+/// Deepest nesting the fast path builds (as `serde_json`'s limit).
+const MAX_DEPTH: usize = 128;
+
+/// Build a [`Tree`] from a `simd-json` tape (strings borrowed from the
+/// tape's buffer); `None` for what this path leaves to `serde_json`: too
+/// deep, too wide, or numbers `serde_json` would read differently.
+fn from_tape<'a>(nodes: &[simd_json::Node<'a>], at: &mut usize, depth: usize) -> Option<Tree<'a>> {
+    use simd_json::{Node as TapeNode, StaticNode};
+    if depth > MAX_DEPTH {
+        return None;
+    }
+    let node = *nodes.get(*at)?;
+    *at += 1;
+    Some(match node {
+        TapeNode::String(s) => Tree::String(Cow::Borrowed(s)),
+        TapeNode::Static(StaticNode::Null) => Tree::Null,
+        TapeNode::Static(StaticNode::Bool(b)) => Tree::Bool(b),
+        TapeNode::Static(StaticNode::I64(n)) => Tree::Number(n.into()),
+        TapeNode::Static(StaticNode::U64(n)) => Tree::Number(n.into()),
+        TapeNode::Static(StaticNode::F64(f)) => Tree::Number(Number::from_f64(f)?),
+        TapeNode::Array { len, .. } => {
+            let mut items = Vec::with_capacity(len);
+            for _ in 0..len {
+                items.push(from_tape(nodes, at, depth + 1)?);
+            }
+            Tree::Array(items)
+        }
+        TapeNode::Object { len, .. } => {
+            if len > MAX_MEMBERS {
+                return None;
+            }
+            let mut members: Vec<(Cow<'a, str>, Tree<'a>)> = Vec::with_capacity(len);
+            for _ in 0..len {
+                let TapeNode::String(key) = *nodes.get(*at)? else {
+                    return None;
+                };
+                *at += 1;
+                let value = from_tape(nodes, at, depth + 1)?;
+                match members.iter_mut().find(|(k, _)| k == key) {
+                    Some(slot) => slot.1 = value,
+                    None => members.push((Cow::Borrowed(key), value)),
+                }
+            }
+            Tree::Object(members)
+        }
+    })
+}
+
+/// Parse `body` with `simd-json` into a [`Tree`] and hand it to `f`;
+/// `None` when the body is not JSON or is left to `serde_json`.
+fn with_tree<T>(body: &[u8], f: impl FnOnce(&Tree<'_>) -> T) -> Option<T> {
+    SCRATCH.with(|scratch| {
+        let mut scratch = scratch.try_borrow_mut().ok()?;
+        let (input, buffers) = &mut *scratch;
+        input.clear();
+        input.extend_from_slice(body);
+        let tape = simd_json::to_tape_with_buffers(input, buffers).ok()?;
+        let mut at = 0;
+        let tree = from_tape(&tape.0, &mut at, 0)?;
+        (at == tape.0.len()).then(|| f(&tree))
+    })
+}
+
+thread_local! {
+    /// The fast parser's input copy (it unescapes strings in place) and buffers.
+    static SCRATCH: std::cell::RefCell<(Vec<u8>, simd_json::Buffers)> =
+        std::cell::RefCell::new((Vec::new(), simd_json::Buffers::default()));
 }
 
 /// The `jsonschema` representation of [`Tree`].
@@ -72,8 +134,7 @@ impl BodySchema {
     /// path cannot say (malformed, too wide, or invalid — the caller then
     /// finds out which over a `serde_json::Value`).
     pub fn accepts(&self, body: &[u8]) -> Option<bool> {
-        let tree = parse(body)?;
-        self.fast.is_valid(&tree).then_some(true)
+        with_tree(body, |tree| self.fast.is_valid(tree))?.then_some(true)
     }
 }
 
@@ -231,97 +292,6 @@ impl<'a> Array<'a, Borrowed> for &'a [Tree<'a>] {
     }
 }
 
-struct TreeVisitor;
-
-impl<'de> Visitor<'de> for TreeVisitor {
-    type Value = Tree<'de>;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON value")
-    }
-    fn visit_bool<E>(self, v: bool) -> Result<Tree<'de>, E> {
-        Ok(Tree::Bool(v))
-    }
-    fn visit_i64<E>(self, v: i64) -> Result<Tree<'de>, E> {
-        Ok(Tree::Number(v.into()))
-    }
-    fn visit_u64<E>(self, v: u64) -> Result<Tree<'de>, E> {
-        Ok(Tree::Number(v.into()))
-    }
-    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Tree<'de>, E> {
-        Number::from_f64(v)
-            .map(Tree::Number)
-            .ok_or_else(|| E::custom("not a finite number"))
-    }
-    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Tree<'de>, E> {
-        Ok(Tree::String(Cow::Borrowed(v)))
-    }
-    fn visit_str<E>(self, v: &str) -> Result<Tree<'de>, E> {
-        Ok(Tree::String(Cow::Owned(v.to_owned())))
-    }
-    fn visit_string<E>(self, v: String) -> Result<Tree<'de>, E> {
-        Ok(Tree::String(Cow::Owned(v)))
-    }
-    fn visit_unit<E>(self) -> Result<Tree<'de>, E> {
-        Ok(Tree::Null)
-    }
-    fn visit_none<E>(self) -> Result<Tree<'de>, E> {
-        Ok(Tree::Null)
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Tree<'de>, A::Error> {
-        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(64));
-        while let Some(item) = seq.next_element()? {
-            items.push(item);
-        }
-        Ok(Tree::Array(items))
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Tree<'de>, A::Error> {
-        let mut members: Vec<(Cow<'de, str>, Tree<'de>)> = Vec::new();
-        while let Some(Key(key)) = map.next_key()? {
-            let value: Tree<'de> = map.next_value()?;
-            if let Some(slot) = members.iter_mut().find(|(k, _)| *k == key) {
-                slot.1 = value;
-            } else if members.len() >= MAX_MEMBERS {
-                return Err(de::Error::custom("object too wide for the borrowed path"));
-            } else {
-                members.push((key, value));
-            }
-        }
-        Ok(Tree::Object(members))
-    }
-}
-
-impl<'de> Deserialize<'de> for Tree<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(TreeVisitor)
-    }
-}
-
-/// An object key, borrowed when it has no escapes.
-struct Key<'de>(Cow<'de, str>);
-
-impl<'de> Deserialize<'de> for Key<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct KeyVisitor;
-        impl<'de> Visitor<'de> for KeyVisitor {
-            type Value = Key<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("an object key")
-            }
-            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Borrowed(v)))
-            }
-            fn visit_str<E>(self, v: &str) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Owned(v.to_owned())))
-            }
-            fn visit_string<E>(self, v: String) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Owned(v)))
-            }
-        }
-        d.deserialize_str(KeyVisitor)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -344,15 +314,21 @@ mod tests {
     fn trees_match_serde_values() {
         let text =
             r#"{"a":[1,-2,3.5,true,null,"x\"y"],"b":{"c":"d"},"a2":"é","dup":1,"dup":"last"}"#;
-        let tree = parse(text.as_bytes()).unwrap();
         let value: Value = serde_json::from_str(text).unwrap();
-        assert_eq!(to_value(&tree), value);
-        let Tree::Object(members) = &tree else {
-            panic!("an object")
-        };
-        assert!(matches!(&members[0].0, Cow::Borrowed("a")));
-        assert!(parse(b"{\"a\":1,}").is_none());
-        assert!(parse(b"[1] x").is_none());
+        let borrowed_key = with_tree(text.as_bytes(), |tree| {
+            assert_eq!(to_value(tree), value);
+            let Tree::Object(members) = tree else {
+                panic!("an object")
+            };
+            matches!(&members[0].0, Cow::Borrowed("a"))
+        });
+        assert_eq!(
+            borrowed_key,
+            Some(true),
+            "keys without escapes are borrowed"
+        );
+        assert!(with_tree(b"{\"a\":1,}", |_| ()).is_none());
+        assert!(with_tree(b"[1] x", |_| ()).is_none());
         let wide = format!(
             "{{{}}}",
             (0..65)
@@ -360,7 +336,35 @@ mod tests {
                 .collect::<Vec<_>>()
                 .join(",")
         );
-        assert!(parse(wide.as_bytes()).is_none());
+        assert!(with_tree(wide.as_bytes(), |_| ()).is_none());
+    }
+
+    #[test]
+    fn the_simd_tape_builds_the_same_values_as_serde_json() {
+        let docs = [
+            r#"{"a":[1,-2,3.5,true,null,"x\"y"],"b":{"c":"d"},"a2":"é","dup":1,"dup":"last"}"#,
+            r#"[0.1,1e-7,12.95,1.7976931348623157e308,-0.0,5e-324,18446744073709551615,-9223372036854775808,123456789.123456789]"#,
+            r#"{"nested":{"deeper":{"deepest":[[],{},[{"k":"\u00e9\n"}]]}}}"#,
+            r#""just a string""#,
+            "42",
+        ];
+        let mut buffers = simd_json::Buffers::default();
+        for doc in docs {
+            let mut input = doc.as_bytes().to_vec();
+            let tape = simd_json::to_tape_with_buffers(&mut input, &mut buffers).unwrap();
+            let mut at = 0;
+            let tree = from_tape(&tape.0, &mut at, 0).unwrap();
+            assert_eq!(at, tape.0.len(), "{doc}");
+            let value: Value = serde_json::from_str(doc).unwrap();
+            assert_eq!(to_value(&tree), value, "{doc}");
+        }
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        let mut input = deep.into_bytes();
+        let tape = simd_json::to_tape_with_buffers(&mut input, &mut buffers).unwrap();
+        assert!(
+            from_tape(&tape.0, &mut 0, 0).is_none(),
+            "too deep for the fast path"
+        );
     }
 
     #[test]

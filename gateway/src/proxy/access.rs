@@ -233,12 +233,17 @@ fn limit(
         }
     }
     if let Some(tightest) = applied.iter().min_by_key(|a| a.remaining) {
-        let policy = applied
-            .iter()
-            .map(|a| format!("\"{}\";q={};w={}", a.id, a.quota, a.window))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let state = format!(
+        use std::fmt::Write as _;
+        let mut policy = String::with_capacity(40 * applied.len());
+        for (i, a) in applied.iter().enumerate() {
+            if i > 0 {
+                policy.push_str(", ");
+            }
+            let _ = write!(policy, "\"{}\";q={};w={}", a.id, a.quota, a.window);
+        }
+        let mut state = String::with_capacity(40);
+        let _ = write!(
+            state,
             "\"{}\";r={};t={}",
             tightest.id, tightest.remaining, tightest.reset
         );
