@@ -4,6 +4,7 @@ mod e2e {
     mod balancing;
     mod contracts;
     mod governance;
+    mod http1;
     mod identity;
     mod lifecycle;
     mod limits_and_errors;

@@ -223,6 +223,21 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
         ],
     );
     counter(
+        "gatehouse_http1_requests_total",
+        "HTTP/1.1 requests on the plain listener by what carried them (lean engine, or Pingora's proxy for what the lean engine hands over).",
+        "counter",
+        &[
+            (
+                "carried_by=\"lean\"",
+                crate::proxy::http1::counters::LEAN.load(Ordering::Relaxed),
+            ),
+            (
+                "carried_by=\"pingora\"",
+                crate::proxy::http1::counters::PINGORA.load(Ordering::Relaxed),
+            ),
+        ],
+    );
+    counter(
         "gatehouse_contract_violations_total",
         "Requests and responses found breaking their contract.",
         "counter",

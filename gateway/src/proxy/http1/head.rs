@@ -32,6 +32,9 @@ pub struct RequestHead {
 }
 
 /// What the parser made of the buffered bytes.
+// Returned once per request and moved straight out: boxing the head would
+// cost an allocation per request for no gain.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Parsed {
     /// A head this engine carries.

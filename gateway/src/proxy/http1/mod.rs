@@ -56,6 +56,16 @@ const CLIENT_WRITE: Duration = Duration::from_secs(30);
 /// The HTTP/2 connection preface's first bytes (h2c prior knowledge).
 const H2_PREFACE_START: &[u8] = b"PRI * HTTP/2.0";
 
+/// Requests on the plain listener by what carried them, for `/metrics`.
+pub mod counters {
+    use std::sync::atomic::AtomicU64;
+
+    /// Carried by the lean engine.
+    pub static LEAN: AtomicU64 = AtomicU64::new(0);
+    /// Handed to Pingora's proxy.
+    pub static PINGORA: AtomicU64 = AtomicU64::new(0);
+}
+
 /// The engine behind the plain listener.
 pub struct Engine {
     shared: Arc<Shared>,
@@ -193,6 +203,7 @@ impl Engine {
                 Next::KeepAlive if !*shutdown.borrow() => {}
                 Next::KeepAlive | Next::Close => return,
                 Next::Pingora => {
+                    counters::PINGORA.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let Some(rewound) = put_back(client, &buf) else {
                         return;
                     };
@@ -244,6 +255,7 @@ impl Engine {
             }
         };
         buf.drain(..message_len);
+        counters::LEAN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if let Some(t) = &self.telemetry {
             let exchange = Exchange {
                 status,
