@@ -53,7 +53,7 @@ sed -e "s#__DIR__#$PWD/$work#g" -e "s#__PORT__#$nginx_port#" -e "s#__H2_PORT__#$
 taskset -c 0 nginx -c "$PWD/$work/nginx.conf" -g "daemon off;" &
 pids+=($!)
 
-CLICKHOUSE_DIR="$PWD/$work/clickhouse" CLICKHOUSE_HTTP_PORT=19123 CLICKHOUSE_TCP_PORT=19124 taskset -c 1 chrt --idle 0 scripts/clickhouse.sh start >/dev/null
+CLICKHOUSE_DIR="$PWD/$work/clickhouse" CLICKHOUSE_HTTP_PORT=19123 CLICKHOUSE_TCP_PORT=19124 taskset -c 1 scripts/clickhouse.sh start >/dev/null
 
 cp -r loadtest/bench/full "$work/full-policies"
 "$bin/gatehouse" consumer bulk --count "$consumers" --keys-file "$work/keys.txt" > "$work/full-policies/consumers.json"
@@ -121,7 +121,12 @@ echo "open loop at $half rps (half of nginx's POST median)"
 run open-direct-order $sim_port "$sim_pid" loadtest/scenarios/order-1kb-nokey.yaml 1 --mode open --rate "$half"
 run open-full-order $full_port "$full_pid" loadtest/scenarios/order-1kb.yaml 1 --mode open --rate "$half"
 
-python3 loadtest/summarize.py "$work" "$rounds" "$(nproc)" "$duration" "$connections" "$consumers" | tee "$work/summary.md"
+python3 loadtest/summarize.py "$work" "$rounds" "$(nproc)" "$duration" "$connections" "$consumers" > "$work/summary.md"
+# The full gateway's telemetry over the whole run: every event should be inserted, none dropped.
+sleep 2
+curl -fsS "http://127.0.0.1:$admin_b/metrics" | awk -F'[{}"]' '/^gatehouse_telemetry_events_total/ {split($0, v, " "); printf "%s %s, ", $3, v[2]}' \
+  | sed 's/, $//' | { read -r line; echo; echo "Telemetry of the full gateway over the run (events): $line."; } >> "$work/summary.md"
+cat "$work/summary.md"
 {
   echo
   cat "$work/summary.md"
