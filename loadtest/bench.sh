@@ -125,7 +125,7 @@ python3 loadtest/summarize.py "$work" "$rounds" "$(nproc)" "$duration" "$connect
 # The full gateway's telemetry over the whole run: every event should be inserted, none dropped.
 sleep 2
 curl -fsS "http://127.0.0.1:$admin_b/metrics" | awk -F'[{}"]' '/^gatehouse_telemetry_events_total/ {split($0, v, " "); printf "%s %s, ", $3, v[2]}' \
-  | sed 's/, $//' | { read -r line; echo; echo "Telemetry of the full gateway over the run (events): $line."; } >> "$work/summary.md"
+  | sed 's/, $//' | { read -r line || true; echo; echo "Telemetry of the full gateway over the run (events): $line."; } >> "$work/summary.md"
 cat "$work/summary.md"
 {
   echo
