@@ -85,9 +85,7 @@ pub fn parse_request(buf: &[u8]) -> Parsed {
             return Parsed::Pingora;
         };
         if name == header::CONTENT_LENGTH {
-            let parsed = std::str::from_utf8(h.value)
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok());
+            let parsed = parse_content_length(h.value);
             match (parsed, content_length) {
                 (Some(n), None) => content_length = Some(n),
                 (Some(n), Some(m)) if n == m => {}
@@ -120,6 +118,16 @@ pub fn parse_request(buf: &[u8]) -> Parsed {
         content_length,
         close,
     })
+}
+
+/// A `Content-Length` value: digits only (RFC 9110 §8.6; Rust's integer
+/// parser would also take a sign, which an upstream may read differently).
+fn parse_content_length(value: &[u8]) -> Option<u64> {
+    let digits = value.trim_ascii();
+    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
 /// Hop-by-hop headers a proxy never forwards (RFC 9110 §7.6.1).
@@ -352,10 +360,7 @@ pub fn parse_response(
     let mut content = http::HeaderMap::new();
     for h in resp.headers.iter() {
         if h.name.eq_ignore_ascii_case("content-length") {
-            let n = std::str::from_utf8(h.value)
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .ok_or(BadResponse::Invalid)?;
+            let n = parse_content_length(h.value).ok_or(BadResponse::Invalid)?;
             if length.is_some_and(|m| m != n) {
                 return Err(BadResponse::Invalid);
             }
@@ -496,6 +501,9 @@ mod tests {
             b"POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n",
             b"POST / HTTP/1.1\r\nContent-Length: 999999\r\n\r\n",
             b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: +1\r\n\r\nx",
+            b"POST / HTTP/1.1\r\nContent-Length: 0x1\r\n\r\nx",
+            b"POST / HTTP/1.1\r\nContent-Length: \r\n\r\n",
             b"GET / HTTP/1.1\r\nBad Header: x\r\n\r\n",
             b"CONNECT a:443 HTTP/1.1\r\n\r\n",
         ] {
@@ -559,6 +567,16 @@ mod tests {
         assert_eq!(
             parse_response(
                 b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n",
+                false,
+                &mut client,
+                false
+            )
+            .unwrap_err(),
+            BadResponse::Invalid
+        );
+        assert_eq!(
+            parse_response(
+                b"HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\nhello",
                 false,
                 &mut client,
                 false
