@@ -86,12 +86,12 @@ impl Telemetry {
 
 /// The consumer side, run by a background service.
 pub struct Sink {
-    rx: mpsc::Receiver<RequestEvent>,
+    rx: Option<mpsc::Receiver<RequestEvent>>,
     client: clickhouse::Client,
     config: SinkConfig,
-    spool: Spool,
+    spool: std::sync::Mutex<Spool>,
     stats: Arc<SinkStats>,
-    replay_failures: u32,
+    replay_failures: std::sync::atomic::AtomicU32,
 }
 
 /// Build the pair.
@@ -107,12 +107,12 @@ pub fn channel(config: SinkConfig) -> std::io::Result<(Telemetry, Sink)> {
             stats: Arc::clone(&stats),
         },
         Sink {
-            rx,
+            rx: Some(rx),
             client,
             config,
-            spool,
+            spool: std::sync::Mutex::new(spool),
             stats,
-            replay_failures: 0,
+            replay_failures: std::sync::atomic::AtomicU32::new(0),
         },
     ))
 }
@@ -136,11 +136,16 @@ impl Sink {
         mut stop: impl std::future::Future<Output = ()> + Unpin,
         in_flight: impl Fn() -> usize,
     ) {
+        let Some(mut rx) = self.rx.take() else {
+            return;
+        };
         let mut batch = Vec::with_capacity(self.config.batch_size);
+        // Events taken off the queue while an insert or a replay is under way.
+        let mut held = Vec::new();
         let mut tick = tokio::time::interval(self.config.flush_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        if !self.spool.is_empty() {
-            tracing::info!(bytes = self.spool.bytes(), "telemetry spool holds batches from an earlier run; replaying when ClickHouse answers");
+        if !self.spool().is_empty() {
+            tracing::info!(bytes = self.spool().bytes(), "telemetry spool holds batches from an earlier run; replaying when ClickHouse answers");
         }
         // The queue is drained on a short tick rather than awaited per
         // event: a receiver waiting on the queue would be woken by every
@@ -153,27 +158,21 @@ impl Sink {
         while !closed {
             tokio::select! {
                 _ = drain.tick() => {
-                    loop {
-                        match self.rx.try_recv() {
-                            Ok(ev) => {
-                                batch.push(ev);
-                                if batch.len() >= self.config.batch_size {
-                                    self.flush(&mut batch).await;
-                                }
-                            }
-                            Err(mpsc::error::TryRecvError::Empty) => break,
-                            Err(mpsc::error::TryRecvError::Disconnected) => {
-                                closed = true;
-                                break;
-                            }
-                        }
+                    closed = take_queued(&mut rx, &mut batch);
+                    while batch.len() >= self.config.batch_size {
+                        let rest = batch.split_off(self.config.batch_size);
+                        self.draining(self.flush(&mut batch), &mut rx, &mut held).await;
+                        batch = rest;
+                        batch.append(&mut held);
                     }
                 }
                 _ = tick.tick() => {
                     if !batch.is_empty() {
-                        self.flush(&mut batch).await;
+                        self.draining(self.flush(&mut batch), &mut rx, &mut held).await;
+                        batch.append(&mut held);
                     }
-                    self.replay().await;
+                    self.draining(self.replay(), &mut rx, &mut held).await;
+                    batch.append(&mut held);
                 }
                 _ = &mut stop => break,
             }
@@ -185,7 +184,7 @@ impl Sink {
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        while let Ok(ev) = self.rx.try_recv() {
+        while let Ok(ev) = rx.try_recv() {
             batch.push(ev);
             if batch.len() >= self.config.batch_size {
                 self.flush_once(&mut batch).await;
@@ -195,7 +194,39 @@ impl Sink {
             self.flush_once(&mut batch).await;
         }
         self.stats.flushed.store(true, Ordering::Relaxed);
-        tracing::info!(spooled_bytes = self.spool.bytes(), "telemetry flushed");
+        tracing::info!(spooled_bytes = self.spool().bytes(), "telemetry flushed");
+    }
+
+    fn spool(&self) -> std::sync::MutexGuard<'_, Spool> {
+        self.spool.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Run `work` (an insert or a replay) while still taking events off the
+    /// queue every drain tick, into `held`; when a slow ClickHouse lets a
+    /// whole batch pile up there, it goes to the spool. A slow ClickHouse
+    /// thus never fills the queue (which would drop events); the spool is
+    /// replayed once inserts go through again.
+    async fn draining<F: std::future::Future>(
+        &self,
+        work: F,
+        rx: &mut mpsc::Receiver<RequestEvent>,
+        held: &mut Vec<RequestEvent>,
+    ) -> F::Output {
+        tokio::pin!(work);
+        let mut drain = tokio::time::interval(DRAIN_TICK.min(self.config.flush_interval));
+        drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        drain.tick().await;
+        loop {
+            tokio::select! {
+                out = &mut work => return out,
+                _ = drain.tick() => {
+                    take_queued(rx, held);
+                    if held.len() >= self.config.batch_size {
+                        self.spool_batch(held);
+                    }
+                }
+            }
+        }
     }
 
     async fn insert(&self, rows: &[RequestEvent]) -> Result<(), clickhouse::error::Error> {
@@ -255,11 +286,11 @@ impl Sink {
     }
 
     /// Insert with retries; spool when ClickHouse stays away.
-    async fn flush(&mut self, batch: &mut Vec<RequestEvent>) {
-        if !self.spool.is_empty() {
+    async fn flush(&self, batch: &mut Vec<RequestEvent>) {
+        if !self.spool().is_empty() {
             self.replay().await;
         }
-        if self.spool.is_empty() {
+        if self.spool().is_empty() {
             for (attempt, backoff) in [0u64, 100, 400].into_iter().enumerate() {
                 if backoff > 0 {
                     tokio::time::sleep(Duration::from_millis(backoff)).await;
@@ -287,8 +318,8 @@ impl Sink {
     }
 
     /// One attempt, then spool (shutdown path: never wait long).
-    async fn flush_once(&mut self, batch: &mut Vec<RequestEvent>) {
-        if self.spool.is_empty() {
+    async fn flush_once(&self, batch: &mut Vec<RequestEvent>) {
+        if self.spool().is_empty() {
             if let Ok(()) = self.insert(batch).await {
                 self.stats
                     .inserted
@@ -300,9 +331,10 @@ impl Sink {
         self.spool_batch(batch);
     }
 
-    fn spool_batch(&mut self, batch: &mut Vec<RequestEvent>) {
+    fn spool_batch(&self, batch: &mut Vec<RequestEvent>) {
         let n = batch.len() as u64;
-        match self.spool.push(batch) {
+        let mut spool = self.spool();
+        match spool.push(batch) {
             Ok(()) => {
                 self.stats.spooled.fetch_add(n, Ordering::Relaxed);
             }
@@ -313,13 +345,13 @@ impl Sink {
         }
         self.stats
             .spool_bytes
-            .store(self.spool.bytes(), Ordering::Relaxed);
+            .store(spool.bytes(), Ordering::Relaxed);
         batch.clear();
     }
 
     /// Insert spooled batches oldest first until one fails.
-    async fn replay(&mut self) {
-        let Ok(files) = self.spool.files() else {
+    async fn replay(&self) {
+        let Ok(files) = self.spool().files() else {
             return;
         };
         for (_, path) in files {
@@ -327,7 +359,7 @@ impl Sink {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::error!(file = %path.display(), error = %e, "unreadable spool file moved aside");
-                    let _ = self.spool.quarantine(&path);
+                    let _ = self.spool().quarantine(&path);
                     continue;
                 }
             };
@@ -335,31 +367,40 @@ impl Sink {
             // failed; replay only what is missing.
             match self.insert_unseen(&rows).await {
                 Ok(n) => {
-                    self.replay_failures = 0;
+                    self.replay_failures.store(0, Ordering::Relaxed);
                     self.stats.inserted.fetch_add(n as u64, Ordering::Relaxed);
-                    if let Err(e) = self.spool.remove(&path) {
+                    if let Err(e) = self.spool().remove(&path) {
                         tracing::error!(file = %path.display(), error = %e, "cannot delete replayed spool file");
                     }
                     tracing::info!(rows = rows.len(), "replayed a spooled telemetry batch");
                 }
                 Err(e) => {
-                    self.replay_failures += 1;
+                    let failures = self.replay_failures.fetch_add(1, Ordering::Relaxed) + 1;
                     // ClickHouse answers but refuses the rows (e.g. a schema
                     // error): do not retry forever, keep them aside.
-                    if self.replay_failures >= 20
-                        && self.client.query("SELECT 1").execute().await.is_ok()
-                    {
-                        if let Ok(to) = self.spool.quarantine(&path) {
+                    if failures >= 20 && self.client.query("SELECT 1").execute().await.is_ok() {
+                        let moved = self.spool().quarantine(&path);
+                        if let Ok(to) = moved {
                             tracing::error!(file = %to.display(), error = %e, "spooled batch refused 20 times; moved aside");
                         }
-                        self.replay_failures = 0;
+                        self.replay_failures.store(0, Ordering::Relaxed);
                     }
                     break;
                 }
             }
         }
-        self.stats
-            .spool_bytes
-            .store(self.spool.bytes(), Ordering::Relaxed);
+        let bytes = self.spool().bytes();
+        self.stats.spool_bytes.store(bytes, Ordering::Relaxed);
+    }
+}
+
+/// Move what is queued into `into`; `true` when the queue is closed.
+fn take_queued(rx: &mut mpsc::Receiver<RequestEvent>, into: &mut Vec<RequestEvent>) -> bool {
+    loop {
+        match rx.try_recv() {
+            Ok(ev) => into.push(ev),
+            Err(mpsc::error::TryRecvError::Empty) => return false,
+            Err(mpsc::error::TryRecvError::Disconnected) => return true,
+        }
     }
 }

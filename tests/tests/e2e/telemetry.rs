@@ -539,3 +539,76 @@ fn migrations_are_idempotent_and_a_wrong_schema_is_refused() {
     ]);
     assert!(String::from_utf8_lossy(&missing.stderr).contains("run `gatehouse db migrate`"));
 }
+
+#[tokio::test]
+async fn a_stalled_clickhouse_fills_the_spool_not_the_queue() {
+    // ClickHouse stops answering (SIGSTOP: connections are accepted, inserts
+    // hang) while the queue holds only 300 events: the sink keeps taking
+    // events off the queue during the hung insert and spools them, so none
+    // is dropped; everything arrives once ClickHouse resumes.
+    let ch = ClickHouse::start();
+    let sim = Sim::one("approvals");
+    let dir = PolicyDir::new();
+    policy(&dir, &[sim.url(0)], "");
+    let spool = tempfile::tempdir().unwrap();
+    let url = ch.url();
+    let mut args = telemetry_args(&url, spool.path().to_str().unwrap());
+    args.extend(["--telemetry-queue", "300", "--telemetry-batch", "100"]);
+    let gw = Gateway::start(dir.path(), &args);
+    ch.signal("STOP");
+    let sent = 3000u64;
+    let mut tasks = Vec::new();
+    for worker in 0..8u64 {
+        let base = gw.url();
+        tasks.push(tokio::spawn(async move {
+            let c = client();
+            let mut ok = 0u64;
+            for i in 0..sent / 8 {
+                let r = c
+                    .get(format!(
+                        "{base}/approvals/{}",
+                        (worker * 1000 + i) % 500 + 1
+                    ))
+                    .header("host", "app.test")
+                    .send()
+                    .await;
+                if r.is_ok_and(|r| r.status() == 200) {
+                    ok += 1;
+                }
+            }
+            ok
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        ok += t.await.unwrap();
+    }
+    assert_eq!(ok, sent, "the proxy kept serving");
+    let metrics = http_get(gw.admin, "/metrics", "admin");
+    let sample = |name: &str| {
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with(&format!(
+                    "gatehouse_telemetry_events_total{{result=\"{name}\"}}"
+                ))
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no {name} in {metrics}"))
+    };
+    assert_eq!(sample("dropped_queue_full"), 0, "{metrics}");
+    assert!(sample("spooled") > 0, "events went to the spool: {metrics}");
+    ch.signal("CONT");
+    let rows = || ch.count(&format!("SELECT count() FROM {DB}.requests"));
+    assert!(
+        eventually(Duration::from_secs(60), || rows() == sent),
+        "rows {} of {sent}",
+        rows()
+    );
+    assert_eq!(
+        ch.count(&format!("SELECT uniqExact(request_id) FROM {DB}.requests")),
+        sent,
+        "no duplicates"
+    );
+}
