@@ -325,12 +325,14 @@ pub enum BadResponse {
 /// write the start of the client's head into `client_head`: the status line
 /// and the end-to-end headers, without the ones the gateway sets itself
 /// (`X-Request-Id`; `RateLimit-*` when `own_rate_headers`).
-/// [`finish_client_head`] completes it.
+/// [`finish_client_head`] completes it. `want_content`: fill
+/// [`ResponseHead::content`] (the response contract needs it).
 pub fn parse_response(
     buf: &[u8],
     head_request: bool,
     client_head: &mut Vec<u8>,
     own_rate_headers: bool,
+    want_content: bool,
 ) -> Result<ResponseHead, BadResponse> {
     client_head.clear();
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -344,16 +346,30 @@ pub fn parse_response(
     if status == 101 {
         return Err(BadResponse::Invalid);
     }
-    let _ = write!(
-        Utf8(client_head),
-        "HTTP/1.1 {status} {}\r\n",
-        resp.reason.filter(|r| !r.is_empty()).unwrap_or_else(|| {
-            http::StatusCode::from_u16(status)
-                .ok()
-                .and_then(|s| s.canonical_reason())
-                .unwrap_or("")
-        })
-    );
+    match (resp.version, resp.reason.filter(|r| !r.is_empty())) {
+        // The upstream's own status line, copied as it is.
+        (Some(1), Some(reason))
+            if buf
+                .get(..offset_in(buf, reason.as_bytes()) + reason.len())
+                .is_some() =>
+        {
+            let end = offset_in(buf, reason.as_bytes()) + reason.len();
+            client_head.extend_from_slice(&buf[..end]);
+            client_head.extend_from_slice(b"\r\n");
+        }
+        (_, reason) => {
+            let _ = write!(
+                Utf8(client_head),
+                "HTTP/1.1 {status} {}\r\n",
+                reason.unwrap_or_else(|| {
+                    http::StatusCode::from_u16(status)
+                        .ok()
+                        .and_then(|s| s.canonical_reason())
+                        .unwrap_or("")
+                })
+            );
+        }
+    }
     let mut reusable = resp.version == Some(1);
     let mut length = None;
     let mut chunked = false;
@@ -379,11 +395,11 @@ pub fn parse_response(
                 reusable = false;
             }
             continue;
-        } else if h.name.eq_ignore_ascii_case("content-type") {
+        } else if want_content && h.name.eq_ignore_ascii_case("content-type") {
             if let Ok(v) = HeaderValue::from_bytes(h.value) {
                 content.insert(header::CONTENT_TYPE, v);
             }
-        } else if h.name.eq_ignore_ascii_case("content-encoding") {
+        } else if want_content && h.name.eq_ignore_ascii_case("content-encoding") {
             if let Ok(v) = HeaderValue::from_bytes(h.value) {
                 content.insert(header::CONTENT_ENCODING, v);
             }
@@ -396,7 +412,16 @@ pub fn parse_response(
         {
             continue;
         }
-        push_header(client_head, h.name, h.value);
+        // The header line as the upstream wrote it (name through value).
+        let start = offset_in(buf, h.name.as_bytes());
+        let end = offset_in(buf, h.value) + h.value.len();
+        match buf.get(start..end) {
+            Some(line) => {
+                client_head.extend_from_slice(line);
+                client_head.extend_from_slice(b"\r\n");
+            }
+            None => push_header(client_head, h.name, h.value),
+        }
     }
     let framing = if head_request || (100..200).contains(&status) || status == 204 || status == 304
     {
@@ -416,6 +441,11 @@ pub fn parse_response(
         reusable,
         content,
     })
+}
+
+/// Where `part` (a slice `httparse` returned) starts inside `buf`.
+fn offset_in(buf: &[u8], part: &[u8]) -> usize {
+    (part.as_ptr() as usize).saturating_sub(buf.as_ptr() as usize)
 }
 
 /// Complete the client's response head begun by [`parse_response`]:
@@ -524,7 +554,7 @@ mod tests {
     fn response_framing() {
         let mut client = Vec::new();
         let r =
-            parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: keep-alive\r\nX-Request-Id: up\r\nX-App: 1\r\n\r\nhello", false, &mut client, true).unwrap();
+            parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: keep-alive\r\nX-Request-Id: up\r\nX-App: 1\r\n\r\nhello", false, &mut client, true, true).unwrap();
         assert_eq!(
             client,
             b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-App: 1\r\n"
@@ -538,16 +568,19 @@ mod tests {
             false,
             &mut client,
             false,
+            true,
         )
         .unwrap();
         assert_eq!(r.framing, Framing::Chunked);
-        let r = parse_response(b"HTTP/1.1 200 OK\r\n\r\n", false, &mut client, false).unwrap();
+        let r =
+            parse_response(b"HTTP/1.1 200 OK\r\n\r\n", false, &mut client, false, true).unwrap();
         assert_eq!((r.framing, r.reusable), (Framing::UntilClose, false));
         let r = parse_response(
             b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",
             true,
             &mut client,
             false,
+            true,
         )
         .unwrap();
         assert_eq!(r.framing, Framing::Empty);
@@ -556,12 +589,19 @@ mod tests {
             false,
             &mut client,
             false,
+            true,
         )
         .unwrap();
         assert_eq!((r.framing, r.reusable), (Framing::Empty, false));
         assert_eq!(
-            parse_response(b"HTTP/1.1 200 OK\r\nContent-Le", false, &mut client, false)
-                .unwrap_err(),
+            parse_response(
+                b"HTTP/1.1 200 OK\r\nContent-Le",
+                false,
+                &mut client,
+                false,
+                true
+            )
+            .unwrap_err(),
             BadResponse::Partial
         );
         assert_eq!(
@@ -569,7 +609,8 @@ mod tests {
                 b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n",
                 false,
                 &mut client,
-                false
+                false,
+                true
             )
             .unwrap_err(),
             BadResponse::Invalid
@@ -579,7 +620,8 @@ mod tests {
                 b"HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\nhello",
                 false,
                 &mut client,
-                false
+                false,
+                true
             )
             .unwrap_err(),
             BadResponse::Invalid
@@ -589,7 +631,8 @@ mod tests {
                 b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
                 false,
                 &mut client,
-                false
+                false,
+                true
             )
             .unwrap_err(),
             BadResponse::Invalid

@@ -138,6 +138,17 @@ struct Buffers {
     response: Vec<u8>,
 }
 
+/// What reading the response head needs to know about the request.
+#[derive(Debug, Clone, Copy)]
+struct ResponseNeeds {
+    /// The request was HEAD (no body follows).
+    head_request: bool,
+    /// The gateway sets `RateLimit-*` itself.
+    own_rate_headers: bool,
+    /// The response contract needs `Content-Type`/`Content-Encoding`.
+    want_content: bool,
+}
+
 /// How one attempt at an instance failed.
 enum Attempt {
     /// No connection: count it against the instance, try another.
@@ -164,6 +175,8 @@ impl Engine {
         let mut buf: Vec<u8> = Vec::with_capacity(8 * 1024);
         let mut bufs = Buffers::default();
         let mut first = true;
+        let mut last_active = Instant::now();
+        let mut idle = Box::pin(tokio::time::sleep(KEEPALIVE_IDLE));
         loop {
             let head = loop {
                 if first && h2c && buf.len() >= H2_PREFACE_START.len() {
@@ -180,14 +193,28 @@ impl Engine {
                     Parsed::Pingora => break None,
                     Parsed::Partial => {}
                 }
-                let wait = if buf.is_empty() {
-                    KEEPALIVE_IDLE
+                if buf.is_empty() {
+                    // Between requests: one timer per connection, moved on
+                    // only when it fires, instead of one per request.
+                    tokio::select! {
+                        biased;
+                        read = read_more(&mut client, &mut buf) => match read {
+                            Ok(n) if n > 0 => {}
+                            _ => return,
+                        },
+                        () = &mut idle => {
+                            let since = last_active.elapsed();
+                            if since >= KEEPALIVE_IDLE {
+                                return;
+                            }
+                            idle.as_mut().reset((Instant::now() + (KEEPALIVE_IDLE - since)).into());
+                        }
+                    }
                 } else {
-                    CLIENT_READ
-                };
-                match timeout(wait, read_more(&mut client, &mut buf)).await {
-                    Ok(Ok(n)) if n > 0 => {}
-                    _ => return,
+                    match timeout(CLIENT_READ, read_more(&mut client, &mut buf)).await {
+                        Ok(Ok(n)) if n > 0 => {}
+                        _ => return,
+                    }
                 }
             };
             first = false;
@@ -199,6 +226,7 @@ impl Engine {
                 }
                 None => Next::Pingora,
             };
+            last_active = Instant::now();
             match next {
                 Next::KeepAlive if !*shutdown.borrow() => {}
                 Next::KeepAlive | Next::Close => return,
@@ -394,6 +422,8 @@ impl Engine {
             _ => None,
         };
         let head_request = req.method == http::Method::HEAD;
+        let monitor_response =
+            route.is_some_and(|r| r.response_mode == Mode::Monitor && r.operation.is_some());
         let (mut upstream, response) = loop {
             let (instance, socket, remaining) = upstream::choose_instance(ctx, hash_key)?;
             ctx.lease = Some(InstanceLease::new(Arc::clone(&instance)));
@@ -420,8 +450,11 @@ impl Engine {
                     ubuf,
                     client_out,
                     read,
-                    head_request,
-                    own_rate_headers,
+                    ResponseNeeds {
+                        head_request,
+                        own_rate_headers,
+                        want_content: monitor_response,
+                    },
                 )
                 .await
                 {
@@ -603,9 +636,13 @@ async fn send(
     ubuf: &mut Vec<u8>,
     client_head: &mut Vec<u8>,
     read: Duration,
-    head_request: bool,
-    own_rate_headers: bool,
+    needs: ResponseNeeds,
 ) -> Result<ResponseHead, UpstreamFailure> {
+    let ResponseNeeds {
+        head_request,
+        own_rate_headers,
+        want_content,
+    } = needs;
     let failed = |error, nothing_received| UpstreamFailure {
         error,
         nothing_received,
@@ -622,13 +659,23 @@ async fn send(
             Ok(_) => return Err(failed(GatewayError::UpstreamFailed, ubuf.is_empty())),
             Err(_) => return Err(failed(GatewayError::UpstreamTimeout, ubuf.is_empty())),
         }
-        match head::parse_response(ubuf, head_request, client_head, own_rate_headers) {
+        match head::parse_response(
+            ubuf,
+            head_request,
+            client_head,
+            own_rate_headers,
+            want_content,
+        ) {
             // Interim responses (100, 103) are not relayed: drop and read on.
             Ok(r) if (100..200).contains(&r.status) => {
                 ubuf.drain(..r.len);
-                if let Ok(r) =
-                    head::parse_response(ubuf, head_request, client_head, own_rate_headers)
-                {
+                if let Ok(r) = head::parse_response(
+                    ubuf,
+                    head_request,
+                    client_head,
+                    own_rate_headers,
+                    want_content,
+                ) {
                     if !(100..200).contains(&r.status) {
                         return Ok(r);
                     }

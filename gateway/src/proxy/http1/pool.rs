@@ -7,7 +7,6 @@
 //! closed it); the most recently used connection is taken first.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -29,7 +28,9 @@ struct Idle {
 }
 
 thread_local! {
-    static IDLE: RefCell<HashMap<SocketAddr, Vec<Idle>>> = RefCell::new(HashMap::new());
+    /// Per instance address, its idle connections (oldest first). A thread
+    /// talks to a handful of instances, so a scan beats hashing.
+    static IDLE: RefCell<Vec<(SocketAddr, Vec<Idle>)>> = const { RefCell::new(Vec::new()) };
 }
 
 /// An idle, still-open connection to `addr`, if there is one.
@@ -40,7 +41,7 @@ pub fn take(addr: SocketAddr) -> Option<TcpStream> {
 fn take_checking_after(addr: SocketAddr, check_after: Duration) -> Option<TcpStream> {
     IDLE.with(|pool| {
         let mut pool = pool.borrow_mut();
-        let idle = pool.get_mut(&addr)?;
+        let idle = &mut pool.iter_mut().find(|(a, _)| *a == addr)?.1;
         let now = Instant::now();
         while let Some(conn) = idle.pop() {
             let idle = now.duration_since(conn.since);
@@ -56,7 +57,14 @@ fn take_checking_after(addr: SocketAddr, check_after: Duration) -> Option<TcpStr
 pub fn give(addr: SocketAddr, stream: TcpStream) {
     IDLE.with(|pool| {
         let mut pool = pool.borrow_mut();
-        let idle = pool.entry(addr).or_default();
+        let at = match pool.iter().position(|(a, _)| *a == addr) {
+            Some(at) => at,
+            None => {
+                pool.push((addr, Vec::new()));
+                pool.len() - 1
+            }
+        };
+        let idle = &mut pool[at].1;
         let now = Instant::now();
         // Oldest first: drop the expired ones and any over the cap.
         let expired = idle
