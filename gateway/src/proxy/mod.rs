@@ -109,12 +109,7 @@ impl ProxyHttp for Gateway {
         if !routing::path_is_safe(path) {
             return respond(session, ctx, GatewayError::BadPath).await;
         }
-        let host = req
-            .headers
-            .get(http::header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .or_else(|| req.uri.host())
-            .unwrap_or("");
+        let host = respond::request_host(req);
         let matched = active
             .bundle
             .router

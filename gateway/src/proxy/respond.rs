@@ -7,6 +7,27 @@ use pingora::{Error, ErrorType, Result};
 use crate::ctx::RequestCtx;
 use crate::error::GatewayError;
 
+/// The host a request is for: its `Host` header, else the URI's authority.
+pub fn request_host(req: &http::request::Parts) -> &str {
+    req.headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri.host())
+        .unwrap_or("")
+}
+
+/// Count a refusal that is a contract violation (for `/metrics`).
+pub fn count_refusal(err: &GatewayError) {
+    if matches!(
+        err,
+        GatewayError::ContractViolation { .. }
+            | GatewayError::MalformedJson { .. }
+            | GatewayError::UnsupportedMediaType { .. }
+    ) {
+        crate::contract::count_violation("request");
+    }
+}
+
 /// `X-Request-Id`.
 pub static X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
@@ -80,14 +101,7 @@ pub async fn respond(
         session.set_keepalive(None);
     }
     write_problem(session, ctx, &err).await?;
-    if matches!(
-        err,
-        GatewayError::ContractViolation { .. }
-            | GatewayError::MalformedJson { .. }
-            | GatewayError::UnsupportedMediaType { .. }
-    ) {
-        crate::contract::count_violation("request");
-    }
+    count_refusal(&err);
     ctx.status = err.status();
     ctx.error = Some(err);
     Ok(true)

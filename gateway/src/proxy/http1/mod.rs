@@ -306,14 +306,7 @@ impl Engine {
         close: bool,
         out: &mut Vec<u8>,
     ) -> Next {
-        if matches!(
-            err,
-            GatewayError::ContractViolation { .. }
-                | GatewayError::MalformedJson { .. }
-                | GatewayError::UnsupportedMediaType { .. }
-        ) {
-            crate::contract::count_violation("request");
-        }
+        respond::count_refusal(&err);
         out.clear();
         let head_request = head.parts.method == http::Method::HEAD;
         head::write_problem(out, &err, ctx, head.parts.uri.path(), head_request, close);
@@ -348,12 +341,7 @@ impl Engine {
         if !routing::path_is_safe(path) {
             return Err(GatewayError::BadPath);
         }
-        let host = req
-            .headers
-            .get(http::header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .or_else(|| req.uri.host())
-            .unwrap_or("");
+        let host = respond::request_host(req);
         let (app_idx, route_idx) =
             match active
                 .bundle
