@@ -47,6 +47,34 @@ use respond::{allowed_methods, request_id, respond, write_problem};
 
 pub use contract::REPLAY_LIMIT;
 
+/// Path safety and the route match for a request head: the app and route
+/// (`None`: a passthrough app), or the refusal with the app it concerns.
+/// Shared by both HTTP/1.1 engines.
+fn route_request(
+    active: &crate::runtime::Active,
+    req: &http::request::Parts,
+) -> std::result::Result<(usize, Option<usize>), (Option<usize>, GatewayError)> {
+    let path = req.uri.path();
+    if !routing::path_is_safe(path) {
+        return Err((None, GatewayError::BadPath));
+    }
+    let host = respond::request_host(req);
+    match active
+        .bundle
+        .router
+        .route(&active.bundle.apps, host, &req.method, path)
+    {
+        RouteMatch::Route { app, route } => Ok((app, Some(route))),
+        RouteMatch::Passthrough { app } => Ok((app, None)),
+        RouteMatch::MethodNotAllowed { app } => {
+            let allow = allowed_methods(&active.bundle.apps[app], path);
+            Err((Some(app), GatewayError::MethodNotAllowed { allow }))
+        }
+        RouteMatch::NoRoute { app } => Err((Some(app), GatewayError::NoRoute)),
+        RouteMatch::NoApp => Err((None, GatewayError::NoApp)),
+    }
+}
+
 /// The Gatehouse proxy.
 pub struct Gateway {
     shared: Arc<Shared>,
@@ -104,31 +132,15 @@ impl ProxyHttp for Gateway {
             let _ = write!(ctx.client_ip, "{}", addr.ip());
         }
         let active = self.shared.active();
-        let req = session.req_header();
-        let path = req.uri.path();
-        if !routing::path_is_safe(path) {
-            return respond(session, ctx, GatewayError::BadPath).await;
-        }
-        let host = respond::request_host(req);
-        let matched = active
-            .bundle
-            .router
-            .route(&active.bundle.apps, host, &req.method, path);
-        let (app_idx, route_idx) = match matched {
-            RouteMatch::Route { app, route } => (app, Some(route)),
-            RouteMatch::Passthrough { app } => (app, None),
-            RouteMatch::MethodNotAllowed { app } => {
-                let allow = allowed_methods(&active.bundle.apps[app], path);
-                ctx.app = Some(app);
-                ctx.active = Some(active);
-                return respond(session, ctx, GatewayError::MethodNotAllowed { allow }).await;
+        let (app_idx, route_idx) = match route_request(&active, session.req_header()) {
+            Ok(found) => found,
+            Err((app, err)) => {
+                if app.is_some() {
+                    ctx.app = app;
+                    ctx.active = Some(active);
+                }
+                return respond(session, ctx, err).await;
             }
-            RouteMatch::NoRoute { app } => {
-                ctx.app = Some(app);
-                ctx.active = Some(active);
-                return respond(session, ctx, GatewayError::NoRoute).await;
-            }
-            RouteMatch::NoApp => return respond(session, ctx, GatewayError::NoApp).await,
         };
         let app = &active.bundle.apps[app_idx];
         ctx.body_cap = route_idx.map_or(app.max_request_body, |r| app.routes[r].max_request_body);

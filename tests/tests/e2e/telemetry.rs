@@ -416,7 +416,9 @@ async fn a_full_queue_drops_events_and_counts_them() {
     let spool = tempfile::tempdir().unwrap();
     let url = ch.url();
     let mut args = telemetry_args(&url, spool.path().to_str().unwrap());
-    args.extend(["--telemetry-queue", "5", "--telemetry-batch", "1"]);
+    // One slot: the sink takes events every 10 ms, so two requests within
+    // a tick fill it whatever the machine's speed.
+    args.extend(["--telemetry-queue", "1", "--telemetry-batch", "1"]);
     let gw = Gateway::start(dir.path(), &args);
     ch.signal("STOP"); // inserts hang: the batcher stalls and the queue fills
     let c = client();

@@ -349,9 +349,7 @@ pub fn parse_response(
     match (resp.version, resp.reason.filter(|r| !r.is_empty())) {
         // The upstream's own status line, copied as it is.
         (Some(1), Some(reason))
-            if buf
-                .get(..offset_in(buf, reason.as_bytes()) + reason.len())
-                .is_some() =>
+            if buf.len() >= offset_in(buf, reason.as_bytes()) + reason.len() =>
         {
             let end = offset_in(buf, reason.as_bytes()) + reason.len();
             client_head.extend_from_slice(&buf[..end]);

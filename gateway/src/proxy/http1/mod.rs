@@ -42,7 +42,7 @@ use crate::contract::Mode;
 use crate::ctx::{micros_since, RequestCtx};
 use crate::error::GatewayError;
 use crate::policy::Balancing;
-use crate::routing::{self, InstanceLease, RouteMatch};
+use crate::routing::InstanceLease;
 use crate::runtime::Shared;
 use chunked::ChunkedScanner;
 use head::{Framing, Parsed, RequestHead, ResponseHead};
@@ -335,32 +335,15 @@ impl Engine {
             response: client_out,
         } = bufs;
         let req = &head.parts;
-        let path = req.uri.path();
         let active = self.shared.active();
         ctx.active = Some(Arc::clone(&active));
-        if !routing::path_is_safe(path) {
-            return Err(GatewayError::BadPath);
-        }
-        let host = respond::request_host(req);
-        let (app_idx, route_idx) =
-            match active
-                .bundle
-                .router
-                .route(&active.bundle.apps, host, &req.method, path)
-            {
-                RouteMatch::Route { app, route } => (app, Some(route)),
-                RouteMatch::Passthrough { app } => (app, None),
-                RouteMatch::MethodNotAllowed { app } => {
-                    ctx.app = Some(app);
-                    let allow = respond::allowed_methods(&active.bundle.apps[app], path);
-                    return Err(GatewayError::MethodNotAllowed { allow });
-                }
-                RouteMatch::NoRoute { app } => {
-                    ctx.app = Some(app);
-                    return Err(GatewayError::NoRoute);
-                }
-                RouteMatch::NoApp => return Err(GatewayError::NoApp),
-            };
+        let (app_idx, route_idx) = match super::route_request(&active, req) {
+            Ok(found) => found,
+            Err((app, err)) => {
+                ctx.app = app;
+                return Err(err);
+            }
+        };
         let app = &active.bundle.apps[app_idx];
         let route = route_idx.map(|r| &app.routes[r]);
         let enforced_response = route.is_some_and(|r| {
