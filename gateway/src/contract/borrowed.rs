@@ -1,12 +1,19 @@
-//! A borrowed JSON tree for the yes/no body check.
+//! The yes/no body check over a `simd-json` tape, with no tree built.
 //!
 //! Parsing a request body into a `serde_json::Value` allocates a `String`
-//! per key and per string and a `BTreeMap` node per member; it was the
-//! largest cost of a validated request. [`Tree`] is built from a
-//! `simd-json` tape of the body (strings borrowed, members in a `Vec`), and
-//! `jsonschema` validates it through its custom-representation traits. A
-//! body that fails is judged again over a `serde_json::Value`, which gives
-//! the error pointers and messages, so the fast path only ever says "valid".
+//! per key and per string and a map node per member; it was the largest
+//! cost of a validated request. Here the body is parsed into a `simd-json`
+//! tape (strings unescaped in place, one flat `Vec` reused per thread) and
+//! `jsonschema` walks the tape itself through its custom-representation
+//! traits: a node is a position in the tape, and a container's `count`
+//! skips over its subtree. A body that fails is judged again over a
+//! `serde_json::Value`, which gives the error pointers and messages, so the
+//! fast path only ever says "valid".
+//!
+//! Before the walk, one pass over the tape checks what the walk relies on:
+//! depth, object width, subtree counts, finite numbers, and no repeated
+//! keys. A document that fails that pass (a repeated key, say, where
+//! `serde_json` keeps the last value) goes to the `serde_json` path.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -14,89 +21,69 @@ use std::fmt;
 use jsonschema::json::{Array, Json, JsonNumber, Node, NodeIdentity, Object};
 use jsonschema::{JsonType, Validator};
 use serde_json::{Number, Value};
+use simd_json::{Node as TapeNode, StaticNode};
 
-/// Objects wider than this go to the `serde_json::Value` path (duplicate
+/// Objects wider than this go to the `serde_json::Value` path (repeated
 /// keys are found by a linear scan here).
 const MAX_MEMBERS: usize = 64;
 
-/// A JSON value borrowing its strings from the document.
-#[derive(Debug, Default, Clone, PartialEq)]
-pub enum Tree<'a> {
-    /// `null`.
-    #[default]
-    Null,
-    /// `true` / `false`.
-    Bool(bool),
-    /// A number.
-    Number(Number),
-    /// A string.
-    String(Cow<'a, str>),
-    /// An array.
-    Array(Vec<Tree<'a>>),
-    /// An object; a repeated key keeps its last value, as `serde_json` does.
-    Object(Vec<(Cow<'a, str>, Tree<'a>)>),
-}
-
-/// Deepest nesting the fast path builds (as `serde_json`'s limit).
+/// Deepest nesting the fast path walks (as `serde_json`'s limit).
 const MAX_DEPTH: usize = 128;
 
-/// Build a [`Tree`] from a `simd-json` tape (strings borrowed from the
-/// tape's buffer); `None` for what this path leaves to `serde_json`: too
-/// deep, too wide, or numbers `serde_json` would read differently.
-fn from_tape<'a>(nodes: &[simd_json::Node<'a>], at: &mut usize, depth: usize) -> Option<Tree<'a>> {
-    use simd_json::{Node as TapeNode, StaticNode};
-    if depth > MAX_DEPTH {
-        return None;
-    }
-    let node = *nodes.get(*at)?;
-    *at += 1;
-    Some(match node {
-        TapeNode::String(s) => Tree::String(Cow::Borrowed(s)),
-        TapeNode::Static(StaticNode::Null) => Tree::Null,
-        TapeNode::Static(StaticNode::Bool(b)) => Tree::Bool(b),
-        TapeNode::Static(StaticNode::I64(n)) => Tree::Number(n.into()),
-        TapeNode::Static(StaticNode::U64(n)) => Tree::Number(n.into()),
-        TapeNode::Static(StaticNode::F64(f)) => Tree::Number(Number::from_f64(f)?),
-        TapeNode::Array { len, .. } => {
-            let mut items = Vec::with_capacity(len);
-            for _ in 0..len {
-                items.push(from_tape(nodes, at, depth + 1)?);
-            }
-            Tree::Array(items)
+/// Check what walking the tape relies on, in one pass with no recursion:
+/// nesting at most [`MAX_DEPTH`], objects at most [`MAX_MEMBERS`] wide with
+/// string keys and no key twice, and finite numbers (as `serde_json`
+/// reads them). Subtree counts are `simd-json`'s own invariant.
+fn check(nodes: &[TapeNode<'_>]) -> Option<()> {
+    // Where each open container ends: its length is the current depth.
+    let mut ends: Vec<usize> = Vec::with_capacity(16);
+    let mut keys: Vec<&str> = Vec::with_capacity(16);
+    for (i, node) in nodes.iter().enumerate() {
+        while ends.last().is_some_and(|&end| end <= i) {
+            ends.pop();
         }
-        TapeNode::Object { len, .. } => {
-            if len > MAX_MEMBERS {
-                return None;
-            }
-            let mut members: Vec<(Cow<'a, str>, Tree<'a>)> = Vec::with_capacity(len);
-            for _ in 0..len {
-                let TapeNode::String(key) = *nodes.get(*at)? else {
+        if ends.len() > MAX_DEPTH {
+            return None;
+        }
+        match *node {
+            TapeNode::Static(StaticNode::F64(f)) if !f.is_finite() => return None,
+            TapeNode::Array { count, .. } => ends.push(i + 1 + count),
+            TapeNode::Object { len, count } => {
+                if len > MAX_MEMBERS {
                     return None;
-                };
-                *at += 1;
-                let value = from_tape(nodes, at, depth + 1)?;
-                match members.iter_mut().find(|(k, _)| k == key) {
-                    Some(slot) => slot.1 = value,
-                    None => members.push((Cow::Borrowed(key), value)),
                 }
+                keys.clear();
+                let mut at = i + 1;
+                for _ in 0..len {
+                    let TapeNode::String(key) = *nodes.get(at)? else {
+                        return None;
+                    };
+                    if keys.contains(&key) {
+                        return None;
+                    }
+                    keys.push(key);
+                    at += 1 + span(nodes, at + 1);
+                }
+                ends.push(i + 1 + count);
             }
-            Tree::Object(members)
+            _ => {}
         }
-    })
+    }
+    Some(())
 }
 
-/// Parse `body` with `simd-json` into a [`Tree`] and hand it to `f`;
-/// `None` when the body is not JSON or is left to `serde_json`.
-fn with_tree<T>(body: &[u8], f: impl FnOnce(&Tree<'_>) -> T) -> Option<T> {
+/// Parse `body` with `simd-json` and hand its checked root to `f`; `None`
+/// when the body is not JSON or is left to `serde_json`.
+fn with_doc<T>(body: &[u8], f: impl FnOnce(Doc<'_>) -> T) -> Option<T> {
     SCRATCH.with(|scratch| {
         let mut scratch = scratch.try_borrow_mut().ok()?;
         let (input, buffers) = &mut *scratch;
         input.clear();
         input.extend_from_slice(body);
         let tape = simd_json::to_tape_with_buffers(input, buffers).ok()?;
-        let mut at = 0;
-        let tree = from_tape(&tape.0, &mut at, 0)?;
-        (at == tape.0.len()).then(|| f(&tree))
+        let nodes = tape.0.as_slice();
+        check(nodes)?;
+        (span(nodes, 0) == nodes.len()).then(|| f(Doc::At(nodes, 0)))
     })
 }
 
@@ -106,12 +93,12 @@ thread_local! {
         std::cell::RefCell::new((Vec::new(), simd_json::Buffers::default()));
 }
 
-/// The `jsonschema` representation of [`Tree`].
+/// The `jsonschema` representation of a checked `simd-json` tape.
 #[derive(Debug)]
 pub struct Borrowed;
 
 /// A compiled body schema: the validator over `serde_json::Value` (used for
-/// error details) and the same schema over [`Tree`] (the fast yes/no).
+/// error details) and the same schema over the tape (the fast yes/no).
 pub struct BodySchema {
     /// Over `serde_json::Value`.
     pub value: Validator,
@@ -131,37 +118,64 @@ impl BodySchema {
     }
 
     /// `Some(true)` when `body` parses and is valid; `None` when the fast
-    /// path cannot say (malformed, too wide, or invalid — the caller then
-    /// finds out which over a `serde_json::Value`).
+    /// path cannot say (malformed, too wide, a repeated key, or invalid —
+    /// the caller then finds out which over a `serde_json::Value`).
     pub fn accepts(&self, body: &[u8]) -> Option<bool> {
-        with_tree(body, |tree| self.fast.is_valid(tree))?.then_some(true)
+        with_doc(body, |doc| self.fast.is_valid(doc))?.then_some(true)
     }
 }
 
 impl Json for Borrowed {
-    type Node<'a> = &'a Tree<'a>;
+    type Node<'a> = Doc<'a>;
     type PreparedKey = String;
-    type StringBuffer = Tree<'static>;
+    type StringBuffer = ();
+    /// A lookup here is a scan of the members, so one members pass always
+    /// beats the lookups it replaces.
+    const KEYS_PER_LOOKUP: usize = MAX_MEMBERS;
+    /// A tape parsed from text is a tree.
+    const ACYCLIC: bool = true;
 
     fn prepare_key(key: &str) -> String {
         key.to_owned()
     }
 
-    fn with_string_node<T>(
-        buffer: &mut Tree<'static>,
-        string: &str,
-        f: impl FnOnce(Self::Node<'_>) -> T,
-    ) -> T {
-        *buffer = Tree::String(Cow::Owned(string.to_owned()));
-        f(buffer)
+    fn with_string_node<T>(_: &mut (), string: &str, f: impl FnOnce(Doc<'_>) -> T) -> T {
+        f(Doc::Str(string))
+    }
+}
+
+/// A node: a value in a checked tape, or a lone string (a member name that
+/// `propertyNames` validates).
+#[derive(Debug, Clone, Copy)]
+pub enum Doc<'a> {
+    /// The value at this position of the tape.
+    At(&'a [TapeNode<'a>], usize),
+    /// A string outside the tape.
+    Str(&'a str),
+}
+
+/// Positions the value at `at` takes up in the tape.
+fn span(nodes: &[TapeNode<'_>], at: usize) -> usize {
+    match nodes.get(at) {
+        Some(TapeNode::Array { count, .. } | TapeNode::Object { count, .. }) => 1 + count,
+        _ => 1,
+    }
+}
+
+impl<'a> Doc<'a> {
+    fn tape_node(&self) -> Option<TapeNode<'a>> {
+        match *self {
+            Doc::At(nodes, at) => nodes.get(at).copied(),
+            Doc::Str(s) => Some(TapeNode::String(s)),
+        }
     }
 }
 
 /// A number node.
 #[derive(Debug)]
-pub struct Num<'a>(&'a Number);
+pub struct Num(Number);
 
-impl JsonNumber for Num<'_> {
+impl JsonNumber for Num {
     fn as_u64(&self) -> Option<u64> {
         self.0.as_u64()
     }
@@ -175,120 +189,192 @@ impl JsonNumber for Num<'_> {
         Cow::Owned(self.0.to_string())
     }
     fn to_number(&self) -> Cow<'_, Number> {
-        Cow::Borrowed(self.0)
+        Cow::Borrowed(&self.0)
     }
 }
 
-impl<'a> Node<'a, Borrowed> for &'a Tree<'a> {
-    type Object = &'a [(Cow<'a, str>, Tree<'a>)];
-    type Array = &'a [Tree<'a>];
-    type Number = Num<'a>;
+/// The number a tape node holds, as `serde_json` would read it.
+fn number(node: TapeNode<'_>) -> Option<Number> {
+    match node {
+        TapeNode::Static(StaticNode::I64(n)) => Some(n.into()),
+        TapeNode::Static(StaticNode::U64(n)) => Some(n.into()),
+        TapeNode::Static(StaticNode::F64(f)) => Number::from_f64(f),
+        _ => None,
+    }
+}
 
-    fn as_object(&self) -> Option<Self::Object> {
-        match self {
-            Tree::Object(members) => Some(members),
-            _ => None,
+impl<'a> Node<'a, Borrowed> for Doc<'a> {
+    type Object = Members<'a>;
+    type Array = Elements<'a>;
+    type Number = Num;
+
+    fn as_object(&self) -> Option<Members<'a>> {
+        match *self {
+            Doc::At(nodes, at) => match nodes.get(at)? {
+                TapeNode::Object { len, .. } => Some(Members {
+                    nodes,
+                    next: at + 1,
+                    left: *len,
+                }),
+                _ => None,
+            },
+            Doc::Str(_) => None,
         }
     }
-    fn as_array(&self) -> Option<Self::Array> {
-        match self {
-            Tree::Array(items) => Some(items),
-            _ => None,
+    fn as_array(&self) -> Option<Elements<'a>> {
+        match *self {
+            Doc::At(nodes, at) => match nodes.get(at)? {
+                TapeNode::Array { len, .. } => Some(Elements {
+                    nodes,
+                    next: at + 1,
+                    left: *len,
+                }),
+                _ => None,
+            },
+            Doc::Str(_) => None,
         }
     }
     fn as_string(&self) -> Option<Cow<'a, str>> {
-        match self {
-            Tree::String(s) => Some(Cow::Borrowed(s.as_ref())),
+        match self.tape_node()? {
+            TapeNode::String(s) => Some(Cow::Borrowed(s)),
             _ => None,
         }
     }
-    fn as_number(&self) -> Option<Num<'a>> {
-        match self {
-            Tree::Number(n) => Some(Num(n)),
-            _ => None,
-        }
+    fn as_number(&self) -> Option<Num> {
+        number(self.tape_node()?).map(Num)
+    }
+    fn is_number(&self) -> bool {
+        matches!(
+            self.tape_node(),
+            Some(TapeNode::Static(
+                StaticNode::I64(_) | StaticNode::U64(_) | StaticNode::F64(_)
+            ))
+        )
     }
     fn as_boolean(&self) -> Option<bool> {
-        match self {
-            Tree::Bool(b) => Some(*b),
+        match self.tape_node()? {
+            TapeNode::Static(StaticNode::Bool(b)) => Some(b),
             _ => None,
         }
     }
     fn is_null(&self) -> bool {
-        matches!(self, Tree::Null)
+        matches!(self.tape_node(), Some(TapeNode::Static(StaticNode::Null)))
     }
     fn json_type(&self) -> JsonType {
-        match self {
-            Tree::Null => JsonType::Null,
-            Tree::Bool(_) => JsonType::Boolean,
-            Tree::Number(_) => JsonType::Number,
-            Tree::String(_) => JsonType::String,
-            Tree::Array(_) => JsonType::Array,
-            Tree::Object(_) => JsonType::Object,
+        match self.tape_node() {
+            Some(TapeNode::Static(StaticNode::Null)) | None => JsonType::Null,
+            Some(TapeNode::Static(StaticNode::Bool(_))) => JsonType::Boolean,
+            Some(TapeNode::Static(_)) => JsonType::Number,
+            Some(TapeNode::String(_)) => JsonType::String,
+            Some(TapeNode::Array { .. }) => JsonType::Array,
+            Some(TapeNode::Object { .. }) => JsonType::Object,
         }
     }
     fn to_value(&self) -> Cow<'a, Value> {
-        Cow::Owned(to_value(self))
+        Cow::Owned(to_value(*self))
     }
     fn identity(&self) -> Option<NodeIdentity> {
-        Some(NodeIdentity::new(
-            std::ptr::from_ref::<Tree<'a>>(*self) as usize
-        ))
+        Some(NodeIdentity::new(match *self {
+            Doc::At(nodes, at) => std::ptr::from_ref(nodes.get(at)?) as usize,
+            Doc::Str(s) => s.as_ptr() as usize,
+        }))
     }
 }
 
-fn to_value(tree: &Tree<'_>) -> Value {
-    match tree {
-        Tree::Null => Value::Null,
-        Tree::Bool(b) => Value::Bool(*b),
-        Tree::Number(n) => Value::Number(n.clone()),
-        Tree::String(s) => Value::String(s.to_string()),
-        Tree::Array(items) => Value::Array(items.iter().map(to_value).collect()),
-        Tree::Object(members) => Value::Object(
+fn to_value(doc: Doc<'_>) -> Value {
+    if let Some(members) = doc.as_object() {
+        return Value::Object(
             members
-                .iter()
-                .map(|(k, v)| (k.to_string(), to_value(v)))
+                .members()
+                .map(|(k, v)| (k.to_owned(), to_value(v)))
                 .collect(),
-        ),
+        );
+    }
+    if let Some(items) = doc.as_array() {
+        return Value::Array(items.elements().map(to_value).collect());
+    }
+    match doc.tape_node() {
+        Some(TapeNode::String(s)) => Value::String(s.to_owned()),
+        Some(TapeNode::Static(StaticNode::Bool(b))) => Value::Bool(b),
+        Some(node) => number(node).map_or(Value::Null, Value::Number),
+        None => Value::Null,
     }
 }
 
-impl<'a> Object<'a, Borrowed> for &'a [(Cow<'a, str>, Tree<'a>)] {
-    type Node = &'a Tree<'a>;
+/// An object node: its members, and the iterator over them.
+#[derive(Debug, Clone)]
+pub struct Members<'a> {
+    nodes: &'a [TapeNode<'a>],
+    /// Position of the next member's key.
+    next: usize,
+    /// Members not yet visited.
+    left: usize,
+}
+
+impl<'a> Iterator for Members<'a> {
+    type Item = (&'a str, Doc<'a>);
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.left == 0 {
+            return None;
+        }
+        let TapeNode::String(key) = *self.nodes.get(self.next)? else {
+            return None;
+        };
+        let value = self.next + 1;
+        self.next = value + span(self.nodes, value);
+        self.left -= 1;
+        Some((key, Doc::At(self.nodes, value)))
+    }
+}
+
+impl<'a> Object<'a, Borrowed> for Members<'a> {
+    type Node = Doc<'a>;
     type MemberName = &'a str;
     type MembersIter = Members<'a>;
 
     fn len(&self) -> usize {
-        <[(Cow<'a, str>, Tree<'a>)]>::len(self)
+        self.left
     }
-    fn get(&self, key: &String) -> Option<&'a Tree<'a>> {
-        self.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+    fn get(&self, key: &String) -> Option<Doc<'a>> {
+        self.clone().find(|(k, _)| k == key).map(|(_, v)| v)
     }
     fn members(&self) -> Members<'a> {
-        Members(self.iter())
+        self.clone()
     }
 }
 
-/// The members of an object node.
-#[derive(Debug)]
-pub struct Members<'a>(std::slice::Iter<'a, (Cow<'a, str>, Tree<'a>)>);
+/// An array node: its elements, and the iterator over them.
+#[derive(Debug, Clone)]
+pub struct Elements<'a> {
+    nodes: &'a [TapeNode<'a>],
+    /// Position of the next element.
+    next: usize,
+    /// Elements not yet visited.
+    left: usize,
+}
 
-impl<'a> Iterator for Members<'a> {
-    type Item = (&'a str, &'a Tree<'a>);
-    fn next(&mut self) -> Option<Self::Item> {
-        self.0.next().map(|(k, v)| (k.as_ref(), v))
+impl<'a> Iterator for Elements<'a> {
+    type Item = Doc<'a>;
+    fn next(&mut self) -> Option<Doc<'a>> {
+        if self.left == 0 {
+            return None;
+        }
+        let at = self.next;
+        self.next = at + span(self.nodes, at);
+        self.left -= 1;
+        Some(Doc::At(self.nodes, at))
     }
 }
 
-impl<'a> Array<'a, Borrowed> for &'a [Tree<'a>] {
-    type Node = &'a Tree<'a>;
-    type ElementsIter = std::slice::Iter<'a, Tree<'a>>;
+impl<'a> Array<'a, Borrowed> for Elements<'a> {
+    type Node = Doc<'a>;
+    type ElementsIter = Elements<'a>;
 
     fn len(&self) -> usize {
-        <[Tree<'a>]>::len(self)
+        self.left
     }
-    fn elements(&self) -> std::slice::Iter<'a, Tree<'a>> {
-        self.iter()
+    fn elements(&self) -> Elements<'a> {
+        self.clone()
     }
 }
 
@@ -311,24 +397,35 @@ mod tests {
     }
 
     #[test]
-    fn trees_match_serde_values() {
-        let text =
-            r#"{"a":[1,-2,3.5,true,null,"x\"y"],"b":{"c":"d"},"a2":"é","dup":1,"dup":"last"}"#;
+    fn docs_read_as_serde_values() {
+        let text = r#"{"a":[1,-2,3.5,true,null,"x\"y"],"b":{"c":"d"},"a2":"é","e":{},"f":[]}"#;
         let value: Value = serde_json::from_str(text).unwrap();
-        let borrowed_key = with_tree(text.as_bytes(), |tree| {
-            assert_eq!(to_value(tree), value);
-            let Tree::Object(members) = tree else {
-                panic!("an object")
-            };
-            matches!(&members[0].0, Cow::Borrowed("a"))
+        let keys = with_doc(text.as_bytes(), |doc| {
+            assert_eq!(to_value(doc), value);
+            let members = doc.as_object().expect("an object");
+            assert_eq!(members.len(), 5);
+            assert_eq!(to_value(members.get(&"b".to_owned()).unwrap()), value["b"]);
+            assert!(members.get(&"zz".to_owned()).is_none());
+            members
+                .members()
+                .map(|(k, _)| k.to_owned())
+                .collect::<Vec<_>>()
         });
-        assert_eq!(
-            borrowed_key,
-            Some(true),
-            "keys without escapes are borrowed"
+        assert_eq!(keys.unwrap(), ["a", "b", "a2", "e", "f"]);
+    }
+
+    #[test]
+    fn what_the_walk_cannot_read_goes_to_serde_json() {
+        assert!(with_doc(b"{\"a\":1,}", |_| ()).is_none(), "malformed");
+        assert!(with_doc(b"[1] x", |_| ()).is_none(), "trailing bytes");
+        assert!(
+            with_doc(br#"{"dup":1,"x":{"dup":2},"dup":"last"}"#, |_| ()).is_none(),
+            "a repeated key (serde_json keeps the last value)"
         );
-        assert!(with_tree(b"{\"a\":1,}", |_| ()).is_none());
-        assert!(with_tree(b"[1] x", |_| ()).is_none());
+        assert!(
+            with_doc(br#"{"a":{"k":1},"b":{"k":2}}"#, |_| ()).is_some(),
+            "the same key in two objects is not a repeat"
+        );
         let wide = format!(
             "{{{}}}",
             (0..65)
@@ -336,35 +433,26 @@ mod tests {
                 .collect::<Vec<_>>()
                 .join(",")
         );
-        assert!(with_tree(wide.as_bytes(), |_| ()).is_none());
+        assert!(with_doc(wide.as_bytes(), |_| ()).is_none(), "too wide");
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        assert!(with_doc(deep.as_bytes(), |_| ()).is_none(), "too deep");
     }
 
     #[test]
-    fn the_simd_tape_builds_the_same_values_as_serde_json() {
+    fn the_tape_reads_the_same_values_as_serde_json() {
         let docs = [
-            r#"{"a":[1,-2,3.5,true,null,"x\"y"],"b":{"c":"d"},"a2":"é","dup":1,"dup":"last"}"#,
+            r#"{"a":[1,-2,3.5,true,null,"x\"y"],"b":{"c":"d"},"a2":"é"}"#,
             r#"[0.1,1e-7,12.95,1.7976931348623157e308,-0.0,5e-324,18446744073709551615,-9223372036854775808,123456789.123456789]"#,
-            r#"{"nested":{"deeper":{"deepest":[[],{},[{"k":"\u00e9\n"}]]}}}"#,
+            r#"{"nested":{"deeper":{"deepest":[[],{},[{"k":"\u00e9\n"}]]}},"after":[{"x":[1,[2,{"y":3}]]},4]}"#,
             r#""just a string""#,
             "42",
+            "null",
+            "[]",
         ];
-        let mut buffers = simd_json::Buffers::default();
         for doc in docs {
-            let mut input = doc.as_bytes().to_vec();
-            let tape = simd_json::to_tape_with_buffers(&mut input, &mut buffers).unwrap();
-            let mut at = 0;
-            let tree = from_tape(&tape.0, &mut at, 0).unwrap();
-            assert_eq!(at, tape.0.len(), "{doc}");
             let value: Value = serde_json::from_str(doc).unwrap();
-            assert_eq!(to_value(&tree), value, "{doc}");
+            assert_eq!(with_doc(doc.as_bytes(), to_value), Some(value), "{doc}");
         }
-        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
-        let mut input = deep.into_bytes();
-        let tape = simd_json::to_tape_with_buffers(&mut input, &mut buffers).unwrap();
-        assert!(
-            from_tape(&tape.0, &mut 0, 0).is_none(),
-            "too deep for the fast path"
-        );
     }
 
     #[test]
@@ -422,5 +510,80 @@ mod tests {
             assert_eq!(s.accepts(doc.as_bytes()) == Some(true), slow, "{doc}");
         }
         assert_eq!(s.accepts(b"{not json"), None);
+    }
+
+    fn json() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            (-1e6f64..1e6).prop_map(Value::from),
+            prop_oneof![
+                Just("a@b.example".to_owned()),
+                Just("SKU-00001".to_owned()),
+                "[a-z@. \\\\\"é-]{0,8}"
+            ]
+            .prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 48, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                proptest::collection::btree_map(
+                    prop_oneof![
+                        Just("id".to_owned()),
+                        Just("email".to_owned()),
+                        Just("lines".to_owned()),
+                        Just("sku".to_owned()),
+                        Just("meta".to_owned()),
+                        "[a-z]{1,4}"
+                    ],
+                    inner,
+                    0..6
+                )
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    use proptest::strategy::Strategy as _;
+
+    proptest::proptest! {
+        /// The tape walk reads any document as `serde_json` does, and its
+        /// verdict never differs from the `Value` validator's.
+        #[test]
+        fn the_fast_path_agrees_on_any_document(
+            any_doc in json(),
+            id in proptest::prop_oneof![proptest::prelude::any::<i64>().prop_map(Value::from), json()],
+            rest in proptest::collection::vec((proptest::sample::select(vec!["email", "lines", "meta", "sku", "x"]), json()), 0..4),
+            shaped in proptest::prelude::any::<bool>(),
+        ) {
+            // Half the documents are shaped like the schema, so both verdicts occur.
+            let doc = if shaped {
+                let mut object = serde_json::Map::new();
+                object.insert("id".to_owned(), id);
+                for (k, v) in rest {
+                    object.insert(k.to_owned(), v);
+                }
+                Value::Object(object)
+            } else {
+                any_doc
+            };
+            let s = both(&json!({
+                "type": "object",
+                "required": ["id"],
+                "additionalProperties": false,
+                "properties": {
+                    "id": {"type": "integer"},
+                    "email": {"type": "string", "format": "email"},
+                    "lines": {"type": "array", "uniqueItems": true, "items": {"type": "object", "properties": {"sku": {"pattern": "^SKU-"}}}},
+                    "meta": {"propertyNames": {"maxLength": 2}, "not": {"required": ["sku"]}},
+                    "sku": {"enum": ["SKU-00001", 1, null]}
+                }
+            }));
+            let text = serde_json::to_vec(&doc).unwrap();
+            proptest::prop_assert_eq!(with_doc(&text, to_value), Some(doc.clone()));
+            proptest::prop_assert_eq!(s.accepts(&text) == Some(true), s.value.is_valid(&doc));
+        }
     }
 }
