@@ -12,17 +12,30 @@
 # `http2` listener with Gatehouse's `--h2c`. Figures are appended to
 # loadtest/RESULTS.md.
 #
+# With --proxy-quota PCT every proxy under test may use only PCT % of CPU 0
+# (a cgroup CPU quota): the load generator's core then has room to spare and
+# the rps ratios measure the proxies, not the generator.
+#
+# The open-loop latency part runs direct and full alternately (--open-rounds,
+# default 3) at half of nginx's median POST rate, with ClickHouse moved onto
+# CPU 0 under SCHED_IDLE: there it only takes the idle half of the proxy's
+# core and never preempts the proxy or the generator (on its own machine in
+# production).
+#
 # Usage: loadtest/bench.sh [--rounds N] [--duration 10s] [--connections 64]
+#                          [--proxy-quota PCT] [--open-rounds N]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-rounds=3; duration=10s; connections=64; consumers=1000
+rounds=3; duration=10s; connections=64; consumers=1000; quota=""; open_rounds=3
 while [ $# -gt 0 ]; do
   case "$1" in
     --rounds) rounds=$2; shift 2 ;;
     --duration) duration=$2; shift 2 ;;
     --connections) connections=$2; shift 2 ;;
     --consumers) consumers=$2; shift 2 ;;
+    --proxy-quota) quota=$2; shift 2 ;;
+    --open-rounds) open_rounds=$2; shift 2 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -43,6 +56,7 @@ cleanup() {
   [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
   CLICKHOUSE_DIR="$PWD/$work/clickhouse" CLICKHOUSE_HTTP_PORT=19123 CLICKHOUSE_TCP_PORT=19124 scripts/clickhouse.sh stop >/dev/null 2>&1 || true
   wait 2>/dev/null || true
+  [ -n "${cg:-}" ] && rmdir "$cg" 2>/dev/null || true
 }
 trap cleanup EXIT INT TERM
 
@@ -75,6 +89,22 @@ done
 sleep 1
 nginx_pid=$(pgrep -f "nginx: worker process" | head -1)
 sim_pid=${pids[0]}
+
+if [ -n "$quota" ]; then
+  # cgroup v2 (cpu.max) or v1 (cfs quota): PCT % of one CPU per 10 ms period.
+  period=10000; limit=$((period * quota / 100))
+  if [ -f /sys/fs/cgroup/cgroup.controllers ]; then
+    cg=/sys/fs/cgroup/gatehouse-bench; mkdir -p "$cg"; echo "$limit $period" > "$cg/cpu.max"; tasks="$cg/cgroup.threads"
+  else
+    cg=/sys/fs/cgroup/cpu/gatehouse-bench
+    mkdir -p "$cg" || { echo "--proxy-quota needs a writable cgroup CPU controller" >&2; exit 1; }
+    echo "$period" > "$cg/cpu.cfs_period_us"; echo "$limit" > "$cg/cpu.cfs_quota_us"; tasks="$cg/tasks"
+  fi
+  for p in $(cat "$work/nginx.pid" 2>/dev/null) $(pgrep -f "nginx: worker process") "$pass_pid" "$pass_h2_pid" "$full_pid"; do
+    for t in /proc/"$p"/task/*; do echo "${t##*/}" > "$tasks"; done
+  done
+  echo "proxies limited to $quota % of CPU 0 ($cg)"
+fi
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
@@ -117,11 +147,20 @@ rps = [json.load(open(f"{work}/nginx-order-{r}.json"))["rps"] for r in range(1, 
 print(int(statistics.median(rps) / 2))
 PY
 )
-echo "open loop at $half rps (half of nginx's POST median)"
-run open-direct-order $sim_port "$sim_pid" loadtest/scenarios/order-1kb-nokey.yaml 1 --mode open --rate "$half"
-run open-full-order $full_port "$full_pid" loadtest/scenarios/order-1kb.yaml 1 --mode open --rate "$half"
+if [ -n "$quota" ]; then
+  # Latency is measured without the quota: its throttling would add up to a period.
+  if [ -f "$cg/cpu.max" ]; then echo "max $period" > "$cg/cpu.max"; else echo -1 > "$cg/cpu.cfs_quota_us"; fi
+fi
+echo "open loop at $half rps (half of nginx's POST median), ClickHouse on CPU 0 under SCHED_IDLE"
+ch_pid=$(cat "$work/clickhouse/pid")
+taskset -a -p -c 0 "$ch_pid" >/dev/null
+for t in /proc/"$ch_pid"/task/*; do chrt -i -p 0 "${t##*/}" 2>/dev/null || true; done
+for round in $(seq 1 "$open_rounds"); do
+  run open-direct-order $sim_port "$sim_pid" loadtest/scenarios/order-1kb-nokey.yaml "$round" --mode open --rate "$half"
+  run open-full-order $full_port "$full_pid" loadtest/scenarios/order-1kb.yaml "$round" --mode open --rate "$half"
+done
 
-python3 loadtest/summarize.py "$work" "$rounds" "$(nproc)" "$duration" "$connections" "$consumers" > "$work/summary.md"
+python3 loadtest/summarize.py "$work" "$rounds" "$(nproc)" "$duration" "$connections" "$consumers" "$quota" "$open_rounds" > "$work/summary.md"
 # The full gateway's telemetry over the whole run: every event should be inserted, none dropped.
 sleep 2
 curl -fsS "http://127.0.0.1:$admin_b/metrics" | awk -F'[{}"]' '/^gatehouse_telemetry_events_total/ {split($0, v, " "); printf "%s %s, ", $3, v[2]}' \
