@@ -192,18 +192,19 @@ impl GatewayError {
 
     /// The problem document.
     pub fn problem_json(&self, request_id: &str, instance: &str) -> Bytes {
-        let mut body = serde_json::json!({
-            "type": format!("{PROBLEM_BASE}{}", self.slug()),
-            "title": self.title(),
-            "status": self.status(),
-            "detail": self.detail(),
-            "instance": instance,
-            "request_id": request_id,
-        });
-        if let Self::ContractViolation { violations } = self {
-            body["violations"] = serde_json::to_value(violations).unwrap_or_default();
-        }
-        Bytes::from(body.to_string())
+        let problem = Problem {
+            detail: self.detail(),
+            instance,
+            request_id,
+            status: self.status(),
+            title: self.title(),
+            kind: ProblemType(self.slug()),
+            violations: match self {
+                Self::ContractViolation { violations } => Some(violations),
+                _ => None,
+            },
+        };
+        Bytes::from(serde_json::to_vec(&problem).unwrap_or_default())
     }
 
     /// Classify a Pingora error that ended a request.
@@ -237,9 +238,73 @@ impl GatewayError {
     }
 }
 
+/// The RFC 9457 body, serialized straight from borrowed parts. Members are
+/// declared in alphabetical order, the order a `serde_json::Value` map
+/// writes them in, so the bytes are what clients always got.
+#[derive(serde::Serialize)]
+struct Problem<'a> {
+    detail: String,
+    instance: &'a str,
+    request_id: &'a str,
+    status: u16,
+    title: &'static str,
+    #[serde(rename = "type")]
+    kind: ProblemType,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    violations: Option<&'a [Violation]>,
+}
+
+/// `type`: the problem base URI and the slug, written without a `String`.
+struct ProblemType(&'static str);
+
+impl serde::Serialize for ProblemType {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&format_args!("{PROBLEM_BASE}{}", self.0))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn problem_bodies_are_the_bytes_a_value_map_writes() {
+        let violations = vec![
+            Violation {
+                keyword: "type".into(),
+                location: crate::contract::ViolationLocation::Body,
+                message: "\"4711\" is not of type \"integer\"".into(),
+                name: None,
+                pointer: "/customer_id".into(),
+            },
+            Violation {
+                keyword: "required".into(),
+                location: crate::contract::ViolationLocation::Query,
+                message: "missing".into(),
+                name: Some("page".into()),
+                pointer: String::new(),
+            },
+        ];
+        for err in [
+            GatewayError::ContractViolation { violations },
+            GatewayError::NoRoute,
+            GatewayError::BodyTooLarge { limit: 1024 },
+        ] {
+            let mut expected = serde_json::json!({
+                "type": format!("{PROBLEM_BASE}{}", err.slug()),
+                "title": err.title(),
+                "status": err.status(),
+                "detail": err.detail(),
+                "instance": "/rest/orders/v1/orders",
+                "request_id": "0190-abc",
+            });
+            if let GatewayError::ContractViolation { violations } = &err {
+                expected["violations"] = serde_json::to_value(violations).unwrap();
+            }
+            let body = err.problem_json("0190-abc", "/rest/orders/v1/orders");
+            assert_eq!(std::str::from_utf8(&body).unwrap(), expected.to_string());
+        }
+    }
 
     #[test]
     fn problem_documents_carry_type_status_and_request_id() {

@@ -15,6 +15,7 @@
 pub mod borrowed;
 pub mod dialect;
 pub mod documents;
+pub mod formats;
 pub mod openapi;
 pub mod operation;
 pub mod params;

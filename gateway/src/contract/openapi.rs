@@ -55,6 +55,7 @@ impl SchemaCompiler {
         let fast = jsonschema::options_for::<Borrowed>()
             .with_draft(self.draft)
             .should_validate_formats(true)
+            .with_format("email", super::formats::email)
             .with_retriever(self.retriever.clone())
             .build(&Self::reference(doc, pointer))
             .map_err(|e| format!("invalid schema: {e}"))?;
@@ -69,6 +70,7 @@ impl SchemaCompiler {
         jsonschema::options()
             .with_draft(self.draft)
             .should_validate_formats(true)
+            .with_format("email", super::formats::email)
             .with_retriever(self.retriever.clone())
             .build(&Self::reference(doc, pointer))
             .map_err(|e| format!("invalid schema: {e}"))

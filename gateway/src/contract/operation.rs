@@ -27,20 +27,22 @@ pub enum ViolationLocation {
     Response,
 }
 
-/// One way a message breaks the contract.
+/// One way a message breaks the contract. Members are in alphabetical
+/// order: problem bodies serialize them directly and keep the order a
+/// `serde_json::Value` map writes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Violation {
+    /// The failing JSON Schema keyword (`type`, `required`, …).
+    pub keyword: String,
     /// Where.
     pub location: ViolationLocation,
+    /// Human message.
+    pub message: String,
     /// Parameter name, for parameters.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// JSON pointer into the value (`""` = the whole value).
     pub pointer: String,
-    /// The failing JSON Schema keyword (`type`, `required`, …).
-    pub keyword: String,
-    /// Human message.
-    pub message: String,
 }
 
 /// Request body expectations.
