@@ -14,7 +14,7 @@ use crate::ctx::RequestCtx;
 use crate::error::GatewayError;
 use crate::policy::model::ForwardedStyle;
 use crate::policy::Balancing;
-use crate::routing::{self, now_ms, InstanceLease, Pick};
+use crate::routing::{self, ms_at, now_ms, InstanceLease, Pick};
 use std::fmt::Write as _;
 
 /// Pick an instance for the next attempt and build its peer. On failure the
@@ -25,7 +25,7 @@ pub fn select_peer(session: &Session, ctx: &mut RequestCtx) -> Result<Box<HttpPe
         _ => None,
     };
     let (instance, socket, remaining) =
-        match choose_instance(ctx, hash_key.as_ref().map(|v| v.as_bytes())) {
+        match choose_instance(ctx, hash_key.as_ref().map(|v| v.as_bytes()), Instant::now()) {
             Ok(chosen) => chosen,
             Err(err) => return fail(ctx, err),
         };
@@ -80,11 +80,12 @@ pub fn path_without_param(path: &str, query: &str, name: &str) -> String {
 
 /// Pick the instance for the next attempt (balancing, health, ejection,
 /// instances already tried): the instance, its socket address and the time
-/// left before the app's total deadline. Records the attempt in `ctx`; the
-/// caller takes the lease.
+/// left before the app's total deadline. Records the attempt, started at
+/// `now`, in `ctx`; the caller takes the lease.
 pub fn choose_instance(
     ctx: &mut RequestCtx,
     hash_key: Option<&[u8]>,
+    now: Instant,
 ) -> Result<
     (
         Arc<crate::routing::Instance>,
@@ -97,7 +98,6 @@ pub fn choose_instance(
         return Err(GatewayError::Internal);
     };
     let app = &active.bundle.apps[app_idx];
-    let now = Instant::now();
     let remaining = ctx
         .deadline
         .map_or(app.timeouts.total, |d| d.saturating_duration_since(now));
@@ -105,7 +105,7 @@ pub fn choose_instance(
         return Err(GatewayError::UpstreamTimeout);
     }
     let group = &active.upstreams.groups[app_idx];
-    let idx = match group.pick(ctx.tried, hash_key, now_ms()) {
+    let idx = match group.pick(ctx.tried, hash_key, ms_at(now)) {
         Pick::Instance(i) => i,
         Pick::NoneAvailable if ctx.attempts == 0 => return Err(GatewayError::NoHealthyInstance),
         Pick::NoneAvailable | Pick::Exhausted => {

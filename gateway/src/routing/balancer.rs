@@ -22,8 +22,14 @@ pub const MAX_INSTANCES: usize = 64;
 
 /// Milliseconds since the process started, on the monotonic clock.
 pub fn now_ms() -> u64 {
+    ms_at(Instant::now())
+}
+
+/// [`now_ms`] for a clock reading the caller already has.
+pub fn ms_at(now: Instant) -> u64 {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
-    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
+    now.saturating_duration_since(*EPOCH.get_or_init(Instant::now))
+        .as_millis() as u64
 }
 
 /// One upstream instance and its live state.

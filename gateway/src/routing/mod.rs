@@ -9,7 +9,7 @@ pub mod health;
 mod template;
 
 pub use balancer::{
-    now_ms, Instance, InstanceLease, Pick, UpstreamGroup, UpstreamSet, MAX_INSTANCES,
+    ms_at, now_ms, Instance, InstanceLease, Pick, UpstreamGroup, UpstreamSet, MAX_INSTANCES,
 };
 pub use template::{PathTemplate, Segment, TemplateError};
 

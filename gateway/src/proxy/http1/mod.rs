@@ -361,7 +361,7 @@ impl Engine {
             return Ok(None);
         }
         ctx.body_cap = route.map_or(app.max_request_body, |r| r.max_request_body);
-        ctx.deadline = Some(Instant::now() + app.timeouts.total);
+        ctx.deadline = Some(ctx.started + app.timeouts.total);
         ctx.app = Some(app_idx);
         ctx.route = route_idx;
         if head.content_length > ctx.body_cap {
@@ -396,12 +396,14 @@ impl Engine {
         let monitor_response =
             route.is_some_and(|r| r.response_mode == Mode::Monitor && r.operation.is_some());
         let (mut upstream, response) = loop {
-            let (instance, socket, remaining) = upstream::choose_instance(ctx, hash_key)?;
+            // One reading for the attempt's start, balancing and the pool.
+            let now = Instant::now();
+            let (instance, socket, remaining) = upstream::choose_instance(ctx, hash_key, now)?;
             ctx.lease = Some(InstanceLease::new(Arc::clone(&instance)));
             let t = &app.timeouts;
             let mut fresh_retry = true;
             let attempt = loop {
-                let (mut conn, reused) = match pool::take(socket) {
+                let (mut conn, reused) = match pool::take(socket, now) {
                     Some(conn) => (conn, true),
                     None => match connect(socket, t.connect.min(remaining)).await {
                         Ok(conn) => {
@@ -493,7 +495,8 @@ impl Engine {
             ctx,
         )
         .await;
-        ctx.timings.upstream_end = Some(Instant::now());
+        let end = Instant::now();
+        ctx.timings.upstream_end = Some(end);
         ctx.lease = None;
         if ctx.response_tee.is_some() {
             let started = Instant::now();
@@ -505,7 +508,7 @@ impl Engine {
             Ok((bytes_out, reusable)) => {
                 if reusable {
                     if let Some(socket) = ctx.last_instance.as_ref().and_then(|i| i.socket) {
-                        pool::give(socket, upstream);
+                        pool::give(socket, upstream, end);
                     }
                 }
                 let next = if close_client {

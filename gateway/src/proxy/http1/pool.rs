@@ -33,16 +33,16 @@ thread_local! {
     static IDLE: RefCell<Vec<(SocketAddr, Vec<Idle>)>> = const { RefCell::new(Vec::new()) };
 }
 
-/// An idle, still-open connection to `addr`, if there is one.
-pub fn take(addr: SocketAddr) -> Option<TcpStream> {
-    take_checking_after(addr, CHECK_AFTER)
+/// An idle, still-open connection to `addr`, if there is one (`now`: a
+/// clock reading the caller has).
+pub fn take(addr: SocketAddr, now: Instant) -> Option<TcpStream> {
+    take_checking_after(addr, CHECK_AFTER, now)
 }
 
-fn take_checking_after(addr: SocketAddr, check_after: Duration) -> Option<TcpStream> {
+fn take_checking_after(addr: SocketAddr, check_after: Duration, now: Instant) -> Option<TcpStream> {
     IDLE.with(|pool| {
         let mut pool = pool.borrow_mut();
         let idle = &mut pool.iter_mut().find(|(a, _)| *a == addr)?.1;
-        let now = Instant::now();
         while let Some(conn) = idle.pop() {
             let idle = now.duration_since(conn.since);
             if idle < check_after || (idle < IDLE_TIMEOUT && open(&conn.stream)) {
@@ -53,8 +53,8 @@ fn take_checking_after(addr: SocketAddr, check_after: Duration) -> Option<TcpStr
     })
 }
 
-/// Keep `stream` (which just finished a response cleanly) for reuse.
-pub fn give(addr: SocketAddr, stream: TcpStream) {
+/// Keep `stream` (which just finished a response cleanly, at `now`) for reuse.
+pub fn give(addr: SocketAddr, stream: TcpStream, now: Instant) {
     IDLE.with(|pool| {
         let mut pool = pool.borrow_mut();
         let at = match pool.iter().position(|(a, _)| *a == addr) {
@@ -65,7 +65,6 @@ pub fn give(addr: SocketAddr, stream: TcpStream) {
             }
         };
         let idle = &mut pool[at].1;
-        let now = Instant::now();
         // Oldest first: drop the expired ones and any over the cap.
         let expired = idle
             .iter()
@@ -93,23 +92,23 @@ mod tests {
     async fn reuses_open_connections_and_drops_closed_ones() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        assert!(take(addr).is_none());
+        assert!(take(addr, Instant::now()).is_none());
         let a = TcpStream::connect(addr).await.unwrap();
         let (mut server_a, _) = listener.accept().await.unwrap();
         let b = TcpStream::connect(addr).await.unwrap();
         let (_server_b, _) = listener.accept().await.unwrap();
         let b_port = b.local_addr().unwrap().port();
-        give(addr, a);
-        give(addr, b);
+        give(addr, a, Instant::now());
+        give(addr, b, Instant::now());
         // The most recent first.
-        let got = take(addr).unwrap();
+        let got = take(addr, Instant::now()).unwrap();
         assert_eq!(got.local_addr().unwrap().port(), b_port);
         // The upstream closes `a` while it idles: it is not handed out.
         server_a.shutdown().await.unwrap();
         drop(server_a);
         tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(take_checking_after(addr, Duration::ZERO).is_none());
-        give(addr, got);
-        assert!(take_checking_after(addr, Duration::ZERO).is_some());
+        assert!(take_checking_after(addr, Duration::ZERO, Instant::now()).is_none());
+        give(addr, got, Instant::now());
+        assert!(take_checking_after(addr, Duration::ZERO, Instant::now()).is_some());
     }
 }
