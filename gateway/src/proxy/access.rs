@@ -233,30 +233,48 @@ fn limit(
         }
     }
     if let Some(tightest) = applied.iter().min_by_key(|a| a.remaining) {
-        use std::fmt::Write as _;
         let mut policy = String::with_capacity(40 * applied.len());
         for (i, a) in applied.iter().enumerate() {
             if i > 0 {
                 policy.push_str(", ");
             }
-            let _ = write!(policy, "\"{}\";q={};w={}", a.id, a.quota, a.window);
+            push_item(&mut policy, a.id, ("q", a.quota), ("w", a.window));
         }
         let mut state = String::with_capacity(40);
-        let _ = write!(
-            state,
-            "\"{}\";r={};t={}",
-            tightest.id, tightest.remaining, tightest.reset
+        push_item(
+            &mut state,
+            tightest.id,
+            ("r", tightest.remaining),
+            ("t", tightest.reset),
         );
         ctx.rate_headers = Some((policy, state));
     }
     None
 }
 
+/// One structured-field item of a `RateLimit-*` header: `"id";a=1;b=2`
+/// (numbers written with `itoa`: this runs on every limited request).
+fn push_item(out: &mut String, id: &str, a: (&str, u64), b: (&str, u64)) {
+    let mut digits = itoa::Buffer::new();
+    out.push('"');
+    out.push_str(id);
+    out.push('"');
+    for (name, value) in [a, b] {
+        out.push(';');
+        out.push_str(name);
+        out.push('=');
+        out.push_str(digits.format(value));
+    }
+}
+
 fn refusal(a: &Applied<'_>, wait: Duration) -> GatewayError {
-    let retry_after = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    let retry_after = (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1);
+    let (mut policy, mut state) = (String::new(), String::new());
+    push_item(&mut policy, a.id, ("q", a.quota), ("w", a.window));
+    push_item(&mut state, a.id, ("r", 0), ("t", retry_after));
     GatewayError::RateLimited {
-        retry_after: retry_after.max(1),
-        policy: format!("\"{}\";q={};w={}", a.id, a.quota, a.window),
-        state: format!("\"{}\";r=0;t={}", a.id, retry_after.max(1)),
+        retry_after,
+        policy,
+        state,
     }
 }
