@@ -15,6 +15,8 @@ pub use template::{PathTemplate, Segment, TemplateError};
 
 use std::collections::HashMap;
 
+use rustc_hash::FxHashMap;
+
 use http::Method;
 
 use crate::policy::App;
@@ -22,7 +24,9 @@ use crate::policy::App;
 /// Host/prefix index over a bundle's apps.
 #[derive(Debug, Default)]
 pub struct Router {
-    exact: HashMap<String, Vec<PrefixEntry>>,
+    /// Exact hosts. FxHash: the map is built once per bundle and only
+    /// looked up per request (no inserts from traffic, so no flooding).
+    exact: FxHashMap<String, Vec<PrefixEntry>>,
     /// `(".corp.example", entries)`, longest suffix first.
     wildcard: Vec<(String, Vec<PrefixEntry>)>,
 }
@@ -65,7 +69,7 @@ pub enum RouteMatch {
 impl Router {
     /// Index `apps` (already validated: no duplicate host + prefix).
     pub fn build(apps: &[App]) -> Self {
-        let mut exact: HashMap<String, Vec<PrefixEntry>> = HashMap::new();
+        let mut exact: FxHashMap<String, Vec<PrefixEntry>> = FxHashMap::default();
         let mut wildcard: HashMap<String, Vec<PrefixEntry>> = HashMap::new();
         for (i, app) in apps.iter().enumerate() {
             for host in &app.hosts {
