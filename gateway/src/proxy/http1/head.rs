@@ -591,49 +591,30 @@ mod tests {
         )
         .unwrap();
         assert_eq!((r.framing, r.reusable), (Framing::Empty, false));
-        assert_eq!(
-            parse_response(
-                b"HTTP/1.1 200 OK\r\nContent-Le",
-                false,
-                &mut client,
-                false,
-                true
-            )
-            .unwrap_err(),
-            BadResponse::Partial
-        );
-        assert_eq!(
-            parse_response(
-                b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n",
-                false,
-                &mut client,
-                false,
-                true
-            )
-            .unwrap_err(),
-            BadResponse::Invalid
-        );
-        assert_eq!(
-            parse_response(
-                b"HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\nhello",
-                false,
-                &mut client,
-                false,
-                true
-            )
-            .unwrap_err(),
-            BadResponse::Invalid
-        );
-        assert_eq!(
-            parse_response(
-                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
-                false,
-                &mut client,
-                false,
-                true
-            )
-            .unwrap_err(),
-            BadResponse::Invalid
-        );
+        for (head, want) in [
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Le".as_slice(),
+                BadResponse::Partial,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n".as_slice(),
+                BadResponse::Invalid,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\nhello".as_slice(),
+                BadResponse::Invalid,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n".as_slice(),
+                BadResponse::Invalid,
+            ),
+        ] {
+            assert_eq!(
+                parse_response(head, false, &mut client, false, true).unwrap_err(),
+                want,
+                "{}",
+                String::from_utf8_lossy(head)
+            );
+        }
     }
 }
