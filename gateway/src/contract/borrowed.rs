@@ -163,6 +163,20 @@ fn span(nodes: &[TapeNode<'_>], at: usize) -> usize {
 }
 
 impl<'a> Doc<'a> {
+    /// For an object (`object`) or an array: the tape, the position of its
+    /// first member or element, and how many it has.
+    fn children(&self, object: bool) -> Option<(&'a [TapeNode<'a>], usize, usize)> {
+        let Doc::At(nodes, at) = *self else {
+            return None;
+        };
+        match (nodes.get(at)?, object) {
+            (TapeNode::Object { len, .. }, true) | (TapeNode::Array { len, .. }, false) => {
+                Some((nodes, at + 1, *len))
+            }
+            _ => None,
+        }
+    }
+
     fn tape_node(&self) -> Option<TapeNode<'a>> {
         match *self {
             Doc::At(nodes, at) => nodes.get(at).copied(),
@@ -209,30 +223,12 @@ impl<'a> Node<'a, Borrowed> for Doc<'a> {
     type Number = Num;
 
     fn as_object(&self) -> Option<Members<'a>> {
-        match *self {
-            Doc::At(nodes, at) => match nodes.get(at)? {
-                TapeNode::Object { len, .. } => Some(Members {
-                    nodes,
-                    next: at + 1,
-                    left: *len,
-                }),
-                _ => None,
-            },
-            Doc::Str(_) => None,
-        }
+        let (nodes, next, left) = self.children(true)?;
+        Some(Members { nodes, next, left })
     }
     fn as_array(&self) -> Option<Elements<'a>> {
-        match *self {
-            Doc::At(nodes, at) => match nodes.get(at)? {
-                TapeNode::Array { len, .. } => Some(Elements {
-                    nodes,
-                    next: at + 1,
-                    left: *len,
-                }),
-                _ => None,
-            },
-            Doc::Str(_) => None,
-        }
+        let (nodes, next, left) = self.children(false)?;
+        Some(Elements { nodes, next, left })
     }
     fn as_string(&self) -> Option<Cow<'a, str>> {
         match self.tape_node()? {
