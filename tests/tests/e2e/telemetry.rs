@@ -47,14 +47,12 @@ fn policy(dir: &PolicyDir, instances: &[String], extra: &str) {
 
 /// One `approvals` app behind a gateway that sends its telemetry to a
 /// fresh ClickHouse, spooling in a temporary directory; `extra` adds
-/// gateway arguments. The fields keep every process and directory alive:
-/// bind them all (`_sim`, not `..`, which would drop them at once).
+/// gateway arguments. Bind `_keep` too (not `..`, which would drop it at
+/// once): it keeps the app, the policy directory and the spool alive.
 struct Estate {
     ch: ClickHouse,
     gw: Gateway,
-    _sim: Sim,
-    _dir: PolicyDir,
-    _spool: tempfile::TempDir,
+    _keep: (Sim, PolicyDir, tempfile::TempDir),
 }
 
 fn estate(extra: &[&str]) -> Estate {
@@ -70,9 +68,7 @@ fn estate(extra: &[&str]) -> Estate {
     Estate {
         ch,
         gw,
-        _sim: sim,
-        _dir: dir,
-        _spool: spool,
+        _keep: (sim, dir, spool),
     }
 }
 
@@ -292,13 +288,7 @@ async fn every_request_is_one_row_and_the_reports_find_the_bottlenecks() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_clickhouse_outage_loses_nothing_and_costs_no_request() {
-    let Estate {
-        mut ch,
-        gw,
-        _sim,
-        _dir,
-        _spool,
-    } = estate(&[]);
+    let Estate { mut ch, gw, _keep } = estate(&[]);
     let (ok, failed, stop) = (
         Arc::new(AtomicU64::new(0)),
         Arc::new(AtomicU64::new(0)),
@@ -439,13 +429,7 @@ async fn a_spool_left_by_a_stopped_gateway_is_replayed_by_the_next() {
 async fn a_full_queue_drops_events_and_counts_them() {
     // One slot: the sink takes events every 10 ms, so two requests within
     // a tick fill it whatever the machine's speed.
-    let Estate {
-        ch,
-        gw,
-        _sim,
-        _dir,
-        _spool,
-    } = estate(&["--telemetry-queue", "1", "--telemetry-batch", "1"]);
+    let Estate { ch, gw, _keep } = estate(&["--telemetry-queue", "1", "--telemetry-batch", "1"]);
     ch.signal("STOP"); // inserts hang: the batcher stalls and the queue fills
     let c = client();
     let mut tasks = Vec::new();
@@ -574,13 +558,8 @@ async fn a_stalled_clickhouse_fills_the_spool_not_the_queue() {
     // hang) while the queue holds only 300 events: the sink keeps taking
     // events off the queue during the hung insert and spools them, so none
     // is dropped; everything arrives once ClickHouse resumes.
-    let Estate {
-        ch,
-        gw,
-        _sim,
-        _dir,
-        _spool,
-    } = estate(&["--telemetry-queue", "300", "--telemetry-batch", "100"]);
+    let Estate { ch, gw, _keep } =
+        estate(&["--telemetry-queue", "300", "--telemetry-batch", "100"]);
     ch.signal("STOP");
     let sent = 3000u64;
     let mut tasks = Vec::new();
