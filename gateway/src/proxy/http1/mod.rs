@@ -18,6 +18,7 @@
 //! CPU than our whole policy; see `loadtest/RESULTS.md`.
 
 mod chunked;
+mod guard;
 mod head;
 mod pool;
 
@@ -45,6 +46,7 @@ use crate::policy::Balancing;
 use crate::routing::InstanceLease;
 use crate::runtime::Shared;
 use chunked::ChunkedScanner;
+use guard::Guard;
 use head::{Framing, Parsed, RequestHead, ResponseHead};
 
 /// How long an idle keep-alive connection waits for its next request.
@@ -127,7 +129,8 @@ enum Next {
     Pingora,
 }
 
-/// A connection's working buffers, reused by each of its requests.
+/// A connection's working buffers and I/O timers, reused by each of its
+/// requests.
 #[derive(Default)]
 struct Buffers {
     /// The upstream request (or a problem response).
@@ -136,6 +139,10 @@ struct Buffers {
     upstream: Vec<u8>,
     /// The client's response head and body bytes.
     response: Vec<u8>,
+    /// Limits reads of a request's rest and writes to the client.
+    client_io: Guard,
+    /// Limits writes to and reads from the upstream.
+    upstream_io: Guard,
 }
 
 /// What reading the response head needs to know about the request.
@@ -211,7 +218,11 @@ impl Engine {
                         }
                     }
                 } else {
-                    match timeout(CLIENT_READ, read_more(&mut client, &mut buf)).await {
+                    match bufs
+                        .client_io
+                        .limit(CLIENT_READ, read_more(&mut client, &mut buf))
+                        .await
+                    {
                         Ok(Ok(n)) if n > 0 => {}
                         _ => return,
                     }
@@ -259,7 +270,11 @@ impl Engine {
     ) -> Next {
         let message_len = head.len + head.content_length as usize;
         while buf.len() < message_len {
-            match timeout(CLIENT_READ, read_more(client, buf)).await {
+            match bufs
+                .client_io
+                .limit(CLIENT_READ, read_more(client, buf))
+                .await
+            {
                 Ok(Ok(n)) if n > 0 => {}
                 _ => return Next::Close,
             }
@@ -275,9 +290,7 @@ impl Engine {
             Ok(Some(done)) => done,
             Ok(None) => return Next::Pingora,
             Err(err) => {
-                let next = self
-                    .refuse(client, &mut ctx, &head, err, close, &mut bufs.out)
-                    .await;
+                let next = self.refuse(client, &mut ctx, &head, err, close, bufs).await;
                 let failed = matches!(next, Next::Close) && !close;
                 (ctx.status, failed, 0, next)
             }
@@ -304,15 +317,16 @@ impl Engine {
         head: &RequestHead,
         err: GatewayError,
         close: bool,
-        out: &mut Vec<u8>,
+        bufs: &mut Buffers,
     ) -> Next {
         respond::count_refusal(&err);
+        let out = &mut bufs.out;
         out.clear();
         let head_request = head.parts.method == http::Method::HEAD;
         head::write_problem(out, &err, ctx, head.parts.uri.path(), head_request, close);
         ctx.status = err.status();
         ctx.error = Some(err);
-        match write_client(client, out).await {
+        match write_client(client, &mut bufs.client_io, out).await {
             Ok(()) if !close => Next::KeepAlive,
             _ => Next::Close,
         }
@@ -333,6 +347,8 @@ impl Engine {
             out,
             upstream: ubuf,
             response: client_out,
+            client_io,
+            upstream_io,
         } = bufs;
         let req = &head.parts;
         let active = self.shared.active();
@@ -415,14 +431,18 @@ impl Engine {
                         Err(err) => break Err(Attempt::Connect(err)),
                     },
                 };
-                let read = t.read.min(remaining);
+                // The head must arrive within the read limit (or by the
+                // request's deadline, if sooner) of sending the request.
+                let sent_at = if reused { now } else { Instant::now() };
+                let read_by = (sent_at + t.read).min(now + remaining);
                 let own_rate_headers = ctx.rate_headers.is_some();
                 match send(
                     &mut conn,
+                    upstream_io,
                     out,
                     ubuf,
                     client_out,
-                    read,
+                    read_by,
                     ResponseNeeds {
                         head_request,
                         own_rate_headers,
@@ -486,8 +506,8 @@ impl Engine {
         head::finish_client_head(client_out, ctx, close_client);
         let read = app.timeouts.read;
         let relayed = relay(
-            client,
-            &mut upstream,
+            (client, client_io),
+            (&mut upstream, upstream_io),
             client_out,
             ubuf,
             &response,
@@ -577,12 +597,12 @@ async fn read_more<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut Vec<u8>) -> i
     stream.read_buf(buf).await
 }
 
-async fn write_client(client: &mut Stream, bytes: &[u8]) -> io::Result<()> {
+async fn write_client(client: &mut Stream, guard: &mut Guard, bytes: &[u8]) -> io::Result<()> {
     let write = async {
         client.write_all(bytes).await?;
         client.flush().await
     };
-    match timeout(CLIENT_WRITE, write).await {
+    match guard.limit(CLIENT_WRITE, write).await {
         Ok(result) => result,
         Err(_) => Err(io::ErrorKind::TimedOut.into()),
     }
@@ -602,14 +622,15 @@ async fn connect(
     }
 }
 
-/// Send the request and read the response head into `ubuf`.
-/// The client's response head is begun in `client_head`.
+/// Send the request and read the response head into `ubuf`, all by
+/// `read_by`. The client's response head is begun in `client_head`.
 async fn send(
     conn: &mut TcpStream,
+    guard: &mut Guard,
     request: &[u8],
     ubuf: &mut Vec<u8>,
     client_head: &mut Vec<u8>,
-    read: Duration,
+    read_by: Instant,
     needs: ResponseNeeds,
 ) -> Result<ResponseHead, UpstreamFailure> {
     let ResponseNeeds {
@@ -621,14 +642,14 @@ async fn send(
         error,
         nothing_received,
     };
-    match timeout(read, conn.write_all(request)).await {
+    match guard.until(read_by, conn.write_all(request)).await {
         Ok(Ok(())) => {}
         Ok(Err(_)) => return Err(failed(GatewayError::UpstreamFailed, true)),
         Err(_) => return Err(failed(GatewayError::UpstreamTimeout, true)),
     }
     ubuf.clear();
     loop {
-        match timeout(read, read_more(conn, ubuf)).await {
+        match guard.until(read_by, read_more(conn, ubuf)).await {
             Ok(Ok(n)) if n > 0 => {}
             Ok(_) => return Err(failed(GatewayError::UpstreamFailed, ubuf.is_empty())),
             Err(_) => return Err(failed(GatewayError::UpstreamTimeout, ubuf.is_empty())),
@@ -676,8 +697,8 @@ enum Relay {
 /// the first body bytes) and relay the rest of the body. Returns the body
 /// bytes sent and whether the upstream connection can be reused.
 async fn relay(
-    client: &mut Stream,
-    upstream: &mut TcpStream,
+    (client, client_io): (&mut Stream, &mut Guard),
+    (upstream, upstream_io): (&mut TcpStream, &mut Guard),
     out: &mut Vec<u8>,
     ubuf: &mut Vec<u8>,
     response: &ResponseHead,
@@ -721,7 +742,7 @@ async fn relay(
         // Bytes past the end of the body: the upstream is out of step.
         let surplus = available.len() > take;
         if done || !out.is_empty() {
-            if write_client(client, out).await.is_err() {
+            if write_client(client, client_io, out).await.is_err() {
                 return Err(Relay::Client(sent));
             }
             out.clear();
@@ -734,7 +755,7 @@ async fn relay(
         let left = ctx.deadline.map_or(read, |d| {
             d.saturating_duration_since(Instant::now()).min(read)
         });
-        match timeout(left, read_more(upstream, ubuf)).await {
+        match upstream_io.limit(left, read_more(upstream, ubuf)).await {
             Ok(Ok(0)) if response.framing == Framing::UntilClose => return Ok((sent, false)),
             Ok(Ok(n)) if n > 0 => {}
             Ok(_) => return Err(Relay::Upstream(GatewayError::UpstreamFailed, sent)),
