@@ -42,9 +42,22 @@ pub fn assign_request_id(req: &http::request::Parts, ctx: &mut RequestCtx) {
         None => {
             let mut text = uuid::Uuid::encode_buffer();
             ctx.request_id
-                .push_str(uuid::Uuid::now_v7().hyphenated().encode_lower(&mut text));
+                .push_str(new_request_id().hyphenated().encode_lower(&mut text));
         }
     }
+}
+
+/// A new UUIDv7 (RFC 9562 §5.7): Unix milliseconds, then 74 random bits.
+///
+/// `Uuid::now_v7` takes a process-wide lock to count within a millisecond;
+/// ids made here are unique by their random bits and sort by millisecond,
+/// which is what a request id needs, without the lock.
+fn new_request_id() -> uuid::Uuid {
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let random: [u8; 10] = rand::random();
+    uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid()
 }
 
 /// A sane client-supplied `X-Request-Id` (printable ASCII, 1–200 bytes).
@@ -62,7 +75,7 @@ fn client_request_id(req: &http::request::Parts) -> Option<&str> {
 pub fn request_id(req: &http::request::Parts) -> String {
     match client_request_id(req) {
         Some(id) => id.to_string(),
-        None => uuid::Uuid::now_v7().to_string(),
+        None => new_request_id().to_string(),
     }
 }
 
@@ -176,4 +189,31 @@ pub fn allowed_methods(app: &crate::policy::App, path: &str) -> String {
     methods.sort_unstable();
     methods.dedup();
     methods.join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_uuid_v7_stamped_now_and_distinct() {
+        let before = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or_default();
+        let ids: Vec<uuid::Uuid> = (0..1000).map(|_| new_request_id()).collect();
+        let after = before + 60_000;
+        let mut seen = std::collections::HashSet::new();
+        for id in &ids {
+            assert_eq!(id.get_version_num(), 7);
+            assert_eq!(id.get_variant(), uuid::Variant::RFC4122);
+            let (secs, nanos) = id.get_timestamp().map(|t| t.to_unix()).unwrap_or_default();
+            let millis = secs * 1000 + u64::from(nanos) / 1_000_000;
+            assert!(
+                (before..after).contains(&millis),
+                "{millis} not in {before}..{after}"
+            );
+            assert!(seen.insert(*id), "{id} repeated");
+        }
+    }
 }
