@@ -184,5 +184,10 @@ pub struct Timings {
 
 /// Microseconds since `t`, saturating.
 pub fn micros_since(t: Instant) -> u32 {
-    u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX)
+    micros_between(t, Instant::now())
+}
+
+/// Microseconds from `start` to `end`, saturating (0 if `end` is earlier).
+pub fn micros_between(start: Instant, end: Instant) -> u32 {
+    u32::try_from(end.saturating_duration_since(start).as_micros()).unwrap_or(u32::MAX)
 }

@@ -45,10 +45,14 @@ pub fn admit(
     app: &App,
     route: Option<&Route>,
 ) -> Option<GatewayError> {
+    // Clock readings are shared: the end of identification starts limits.
+    let mut identified_at = None;
     if let Some(auth) = &app.auth {
         let started = std::time::Instant::now();
         let identified = identify(req, active, auth);
-        ctx.timings.auth_us = crate::ctx::micros_since(started);
+        let done = std::time::Instant::now();
+        ctx.timings.auth_us = crate::ctx::micros_between(started, done);
+        identified_at = Some(done);
         match identified {
             Ok(Some(idx)) => {
                 ctx.consumer = Some(idx);
@@ -60,7 +64,11 @@ pub fn admit(
             Err(err) => return Some(err),
         }
     }
-    let started = std::time::Instant::now();
+    // No consumer means no plan: with no app limits either, nothing to time.
+    if ctx.consumer.is_none() && app.limits.is_empty() {
+        return None;
+    }
+    let started = identified_at.unwrap_or_else(std::time::Instant::now);
     let refused = limit(req, ctx, active, app, route);
     ctx.timings.limits_us = crate::ctx::micros_since(started);
     refused
