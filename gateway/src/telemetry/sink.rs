@@ -140,8 +140,9 @@ impl Sink {
             return;
         };
         let mut batch = Vec::with_capacity(self.config.batch_size);
-        // Events taken off the queue while an insert or a replay is under way.
-        let mut held = Vec::new();
+        // Events taken off the queue while an insert or a replay is under
+        // way; sized like a batch so it is not regrown (and copied) per flush.
+        let mut held = Vec::with_capacity(self.config.batch_size);
         let mut tick = tokio::time::interval(self.config.flush_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         if !self.spool().is_empty() {
