@@ -1,5 +1,6 @@
 //! The `logging` phase: turn the request context into the wide event.
 
+use std::borrow::Cow;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use pingora::proxy::Session;
@@ -51,7 +52,7 @@ pub fn outcome(ctx: &RequestCtx, status: u16, failed: bool) -> &'static str {
 pub fn event(
     session: &Session,
     e: Option<&Error>,
-    ctx: &RequestCtx,
+    ctx: &mut RequestCtx,
     instance: &str,
 ) -> RequestEvent {
     let status = session
@@ -79,20 +80,24 @@ pub struct Exchange {
     pub bytes_out: u64,
 }
 
-/// Build the wide event for a finished request.
+/// Build the wide event for a finished request. The request's id, client
+/// address and refusing phase move out of `ctx` into the event.
 pub fn wide_event(
     req: &http::request::Parts,
     exchange: &Exchange,
-    ctx: &RequestCtx,
+    ctx: &mut RequestCtx,
     instance: &str,
 ) -> RequestEvent {
     let status = exchange.status;
+    // One monotonic and one wall reading: the wall start is now minus the
+    // monotonic time taken.
+    let took = ctx.started.elapsed();
     let started_wall = SystemTime::now()
-        .checked_sub(ctx.started.elapsed())
+        .checked_sub(took)
         .unwrap_or_else(SystemTime::now)
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
-    let total_us = crate::ctx::micros_since(ctx.started);
+    let total_us = u32::try_from(took.as_micros()).unwrap_or(u32::MAX);
     let t = &ctx.timings;
     let upstream_total_us = match (t.upstream_start, t.upstream_end) {
         (Some(s), Some(end)) => {
@@ -152,23 +157,23 @@ pub fn wide_event(
     RequestEvent {
         time: started_wall.as_secs() as u32,
         time_us: started_wall.as_micros() as u64,
-        request_id: ctx.request_id.clone(),
+        request_id: std::mem::take(&mut ctx.request_id),
         trace_id,
         instance: instance.to_string(),
         policy_version,
         app,
         route,
-        method: req.method.as_str().to_string(),
+        method: method_name(&req.method),
         status,
         consumer: ctx.consumer_id().unwrap_or("").to_string(),
-        outcome: outcome(ctx, status, exchange.failed).to_string(),
-        rejected_by: ctx.rejected_by.clone().unwrap_or_default(),
-        request_verdict: verdict(ctx.request_verdict).to_string(),
-        response_verdict: verdict(ctx.response_verdict).to_string(),
+        outcome: outcome(ctx, status, exchange.failed).into(),
+        rejected_by: ctx.rejected_by.take().unwrap_or_default(),
+        request_verdict: verdict(ctx.request_verdict).into(),
+        response_verdict: verdict(ctx.response_verdict).into(),
         violations,
         bytes_in: exchange.bytes_in,
         bytes_out: exchange.bytes_out,
-        client_ip: ctx.client_ip.clone(),
+        client_ip: std::mem::take(&mut ctx.client_ip),
         upstream: ctx
             .last_instance
             .as_ref()
@@ -184,5 +189,32 @@ pub fn wide_event(
         upstream_ttfb_us: t.upstream_ttfb_us,
         upstream_total_us,
         response_validation_us: t.response_validation_us,
+    }
+}
+
+/// The method's name, without an allocation for the standard methods.
+fn method_name(method: &http::Method) -> Cow<'static, str> {
+    const STANDARD: [&str; 9] = [
+        "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "CONNECT", "TRACE",
+    ];
+    let name = method.as_str();
+    match STANDARD.iter().find(|s| **s == name) {
+        Some(s) => Cow::Borrowed(s),
+        None => Cow::Owned(name.to_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn standard_methods_are_borrowed_and_others_kept_as_sent() {
+        for m in ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"] {
+            let method = http::Method::from_bytes(m.as_bytes()).unwrap();
+            assert!(matches!(method_name(&method), Cow::Borrowed(s) if s == m));
+        }
+        let purge = http::Method::from_bytes(b"PURGE").unwrap();
+        assert!(matches!(method_name(&purge), Cow::Owned(s) if s == "PURGE"));
     }
 }

@@ -1,5 +1,7 @@
 //! The wide event: one row per request, every request (not sampled).
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 
 /// One request, as stored in `requests`. Field order is the column order of
@@ -23,19 +25,19 @@ pub struct RequestEvent {
     /// Route id (`passthrough` for undeclared paths, empty when unrouted).
     pub route: String,
     /// HTTP method.
-    pub method: String,
+    pub method: Cow<'static, str>,
     /// Status sent to the client (0 when the client went away).
     pub status: u16,
     /// Consumer id (empty when anonymous).
     pub consumer: String,
     /// `ok`, `upstream_error`, `unauthenticated`, `rate_limited`, …
-    pub outcome: String,
+    pub outcome: Cow<'static, str>,
     /// Limit or quota id that refused the request.
     pub rejected_by: String,
     /// Request contract verdict: `valid`, `invalid`, `unchecked`.
-    pub request_verdict: String,
+    pub request_verdict: Cow<'static, str>,
     /// Response contract verdict.
-    pub response_verdict: String,
+    pub response_verdict: Cow<'static, str>,
     /// Violations as `location:pointer:keyword`, `;`-separated, capped.
     pub violations: String,
     /// Request body bytes read from the client.

@@ -304,7 +304,7 @@ impl Engine {
                 bytes_in: head.content_length,
                 bytes_out,
             };
-            t.record(wide_event(&head.parts, &exchange, &ctx, &self.instance));
+            t.record(wide_event(&head.parts, &exchange, &mut ctx, &self.instance));
         }
         next
     }
