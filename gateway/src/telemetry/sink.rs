@@ -22,6 +22,7 @@ use super::spool::{Spool, SpoolError};
 
 /// Rows encoded between yields of the sink's thread (see [`Sink::insert`]).
 const YIELD_EVERY_ROWS: usize = 64;
+
 /// Sink settings.
 #[derive(Debug, Clone)]
 pub struct SinkConfig {

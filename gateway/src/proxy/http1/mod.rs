@@ -33,7 +33,6 @@ use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::protocols::Stream;
 use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
-use pingora::time::fast_timeout::fast_timeout as timeout;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -421,7 +420,7 @@ impl Engine {
             let attempt = loop {
                 let (mut conn, reused) = match pool::take(socket, now) {
                     Some(conn) => (conn, true),
-                    None => match connect(socket, t.connect.min(remaining)).await {
+                    None => match connect(socket, upstream_io, t.connect.min(remaining)).await {
                         Ok(conn) => {
                             instance.record_connect_success();
                             ctx.timings.upstream_connect_us =
@@ -610,9 +609,10 @@ async fn write_client(client: &mut Stream, guard: &mut Guard, bytes: &[u8]) -> i
 
 async fn connect(
     socket: std::net::SocketAddr,
+    guard: &mut Guard,
     within: Duration,
 ) -> Result<TcpStream, GatewayError> {
-    match timeout(within, TcpStream::connect(socket)).await {
+    match guard.limit(within, TcpStream::connect(socket)).await {
         Ok(Ok(conn)) => {
             let _ = conn.set_nodelay(true);
             Ok(conn)
