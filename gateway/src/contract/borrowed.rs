@@ -23,6 +23,8 @@ use jsonschema::{JsonType, Validator};
 use serde_json::{Number, Value};
 use simd_json::{Node as TapeNode, StaticNode};
 
+use super::single_pass::{Check, SinglePass};
+
 /// Objects wider than this go to the `serde_json::Value` path (repeated
 /// keys are found by a linear scan here).
 const MAX_MEMBERS: usize = 64;
@@ -98,11 +100,13 @@ thread_local! {
 pub struct Borrowed;
 
 /// A compiled body schema: the validator over `serde_json::Value` (used for
-/// error details) and the same schema over the tape (the fast yes/no).
+/// error details), the same schema over the tape (the fast yes/no), and,
+/// when the schema's keywords allow, the single-pass program (faster still).
 pub struct BodySchema {
     /// Over `serde_json::Value`.
     pub value: Validator,
     fast: Validator<Borrowed>,
+    single: Option<SinglePass>,
 }
 
 impl fmt::Debug for BodySchema {
@@ -112,15 +116,29 @@ impl fmt::Debug for BodySchema {
 }
 
 impl BodySchema {
-    /// Both validators of one schema.
-    pub fn new(value: Validator, fast: Validator<Borrowed>) -> Self {
-        Self { value, fast }
+    /// The validators of one schema.
+    pub fn new(value: Validator, fast: Validator<Borrowed>, single: Option<SinglePass>) -> Self {
+        Self {
+            value,
+            fast,
+            single,
+        }
+    }
+
+    /// Whether the single-pass program judges this schema.
+    pub fn is_single_pass(&self) -> bool {
+        self.single.is_some()
     }
 
     /// `Some(true)` when `body` parses and is valid; `None` when the fast
     /// path cannot say (malformed, too wide, a repeated key, or invalid —
     /// the caller then finds out which over a `serde_json::Value`).
     pub fn accepts(&self, body: &[u8]) -> Option<bool> {
+        match self.single.as_ref().map(|s| s.check(body)) {
+            Some(Check::Valid) => return Some(true),
+            Some(Check::Invalid) => return None,
+            Some(Check::Unsure) | None => {}
+        }
         with_doc(body, |doc| self.fast.is_valid(doc))?.then_some(true)
     }
 }
@@ -389,6 +407,8 @@ mod tests {
                 .should_validate_formats(true)
                 .build(schema)
                 .unwrap(),
+            // These tests are of the tape walk alone.
+            None,
         )
     }
 

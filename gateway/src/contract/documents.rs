@@ -124,6 +124,13 @@ pub struct BundleRetriever {
     docs: Arc<BTreeMap<String, Value>>,
 }
 
+impl BundleRetriever {
+    /// The documents, by bundle-relative path.
+    pub fn documents(&self) -> &BTreeMap<String, Value> {
+        &self.docs
+    }
+}
+
 impl jsonschema::Retrieve for BundleRetriever {
     fn retrieve(
         &self,

@@ -19,6 +19,7 @@ pub mod formats;
 pub mod openapi;
 pub mod operation;
 pub mod params;
+pub mod single_pass;
 
 pub use documents::BundleDocuments;
 pub use operation::{BodyCheck, Operation, ResponseChecks, Violation, ViolationLocation};

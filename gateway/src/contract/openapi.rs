@@ -1,6 +1,7 @@
 //! OpenAPI 3.0 / 3.1 documents → operations with compiled validators.
 
 use super::borrowed::{BodySchema, Borrowed};
+use super::single_pass::SinglePass;
 use std::sync::Arc;
 
 use jsonschema::{Draft, Validator};
@@ -52,14 +53,25 @@ impl SchemaCompiler {
     /// A body schema (both validators) for the schema at `doc#pointer`.
     pub fn compile_body(&self, doc: &str, pointer: &str) -> Result<Arc<BodySchema>, String> {
         let value = self.validator(doc, pointer)?;
-        let fast = jsonschema::options_for::<Borrowed>()
-            .with_draft(self.draft)
-            .should_validate_formats(true)
-            .with_format("email", super::formats::email)
+        let fast = self
+            .borrowed_options()
             .with_retriever(self.retriever.clone())
             .build(&Self::reference(doc, pointer))
             .map_err(|e| format!("invalid schema: {e}"))?;
-        Ok(Arc::new(BodySchema::new(value, fast)))
+        let leaf = |keywords: &Value| self.borrowed_options().build(keywords).ok();
+        let single = SinglePass::compile(self.retriever.documents(), &leaf, doc, pointer);
+        Ok(Arc::new(BodySchema::new(value, fast, single)))
+    }
+
+    /// Options for validators over borrowed documents.
+    fn borrowed_options(
+        &self,
+    ) -> jsonschema::ValidationOptions<'static, std::sync::Arc<dyn jsonschema::Retrieve>, Borrowed>
+    {
+        jsonschema::options_for::<Borrowed>()
+            .with_draft(self.draft)
+            .should_validate_formats(true)
+            .with_format("email", super::formats::email)
     }
 
     fn reference(doc: &str, pointer: &str) -> Value {

@@ -1,0 +1,415 @@
+//! The yes/no body check in one pass over the bytes, with no tape and no tree.
+//!
+//! The tape walk of [`super::borrowed`] parses a body into a `simd-json`
+//! tape and lets `jsonschema` walk it: three passes (stage 1, tape,
+//! walk) and about half of a validated request's instructions. Most
+//! contract schemas use a small set of keywords, so a schema made only of
+//! those is compiled here into a [`SinglePass`] program: a table of nodes
+//! (one per schema object, `$ref`s resolved, cycles allowed), checked while
+//! a recursive-descent parser reads the body once.
+//!
+//! The program judges exactly as `jsonschema` does, or says it cannot:
+//!
+//! - **Supported keywords**: `type`, `enum`, `const` (scalars), `minimum`,
+//!   `maximum`, `exclusiveMinimum`, `exclusiveMaximum`, `minLength`,
+//!   `maxLength`, `minItems`, `maxItems`, `items`, `properties`,
+//!   `required`, `additionalProperties`, `minProperties`,
+//!   `maxProperties`, `allOf`, `anyOf`, `oneOf`, `not`, `$ref` (to a JSON
+//!   pointer in a bundle document), and annotations. `pattern`, `format`
+//!   and `multipleOf` are judged by `jsonschema` itself: a scalar goes to a
+//!   validator of just those keywords, with no allocation. A schema with
+//!   any other keyword is not compiled, and the tape walk judges it.
+//! - **[`Check::Unsure`]** for what the parser does not read the way
+//!   `serde_json` would, or does not read at all: malformed JSON, a repeated
+//!   key under a schema (`serde_json` keeps the last value), an escaped
+//!   member name, an escaped UTF-16 surrogate, nesting deeper than
+//!   [`MAX_DEPTH`], an integer beyond 2^53 compared with a fractional bound.
+//!   The caller then falls back to the tape walk and `serde_json`.
+//! - **[`Check::Invalid`]** is exact too (so `not` and `oneOf` can use it),
+//!   but the caller still asks the `serde_json::Value` validator, which
+//!   gives the pointers and messages of the problem response.
+//!
+//! A property test holds the verdicts to `jsonschema`'s over random
+//! schemas and documents.
+
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+
+use jsonschema::Validator;
+use serde_json::Value;
+use simd_json::{Node as TapeNode, StaticNode};
+
+use super::borrowed::{Borrowed, Doc};
+
+mod compile;
+mod scan;
+
+use compile::Compiler;
+use scan::Scan;
+
+/// Deepest nesting the parser reads (as `serde_json`'s limit); `allOf`,
+/// `anyOf`, `oneOf` and `not` count as a level too.
+const MAX_DEPTH: u32 = 128;
+
+/// Most members an object may name that its schema's `properties` do not
+/// (they are checked for repeats by a linear scan).
+const MAX_OTHER_MEMBERS: usize = 64;
+
+/// Most `properties` + `required` names of one schema (a bit each).
+const MAX_PROPERTIES: usize = 64;
+
+/// What a [`SinglePass`] says of a body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    /// Well-formed and valid.
+    Valid,
+    /// Well-formed up to where it broke the schema; invalid.
+    Invalid,
+    /// Not judged here.
+    Unsure,
+}
+
+/// Why a parse stopped early.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    Invalid,
+    Unsure,
+}
+
+type Step = Result<(), Stop>;
+
+/// JSON types as bits; `INT` is an integer-valued number, `FRAC` any other.
+mod types {
+    pub const NULL: u8 = 1;
+    pub const BOOL: u8 = 2;
+    pub const INT: u8 = 4;
+    pub const FRAC: u8 = 8;
+    pub const STR: u8 = 16;
+    pub const ARR: u8 = 32;
+    pub const OBJ: u8 = 64;
+    pub const ALL: u8 = 127;
+}
+
+/// A number as `serde_json` reads it.
+#[derive(Debug, Clone, Copy)]
+enum Num {
+    U(u64),
+    I(i64),
+    F(f64),
+}
+
+/// Integers beyond this lose precision as `f64`.
+const EXACT_F64: u64 = 1 << 53;
+
+impl Num {
+    fn from_json(n: &serde_json::Number) -> Option<Num> {
+        n.as_u64()
+            .map(Num::U)
+            .or_else(|| n.as_i64().map(Num::I))
+            .or_else(|| n.as_f64().map(Num::F))
+    }
+
+    fn is_integer(self) -> bool {
+        match self {
+            Num::F(f) => f.fract() == 0.0,
+            _ => true,
+        }
+    }
+
+    fn as_i128(self) -> Option<i128> {
+        match self {
+            Num::U(u) => Some(u.into()),
+            Num::I(i) => Some(i.into()),
+            Num::F(_) => None,
+        }
+    }
+
+    /// As `f64`, when that is exact.
+    fn as_f64(self) -> Option<f64> {
+        match self {
+            Num::U(u) => (u <= EXACT_F64).then_some(u as f64),
+            Num::I(i) => (i.unsigned_abs() <= EXACT_F64).then_some(i as f64),
+            Num::F(f) => Some(f),
+        }
+    }
+
+    /// Compare; `None` when the comparison would not be exact.
+    fn compare(self, other: Num) -> Option<Ordering> {
+        match (self.as_i128(), other.as_i128()) {
+            (Some(a), Some(b)) => Some(a.cmp(&b)),
+            _ => self.as_f64()?.partial_cmp(&other.as_f64()?),
+        }
+    }
+
+    /// The number as a one-node tape, for a `jsonschema` leaf check.
+    fn tape_node(self) -> TapeNode<'static> {
+        TapeNode::Static(match self {
+            Num::U(u) => StaticNode::U64(u),
+            Num::I(i) => StaticNode::I64(i),
+            Num::F(f) => StaticNode::F64(f),
+        })
+    }
+}
+
+/// An `enum` / `const` value.
+#[derive(Debug, Clone)]
+enum Scalar {
+    Null,
+    Bool(bool),
+    Num(Num),
+    Str(Box<str>),
+}
+
+/// A value the parser read, for `enum` checks.
+#[derive(Debug, Clone, Copy)]
+enum Read<'t> {
+    Null,
+    Bool(bool),
+    Num(Num),
+    Str(&'t str),
+    /// An array or an object: equal to no scalar.
+    Container,
+}
+
+impl Scalar {
+    fn from_json(v: &Value) -> Option<Scalar> {
+        Some(match v {
+            Value::Null => Scalar::Null,
+            Value::Bool(b) => Scalar::Bool(*b),
+            Value::Number(n) => Scalar::Num(Num::from_json(n)?),
+            Value::String(s) => Scalar::Str(s.as_str().into()),
+            Value::Array(_) | Value::Object(_) => return None,
+        })
+    }
+
+    /// Equal as `jsonschema` compares (`1` equals `1.0`); `None` when
+    /// that cannot be said exactly.
+    fn equals(&self, read: Read<'_>) -> Option<bool> {
+        Some(match (self, read) {
+            (Scalar::Null, Read::Null) => true,
+            (Scalar::Bool(a), Read::Bool(b)) => *a == b,
+            (Scalar::Num(a), Read::Num(b)) => a.compare(b)? == Ordering::Equal,
+            (Scalar::Str(a), Read::Str(b)) => **a == *b,
+            _ => false,
+        })
+    }
+}
+
+/// Index of a node in the program.
+type NodeId = u32;
+
+/// One member name a schema knows: from `properties`, `required`, or both.
+#[derive(Debug)]
+struct Property {
+    name: Box<str>,
+    /// Its `properties` schema; `None` when only `required` names it.
+    schema: Option<NodeId>,
+}
+
+/// One compiled schema object.
+struct Node {
+    types: u8,
+    /// `enum` and `const` lists; the value must be in each.
+    enums: Vec<Box<[Scalar]>>,
+    minimum: Option<Num>,
+    maximum: Option<Num>,
+    exclusive_minimum: Option<Num>,
+    exclusive_maximum: Option<Num>,
+    min_length: Option<u64>,
+    max_length: Option<u64>,
+    /// `pattern`, `format`, `multipleOf`, judged by `jsonschema`.
+    leaf: Option<Validator<Borrowed>>,
+    min_items: Option<u64>,
+    max_items: Option<u64>,
+    items: Option<NodeId>,
+    min_properties: Option<u64>,
+    max_properties: Option<u64>,
+    properties: Vec<Property>,
+    /// Bits of `properties` that are required.
+    required: u64,
+    /// `additionalProperties`; `None` allows any.
+    additional: Option<NodeId>,
+    all_of: Vec<NodeId>,
+    any_of: Vec<NodeId>,
+    one_of: Vec<NodeId>,
+    not: Option<NodeId>,
+}
+
+impl Default for Node {
+    fn default() -> Self {
+        Self {
+            types: types::ALL,
+            enums: Vec::new(),
+            minimum: None,
+            maximum: None,
+            exclusive_minimum: None,
+            exclusive_maximum: None,
+            min_length: None,
+            max_length: None,
+            leaf: None,
+            min_items: None,
+            max_items: None,
+            items: None,
+            min_properties: None,
+            max_properties: None,
+            properties: Vec::new(),
+            required: 0,
+            additional: None,
+            all_of: Vec::new(),
+            any_of: Vec::new(),
+            one_of: Vec::new(),
+            not: None,
+        }
+    }
+}
+
+impl Node {
+    fn has_applicators(&self) -> bool {
+        !(self.all_of.is_empty()
+            && self.any_of.is_empty()
+            && self.one_of.is_empty()
+            && self.not.is_none())
+    }
+
+    fn needs_number(&self) -> bool {
+        self.types & (types::INT | types::FRAC) != (types::INT | types::FRAC)
+            || !self.enums.is_empty()
+            || self.minimum.is_some()
+            || self.maximum.is_some()
+            || self.exclusive_minimum.is_some()
+            || self.exclusive_maximum.is_some()
+            || self.leaf.is_some()
+    }
+
+    fn needs_text(&self) -> bool {
+        !self.enums.is_empty()
+            || self.min_length.is_some()
+            || self.max_length.is_some()
+            || self.leaf.is_some()
+    }
+
+    fn in_enums(&self, read: Read<'_>) -> Step {
+        for list in &self.enums {
+            let mut found = false;
+            for s in list.iter() {
+                if s.equals(read).ok_or(Stop::Unsure)? {
+                    found = true;
+                    break;
+                }
+            }
+            if !found {
+                return Err(Stop::Invalid);
+            }
+        }
+        Ok(())
+    }
+
+    fn check_number(&self, n: Num) -> Step {
+        let t = if n.is_integer() {
+            types::INT
+        } else {
+            types::FRAC
+        };
+        if self.types & t == 0 {
+            return Err(Stop::Invalid);
+        }
+        let fails = |bound: Option<Num>, bad: fn(Ordering) -> bool| -> Step {
+            match bound {
+                Some(b) if bad(n.compare(b).ok_or(Stop::Unsure)?) => Err(Stop::Invalid),
+                _ => Ok(()),
+            }
+        };
+        fails(self.minimum, |o| o == Ordering::Less)?;
+        fails(self.maximum, |o| o == Ordering::Greater)?;
+        fails(self.exclusive_minimum, |o| o != Ordering::Greater)?;
+        fails(self.exclusive_maximum, |o| o != Ordering::Less)?;
+        self.in_enums(Read::Num(n))?;
+        if let Some(leaf) = &self.leaf {
+            let tape = [n.tape_node()];
+            if !leaf.is_valid(Doc::At(&tape, 0)) {
+                return Err(Stop::Invalid);
+            }
+        }
+        Ok(())
+    }
+
+    fn check_text(&self, text: &str) -> Step {
+        if self.min_length.is_some() || self.max_length.is_some() {
+            let len = text.chars().count() as u64;
+            if self.min_length.is_some_and(|m| len < m) || self.max_length.is_some_and(|m| len > m)
+            {
+                return Err(Stop::Invalid);
+            }
+        }
+        self.in_enums(Read::Str(text))?;
+        match &self.leaf {
+            Some(leaf) if !leaf.is_valid(Doc::Str(text)) => Err(Stop::Invalid),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A compiled body schema, checked in one pass over the body.
+pub struct SinglePass {
+    nodes: Vec<Node>,
+    root: NodeId,
+}
+
+impl fmt::Debug for SinglePass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SinglePass")
+            .field("nodes", &self.nodes.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SinglePass {
+    /// Compile the schema at `doc#pointer`. `documents` are the bundle's
+    /// (3.0 contracts already converted), `leaf` builds a
+    /// `jsonschema` validator of `pattern`/`format`/`multipleOf` keywords
+    /// with the bundle's options. `None` when the schema uses a keyword
+    /// this program does not judge.
+    pub fn compile(
+        documents: &BTreeMap<String, Value>,
+        leaf: &dyn Fn(&Value) -> Option<Validator<Borrowed>>,
+        doc: &str,
+        pointer: &str,
+    ) -> Option<SinglePass> {
+        let mut c = Compiler {
+            documents,
+            leaf,
+            nodes: Vec::new(),
+            ids: HashMap::new(),
+        };
+        let root = c.schema(doc, pointer)?;
+        Some(SinglePass {
+            nodes: c.nodes,
+            root,
+        })
+    }
+
+    /// Judge `body`.
+    pub fn check(&self, body: &[u8]) -> Check {
+        let Ok(text) = std::str::from_utf8(body) else {
+            return Check::Unsure;
+        };
+        let mut scan = Scan::new(text, &self.nodes);
+        let verdict = scan.value(Some(self.root)).and_then(|()| {
+            scan.skip_space();
+            if scan.at_end() {
+                Ok(())
+            } else {
+                Err(Stop::Unsure)
+            }
+        });
+        match verdict {
+            Ok(()) => Check::Valid,
+            Err(Stop::Invalid) => Check::Invalid,
+            Err(Stop::Unsure) => Check::Unsure,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

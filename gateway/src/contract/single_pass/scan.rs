@@ -1,0 +1,445 @@
+//! The parser that reads a body once and checks it against the nodes.
+
+use super::{types, Node, NodeId, Num, Read, Step, Stop, MAX_DEPTH, MAX_OTHER_MEMBERS};
+
+/// The parser: one position in the body, and the program's nodes.
+pub(super) struct Scan<'a> {
+    text: &'a str,
+    bytes: &'a [u8],
+    at: usize,
+    depth: u32,
+    nodes: &'a [Node],
+    /// Member names of the open objects that their schema's `properties`
+    /// do not name (as byte ranges), to find repeats.
+    others: Vec<(usize, usize)>,
+}
+
+impl<'a> Scan<'a> {
+    /// A parser at the start of `text`.
+    pub(super) fn new(text: &'a str, nodes: &'a [Node]) -> Self {
+        Self {
+            text,
+            bytes: text.as_bytes(),
+            at: 0,
+            depth: 0,
+            nodes,
+            others: Vec::new(),
+        }
+    }
+
+    /// Whether all of the text has been read.
+    pub(super) fn at_end(&self) -> bool {
+        self.at == self.bytes.len()
+    }
+
+    fn peek(&self) -> Option<u8> {
+        self.bytes.get(self.at).copied()
+    }
+
+    pub(super) fn skip_space(&mut self) {
+        while let Some(b' ' | b'\n' | b'\r' | b'\t') = self.peek() {
+            self.at += 1;
+        }
+    }
+
+    fn node(&self, id: Option<NodeId>) -> Option<&'a Node> {
+        let nodes = self.nodes;
+        id.and_then(|id| nodes.get(id as usize))
+    }
+
+    fn enter(&mut self) -> Step {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return Err(Stop::Unsure);
+        }
+        Ok(())
+    }
+
+    /// Read one value and check it against `id` (`None`: any value).
+    pub(super) fn value(&mut self, id: Option<NodeId>) -> Step {
+        self.skip_space();
+        let start = self.at;
+        let node = self.node(id);
+        match self.peek().ok_or(Stop::Unsure)? {
+            b'{' => self.object(node)?,
+            b'[' => self.array(node)?,
+            b'"' => {
+                let (from, to, escaped) = self.string()?;
+                if let Some(n) = node {
+                    if n.types & types::STR == 0 {
+                        return Err(Stop::Invalid);
+                    }
+                    if n.needs_text() {
+                        let raw = self.text.get(from..to).ok_or(Stop::Unsure)?;
+                        if escaped {
+                            n.check_text(&unescape(raw).ok_or(Stop::Unsure)?)?;
+                        } else {
+                            n.check_text(raw)?;
+                        }
+                    }
+                }
+            }
+            b't' => self.literal(b"true", node, types::BOOL, Read::Bool(true))?,
+            b'f' => self.literal(b"false", node, types::BOOL, Read::Bool(false))?,
+            b'n' => self.literal(b"null", node, types::NULL, Read::Null)?,
+            _ => {
+                let number = self.number(node.is_some_and(Node::needs_number))?;
+                if let (Some(n), Some(number)) = (node, number) {
+                    n.check_number(number)?;
+                }
+            }
+        }
+        match node {
+            Some(n) if n.has_applicators() => self.applicators(n, start),
+            _ => Ok(()),
+        }
+    }
+
+    fn literal(&mut self, word: &[u8], node: Option<&Node>, bit: u8, read: Read<'_>) -> Step {
+        if !self.bytes[self.at..].starts_with(word) {
+            return Err(Stop::Unsure);
+        }
+        self.at += word.len();
+        match node {
+            Some(n) if n.types & bit == 0 => Err(Stop::Invalid),
+            Some(n) => n.in_enums(read),
+            None => Ok(()),
+        }
+    }
+
+    /// `allOf`, `anyOf`, `oneOf` and `not` over the value just read
+    /// (from `start` to here): each subschema reads it again.
+    fn applicators(&mut self, n: &Node, start: usize) -> Step {
+        let end = self.at;
+        for &a in &n.all_of {
+            self.again(a, start, end)?;
+        }
+        if !n.any_of.is_empty() {
+            let mut any = false;
+            for &a in &n.any_of {
+                match self.again(a, start, end) {
+                    Ok(()) => {
+                        any = true;
+                        break;
+                    }
+                    Err(Stop::Invalid) => {}
+                    Err(Stop::Unsure) => return Err(Stop::Unsure),
+                }
+            }
+            if !any {
+                return Err(Stop::Invalid);
+            }
+        }
+        if !n.one_of.is_empty() {
+            let mut passed = 0;
+            for &a in &n.one_of {
+                match self.again(a, start, end) {
+                    Ok(()) => passed += 1,
+                    Err(Stop::Invalid) => {}
+                    Err(Stop::Unsure) => return Err(Stop::Unsure),
+                }
+            }
+            if passed != 1 {
+                return Err(Stop::Invalid);
+            }
+        }
+        if let Some(a) = n.not {
+            match self.again(a, start, end) {
+                Ok(()) => return Err(Stop::Invalid),
+                Err(Stop::Invalid) => {}
+                Err(Stop::Unsure) => return Err(Stop::Unsure),
+            }
+        }
+        Ok(())
+    }
+
+    /// Read the value at `start..end` again against `id`.
+    fn again(&mut self, id: NodeId, start: usize, end: usize) -> Step {
+        let (depth, others) = (self.depth, self.others.len());
+        self.enter()?;
+        self.at = start;
+        let verdict = match self.value(Some(id)) {
+            Ok(()) if self.at != end => Err(Stop::Unsure),
+            v => v,
+        };
+        self.at = end;
+        self.depth = depth;
+        self.others.truncate(others);
+        verdict
+    }
+
+    fn object(&mut self, node: Option<&'a Node>) -> Step {
+        if node.is_some_and(|n| n.types & types::OBJ == 0) {
+            return Err(Stop::Invalid);
+        }
+        self.enter()?;
+        self.at += 1;
+        let others = self.others.len();
+        let mut seen = 0u64;
+        let mut members = 0u64;
+        self.skip_space();
+        if self.peek() == Some(b'}') {
+            self.at += 1;
+        } else {
+            loop {
+                self.skip_space();
+                if self.peek() != Some(b'"') {
+                    return Err(Stop::Unsure);
+                }
+                let (from, to, escaped) = self.string()?;
+                if escaped {
+                    return Err(Stop::Unsure);
+                }
+                self.skip_space();
+                if self.peek() != Some(b':') {
+                    return Err(Stop::Unsure);
+                }
+                self.at += 1;
+                members += 1;
+                let schema = match node {
+                    None => None,
+                    Some(n) => self.member(n, from, to, &mut seen, others)?,
+                };
+                self.value(schema)?;
+                self.skip_space();
+                match self.peek() {
+                    Some(b',') => self.at += 1,
+                    Some(b'}') => {
+                        self.at += 1;
+                        break;
+                    }
+                    _ => return Err(Stop::Unsure),
+                }
+            }
+        }
+        self.others.truncate(others);
+        self.depth -= 1;
+        if let Some(n) = node {
+            if seen & n.required != n.required
+                || n.min_properties.is_some_and(|m| members < m)
+                || n.max_properties.is_some_and(|m| members > m)
+            {
+                return Err(Stop::Invalid);
+            }
+            n.in_enums(Read::Container)?;
+        }
+        Ok(())
+    }
+
+    /// The schema of member `from..to` of an object checked against `n`;
+    /// repeats are unsure.
+    fn member(
+        &mut self,
+        n: &Node,
+        from: usize,
+        to: usize,
+        seen: &mut u64,
+        others: usize,
+    ) -> Result<Option<NodeId>, Stop> {
+        let name = self.text.get(from..to).ok_or(Stop::Unsure)?;
+        if let Some(i) = n.properties.iter().position(|p| *p.name == *name) {
+            let bit = 1u64 << i;
+            if *seen & bit != 0 {
+                return Err(Stop::Unsure);
+            }
+            *seen |= bit;
+            if let Some(schema) = n.properties[i].schema {
+                return Ok(Some(schema));
+            }
+        } else {
+            let bytes = self.bytes;
+            let named = &bytes[from..to];
+            if self.others.len() - others >= MAX_OTHER_MEMBERS
+                || self.others[others..]
+                    .iter()
+                    .any(|&(f, t)| &bytes[f..t] == named)
+            {
+                return Err(Stop::Unsure);
+            }
+            self.others.push((from, to));
+        }
+        // Not in `properties` (perhaps in `required`): `additionalProperties`.
+        Ok(n.additional)
+    }
+
+    fn array(&mut self, node: Option<&'a Node>) -> Step {
+        if node.is_some_and(|n| n.types & types::ARR == 0) {
+            return Err(Stop::Invalid);
+        }
+        self.enter()?;
+        self.at += 1;
+        let items = node.and_then(|n| n.items);
+        let mut count = 0u64;
+        self.skip_space();
+        if self.peek() == Some(b']') {
+            self.at += 1;
+        } else {
+            loop {
+                self.value(items)?;
+                count += 1;
+                self.skip_space();
+                match self.peek() {
+                    Some(b',') => self.at += 1,
+                    Some(b']') => {
+                        self.at += 1;
+                        break;
+                    }
+                    _ => return Err(Stop::Unsure),
+                }
+            }
+        }
+        self.depth -= 1;
+        if let Some(n) = node {
+            if n.min_items.is_some_and(|m| count < m) || n.max_items.is_some_and(|m| count > m) {
+                return Err(Stop::Invalid);
+            }
+            n.in_enums(Read::Container)?;
+        }
+        Ok(())
+    }
+
+    /// Read a string; its raw contents' range and whether it has escapes.
+    fn string(&mut self) -> Result<(usize, usize, bool), Stop> {
+        self.at += 1;
+        let from = self.at;
+        let mut escaped = false;
+        loop {
+            match self.peek().ok_or(Stop::Unsure)? {
+                b'"' => break,
+                b'\\' => {
+                    escaped = true;
+                    self.escape()?;
+                }
+                c if c < 0x20 => return Err(Stop::Unsure),
+                _ => self.at += 1,
+            }
+        }
+        let to = self.at;
+        self.at += 1;
+        Ok((from, to, escaped))
+    }
+
+    /// Step over one escape; escaped surrogates are unsure.
+    fn escape(&mut self) -> Step {
+        match self.bytes.get(self.at + 1).ok_or(Stop::Unsure)? {
+            b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => {
+                self.at += 2;
+                Ok(())
+            }
+            b'u' => {
+                let hex = self
+                    .text
+                    .get(self.at + 2..self.at + 6)
+                    .ok_or(Stop::Unsure)?;
+                let code = u16::from_str_radix(hex, 16).map_err(|_| Stop::Unsure)?;
+                if hex.starts_with('+') || (0xD800..0xE000).contains(&code) {
+                    return Err(Stop::Unsure);
+                }
+                self.at += 6;
+                Ok(())
+            }
+            _ => Err(Stop::Unsure),
+        }
+    }
+
+    /// Read a number (JSON's grammar); its value when `want` is set.
+    fn number(&mut self, want: bool) -> Result<Option<Num>, Stop> {
+        let from = self.at;
+        let negative = self.peek() == Some(b'-');
+        if negative {
+            self.at += 1;
+        }
+        let mut value: Option<u64> = Some(0);
+        match self.peek() {
+            Some(b'0') => {
+                self.at += 1;
+                if let Some(b'0'..=b'9') = self.peek() {
+                    return Err(Stop::Unsure);
+                }
+            }
+            Some(b'1'..=b'9') => {
+                while let Some(d @ b'0'..=b'9') = self.peek() {
+                    value = value
+                        .and_then(|v| v.checked_mul(10))
+                        .and_then(|v| v.checked_add(u64::from(d - b'0')));
+                    self.at += 1;
+                }
+            }
+            _ => return Err(Stop::Unsure),
+        }
+        let mut integer = true;
+        if self.peek() == Some(b'.') {
+            self.at += 1;
+            integer = false;
+            self.digits()?;
+        }
+        if let Some(b'e' | b'E') = self.peek() {
+            self.at += 1;
+            integer = false;
+            if let Some(b'+' | b'-') = self.peek() {
+                self.at += 1;
+            }
+            self.digits()?;
+        }
+        if !want {
+            return Ok(None);
+        }
+        // As `serde_json`: integers in range as such, `-0` and the rest as `f64`.
+        let exact = match (integer, value, negative) {
+            (true, Some(v), false) => Some(Num::U(v)),
+            (true, Some(v), true) if v != 0 => i64::try_from(v)
+                .ok()
+                .map(|v| Num::I(-v))
+                .or((v == 1 << 63).then_some(Num::I(i64::MIN))),
+            _ => None,
+        };
+        if let Some(n) = exact {
+            return Ok(Some(n));
+        }
+        let text = self.text.get(from..self.at).ok_or(Stop::Unsure)?;
+        match text.parse::<f64>() {
+            Ok(f) if f.is_finite() => Ok(Some(Num::F(f))),
+            _ => Err(Stop::Unsure),
+        }
+    }
+
+    fn digits(&mut self) -> Step {
+        let from = self.at;
+        while let Some(b'0'..=b'9') = self.peek() {
+            self.at += 1;
+        }
+        if self.at == from {
+            return Err(Stop::Unsure);
+        }
+        Ok(())
+    }
+}
+
+/// The text of a string's raw contents with escapes (already checked by
+/// [`Scan::escape`]: no surrogates) resolved.
+fn unescape(raw: &str) -> Option<String> {
+    let mut out = String::with_capacity(raw.len());
+    let mut chars = raw.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        out.push(match chars.next()? {
+            '"' => '"',
+            '\\' => '\\',
+            '/' => '/',
+            'b' => '\u{8}',
+            'f' => '\u{c}',
+            'n' => '\n',
+            'r' => '\r',
+            't' => '\t',
+            'u' => {
+                let hex: String = chars.by_ref().take(4).collect();
+                char::from_u32(u32::from_str_radix(&hex, 16).ok()?)?
+            }
+            _ => return None,
+        });
+    }
+    Some(out)
+}

@@ -1,0 +1,374 @@
+//! The program's verdicts against `jsonschema`'s.
+
+use super::*;
+use proptest::prelude::*;
+use serde_json::json;
+
+/// The program and `jsonschema`'s `Value` validator of one schema
+/// (`None` when the program does not compile).
+fn both(schema: &Value) -> (Option<SinglePass>, Validator) {
+    let value = jsonschema::options()
+        .should_validate_formats(true)
+        .with_format("email", crate::contract::formats::email)
+        .build(schema)
+        .expect("a valid schema");
+    let documents = BTreeMap::from([("s.json".to_owned(), schema.clone())]);
+    let leaf = |keywords: &Value| {
+        jsonschema::options_for::<Borrowed>()
+            .should_validate_formats(true)
+            .with_format("email", crate::contract::formats::email)
+            .build(keywords)
+            .ok()
+    };
+    (SinglePass::compile(&documents, &leaf, "s.json", ""), value)
+}
+
+fn verdict(validator: &Validator, doc: &str) -> Check {
+    match serde_json::from_str::<Value>(doc) {
+        Ok(v) if validator.is_valid(&v) => Check::Valid,
+        Ok(_) => Check::Invalid,
+        Err(_) => Check::Unsure,
+    }
+}
+
+fn order_schema() -> Value {
+    json!({
+        "$defs": {
+            "line": {
+                "type": "object", "additionalProperties": false, "required": ["sku", "quantity"],
+                "properties": {
+                    "sku": {"type": "string", "pattern": "^SKU-[0-9]{5}$"},
+                    "quantity": {"type": "integer", "minimum": 1, "maximum": 1000},
+                    "unit_price": {"type": "number", "exclusiveMinimum": 0, "multipleOf": 0.01}
+                }
+            }
+        },
+        "type": "object", "additionalProperties": false, "required": ["customer_id", "lines"],
+        "properties": {
+            "customer_id": {"type": "integer", "minimum": 1, "example": 42},
+            "currency": {"type": "string", "enum": ["EUR", "USD", "GBP"], "default": "EUR"},
+            "requested_delivery": {"type": "string", "format": "date"},
+            "contact_email": {"type": "string", "format": "email"},
+            "reference": {"type": "string", "format": "uuid"},
+            "notes": {"type": ["string", "null"], "maxLength": 5},
+            "lines": {"type": "array", "minItems": 1, "maxItems": 3, "items": {"$ref": "#/$defs/line"}},
+            "meta": {"anyOf": [{"type": "null"}, {"$ref": "#/$defs/line"}]},
+            "kind": {"oneOf": [{"type": "integer"}, {"type": "number", "minimum": 2}]},
+            "tag": {"not": {"const": "x"}, "minProperties": 1, "maxProperties": 2}
+        }
+    })
+}
+
+#[test]
+fn an_order_is_judged_as_jsonschema_judges_it() {
+    let (program, validator) = both(&order_schema());
+    let program = program.expect("the order schema compiles");
+    let line = r#"{"sku":"SKU-00001","quantity":2,"unit_price":10.95}"#;
+    let cases = [
+        (
+            format!(
+                r#"{{"customer_id":4711,"currency":"EUR","requested_delivery":"2026-12-24","contact_email":"a@b.example","reference":"6f1c2b1e-9d1a-4c1e-8f7a-2b3c4d5e6f70","notes":"ab\u00e9\n","lines":[{line},{line}]}}"#
+            ),
+            Check::Valid,
+        ),
+        (
+            format!(r#" {{ "customer_id" : 1 , "lines" : [ {line} ] , "notes" : null }} "#),
+            Check::Valid,
+        ),
+        (
+            format!(
+                r#"{{"customer_id":1.0,"lines":[{line}],"meta":null,"kind":1,"tag":{{"a":1}}}}"#
+            ),
+            Check::Valid,
+        ),
+        (
+            format!(r#"{{"customer_id":1,"lines":[{line}],"meta":{line},"kind":2.5,"tag":"y"}}"#),
+            Check::Valid,
+        ),
+        (
+            format!(r#"{{"customer_id":1,"lines":[{line}],"kind":3}}"#),
+            Check::Invalid,
+        ),
+        (
+            format!(r#"{{"customer_id":1,"lines":[{line}],"tag":"x"}}"#),
+            Check::Invalid,
+        ),
+        (
+            format!(r#"{{"customer_id":1,"lines":[{line}],"tag":{{}}}}"#),
+            Check::Invalid,
+        ),
+        (
+            format!(r#"{{"customer_id":1,"lines":[{line}],"meta":{{"sku":"SKU-1"}}}}"#),
+            Check::Invalid,
+        ),
+        (
+            format!(r#"{{"customer_id":0,"lines":[{line}]}}"#),
+            Check::Invalid,
+        ),
+        (
+            format!(r#"{{"customer_id":1.5,"lines":[{line}]}}"#),
+            Check::Invalid,
+        ),
+        (
+            format!(r#"{{"customer_id":1,"lines":[{line}],"currency":"CHF"}}"#),
+            Check::Invalid,
+        ),
+        (
+            format!(r#"{{"customer_id":1,"lines":[{line}],"notes":"abcdef"}}"#),
+            Check::Invalid,
+        ),
+        (
+            format!(r#"{{"customer_id":1,"lines":[{line}],"notes":"\u0061bcd\u00e9"}}"#),
+            Check::Valid,
+        ),
+        (
+            format!(r#"{{"customer_id":1,"lines":[{line}],"reference":"nope"}}"#),
+            Check::Invalid,
+        ),
+        (
+            format!(r#"{{"customer_id":1,"lines":[{line}],"contact_email":"nope"}}"#),
+            Check::Invalid,
+        ),
+        (
+            format!(r#"{{"customer_id":1,"lines":[{line}],"extra":1}}"#),
+            Check::Invalid,
+        ),
+        (
+            format!(r#"{{"customer_id":1,"lines":[{line},{line},{line},{line}]}}"#),
+            Check::Invalid,
+        ),
+        (r#"{"customer_id":1,"lines":[]}"#.to_owned(), Check::Invalid),
+        (
+            r#"{"customer_id":1,"lines":[{"sku":"SKU-00001","quantity":1,"unit_price":0}]}"#
+                .to_owned(),
+            Check::Invalid,
+        ),
+        (
+            r#"{"customer_id":1,"lines":[{"sku":"SKU-00001","quantity":1,"unit_price":1.001}]}"#
+                .to_owned(),
+            Check::Invalid,
+        ),
+        (
+            r#"{"customer_id":1,"lines":[{"sku":"SKU-0001","quantity":1}]}"#.to_owned(),
+            Check::Invalid,
+        ),
+        (
+            r#"{"lines":[{"sku":"SKU-00001","quantity":1}]}"#.to_owned(),
+            Check::Invalid,
+        ),
+        (r#"[]"#.to_owned(), Check::Invalid),
+    ];
+    for (doc, expected) in &cases {
+        assert_eq!(verdict(&validator, doc), *expected, "jsonschema on {doc}");
+        assert_eq!(program.check(doc.as_bytes()), *expected, "{doc}");
+    }
+}
+
+#[test]
+fn what_it_does_not_read_as_serde_json_would_is_unsure() {
+    let (program, _) = both(&order_schema());
+    let program = program.expect("compiles");
+    let line = r#"{"sku":"SKU-00001","quantity":2}"#;
+    for doc in [
+        format!(r#"{{"customer_id":1,"lines":[{line}],"customer_id":1}}"#),
+        format!(r#"{{"customer_id":1,"lines":[{line}]"#),
+        format!(r#"{{"customer_id":1,"lines":[{line}]}} x"#),
+        format!(r#"{{"customer_id":01,"lines":[{line}]}}"#),
+        format!(r#"{{"customer_id":1,"lines":[{line},]}}"#),
+        format!(r#"{{"customer_id":1,"lines":[{line}],"notes":"\ud83d\ude00"}}"#),
+        format!(r#"{{"customer_id":1,"lines":[{line}],"notes":"a\qb"}}"#),
+        format!(r#"{{"customer_id":1,"lines":[{line}],"n\u006ftes":"a"}}"#),
+        format!("{{\"customer_id\":1,\"lines\":[{line}],\"notes\":\"a\u{1}\"}}"),
+        format!(r#"{{"customer_id":1e999,"lines":[{line}]}}"#),
+        format!(r#"{{"customer_id":1,"lines":[{line}],"tag":{{"a":1,"a":2}}}}"#),
+        format!(
+            r#"{{"customer_id":1,"lines":[{line}],"meta":{}}}"#,
+            "[".repeat(200)
+        ),
+    ] {
+        assert_eq!(program.check(doc.as_bytes()), Check::Unsure, "{doc}");
+    }
+    assert_eq!(program.check(b"\xff"), Check::Unsure);
+}
+
+#[test]
+fn recursive_schemas_and_unknown_keywords() {
+    let tree = json!({
+        "type": "object", "required": ["name"],
+        "properties": {"name": {"type": "string"}, "children": {"type": "array", "items": {"$ref": "#"}}}
+    });
+    let (program, _) = both(&tree);
+    let program = program.expect("a recursive schema compiles");
+    assert_eq!(
+        program.check(br#"{"name":"a","children":[{"name":"b","children":[{"name":"c"}]}]}"#),
+        Check::Valid
+    );
+    assert_eq!(
+        program.check(br#"{"name":"a","children":[{"name":"b","children":[{}]}]}"#),
+        Check::Invalid
+    );
+    for unsupported in [
+        json!({"uniqueItems": true}),
+        json!({"patternProperties": {"^a": {}}}),
+        json!({"if": {}, "then": {}}),
+        json!({"properties": {"a": {"propertyNames": {"maxLength": 2}}}}),
+        json!({"enum": [[1]]}),
+        json!({"contentMediaType": "application/json"}),
+    ] {
+        assert!(both(&unsupported).0.is_none(), "{unsupported}");
+    }
+}
+
+#[test]
+fn the_example_contracts_are_judged_in_one_pass() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for dir in ["policies", "loadtest/bench/full"] {
+        let bundle = crate::policy::load_and_compile(&root.join(dir)).expect("compiles");
+        let mut bodies = 0;
+        for app in &bundle.apps {
+            for route in &app.routes {
+                let body = route.operation.as_ref().and_then(|o| o.body.as_ref());
+                if let Some(schema) = body.and_then(|b| b.json.as_ref()) {
+                    assert!(schema.is_single_pass(), "{dir}: {} {}", app.name, route.id);
+                    bodies += 1;
+                }
+            }
+        }
+        assert!(bodies > 0, "{dir} has request body schemas");
+    }
+}
+
+fn scalar() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        (-3i64..12).prop_map(Value::from),
+        prop::sample::select(vec![0.5, 2.0, -1.25, 10.95, 1e2]).prop_map(Value::from),
+        prop::sample::select(vec![
+            "",
+            "a",
+            "ab",
+            "abc",
+            "é",
+            "SKU-00001",
+            "2026-12-24",
+            "a@b.example",
+            "6f1c2b1e-9d1a-4c1e-8f7a-2b3c4d5e6f70",
+            "q\"\\\n",
+            "x",
+        ])
+        .prop_map(Value::from),
+    ]
+}
+
+fn document() -> impl Strategy<Value = Value> {
+    scalar().prop_recursive(4, 40, 5, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
+            prop::collection::btree_map(
+                prop::sample::select(vec!["a", "b", "c", "d"]),
+                inner,
+                0..5
+            )
+            .prop_map(|m| Value::Object(m.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())),
+        ]
+    })
+}
+
+/// One keyword of a random schema.
+fn keyword(inner: BoxedStrategy<Value>) -> impl Strategy<Value = (String, Value)> {
+    let names = || prop::sample::select(vec!["a", "b", "c", "d"]);
+    let types = prop::sample::select(vec![
+        "null", "boolean", "integer", "number", "string", "array", "object",
+    ]);
+    let small = || (0u64..4).prop_map(Value::from);
+    let bound = || {
+        prop_oneof![
+            (-2i64..6).prop_map(Value::from),
+            Just(json!(0.5)),
+            Just(json!(2.0))
+        ]
+    };
+    prop_oneof![
+        types.clone().prop_map(|t| ("type".to_owned(), json!(t))),
+        prop::collection::btree_set(types, 1..3).prop_map(|t| ("type".to_owned(), json!(t))),
+        prop::collection::vec(scalar(), 1..4).prop_map(|v| ("enum".to_owned(), Value::Array(v))),
+        scalar().prop_map(|v| ("const".to_owned(), v)),
+        (
+            prop::sample::select(vec![
+                "minimum",
+                "maximum",
+                "exclusiveMinimum",
+                "exclusiveMaximum"
+            ]),
+            bound()
+        )
+            .prop_map(|(k, v)| (k.to_owned(), v)),
+        (
+            prop::sample::select(vec![
+                "minLength",
+                "maxLength",
+                "minItems",
+                "maxItems",
+                "minProperties",
+                "maxProperties"
+            ]),
+            small()
+        )
+            .prop_map(|(k, v)| (k.to_owned(), v)),
+        prop::sample::select(vec![
+            ("pattern", json!("^SKU-[0-9]{5}$")),
+            ("pattern", json!("b")),
+            ("format", json!("date")),
+            ("format", json!("email")),
+            ("format", json!("uuid")),
+            ("multipleOf", json!(0.5)),
+        ])
+        .prop_map(|(k, v)| (k.to_owned(), v)),
+        inner.clone().prop_map(|s| ("items".to_owned(), s)),
+        inner
+            .clone()
+            .prop_map(|s| ("additionalProperties".to_owned(), s)),
+        inner.clone().prop_map(|s| ("not".to_owned(), s)),
+        prop::collection::btree_map(names(), inner.clone(), 1..4)
+            .prop_map(|m| ("properties".to_owned(), json!(m))),
+        prop::collection::btree_set(names(), 1..3).prop_map(|r| ("required".to_owned(), json!(r))),
+        (
+            prop::sample::select(vec!["allOf", "anyOf", "oneOf"]),
+            prop::collection::vec(inner, 1..3)
+        )
+            .prop_map(|(k, v)| (k.to_owned(), Value::Array(v))),
+        // Recursion, through a member so that it ends.
+        Just(("properties".to_owned(), json!({"a": {"$ref": "#"}}))),
+    ]
+}
+
+fn schema() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(json!(true)),
+        Just(json!(false)),
+        Just(json!({"type": "string", "maxLength": 2})),
+        Just(json!({"type": "integer", "minimum": 1})),
+    ];
+    leaf.prop_recursive(3, 24, 4, |inner| {
+        prop::collection::vec(keyword(inner.boxed()), 1..4)
+            .prop_map(|kws| Value::Object(kws.into_iter().collect()))
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+    /// Over random schemas of the keywords it compiles and random
+    /// documents, the program's verdict is `jsonschema`'s, and it is
+    /// never unsure of a document `serde_json` wrote.
+    #[test]
+    fn verdicts_agree_with_jsonschema(schema in schema(), doc in document()) {
+        let (program, validator) = both(&schema);
+        let Some(program) = program else {
+            return Err(TestCaseError::fail(format!("{schema} does not compile")));
+        };
+        let text = serde_json::to_string(&doc).expect("json");
+        let expected = if validator.is_valid(&doc) { Check::Valid } else { Check::Invalid };
+        prop_assert_eq!(program.check(text.as_bytes()), expected, "{} on {}", schema, text);
+    }
+}
