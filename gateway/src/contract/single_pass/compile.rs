@@ -101,10 +101,10 @@ impl<'d> Compiler<'d, '_> {
     fn build(&mut self, doc: &str, pointer: &str) -> Option<Node> {
         let mut node = Node::default();
         let map = match self.value(doc, pointer)? {
-            Value::Bool(true) => return Some(node),
+            Value::Bool(true) => return Some(node.settle()),
             Value::Bool(false) => {
                 node.types = 0;
-                return Some(node);
+                return Some(node.settle());
             }
             Value::Object(map) => map,
             _ => return None,
@@ -144,10 +144,7 @@ impl<'d> Compiler<'d, '_> {
                 "properties" => {
                     for name in v.as_object()?.keys() {
                         let schema = self.child(doc, pointer, &["properties", name])?;
-                        node.properties.push(Property {
-                            name: name.as_str().into(),
-                            schema: Some(schema),
-                        });
+                        node.properties.push(Property::new(name, Some(schema)));
                     }
                 }
                 "required" => {
@@ -178,10 +175,7 @@ impl<'d> Compiler<'d, '_> {
             let at = match node.properties.iter().position(|p| *p.name == *name) {
                 Some(at) => at,
                 None => {
-                    node.properties.push(Property {
-                        name: name.into(),
-                        schema: None,
-                    });
+                    node.properties.push(Property::new(name, None));
                     node.properties.len() - 1
                 }
             };
@@ -193,7 +187,7 @@ impl<'d> Compiler<'d, '_> {
         if !leaf.is_empty() {
             node.leaf = Some((self.leaf)(&Value::Object(leaf))?);
         }
-        Some(node)
+        Some(node.settle())
     }
 }
 
@@ -214,5 +208,15 @@ fn type_bits(v: &Value) -> Option<u8> {
     match v {
         Value::Array(ts) => ts.iter().try_fold(0, |bits, t| Some(bits | one(t)?)),
         t => one(t),
+    }
+}
+
+impl Property {
+    fn new(name: &str, schema: Option<NodeId>) -> Self {
+        Self {
+            name: name.into(),
+            schema,
+            plain: !name.bytes().any(|c| c == b'"' || c == b'\\' || c < 0x20),
+        }
     }
 }

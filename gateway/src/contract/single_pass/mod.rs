@@ -205,6 +205,9 @@ struct Property {
     name: Box<str>,
     /// Its `properties` schema; `None` when only `required` names it.
     schema: Option<NodeId>,
+    /// The name is written as is in JSON (no `"`, `\\` or control
+    /// character), so it can be compared with the raw bytes.
+    plain: bool,
 }
 
 /// One compiled schema object.
@@ -234,6 +237,12 @@ struct Node {
     any_of: Vec<NodeId>,
     one_of: Vec<NodeId>,
     not: Option<NodeId>,
+    /// Has `allOf`, `anyOf`, `oneOf` or `not` (set by [`Node::settle`]).
+    applicators: bool,
+    /// A number's value is needed (set by [`Node::settle`]).
+    number_checks: bool,
+    /// A string's text is needed (set by [`Node::settle`]).
+    text_checks: bool,
 }
 
 impl Default for Node {
@@ -260,36 +269,43 @@ impl Default for Node {
             any_of: Vec::new(),
             one_of: Vec::new(),
             not: None,
+            applicators: false,
+            number_checks: false,
+            text_checks: false,
         }
     }
 }
 
 impl Node {
-    fn has_applicators(&self) -> bool {
-        !(self.all_of.is_empty()
+    /// Work out what reading a value for this node needs.
+    fn settle(mut self) -> Self {
+        self.applicators = !(self.all_of.is_empty()
             && self.any_of.is_empty()
             && self.one_of.is_empty()
-            && self.not.is_none())
-    }
-
-    fn needs_number(&self) -> bool {
-        self.types & (types::INT | types::FRAC) != (types::INT | types::FRAC)
+            && self.not.is_none());
+        self.number_checks = self.types & (types::INT | types::FRAC) != (types::INT | types::FRAC)
             || !self.enums.is_empty()
             || self.minimum.is_some()
             || self.maximum.is_some()
             || self.exclusive_minimum.is_some()
             || self.exclusive_maximum.is_some()
-            || self.leaf.is_some()
-    }
-
-    fn needs_text(&self) -> bool {
-        !self.enums.is_empty()
+            || self.leaf.is_some();
+        self.text_checks = !self.enums.is_empty()
             || self.min_length.is_some()
             || self.max_length.is_some()
-            || self.leaf.is_some()
+            || self.leaf.is_some();
+        self
     }
 
+    #[inline]
     fn in_enums(&self, read: Read<'_>) -> Step {
+        if self.enums.is_empty() {
+            return Ok(());
+        }
+        self.in_lists(read)
+    }
+
+    fn in_lists(&self, read: Read<'_>) -> Step {
         for list in &self.enums {
             let mut found = false;
             for s in list.iter() {

@@ -69,7 +69,7 @@ impl<'a> Scan<'a> {
                     if n.types & types::STR == 0 {
                         return Err(Stop::Invalid);
                     }
-                    if n.needs_text() {
+                    if n.text_checks {
                         let raw = self.text.get(from..to).ok_or(Stop::Unsure)?;
                         if escaped {
                             n.check_text(&unescape(raw).ok_or(Stop::Unsure)?)?;
@@ -83,14 +83,14 @@ impl<'a> Scan<'a> {
             b'f' => self.literal(b"false", node, types::BOOL, Read::Bool(false))?,
             b'n' => self.literal(b"null", node, types::NULL, Read::Null)?,
             _ => {
-                let number = self.number(node.is_some_and(Node::needs_number))?;
+                let number = self.number(node.is_some_and(|n| n.number_checks))?;
                 if let (Some(n), Some(number)) = (node, number) {
                     n.check_number(number)?;
                 }
             }
         }
         match node {
-            Some(n) if n.has_applicators() => self.applicators(n, start),
+            Some(n) if n.applicators => self.applicators(n, start),
             _ => Ok(()),
         }
     }
@@ -177,6 +177,9 @@ impl<'a> Scan<'a> {
         let others = self.others.len();
         let mut seen = 0u64;
         let mut members = 0u64;
+        // Members usually come in the schema's order: the property after
+        // the last one found is tried first, against the raw bytes.
+        let mut next = 0;
         self.skip_space();
         if self.peek() == Some(b'}') {
             self.at += 1;
@@ -186,20 +189,25 @@ impl<'a> Scan<'a> {
                 if self.peek() != Some(b'"') {
                     return Err(Stop::Unsure);
                 }
-                let (from, to, escaped) = self.string()?;
-                if escaped {
-                    return Err(Stop::Unsure);
-                }
+                let schema = match node {
+                    None => {
+                        if self.string()?.2 {
+                            return Err(Stop::Unsure);
+                        }
+                        None
+                    }
+                    Some(n) => {
+                        let (i, schema) = self.member(n, next, &mut seen, others)?;
+                        next = i + 1;
+                        schema
+                    }
+                };
                 self.skip_space();
                 if self.peek() != Some(b':') {
                     return Err(Stop::Unsure);
                 }
                 self.at += 1;
                 members += 1;
-                let schema = match node {
-                    None => None,
-                    Some(n) => self.member(n, from, to, &mut seen, others)?,
-                };
                 self.value(schema)?;
                 self.skip_space();
                 match self.peek() {
@@ -226,40 +234,56 @@ impl<'a> Scan<'a> {
         Ok(())
     }
 
-    /// The schema of member `from..to` of an object checked against `n`;
-    /// repeats are unsure.
+    /// Read the member name at the cursor (an opening quote) of an object
+    /// checked against `n`: the index of its property (or one past the
+    /// last) and the schema its value must meet. Repeats are unsure.
     fn member(
         &mut self,
         n: &Node,
-        from: usize,
-        to: usize,
+        next: usize,
         seen: &mut u64,
         others: usize,
-    ) -> Result<Option<NodeId>, Stop> {
-        let name = self.text.get(from..to).ok_or(Stop::Unsure)?;
-        if let Some(i) = n.properties.iter().position(|p| *p.name == *name) {
-            let bit = 1u64 << i;
-            if *seen & bit != 0 {
-                return Err(Stop::Unsure);
-            }
-            *seen |= bit;
-            if let Some(schema) = n.properties[i].schema {
-                return Ok(Some(schema));
-            }
+    ) -> Result<(usize, Option<NodeId>), Stop> {
+        let bytes = self.bytes;
+        let from = self.at + 1;
+        let expected = n.properties.get(next).filter(|p| {
+            let name = p.name.as_bytes();
+            p.plain
+                && bytes.get(from..from + name.len()) == Some(name)
+                && bytes.get(from + name.len()) == Some(&b'"')
+        });
+        let found = if let Some(p) = expected {
+            self.at = from + p.name.len() + 1;
+            Some(next)
         } else {
-            let bytes = self.bytes;
-            let named = &bytes[from..to];
-            if self.others.len() - others >= MAX_OTHER_MEMBERS
-                || self.others[others..]
-                    .iter()
-                    .any(|&(f, t)| &bytes[f..t] == named)
-            {
+            let (from, to, escaped) = self.string()?;
+            let named = bytes.get(from..to).ok_or(Stop::Unsure)?;
+            if escaped {
                 return Err(Stop::Unsure);
             }
-            self.others.push((from, to));
+            let found = n.properties.iter().position(|p| p.name.as_bytes() == named);
+            if found.is_none() {
+                if self.others.len() - others >= MAX_OTHER_MEMBERS
+                    || self.others[others..]
+                        .iter()
+                        .any(|&(f, t)| &bytes[f..t] == named)
+                {
+                    return Err(Stop::Unsure);
+                }
+                self.others.push((from, to));
+            }
+            found
+        };
+        let Some(i) = found else {
+            return Ok((n.properties.len(), n.additional));
+        };
+        let bit = 1u64 << i;
+        if *seen & bit != 0 {
+            return Err(Stop::Unsure);
         }
-        // Not in `properties` (perhaps in `required`): `additionalProperties`.
-        Ok(n.additional)
+        *seen |= bit;
+        // Named only by `required`: `additionalProperties` applies.
+        Ok((i, n.properties[i].schema.or(n.additional)))
     }
 
     fn array(&mut self, node: Option<&'a Node>) -> Step {
@@ -300,23 +324,25 @@ impl<'a> Scan<'a> {
 
     /// Read a string; its raw contents' range and whether it has escapes.
     fn string(&mut self) -> Result<(usize, usize, bool), Stop> {
-        self.at += 1;
-        let from = self.at;
+        let from = self.at + 1;
+        let mut at = from;
         let mut escaped = false;
         loop {
-            match self.peek().ok_or(Stop::Unsure)? {
-                b'"' => break,
-                b'\\' => {
+            at += plain_run(self.bytes.get(at..).ok_or(Stop::Unsure)?);
+            match self.bytes.get(at) {
+                Some(b'"') => break,
+                Some(b'\\') => {
                     escaped = true;
+                    self.at = at;
                     self.escape()?;
+                    at = self.at;
                 }
-                c if c < 0x20 => return Err(Stop::Unsure),
-                _ => self.at += 1,
+                // A control character, or the end of the body.
+                _ => return Err(Stop::Unsure),
             }
         }
-        let to = self.at;
-        self.at += 1;
-        Ok((from, to, escaped))
+        self.at = at + 1;
+        Ok((from, at, escaped))
     }
 
     /// Step over one escape; escaped surrogates are unsure.
@@ -413,6 +439,35 @@ impl<'a> Scan<'a> {
         }
         Ok(())
     }
+}
+
+/// How many bytes at the start of `bytes` are plain string contents: not
+/// `"`, `\\` or a control character. Eight bytes at a time: a byte below
+/// `n` sets its top bit in `(x - n·0x01…) & !x & 0x80…`, and the lowest
+/// flagged byte is always a true one.
+pub(super) fn plain_run(bytes: &[u8]) -> usize {
+    const ONES: u64 = u64::from_le_bytes([1; 8]);
+    const TOPS: u64 = u64::from_le_bytes([0x80; 8]);
+    let below = |x: u64, n: u8| x.wrapping_sub(ONES * u64::from(n)) & !x;
+    let mut run = 0;
+    for chunk in bytes.chunks_exact(8) {
+        let Ok(chunk) = <[u8; 8]>::try_from(chunk) else {
+            break;
+        };
+        let x = u64::from_le_bytes(chunk);
+        let found = (below(x ^ (ONES * u64::from(b'"')), 1)
+            | below(x ^ (ONES * u64::from(b'\\')), 1)
+            | below(x, 0x20))
+            & TOPS;
+        if found != 0 {
+            return run + (found.trailing_zeros() / 8) as usize;
+        }
+        run += 8;
+    }
+    run + bytes[run..]
+        .iter()
+        .position(|&c| c == b'"' || c == b'\\' || c < 0x20)
+        .unwrap_or(bytes.len() - run)
 }
 
 /// The text of a string's raw contents with escapes (already checked by

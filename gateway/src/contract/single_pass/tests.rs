@@ -371,4 +371,13 @@ proptest! {
         let expected = if validator.is_valid(&doc) { Check::Valid } else { Check::Invalid };
         prop_assert_eq!(program.check(text.as_bytes()), expected, "{} on {}", schema, text);
     }
+
+    /// The eight-bytes-at-a-time scan stops where a byte-by-byte one does.
+    #[test]
+    fn plain_runs_end_at_the_first_special_byte(
+        bytes in prop::collection::vec(prop_oneof![Just(b'"'), Just(b'\\'), Just(0x1f_u8), Just(0x20_u8), 0x21_u8..0x7f, 0x80_u8..=0xff], 0..40)
+    ) {
+        let naive = bytes.iter().position(|&c| c == b'"' || c == b'\\' || c < 0x20).unwrap_or(bytes.len());
+        prop_assert_eq!(scan::plain_run(&bytes), naive);
+    }
 }
