@@ -177,8 +177,8 @@ impl<'a> Scan<'a> {
         let others = self.others.len();
         let mut seen = 0u64;
         let mut members = 0u64;
-        // Members usually come in the schema's order: the property after
-        // the last one found is tried first, against the raw bytes.
+        // Members usually come in the schema's order: names are matched
+        // against the raw bytes, from the property after the last one found.
         let mut next = 0;
         self.skip_space();
         if self.peek() == Some(b'}') {
@@ -246,15 +246,26 @@ impl<'a> Scan<'a> {
     ) -> Result<(usize, Option<NodeId>), Stop> {
         let bytes = self.bytes;
         let from = self.at + 1;
-        let expected = n.properties.get(next).filter(|p| {
-            let name = p.name.as_bytes();
-            p.plain
-                && bytes.get(from..from + name.len()) == Some(name)
-                && bytes.get(from + name.len()) == Some(&b'"')
-        });
-        let found = if let Some(p) = expected {
-            self.at = from + p.name.len() + 1;
-            Some(next)
+        // A plain name matches when its bytes and then a quote follow.
+        let properties = &n.properties;
+        let mut raw = None;
+        let mut i = if next < properties.len() { next } else { 0 };
+        for _ in 0..properties.len() {
+            if let Some(p) = properties.get(i) {
+                let name = p.name.as_bytes();
+                if p.plain
+                    && bytes.get(from + name.len()) == Some(&b'"')
+                    && bytes.get(from..from + name.len()) == Some(name)
+                {
+                    raw = Some((i, name.len()));
+                    break;
+                }
+            }
+            i = if i + 1 < properties.len() { i + 1 } else { 0 };
+        }
+        let found = if let Some((i, len)) = raw {
+            self.at = from + len + 1;
+            Some(i)
         } else {
             let (from, to, escaped) = self.string()?;
             let named = bytes.get(from..to).ok_or(Stop::Unsure)?;
@@ -283,7 +294,8 @@ impl<'a> Scan<'a> {
         }
         *seen |= bit;
         // Named only by `required`: `additionalProperties` applies.
-        Ok((i, n.properties[i].schema.or(n.additional)))
+        let property = n.properties.get(i).ok_or(Stop::Unsure)?;
+        Ok((i, property.schema.or(n.additional)))
     }
 
     fn array(&mut self, node: Option<&'a Node>) -> Step {
