@@ -8,6 +8,12 @@
 //!   paths × methods ─► Operation { params, body, responses }   (jsonschema Validators)
 //! ```
 //!
+//! A body schema is compiled three ways ([`borrowed::BodySchema`]):
+//! a [`single_pass::SinglePass`] program when its keywords allow (checked
+//! while the body is read once), `jsonschema` over a `simd-json` tape
+//! otherwise, and `jsonschema` over a `serde_json::Value` for the
+//! pointers and messages of a body that fails.
+//!
 //! Validators address schemas by URI, `gatehouse://bundle/<file>#<pointer>`,
 //! and a [`documents::BundleRetriever`] serves those files from memory: no
 //! file or network access happens while compiling or validating.
