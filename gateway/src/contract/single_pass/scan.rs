@@ -55,6 +55,23 @@ impl<'a> Scan<'a> {
         Ok(())
     }
 
+    /// After a member or element: `true` at `close` (stepped over), `false`
+    /// at a comma (stepped over), unsure at anything else.
+    fn closes(&mut self, close: u8) -> Result<bool, Stop> {
+        self.skip_space();
+        match self.peek() {
+            Some(b',') => {
+                self.at += 1;
+                Ok(false)
+            }
+            Some(c) if c == close => {
+                self.at += 1;
+                Ok(true)
+            }
+            _ => Err(Stop::Unsure),
+        }
+    }
+
     /// Read one value and check it against `id` (`None`: any value).
     pub(super) fn value(&mut self, id: Option<NodeId>) -> Step {
         self.skip_space();
@@ -70,11 +87,14 @@ impl<'a> Scan<'a> {
                         return Err(Stop::Invalid);
                     }
                     if n.text_checks {
-                        let raw = self.text.get(from..to).ok_or(Stop::Unsure)?;
                         if escaped {
-                            n.check_text(&unescape(raw).ok_or(Stop::Unsure)?)?;
+                            // Rare: `serde_json` itself reads the quoted string.
+                            let quoted = self.text.get(from - 1..to + 1).ok_or(Stop::Unsure)?;
+                            let text: String =
+                                serde_json::from_str(quoted).map_err(|_| Stop::Unsure)?;
+                            n.check_text(&text)?;
                         } else {
-                            n.check_text(raw)?;
+                            n.check_text(self.text.get(from..to).ok_or(Stop::Unsure)?)?;
                         }
                     }
                 }
@@ -96,7 +116,11 @@ impl<'a> Scan<'a> {
     }
 
     fn literal(&mut self, word: &[u8], node: Option<&Node>, bit: u8, read: Read<'_>) -> Step {
-        if !self.bytes[self.at..].starts_with(word) {
+        if !self
+            .bytes
+            .get(self.at..)
+            .is_some_and(|b| b.starts_with(word))
+        {
             return Err(Stop::Unsure);
         }
         self.at += word.len();
@@ -209,14 +233,8 @@ impl<'a> Scan<'a> {
                 self.at += 1;
                 members += 1;
                 self.value(schema)?;
-                self.skip_space();
-                match self.peek() {
-                    Some(b',') => self.at += 1,
-                    Some(b'}') => {
-                        self.at += 1;
-                        break;
-                    }
-                    _ => return Err(Stop::Unsure),
+                if self.closes(b'}')? {
+                    break;
                 }
             }
         }
@@ -272,7 +290,11 @@ impl<'a> Scan<'a> {
             if escaped {
                 return Err(Stop::Unsure);
             }
-            let found = n.properties.iter().position(|p| p.name.as_bytes() == named);
+            // Plain names were tried on the raw bytes already.
+            let found = n
+                .properties
+                .iter()
+                .position(|p| !p.plain && p.name.as_bytes() == named);
             if found.is_none() {
                 if self.others.len() - others >= MAX_OTHER_MEMBERS
                     || self.others[others..]
@@ -313,14 +335,8 @@ impl<'a> Scan<'a> {
             loop {
                 self.value(items)?;
                 count += 1;
-                self.skip_space();
-                match self.peek() {
-                    Some(b',') => self.at += 1,
-                    Some(b']') => {
-                        self.at += 1;
-                        break;
-                    }
-                    _ => return Err(Stop::Unsure),
+                if self.closes(b']')? {
+                    break;
                 }
             }
         }
@@ -480,33 +496,4 @@ pub(super) fn plain_run(bytes: &[u8]) -> usize {
         .iter()
         .position(|&c| c == b'"' || c == b'\\' || c < 0x20)
         .unwrap_or(bytes.len() - run)
-}
-
-/// The text of a string's raw contents with escapes (already checked by
-/// [`Scan::escape`]: no surrogates) resolved.
-fn unescape(raw: &str) -> Option<String> {
-    let mut out = String::with_capacity(raw.len());
-    let mut chars = raw.chars();
-    while let Some(c) = chars.next() {
-        if c != '\\' {
-            out.push(c);
-            continue;
-        }
-        out.push(match chars.next()? {
-            '"' => '"',
-            '\\' => '\\',
-            '/' => '/',
-            'b' => '\u{8}',
-            'f' => '\u{c}',
-            'n' => '\n',
-            'r' => '\r',
-            't' => '\t',
-            'u' => {
-                let hex: String = chars.by_ref().take(4).collect();
-                char::from_u32(u32::from_str_radix(&hex, 16).ok()?)?
-            }
-            _ => return None,
-        });
-    }
-    Some(out)
 }
