@@ -11,10 +11,12 @@ use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
+
+use rustc_hash::FxHashMap;
 
 use crate::limits::quota::QuotaStore;
-use crate::limits::{LimitStore, Limits};
+use crate::limits::{push_header_item, LimitStore, Limits};
 use crate::policy::{self, Bundle, PolicyErrors};
 use crate::routing::UpstreamSet;
 
@@ -30,9 +32,30 @@ pub struct Active {
     /// Where it came from (directory path).
     pub source: String,
     /// Rate-limit stores by limit id.
-    pub limit_stores: HashMap<String, Arc<dyn LimitStore>>,
+    pub limit_stores: FxHashMap<String, Metered<dyn LimitStore>>,
     /// Quota counters by quota id.
-    pub quota_stores: HashMap<String, Arc<QuotaStore>>,
+    pub quota_stores: FxHashMap<String, Metered<QuotaStore>>,
+}
+
+/// A limit's or quota's store, with its `RateLimit-Policy` item rendered
+/// once per activation (`"id";q=…;w=…`): it never changes between requests.
+#[derive(Debug)]
+pub struct Metered<S: ?Sized> {
+    /// The counters.
+    pub store: Arc<S>,
+    /// The item this limit adds to `RateLimit-Policy`.
+    pub policy_item: Box<str>,
+}
+
+impl<S: ?Sized> Metered<S> {
+    fn new(store: Arc<S>, id: &str, quota: u64, window: u64) -> Self {
+        let mut item = String::new();
+        push_header_item(&mut item, id, ("q", quota), ("w", window));
+        Self {
+            store,
+            policy_item: item.into_boxed_str(),
+        }
+    }
 }
 
 impl Active {
@@ -49,18 +72,25 @@ impl Active {
             previous.map(|p| &p.upstreams),
             previous.map(|p| &*p.bundle),
         );
-        let mut limit_stores = HashMap::new();
-        let mut quota_stores = HashMap::new();
+        let mut limit_stores = FxHashMap::default();
+        let mut quota_stores = FxHashMap::default();
         let rules = bundle
             .apps
             .iter()
             .flat_map(|a| a.limits.iter().map(|l| &l.rule))
             .chain(bundle.plans.values().flat_map(|p| p.limits.iter()));
         for rule in rules {
-            limit_stores.insert(rule.id.clone(), limits.store(rule));
+            let metered = Metered::new(
+                limits.store(rule),
+                &rule.id,
+                u64::from(rule.burst),
+                rule.rate.window_secs(),
+            );
+            limit_stores.insert(rule.id.clone(), metered);
         }
         for q in bundle.plans.values().flat_map(|p| p.quotas.iter()) {
-            quota_stores.insert(q.id.clone(), limits.quota(q));
+            let metered = Metered::new(limits.quota(q), &q.id, q.limit, q.window.secs());
+            quota_stores.insert(q.id.clone(), metered);
         }
         let ids: HashSet<String> = limit_stores
             .keys()

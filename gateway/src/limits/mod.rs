@@ -278,6 +278,21 @@ impl Limits {
     }
 }
 
+/// One structured-field item of a `RateLimit-*` header: `"id";a=1;b=2`
+/// (numbers written with `itoa`: this runs on every limited request).
+pub fn push_header_item(out: &mut String, id: &str, a: (&str, u64), b: (&str, u64)) {
+    let mut digits = itoa::Buffer::new();
+    out.push('"');
+    out.push_str(id);
+    out.push('"');
+    for (name, value) in [a, b] {
+        out.push(';');
+        out.push_str(name);
+        out.push('=');
+        out.push_str(digits.format(value));
+    }
+}
+
 /// Hash a key value under a limit id: FNV-1a over both, finished with the
 /// SplitMix64 mixer so every bit of the result depends on every input byte
 /// (the store uses the value as its hash directly).

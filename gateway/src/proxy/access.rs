@@ -12,7 +12,7 @@ use super::respond::respond;
 use crate::contract::params::query_values;
 use crate::ctx::RequestCtx;
 use crate::error::GatewayError;
-use crate::limits::{key_hash, LimitKey};
+use crate::limits::{key_hash, push_header_item, LimitKey};
 use crate::policy::model::AuthMode;
 use crate::policy::{App, Auth, Route};
 use crate::runtime::Active;
@@ -159,13 +159,46 @@ fn identify(
     Ok(None)
 }
 
-/// One applied limit, for the response headers.
-struct Applied<'a> {
+/// The limit with the fewest requests left, for `RateLimit`.
+struct Tightest<'a> {
     id: &'a str,
-    quota: u64,
-    window: u64,
     remaining: u64,
     reset: u64,
+}
+
+/// The `RateLimit-Policy` items of the limits that admitted the request so
+/// far, and the tightest of them.
+#[derive(Default)]
+struct Admitted<'a> {
+    policy: String,
+    tightest: Option<Tightest<'a>>,
+}
+
+impl<'a> Admitted<'a> {
+    fn add(&mut self, policy_item: &str, this: Tightest<'a>) {
+        if self.policy.is_empty() {
+            self.policy.reserve(48);
+        } else {
+            self.policy.push_str(", ");
+        }
+        self.policy.push_str(policy_item);
+        // The first of equals stays the tightest.
+        if self
+            .tightest
+            .as_ref()
+            .is_none_or(|t| this.remaining < t.remaining)
+        {
+            self.tightest = Some(this);
+        }
+    }
+
+    /// The `RateLimit-Policy` and `RateLimit` values, when any limit applied.
+    fn headers(self) -> Option<(String, String)> {
+        let t = self.tightest?;
+        let mut state = String::with_capacity(40);
+        push_header_item(&mut state, t.id, ("r", t.remaining), ("t", t.reset));
+        Some((self.policy, state))
+    }
 }
 
 fn limit(
@@ -183,7 +216,7 @@ fn limit(
         return None;
     }
     let ip_text = ctx.client_ip.as_str();
-    let mut applied: Vec<Applied<'_>> = Vec::new();
+    let mut admitted = Admitted::default();
 
     let plan_rules = plan.into_iter().flat_map(|p| p.limits.iter());
     let app_rules = app
@@ -202,84 +235,51 @@ fn limit(
                 None => continue,
             },
         };
-        let Some(store) = active.limit_stores.get(&rule.id) else {
+        let Some(metered) = active.limit_stores.get(&rule.id) else {
             continue;
         };
-        let d = store.check(key_hash(&rule.id, value));
-        let emission = rule.rate.period.as_secs_f64() / rule.rate.count as f64;
-        let this = Applied {
-            id: &rule.id,
-            quota: rule.burst as u64,
-            window: rule.rate.window_secs(),
-            remaining: d.remaining as u64,
-            reset: ((rule.burst.saturating_sub(d.remaining)) as f64 * emission).ceil() as u64,
-        };
+        let d = metered.store.check(key_hash(&rule.id, value));
         if !d.allowed {
             ctx.rejected_by = Some(rule.id.clone());
-            return Some(refusal(&this, d.retry_after));
+            let limit = (&*rule.id, u64::from(rule.burst), rule.rate.window_secs());
+            return Some(refusal(limit, d.retry_after));
         }
-        applied.push(this);
+        let emission = rule.rate.period.as_secs_f64() / rule.rate.count as f64;
+        let used = rule.burst.saturating_sub(d.remaining);
+        let this = Tightest {
+            id: &rule.id,
+            remaining: u64::from(d.remaining),
+            reset: (f64::from(used) * emission).ceil() as u64,
+        };
+        admitted.add(&metered.policy_item, this);
     }
     if let (Some(plan), Some(c)) = (plan, consumer) {
         for q in &plan.quotas {
-            let Some(store) = active.quota_stores.get(&q.id) else {
+            let Some(metered) = active.quota_stores.get(&q.id) else {
                 continue;
             };
-            let d = store.check(key_hash(&q.id, c.id.as_bytes()));
-            let this = Applied {
+            let d = metered.store.check(key_hash(&q.id, c.id.as_bytes()));
+            if !d.allowed {
+                ctx.rejected_by = Some(q.id.clone());
+                return Some(refusal((&q.id, q.limit, q.window.secs()), d.reset));
+            }
+            let this = Tightest {
                 id: &q.id,
-                quota: q.limit,
-                window: q.window.secs(),
                 remaining: d.remaining,
                 reset: d.reset.as_secs(),
             };
-            if !d.allowed {
-                ctx.rejected_by = Some(q.id.clone());
-                return Some(refusal(&this, d.reset));
-            }
-            applied.push(this);
+            admitted.add(&metered.policy_item, this);
         }
     }
-    if let Some(tightest) = applied.iter().min_by_key(|a| a.remaining) {
-        let mut policy = String::with_capacity(40 * applied.len());
-        for (i, a) in applied.iter().enumerate() {
-            if i > 0 {
-                policy.push_str(", ");
-            }
-            push_item(&mut policy, a.id, ("q", a.quota), ("w", a.window));
-        }
-        let mut state = String::with_capacity(40);
-        push_item(
-            &mut state,
-            tightest.id,
-            ("r", tightest.remaining),
-            ("t", tightest.reset),
-        );
-        ctx.rate_headers = Some((policy, state));
-    }
+    ctx.rate_headers = admitted.headers();
     None
 }
 
-/// One structured-field item of a `RateLimit-*` header: `"id";a=1;b=2`
-/// (numbers written with `itoa`: this runs on every limited request).
-fn push_item(out: &mut String, id: &str, a: (&str, u64), b: (&str, u64)) {
-    let mut digits = itoa::Buffer::new();
-    out.push('"');
-    out.push_str(id);
-    out.push('"');
-    for (name, value) in [a, b] {
-        out.push(';');
-        out.push_str(name);
-        out.push('=');
-        out.push_str(digits.format(value));
-    }
-}
-
-fn refusal(a: &Applied<'_>, wait: Duration) -> GatewayError {
+fn refusal((id, quota, window): (&str, u64, u64), wait: Duration) -> GatewayError {
     let retry_after = (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1);
     let (mut policy, mut state) = (String::new(), String::new());
-    push_item(&mut policy, a.id, ("q", a.quota), ("w", a.window));
-    push_item(&mut state, a.id, ("r", 0), ("t", retry_after));
+    push_header_item(&mut policy, id, ("q", quota), ("w", window));
+    push_header_item(&mut state, id, ("r", 0), ("t", retry_after));
     GatewayError::RateLimited {
         retry_after,
         policy,
