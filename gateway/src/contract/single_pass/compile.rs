@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use jsonschema::Validator;
 use serde_json::{Map, Value};
 
-use super::{types, Node, NodeId, Num, Property, Scalar, MAX_PROPERTIES};
+use super::{types, Node, NodeId, Num, Pattern, Property, Scalar, MAX_PROPERTIES};
 use crate::contract::borrowed::Borrowed;
 
 /// Keywords that only annotate: no effect on a verdict.
@@ -133,7 +133,13 @@ impl<'d> Compiler<'d, '_> {
                 "maxItems" => node.max_items = Some(count()?),
                 "minProperties" => node.min_properties = Some(count()?),
                 "maxProperties" => node.max_properties = Some(count()?),
-                "pattern" | "format" | "multipleOf" => {
+                "pattern" => match v.as_str().and_then(Pattern::compile) {
+                    Some(pattern) => node.pattern = Some(pattern),
+                    None => {
+                        leaf.insert(key.clone(), v.clone());
+                    }
+                },
+                "format" | "multipleOf" => {
                     leaf.insert(key.clone(), v.clone());
                 }
                 "items" => node.items = Some(self.child(doc, pointer, &["items"])?),

@@ -15,9 +15,11 @@
 //!   `maxLength`, `minItems`, `maxItems`, `items`, `properties`,
 //!   `required`, `additionalProperties`, `minProperties`,
 //!   `maxProperties`, `allOf`, `anyOf`, `oneOf`, `not`, `$ref` (to a JSON
-//!   pointer in a bundle document), and annotations. `pattern`, `format`
-//!   and `multipleOf` are judged by `jsonschema` itself: a scalar goes to a
-//!   validator of just those keywords, with no allocation. A schema with
+//!   pointer in a bundle document), and annotations. A `pattern` of the
+//!   identifier kind (`^SKU-[0-9]{5}$`) is matched here, without a regex engine; other
+//!   patterns, `format` and `multipleOf` are judged by `jsonschema` itself:
+//!   a scalar goes to a validator of just those keywords, with no
+//!   allocation. A schema with
 //!   any other keyword is not compiled, and the tape walk judges it.
 //! - **[`Check::Unsure`]** for what the parser does not read the way
 //!   `serde_json` would, or does not read at all: malformed JSON, a repeated
@@ -43,9 +45,11 @@ use simd_json::{Node as TapeNode, StaticNode};
 use super::borrowed::{Borrowed, Doc};
 
 mod compile;
+mod pattern;
 mod scan;
 
 use compile::Compiler;
+use pattern::Pattern;
 use scan::Scan;
 
 /// Deepest nesting the parser reads (as `serde_json`'s limit); `allOf`,
@@ -221,7 +225,9 @@ struct Node {
     exclusive_maximum: Option<Num>,
     min_length: Option<u64>,
     max_length: Option<u64>,
-    /// `pattern`, `format`, `multipleOf`, judged by `jsonschema`.
+    /// A `pattern` simple enough to match here.
+    pattern: Option<Pattern>,
+    /// `format`, `multipleOf` and other patterns, judged by `jsonschema`.
     leaf: Option<Validator<Borrowed>>,
     min_items: Option<u64>,
     max_items: Option<u64>,
@@ -256,6 +262,7 @@ impl Default for Node {
             exclusive_maximum: None,
             min_length: None,
             max_length: None,
+            pattern: None,
             leaf: None,
             min_items: None,
             max_items: None,
@@ -293,6 +300,7 @@ impl Node {
         self.text_checks = !self.enums.is_empty()
             || self.min_length.is_some()
             || self.max_length.is_some()
+            || self.pattern.is_some()
             || self.leaf.is_some();
         self
     }
@@ -359,6 +367,9 @@ impl Node {
             }
         }
         self.in_enums(Read::Str(text))?;
+        if self.pattern.as_ref().is_some_and(|p| !p.matches(text)) {
+            return Err(Stop::Invalid);
+        }
         match &self.leaf {
             Some(leaf) if !leaf.is_valid(Doc::Str(text)) => Err(Stop::Invalid),
             _ => Ok(()),

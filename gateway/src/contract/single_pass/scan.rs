@@ -421,15 +421,18 @@ impl<'a> Scan<'a> {
             }
             _ => return Err(Stop::Unsure),
         }
-        let mut integer = true;
+        let whole_digits = self.at - from - usize::from(negative);
+        let mut fraction = None;
         if self.peek() == Some(b'.') {
             self.at += 1;
-            integer = false;
+            let digits = self.at;
             self.digits()?;
+            fraction = Some(digits..self.at);
         }
+        let mut exponent = false;
         if let Some(b'e' | b'E') = self.peek() {
             self.at += 1;
-            integer = false;
+            exponent = true;
             if let Some(b'+' | b'-') = self.peek() {
                 self.at += 1;
             }
@@ -439,7 +442,7 @@ impl<'a> Scan<'a> {
             return Ok(None);
         }
         // As `serde_json`: integers in range as such, `-0` and the rest as `f64`.
-        let exact = match (integer, value, negative) {
+        let exact = match (fraction.is_none() && !exponent, value, negative) {
             (true, Some(v), false) => Some(Num::U(v)),
             (true, Some(v), true) if v != 0 => i64::try_from(v)
                 .ok()
@@ -449,6 +452,11 @@ impl<'a> Scan<'a> {
         };
         if let Some(n) = exact {
             return Ok(Some(n));
+        }
+        if let (Some(digits), false) = (fraction, exponent) {
+            if let Some(f) = short_decimal(value, self.bytes.get(digits), whole_digits) {
+                return Ok(Some(Num::F(if negative { -f } else { f })));
+            }
         }
         let text = self.text.get(from..self.at).ok_or(Stop::Unsure)?;
         match text.parse::<f64>() {
@@ -467,6 +475,32 @@ impl<'a> Scan<'a> {
         }
         Ok(())
     }
+}
+
+/// Powers of ten that are exact as `f64`, up to what [`short_decimal`] needs.
+const POW10: [f64; 16] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+];
+
+/// A decimal with no exponent and at most 15 digits in all, as the nearest
+/// `f64` (what a correct parser gives): its digits as an integer and ten to
+/// the number of fraction digits are both exact as `f64`, and one IEEE
+/// division of exact operands rounds correctly. `None` for longer numbers.
+pub(super) fn short_decimal(
+    whole: Option<u64>,
+    fraction: Option<&[u8]>,
+    whole_digits: usize,
+) -> Option<f64> {
+    let fraction = fraction?;
+    let scale = POW10.get(fraction.len())?;
+    if whole_digits + fraction.len() > 15 {
+        return None;
+    }
+    let mut digits = whole?;
+    for &d in fraction {
+        digits = digits * 10 + u64::from(d - b'0');
+    }
+    Some(digits as f64 / scale)
 }
 
 /// How many bytes at the start of `bytes` are plain string contents: not

@@ -380,4 +380,21 @@ proptest! {
         let naive = bytes.iter().position(|&c| c == b'"' || c == b'\\' || c < 0x20).unwrap_or(bytes.len());
         prop_assert_eq!(scan::plain_run(&bytes), naive);
     }
+
+    /// A short decimal is the `f64` a correct parser reads.
+    #[test]
+    fn short_decimals_are_read_exactly(
+        whole in prop_oneof![Just(0u64), 0u64..10, 0u64..100_000_000, 0u64..999_999_999_999_999],
+        fraction in "[0-9]{1,15}",
+    ) {
+        let text = format!("{whole}.{fraction}");
+        let whole_digits = whole.to_string().len();
+        let read = scan::short_decimal(Some(whole), Some(fraction.as_bytes()), whole_digits);
+        if whole_digits + fraction.len() <= 15 {
+            let expected: f64 = text.parse().expect("a decimal");
+            prop_assert_eq!(read.map(f64::to_bits), Some(expected.to_bits()), "{}", text);
+        } else {
+            prop_assert_eq!(read, None, "{}", text);
+        }
+    }
 }
