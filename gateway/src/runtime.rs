@@ -35,6 +35,37 @@ pub struct Active {
     pub limit_stores: FxHashMap<String, Metered<dyn LimitStore>>,
     /// Quota counters by quota id.
     pub quota_stores: FxHashMap<String, Metered<QuotaStore>>,
+    /// The names wide events carry, shared instead of copied per request.
+    pub names: EventNames,
+}
+
+/// The policy's names as wide events carry them: one allocation per
+/// activation, a reference count per request.
+#[derive(Debug)]
+pub struct EventNames {
+    /// The policy version.
+    pub version: Arc<str>,
+    /// Per app (indexed like `bundle.apps`): its name and its routes' ids.
+    pub apps: Vec<(Arc<str>, Vec<Arc<str>>)>,
+    /// The route of requests to undeclared paths.
+    pub passthrough: Arc<str>,
+}
+
+impl EventNames {
+    fn new(bundle: &Bundle) -> Self {
+        Self {
+            version: bundle.version.as_str().into(),
+            apps: bundle
+                .apps
+                .iter()
+                .map(|a| {
+                    let routes = a.routes.iter().map(|r| r.id.as_str().into()).collect();
+                    (a.name.as_str().into(), routes)
+                })
+                .collect(),
+            passthrough: "passthrough".into(),
+        }
+    }
 }
 
 /// A limit's or quota's store, with its `RateLimit-Policy` item rendered
@@ -99,6 +130,7 @@ impl Active {
             .collect();
         limits.retain(&ids);
         Active {
+            names: EventNames::new(&bundle),
             bundle,
             upstreams,
             activated_at: SystemTime::now(),

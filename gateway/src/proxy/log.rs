@@ -1,6 +1,7 @@
 //! The `logging` phase: turn the request context into the wide event.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use pingora::proxy::Session;
@@ -9,6 +10,7 @@ use pingora::Error;
 use crate::contract::Verdict;
 use crate::ctx::RequestCtx;
 use crate::error::GatewayError;
+use crate::telemetry::event::no_name;
 use crate::telemetry::RequestEvent;
 
 /// Most violation summaries kept per event.
@@ -53,7 +55,7 @@ pub fn event(
     session: &Session,
     e: Option<&Error>,
     ctx: &mut RequestCtx,
-    instance: &str,
+    instance: &Arc<str>,
 ) -> RequestEvent {
     let status = session
         .response_written()
@@ -86,7 +88,7 @@ pub fn wide_event(
     req: &http::request::Parts,
     exchange: &Exchange,
     ctx: &mut RequestCtx,
-    instance: &str,
+    instance: &Arc<str>,
 ) -> RequestEvent {
     let status = exchange.status;
     // One monotonic and one wall reading: the wall start is now minus the
@@ -114,24 +116,23 @@ pub fn wide_event(
         .filter(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()))
         .unwrap_or("")
         .to_string();
-    let (app, route, policy_version) = match (&ctx.active, ctx.app) {
-        (Some(active), Some(a)) => {
-            let app = &active.bundle.apps[a];
-            let route = ctx
-                .route
-                .map_or("passthrough", |r| app.routes[r].id.as_str());
-            (
-                app.name.clone(),
-                if ctx.route.is_none() && ctx.error.is_some() {
-                    String::new()
-                } else {
-                    route.to_string()
-                },
-                active.bundle.version.clone(),
-            )
+    let (app, route, policy_version) = match &ctx.active {
+        Some(active) => {
+            let names = &active.names;
+            let (app, route) = match ctx.app.and_then(|a| names.apps.get(a)) {
+                Some((app, routes)) => {
+                    let route = match ctx.route {
+                        Some(r) => routes.get(r).cloned().unwrap_or_else(no_name),
+                        None if ctx.error.is_some() => no_name(),
+                        None => names.passthrough.clone(),
+                    };
+                    (app.clone(), route)
+                }
+                None => (no_name(), no_name()),
+            };
+            (app, route, names.version.clone())
         }
-        (Some(active), None) => (String::new(), String::new(), active.bundle.version.clone()),
-        _ => (String::new(), String::new(), String::new()),
+        None => (no_name(), no_name(), no_name()),
     };
     let violations = ctx
         .violations
@@ -159,7 +160,7 @@ pub fn wide_event(
         time_us: started_wall.as_micros() as u64,
         request_id: std::mem::take(&mut ctx.request_id),
         trace_id,
-        instance: instance.to_string(),
+        instance: instance.clone(),
         policy_version,
         app,
         route,
@@ -177,8 +178,7 @@ pub fn wide_event(
         upstream: ctx
             .last_instance
             .as_ref()
-            .map(|i| i.addr.url.clone())
-            .unwrap_or_default(),
+            .map_or_else(no_name, |i| i.url.clone()),
         attempts: u8::try_from(ctx.attempts).unwrap_or(u8::MAX),
         total_us,
         gateway_us: total_us.saturating_sub(upstream_total_us),

@@ -80,7 +80,7 @@ pub struct Gateway {
     shared: Arc<Shared>,
     connector: Connector,
     telemetry: Option<crate::telemetry::Telemetry>,
-    instance: String,
+    instance: Arc<str>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -96,7 +96,7 @@ impl Gateway {
             shared,
             connector: Connector::new(None),
             telemetry: None,
-            instance: String::new(),
+            instance: crate::telemetry::event::no_name(),
         }
     }
 
@@ -107,7 +107,7 @@ impl Gateway {
         instance: String,
     ) -> Self {
         self.telemetry = Some(telemetry);
-        self.instance = instance;
+        self.instance = instance.into();
         self
     }
 }

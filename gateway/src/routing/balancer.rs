@@ -37,6 +37,8 @@ pub fn ms_at(now: Instant) -> u64 {
 pub struct Instance {
     /// Where it is.
     pub addr: InstanceAddr,
+    /// `addr.url`, shared with every wide event that names this instance.
+    pub url: Arc<str>,
     /// Resolved socket address (`None` when the name did not resolve).
     pub socket: Option<SocketAddr>,
     healthy: AtomicBool,
@@ -53,6 +55,7 @@ impl Instance {
     /// A new instance, assumed healthy until proven otherwise.
     pub fn new(addr: InstanceAddr, socket: Option<SocketAddr>) -> Self {
         Self {
+            url: addr.url.as_str().into(),
             addr,
             socket,
             healthy: AtomicBool::new(true),

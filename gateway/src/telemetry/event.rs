@@ -1,11 +1,21 @@
 //! The wide event: one row per request, every request (not sampled).
 
 use std::borrow::Cow;
+use std::sync::{Arc, LazyLock};
 
 use serde::{Deserialize, Serialize};
 
+static NO_NAME: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from(""));
+
+/// The empty name, shared (an empty `Arc<str>` would still allocate).
+pub fn no_name() -> Arc<str> {
+    NO_NAME.clone()
+}
+
 /// One request, as stored in `requests`. Field order is the column order of
-/// the RowBinary insert; keep it in step with [`super::schema`].
+/// the RowBinary insert; keep it in step with [`super::schema`]. Names that
+/// come from the policy or the process (`Arc<str>`) are shared, not copied:
+/// an event allocates only for what is its own.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clickhouse::Row)]
 pub struct RequestEvent {
     /// Start of the request, seconds since the epoch (`DateTime`, UTC).
@@ -17,13 +27,13 @@ pub struct RequestEvent {
     /// W3C trace id (from `traceparent`, else empty).
     pub trace_id: String,
     /// Gateway instance (host name or `--instance`).
-    pub instance: String,
+    pub instance: Arc<str>,
     /// Policy version the request was served under.
-    pub policy_version: String,
+    pub policy_version: Arc<str>,
     /// App name (empty when no app matched).
-    pub app: String,
+    pub app: Arc<str>,
     /// Route id (`passthrough` for undeclared paths, empty when unrouted).
-    pub route: String,
+    pub route: Arc<str>,
     /// HTTP method.
     pub method: Cow<'static, str>,
     /// Status sent to the client (0 when the client went away).
@@ -47,7 +57,7 @@ pub struct RequestEvent {
     /// Client address.
     pub client_ip: String,
     /// Instance URL of the last attempt.
-    pub upstream: String,
+    pub upstream: Arc<str>,
     /// Upstream attempts.
     pub attempts: u8,
     /// Whole request, µs.

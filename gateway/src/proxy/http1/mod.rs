@@ -71,7 +71,7 @@ pub mod counters {
 pub struct Engine {
     shared: Arc<Shared>,
     telemetry: Option<crate::telemetry::Telemetry>,
-    instance: String,
+    instance: Arc<str>,
     pingora: Arc<HttpProxy<Gateway>>,
 }
 
@@ -90,8 +90,8 @@ impl Engine {
         pingora: HttpProxy<Gateway>,
     ) -> Self {
         let (telemetry, instance) = match telemetry {
-            Some((t, i)) => (Some(t), i),
-            None => (None, String::new()),
+            Some((t, i)) => (Some(t), Arc::from(i)),
+            None => (None, crate::telemetry::event::no_name()),
         };
         Self {
             shared,
