@@ -53,7 +53,9 @@ full_port=19401; admin_a=19302; admin_b=19402; admin_c=19312
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
+  # nginx may remove its pid file between a test and a read: read once, quietly.
+  nginx_master=$(cat "$work/nginx.pid" 2>/dev/null || true)
+  [ -n "$nginx_master" ] && kill "$nginx_master" 2>/dev/null || true
   CLICKHOUSE_DIR="$PWD/$work/clickhouse" CLICKHOUSE_HTTP_PORT=19123 CLICKHOUSE_TCP_PORT=19124 scripts/clickhouse.sh stop >/dev/null 2>&1 || true
   wait 2>/dev/null || true
   [ -n "${cg:-}" ] && rmdir "$cg" 2>/dev/null || true
