@@ -237,7 +237,13 @@ pub fn run(opts: ServeOptions) -> anyhow::Result<()> {
                 crate::proxy::http1::Engine::new(Arc::clone(&shared), telemetry.clone(), fallback);
             let mut lean =
                 pingora::services::listening::Service::new("gatehouse-http1".to_string(), engine);
-            lean.add_tcp(&opts.listen);
+            // The engine reads into and writes from its own buffers, so
+            // Pingora's layer buffers (a 64 KiB read buffer, a 1 460-byte
+            // write buffer) would only copy every byte once more.
+            lean.add_listener(
+                pingora::listeners::ListenerConfig::tcp(opts.listen.as_str())
+                    .l4_buffer(pingora::protocols::l4::stream::L4BufferSettings::unbuffered()),
+            );
             server.add_service(lean);
         }
     }
