@@ -179,8 +179,9 @@ pub struct Upstream {
 /// A parsed instance URL.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct InstanceAddr {
-    /// The URL as written (normalised), the instance's identity.
-    pub url: String,
+    /// The URL as written (normalised), the instance's identity (shared
+    /// with every wide event that names the instance).
+    pub url: Arc<str>,
     /// Host name or IP literal (without brackets).
     pub host: String,
     /// Port.

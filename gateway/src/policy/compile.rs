@@ -484,7 +484,7 @@ pub fn parse_instance_url(url: &str) -> Result<InstanceAddr, String> {
         return Err(bad("bad host"));
     }
     let addr = InstanceAddr {
-        url: String::new(),
+        url: "".into(),
         host: host.to_ascii_lowercase(),
         port,
         tls,
@@ -494,7 +494,8 @@ pub fn parse_instance_url(url: &str) -> Result<InstanceAddr, String> {
             "{}://{}",
             if tls { "https" } else { "http" },
             addr.authority()
-        ),
+        )
+        .into(),
         ..addr
     })
 }

@@ -178,7 +178,7 @@ pub fn wide_event(
         upstream: ctx
             .last_instance
             .as_ref()
-            .map_or_else(no_name, |i| i.url.clone()),
+            .map_or_else(no_name, |i| i.addr.url.clone()),
         attempts: u8::try_from(ctx.attempts).unwrap_or(u8::MAX),
         total_us,
         gateway_us: total_us.saturating_sub(upstream_total_us),

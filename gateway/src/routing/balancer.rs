@@ -37,8 +37,6 @@ pub fn ms_at(now: Instant) -> u64 {
 pub struct Instance {
     /// Where it is.
     pub addr: InstanceAddr,
-    /// `addr.url`, shared with every wide event that names this instance.
-    pub url: Arc<str>,
     /// Resolved socket address (`None` when the name did not resolve).
     pub socket: Option<SocketAddr>,
     healthy: AtomicBool,
@@ -55,7 +53,6 @@ impl Instance {
     /// A new instance, assumed healthy until proven otherwise.
     pub fn new(addr: InstanceAddr, socket: Option<SocketAddr>) -> Self {
         Self {
-            url: addr.url.as_str().into(),
             addr,
             socket,
             healthy: AtomicBool::new(true),
@@ -267,7 +264,7 @@ impl UpstreamSet {
         if let (Some(prev), Some(pb)) = (previous, previous_bundle) {
             for (app, group) in pb.apps.iter().zip(&prev.groups) {
                 for inst in &group.instances {
-                    known.insert((app.name.as_str(), inst.addr.url.as_str()), inst);
+                    known.insert((app.name.as_str(), &*inst.addr.url), inst);
                 }
             }
         }
@@ -279,12 +276,10 @@ impl UpstreamSet {
                     .upstream
                     .instances
                     .iter()
-                    .map(
-                        |addr| match known.get(&(app.name.as_str(), addr.url.as_str())) {
-                            Some(inst) => Arc::clone(inst),
-                            None => Arc::new(Instance::new(addr.clone(), resolve(addr))),
-                        },
-                    )
+                    .map(|addr| match known.get(&(app.name.as_str(), &*addr.url)) {
+                        Some(inst) => Arc::clone(inst),
+                        None => Arc::new(Instance::new(addr.clone(), resolve(addr))),
+                    })
                     .collect();
                 UpstreamGroup::new(instances, app.upstream.balancing.clone())
             })
@@ -311,7 +306,7 @@ mod tests {
 
     fn inst(port: u16) -> Arc<Instance> {
         let addr = InstanceAddr {
-            url: format!("http://127.0.0.1:{port}"),
+            url: format!("http://127.0.0.1:{port}").into(),
             host: "127.0.0.1".into(),
             port,
             tls: false,

@@ -178,13 +178,8 @@ impl Parser<'_> {
     /// A single character inside a class: its byte, or a shorthand class.
     fn class_member(&mut self) -> Option<Result<u8, Class>> {
         match self.next()? {
-            b'\\' => match self.peek()? {
-                c if c.is_ascii_punctuation() => {
-                    self.at += 1;
-                    Some(Ok(c))
-                }
-                _ => self.escape().map(Err),
-            },
+            // An escaped character is itself; `\d` and `\w` are classes.
+            b'\\' => self.escape().map(|class| class.single().ok_or(class)),
             b'[' => None,
             c if (0x20..0x7f).contains(&c) => Some(Ok(c)),
             _ => None,

@@ -192,10 +192,10 @@ fn the_version_ignores_formatting_but_not_content() {
 #[test]
 fn instance_urls_normalise() {
     let a = parse_instance_url("HTTP://Example.ORG".to_lowercase().as_str()).unwrap();
-    assert_eq!(a.url, "http://example.org:80");
+    assert_eq!(&*a.url, "http://example.org:80");
     let b = parse_instance_url("https://[::1]:8443/").unwrap();
     assert_eq!(
-        (b.url.as_str(), b.host.as_str(), b.port, b.tls),
+        (&*b.url, b.host.as_str(), b.port, b.tls),
         ("https://[::1]:8443", "::1", 8443, true)
     );
 }
