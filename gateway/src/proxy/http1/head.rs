@@ -3,6 +3,7 @@
 //! that go upstream and back to the client.
 
 use std::fmt::Write as _;
+use std::mem::MaybeUninit;
 
 use http::header::{self, HeaderName, HeaderValue};
 
@@ -48,9 +49,9 @@ pub enum Parsed {
 
 /// Parse the request head at the start of `buf`.
 pub fn parse_request(buf: &[u8]) -> Parsed {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    let len = match req.parse(buf) {
+    let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let len = match req.parse_with_uninit_headers(buf, &mut headers) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => return Parsed::Partial,
         _ => return Parsed::Pingora,
@@ -335,9 +336,13 @@ pub fn parse_response(
     want_content: bool,
 ) -> Result<ResponseHead, BadResponse> {
     client_head.clear();
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut headers);
-    let len = match resp.parse(buf) {
+    let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut resp,
+        buf,
+        &mut headers,
+    ) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => return Err(BadResponse::Partial),
         _ => return Err(BadResponse::Invalid),
