@@ -227,8 +227,11 @@ struct ServeArgs {
     /// Spool cap in MiB (beyond it events are dropped and counted).
     #[arg(long, default_value_t = 1024, env = "GATEHOUSE_SPOOL_MAX_MIB")]
     spool_max_mib: u64,
-    /// Rows per ClickHouse insert.
-    #[arg(long, default_value_t = 5000)]
+    /// Most rows per ClickHouse insert. Batches are cut by time first (one
+    /// insert per `--telemetry-flush-ms`, as ClickHouse asks: every insert
+    /// writes a part of two files per column, merged later); this cap
+    /// bounds a batch's memory at high rates.
+    #[arg(long, default_value_t = 50_000)]
     telemetry_batch: usize,
     /// Longest time (ms) a row waits for its batch.
     #[arg(long, default_value_t = 1000)]
