@@ -139,7 +139,15 @@ impl Num {
     }
 
     /// Compare; `None` when the comparison would not be exact.
+    #[inline]
     fn compare(self, other: Num) -> Option<Ordering> {
+        // The pairs a body and its schema's bounds usually make, first.
+        match (self, other) {
+            (Num::U(a), Num::U(b)) => return Some(a.cmp(&b)),
+            (Num::F(a), Num::F(b)) => return a.partial_cmp(&b),
+            (Num::F(a), Num::U(b)) if b <= EXACT_F64 => return a.partial_cmp(&(b as f64)),
+            _ => {}
+        }
         match (self.as_i128(), other.as_i128()) {
             (Some(a), Some(b)) => Some(a.cmp(&b)),
             _ => self.as_f64()?.partial_cmp(&other.as_f64()?),
