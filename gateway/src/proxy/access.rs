@@ -3,6 +3,7 @@
 //! app's limits admit the request (429). Everything here reads the request's
 //! bundle snapshot; no locks.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use pingora::proxy::Session;
@@ -99,17 +100,17 @@ fn identify(
     auth: &Auth,
 ) -> Result<Option<usize>, GatewayError> {
     let dir = &active.bundle.consumers;
-    let key = auth
+    // Borrowed from the head where it can be: no copy of the key per request.
+    let key: Option<Cow<'_, str>> = auth
         .api_key_header
         .as_ref()
         .and_then(|h| req.headers.get(h))
         .and_then(|v| v.to_str().ok())
-        .map(|s| s.trim().to_string())
+        .map(|s| Cow::Borrowed(s.trim()))
         .or_else(|| {
             auth.api_key_query
                 .as_deref()
                 .and_then(|q| query_values(req.uri.query(), q).into_iter().next())
-                .map(|v| v.into_owned())
         });
     if let Some(key) = key {
         return match dir.by_key(&key) {
