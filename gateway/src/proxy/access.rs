@@ -242,8 +242,7 @@ fn limit(
         let d = metered.store.check(key_hash(&rule.id, value));
         if !d.allowed {
             ctx.rejected_by = Some(rule.id.clone());
-            let limit = (&*rule.id, u64::from(rule.burst), rule.rate.window_secs());
-            return Some(refusal(limit, d.retry_after));
+            return Some(refusal(&rule.id, &metered.policy_item, d.retry_after));
         }
         let emission = rule.rate.period.as_secs_f64() / rule.rate.count as f64;
         let used = rule.burst.saturating_sub(d.remaining);
@@ -262,7 +261,7 @@ fn limit(
             let d = metered.store.check(key_hash(&q.id, c.id.as_bytes()));
             if !d.allowed {
                 ctx.rejected_by = Some(q.id.clone());
-                return Some(refusal((&q.id, q.limit, q.window.secs()), d.reset));
+                return Some(refusal(&q.id, &metered.policy_item, d.reset));
             }
             let this = Tightest {
                 id: &q.id,
@@ -276,14 +275,15 @@ fn limit(
     None
 }
 
-fn refusal((id, quota, window): (&str, u64, u64), wait: Duration) -> GatewayError {
+/// The 429 for limit `id`, whose `RateLimit-Policy` item was rendered when
+/// the bundle was activated.
+fn refusal(id: &str, policy_item: &str, wait: Duration) -> GatewayError {
     let retry_after = (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1);
-    let (mut policy, mut state) = (String::new(), String::new());
-    push_header_item(&mut policy, id, ("q", quota), ("w", window));
+    let mut state = String::new();
     push_header_item(&mut state, id, ("r", 0), ("t", retry_after));
     GatewayError::RateLimited {
         retry_after,
-        policy,
+        policy: policy_item.to_owned(),
         state,
     }
 }
