@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use jsonschema::Validator;
 use serde_json::{Map, Value};
 
-use super::{types, Node, NodeId, Num, Pattern, Property, Scalar, MAX_PROPERTIES};
+use super::{types, Node, NodeId, Num, Pattern, Property, Scalar, Words, MAX_PROPERTIES};
 use crate::contract::borrowed::Borrowed;
 
 /// Keywords that only annotate: no effect on a verdict.
@@ -222,7 +222,8 @@ impl Property {
         Self {
             name: name.into(),
             schema,
-            plain: !name.bytes().any(|c| c == b'"' || c == b'\\' || c < 0x20),
+            quoted: (!name.bytes().any(|c| c == b'"' || c == b'\\' || c < 0x20))
+                .then(|| Words::new(format!("{name}\"").as_bytes())),
         }
     }
 }

@@ -37,6 +37,7 @@
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::sync::atomic::AtomicU8;
 
 use jsonschema::Validator;
 use serde_json::Value;
@@ -47,10 +48,12 @@ use super::borrowed::{Borrowed, Doc};
 mod compile;
 mod pattern;
 mod scan;
+mod words;
 
 use compile::Compiler;
 use pattern::Pattern;
 use scan::Scan;
+use words::Words;
 
 /// Deepest nesting the parser reads (as `serde_json`'s limit); `allOf`,
 /// `anyOf`, `oneOf` and `not` count as a level too.
@@ -116,7 +119,11 @@ impl Num {
 
     fn is_integer(self) -> bool {
         match self {
-            Num::F(f) => f.fract() == 0.0,
+            // Every `f64` from 2^52 up is an integer; below, a round trip
+            // through `i64` is exact for integers only (and, unlike
+            // `fract`, is no call to libm's `trunc`). NaN fails both.
+            Num::F(f) if f.abs() < 4_503_599_627_370_496.0 => f == (f as i64) as f64,
+            Num::F(f) => f.is_finite(),
             _ => true,
         }
     }
@@ -217,9 +224,11 @@ struct Property {
     name: Box<str>,
     /// Its `properties` schema; `None` when only `required` names it.
     schema: Option<NodeId>,
-    /// The name is written as is in JSON (no `"`, `\\` or control
-    /// character), so it can be compared with the raw bytes.
-    plain: bool,
+    /// The name and its closing quote as JSON writes them, for comparing
+    /// with the raw bytes; `None` when JSON must escape the name (a `"`,
+    /// `\\` or control character), as no unescaped member name can then
+    /// equal it.
+    quoted: Option<Words>,
 }
 
 /// One compiled schema object.
@@ -243,6 +252,11 @@ struct Node {
     min_properties: Option<u64>,
     max_properties: Option<u64>,
     properties: Vec<Property>,
+    /// Which property the next member usually names, learnt from the
+    /// bodies read: at `i`, after the member that named property `i`; at
+    /// `properties.len()`, the first member. Only where the name search
+    /// starts: a wrong guess costs a few comparisons, never a verdict.
+    follows: Box<[AtomicU8]>,
     /// Bits of `properties` that are required.
     required: u64,
     /// `additionalProperties`; `None` allows any.
@@ -278,6 +292,7 @@ impl Default for Node {
             min_properties: None,
             max_properties: None,
             properties: Vec::new(),
+            follows: Box::default(),
             required: 0,
             additional: None,
             all_of: Vec::new(),
@@ -294,6 +309,18 @@ impl Default for Node {
 impl Node {
     /// Work out what reading a value for this node needs.
     fn settle(mut self) -> Self {
+        // Until bodies say otherwise, members come in the properties' order.
+        let count = self.properties.len();
+        self.follows = (0..=count)
+            .map(|i| {
+                AtomicU8::new(
+                    u8::try_from(i + 1)
+                        .ok()
+                        .filter(|_| i + 1 < count)
+                        .unwrap_or(0),
+                )
+            })
+            .collect();
         self.applicators = !(self.all_of.is_empty()
             && self.any_of.is_empty()
             && self.one_of.is_empty()

@@ -20,6 +20,8 @@
 //! of a multi-byte character) stops a step exactly where a regex engine's
 //! character would fail, and counting bytes is counting characters.
 
+use super::Words;
+
 /// A set of ASCII bytes, one bit each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Class(u128);
@@ -85,7 +87,7 @@ struct Step {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Match {
     /// These bytes, once each (a run of single-character atoms).
-    Literal(Box<[u8]>),
+    Literal(Words),
     /// Exactly `count` bytes of the class.
     Fixed { class: Table, count: usize },
     /// As many bytes of the class as there are, up to `max`, at least `min`.
@@ -310,7 +312,7 @@ impl Pattern {
         let mut rest = text.as_bytes();
         for m in self.matches.iter() {
             let taken = match m {
-                Match::Literal(bytes) => rest.starts_with(bytes).then_some(bytes.len()),
+                Match::Literal(bytes) => bytes.starts(rest).then_some(bytes.len()),
                 Match::Fixed { class, count } => rest
                     .get(..*count)
                     .filter(|head| head.iter().all(|&c| class.has(c)))
@@ -336,30 +338,34 @@ impl Pattern {
 /// Steps → matches: runs of single bytes become literals.
 fn lower(steps: &[Step]) -> Vec<Match> {
     let mut out: Vec<Match> = Vec::new();
+    // The bytes of the literal being gathered.
+    let mut literal: Vec<u8> = Vec::new();
     for s in steps {
         let count = s.min as usize;
-        let m = match s.class.single() {
-            Some(byte) if s.min == s.max => Match::Literal(vec![byte; count].into()),
-            _ if s.min == s.max => Match::Fixed {
-                class: Table::new(s.class),
-                count,
-            },
-            _ => Match::Run {
-                class: Table::new(s.class),
+        if let (Some(byte), true) = (s.class.single(), s.min == s.max) {
+            literal.extend(std::iter::repeat_n(byte, count));
+            continue;
+        }
+        if !literal.is_empty() {
+            out.push(Match::Literal(Words::new(&std::mem::take(&mut literal))));
+        }
+        let class = Table::new(s.class);
+        out.push(if s.min == s.max {
+            Match::Fixed { class, count }
+        } else {
+            Match::Run {
+                class,
                 min: count,
                 max: if s.max == u32::MAX {
                     usize::MAX
                 } else {
                     s.max as usize
                 },
-            },
-        };
-        match (out.last_mut(), m) {
-            (Some(Match::Literal(before)), Match::Literal(more)) => {
-                *before = [&before[..], &more[..]].concat().into();
             }
-            (_, m) => out.push(m),
-        }
+        });
+    }
+    if !literal.is_empty() {
+        out.push(Match::Literal(Words::new(&literal)));
     }
     out
 }

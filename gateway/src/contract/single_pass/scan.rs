@@ -1,5 +1,7 @@
 //! The parser that reads a body once and checks it against the nodes.
 
+use std::sync::atomic::Ordering;
+
 use super::{types, Node, NodeId, Num, Read, Step, Stop, MAX_DEPTH, MAX_OTHER_MEMBERS};
 
 /// The parser: one position in the body, and the program's nodes.
@@ -201,9 +203,10 @@ impl<'a> Scan<'a> {
         let others = self.others.len();
         let mut seen = 0u64;
         let mut members = 0u64;
-        // Members usually come in the schema's order: names are matched
-        // against the raw bytes, from the property after the last one found.
-        let mut next = 0;
+        // Members usually come in the order of the bodies before: names
+        // are matched against the raw bytes from the property that usually
+        // follows the last one found.
+        let mut last = node.map_or(0, |n| n.properties.len());
         self.skip_space();
         if self.peek() == Some(b'}') {
             self.at += 1;
@@ -221,8 +224,10 @@ impl<'a> Scan<'a> {
                         None
                     }
                     Some(n) => {
-                        let (i, schema) = self.member(n, next, &mut seen, others)?;
-                        next = i + 1;
+                        let (i, schema) = self.member(n, last, &mut seen, others)?;
+                        if i < n.properties.len() {
+                            last = i;
+                        }
                         schema
                     }
                 };
@@ -258,54 +263,55 @@ impl<'a> Scan<'a> {
     fn member(
         &mut self,
         n: &Node,
-        next: usize,
+        last: usize,
         seen: &mut u64,
         others: usize,
     ) -> Result<(usize, Option<NodeId>), Stop> {
         let bytes = self.bytes;
         let from = self.at + 1;
-        // A plain name matches when its bytes and then a quote follow.
+        let rest = bytes.get(from..).ok_or(Stop::Unsure)?;
+        // A property matches when its name and then a quote follow.
         let properties = &n.properties;
         let mut raw = None;
-        let mut i = if next < properties.len() { next } else { 0 };
+        let guess = n
+            .follows
+            .get(last)
+            .map_or(0, |g| usize::from(g.load(Ordering::Relaxed)));
+        let mut i = if guess < properties.len() { guess } else { 0 };
         for _ in 0..properties.len() {
-            if let Some(p) = properties.get(i) {
-                let name = p.name.as_bytes();
-                if p.plain
-                    && bytes.get(from + name.len()) == Some(&b'"')
-                    && bytes.get(from..from + name.len()) == Some(name)
-                {
-                    raw = Some((i, name.len()));
+            if let Some(quoted) = properties.get(i).and_then(|p| p.quoted.as_ref()) {
+                if quoted.starts(rest) {
+                    raw = Some((i, quoted.len()));
                     break;
                 }
             }
             i = if i + 1 < properties.len() { i + 1 } else { 0 };
         }
         let found = if let Some((i, len)) = raw {
-            self.at = from + len + 1;
+            self.at = from + len;
+            if i != guess {
+                if let (Some(g), Ok(i)) = (n.follows.get(last), u8::try_from(i)) {
+                    g.store(i, Ordering::Relaxed);
+                }
+            }
             Some(i)
         } else {
+            // Not a property: no unescaped name can equal one that JSON
+            // must escape, and an escaped name is unsure.
             let (from, to, escaped) = self.string()?;
-            let named = bytes.get(from..to).ok_or(Stop::Unsure)?;
             if escaped {
                 return Err(Stop::Unsure);
             }
-            // Plain names were tried on the raw bytes already.
-            let found = n
-                .properties
-                .iter()
-                .position(|p| !p.plain && p.name.as_bytes() == named);
-            if found.is_none() {
-                if self.others.len() - others >= MAX_OTHER_MEMBERS
-                    || self.others[others..]
-                        .iter()
-                        .any(|&(f, t)| &bytes[f..t] == named)
-                {
-                    return Err(Stop::Unsure);
-                }
-                self.others.push((from, to));
+            let named = bytes.get(from..to).ok_or(Stop::Unsure)?;
+            if self.others.len() - others >= MAX_OTHER_MEMBERS
+                || self.others[others..]
+                    .iter()
+                    .any(|&(f, t)| &bytes[f..t] == named)
+            {
+                return Err(Stop::Unsure);
             }
-            found
+            self.others.push((from, to));
+            None
         };
         let Some(i) = found else {
             return Ok((n.properties.len(), n.additional));
