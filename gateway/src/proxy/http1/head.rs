@@ -47,8 +47,10 @@ pub enum Parsed {
     Pingora,
 }
 
-/// Parse the request head at the start of `buf`.
-pub fn parse_request(buf: &[u8]) -> Parsed {
+/// Parse the request head at the start of `buf`. A lean head's header map
+/// is `spare` (taken, cleared), so a connection reuses one map's memory
+/// from request to request.
+pub fn parse_request(buf: &[u8], spare: &mut http::HeaderMap) -> Parsed {
     let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut []);
     let len = match req.parse_with_uninit_headers(buf, &mut headers) {
@@ -75,6 +77,8 @@ pub fn parse_request(buf: &[u8]) -> Parsed {
     parts.method = method;
     parts.uri = uri;
     parts.version = http::Version::HTTP_11;
+    parts.headers = std::mem::take(spare);
+    parts.headers.clear();
     parts.headers.reserve(req.headers.len());
     let mut content_length = None;
     let mut close = false;
@@ -514,8 +518,10 @@ mod tests {
 
     #[test]
     fn plain_heads_are_lean_and_everything_unusual_goes_to_pingora() {
-        let lean =
-            parse_request(b"POST /a?b=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc");
+        let lean = parse_request(
+            b"POST /a?b=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc",
+            &mut http::HeaderMap::new(),
+        );
         let Parsed::Lean(head) = lean else {
             panic!("expected a lean head")
         };
@@ -524,7 +530,10 @@ mod tests {
         assert_eq!(head.parts.uri.query(), Some("b=1"));
         assert!(!head.close);
         assert!(matches!(
-            parse_request(b"GET / HTTP/1.1\r\nHost: x\r\n"),
+            parse_request(
+                b"GET / HTTP/1.1\r\nHost: x\r\n",
+                &mut http::HeaderMap::new()
+            ),
             Parsed::Partial
         ));
         for pingora in [
@@ -541,16 +550,47 @@ mod tests {
             b"CONNECT a:443 HTTP/1.1\r\n\r\n",
         ] {
             assert!(
-                matches!(parse_request(pingora), Parsed::Pingora),
+                matches!(
+                    parse_request(pingora, &mut http::HeaderMap::new()),
+                    Parsed::Pingora
+                ),
                 "{}",
                 String::from_utf8_lossy(pingora)
             );
         }
-        let Parsed::Lean(closing) = parse_request(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n")
-        else {
+        let Parsed::Lean(closing) = parse_request(
+            b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n",
+            &mut http::HeaderMap::new(),
+        ) else {
             panic!("expected a lean head")
         };
         assert!(closing.close);
+    }
+
+    /// A connection's map is reused: the next head holds only its own
+    /// headers, and the map's memory is kept.
+    #[test]
+    fn a_reused_header_map_holds_only_the_new_heads_headers() {
+        let mut spare = http::HeaderMap::new();
+        let Parsed::Lean(first) = parse_request(
+            b"GET /a HTTP/1.1\r\nHost: x\r\nX-Api-Key: k1\r\nAccept: */*\r\n\r\n",
+            &mut spare,
+        ) else {
+            panic!("expected a lean head")
+        };
+        assert_eq!(first.parts.headers.len(), 3);
+        spare = first.parts.headers;
+        let kept = spare.capacity();
+        let Parsed::Lean(second) = parse_request(b"GET /b HTTP/1.1\r\nHost: y\r\n\r\n", &mut spare)
+        else {
+            panic!("expected a lean head")
+        };
+        assert!(spare.is_empty(), "the map moved into the head");
+        let headers = &second.parts.headers;
+        assert_eq!(headers.len(), 1);
+        assert_eq!(headers.get("host").map(|v| v.as_bytes()), Some(&b"y"[..]));
+        assert!(headers.get("x-api-key").is_none());
+        assert!(headers.capacity() >= kept);
     }
 
     #[test]

@@ -142,6 +142,8 @@ struct Buffers {
     client_io: Guard,
     /// Limits writes to and reads from the upstream.
     upstream_io: Guard,
+    /// The last request's header map, for the next head to clear and fill.
+    headers: http::HeaderMap,
 }
 
 /// What reading the response head needs to know about the request.
@@ -194,7 +196,7 @@ impl Engine {
                     }
                     first = false;
                 }
-                match head::parse_request(&buf) {
+                match head::parse_request(&buf, &mut bufs.headers) {
                     Parsed::Lean(head) => break Some(head),
                     Parsed::Pingora => break None,
                     Parsed::Partial => {}
@@ -305,6 +307,8 @@ impl Engine {
             };
             t.record(wide_event(&head.parts, &exchange, &mut ctx, &self.instance));
         }
+        // Its memory serves the next request's head (which clears it).
+        bufs.headers = head.parts.headers;
         next
     }
 
@@ -348,6 +352,7 @@ impl Engine {
             response: client_out,
             client_io,
             upstream_io,
+            ..
         } = bufs;
         let req = &head.parts;
         let active = self.shared.active();
