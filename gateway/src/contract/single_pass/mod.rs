@@ -311,15 +311,9 @@ impl Node {
     fn settle(mut self) -> Self {
         // Until bodies say otherwise, members come in the properties' order.
         let count = self.properties.len();
+        let after = |i: usize| if i + 1 < count { i + 1 } else { 0 };
         self.follows = (0..=count)
-            .map(|i| {
-                AtomicU8::new(
-                    u8::try_from(i + 1)
-                        .ok()
-                        .filter(|_| i + 1 < count)
-                        .unwrap_or(0),
-                )
-            })
+            .map(|i| AtomicU8::new(u8::try_from(after(i)).unwrap_or(0)))
             .collect();
         self.applicators = !(self.all_of.is_empty()
             && self.any_of.is_empty()
