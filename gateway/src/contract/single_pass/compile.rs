@@ -222,7 +222,8 @@ impl Property {
         Self {
             name: name.into(),
             schema,
-            quoted: (!name.bytes().any(|c| c == b'"' || c == b'\\' || c < 0x20))
+            // Written as is in JSON when the parser's plain run spans it.
+            quoted: (super::scan::plain_run(name.as_bytes()) == name.len())
                 .then(|| Words::new(format!("{name}\"").as_bytes())),
         }
     }
