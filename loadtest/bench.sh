@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Side-by-side benchmark, one run: the same load straight to lowcode-sim
-# ("direct"), through nginx, through Gatehouse "passthrough" (routing only,
-# telemetry off) and Gatehouse "full" (API keys, two limits, contract
-# validation of a ~1 KB body, telemetry to ClickHouse on).
+# ("direct"), through nginx, through "ceiling" (ceiling-proxy: a bare tokio +
+# httparse loop that forwards bytes unchanged, the per-request floor a tokio
+# proxy can reach), through Gatehouse "passthrough" (routing only, telemetry
+# off) and Gatehouse "full" (API keys, two limits, contract validation of a
+# ~1 KB body, telemetry to ClickHouse on).
 #
 # The proxy under test is pinned to CPU 0; loadgen, lowcode-sim and
 # ClickHouse share CPU 1. Targets alternate, ROUNDS rounds (default 3); the
@@ -48,7 +50,7 @@ bin=target/release
 work=.state/bench
 rm -rf "$work"; mkdir -p "$work"
 sim_port=19101; nginx_port=19201; nginx_h2_port=19211; pass_port=19301; pass_h2_port=19311
-full_port=19401; admin_a=19302; admin_b=19402; admin_c=19312
+full_port=19401; admin_a=19302; admin_b=19402; admin_c=19312; ceiling_port=19501
 
 pids=()
 cleanup() {
@@ -68,6 +70,9 @@ pids+=($!)
 sed -e "s#__DIR__#$PWD/$work#g" -e "s#__PORT__#$nginx_port#" -e "s#__H2_PORT__#$nginx_h2_port#" -e "s#__UPSTREAM_PORT__#$sim_port#" loadtest/nginx.conf.template > "$work/nginx.conf"
 taskset -c 0 nginx -c "$PWD/$work/nginx.conf" -g "daemon off;" &
 pids+=($!)
+
+taskset -c 0 "$bin/ceiling-proxy" --listen "127.0.0.1:$ceiling_port" --upstream "127.0.0.1:$sim_port" > /dev/null &
+ceiling_pid=$!; pids+=($ceiling_pid)
 
 CLICKHOUSE_DIR="$PWD/$work/clickhouse" CLICKHOUSE_HTTP_PORT=19123 CLICKHOUSE_TCP_PORT=19124 taskset -c 1 scripts/clickhouse.sh start >/dev/null
 
@@ -102,25 +107,25 @@ if [ -n "$quota" ]; then
     mkdir -p "$cg" || { echo "--proxy-quota needs a writable cgroup CPU controller" >&2; exit 1; }
     echo "$period" > "$cg/cpu.cfs_period_us"; echo "$limit" > "$cg/cpu.cfs_quota_us"; tasks="$cg/tasks"
   fi
-  for p in $(cat "$work/nginx.pid" 2>/dev/null) $(pgrep -f "nginx: worker process") "$pass_pid" "$pass_h2_pid" "$full_pid"; do
+  for p in $(cat "$work/nginx.pid" 2>/dev/null) $(pgrep -f "nginx: worker process") "$ceiling_pid" "$pass_pid" "$pass_h2_pid" "$full_pid"; do
     for t in /proc/"$p"/task/*; do echo "${t##*/}" > "$tasks"; done
   done
   echo "proxies limited to $quota % of CPU 0 ($cg)"
 fi
 
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+cpu_ticks() { awk '{print $14, $15}' "/proc/$1/stat"; } # user, kernel
 rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 
 run() { # label port pid scenario round [loadgen options…]
   local label=$1 port=$2 pid=$3 scenario=$4 round=$5
   shift 5
-  local before after
-  before=$(cpu_ticks "$pid")
+  local user0 sys0 user1 sys1
+  read -r user0 sys0 < <(cpu_ticks "$pid")
   taskset -c 1 "$bin/loadgen" --target "127.0.0.1:$port" --scenario "$scenario" "$@" \
     --connections "$connections" --duration "$duration" --warmup 2s --label "$label" \
     --json "$work/$label-$round.json" > "$work/$label-$round.txt"
-  after=$(cpu_ticks "$pid")
-  echo "{\"cpu_ticks\": $((after - before)), \"rss_kib\": $(rss_kib "$pid")}" > "$work/$label-$round.proc.json"
+  read -r user1 sys1 < <(cpu_ticks "$pid")
+  echo "{\"cpu_ticks\": $((user1 + sys1 - user0 - sys0)), \"user_ticks\": $((user1 - user0)), \"rss_kib\": $(rss_kib "$pid")}" > "$work/$label-$round.proc.json"
   echo "  $label: $(head -1 "$work/$label-$round.txt")"
 }
 
@@ -133,6 +138,7 @@ for round in $(seq 1 "$rounds"); do
     esac
     run "direct-$mix" $sim_port "$sim_pid" "$plain" "$round"
     run "nginx-$mix" $nginx_port "$nginx_pid" "$plain" "$round"
+    run "ceiling-$mix" $ceiling_port "$ceiling_pid" "$plain" "$round"
     run "passthrough-$mix" $pass_port "$pass_pid" "$plain" "$round"
     [ "$mix" = order ] && run "full-$mix" $full_port "$full_pid" "$keyed" "$round"
   done

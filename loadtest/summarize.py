@@ -5,7 +5,8 @@ work, rounds, cpus, duration, connections, consumers = sys.argv[1], int(sys.argv
 quota = int(sys.argv[7]) if len(sys.argv) > 7 and sys.argv[7] else 0
 open_rounds = int(sys.argv[8]) if len(sys.argv) > 8 else 1
 tick = os.sysconf("SC_CLK_TCK")
-labels = ["direct-get", "nginx-get", "passthrough-get", "direct-order", "nginx-order", "passthrough-order", "full-order",
+labels = ["direct-get", "nginx-get", "ceiling-get", "passthrough-get", "direct-order", "nginx-order", "ceiling-order",
+          "passthrough-order", "full-order",
           "nginx-h2get", "passthrough-h2get"]
 rows = {}
 for label in labels:
@@ -17,11 +18,14 @@ for label in labels:
         except FileNotFoundError:
             continue
         secs = s["seconds"] + 2  # the warm-up is in the CPU window too
-        cpu_us = p["cpu_ticks"] / tick * 1e6 / max(s["requests"] * secs / s["seconds"], 1)
-        runs.append((s["rps"], s["latency_ms"]["p50"], s["latency_ms"]["p99"], cpu_us, p["rss_kib"] / 1024, s["errors"], s["statuses"], r))
+        per_request = lambda ticks: ticks / tick * 1e6 / max(s["requests"] * secs / s["seconds"], 1)
+        cpu_us = per_request(p["cpu_ticks"])
+        user_us = per_request(p["user_ticks"]) if "user_ticks" in p else float("nan")
+        runs.append((s["rps"], s["latency_ms"]["p50"], s["latency_ms"]["p99"], cpu_us, p["rss_kib"] / 1024, s["errors"], s["statuses"], r,
+                     user_us))
     if runs:
         med = lambda i: statistics.median(x[i] for x in runs)
-        rows[label] = dict(rps=med(0), p50=med(1), p99=med(2), cpu=med(3), rss=med(4), errors=sum(x[5] for x in runs), statuses=runs[-1][6],
+        rows[label] = dict(rps=med(0), p50=med(1), p99=med(2), cpu=med(3), user=med(8), rss=med(4), errors=sum(x[5] for x in runs), statuses=runs[-1][6],
                            by_round={x[7]: x[0] for x in runs})
 
 cpu_model = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"], capture_output=True, text=True).stdout.strip()
@@ -34,8 +38,8 @@ print(f"Command: `loadtest/bench.sh --rounds {rounds} --duration {duration} --co
       f"({cpus} vCPU {cpu_model}; {where}, loadgen + lowcode-sim + ClickHouse on CPU 1; "
       f"closed loop, {connections} HTTP/1.1 keep-alive connections (HTTP/2 rows: {connections} concurrent streams over 4 connections), medians of {rounds} rounds; full mode spreads keys over {consumers} consumers).")
 print()
-print("| target | workload | rps | × nginx | × nginx by round | p50 ms | p99 ms | proxy CPU µs/req | CPU × nginx | RSS MiB | non-2xx / errors |")
-print("|---|---|---|---|---|---|---|---|---|---|---|")
+print("| target | workload | rps | × nginx | × nginx by round | p50 ms | p99 ms | proxy CPU µs/req | of it user | CPU × nginx | RSS MiB | non-2xx / errors |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|")
 for label in labels:
     if label not in rows:
         continue
@@ -47,14 +51,18 @@ for label in labels:
     by_round = " / ".join(f"{rps / base['by_round'][n]:.2f}" for n, rps in sorted(r["by_round"].items())
                           if base and base["by_round"].get(n)) if target != "nginx" else ""
     cpu = "" if target == "direct" else f"{r['cpu']:.1f}"
+    user = "" if target == "direct" or r["user"] != r["user"] else f"{r['user']:.1f}"
     # nginx's CPU per request over ours: above 1 means cheaper than nginx.
     cpu_ratio = f"{base['cpu'] / r['cpu']:.2f}" if base and target != "direct" and r["cpu"] > 0 else ""
     rss = "" if target == "direct" else f"{r['rss']:.0f}"
     non2xx = sum(v for k, v in r["statuses"].items() if not k.startswith("2"))
     workload = {"get": "GET order", "order": "POST ~1 KB order", "h2get": "GET order, HTTP/2 h2c"}[mix]
-    print(f"| {target} | {workload} | {r['rps']:.0f} | {ratio} | {by_round} | {r['p50']:.2f} | {r['p99']:.2f} | {cpu} | {cpu_ratio} | {rss} | {non2xx} / {r['errors']} |")
+    print(f"| {target} | {workload} | {r['rps']:.0f} | {ratio} | {by_round} | {r['p50']:.2f} | {r['p99']:.2f} | {cpu} | {user} | {cpu_ratio} | {rss} | {non2xx} / {r['errors']} |")
 print()
 print("`full` answers the 10 % invalid orders itself (400), the others forward them; `direct` has no proxy (CPU and RSS columns empty). "
+      "`ceiling` is `ceiling-proxy`, a bare tokio + httparse loop that forwards bytes unchanged: the floor a tokio proxy can reach, "
+      "not a product (no routing, header rewriting, timeouts or logging). `of it user` is the user-space part of the CPU per request; "
+      "the rest is the kernel's. "
       "`CPU × nginx` is nginx's CPU per request over the row's: above 1 is cheaper than nginx. "
       "`× nginx by round` divides each round's rate by nginx's in the same round; its spread is the machine's noise.")
 
