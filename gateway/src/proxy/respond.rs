@@ -39,12 +39,15 @@ pub fn assign_request_id(req: &http::request::Parts, ctx: &mut RequestCtx) {
             ctx.request_id_from_client = true;
             ctx.request_id.push_str(id);
         }
-        None => {
-            let mut text = uuid::Uuid::encode_buffer();
-            ctx.request_id
-                .push_str(new_request_id().hyphenated().encode_lower(&mut text));
-        }
+        None => new_request_id_into(ctx),
     }
+}
+
+/// Set a new UUIDv7 as the request's id (the request has no `X-Request-Id`).
+pub fn new_request_id_into(ctx: &mut RequestCtx) {
+    let mut text = uuid::Uuid::encode_buffer();
+    ctx.request_id
+        .push_str(new_request_id().hyphenated().encode_lower(&mut text));
 }
 
 /// A new UUIDv7 (RFC 9562 §5.7): Unix milliseconds, then 74 random bits.

@@ -141,6 +141,21 @@ fn one_connection_carries_lean_and_pingora_requests_in_turn() {
         "the upstream sees the same id"
     );
 
+    // 1b. Lean: the client's request id is kept, and a header its
+    // `Connection` names is dropped with `Connection` itself.
+    s.write_all(b"GET /__sim/echo/a2 HTTP/1.1\r\nHost: app.test\r\nConnection: x-secret\r\nX-Secret: s\r\nX-Request-Id: client-1\r\n\r\n")
+        .unwrap();
+    let (status, headers, body) = read_response(&mut r);
+    assert_eq!(status, 200);
+    let e = echo(&body);
+    assert_eq!(e["headers"]["host"], "app.test");
+    assert_eq!(e["headers"]["x-request-id"], "client-1");
+    assert!(e["headers"].get("x-secret").is_none(), "{e}");
+    assert!(e["headers"].get("connection").is_none(), "{e}");
+    assert!(headers
+        .iter()
+        .any(|(k, v)| k == "x-request-id" && v == "client-1"));
+
     // 2. Pingora: a chunked request body.
     s.write_all(b"POST /__sim/echo/b HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhe\r\n3\r\nllo\r\n0\r\n\r\n")
         .unwrap();

@@ -30,6 +30,17 @@ pub struct RequestHead {
     pub content_length: u64,
     /// The client asked to close the connection after this request.
     pub close: bool,
+    /// What the header loop saw, so later steps need no map lookup.
+    pub seen: Seen,
+}
+
+/// Headers a request head has, noted while it is parsed.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Seen {
+    /// A `Connection` header (it may name more headers to drop).
+    pub connection: bool,
+    /// An `X-Request-Id` header.
+    pub request_id: bool,
 }
 
 /// What the parser made of the buffered bytes.
@@ -82,6 +93,7 @@ pub fn parse_request(buf: &[u8], spare: &mut http::HeaderMap) -> Parsed {
     parts.headers.reserve(req.headers.len());
     let mut content_length = None;
     let mut close = false;
+    let mut seen = Seen::default();
     for h in req.headers.iter() {
         let (Ok(name), Ok(value)) = (
             HeaderName::from_bytes(h.name.as_bytes()),
@@ -101,7 +113,10 @@ pub fn parse_request(buf: &[u8], spare: &mut http::HeaderMap) -> Parsed {
             || name == header::EXPECT
         {
             return Parsed::Pingora;
+        } else if name == crate::proxy::respond::X_REQUEST_ID {
+            seen.request_id = true;
         } else if name == header::CONNECTION {
+            seen.connection = true;
             for token in h.value.split(|b| *b == b',') {
                 let token = token.trim_ascii();
                 if token.eq_ignore_ascii_case(b"close") {
@@ -122,6 +137,7 @@ pub fn parse_request(buf: &[u8], spare: &mut http::HeaderMap) -> Parsed {
         len,
         content_length,
         close,
+        seen,
     })
 }
 
@@ -171,12 +187,8 @@ fn push_header(out: &mut Vec<u8>, name: &str, value: &[u8]) {
 /// says so), the client's end-to-end headers minus the API-key header, then
 /// `X-Request-Id` and the app's forwarding headers — what
 /// `prepare_upstream_request` does for Pingora-carried requests.
-pub fn write_upstream_head(
-    out: &mut Vec<u8>,
-    parts: &http::request::Parts,
-    ctx: &RequestCtx,
-    app: &App,
-) {
+pub fn write_upstream_head(out: &mut Vec<u8>, head: &RequestHead, ctx: &RequestCtx, app: &App) {
+    let parts = &head.parts;
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
     let path = if app.strip_prefix {
@@ -202,15 +214,18 @@ pub fn write_upstream_head(
 
     let forwarded = app.forwarded;
     let key_header = app.auth.as_ref().and_then(|a| a.api_key_header.as_ref());
-    let options = if parts.headers.contains_key(header::CONNECTION) {
+    let options = if head.seen.connection {
         connection_options(&parts.headers)
     } else {
         Vec::new()
     };
     let mut previous_xff: Option<&HeaderValue> = None;
     let mut previous_forwarded: Option<&HeaderValue> = None;
+    let mut host_header: Option<&HeaderValue> = None;
     for (name, value) in &parts.headers {
-        if hop_by_hop(name)
+        if name == header::HOST {
+            host_header = host_header.or(Some(value));
+        } else if hop_by_hop(name)
             || key_header.is_some_and(|k| k == name)
             || options.iter().any(|o| o == name.as_str())
         {
@@ -236,16 +251,16 @@ pub fn write_upstream_head(
         }
         push_header(out, name.as_str(), value.as_bytes());
     }
-    let host = parts
-        .headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| parts.uri.authority().map(|a| a.as_str()));
-    if !parts.headers.contains_key(header::HOST) {
-        if let Some(h) = host {
-            push_header(out, "host", h.as_bytes());
+    let host = match host_header {
+        Some(h) => h.to_str().ok(),
+        None => {
+            let authority = parts.uri.authority().map(|a| a.as_str());
+            if let Some(h) = authority {
+                push_header(out, "host", h.as_bytes());
+            }
+            authority
         }
-    }
+    };
     if !ctx.request_id_from_client {
         push_header(out, "x-request-id", ctx.request_id.as_bytes());
     }
@@ -591,6 +606,19 @@ mod tests {
         assert_eq!(headers.get("host").map(|v| v.as_bytes()), Some(&b"y"[..]));
         assert!(headers.get("x-api-key").is_none());
         assert!(headers.capacity() >= kept);
+    }
+
+    /// What the header loop notes is what the map holds, in any case.
+    #[test]
+    fn the_header_loop_notes_connection_and_request_id() {
+        let lean = |head: &[u8]| match parse_request(head, &mut http::HeaderMap::new()) {
+            Parsed::Lean(h) => h.seen,
+            _ => panic!("expected a lean head"),
+        };
+        let plain = lean(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert!(!plain.connection && !plain.request_id);
+        let both = lean(b"GET / HTTP/1.1\r\nconnection: x-a\r\nX-REQUEST-ID: r1\r\n\r\n");
+        assert!(both.connection && both.request_id);
     }
 
     #[test]

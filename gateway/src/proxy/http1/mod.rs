@@ -282,7 +282,11 @@ impl Engine {
         }
         let mut ctx = RequestCtx::new(self.shared.enter());
         ctx.client_ip.push_str(client_ip);
-        respond::assign_request_id(&head.parts, &mut ctx);
+        if head.seen.request_id {
+            respond::assign_request_id(&head.parts, &mut ctx);
+        } else {
+            respond::new_request_id_into(&mut ctx);
+        }
         let close = head.close || closing;
         let outcome = self
             .admit_and_forward(client, buf, &head, &mut ctx, close, bufs)
@@ -406,7 +410,7 @@ impl Engine {
         }
 
         out.clear();
-        head::write_upstream_head(out, req, ctx, app);
+        head::write_upstream_head(out, head, ctx, app);
         out.extend_from_slice(body);
         let hash_key = match &app.upstream.balancing {
             Balancing::ConsistentHash(h) => req.headers.get(h).map(|v| v.as_bytes()),
