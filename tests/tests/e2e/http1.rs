@@ -208,8 +208,8 @@ fn one_connection_carries_lean_and_pingora_requests_in_turn() {
     assert_eq!(status, 200);
     assert_eq!(echo(&body)["path"], "/__sim/echo/g");
 
-    assert_eq!(engine_counts(&gw), (5, 3), "(lean, pingora) requests");
-    assert_eq!(sim.requests(0), 7);
+    assert_eq!(engine_counts(&gw), (6, 3), "(lean, pingora) requests");
+    assert_eq!(sim.requests(0), 8);
 }
 
 /// A hand-written upstream: each connection serves requests until the
