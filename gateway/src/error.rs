@@ -204,7 +204,13 @@ impl GatewayError {
                 _ => None,
             },
         };
-        Bytes::from(serde_json::to_vec(&problem).unwrap_or_default())
+        // Sized for the common problem (a few violations): written once,
+        // not regrown while serializing.
+        let mut out = Vec::with_capacity(512);
+        match serde_json::to_writer(&mut out, &problem) {
+            Ok(()) => Bytes::from(out),
+            Err(_) => Bytes::new(),
+        }
     }
 
     /// Classify a Pingora error that ended a request.

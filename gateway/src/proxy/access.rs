@@ -178,7 +178,9 @@ struct Admitted<'a> {
 impl<'a> Admitted<'a> {
     fn add(&mut self, policy_item: &str, this: Tightest<'a>) {
         if self.policy.is_empty() {
-            self.policy.reserve(48);
+            // Room for a few items (`"app.per-consumer";q=1000000;w=1`
+            // is 34 bytes): one allocation, not one and a regrowth.
+            self.policy.reserve(160);
         } else {
             self.policy.push_str(", ");
         }
