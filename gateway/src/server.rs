@@ -3,7 +3,7 @@
 //! monitor, all as Pingora services sharing one [`Shared`].
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -425,14 +425,21 @@ impl BackgroundService for PolicyWatcher {
         use notify::Watcher;
         let (tx, mut rx) = tokio::sync::mpsc::channel::<&'static str>(64);
         let fs_tx = tx.clone();
+        let root = self.shared.policies_dir().map(Path::to_path_buf);
         let mut watcher = if !self.watch_files {
             None
         } else {
             match notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-                if let Ok(ev) = res {
-                    if !ev.kind.is_access() {
-                        let _ = fs_tx.try_send("file change");
-                    }
+                let Ok(ev) = res else { return };
+                // A tool's temporary file, before its rename, changes
+                // nothing: reloading then would judge the old files again.
+                let relevant = ev.paths.is_empty()
+                    || ev.paths.iter().any(|p| {
+                        root.as_deref()
+                            .is_none_or(|r| crate::policy::may_affect_bundle(r, p))
+                    });
+                if !ev.kind.is_access() && relevant {
+                    let _ = fs_tx.try_send("file change");
                 }
             }) {
                 Ok(w) => Some(w),

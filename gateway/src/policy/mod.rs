@@ -26,7 +26,7 @@ pub use bundle::{
     Plan, Route, Timeouts,
 };
 pub use compile::{compile, parse_instance_url, DEFAULT_MAX_REQUEST_BODY, POLICY_SCHEMA};
-pub use source::{is_document, load_dir, SourceFile};
+pub use source::{is_document, load_dir, may_affect_bundle, SourceFile};
 
 use std::fmt;
 

@@ -10,6 +10,28 @@ pub fn is_document(path: &str) -> bool {
     path.starts_with("contracts/") || path.starts_with("schemas/") || path.starts_with("keys/")
 }
 
+/// Can a change at `path`, under the bundle directory `root`, change what
+/// [`load_dir`] reads? Not for hidden files or directories (an editor's
+/// swap file, a tool's `.name.tmp` before its rename), nor for an existing
+/// file that is not YAML or JSON (`orders.yaml~`). Anything else, and any
+/// path it cannot place under `root`, may.
+pub fn may_affect_bundle(root: &Path, path: &Path) -> bool {
+    let Ok(rel) = path.strip_prefix(root) else {
+        return true;
+    };
+    let hidden = rel
+        .components()
+        .any(|c| c.as_os_str().to_string_lossy().starts_with('.'));
+    if hidden {
+        return false;
+    }
+    if path.is_file() {
+        let name = rel.to_string_lossy();
+        return name.ends_with(".yaml") || name.ends_with(".yml") || name.ends_with(".json");
+    }
+    true
+}
+
 /// A bundle file's path (relative to the bundle directory) and text.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SourceFile {
@@ -83,5 +105,42 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<SourceFile>, errors: &mut Vec<Pol
             Ok(text) => out.push(SourceFile { path: rel, text }),
             Err(e) => errors.push(PolicyError::new(&rel, "", format!("cannot read: {e}"))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_changes_load_dir_could_read_call_for_a_reload() {
+        let root = std::env::temp_dir().join(format!("gh-source-{}", std::process::id()));
+        let contracts = root.join("contracts");
+        std::fs::create_dir_all(&contracts).expect("mkdir");
+        for name in ["a.yaml", "a.yaml~", "notes.txt", ".a.yaml.tmp"] {
+            std::fs::write(root.join(name), "x").expect("write");
+        }
+        std::fs::write(contracts.join("c.json"), "{}").expect("write");
+        let affects = |rel: &str| may_affect_bundle(&root, &root.join(rel));
+        assert!(affects("a.yaml"));
+        assert!(affects("contracts/c.json"));
+        assert!(affects("contracts"), "a directory may hold policy files");
+        assert!(affects("gone.yaml"), "a removed file may have been one");
+        assert!(
+            !affects(".a.yaml.tmp"),
+            "hidden: a tool's file before its rename"
+        );
+        assert!(!affects(".git/index"));
+        assert!(!affects("a.yaml~"));
+        assert!(!affects("notes.txt"));
+        assert!(may_affect_bundle(&root, Path::new("/elsewhere/a.yaml")));
+        // What `load_dir` reads agrees.
+        let read: Vec<String> = load_dir(&root)
+            .expect("load")
+            .into_iter()
+            .map(|f| f.path)
+            .collect();
+        assert_eq!(read, ["a.yaml", "contracts/c.json"]);
+        std::fs::remove_dir_all(&root).expect("cleanup");
     }
 }

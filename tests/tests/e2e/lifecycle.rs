@@ -144,6 +144,13 @@ async fn an_invalid_edit_keeps_the_old_version_serving() {
         errors.contains("a.yaml: /apps/0/upstream/instances/0"),
         "{errors}"
     );
+    // An editor's swap and backup files are not policy files: writing
+    // them does not judge the (still broken) bundle again. Five times the
+    // watcher's debounce is long enough for a reload to have counted.
+    std::fs::write(dir.path().join(".a.yaml.swp"), "swap").unwrap();
+    std::fs::write(dir.path().join("a.yaml~"), "backup").unwrap();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(gw.admin_json("/v1/policy")["reloads"]["rejected"], 1);
     let r = c
         .get(format!("{}/approvals/3", gw.url()))
         .header("host", "app.test")
