@@ -141,14 +141,19 @@ pub fn parse_request(buf: &[u8], spare: &mut http::HeaderMap) -> Parsed {
     })
 }
 
-/// A `Content-Length` value: digits only (RFC 9110 §8.6; Rust's integer
-/// parser would also take a sign, which an upstream may read differently).
+/// A `Content-Length` value: digits only (RFC 9110 §8.6; no sign, which
+/// an upstream may read differently), at most 19 of them.
 fn parse_content_length(value: &[u8]) -> Option<u64> {
     let digits = value.trim_ascii();
     if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    std::str::from_utf8(digits).ok()?.parse().ok()
+    // At most 19 digits: below 10^19, which `u64` holds.
+    Some(
+        digits
+            .iter()
+            .fold(0u64, |n, d| n * 10 + u64::from(d - b'0')),
+    )
 }
 
 /// Hop-by-hop headers a proxy never forwards (RFC 9110 §7.6.1).
@@ -370,14 +375,21 @@ pub fn parse_response(
     if status == 101 {
         return Err(BadResponse::Invalid);
     }
+    // Lines copied as the upstream wrote them go out in runs: a run grows
+    // while the next kept line follows after exactly CRLF, and is copied in
+    // one piece when a line is dropped or rewritten, or at the end.
+    let mut run = Lines::default();
     match (resp.version, resp.reason.filter(|r| !r.is_empty())) {
         // The upstream's own status line, copied as it is.
         (Some(1), Some(reason))
             if buf.len() >= offset_in(buf, reason.as_bytes()) + reason.len() =>
         {
-            let end = offset_in(buf, reason.as_bytes()) + reason.len();
-            client_head.extend_from_slice(&buf[..end]);
-            client_head.extend_from_slice(b"\r\n");
+            run.keep(
+                buf,
+                client_head,
+                0,
+                offset_in(buf, reason.as_bytes()) + reason.len(),
+            );
         }
         (_, reason) => {
             let _ = write!(
@@ -437,14 +449,14 @@ pub fn parse_response(
         // The header line as the upstream wrote it (name through value).
         let start = offset_in(buf, h.name.as_bytes());
         let end = offset_in(buf, h.value) + h.value.len();
-        match buf.get(start..end) {
-            Some(line) => {
-                client_head.extend_from_slice(line);
-                client_head.extend_from_slice(b"\r\n");
-            }
-            None => push_header(client_head, h.name, h.value),
+        if start < end && end <= buf.len() {
+            run.keep(buf, client_head, start, end);
+        } else {
+            run.flush(buf, client_head);
+            push_header(client_head, h.name, h.value);
         }
     }
+    run.flush(buf, client_head);
     let framing = if head_request || (100..200).contains(&status) || status == 204 || status == 304
     {
         Framing::Empty
@@ -463,6 +475,38 @@ pub fn parse_response(
         reusable,
         content,
     })
+}
+
+/// Consecutive lines of a head, `buf[start..end]` without the last CRLF,
+/// waiting to be copied in one piece.
+#[derive(Default)]
+struct Lines {
+    span: Option<(usize, usize)>,
+}
+
+impl Lines {
+    /// Add the line at `start..end` (a range of `buf`): to the run, when it
+    /// follows after exactly CRLF; else (a line was dropped between them, or
+    /// the upstream ended a line otherwise) after copying the run out.
+    fn keep(&mut self, buf: &[u8], out: &mut Vec<u8>, start: usize, end: usize) {
+        match self.span {
+            Some((from, to)) if buf.get(to..start) == Some(b"\r\n".as_slice()) => {
+                self.span = Some((from, end));
+            }
+            _ => {
+                self.flush(buf, out);
+                self.span = Some((start, end));
+            }
+        }
+    }
+
+    /// Copy the run out, with its closing CRLF.
+    fn flush(&mut self, buf: &[u8], out: &mut Vec<u8>) {
+        if let Some(lines) = self.span.take().and_then(|(from, to)| buf.get(from..to)) {
+            out.extend_from_slice(lines);
+            out.extend_from_slice(b"\r\n");
+        }
+    }
 }
 
 /// Where `part` (a slice `httparse` returned) starts inside `buf`.
@@ -619,6 +663,47 @@ mod tests {
         assert!(!plain.connection && !plain.request_id);
         let both = lean(b"GET / HTTP/1.1\r\nconnection: x-a\r\nX-REQUEST-ID: r1\r\n\r\n");
         assert!(both.connection && both.request_id);
+    }
+
+    #[test]
+    fn content_lengths_are_plain_digits() {
+        for (value, want) in [
+            (&b"0"[..], Some(0)),
+            (b" 1460 ", Some(1460)),
+            (b"9999999999999999999", Some(9_999_999_999_999_999_999)),
+            (b"", None),
+            (b"+5", None),
+            (b"-1", None),
+            (b"1 2", None),
+            (b"0x10", None),
+            (b"10000000000000000000", None),
+        ] {
+            assert_eq!(
+                parse_content_length(value),
+                want,
+                "{}",
+                String::from_utf8_lossy(value)
+            );
+        }
+    }
+
+    /// Kept lines leave as the upstream wrote them, in runs around the
+    /// dropped ones; a line ended otherwise than by CRLF is ended by CRLF.
+    #[test]
+    fn the_client_head_copies_kept_lines_around_dropped_ones() {
+        let mut client = Vec::new();
+        parse_response(
+            b"HTTP/1.1 201 Created\r\nA: 1\r\nB:  two words\r\nX-Request-Id: up\r\nKeep-Alive: 5\r\nC: 3\r\nContent-Length: 0\nD: 4   \r\nE: 5\r\n\r\n",
+            false,
+            &mut client,
+            false,
+            false,
+        )
+        .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&client),
+            "HTTP/1.1 201 Created\r\nA: 1\r\nB:  two words\r\nC: 3\r\nContent-Length: 0\r\nD: 4\r\nE: 5\r\n"
+        );
     }
 
     #[test]
