@@ -19,17 +19,26 @@ pub fn may_affect_bundle(root: &Path, path: &Path) -> bool {
     let Ok(rel) = path.strip_prefix(root) else {
         return true;
     };
-    let hidden = rel
+    if rel
         .components()
-        .any(|c| c.as_os_str().to_string_lossy().starts_with('.'));
-    if hidden {
+        .any(|c| hidden(&c.as_os_str().to_string_lossy()))
+    {
         return false;
     }
     if path.is_file() {
-        let name = rel.to_string_lossy();
-        return name.ends_with(".yaml") || name.ends_with(".yml") || name.ends_with(".json");
+        return yaml_or_json(&rel.to_string_lossy());
     }
     true
+}
+
+/// A file or directory [`load_dir`] never reads.
+fn hidden(name: &str) -> bool {
+    name.starts_with('.')
+}
+
+/// A file name [`load_dir`] reads.
+fn yaml_or_json(name: &str) -> bool {
+    name.ends_with(".yaml") || name.ends_with(".yml") || name.ends_with(".json")
 }
 
 /// A bundle file's path (relative to the bundle directory) and text.
@@ -82,7 +91,7 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<SourceFile>, errors: &mut Vec<Pol
     for entry in entries.flatten() {
         let path = entry.path();
         let name = entry.file_name().to_string_lossy().to_string();
-        if name.starts_with('.') {
+        if hidden(&name) {
             continue;
         }
         let rel = path
@@ -94,11 +103,9 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<SourceFile>, errors: &mut Vec<Pol
             walk(root, &path, out, errors);
             continue;
         }
-        let yaml_or_json =
-            name.ends_with(".yaml") || name.ends_with(".yml") || name.ends_with(".json");
         // `policy.schema.json` (any `*.schema.json`) beside the policy files is
         // editor support, not part of the bundle.
-        if !yaml_or_json || (dir == root && name.ends_with(".schema.json")) {
+        if !yaml_or_json(&name) || (dir == root && name.ends_with(".schema.json")) {
             continue;
         }
         match std::fs::read_to_string(&path) {
