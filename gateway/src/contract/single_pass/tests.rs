@@ -293,7 +293,7 @@ fn write_in_order(doc: &Value, order: u64, out: &mut String) {
                 if i > 0 {
                     out.push(',');
                 }
-                out.push_str(&serde_json::to_string(name).expect("json"));
+                out.push_str(&Value::String(name.to_string()).to_string());
                 out.push(':');
                 write_in_order(value, order.rotate_right(7) ^ i as u64, out);
             }
@@ -309,7 +309,7 @@ fn write_in_order(doc: &Value, order: u64, out: &mut String) {
             }
             out.push(']');
         }
-        other => out.push_str(&serde_json::to_string(other).expect("json")),
+        other => out.push_str(&other.to_string()),
     }
 }
 
