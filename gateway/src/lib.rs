@@ -16,6 +16,7 @@ pub mod identity;
 pub mod limits;
 pub mod policy;
 pub mod proxy;
+pub mod request;
 pub mod routing;
 pub mod runtime;
 pub mod server;

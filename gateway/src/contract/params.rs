@@ -9,6 +9,7 @@ use jsonschema::Validator;
 use serde_json::Value;
 
 use super::operation::{validate_json, Violation, ViolationLocation};
+use crate::request::RequestView;
 
 /// Where a parameter lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,14 +67,22 @@ pub struct ParamCheck {
 }
 
 /// The parts of a request that parameters are read from.
-#[derive(Debug)]
 pub struct RequestParts<'a> {
     /// Path below the app prefix.
     pub path: &'a str,
     /// Raw query string.
     pub query: Option<&'a str>,
     /// Headers.
-    pub headers: &'a http::HeaderMap,
+    pub headers: &'a dyn RequestView,
+}
+
+impl std::fmt::Debug for RequestParts<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestParts")
+            .field("path", &self.path)
+            .field("query", &self.query)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ParamCheck {
@@ -91,12 +100,13 @@ impl ParamCheck {
                 .map(|s| vec![percent_decode(s, false)])
                 .unwrap_or_default(),
             ParamIn::Query => query_values(req.query, &self.name),
-            ParamIn::Header => req
-                .headers
-                .get_all(self.name.as_str())
-                .iter()
-                .map(|v| String::from_utf8_lossy(v.as_bytes()))
-                .collect(),
+            ParamIn::Header => {
+                let mut texts = Vec::new();
+                req.headers.each_header(&self.name, &mut |v| {
+                    texts.push(Cow::Owned(String::from_utf8_lossy(v).into_owned()));
+                });
+                texts
+            }
         };
         if texts.is_empty() {
             if self.required {

@@ -16,6 +16,7 @@ use crate::error::GatewayError;
 use crate::limits::{key_hash, push_header_item, LimitKey};
 use crate::policy::model::AuthMode;
 use crate::policy::{App, Auth, Route};
+use crate::request::RequestView;
 use crate::runtime::Active;
 
 /// Identify the consumer and check limits; `Ok(true)` when a response
@@ -40,7 +41,7 @@ pub async fn check(
 /// head; the refusal, if any. Records the consumer, timings and the
 /// `RateLimit-*` header values in `ctx`. Shared by both HTTP/1.1 engines.
 pub fn admit(
-    req: &http::request::Parts,
+    req: &impl RequestView,
     ctx: &mut RequestCtx,
     active: &Active,
     app: &App,
@@ -95,7 +96,7 @@ fn challenge(auth: &Auth, error: Option<&str>) -> String {
 }
 
 fn identify(
-    req: &http::request::Parts,
+    req: &impl RequestView,
     active: &Active,
     auth: &Auth,
 ) -> Result<Option<usize>, GatewayError> {
@@ -104,13 +105,12 @@ fn identify(
     let key: Option<Cow<'_, str>> = auth
         .api_key_header
         .as_ref()
-        .and_then(|h| req.headers.get(h))
-        .and_then(|v| v.to_str().ok())
+        .and_then(|h| req.header_str(h.as_str()))
         .map(|s| Cow::Borrowed(s.trim()))
         .or_else(|| {
             auth.api_key_query
                 .as_deref()
-                .and_then(|q| query_values(req.uri.query(), q).into_iter().next())
+                .and_then(|q| query_values(req.query(), q).into_iter().next())
         });
     if let Some(key) = key {
         return match dir.by_key(&key) {
@@ -122,9 +122,7 @@ fn identify(
         };
     }
     let bearer = req
-        .headers
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
+        .header_str("authorization")
         .and_then(|v| {
             v.strip_prefix("Bearer ")
                 .or_else(|| v.strip_prefix("bearer "))
@@ -205,7 +203,7 @@ impl<'a> Admitted<'a> {
 }
 
 fn limit(
-    req: &http::request::Parts,
+    req: &impl RequestView,
     ctx: &mut RequestCtx,
     active: &Active,
     app: &App,
@@ -233,8 +231,8 @@ fn limit(
             LimitKey::Ip => ip_text.as_bytes(),
             LimitKey::App => app.name.as_bytes(),
             LimitKey::Route => route.map_or(b"-".as_slice(), |r| r.id.as_bytes()),
-            LimitKey::Header(h) => match req.headers.get(h) {
-                Some(v) => v.as_bytes(),
+            LimitKey::Header(h) => match req.header(h.as_str()) {
+                Some(v) => v,
                 None => continue,
             },
         };

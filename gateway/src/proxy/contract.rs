@@ -13,6 +13,7 @@ use crate::contract::{Mode, Operation, Verdict, Violation, ViolationLocation};
 use crate::ctx::{BodyTee, RequestCtx};
 use crate::error::GatewayError;
 use crate::policy::{App, Route};
+use crate::request::RequestView;
 use crate::routing::strip_app_prefix;
 
 /// Pingora replays a request body it buffered only up to this size.
@@ -31,9 +32,16 @@ pub enum RequestCheck {
 
 /// The media type of a `Content-Type` value: lowercase, parameters dropped.
 pub fn media_type(headers: &http::HeaderMap) -> String {
-    headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
+    media_type_of(
+        headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok()),
+    )
+}
+
+/// The media type of a `Content-Type` value, if any (`""` when none).
+fn media_type_of(content_type: Option<&str>) -> String {
+    content_type
         .map(|v| {
             v.split(';')
                 .next()
@@ -91,7 +99,7 @@ impl RequestPlan {
 /// Check the request head against `op` (parameters, media type): what the
 /// body check needs, or the refusal (enforce mode).
 pub fn plan_request(
-    req: &http::request::Parts,
+    req: &impl RequestView,
     has_body: bool,
     ctx: &RequestCtx,
     app: &App,
@@ -106,13 +114,13 @@ pub fn plan_request(
     let mut json_check = None;
     if mode != Mode::Off {
         let parts = RequestParts {
-            path: strip_app_prefix(&app.path_prefix, req.uri.path()),
-            query: req.uri.query(),
-            headers: &req.headers,
+            path: strip_app_prefix(&app.path_prefix, req.path()),
+            query: req.query(),
+            headers: req,
         };
         op.check_params(&parts, &mut violations, settings.max_violations);
         if let Some(body) = &op.body {
-            let media = media_type(&req.headers);
+            let media = media_type_of(req.header_str("content-type"));
             if !has_body {
                 if body.required {
                     violations.push(Violation {

@@ -10,6 +10,7 @@ use pingora::Error;
 use crate::contract::Verdict;
 use crate::ctx::RequestCtx;
 use crate::error::GatewayError;
+use crate::request::RequestView;
 use crate::telemetry::event::no_name;
 use crate::telemetry::RequestEvent;
 
@@ -85,7 +86,7 @@ pub struct Exchange {
 /// Build the wide event for a finished request. The request's id, client
 /// address and refusing phase move out of `ctx` into the event.
 pub fn wide_event(
-    req: &http::request::Parts,
+    req: &impl RequestView,
     exchange: &Exchange,
     ctx: &mut RequestCtx,
     instance: &Arc<str>,
@@ -109,9 +110,7 @@ pub fn wide_event(
         _ => 0,
     };
     let trace_id = req
-        .headers
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
+        .header_str("traceparent")
         .and_then(|v| v.split('-').nth(1))
         .filter(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()))
         .unwrap_or("")
@@ -164,7 +163,7 @@ pub fn wide_event(
         policy_version,
         app,
         route,
-        method: method_name(&req.method),
+        method: method_name(req.method()),
         status,
         consumer: ctx.consumer_id().unwrap_or("").to_string(),
         outcome: outcome(ctx, status, exchange.failed).into(),

@@ -40,6 +40,7 @@ use pingora::{Error, ErrorType, Result};
 use crate::contract::Mode;
 use crate::ctx::RequestCtx;
 use crate::error::GatewayError;
+use crate::request::RequestView;
 use crate::routing::{self, RouteMatch};
 use crate::runtime::Shared;
 use contract::RequestCheck;
@@ -52,17 +53,16 @@ pub use contract::REPLAY_LIMIT;
 /// Shared by both HTTP/1.1 engines.
 fn route_request(
     active: &crate::runtime::Active,
-    req: &http::request::Parts,
+    req: &impl RequestView,
 ) -> std::result::Result<(usize, Option<usize>), (Option<usize>, GatewayError)> {
-    let path = req.uri.path();
+    let path = req.path();
     if !routing::path_is_safe(path) {
         return Err((None, GatewayError::BadPath));
     }
-    let host = respond::request_host(req);
     match active
         .bundle
         .router
-        .route(&active.bundle.apps, host, &req.method, path)
+        .route(&active.bundle.apps, req.host(), req.method(), path)
     {
         RouteMatch::Route { app, route } => Ok((app, Some(route))),
         RouteMatch::Passthrough { app } => Ok((app, None)),

@@ -6,15 +6,7 @@ use pingora::{Error, ErrorType, Result};
 
 use crate::ctx::RequestCtx;
 use crate::error::GatewayError;
-
-/// The host a request is for: its `Host` header, else the URI's authority.
-pub fn request_host(req: &http::request::Parts) -> &str {
-    req.headers
-        .get(http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| req.uri.host())
-        .unwrap_or("")
-}
+use crate::request::RequestView;
 
 /// Count a refusal that is a contract violation (for `/metrics`).
 pub fn count_refusal(err: &GatewayError) {
@@ -28,12 +20,9 @@ pub fn count_refusal(err: &GatewayError) {
     }
 }
 
-/// `X-Request-Id`.
-pub static X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
-
 /// Set the request's id: a sane client-supplied `X-Request-Id`, else a new
 /// UUIDv7. (The Pingora path also builds the header value once, from it.)
-pub fn assign_request_id(req: &http::request::Parts, ctx: &mut RequestCtx) {
+pub fn assign_request_id(req: &impl RequestView, ctx: &mut RequestCtx) {
     match client_request_id(req) {
         Some(id) => {
             ctx.request_id_from_client = true;
@@ -64,18 +53,17 @@ fn new_request_id() -> uuid::Uuid {
 }
 
 /// A sane client-supplied `X-Request-Id` (printable ASCII, 1–200 bytes).
-fn client_request_id(req: &http::request::Parts) -> Option<&str> {
-    let v = req.headers.get(&X_REQUEST_ID)?;
-    let b = v.as_bytes();
+fn client_request_id(req: &impl RequestView) -> Option<&str> {
+    let b = req.header("x-request-id")?;
     if !b.is_empty() && b.len() <= 200 && b.iter().all(|c| (0x21..0x7f).contains(c)) {
-        v.to_str().ok()
+        std::str::from_utf8(b).ok()
     } else {
         None
     }
 }
 
 /// Keep a sane client-supplied `X-Request-Id`, else make a UUIDv7.
-pub fn request_id(req: &http::request::Parts) -> String {
+pub fn request_id(req: &impl RequestView) -> String {
     match client_request_id(req) {
         Some(id) => id.to_string(),
         None => new_request_id().to_string(),

@@ -21,6 +21,7 @@ mod chunked;
 mod guard;
 mod head;
 mod pool;
+mod request;
 
 use std::io;
 use std::sync::Arc;
@@ -42,11 +43,13 @@ use crate::contract::Mode;
 use crate::ctx::{micros_since, RequestCtx};
 use crate::error::GatewayError;
 use crate::policy::Balancing;
+use crate::request::RequestView;
 use crate::routing::InstanceLease;
 use crate::runtime::Shared;
 use chunked::ChunkedScanner;
 use guard::Guard;
-use head::{Framing, Parsed, RequestHead, ResponseHead};
+use head::{Framing, ResponseHead};
+use request::{Parsed, Request, RequestHead, SpareHeaders};
 
 /// How long an idle keep-alive connection waits for its next request.
 const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
@@ -142,8 +145,8 @@ struct Buffers {
     client_io: Guard,
     /// Limits writes to and reads from the upstream.
     upstream_io: Guard,
-    /// The last request's header map, for the next head to clear and fill.
-    headers: http::HeaderMap,
+    /// The last request's header list, for the next head to clear and fill.
+    headers: SpareHeaders,
 }
 
 /// What reading the response head needs to know about the request.
@@ -196,7 +199,7 @@ impl Engine {
                     }
                     first = false;
                 }
-                match head::parse_request(&buf, &mut bufs.headers) {
+                match request::parse_request(&buf, &mut bufs.headers) {
                     Parsed::Lean(head) => break Some(head),
                     Parsed::Pingora => break None,
                     Parsed::Partial => {}
@@ -282,25 +285,25 @@ impl Engine {
         }
         let mut ctx = RequestCtx::new(self.shared.enter());
         ctx.client_ip.push_str(client_ip);
-        if head.seen.request_id {
-            respond::assign_request_id(&head.parts, &mut ctx);
+        let req = head.view(buf);
+        if head.has_request_id {
+            respond::assign_request_id(&req, &mut ctx);
         } else {
             respond::new_request_id_into(&mut ctx);
         }
         let close = head.close || closing;
         let outcome = self
-            .admit_and_forward(client, buf, &head, &mut ctx, close, bufs)
+            .admit_and_forward(client, &req, &mut ctx, close, bufs)
             .await;
         let (status, failed, bytes_out, next) = match outcome {
             Ok(Some(done)) => done,
             Ok(None) => return Next::Pingora,
             Err(err) => {
-                let next = self.refuse(client, &mut ctx, &head, err, close, bufs).await;
+                let next = self.refuse(client, &mut ctx, &req, err, close, bufs).await;
                 let failed = matches!(next, Next::Close) && !close;
                 (ctx.status, failed, 0, next)
             }
         };
-        buf.drain(..message_len);
         counters::LEAN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if let Some(t) = &self.telemetry {
             let exchange = Exchange {
@@ -309,10 +312,11 @@ impl Engine {
                 bytes_in: head.content_length,
                 bytes_out,
             };
-            t.record(wide_event(&head.parts, &exchange, &mut ctx, &self.instance));
+            t.record(wide_event(&req, &exchange, &mut ctx, &self.instance));
         }
-        // Its memory serves the next request's head (which clears it).
-        bufs.headers = head.parts.headers;
+        buf.drain(..message_len);
+        // Its memory serves the next request's head.
+        head.recycle(&mut bufs.headers);
         next
     }
 
@@ -321,7 +325,7 @@ impl Engine {
         &self,
         client: &mut Stream,
         ctx: &mut RequestCtx,
-        head: &RequestHead,
+        req: &Request<'_>,
         err: GatewayError,
         close: bool,
         bufs: &mut Buffers,
@@ -329,8 +333,8 @@ impl Engine {
         respond::count_refusal(&err);
         let out = &mut bufs.out;
         out.clear();
-        let head_request = head.parts.method == http::Method::HEAD;
-        head::write_problem(out, &err, ctx, head.parts.uri.path(), head_request, close);
+        let head_request = *req.method() == http::Method::HEAD;
+        head::write_problem(out, &err, ctx, req.path(), head_request, close);
         ctx.status = err.status();
         ctx.error = Some(err);
         match write_client(client, &mut bufs.client_io, out).await {
@@ -344,8 +348,7 @@ impl Engine {
     async fn admit_and_forward(
         &self,
         client: &mut Stream,
-        buf: &[u8],
-        head: &RequestHead,
+        req: &Request<'_>,
         ctx: &mut RequestCtx,
         close: bool,
         bufs: &mut Buffers,
@@ -358,7 +361,7 @@ impl Engine {
             upstream_io,
             ..
         } = bufs;
-        let req = &head.parts;
+        let head = req.head();
         let active = self.shared.active();
         ctx.active = Some(Arc::clone(&active));
         let (app_idx, route_idx) = match super::route_request(&active, req) {
@@ -396,7 +399,7 @@ impl Engine {
         if let Some(err) = super::access::admit(req, ctx, &active, app, route) {
             return Err(err);
         }
-        let body = &buf[head.len..head.len + head.content_length as usize];
+        let body = req.body();
         if let Some((route, op)) = route.and_then(|r| r.operation.as_ref().map(|op| (r, op))) {
             let started = Instant::now();
             let checked = check_request(req, body, ctx, app, route, op);
@@ -410,13 +413,13 @@ impl Engine {
         }
 
         out.clear();
-        head::write_upstream_head(out, head, ctx, app);
+        request::write_upstream_head(out, req, ctx, app);
         out.extend_from_slice(body);
         let hash_key = match &app.upstream.balancing {
-            Balancing::ConsistentHash(h) => req.headers.get(h).map(|v| v.as_bytes()),
+            Balancing::ConsistentHash(h) => req.header(h.as_str()),
             _ => None,
         };
-        let head_request = req.method == http::Method::HEAD;
+        let head_request = *req.method() == http::Method::HEAD;
         let monitor_response =
             route.is_some_and(|r| r.response_mode == Mode::Monitor && r.operation.is_some());
         let (mut upstream, response) = loop {
@@ -481,7 +484,7 @@ impl Engine {
                 Err(Attempt::Exchange(err, nothing_received)) => {
                     ctx.lease = None;
                     let retry = nothing_received
-                        && req.method.is_idempotent()
+                        && req.method().is_idempotent()
                         && !matches!(err, GatewayError::UpstreamTimeout)
                         && ctx.attempts <= app.retries
                         && !upstream::deadline_passed(ctx);
@@ -558,7 +561,7 @@ impl Engine {
 /// The request contract for a buffered body: parameters, media type and
 /// the JSON body, judged before the upstream sees anything.
 fn check_request(
-    req: &http::request::Parts,
+    req: &Request<'_>,
     body: &[u8],
     ctx: &mut RequestCtx,
     app: &crate::policy::App,

@@ -1,0 +1,694 @@
+//! The request head on the lean path: parsed once with `httparse`, kept
+//! as offsets into the connection's read buffer (no copy into `http`
+//! types), read by the phases through [`RequestView`], and written
+//! upstream with its kept lines copied as the client wrote them.
+
+use std::mem::MaybeUninit;
+
+use http::Method;
+
+use super::head::{offset_in, parse_content_length, push_header, Lines, MAX_HEAD, MAX_HEADERS};
+use crate::ctx::RequestCtx;
+use crate::policy::model::ForwardedStyle;
+use crate::policy::App;
+use crate::request::RequestView;
+
+/// Request bodies up to this size are read whole before the upstream is
+/// chosen; larger ones go to Pingora, which streams them.
+pub const MAX_BUFFERED_BODY: u64 = 64 * 1024;
+
+/// A range of the read buffer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Span {
+    start: u32,
+    len: u32,
+}
+
+impl Span {
+    fn new(start: usize, len: usize) -> Self {
+        // Heads are at most `MAX_HEAD` bytes, far below `u32::MAX`.
+        Self {
+            start: u32::try_from(start).unwrap_or(u32::MAX),
+            len: u32::try_from(len).unwrap_or(0),
+        }
+    }
+
+    fn of(self, buf: &[u8]) -> &[u8] {
+        let start = self.start as usize;
+        buf.get(start..start + self.len as usize)
+            .unwrap_or_default()
+    }
+
+    fn end(self) -> usize {
+        self.start as usize + self.len as usize
+    }
+}
+
+/// Headers the engine acts on, told apart once while the head is parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Host,
+    /// Hop-by-hop (RFC 9110 §7.6.1): never forwarded.
+    HopByHop,
+    Connection,
+    ContentLength,
+    RequestId,
+    XForwardedFor,
+    XForwardedProto,
+    XForwardedHost,
+    Forwarded,
+    /// Carried by Pingora (`Transfer-Encoding`, `Upgrade`, `Expect`).
+    Unsupported,
+    Other,
+}
+
+/// What `name` (any case) is to the engine.
+fn kind(name: &[u8]) -> Kind {
+    let is = |lower: &str| name.eq_ignore_ascii_case(lower.as_bytes());
+    match name.len() {
+        2 if is("te") => Kind::HopByHop,
+        4 if is("host") => Kind::Host,
+        6 if is("expect") => Kind::Unsupported,
+        7 if is("upgrade") => Kind::Unsupported,
+        7 if is("trailer") => Kind::HopByHop,
+        9 if is("forwarded") => Kind::Forwarded,
+        10 if is("connection") => Kind::Connection,
+        10 if is("keep-alive") => Kind::HopByHop,
+        12 if is("x-request-id") => Kind::RequestId,
+        14 if is("content-length") => Kind::ContentLength,
+        15 if is("x-forwarded-for") => Kind::XForwardedFor,
+        16 if is("x-forwarded-host") => Kind::XForwardedHost,
+        16 if is("proxy-connection") => Kind::HopByHop,
+        17 if is("x-forwarded-proto") => Kind::XForwardedProto,
+        17 if is("transfer-encoding") => Kind::Unsupported,
+        19 if is("proxy-authorization") => Kind::HopByHop,
+        _ => Kind::Other,
+    }
+}
+
+/// One header line of the head.
+#[derive(Debug, Clone, Copy)]
+struct Header {
+    name: Span,
+    value: Span,
+    kind: Kind,
+    /// The line `name.start..value.end` is the line as written (a value
+    /// `httparse` found elsewhere, such as an empty one, is not).
+    whole_line: bool,
+}
+
+/// A parsed request head: where its parts lie in the read buffer.
+#[derive(Debug)]
+pub struct RequestHead {
+    /// The method.
+    pub method: Method,
+    /// The request target's path (origin-form).
+    path: Span,
+    /// The query, without `?`.
+    query: Option<Span>,
+    /// Header lines, in order.
+    headers: Vec<Header>,
+    /// Bytes of the head, blank line included.
+    pub len: usize,
+    /// The declared body length (0: none).
+    pub content_length: u64,
+    /// The client asked to close the connection after this request.
+    pub close: bool,
+    /// The head has an `X-Request-Id`.
+    pub has_request_id: bool,
+    /// The head has a `Connection` header (it may name more to drop).
+    has_connection: bool,
+}
+
+/// The header lines of a connection's last head, kept for the next one so
+/// that their memory is reused.
+#[derive(Debug, Default)]
+pub struct SpareHeaders(Vec<Header>);
+
+impl RequestHead {
+    /// Give the header list's memory back for the connection's next head.
+    pub fn recycle(self, spare: &mut SpareHeaders) {
+        spare.0 = self.headers;
+    }
+
+    /// The head as the phases read it; `buf` is the buffer it was parsed
+    /// from (more bytes may have been appended since).
+    pub fn view<'a>(&'a self, buf: &'a [u8]) -> Request<'a> {
+        // Both were checked to be UTF-8 when the head was parsed.
+        let text = |span: Span| std::str::from_utf8(span.of(buf)).unwrap_or_default();
+        Request {
+            head: self,
+            buf,
+            path: text(self.path),
+            query: self.query.map(text),
+        }
+    }
+}
+
+/// A request head borrowed from the read buffer.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    head: &'a RequestHead,
+    buf: &'a [u8],
+    path: &'a str,
+    query: Option<&'a str>,
+}
+
+impl<'a> Request<'a> {
+    /// The parsed head.
+    pub fn head(&self) -> &'a RequestHead {
+        self.head
+    }
+
+    /// The body (the buffer holds all of it before the view is made).
+    pub fn body(&self) -> &'a [u8] {
+        let start = self.head.len;
+        let end = start + usize::try_from(self.head.content_length).unwrap_or(usize::MAX);
+        self.buf.get(start..end).unwrap_or_default()
+    }
+
+    fn values<'n>(&self, name: &'n str) -> impl Iterator<Item = &'a [u8]> + 'n
+    where
+        'a: 'n,
+    {
+        let buf = self.buf;
+        self.head
+            .headers
+            .iter()
+            .filter(move |h| {
+                h.name.len as usize == name.len()
+                    && h.name.of(buf).eq_ignore_ascii_case(name.as_bytes())
+            })
+            .map(move |h| h.value.of(buf))
+    }
+}
+
+impl RequestView for Request<'_> {
+    fn method(&self) -> &Method {
+        &self.head.method
+    }
+
+    fn path(&self) -> &str {
+        self.path
+    }
+
+    fn query(&self) -> Option<&str> {
+        self.query
+    }
+
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        self.values(name).next()
+    }
+
+    fn each_header(&self, name: &str, f: &mut dyn FnMut(&[u8])) {
+        self.values(name).for_each(f);
+    }
+
+    fn target_host(&self) -> Option<&str> {
+        // Only origin-form targets are carried by this engine.
+        None
+    }
+}
+
+/// What the parser made of the buffered bytes.
+#[derive(Debug)]
+pub enum Parsed {
+    /// A head this engine carries.
+    Lean(RequestHead),
+    /// Not complete yet: read more.
+    Partial,
+    /// Valid or not, something Pingora's full HTTP stack handles (HTTP/1.0,
+    /// chunked or large bodies, upgrades, `Expect`, CONNECT, targets other
+    /// than a plain path, malformed heads).
+    Pingora,
+}
+
+/// Which bytes a request target's path and query may hold: those the
+/// `http` crate's URI parser accepts (WHATWG path and query states, plus
+/// `"`, `{`, `}` in paths and any byte of a UTF-8 sequence), so that the
+/// lean engine takes exactly the targets Pingora's path would.
+const PATH_BYTE: u8 = 1;
+const QUERY_BYTE: u8 = 2;
+const TARGET_BYTES: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        let path = matches!(b, 0x21 | 0x24..=0x3B | 0x3D | 0x40..=0x5F | 0x61..=0x7A | 0x7C | 0x7E | b'"' | b'{' | b'}' | 0x80..=0xFF);
+        let query = matches!(b, 0x21 | 0x24..=0x3B | 0x3D | 0x3F..=0x7E | 0x80..=0xFF);
+        t[i] = (path as u8 * PATH_BYTE) | (query as u8 * QUERY_BYTE);
+        i += 1;
+    }
+    t
+};
+
+/// Split an origin-form target into path and query lengths; `None` for
+/// anything else (absolute or asterisk form, a fragment, a byte a URI may
+/// not hold) — Pingora judges those.
+fn split_target(target: &[u8]) -> Option<(usize, Option<usize>)> {
+    if target.first() != Some(&b'/') {
+        return None;
+    }
+    let path_len = target
+        .iter()
+        .position(|&b| TARGET_BYTES[b as usize] & PATH_BYTE == 0)
+        .unwrap_or(target.len());
+    let rest = &target[path_len..];
+    match rest.split_first() {
+        None => Some((path_len, None)),
+        Some((b'?', query))
+            if query
+                .iter()
+                .all(|&b| TARGET_BYTES[b as usize] & QUERY_BYTE != 0) =>
+        {
+            Some((path_len, Some(query.len())))
+        }
+        Some(_) => None,
+    }
+}
+
+/// Parse the request head at the start of `buf`. A lean head's header list
+/// is `spare`'s (taken, cleared), so a connection reuses its memory.
+pub fn parse_request(buf: &[u8], spare: &mut SpareHeaders) -> Parsed {
+    let mut lines = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let len = match req.parse_with_uninit_headers(buf, &mut lines) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => return Parsed::Partial,
+        _ => return Parsed::Pingora,
+    };
+    if req.version != Some(1) {
+        return Parsed::Pingora;
+    }
+    let (Some(method), Some(target)) = (req.method, req.path) else {
+        return Parsed::Pingora;
+    };
+    let Ok(method) = Method::from_bytes(method.as_bytes()) else {
+        return Parsed::Pingora;
+    };
+    if method == Method::CONNECT {
+        return Parsed::Pingora;
+    }
+    let Some((path_len, query_len)) = split_target(target.as_bytes()) else {
+        return Parsed::Pingora;
+    };
+    let target_at = offset_in(buf, target.as_bytes());
+    let path = Span::new(target_at, path_len);
+    let query = query_len.map(|q| Span::new(target_at + path_len + 1, q));
+    if path.end() + query_len.map_or(0, |q| q + 1) > len {
+        return Parsed::Pingora;
+    }
+
+    let mut headers = std::mem::take(&mut spare.0);
+    headers.clear();
+    let mut content_length = None;
+    let mut close = false;
+    let (mut has_request_id, mut has_connection) = (false, false);
+    for h in req.headers.iter() {
+        let name_at = offset_in(buf, h.name.as_bytes());
+        let name = Span::new(name_at, h.name.len());
+        if name.end() > len {
+            return Parsed::Pingora;
+        }
+        let value_at = offset_in(buf, h.value);
+        let in_line =
+            !h.value.is_empty() && value_at >= name.end() && value_at + h.value.len() <= len;
+        let value = if in_line {
+            Span::new(value_at, h.value.len())
+        } else {
+            Span::default()
+        };
+        if !in_line && !h.value.is_empty() {
+            return Parsed::Pingora;
+        }
+        let kind = kind(h.name.as_bytes());
+        match kind {
+            Kind::ContentLength => match (parse_content_length(h.value), content_length) {
+                (Some(n), None) => content_length = Some(n),
+                (Some(n), Some(m)) if n == m => {}
+                _ => return Parsed::Pingora,
+            },
+            Kind::Unsupported => return Parsed::Pingora,
+            Kind::RequestId => has_request_id = true,
+            Kind::Connection => {
+                has_connection = true;
+                for token in h.value.split(|b| *b == b',') {
+                    let token = token.trim_ascii();
+                    if token.eq_ignore_ascii_case(b"close") {
+                        close = true;
+                    } else if token.eq_ignore_ascii_case(b"upgrade") {
+                        return Parsed::Pingora;
+                    }
+                }
+            }
+            _ => {}
+        }
+        headers.push(Header {
+            name,
+            value,
+            kind,
+            whole_line: in_line,
+        });
+    }
+    let content_length = content_length.unwrap_or(0);
+    if content_length > MAX_BUFFERED_BODY {
+        return Parsed::Pingora;
+    }
+    Parsed::Lean(RequestHead {
+        method,
+        path,
+        query,
+        headers,
+        len,
+        content_length,
+        close,
+        has_request_id,
+        has_connection,
+    })
+}
+
+/// Headers named as connection options in the request's `Connection`
+/// (lowercase; `close` and `keep-alive` left out).
+fn connection_options(req: &Request<'_>) -> Vec<String> {
+    let mut options = Vec::new();
+    for h in req
+        .head
+        .headers
+        .iter()
+        .filter(|h| h.kind == Kind::Connection)
+    {
+        for token in h.value.of(req.buf).split(|b| *b == b',') {
+            let token = token.trim_ascii();
+            if !token.is_empty()
+                && !token.eq_ignore_ascii_case(b"close")
+                && !token.eq_ignore_ascii_case(b"keep-alive")
+            {
+                options.push(String::from_utf8_lossy(token).to_ascii_lowercase());
+            }
+        }
+    }
+    options
+}
+
+/// Write the request head that goes upstream into `out`: the request line
+/// (app prefix stripped and API-key query parameter removed when the app
+/// says so), the client's end-to-end header lines as written minus the
+/// API-key header, then `X-Request-Id` and the app's forwarding headers —
+/// what `prepare_upstream_request` does for Pingora-carried requests.
+pub fn write_upstream_head(out: &mut Vec<u8>, req: &Request<'_>, ctx: &RequestCtx, app: &App) {
+    let head = req.head;
+    let buf = req.buf;
+    out.extend_from_slice(head.method.as_str().as_bytes());
+    out.push(b' ');
+    let path = if app.strip_prefix {
+        crate::routing::strip_app_prefix(&app.path_prefix, req.path)
+    } else {
+        req.path
+    };
+    let key_param = app.auth.as_ref().and_then(|a| a.api_key_query.as_deref());
+    match (req.query, key_param) {
+        (Some(q), Some(k)) if q.contains(k) => {
+            out.extend_from_slice(
+                super::super::upstream::path_without_param(path, q, k).as_bytes(),
+            );
+        }
+        (Some(q), _) => {
+            out.extend_from_slice(path.as_bytes());
+            out.push(b'?');
+            out.extend_from_slice(q.as_bytes());
+        }
+        (None, _) => out.extend_from_slice(path.as_bytes()),
+    }
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+
+    let forwarded = app.forwarded;
+    let x_forwarded = forwarded.style == ForwardedStyle::XForwarded;
+    let key_header = app
+        .auth
+        .as_ref()
+        .and_then(|a| a.api_key_header.as_ref())
+        .map(|k| k.as_str().as_bytes());
+    let options = if head.has_connection {
+        connection_options(req)
+    } else {
+        Vec::new()
+    };
+    let mut previous_xff: Option<&[u8]> = None;
+    let mut previous_forwarded: Option<&[u8]> = None;
+    let mut host_header: Option<&[u8]> = None;
+    let mut run = Lines::default();
+    for h in &head.headers {
+        let name = h.name.of(buf);
+        let value = h.value.of(buf);
+        let keep = match h.kind {
+            Kind::Host => {
+                host_header = host_header.or(Some(value));
+                true
+            }
+            Kind::HopByHop | Kind::Connection | Kind::Unsupported => false,
+            _ if key_header.is_some_and(|k| name.eq_ignore_ascii_case(k))
+                || options
+                    .iter()
+                    .any(|o| name.eq_ignore_ascii_case(o.as_bytes())) =>
+            {
+                false
+            }
+            Kind::RequestId => ctx.request_id_from_client,
+            Kind::XForwardedFor if x_forwarded => {
+                previous_xff = Some(value);
+                false
+            }
+            Kind::XForwardedProto if x_forwarded => false,
+            Kind::XForwardedHost if x_forwarded && forwarded.host => false,
+            Kind::Forwarded if forwarded.style == ForwardedStyle::Rfc7239 => {
+                previous_forwarded = Some(value);
+                false
+            }
+            _ => true,
+        };
+        if !keep {
+            continue;
+        }
+        if h.whole_line {
+            run.keep(buf, out, h.name.start as usize, h.value.end());
+        } else {
+            run.flush(buf, out);
+            push_header(out, name, value);
+        }
+    }
+    run.flush(buf, out);
+    let host = host_header.and_then(|h| std::str::from_utf8(h).ok());
+    if !ctx.request_id_from_client {
+        push_header(out, b"x-request-id", ctx.request_id.as_bytes());
+    }
+    let client_ip = ctx.client_ip.as_str();
+    match forwarded.style {
+        ForwardedStyle::XForwarded => {
+            if !client_ip.is_empty() {
+                out.extend_from_slice(b"x-forwarded-for: ");
+                if let Some(prev) = previous_xff.filter(|p| !p.is_empty()) {
+                    out.extend_from_slice(prev);
+                    out.extend_from_slice(b", ");
+                }
+                out.extend_from_slice(client_ip.as_bytes());
+                out.extend_from_slice(b"\r\n");
+            }
+            push_header(out, b"x-forwarded-proto", b"http");
+            if let (true, Some(h)) = (forwarded.host, host) {
+                push_header(out, b"x-forwarded-host", h.as_bytes());
+            }
+        }
+        ForwardedStyle::Rfc7239 => {
+            let mut element = String::with_capacity(64);
+            if let Some(prev) = previous_forwarded
+                .and_then(|p| std::str::from_utf8(p).ok())
+                .filter(|p| !p.is_empty())
+            {
+                element.push_str(prev);
+                element.push_str(", ");
+            }
+            super::super::upstream::forwarded_element(
+                &mut element,
+                client_ip,
+                false,
+                host.filter(|_| forwarded.host),
+            );
+            push_header(out, b"forwarded", element.as_bytes());
+        }
+        ForwardedStyle::None => {}
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::policy::{compile, SourceFile};
+    use crate::runtime::Shared;
+
+    fn lean(head: &[u8]) -> RequestHead {
+        match parse_request(head, &mut SpareHeaders::default()) {
+            Parsed::Lean(h) => h,
+            other => panic!("expected a lean head, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn plain_heads_are_lean_and_everything_unusual_goes_to_pingora() {
+        let buf = b"POST /a?b=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc";
+        let head = lean(buf);
+        assert_eq!(head.content_length, 3);
+        assert_eq!(head.len, 52);
+        let req = head.view(buf);
+        assert_eq!((req.path(), req.query()), ("/a", Some("b=1")));
+        assert!(!head.close);
+        assert!(matches!(
+            parse_request(
+                b"GET / HTTP/1.1\r\nHost: x\r\n",
+                &mut SpareHeaders::default()
+            ),
+            Parsed::Partial
+        ));
+        for pingora in [
+            &b"GET / HTTP/1.0\r\n\r\n"[..],
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"GET / HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+            b"POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 999999\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: +1\r\n\r\nx",
+            b"POST / HTTP/1.1\r\nContent-Length: 0x1\r\n\r\nx",
+            b"POST / HTTP/1.1\r\nContent-Length: \r\n\r\n",
+            b"GET / HTTP/1.1\r\nBad Header: x\r\n\r\n",
+            b"CONNECT a:443 HTTP/1.1\r\n\r\n",
+            // Targets other than a plain path.
+            b"GET http://x/a HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET /a#f HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET /a<b HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET /a?b=\"c\" HTTP/1.1\r\nHost: x\r\n\r\n",
+        ] {
+            assert!(
+                matches!(
+                    parse_request(pingora, &mut SpareHeaders::default()),
+                    Parsed::Pingora
+                ),
+                "{}",
+                String::from_utf8_lossy(pingora)
+            );
+        }
+        assert!(lean(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n").close);
+    }
+
+    /// A connection's header list is reused: the next head holds only its
+    /// own headers, and the list's memory is kept.
+    #[test]
+    fn a_reused_header_list_holds_only_the_new_heads_headers() {
+        let mut spare = SpareHeaders::default();
+        let first_buf = b"GET /a HTTP/1.1\r\nHost: x\r\nX-Api-Key: k1\r\nAccept: */*\r\n\r\n";
+        let Parsed::Lean(first) = parse_request(first_buf, &mut spare) else {
+            panic!("expected a lean head")
+        };
+        assert_eq!(first.headers.len(), 3);
+        first.recycle(&mut spare);
+        let kept = spare.0.capacity();
+        let second_buf = b"GET /b HTTP/1.1\r\nHost: y\r\n\r\n";
+        let Parsed::Lean(second) = parse_request(second_buf, &mut spare) else {
+            panic!("expected a lean head")
+        };
+        assert!(spare.0.is_empty(), "the list moved into the head");
+        let req = second.view(second_buf);
+        assert_eq!(second.headers.len(), 1);
+        assert_eq!(req.header("host"), Some(&b"y"[..]));
+        assert_eq!(req.header("x-api-key"), None);
+        assert!(second.headers.capacity() >= kept);
+    }
+
+    /// Headers are found by name in any case, all values in order; what
+    /// the header loop notes agrees with what the head holds.
+    #[test]
+    fn the_view_finds_headers_in_any_case() {
+        let buf = b"GET /p/q?x=1&x=2 HTTP/1.1\r\nHOST: h.example\r\nX-Tag: a\r\nconnection: x-a\r\nx-tag: b\r\nX-REQUEST-ID: r1\r\nX-Empty:\r\n\r\n";
+        let head = lean(buf);
+        assert!(head.has_connection && head.has_request_id);
+        let req = head.view(buf);
+        assert_eq!(req.method(), Method::GET);
+        assert_eq!((req.path(), req.query()), ("/p/q", Some("x=1&x=2")));
+        assert_eq!(req.host(), "h.example");
+        assert_eq!(req.header_str("x-request-id"), Some("r1"));
+        let mut tags = Vec::new();
+        req.each_header("x-tag", &mut |v| tags.push(v.to_vec()));
+        assert_eq!(tags, vec![b"a".to_vec(), b"b".to_vec()]);
+        assert_eq!(req.header("x-empty"), Some(&b""[..]));
+        assert_eq!(req.header("x-tags"), None);
+        let plain = lean(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert!(!plain.has_connection && !plain.has_request_id);
+    }
+
+    proptest! {
+        /// The lean engine takes exactly the origin-form targets the `http`
+        /// crate's URI parser takes without a fragment, split the same way.
+        #[test]
+        fn targets_split_as_the_http_crate_splits_them(rest in "[ -~é€]{0,24}") {
+            let target = format!("/{rest}");
+            let ours = split_target(target.as_bytes());
+            match target.parse::<http::Uri>() {
+                Ok(uri) if !target.contains('#') => {
+                    let (path_len, query_len) = ours.expect("the http crate takes it");
+                    prop_assert_eq!(&target[..path_len], uri.path());
+                    prop_assert_eq!(
+                        query_len.map(|q| &target[path_len + 1..path_len + 1 + q]),
+                        uri.query()
+                    );
+                }
+                _ => prop_assert_eq!(ours, None),
+            }
+        }
+    }
+
+    const APP: &str = r#"
+version: 1
+apps:
+  - name: orders
+    owner: o
+    hosts: [orders.example]
+    path_prefix: /api
+    strip_prefix: true
+    upstream: { instances: ["http://127.0.0.1:1"] }
+    auth:
+      mode: required
+      api_key: { header: x-api-key }
+    routes:
+      - { id: get, method: GET, path: "/orders/{id}" }
+"#;
+
+    /// Kept lines go upstream as the client wrote them (case, spacing),
+    /// around the dropped ones; the gateway's own headers follow.
+    #[test]
+    fn the_upstream_head_keeps_lines_as_written_around_dropped_ones() {
+        let bundle = compile(&[SourceFile {
+            path: "t.yaml".into(),
+            text: APP.into(),
+        }])
+        .unwrap_or_else(|e| panic!("{e}"));
+        let shared = Arc::new(Shared::new(bundle, "test".into(), None));
+        let active = shared.active();
+        let app = &active.bundle.apps[0];
+        let mut ctx = RequestCtx::new(shared.enter());
+        ctx.client_ip.push_str("10.0.0.7");
+        ctx.request_id.push_str("rid-1");
+        let buf = b"GET /api/orders/7?a=1 HTTP/1.1\r\nHost: orders.example\r\nX-Api-Key: secret\r\nAccept:  text/plain\r\nConnection: keep-alive, X-Hop\r\nx-hop: 1\r\nX-Forwarded-For: 1.2.3.4\r\nUser-Agent: t\r\nX-Empty:\r\n\r\n";
+        let head = lean(buf);
+        let mut out = Vec::new();
+        write_upstream_head(&mut out, &head.view(buf), &ctx, app);
+        let text = String::from_utf8_lossy(&out);
+        assert_eq!(
+            text,
+            "GET /orders/7?a=1 HTTP/1.1\r\nHost: orders.example\r\nAccept:  text/plain\r\nUser-Agent: t\r\nX-Empty: \r\nx-request-id: rid-1\r\nx-forwarded-for: 1.2.3.4, 10.0.0.7\r\nx-forwarded-proto: http\r\n\r\n"
+        );
+    }
+}
