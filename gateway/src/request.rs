@@ -43,6 +43,17 @@ pub trait RequestView {
     }
 }
 
+/// `value` as text when it is ASCII. Header values never hold control
+/// bytes other than tab, nor DEL (`httparse` and `http::HeaderValue` both
+/// refuse them), so ASCII values are visible ASCII.
+pub fn ascii_text(value: &[u8]) -> Option<&str> {
+    if value.is_ascii() {
+        std::str::from_utf8(value).ok()
+    } else {
+        None
+    }
+}
+
 impl RequestView for http::request::Parts {
     fn method(&self) -> &Method {
         &self.method

@@ -102,12 +102,17 @@ struct Header {
 pub struct RequestHead {
     /// The method.
     pub method: Method,
-    /// The request target's path (origin-form).
-    path: Span,
-    /// The query, without `?`.
-    query: Option<Span>,
+    /// The request target (origin-form), copied from `httparse`'s already
+    /// checked text so that reading it needs no second UTF-8 check.
+    target: String,
+    /// The path's length in `target`; a query follows after `?`.
+    path_len: usize,
+    /// The target has a query (possibly empty).
+    has_query: bool,
     /// Header lines, in order.
     headers: Vec<Header>,
+    /// The first `Host` line's value.
+    host: Option<Span>,
     /// Bytes of the head, blank line included.
     pub len: usize,
     /// The declared body length (0: none).
@@ -120,27 +125,33 @@ pub struct RequestHead {
     has_connection: bool,
 }
 
-/// The header lines of a connection's last head, kept for the next one so
-/// that their memory is reused.
+/// The header list and target text of a connection's last head, kept for
+/// the next one so that their memory is reused.
 #[derive(Debug, Default)]
-pub struct SpareHeaders(Vec<Header>);
+pub struct SpareHeaders {
+    headers: Vec<Header>,
+    target: String,
+}
 
 impl RequestHead {
-    /// Give the header list's memory back for the connection's next head.
+    /// Give the head's memory back for the connection's next head.
     pub fn recycle(self, spare: &mut SpareHeaders) {
-        spare.0 = self.headers;
+        spare.headers = self.headers;
+        spare.target = self.target;
     }
 
     /// The head as the phases read it; `buf` is the buffer it was parsed
     /// from (more bytes may have been appended since).
     pub fn view<'a>(&'a self, buf: &'a [u8]) -> Request<'a> {
-        // Both were checked to be UTF-8 when the head was parsed.
-        let text = |span: Span| std::str::from_utf8(span.of(buf)).unwrap_or_default();
+        let (path, query) = match self.target.split_at_checked(self.path_len) {
+            Some((path, rest)) => (path, rest.get(1..).filter(|_| self.has_query)),
+            None => (self.target.as_str(), None),
+        };
         Request {
             head: self,
             buf,
-            path: text(self.path),
-            query: self.query.map(text),
+            path,
+            query,
         }
     }
 }
@@ -207,6 +218,13 @@ impl RequestView for Request<'_> {
     fn target_host(&self) -> Option<&str> {
         // Only origin-form targets are carried by this engine.
         None
+    }
+
+    fn host(&self) -> &str {
+        self.head
+            .host
+            .and_then(|h| crate::request::ascii_text(h.of(self.buf)))
+            .unwrap_or("")
     }
 }
 
@@ -292,15 +310,12 @@ pub fn parse_request(buf: &[u8], spare: &mut SpareHeaders) -> Parsed {
     let Some((path_len, query_len)) = split_target(target.as_bytes()) else {
         return Parsed::Pingora;
     };
-    let target_at = offset_in(buf, target.as_bytes());
-    let path = Span::new(target_at, path_len);
-    let query = query_len.map(|q| Span::new(target_at + path_len + 1, q));
-    if path.end() + query_len.map_or(0, |q| q + 1) > len {
-        return Parsed::Pingora;
-    }
-
-    let mut headers = std::mem::take(&mut spare.0);
+    let mut target_text = std::mem::take(&mut spare.target);
+    target_text.clear();
+    target_text.push_str(target);
+    let mut headers = std::mem::take(&mut spare.headers);
     headers.clear();
+    let mut host = None;
     let mut content_length = None;
     let mut close = false;
     let (mut has_request_id, mut has_connection) = (false, false);
@@ -330,6 +345,7 @@ pub fn parse_request(buf: &[u8], spare: &mut SpareHeaders) -> Parsed {
             },
             Kind::Unsupported => return Parsed::Pingora,
             Kind::RequestId => has_request_id = true,
+            Kind::Host => host = host.or(Some(value)),
             Kind::Connection => {
                 has_connection = true;
                 for token in h.value.split(|b| *b == b',') {
@@ -356,9 +372,11 @@ pub fn parse_request(buf: &[u8], spare: &mut SpareHeaders) -> Parsed {
     }
     Parsed::Lean(RequestHead {
         method,
-        path,
-        query,
+        target: target_text,
+        path_len,
+        has_query: query_len.is_some(),
         headers,
+        host,
         len,
         content_length,
         close,
@@ -435,16 +453,12 @@ pub fn write_upstream_head(out: &mut Vec<u8>, req: &Request<'_>, ctx: &RequestCt
     };
     let mut previous_xff: Option<&[u8]> = None;
     let mut previous_forwarded: Option<&[u8]> = None;
-    let mut host_header: Option<&[u8]> = None;
     let mut run = Lines::default();
     for h in &head.headers {
         let name = h.name.of(buf);
         let value = h.value.of(buf);
         let keep = match h.kind {
-            Kind::Host => {
-                host_header = host_header.or(Some(value));
-                true
-            }
+            Kind::Host => true,
             Kind::HopByHop | Kind::Connection | Kind::Unsupported => false,
             _ if key_header.is_some_and(|k| name.eq_ignore_ascii_case(k))
                 || options
@@ -477,7 +491,10 @@ pub fn write_upstream_head(out: &mut Vec<u8>, req: &Request<'_>, ctx: &RequestCt
         }
     }
     run.flush(buf, out);
-    let host = host_header.and_then(|h| std::str::from_utf8(h).ok());
+    let host = || {
+        head.host
+            .and_then(|h| crate::request::ascii_text(h.of(buf)))
+    };
     if !ctx.request_id_from_client {
         push_header(out, b"x-request-id", ctx.request_id.as_bytes());
     }
@@ -494,7 +511,7 @@ pub fn write_upstream_head(out: &mut Vec<u8>, req: &Request<'_>, ctx: &RequestCt
                 out.extend_from_slice(b"\r\n");
             }
             push_header(out, b"x-forwarded-proto", b"http");
-            if let (true, Some(h)) = (forwarded.host, host) {
+            if let Some(h) = host().filter(|_| forwarded.host) {
                 push_header(out, b"x-forwarded-host", h.as_bytes());
             }
         }
@@ -511,7 +528,7 @@ pub fn write_upstream_head(out: &mut Vec<u8>, req: &Request<'_>, ctx: &RequestCt
                 &mut element,
                 client_ip,
                 false,
-                host.filter(|_| forwarded.host),
+                host().filter(|_| forwarded.host),
             );
             push_header(out, b"forwarded", element.as_bytes());
         }
@@ -595,12 +612,12 @@ mod tests {
         };
         assert_eq!(first.headers.len(), 3);
         first.recycle(&mut spare);
-        let kept = spare.0.capacity();
+        let kept = spare.headers.capacity();
         let second_buf = b"GET /b HTTP/1.1\r\nHost: y\r\n\r\n";
         let Parsed::Lean(second) = parse_request(second_buf, &mut spare) else {
             panic!("expected a lean head")
         };
-        assert!(spare.0.is_empty(), "the list moved into the head");
+        assert!(spare.headers.is_empty(), "the list moved into the head");
         let req = second.view(second_buf);
         assert_eq!(second.headers.len(), 1);
         assert_eq!(req.header("host"), Some(&b"y"[..]));
