@@ -75,7 +75,8 @@ impl RequestCtx {
         Self {
             started: Instant::now(),
             active: None,
-            request_id: String::new(),
+            // A UUID's text: allocated once, not grown.
+            request_id: String::with_capacity(36),
             request_id_header: None,
             request_id_from_client: false,
             client_ip: String::new(),

@@ -163,6 +163,28 @@ fn unsafe_paths_are_refused() {
     }
 }
 
+/// `path_is_safe` without its one-pass shortcut: every segment judged.
+fn path_is_safe_segment_by_segment(path: &str) -> bool {
+    path.starts_with('/')
+        && path.split('/').all(|seg| {
+            let lower = seg.to_ascii_lowercase();
+            let decoded = lower.replace("%2e", ".");
+            !(seg == "." || seg == ".." || lower.contains("%2f") || lower.contains("%5c"))
+                && decoded != "."
+                && decoded != ".."
+        })
+}
+
+proptest! {
+    /// The shortcut never passes a path the segment-by-segment rule refuses.
+    #[test]
+    fn the_safe_path_shortcut_agrees_with_the_full_rule(
+        path in "/[a./%2eEfF5cC]{0,12}"
+    ) {
+        prop_assert_eq!(path_is_safe(&path), path_is_safe_segment_by_segment(&path));
+    }
+}
+
 fn template_strategy() -> impl Strategy<Value = String> {
     proptest::collection::vec(
         prop_oneof![Just("a"), Just("b"), Just("{p}"), Just("{q}")],

@@ -39,6 +39,12 @@ impl Span {
             .unwrap_or_default()
     }
 
+    fn text(self, text: &str) -> &str {
+        let start = self.start as usize;
+        text.get(start..start + self.len as usize)
+            .unwrap_or_default()
+    }
+
     fn end(self) -> usize {
         self.start as usize + self.len as usize
     }
@@ -102,13 +108,15 @@ struct Header {
 pub struct RequestHead {
     /// The method.
     pub method: Method,
-    /// The request target (origin-form), copied from `httparse`'s already
-    /// checked text so that reading it needs no second UTF-8 check.
-    target: String,
-    /// The path's length in `target`; a query follows after `?`.
+    /// The head's bytes as text, checked as UTF-8 once: every part the
+    /// phases read as text is a slice of it, with no check of its own.
+    text: String,
+    /// Where the request target (origin-form) starts in `text`.
+    target_at: usize,
+    /// The path's length; a query follows after `?`.
     path_len: usize,
-    /// The target has a query (possibly empty).
-    has_query: bool,
+    /// The query's length, if the target has one.
+    query_len: Option<usize>,
     /// Header lines, in order.
     headers: Vec<Header>,
     /// The first `Host` line's value.
@@ -125,33 +133,43 @@ pub struct RequestHead {
     has_connection: bool,
 }
 
-/// The header list and target text of a connection's last head, kept for
-/// the next one so that their memory is reused.
+/// The header list and text of a connection's last head, kept for the
+/// next one so that their memory is reused.
 #[derive(Debug, Default)]
 pub struct SpareHeaders {
     headers: Vec<Header>,
-    target: String,
+    text: String,
 }
 
 impl RequestHead {
     /// Give the head's memory back for the connection's next head.
     pub fn recycle(self, spare: &mut SpareHeaders) {
         spare.headers = self.headers;
-        spare.target = self.target;
+        spare.text = self.text;
     }
 
     /// The head as the phases read it; `buf` is the buffer it was parsed
     /// from (more bytes may have been appended since).
     pub fn view<'a>(&'a self, buf: &'a [u8]) -> Request<'a> {
-        let (path, query) = match self.target.split_at_checked(self.path_len) {
-            Some((path, rest)) => (path, rest.get(1..).filter(|_| self.has_query)),
-            None => (self.target.as_str(), None),
-        };
+        let text = self.text.as_str();
+        let path = Span::new(self.target_at, self.path_len).text(text);
+        let query = self
+            .query_len
+            .map(|q| Span::new(self.target_at + self.path_len + 1, q).text(text));
+        let host = self
+            .host
+            .map(|h| h.text(text))
+            .filter(|h| h.is_ascii())
+            .unwrap_or("");
+        let body_end = self.len + usize::try_from(self.content_length).unwrap_or(usize::MAX);
         Request {
             head: self,
-            buf,
+            text,
+            buf: text.as_bytes(),
+            body: buf.get(self.len..body_end).unwrap_or_default(),
             path,
             query,
+            host,
         }
     }
 }
@@ -160,9 +178,15 @@ impl RequestHead {
 #[derive(Debug, Clone, Copy)]
 pub struct Request<'a> {
     head: &'a RequestHead,
+    /// The head.
+    text: &'a str,
+    /// The head's bytes (`text`'s).
     buf: &'a [u8],
+    body: &'a [u8],
     path: &'a str,
     query: Option<&'a str>,
+    /// The first `Host` value ("" when absent or not ASCII).
+    host: &'a str,
 }
 
 impl<'a> Request<'a> {
@@ -173,24 +197,18 @@ impl<'a> Request<'a> {
 
     /// The body (the buffer holds all of it before the view is made).
     pub fn body(&self) -> &'a [u8] {
-        let start = self.head.len;
-        let end = start + usize::try_from(self.head.content_length).unwrap_or(usize::MAX);
-        self.buf.get(start..end).unwrap_or_default()
+        self.body
     }
 
-    fn values<'n>(&self, name: &'n str) -> impl Iterator<Item = &'a [u8]> + 'n
+    fn lines<'n>(&self, name: &'n str) -> impl Iterator<Item = &'a Header> + 'n
     where
         'a: 'n,
     {
         let buf = self.buf;
-        self.head
-            .headers
-            .iter()
-            .filter(move |h| {
-                h.name.len as usize == name.len()
-                    && h.name.of(buf).eq_ignore_ascii_case(name.as_bytes())
-            })
-            .map(move |h| h.value.of(buf))
+        self.head.headers.iter().filter(move |h| {
+            h.name.len as usize == name.len()
+                && h.name.of(buf).eq_ignore_ascii_case(name.as_bytes())
+        })
     }
 }
 
@@ -208,11 +226,16 @@ impl RequestView for Request<'_> {
     }
 
     fn header(&self, name: &str) -> Option<&[u8]> {
-        self.values(name).next()
+        self.lines(name).next().map(|h| h.value.of(self.buf))
     }
 
     fn each_header(&self, name: &str, f: &mut dyn FnMut(&[u8])) {
-        self.values(name).for_each(f);
+        self.lines(name).for_each(|h| f(h.value.of(self.buf)));
+    }
+
+    fn header_str(&self, name: &str) -> Option<&str> {
+        let value = self.lines(name).next()?.value.text(self.text);
+        value.is_ascii().then_some(value)
     }
 
     fn target_host(&self) -> Option<&str> {
@@ -221,10 +244,7 @@ impl RequestView for Request<'_> {
     }
 
     fn host(&self) -> &str {
-        self.head
-            .host
-            .and_then(|h| crate::request::ascii_text(h.of(self.buf)))
-            .unwrap_or("")
+        self.host
     }
 }
 
@@ -310,9 +330,7 @@ pub fn parse_request(buf: &[u8], spare: &mut SpareHeaders) -> Parsed {
     let Some((path_len, query_len)) = split_target(target.as_bytes()) else {
         return Parsed::Pingora;
     };
-    let mut target_text = std::mem::take(&mut spare.target);
-    target_text.clear();
-    target_text.push_str(target);
+    let target_at = offset_in(buf, target.as_bytes());
     let mut headers = std::mem::take(&mut spare.headers);
     headers.clear();
     let mut host = None;
@@ -370,11 +388,21 @@ pub fn parse_request(buf: &[u8], spare: &mut SpareHeaders) -> Parsed {
     if content_length > MAX_BUFFERED_BODY {
         return Parsed::Pingora;
     }
+    // One UTF-8 check of the whole head (fast over ASCII runs) instead of
+    // one per part read as text. Header values with other bytes than
+    // UTF-8 (obsolete text) are rare enough to leave to Pingora.
+    let mut bytes = std::mem::take(&mut spare.text).into_bytes();
+    bytes.clear();
+    bytes.extend_from_slice(buf.get(..len).unwrap_or_default());
+    let Ok(text) = String::from_utf8(bytes) else {
+        return Parsed::Pingora;
+    };
     Parsed::Lean(RequestHead {
         method,
-        target: target_text,
+        text,
+        target_at,
         path_len,
-        has_query: query_len.is_some(),
+        query_len,
         headers,
         host,
         len,
@@ -491,10 +519,7 @@ pub fn write_upstream_head(out: &mut Vec<u8>, req: &Request<'_>, ctx: &RequestCt
         }
     }
     run.flush(buf, out);
-    let host = || {
-        head.host
-            .and_then(|h| crate::request::ascii_text(h.of(buf)))
-    };
+    let host = || head.host.map(|_| req.host);
     if !ctx.request_id_from_client {
         push_header(out, b"x-request-id", ctx.request_id.as_bytes());
     }
@@ -588,6 +613,8 @@ mod tests {
             b"GET /a#f HTTP/1.1\r\nHost: x\r\n\r\n",
             b"GET /a<b HTTP/1.1\r\nHost: x\r\n\r\n",
             b"GET /a?b=\"c\" HTTP/1.1\r\nHost: x\r\n\r\n",
+            // A header value that is not UTF-8 (obsolete text).
+            b"GET / HTTP/1.1\r\nHost: x\r\nX-Bin: \xff\xfe\r\n\r\n",
         ] {
             assert!(
                 matches!(
@@ -629,7 +656,7 @@ mod tests {
     /// the header loop notes agrees with what the head holds.
     #[test]
     fn the_view_finds_headers_in_any_case() {
-        let buf = b"GET /p/q?x=1&x=2 HTTP/1.1\r\nHOST: h.example\r\nX-Tag: a\r\nconnection: x-a\r\nx-tag: b\r\nX-REQUEST-ID: r1\r\nX-Empty:\r\n\r\n";
+        let buf = "GET /p/q?x=1&x=2 HTTP/1.1\r\nHOST: h.example\r\nX-Tag: a\r\nconnection: x-a\r\nx-tag: b\r\nX-REQUEST-ID: r1\r\nX-Empty:\r\nX-Utf: café\r\n\r\n".as_bytes();
         let head = lean(buf);
         assert!(head.has_connection && head.has_request_id);
         let req = head.view(buf);
@@ -641,6 +668,9 @@ mod tests {
         req.each_header("x-tag", &mut |v| tags.push(v.to_vec()));
         assert_eq!(tags, vec![b"a".to_vec(), b"b".to_vec()]);
         assert_eq!(req.header("x-empty"), Some(&b""[..]));
+        // UTF-8 but not ASCII: bytes, but no text (as `HeaderValue::to_str`).
+        assert_eq!(req.header("x-utf"), Some("café".as_bytes()));
+        assert_eq!(req.header_str("x-utf"), None);
         assert_eq!(req.header("x-tags"), None);
         let plain = lean(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
         assert!(!plain.has_connection && !plain.has_request_id);
