@@ -66,6 +66,12 @@ pub struct RequestCtx {
     pub timings: Timings,
     /// The instance of the last upstream attempt.
     pub last_instance: Option<std::sync::Arc<crate::routing::Instance>>,
+    /// The wall clock when the request started, if a phase read it (a new
+    /// request id does), so the wide event need not read it again.
+    pub started_wall: Option<std::time::SystemTime>,
+    /// The clock reading that ended the last timed phase, for the next one
+    /// to start from: one reading per boundary instead of two.
+    pub clock_mark: Option<Instant>,
     _in_flight: InFlight,
 }
 
@@ -100,6 +106,8 @@ impl RequestCtx {
             rate_headers: None,
             timings: Timings::default(),
             last_instance: None,
+            started_wall: None,
+            clock_mark: None,
             _in_flight: in_flight,
         }
     }

@@ -68,11 +68,14 @@ pub fn admit(
     }
     // No consumer means no plan: with no app limits either, nothing to time.
     if ctx.consumer.is_none() && app.limits.is_empty() {
+        ctx.clock_mark = identified_at;
         return None;
     }
     let started = identified_at.unwrap_or_else(std::time::Instant::now);
     let refused = limit(req, ctx, active, app, route);
-    ctx.timings.limits_us = crate::ctx::micros_since(started);
+    let done = std::time::Instant::now();
+    ctx.timings.limits_us = crate::ctx::micros_between(started, done);
+    ctx.clock_mark = Some(done);
     refused
 }
 

@@ -2,7 +2,7 @@
 
 use std::borrow::Cow;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use pingora::proxy::Session;
 use pingora::Error;
@@ -66,6 +66,7 @@ pub fn event(
         failed: e.is_some(),
         bytes_in: session.body_bytes_read() as u64,
         bytes_out: session.body_bytes_sent() as u64,
+        finished: Instant::now(),
     };
     wide_event(session.req_header(), &exchange, ctx, instance)
 }
@@ -81,6 +82,8 @@ pub struct Exchange {
     pub bytes_in: u64,
     /// Response body bytes sent to the client.
     pub bytes_out: u64,
+    /// When the exchange finished (the engine's last clock reading).
+    pub finished: Instant,
 }
 
 /// Build the wide event for a finished request. The request's id, client
@@ -92,11 +95,13 @@ pub fn wide_event(
     instance: &Arc<str>,
 ) -> RequestEvent {
     let status = exchange.status;
-    // One monotonic and one wall reading: the wall start is now minus the
-    // monotonic time taken.
-    let took = ctx.started.elapsed();
-    let started_wall = SystemTime::now()
-        .checked_sub(took)
+    // No clock reading of its own when the engine has them: the time taken
+    // ends at the exchange's finish, and the wall start is the one a new
+    // request id read (else now minus the time taken).
+    let took = exchange.finished.saturating_duration_since(ctx.started);
+    let started_wall = ctx
+        .started_wall
+        .or_else(|| SystemTime::now().checked_sub(took))
         .unwrap_or_else(SystemTime::now)
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();

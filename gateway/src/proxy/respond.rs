@@ -34,9 +34,11 @@ pub fn assign_request_id(req: &impl RequestView, ctx: &mut RequestCtx) {
 
 /// Set a new UUIDv7 as the request's id (the request has no `X-Request-Id`).
 pub fn new_request_id_into(ctx: &mut RequestCtx) {
+    let now = std::time::SystemTime::now();
+    ctx.started_wall = Some(now);
     let mut text = uuid::Uuid::encode_buffer();
     ctx.request_id
-        .push_str(new_request_id().hyphenated().encode_lower(&mut text));
+        .push_str(new_request_id_at(now).hyphenated().encode_lower(&mut text));
 }
 
 /// A new UUIDv7 (RFC 9562 §5.7): Unix milliseconds, then 74 random bits.
@@ -45,7 +47,12 @@ pub fn new_request_id_into(ctx: &mut RequestCtx) {
 /// ids made here are unique by their random bits and sort by millisecond,
 /// which is what a request id needs, without the lock.
 fn new_request_id() -> uuid::Uuid {
-    let millis = std::time::SystemTime::now()
+    new_request_id_at(std::time::SystemTime::now())
+}
+
+/// A new UUIDv7 stamped with `now`.
+fn new_request_id_at(now: std::time::SystemTime) -> uuid::Uuid {
+    let millis = now
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
     let random: [u8; 10] = rand::random();

@@ -233,15 +233,15 @@ impl Engine {
                 }
             };
             first = false;
-            let next = match head {
+            let (next, finished) = match head {
                 Some(head) => {
                     let closing = *shutdown.borrow();
                     self.exchange(&mut client, &mut buf, &mut bufs, head, &client_ip, closing)
                         .await
                 }
-                None => Next::Pingora,
+                None => (Next::Pingora, Instant::now()),
             };
-            last_active = Instant::now();
+            last_active = finished;
             match next {
                 Next::KeepAlive if !*shutdown.borrow() => {}
                 Next::KeepAlive | Next::Close => return,
@@ -271,7 +271,7 @@ impl Engine {
         head: RequestHead,
         client_ip: &str,
         closing: bool,
-    ) -> Next {
+    ) -> (Next, Instant) {
         let message_len = head.len + head.content_length as usize;
         while buf.len() < message_len {
             match bufs
@@ -280,7 +280,7 @@ impl Engine {
                 .await
             {
                 Ok(Ok(n)) if n > 0 => {}
-                _ => return Next::Close,
+                _ => return (Next::Close, Instant::now()),
             }
         }
         let mut ctx = RequestCtx::new(self.shared.enter());
@@ -297,7 +297,7 @@ impl Engine {
             .await;
         let (status, failed, bytes_out, next) = match outcome {
             Ok(Some(done)) => done,
-            Ok(None) => return Next::Pingora,
+            Ok(None) => return (Next::Pingora, Instant::now()),
             Err(err) => {
                 let next = self.refuse(client, &mut ctx, &req, err, close, bufs).await;
                 let failed = matches!(next, Next::Close) && !close;
@@ -305,19 +305,22 @@ impl Engine {
             }
         };
         counters::LEAN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // A forwarded request's last reading is the relay's end.
+        let finished = ctx.timings.upstream_end.unwrap_or_else(Instant::now);
         if let Some(t) = &self.telemetry {
             let exchange = Exchange {
                 status,
                 failed,
                 bytes_in: head.content_length,
                 bytes_out,
+                finished,
             };
             t.record(wide_event(&req, &exchange, &mut ctx, &self.instance));
         }
         buf.drain(..message_len);
         // Its memory serves the next request's head.
         head.recycle(&mut bufs.headers);
-        next
+        (next, finished)
     }
 
     /// Write a gateway-generated problem response.
@@ -401,7 +404,8 @@ impl Engine {
         }
         let body = req.body();
         if let Some((route, op)) = route.and_then(|r| r.operation.as_ref().map(|op| (r, op))) {
-            let started = Instant::now();
+            // Identity and limits' last reading starts the check.
+            let started = ctx.clock_mark.take().unwrap_or_else(Instant::now);
             let checked = check_request(req, body, ctx, app, route, op);
             ctx.timings.request_validation_us = micros_since(started);
             checked?;
