@@ -1,7 +1,8 @@
-//! The request head on the lean path: parsed once with `httparse`, kept
-//! as offsets into the connection's read buffer (no copy into `http`
-//! types), read by the phases through [`RequestView`], and written
-//! upstream with its kept lines copied as the client wrote them.
+//! The request head on the lean path: parsed once with `httparse`, copied
+//! once into a text buffer the connection reuses and checked as UTF-8 as a
+//! whole, kept as offsets into that text (no `http` types are built), read
+//! by the phases through [`RequestView`], and written upstream with its
+//! kept lines copied as the client wrote them.
 
 use std::mem::MaybeUninit;
 
@@ -103,7 +104,7 @@ struct Header {
     whole_line: bool,
 }
 
-/// A parsed request head: where its parts lie in the read buffer.
+/// A parsed request head: its text, and where its parts lie in it.
 #[derive(Debug)]
 pub struct RequestHead {
     /// The method.
@@ -174,7 +175,8 @@ impl RequestHead {
     }
 }
 
-/// A request head borrowed from the read buffer.
+/// A request as the phases read it: the head's text and the body, which
+/// stays in the connection's read buffer.
 #[derive(Debug, Clone, Copy)]
 pub struct Request<'a> {
     head: &'a RequestHead,
