@@ -166,7 +166,6 @@ impl RequestHead {
         Request {
             head: self,
             text,
-            buf: text.as_bytes(),
             body: buf.get(self.len..body_end).unwrap_or_default(),
             path,
             query,
@@ -182,8 +181,6 @@ pub struct Request<'a> {
     head: &'a RequestHead,
     /// The head.
     text: &'a str,
-    /// The head's bytes (`text`'s).
-    buf: &'a [u8],
     body: &'a [u8],
     path: &'a str,
     query: Option<&'a str>,
@@ -206,7 +203,7 @@ impl<'a> Request<'a> {
     where
         'a: 'n,
     {
-        let buf = self.buf;
+        let buf = self.text.as_bytes();
         self.head.headers.iter().filter(move |h| {
             h.name.len as usize == name.len()
                 && h.name.of(buf).eq_ignore_ascii_case(name.as_bytes())
@@ -228,11 +225,14 @@ impl RequestView for Request<'_> {
     }
 
     fn header(&self, name: &str) -> Option<&[u8]> {
-        self.lines(name).next().map(|h| h.value.of(self.buf))
+        self.lines(name)
+            .next()
+            .map(|h| h.value.of(self.text.as_bytes()))
     }
 
     fn each_header(&self, name: &str, f: &mut dyn FnMut(&[u8])) {
-        self.lines(name).for_each(|h| f(h.value.of(self.buf)));
+        self.lines(name)
+            .for_each(|h| f(h.value.of(self.text.as_bytes())));
     }
 
     fn header_str(&self, name: &str) -> Option<&str> {
@@ -333,7 +333,9 @@ pub fn parse_request(buf: &[u8], spare: &mut SpareHeaders) -> Parsed {
         return Parsed::Pingora;
     };
     let target_at = offset_in(buf, target.as_bytes());
-    let mut headers = std::mem::take(&mut spare.headers);
+    // Filled in place, so a head handed to Pingora leaves the memory where
+    // the next head finds it.
+    let headers = &mut spare.headers;
     headers.clear();
     let mut host = None;
     let mut content_length = None;
@@ -399,6 +401,7 @@ pub fn parse_request(buf: &[u8], spare: &mut SpareHeaders) -> Parsed {
     let Ok(text) = String::from_utf8(bytes) else {
         return Parsed::Pingora;
     };
+    let headers = std::mem::take(headers);
     Parsed::Lean(RequestHead {
         method,
         text,
@@ -425,7 +428,7 @@ fn connection_options(req: &Request<'_>) -> Vec<String> {
         .iter()
         .filter(|h| h.kind == Kind::Connection)
     {
-        for token in h.value.of(req.buf).split(|b| *b == b',') {
+        for token in h.value.of(req.text.as_bytes()).split(|b| *b == b',') {
             let token = token.trim_ascii();
             if !token.is_empty()
                 && !token.eq_ignore_ascii_case(b"close")
@@ -445,7 +448,7 @@ fn connection_options(req: &Request<'_>) -> Vec<String> {
 /// what `prepare_upstream_request` does for Pingora-carried requests.
 pub fn write_upstream_head(out: &mut Vec<u8>, req: &Request<'_>, ctx: &RequestCtx, app: &App) {
     let head = req.head;
-    let buf = req.buf;
+    let buf = req.text.as_bytes();
     out.extend_from_slice(head.method.as_str().as_bytes());
     out.push(b' ');
     let path = if app.strip_prefix {
