@@ -75,6 +75,9 @@ impl<'a> Scan<'a> {
     }
 
     /// Read one value and check it against `id` (`None`: any value).
+    ///
+    /// Kept small: objects and arrays are read out of line, so the
+    /// scalars that make up most of a body cost no large stack frame.
     pub(super) fn value(&mut self, id: Option<NodeId>) -> Step {
         self.skip_space();
         let start = self.at;
@@ -82,25 +85,7 @@ impl<'a> Scan<'a> {
         match self.peek().ok_or(Stop::Unsure)? {
             b'{' => self.object(node)?,
             b'[' => self.array(node)?,
-            b'"' => {
-                let (from, to, escaped) = self.string()?;
-                if let Some(n) = node {
-                    if n.types & types::STR == 0 {
-                        return Err(Stop::Invalid);
-                    }
-                    if n.text_checks {
-                        if escaped {
-                            // Rare: `serde_json` itself reads the quoted string.
-                            let quoted = self.text.get(from - 1..to + 1).ok_or(Stop::Unsure)?;
-                            let text: String =
-                                serde_json::from_str(quoted).map_err(|_| Stop::Unsure)?;
-                            n.check_text(&text)?;
-                        } else {
-                            n.check_text(self.text.get(from..to).ok_or(Stop::Unsure)?)?;
-                        }
-                    }
-                }
-            }
+            b'"' => self.string_value(node)?,
             b't' => self.literal(b"true", node, types::BOOL, Read::Bool(true))?,
             b'f' => self.literal(b"false", node, types::BOOL, Read::Bool(false))?,
             b'n' => self.literal(b"null", node, types::NULL, Read::Null)?,
@@ -115,6 +100,33 @@ impl<'a> Scan<'a> {
             Some(n) if n.applicators => self.applicators(n, start),
             _ => Ok(()),
         }
+    }
+
+    /// Read a string value and check it against `node`.
+    #[inline]
+    fn string_value(&mut self, node: Option<&Node>) -> Step {
+        let (from, to, escaped) = self.string()?;
+        let Some(n) = node else {
+            return Ok(());
+        };
+        if n.types & types::STR == 0 {
+            return Err(Stop::Invalid);
+        }
+        if !n.text_checks {
+            return Ok(());
+        }
+        if escaped {
+            return self.escaped_text(n, from, to);
+        }
+        n.check_text(self.text.get(from..to).ok_or(Stop::Unsure)?)
+    }
+
+    /// Rare: `serde_json` itself reads a quoted string with escapes.
+    #[cold]
+    fn escaped_text(&self, n: &Node, from: usize, to: usize) -> Step {
+        let quoted = self.text.get(from - 1..to + 1).ok_or(Stop::Unsure)?;
+        let text: String = serde_json::from_str(quoted).map_err(|_| Stop::Unsure)?;
+        n.check_text(&text)
     }
 
     fn literal(&mut self, word: &[u8], node: Option<&Node>, bit: u8, read: Read<'_>) -> Step {
@@ -194,6 +206,7 @@ impl<'a> Scan<'a> {
         verdict
     }
 
+    #[inline(never)]
     fn object(&mut self, node: Option<&'a Node>) -> Step {
         if node.is_some_and(|n| n.types & types::OBJ == 0) {
             return Err(Stop::Invalid);
@@ -326,6 +339,7 @@ impl<'a> Scan<'a> {
         Ok((i, property.schema.or(n.additional)))
     }
 
+    #[inline(never)]
     fn array(&mut self, node: Option<&'a Node>) -> Step {
         if node.is_some_and(|n| n.types & types::ARR == 0) {
             return Err(Stop::Invalid);
@@ -403,47 +417,72 @@ impl<'a> Scan<'a> {
     }
 
     /// Read a number (JSON's grammar); its value when `want` is set.
+    ///
+    /// The cursor is a local until the end, and the fraction's digits are
+    /// gathered as they are read, for [`short_decimal`].
     fn number(&mut self, want: bool) -> Result<Option<Num>, Stop> {
+        let bytes = self.bytes;
         let from = self.at;
-        let negative = self.peek() == Some(b'-');
-        if negative {
-            self.at += 1;
-        }
+        let negative = bytes.get(from) == Some(&b'-');
+        let mut at = from + usize::from(negative);
         let mut value: Option<u64> = Some(0);
-        match self.peek() {
+        match bytes.get(at) {
             Some(b'0') => {
-                self.at += 1;
-                if let Some(b'0'..=b'9') = self.peek() {
+                at += 1;
+                if bytes.get(at).is_some_and(u8::is_ascii_digit) {
                     return Err(Stop::Unsure);
                 }
             }
             Some(b'1'..=b'9') => {
-                while let Some(d @ b'0'..=b'9') = self.peek() {
+                while let Some(&d) = bytes.get(at) {
+                    let d = d.wrapping_sub(b'0');
+                    if d > 9 {
+                        break;
+                    }
                     value = value
                         .and_then(|v| v.checked_mul(10))
-                        .and_then(|v| v.checked_add(u64::from(d - b'0')));
-                    self.at += 1;
+                        .and_then(|v| v.checked_add(u64::from(d)));
+                    at += 1;
                 }
             }
             _ => return Err(Stop::Unsure),
         }
-        let whole_digits = self.at - from - usize::from(negative);
-        let mut fraction = None;
-        if self.peek() == Some(b'.') {
-            self.at += 1;
-            let digits = self.at;
-            self.digits()?;
-            fraction = Some(digits..self.at);
+        let whole_digits = at - from - usize::from(negative);
+        // The fraction: its digits as an integer (while they fit) and count.
+        let mut fraction: Option<(u64, usize)> = None;
+        if bytes.get(at) == Some(&b'.') {
+            at += 1;
+            let digits = at;
+            let mut f = 0u64;
+            while let Some(&d) = bytes.get(at) {
+                let d = d.wrapping_sub(b'0');
+                if d > 9 {
+                    break;
+                }
+                f = f.wrapping_mul(10).wrapping_add(u64::from(d));
+                at += 1;
+            }
+            if at == digits {
+                return Err(Stop::Unsure);
+            }
+            fraction = Some((f, at - digits));
         }
         let mut exponent = false;
-        if let Some(b'e' | b'E') = self.peek() {
-            self.at += 1;
+        if let Some(b'e' | b'E') = bytes.get(at) {
+            at += 1;
             exponent = true;
-            if let Some(b'+' | b'-') = self.peek() {
-                self.at += 1;
+            if let Some(b'+' | b'-') = bytes.get(at) {
+                at += 1;
             }
-            self.digits()?;
+            let digits = at;
+            while bytes.get(at).is_some_and(u8::is_ascii_digit) {
+                at += 1;
+            }
+            if at == digits {
+                return Err(Stop::Unsure);
+            }
         }
+        self.at = at;
         if !want {
             return Ok(None);
         }
@@ -459,27 +498,16 @@ impl<'a> Scan<'a> {
         if let Some(n) = exact {
             return Ok(Some(n));
         }
-        if let (Some(digits), false) = (fraction, exponent) {
-            if let Some(f) = short_decimal(value, self.bytes.get(digits), whole_digits) {
+        if let (Some((digits, count)), false) = (fraction, exponent) {
+            if let Some(f) = short_decimal(value, digits, count, whole_digits) {
                 return Ok(Some(Num::F(if negative { -f } else { f })));
             }
         }
-        let text = self.text.get(from..self.at).ok_or(Stop::Unsure)?;
+        let text = self.text.get(from..at).ok_or(Stop::Unsure)?;
         match text.parse::<f64>() {
             Ok(f) if f.is_finite() => Ok(Some(Num::F(f))),
             _ => Err(Stop::Unsure),
         }
-    }
-
-    fn digits(&mut self) -> Step {
-        let from = self.at;
-        while let Some(b'0'..=b'9') = self.peek() {
-            self.at += 1;
-        }
-        if self.at == from {
-            return Err(Stop::Unsure);
-        }
-        Ok(())
     }
 }
 
@@ -492,22 +520,41 @@ const POW10: [f64; 16] = [
 /// `f64` (what a correct parser gives): its digits as an integer and ten to
 /// the number of fraction digits are both exact as `f64`, and one IEEE
 /// division of exact operands rounds correctly. `None` for longer numbers.
+/// `fraction` is the fraction's digits read as an integer, `count` how many
+/// there are (at most 15 here, so that integer is exact).
 pub(super) fn short_decimal(
     whole: Option<u64>,
-    fraction: Option<&[u8]>,
+    fraction: u64,
+    count: usize,
     whole_digits: usize,
 ) -> Option<f64> {
-    let fraction = fraction?;
-    let scale = POW10.get(fraction.len())?;
-    if whole_digits + fraction.len() > 15 {
+    let scale = POW10.get(count)?;
+    if whole_digits + count > 15 {
         return None;
     }
-    let mut digits = whole?;
-    for &d in fraction {
-        digits = digits * 10 + u64::from(d - b'0');
-    }
+    let digits = whole? * POW10_INT.get(count)? + fraction;
     Some(digits as f64 / scale)
 }
+
+/// Powers of ten as integers, for [`short_decimal`].
+const POW10_INT: [u64; 16] = [
+    1,
+    10,
+    100,
+    1_000,
+    10_000,
+    100_000,
+    1_000_000,
+    10_000_000,
+    100_000_000,
+    1_000_000_000,
+    10_000_000_000,
+    100_000_000_000,
+    1_000_000_000_000,
+    10_000_000_000_000,
+    100_000_000_000_000,
+    1_000_000_000_000_000,
+];
 
 /// How many bytes at the start of `bytes` are plain string contents: not
 /// `"`, `\\` or a control character. Eight bytes at a time: a byte below

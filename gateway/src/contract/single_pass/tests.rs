@@ -430,6 +430,34 @@ proptest! {
         }
     }
 
+    /// Text shaped like a number, well-formed or not, alone and followed
+    /// by more of an array, under bounds and types of each kind: where
+    /// `serde_json` reads it, the verdict is `jsonschema`'s (or unsure);
+    /// where it does not, unsure.
+    #[test]
+    fn numbers_are_read_as_serde_json_reads_them(
+        text in "-?[0-9]{0,4}(\\.[0-9]{0,4})?([eE][+-]?[0-9]{0,3})?",
+        bound in prop::sample::select(vec![
+            json!({"minimum": 1}),
+            json!({"exclusiveMaximum": 2.5}),
+            json!({"type": "integer"}),
+            json!({"enum": [0, 10, 1.5, -0.25]}),
+            json!({"maximum": 1e3, "exclusiveMinimum": -1}),
+        ]),
+    ) {
+        let in_array = json!({"type": "array", "items": bound});
+        for (schema, doc) in [(&bound, text.clone()), (&in_array, format!("[{text},1]"))] {
+            let (program, validator) = both(schema);
+            let program = program.expect("compiles");
+            let expected = verdict(&validator, &doc);
+            let got = program.check(doc.as_bytes());
+            prop_assert!(got == expected || got == Check::Unsure, "{} on {}: {:?}, not {:?}", schema, doc, got, expected);
+            if expected == Check::Unsure {
+                prop_assert_eq!(got, Check::Unsure, "{} on {}", schema, doc);
+            }
+        }
+    }
+
     /// The eight-bytes-at-a-time scan stops where a byte-by-byte one does.
     #[test]
     fn plain_runs_end_at_the_first_special_byte(
@@ -455,7 +483,8 @@ proptest! {
     ) {
         let text = format!("{whole}.{fraction}");
         let whole_digits = whole.to_string().len();
-        let read = scan::short_decimal(Some(whole), Some(fraction.as_bytes()), whole_digits);
+        let digits: u64 = fraction.parse().expect("at most 15 digits");
+        let read = scan::short_decimal(Some(whole), digits, fraction.len(), whole_digits);
         if whole_digits + fraction.len() <= 15 {
             let expected: f64 = text.parse().expect("a decimal");
             prop_assert_eq!(read.map(f64::to_bits), Some(expected.to_bits()), "{}", text);
