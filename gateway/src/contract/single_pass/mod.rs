@@ -269,6 +269,10 @@ struct Node {
     applicators: bool,
     /// A number's value is needed (set by [`Node::settle`]).
     number_checks: bool,
+    /// The four bounds as `f64`, when each is exact as one (set by
+    /// [`Node::settle`]): a number that is exact as `f64` too is then
+    /// judged by four float comparisons, with no case analysis.
+    float_bounds: Option<FloatBounds>,
     /// A string's text is needed (set by [`Node::settle`]).
     text_checks: bool,
 }
@@ -301,6 +305,7 @@ impl Default for Node {
             not: None,
             applicators: false,
             number_checks: false,
+            float_bounds: None,
             text_checks: false,
         }
     }
@@ -326,6 +331,7 @@ impl Node {
             || self.exclusive_minimum.is_some()
             || self.exclusive_maximum.is_some()
             || self.leaf.is_some();
+        self.float_bounds = FloatBounds::of(&self);
         self.text_checks = !self.enums.is_empty()
             || self.min_length.is_some()
             || self.max_length.is_some()
@@ -367,16 +373,25 @@ impl Node {
         if self.types & t == 0 {
             return Err(Stop::Invalid);
         }
-        let fails = |bound: Option<Num>, bad: fn(Ordering) -> bool| -> Step {
-            match bound {
-                Some(b) if bad(n.compare(b).ok_or(Stop::Unsure)?) => Err(Stop::Invalid),
-                _ => Ok(()),
+        match (self.float_bounds, n.as_f64()) {
+            (Some(b), Some(x)) => {
+                if x < b.minimum || x > b.maximum || x <= b.above || x >= b.below {
+                    return Err(Stop::Invalid);
+                }
             }
-        };
-        fails(self.minimum, |o| o == Ordering::Less)?;
-        fails(self.maximum, |o| o == Ordering::Greater)?;
-        fails(self.exclusive_minimum, |o| o != Ordering::Greater)?;
-        fails(self.exclusive_maximum, |o| o != Ordering::Less)?;
+            _ => {
+                let fails = |bound: Option<Num>, bad: fn(Ordering) -> bool| -> Step {
+                    match bound {
+                        Some(b) if bad(n.compare(b).ok_or(Stop::Unsure)?) => Err(Stop::Invalid),
+                        _ => Ok(()),
+                    }
+                };
+                fails(self.minimum, |o| o == Ordering::Less)?;
+                fails(self.maximum, |o| o == Ordering::Greater)?;
+                fails(self.exclusive_minimum, |o| o != Ordering::Greater)?;
+                fails(self.exclusive_maximum, |o| o != Ordering::Less)?;
+            }
+        }
         self.in_enums(Read::Num(n))?;
         if let Some(leaf) = &self.leaf {
             let tape = [n.tape_node()];
@@ -403,6 +418,37 @@ impl Node {
             Some(leaf) if !leaf.is_valid(Doc::Str(text)) => Err(Stop::Invalid),
             _ => Ok(()),
         }
+    }
+}
+
+/// A node's number bounds as `f64`s; an absent bound is an infinity that
+/// no finite number breaks.
+#[derive(Debug, Clone, Copy)]
+struct FloatBounds {
+    /// `minimum`: a number below it is invalid.
+    minimum: f64,
+    /// `maximum`: a number above it is invalid.
+    maximum: f64,
+    /// `exclusiveMinimum`: a number at or below it is invalid.
+    above: f64,
+    /// `exclusiveMaximum`: a number at or above it is invalid.
+    below: f64,
+}
+
+impl FloatBounds {
+    /// The node's bounds, when each one present is exact as `f64` (so that
+    /// comparing floats is comparing the numbers); `None` otherwise.
+    fn of(node: &Node) -> Option<FloatBounds> {
+        let exact = |bound: Option<Num>, absent: f64| match bound {
+            None => Some(absent),
+            Some(b) => b.as_f64().filter(|f| f.is_finite()),
+        };
+        Some(FloatBounds {
+            minimum: exact(node.minimum, f64::NEG_INFINITY)?,
+            maximum: exact(node.maximum, f64::INFINITY)?,
+            above: exact(node.exclusive_minimum, f64::NEG_INFINITY)?,
+            below: exact(node.exclusive_maximum, f64::INFINITY)?,
+        })
     }
 }
 

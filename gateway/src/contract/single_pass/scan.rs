@@ -89,15 +89,35 @@ impl<'a> Scan<'a> {
             b't' => self.literal(b"true", node, types::BOOL, Read::Bool(true))?,
             b'f' => self.literal(b"false", node, types::BOOL, Read::Bool(false))?,
             b'n' => self.literal(b"null", node, types::NULL, Read::Null)?,
-            _ => {
-                let number = self.number(node.is_some_and(|n| n.number_checks))?;
-                if let (Some(n), Some(number)) = (node, number) {
-                    n.check_number(number)?;
-                }
-            }
+            _ => self.number_value(node)?,
         }
         match node {
             Some(n) if n.applicators => self.applicators(n, start),
+            _ => Ok(()),
+        }
+    }
+
+    /// A member's or an element's value: a string (the most common value,
+    /// and the cheapest to read) is read here, in the caller's frame, when
+    /// its schema has no applicators; anything else through [`Scan::value`].
+    #[inline]
+    fn element(&mut self, id: Option<NodeId>) -> Step {
+        self.skip_space();
+        if self.peek() == Some(b'"') {
+            let node = self.node(id);
+            if !node.is_some_and(|n| n.applicators) {
+                return self.string_value(node);
+            }
+        }
+        self.value(id)
+    }
+
+    /// Read a number and check it against `node`.
+    #[inline]
+    fn number_value(&mut self, node: Option<&Node>) -> Step {
+        let number = self.number(node.is_some_and(|n| n.number_checks))?;
+        match (node, number) {
+            (Some(n), Some(number)) => n.check_number(number),
             _ => Ok(()),
         }
     }
@@ -250,7 +270,7 @@ impl<'a> Scan<'a> {
                 }
                 self.at += 1;
                 members += 1;
-                self.value(schema)?;
+                self.element(schema)?;
                 if self.closes(b'}')? {
                     break;
                 }
@@ -353,7 +373,7 @@ impl<'a> Scan<'a> {
             self.at += 1;
         } else {
             loop {
-                self.value(items)?;
+                self.element(items)?;
                 count += 1;
                 if self.closes(b']')? {
                     break;
@@ -559,7 +579,8 @@ const POW10_INT: [u64; 16] = [
 /// How many bytes at the start of `bytes` are plain string contents: not
 /// `"`, `\\` or a control character. Eight bytes at a time: a byte below
 /// `n` sets its top bit in `(x - n·0x01…) & !x & 0x80…`, and the lowest
-/// flagged byte is always a true one.
+/// flagged byte is always a true one. Flipping bit 1 maps the control
+/// characters and `"` (and only those) below 0x21, so one test finds both.
 pub(super) fn plain_run(bytes: &[u8]) -> usize {
     const ONES: u64 = u64::from_le_bytes([1; 8]);
     const TOPS: u64 = u64::from_le_bytes([0x80; 8]);
@@ -570,10 +591,7 @@ pub(super) fn plain_run(bytes: &[u8]) -> usize {
             break;
         };
         let x = u64::from_le_bytes(chunk);
-        let found = (below(x ^ (ONES * u64::from(b'"')), 1)
-            | below(x ^ (ONES * u64::from(b'\\')), 1)
-            | below(x, 0x20))
-            & TOPS;
+        let found = (below(x ^ (ONES * 2), 0x21) | below(x ^ (ONES * u64::from(b'\\')), 1)) & TOPS;
         if found != 0 {
             return run + (found.trailing_zeros() / 8) as usize;
         }

@@ -461,7 +461,7 @@ proptest! {
     /// The eight-bytes-at-a-time scan stops where a byte-by-byte one does.
     #[test]
     fn plain_runs_end_at_the_first_special_byte(
-        bytes in prop::collection::vec(prop_oneof![Just(b'"'), Just(b'\\'), Just(0x1f_u8), Just(0x20_u8), 0x21_u8..0x7f, 0x80_u8..=0xff], 0..40)
+        bytes in prop::collection::vec(prop_oneof![Just(b'"'), Just(b'\\'), 0x00_u8..0x20, Just(0x20_u8), Just(0x22_u8 ^ 0x80), 0x21_u8..0x7f, 0x80_u8..=0xff], 0..40)
     ) {
         let naive = bytes.iter().position(|&c| c == b'"' || c == b'\\' || c < 0x20).unwrap_or(bytes.len());
         prop_assert_eq!(scan::plain_run(&bytes), naive);
@@ -520,4 +520,76 @@ fn names_json_must_escape_are_not_compared_raw() {
     }
     assert_eq!(program.check(br#"{"plain": 1}"#), Check::Valid);
     assert_eq!(program.check(br#"{"plainer": 1}"#), Check::Invalid);
+}
+
+/// Every byte value, at every place in a word and after every other byte
+/// value: the word-at-a-time scan stops where a byte-by-byte one does.
+#[test]
+fn plain_runs_stop_at_each_special_byte_wherever_it_is() {
+    let special = |c: u8| c == b'"' || c == b'\\' || c < 0x20;
+    for before in 0..=255u8 {
+        for byte in 0..=255u8 {
+            for at in 0..8 {
+                let mut bytes = [b'a'; 16];
+                if at > 0 {
+                    bytes[at - 1] = before;
+                }
+                bytes[at] = byte;
+                let naive = bytes.iter().position(|&c| special(c)).unwrap_or(16);
+                assert_eq!(
+                    scan::plain_run(&bytes),
+                    naive,
+                    "{before:#x} then {byte:#x} at {at}"
+                );
+            }
+        }
+    }
+}
+
+/// Bounds and numbers beyond 2^53, where `f64` is not exact, are compared
+/// as integers (or the verdict is unsure), never as rounded floats.
+#[test]
+fn integers_beyond_two_to_the_53_are_compared_exactly() {
+    let cases = [
+        (
+            json!({"minimum": 9_007_199_254_740_993_u64}),
+            "9007199254740992",
+            Check::Invalid,
+        ),
+        (
+            json!({"minimum": 9_007_199_254_740_993_u64}),
+            "9007199254740993",
+            Check::Valid,
+        ),
+        (
+            json!({"maximum": 9_007_199_254_740_992_u64}),
+            "9007199254740993",
+            Check::Invalid,
+        ),
+        (
+            json!({"maximum": 1}),
+            "18446744073709551615",
+            Check::Invalid,
+        ),
+        (
+            json!({"exclusiveMinimum": -9_007_199_254_740_993_i64}),
+            "-9007199254740993",
+            Check::Invalid,
+        ),
+        (
+            json!({"exclusiveMinimum": -9_007_199_254_740_993_i64}),
+            "-9007199254740992",
+            Check::Valid,
+        ),
+    ];
+    for (schema, doc, expected) in cases {
+        let (program, validator) = both(&schema);
+        assert_eq!(
+            verdict(&validator, doc),
+            expected,
+            "jsonschema: {schema} on {doc}"
+        );
+        let program = program.expect("compiles");
+        assert_eq!(program.check(doc.as_bytes()), expected, "{schema} on {doc}");
+    }
 }
