@@ -75,11 +75,16 @@ impl<'a> Scan<'a> {
     }
 
     /// Read one value and check it against `id` (`None`: any value).
+    pub(super) fn value(&mut self, id: Option<NodeId>) -> Step {
+        self.skip_space();
+        self.value_here(id)
+    }
+
+    /// [`Scan::value`], with the cursor already past any white space.
     ///
     /// Kept small: objects and arrays are read out of line, so the
     /// scalars that make up most of a body cost no large stack frame.
-    pub(super) fn value(&mut self, id: Option<NodeId>) -> Step {
-        self.skip_space();
+    fn value_here(&mut self, id: Option<NodeId>) -> Step {
         let start = self.at;
         let node = self.node(id);
         match self.peek().ok_or(Stop::Unsure)? {
@@ -109,7 +114,7 @@ impl<'a> Scan<'a> {
                 return self.string_value(node);
             }
         }
-        self.value(id)
+        self.value_here(id)
     }
 
     /// Read a number and check it against `node`.
@@ -541,7 +546,8 @@ const POW10: [f64; 16] = [
 /// the number of fraction digits are both exact as `f64`, and one IEEE
 /// division of exact operands rounds correctly. `None` for longer numbers.
 /// `fraction` is the fraction's digits read as an integer, `count` how many
-/// there are (at most 15 here, so that integer is exact).
+/// there are. With at most 15 digits in all, `whole · 10^count` and its sum
+/// with `fraction` are below 2^53, so both float steps are exact too.
 pub(super) fn short_decimal(
     whole: Option<u64>,
     fraction: u64,
@@ -552,29 +558,9 @@ pub(super) fn short_decimal(
     if whole_digits + count > 15 {
         return None;
     }
-    let digits = whole? * POW10_INT.get(count)? + fraction;
-    Some(digits as f64 / scale)
+    let digits = whole? as f64 * scale + fraction as f64;
+    Some(digits / scale)
 }
-
-/// Powers of ten as integers, for [`short_decimal`].
-const POW10_INT: [u64; 16] = [
-    1,
-    10,
-    100,
-    1_000,
-    10_000,
-    100_000,
-    1_000_000,
-    10_000_000,
-    100_000_000,
-    1_000_000_000,
-    10_000_000_000,
-    100_000_000_000,
-    1_000_000_000_000,
-    10_000_000_000_000,
-    100_000_000_000_000,
-    1_000_000_000_000_000,
-];
 
 /// How many bytes at the start of `bytes` are plain string contents: not
 /// `"`, `\\` or a control character. Eight bytes at a time: a byte below
