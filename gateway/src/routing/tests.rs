@@ -163,6 +163,33 @@ fn unsafe_paths_are_refused() {
     }
 }
 
+#[test]
+fn the_shortcut_finds_a_suspect_pair_at_every_place_in_a_word() {
+    for len in 2..=26 {
+        for at in 0..len - 1 {
+            let mut path = vec![b'a'; len];
+            path[at..at + 2].copy_from_slice(b"/.");
+            assert!(
+                super::suspect(&path),
+                "{:?}",
+                String::from_utf8_lossy(&path)
+            );
+            path[at..at + 2].copy_from_slice(b"./");
+            assert!(
+                !super::suspect(&path),
+                "{:?}",
+                String::from_utf8_lossy(&path)
+            );
+            path[at..at + 2].copy_from_slice(b"a%");
+            assert!(
+                super::suspect(&path),
+                "{:?}",
+                String::from_utf8_lossy(&path)
+            );
+        }
+    }
+}
+
 /// `path_is_safe` without its one-pass shortcut: every segment judged.
 fn path_is_safe_segment_by_segment(path: &str) -> bool {
     path.starts_with('/')
@@ -179,9 +206,19 @@ proptest! {
     /// The shortcut never passes a path the segment-by-segment rule refuses.
     #[test]
     fn the_safe_path_shortcut_agrees_with_the_full_rule(
-        path in "/[a./%2eEfF5cC]{0,12}"
+        path in "/[a./%2eEfF5cC]{0,40}"
     ) {
         prop_assert_eq!(path_is_safe(&path), path_is_safe_segment_by_segment(&path));
+    }
+
+    /// The word-at-a-time shortcut flags exactly the paths with a `%` or
+    /// a `.` right after a `/`, wherever in a word they fall.
+    #[test]
+    fn the_shortcut_flags_exactly_percent_signs_and_dots_after_slashes(
+        path in "[a./%]{0,40}"
+    ) {
+        let naive = path.contains('%') || path.contains("/.");
+        prop_assert_eq!(super::suspect(path.as_bytes()), naive);
     }
 }
 
