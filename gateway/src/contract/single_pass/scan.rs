@@ -454,19 +454,15 @@ impl<'a> Scan<'a> {
         match bytes.get(at) {
             Some(b'0') => {
                 at += 1;
-                if bytes.get(at).is_some_and(u8::is_ascii_digit) {
+                if digit(bytes, at).is_some() {
                     return Err(Stop::Unsure);
                 }
             }
             Some(b'1'..=b'9') => {
-                while let Some(&d) = bytes.get(at) {
-                    let d = d.wrapping_sub(b'0');
-                    if d > 9 {
-                        break;
-                    }
+                while let Some(d) = digit(bytes, at) {
                     value = value
                         .and_then(|v| v.checked_mul(10))
-                        .and_then(|v| v.checked_add(u64::from(d)));
+                        .and_then(|v| v.checked_add(d));
                     at += 1;
                 }
             }
@@ -479,12 +475,8 @@ impl<'a> Scan<'a> {
             at += 1;
             let digits = at;
             let mut f = 0u64;
-            while let Some(&d) = bytes.get(at) {
-                let d = d.wrapping_sub(b'0');
-                if d > 9 {
-                    break;
-                }
-                f = f.wrapping_mul(10).wrapping_add(u64::from(d));
+            while let Some(d) = digit(bytes, at) {
+                f = f.wrapping_mul(10).wrapping_add(d);
                 at += 1;
             }
             if at == digits {
@@ -500,7 +492,7 @@ impl<'a> Scan<'a> {
                 at += 1;
             }
             let digits = at;
-            while bytes.get(at).is_some_and(u8::is_ascii_digit) {
+            while digit(bytes, at).is_some() {
                 at += 1;
             }
             if at == digits {
@@ -534,6 +526,13 @@ impl<'a> Scan<'a> {
             _ => Err(Stop::Unsure),
         }
     }
+}
+
+/// The decimal digit at `at` in `bytes`, as its value.
+#[inline]
+fn digit(bytes: &[u8], at: usize) -> Option<u64> {
+    let d = bytes.get(at)?.wrapping_sub(b'0');
+    (d <= 9).then_some(u64::from(d))
 }
 
 /// Powers of ten that are exact as `f64`, up to what [`short_decimal`] needs.
