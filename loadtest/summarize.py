@@ -34,7 +34,9 @@ print()
 quota_opt = f" --proxy-quota {quota}" if quota else ""
 where = (f"every proxy under test limited to {quota} % of CPU 0 (cgroup CPU quota), so that it, not the load generator, is the bottleneck"
          if quota else "proxy under test pinned to CPU 0")
-print(f"Command: `loadtest/bench.sh --rounds {rounds} --duration {duration} --connections {connections}{quota_opt}` "
+# Every option with the value it had, defaults too: the run can be repeated exactly.
+print(f"Command: `loadtest/bench.sh --rounds {rounds} --duration {duration} --connections {connections} "
+      f"--consumers {consumers}{quota_opt} --open-rounds {open_rounds}` "
       f"({cpus} vCPU {cpu_model}; {where}, loadgen + lowcode-sim + ClickHouse on CPU 1; "
       f"closed loop, {connections} HTTP/1.1 keep-alive connections (HTTP/2 rows: {connections} concurrent streams over 4 connections), medians of {rounds} rounds; full mode spreads keys over {consumers} consumers).")
 print()
