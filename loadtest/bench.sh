@@ -18,8 +18,8 @@
 # (a cgroup CPU quota): the load generator's core then has room to spare and
 # the rps ratios measure the proxies, not the generator.
 #
-# The open-loop latency part runs direct and full alternately (--open-rounds,
-# default 3) at half of nginx's median POST rate, with ClickHouse moved onto
+# The open-loop latency part runs direct, nginx and full in turn
+# (--open-rounds, default 3) at half of nginx's median POST rate, with ClickHouse moved onto
 # CPU 0 under SCHED_IDLE: there it only takes the idle half of the proxy's
 # core and never preempts the proxy or the generator (on its own machine in
 # production).
@@ -147,7 +147,9 @@ for round in $(seq 1 "$rounds"); do
 done
 
 # Latency at half of nginx's max POST rate: open loop (constant arrival
-# rate, latency from the intended send time), direct vs full.
+# rate, latency from the intended send time): direct, nginx and full in
+# turn. The aim compares full with direct; nginx's tail at the same rate
+# shows what any proxy hop costs on the machine.
 half=$(python3 - "$work" "$rounds" <<'PY'
 import json, statistics, sys
 work, rounds = sys.argv[1], int(sys.argv[2])
@@ -165,6 +167,7 @@ taskset -a -p -c 0 "$ch_pid" >/dev/null
 for t in /proc/"$ch_pid"/task/*; do chrt -i -p 0 "${t##*/}" 2>/dev/null || true; done
 for round in $(seq 1 "$open_rounds"); do
   run open-direct-order $sim_port "$sim_pid" loadtest/scenarios/order-1kb-nokey.yaml "$round" --mode open --rate "$half"
+  run open-nginx-order $nginx_port "$nginx_pid" loadtest/scenarios/order-1kb-nokey.yaml "$round" --mode open --rate "$half"
   run open-full-order $full_port "$full_pid" loadtest/scenarios/order-1kb.yaml "$round" --mode open --rate "$half"
 done
 

@@ -68,20 +68,22 @@ print("`full` answers the 10 % invalid orders itself (400), the others forward t
       "`CPU × nginx` is nginx's CPU per request over the row's: above 1 is cheaper than nginx. "
       "`× nginx by round` divides each round's rate by nginx's in the same round; its spread is the machine's noise.")
 
-open_runs = {"direct": [], "full": []}
+open_runs = {"direct": [], "nginx": [], "full": []}
 for t in open_runs:
     for r in range(1, open_rounds + 1):
         try:
             open_runs[t].append(json.load(open(f"{work}/open-{t}-order-{r}.json")))
         except FileNotFoundError:
             pass
+if not open_runs["nginx"]:
+    del open_runs["nginx"]  # a run from before nginx joined the open loop
 if all(open_runs.values()):
     n = min(len(v) for v in open_runs.values())
     rate = open_runs["direct"][0]["target_rate"]
     print()
     print(f"Latency at half of nginx's median POST rate: {rate} rps offered, open loop "
           f"(constant arrival rate, latency from each request's intended send time), {connections} connections, "
-          f"direct and full alternating, {n} rounds (medians). ClickHouse runs on the proxy's core under SCHED_IDLE for this part: "
+          f"{', '.join(open_runs)} in turn, {n} rounds (medians). ClickHouse runs on the proxy's core under SCHED_IDLE for this part: "
           f"it uses only the idle half of that core and never preempts the proxy or the generator."
           + (" The CPU quota is lifted for this part." if quota else ""))
     print()
@@ -97,4 +99,9 @@ if all(open_runs.values()):
     verdict = "met" if median_added <= 1.0 else "not met"
     print()
     print(f"Full mode adds {median_added:.2f} ms at p99 over going direct, median of the rounds "
-          f"({', '.join(f'{a:+.2f}' for a in added)} ms; aim ≤ 1 ms: {verdict}).")
+          f"({', '.join(f'{a:+.2f}' for a in added)} ms; aim ≤ 1 ms: {verdict}).", end="")
+    if "nginx" in open_runs:
+        hop = [g["latency_ms"]["p99"] - d["latency_ms"]["p99"] for d, g in zip(open_runs["direct"], open_runs["nginx"])]
+        print(f" nginx adds {statistics.median(hop):.2f} ms at the same rate "
+              f"({', '.join(f'{a:+.2f}' for a in hop)} ms): the cost of a proxy hop on this machine.", end="")
+    print()
