@@ -19,10 +19,10 @@
 # the rps ratios measure the proxies, not the generator.
 #
 # The open-loop latency part runs direct, nginx and full in turn
-# (--open-rounds, default 3) at half of nginx's median POST rate, with ClickHouse moved onto
-# CPU 0 under SCHED_IDLE: there it only takes the idle half of the proxy's
-# core and never preempts the proxy or the generator (on its own machine in
-# production).
+# (--open-rounds, default 3) at half of nginx's median POST rate, with
+# ClickHouse moved onto CPU 0 under SCHED_IDLE: there it only takes the idle
+# half of the proxy's core and never preempts the proxy or the generator (on
+# its own machine in production).
 #
 # Usage: loadtest/bench.sh [--rounds N] [--duration 10s] [--connections 64]
 #                          [--proxy-quota PCT] [--open-rounds N]
