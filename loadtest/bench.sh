@@ -24,12 +24,16 @@
 # half of the proxy's core and never preempts the proxy or the generator (on
 # its own machine in production).
 #
+# With --pgo the Gatehouse rows run the profile-guided build of
+# scripts/build-pgo.sh, and a "full, no PGO" row runs the plain release build
+# of the same commit beside it, so the run shows what PGO changes.
+#
 # Usage: loadtest/bench.sh [--rounds N] [--duration 10s] [--connections 64]
-#                          [--proxy-quota PCT] [--open-rounds N]
+#                          [--proxy-quota PCT] [--open-rounds N] [--pgo]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-rounds=3; duration=10s; connections=64; consumers=1000; quota=""; open_rounds=3
+rounds=3; duration=10s; connections=64; consumers=1000; quota=""; open_rounds=3; pgo=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --rounds) rounds=$2; shift 2 ;;
@@ -38,6 +42,7 @@ while [ $# -gt 0 ]; do
     --consumers) consumers=$2; shift 2 ;;
     --proxy-quota) quota=$2; shift 2 ;;
     --open-rounds) open_rounds=$2; shift 2 ;;
+    --pgo) pgo=1; shift ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -47,10 +52,16 @@ command -v nginx >/dev/null 2>&1 || { SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
 command -v python3 >/dev/null 2>&1 || { SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo; $SUDO apt-get install -y -qq python3 >/dev/null; }
 cargo build --release --locked --workspace --bins
 bin=target/release
+gatehouse=$bin/gatehouse
+if [ "$pgo" = 1 ]; then
+  scripts/build-pgo.sh
+  gatehouse=target/pgo/release/gatehouse
+fi
 work=.state/bench
 rm -rf "$work"; mkdir -p "$work"
 sim_port=19101; nginx_port=19201; nginx_h2_port=19211; pass_port=19301; pass_h2_port=19311
 full_port=19401; admin_a=19302; admin_b=19402; admin_c=19312; ceiling_port=19501
+nopgo_port=19411; admin_d=19412
 
 pids=()
 cleanup() {
@@ -79,13 +90,13 @@ CLICKHOUSE_DIR="$PWD/$work/clickhouse" CLICKHOUSE_HTTP_PORT=19123 CLICKHOUSE_TCP
 cp -r loadtest/bench/full "$work/full-policies"
 "$bin/gatehouse" consumer bulk --count "$consumers" --keys-file "$work/keys.txt" > "$work/full-policies/consumers.json"
 
-taskset -c 0 "$bin/gatehouse" serve --policies loadtest/bench/passthrough --listen "127.0.0.1:$pass_port" \
+taskset -c 0 "$gatehouse" serve --policies loadtest/bench/passthrough --listen "127.0.0.1:$pass_port" \
   --admin-listen "127.0.0.1:$admin_a" --threads 1 --no-watch 2> "$work/gatehouse-passthrough.log" &
 pass_pid=$!; pids+=($pass_pid)
-taskset -c 0 "$bin/gatehouse" serve --policies loadtest/bench/passthrough --listen "127.0.0.1:$pass_h2_port" \
+taskset -c 0 "$gatehouse" serve --policies loadtest/bench/passthrough --listen "127.0.0.1:$pass_h2_port" \
   --admin-listen "127.0.0.1:$admin_c" --threads 1 --no-watch --h2c 2> "$work/gatehouse-passthrough-h2.log" &
 pass_h2_pid=$!; pids+=($pass_h2_pid)
-taskset -c 0 "$bin/gatehouse" serve --policies "$work/full-policies" --listen "127.0.0.1:$full_port" \
+taskset -c 0 "$gatehouse" serve --policies "$work/full-policies" --listen "127.0.0.1:$full_port" \
   --admin-listen "127.0.0.1:$admin_b" --threads 1 --no-watch \
   --clickhouse http://127.0.0.1:19123 --migrate --spool-dir "$work/spool" 2> "$work/gatehouse-full.log" &
 full_pid=$!; pids+=($full_pid)
@@ -93,6 +104,16 @@ full_pid=$!; pids+=($full_pid)
 for port in $admin_a $admin_b $admin_c; do
   for _ in $(seq 1 100); do curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
 done
+# With --pgo: the plain release build in full mode too (started once the
+# first full gateway has migrated ClickHouse's schema).
+nopgo_pid=""
+if [ "$pgo" = 1 ]; then
+  taskset -c 0 "$bin/gatehouse" serve --policies "$work/full-policies" --listen "127.0.0.1:$nopgo_port" \
+    --admin-listen "127.0.0.1:$admin_d" --threads 1 --no-watch \
+    --clickhouse http://127.0.0.1:19123 --spool-dir "$work/spool-nopgo" 2> "$work/gatehouse-full-nopgo.log" &
+  nopgo_pid=$!; pids+=($nopgo_pid)
+  for _ in $(seq 1 100); do curl -fsS "http://127.0.0.1:$admin_d/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
+fi
 sleep 1
 nginx_pid=$(pgrep -f "nginx: worker process" | head -1)
 sim_pid=${pids[0]}
@@ -107,7 +128,7 @@ if [ -n "$quota" ]; then
     mkdir -p "$cg" || { echo "--proxy-quota needs a writable cgroup CPU controller" >&2; exit 1; }
     echo "$period" > "$cg/cpu.cfs_period_us"; echo "$limit" > "$cg/cpu.cfs_quota_us"; tasks="$cg/tasks"
   fi
-  for p in $(cat "$work/nginx.pid" 2>/dev/null) $(pgrep -f "nginx: worker process") "$ceiling_pid" "$pass_pid" "$pass_h2_pid" "$full_pid"; do
+  for p in $(cat "$work/nginx.pid" 2>/dev/null) $(pgrep -f "nginx: worker process") "$ceiling_pid" "$pass_pid" "$pass_h2_pid" "$full_pid" $nopgo_pid; do
     for t in /proc/"$p"/task/*; do echo "${t##*/}" > "$tasks"; done
   done
   echo "proxies limited to $quota % of CPU 0 ($cg)"
@@ -141,6 +162,9 @@ for round in $(seq 1 "$rounds"); do
     run "ceiling-$mix" $ceiling_port "$ceiling_pid" "$plain" "$round"
     run "passthrough-$mix" $pass_port "$pass_pid" "$plain" "$round"
     [ "$mix" = order ] && run "full-$mix" $full_port "$full_pid" "$keyed" "$round"
+    if [ "$mix" = order ] && [ -n "$nopgo_pid" ]; then
+      run "fullnopgo-$mix" $nopgo_port "$nopgo_pid" "$keyed" "$round"
+    fi
   done
   run nginx-h2get $nginx_h2_port "$nginx_pid" loadtest/scenarios/get.yaml "$round" --h2
   run passthrough-h2get $pass_h2_port "$pass_h2_pid" loadtest/scenarios/get.yaml "$round" --h2
@@ -171,7 +195,7 @@ for round in $(seq 1 "$open_rounds"); do
   run open-full-order $full_port "$full_pid" loadtest/scenarios/order-1kb.yaml "$round" --mode open --rate "$half"
 done
 
-python3 loadtest/summarize.py "$work" "$rounds" "$(nproc)" "$duration" "$connections" "$consumers" "$quota" "$open_rounds" > "$work/summary.md"
+python3 loadtest/summarize.py "$work" "$rounds" "$(nproc)" "$duration" "$connections" "$consumers" "$quota" "$open_rounds" "$pgo" > "$work/summary.md"
 # The full gateway's telemetry over the whole run: every event should be inserted, none dropped.
 sleep 2
 curl -fsS "http://127.0.0.1:$admin_b/metrics" | awk -F'[{}"]' '/^gatehouse_telemetry_events_total/ {split($0, v, " "); printf "%s %s, ", $3, v[2]}' \

@@ -4,9 +4,10 @@ import json, os, statistics, subprocess, sys, datetime
 work, rounds, cpus, duration, connections, consumers = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6]
 quota = int(sys.argv[7]) if len(sys.argv) > 7 and sys.argv[7] else 0
 open_rounds = int(sys.argv[8]) if len(sys.argv) > 8 else 1
+pgo = len(sys.argv) > 9 and sys.argv[9] == "1"
 tick = os.sysconf("SC_CLK_TCK")
 labels = ["direct-get", "nginx-get", "ceiling-get", "passthrough-get", "direct-order", "nginx-order", "ceiling-order",
-          "passthrough-order", "full-order",
+          "passthrough-order", "full-order", "fullnopgo-order",
           "nginx-h2get", "passthrough-h2get"]
 rows = {}
 for label in labels:
@@ -32,11 +33,12 @@ cpu_model = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | c
 print(f"## Gateway vs nginx — {datetime.date.today()}")
 print()
 quota_opt = f" --proxy-quota {quota}" if quota else ""
+pgo_opt = " --pgo" if pgo else ""
 where = (f"every proxy under test limited to {quota} % of CPU 0 (cgroup CPU quota), so that it, not the load generator, is the bottleneck"
          if quota else "proxy under test pinned to CPU 0")
 # Every option with the value it had, defaults too: the run can be repeated exactly.
 print(f"Command: `loadtest/bench.sh --rounds {rounds} --duration {duration} --connections {connections} "
-      f"--consumers {consumers}{quota_opt} --open-rounds {open_rounds}` "
+      f"--consumers {consumers}{quota_opt} --open-rounds {open_rounds}{pgo_opt}` "
       f"({cpus} vCPU {cpu_model}; {where}, loadgen + lowcode-sim + ClickHouse on CPU 1; "
       f"closed loop, {connections} HTTP/1.1 keep-alive connections (HTTP/2 rows: {connections} concurrent streams over 4 connections), medians of {rounds} rounds; full mode spreads keys over {consumers} consumers).")
 print()
@@ -47,6 +49,7 @@ for label in labels:
         continue
     r = rows[label]
     target, mix = label.rsplit("-", 1)
+    name = {"fullnopgo": "full, no PGO"}.get(target, target)
     base = rows.get(f"nginx-{mix}")
     ratio = f"{r['rps'] / base['rps']:.2f}" if base else ""
     # Each round against nginx in the same round: the VM's noise, in plain sight.
@@ -59,14 +62,16 @@ for label in labels:
     rss = "" if target == "direct" else f"{r['rss']:.0f}"
     non2xx = sum(v for k, v in r["statuses"].items() if not k.startswith("2"))
     workload = {"get": "GET order", "order": "POST ~1 KB order", "h2get": "GET order, HTTP/2 h2c"}[mix]
-    print(f"| {target} | {workload} | {r['rps']:.0f} | {ratio} | {by_round} | {r['p50']:.2f} | {r['p99']:.2f} | {cpu} | {user} | {cpu_ratio} | {rss} | {non2xx} / {r['errors']} |")
+    print(f"| {name} | {workload} | {r['rps']:.0f} | {ratio} | {by_round} | {r['p50']:.2f} | {r['p99']:.2f} | {cpu} | {user} | {cpu_ratio} | {rss} | {non2xx} / {r['errors']} |")
 print()
 print("`full` answers the 10 % invalid orders itself (400), the others forward them; `direct` has no proxy (CPU and RSS columns empty). "
       "`ceiling` is `ceiling-proxy`, a bare tokio + httparse loop that forwards bytes unchanged: the floor a tokio proxy can reach, "
       "not a product (no routing, header rewriting, timeouts or logging). `of it user` is the user-space part of the CPU per request; "
       "the rest is the kernel's. "
       "`CPU × nginx` is nginx's CPU per request over the row's: above 1 is cheaper than nginx. "
-      "`× nginx by round` divides each round's rate by nginx's in the same round; its spread is the machine's noise.")
+      "`× nginx by round` divides each round's rate by nginx's in the same round; its spread is the machine's noise."
+      + (" The passthrough and full rows run the profile-guided build (`scripts/build-pgo.sh`, trained on a short run of these "
+         "workloads); `full, no PGO` is the plain release build of the same commit with the same bundle." if pgo else ""))
 
 open_runs = {"direct": [], "nginx": [], "full": []}
 for t in open_runs:
