@@ -59,6 +59,12 @@ case "${1:-}" in
   start)
     install
     if running && curl -fsS "$url/ping" >/dev/null 2>&1; then echo "clickhouse: already running at $url"; exit 0; fi
+    # Another server on the port would answer the readiness check below for
+    # a server of ours that failed to bind.
+    if curl -fsS "$url/ping" >/dev/null 2>&1; then
+      echo "clickhouse: $url already answers, but not from $dir; stop that server or set CLICKHOUSE_HTTP_PORT" >&2
+      exit 1
+    fi
     write_config
     # exec: the recorded pid is clickhouse-server's own, so `stop` signals the server.
     (cd "$dir" && exec nohup clickhouse-server --config-file="$dir/config.xml") > "$dir/log/stdout.log" 2>&1 &
