@@ -42,17 +42,18 @@ bin=target/release
 
 # The benchmark's bundles name their upstream at 127.0.0.1:19101.
 sim_port=19101; pass_port=19611; h2_port=19621; full_port=19631
+clickhouse() { CLICKHOUSE_DIR="$work/clickhouse" CLICKHOUSE_HTTP_PORT=19643 CLICKHOUSE_TCP_PORT=19644 scripts/clickhouse.sh "$@"; }
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  CLICKHOUSE_DIR="$work/clickhouse" CLICKHOUSE_HTTP_PORT=19643 CLICKHOUSE_TCP_PORT=19644 scripts/clickhouse.sh stop >/dev/null 2>&1 || true
+  clickhouse stop >/dev/null 2>&1 || true
   wait 2>/dev/null || true
 }
 trap cleanup EXIT INT TERM
 
 "$bin/lowcode-sim" --app "orders=127.0.0.1:$sim_port" --threads 1 >/dev/null &
-pids+=($!)
-CLICKHOUSE_DIR="$work/clickhouse" CLICKHOUSE_HTTP_PORT=19643 CLICKHOUSE_TCP_PORT=19644 scripts/clickhouse.sh start >/dev/null
+sim_pid=$!; pids+=($sim_pid)
+clickhouse start >/dev/null
 cp -r loadtest/bench/full "$work/full-policies"
 "$bin/gatehouse" consumer bulk --count 1000 --keys-file "$work/keys.txt" > "$work/full-policies/consumers.json"
 # The order scenario reads its keys from the benchmark's place.
@@ -71,6 +72,8 @@ serve $pass_port 19612 loadtest/bench/passthrough
 serve $h2_port 19622 loadtest/bench/passthrough --h2c
 serve $full_port 19632 "$work/full-policies" \
   --clickhouse http://127.0.0.1:19643 --migrate --spool-dir "$work/spool"
+# A sim that could not bind its port would leave the training to whatever holds it.
+kill -0 "$sim_pid" 2>/dev/null || { echo "build-pgo: lowcode-sim did not start (is port $sim_port taken?)" >&2; exit 1; }
 
 load() { # port seconds scenario extra-args...
   local port=$1 secs=$2 scenario=$3; shift 3
