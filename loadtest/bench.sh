@@ -16,7 +16,11 @@
 #
 # With --proxy-quota PCT every proxy under test may use only PCT % of CPU 0
 # (a cgroup CPU quota): the load generator's core then has room to spare and
-# the rps ratios measure the proxies, not the generator.
+# the rps ratios measure the proxies, not the generator. Each row records how
+# busy the generator's core was and how often the proxy slept waiting for
+# work; the summary flags rows where the generator, not the proxy, set the
+# pace (then lower PCT: 35 leaves the generator room on a 2-vCPU guest where
+# going direct is only ~1.2x nginx's POST rate at 50).
 #
 # The open-loop latency part runs direct, nginx and full in turn
 # (--open-rounds, default 3) at half of nginx's median POST rate, with
@@ -136,17 +140,26 @@ fi
 
 cpu_ticks() { awk '{print $14, $15}' "/proc/$1/stat"; } # user, kernel
 rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+# The generator's core: busy and total ticks (busy = all but idle and iowait).
+gen_ticks() { awk '$1 == "cpu1" {t = 0; for (i = 2; i <= 9; i++) t += $i; print t - $5 - $6, t}' /proc/stat; }
+# Times the process went to sleep waiting for work (all threads): a proxy
+# that is the bottleneck seldom does; one waiting on the generator often does.
+idle_waits() { cat /proc/"$1"/task/*/status 2>/dev/null | awk '/^voluntary_ctxt_switches/ {n += $2} END {print n + 0}'; }
 
 run() { # label port pid scenario round [loadgen options…]
   local label=$1 port=$2 pid=$3 scenario=$4 round=$5
   shift 5
-  local user0 sys0 user1 sys1
+  local user0 sys0 user1 sys1 busy0 all0 busy1 all1 waits0 waits1
   read -r user0 sys0 < <(cpu_ticks "$pid")
+  read -r busy0 all0 < <(gen_ticks)
+  waits0=$(idle_waits "$pid")
   taskset -c 1 "$bin/loadgen" --target "127.0.0.1:$port" --scenario "$scenario" "$@" \
     --connections "$connections" --duration "$duration" --warmup 2s --label "$label" \
     --json "$work/$label-$round.json" > "$work/$label-$round.txt"
   read -r user1 sys1 < <(cpu_ticks "$pid")
-  echo "{\"cpu_ticks\": $((user1 + sys1 - user0 - sys0)), \"user_ticks\": $((user1 - user0)), \"rss_kib\": $(rss_kib "$pid")}" > "$work/$label-$round.proc.json"
+  read -r busy1 all1 < <(gen_ticks)
+  waits1=$(idle_waits "$pid")
+  echo "{\"cpu_ticks\": $((user1 + sys1 - user0 - sys0)), \"user_ticks\": $((user1 - user0)), \"rss_kib\": $(rss_kib "$pid"), \"gen_busy_ticks\": $((busy1 - busy0)), \"gen_ticks\": $((all1 - all0)), \"idle_waits\": $((waits1 - waits0))}" > "$work/$label-$round.proc.json"
   echo "  $label: $(head -1 "$work/$label-$round.txt")"
 }
 

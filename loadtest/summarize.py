@@ -22,12 +22,20 @@ for label in labels:
         per_request = lambda ticks: ticks / tick * 1e6 / max(s["requests"] * secs / s["seconds"], 1)
         cpu_us = per_request(p["cpu_ticks"])
         user_us = per_request(p["user_ticks"]) if "user_ticks" in p else float("nan")
+        # The generator's core (loadgen, lowcode-sim, ClickHouse) and how
+        # often the proxy slept for want of work, when the run recorded them.
+        gen_busy = 100 * p["gen_busy_ticks"] / p["gen_ticks"] if p.get("gen_ticks") else float("nan")
+        waits = p["idle_waits"] / max(s["requests"] * secs / s["seconds"], 1) if "idle_waits" in p else float("nan")
         runs.append((s["rps"], s["latency_ms"]["p50"], s["latency_ms"]["p99"], cpu_us, p["rss_kib"] / 1024, s["errors"], s["statuses"], r,
-                     user_us))
+                     user_us, gen_busy, waits))
     if runs:
         med = lambda i: statistics.median(x[i] for x in runs)
         rows[label] = dict(rps=med(0), p50=med(1), p99=med(2), cpu=med(3), user=med(8), rss=med(4), errors=sum(x[5] for x in runs), statuses=runs[-1][6],
-                           by_round={x[7]: x[0] for x in runs})
+                           by_round={x[7]: x[0] for x in runs}, gen_busy=med(9), waits=med(10))
+
+# A row is generator-bound when the generator's core was nearly full: the
+# proxy then waited for work, and its rate understates what it can do.
+GEN_BOUND = 90
 
 cpu_model = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"], capture_output=True, text=True).stdout.strip()
 print(f"## Gateway vs nginx — {datetime.date.today()}")
@@ -42,8 +50,9 @@ print(f"Command: `loadtest/bench.sh --rounds {rounds} --duration {duration} --co
       f"({cpus} vCPU {cpu_model}; {where}, loadgen + lowcode-sim + ClickHouse on CPU 1; "
       f"closed loop, {connections} HTTP/1.1 keep-alive connections (HTTP/2 rows: {connections} concurrent streams over 4 connections), medians of {rounds} rounds; full mode spreads keys over {consumers} consumers).")
 print()
-print("| target | workload | rps | × nginx | × nginx by round | p50 ms | p99 ms | proxy CPU µs/req | of it user | CPU × nginx | RSS MiB | non-2xx / errors |")
-print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+print("| target | workload | rps | × nginx | × nginx by round | p50 ms | p99 ms | proxy CPU µs/req | of it user | CPU × nginx | idle waits /req | generator core busy | RSS MiB | non-2xx / errors |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+flagged = []
 for label in labels:
     if label not in rows:
         continue
@@ -62,7 +71,12 @@ for label in labels:
     rss = "" if target == "direct" else f"{r['rss']:.0f}"
     non2xx = sum(v for k, v in r["statuses"].items() if not k.startswith("2"))
     workload = {"get": "GET order", "order": "POST ~1 KB order", "h2get": "GET order, HTTP/2 h2c"}[mix]
-    print(f"| {name} | {workload} | {r['rps']:.0f} | {ratio} | {by_round} | {r['p50']:.2f} | {r['p99']:.2f} | {cpu} | {user} | {cpu_ratio} | {rss} | {non2xx} / {r['errors']} |")
+    waits = "" if target == "direct" or r["waits"] != r["waits"] else f"{r['waits']:.2f}"
+    busy = "" if r["gen_busy"] != r["gen_busy"] else f"{r['gen_busy']:.0f} %"
+    if target != "direct" and r["gen_busy"] >= GEN_BOUND:
+        busy += " †"
+        flagged.append(f"{name} {workload}")
+    print(f"| {name} | {workload} | {r['rps']:.0f} | {ratio} | {by_round} | {r['p50']:.2f} | {r['p99']:.2f} | {cpu} | {user} | {cpu_ratio} | {waits} | {busy} | {rss} | {non2xx} / {r['errors']} |")
 print()
 print("`full` answers the 10 % invalid orders itself (400), the others forward them; `direct` has no proxy (CPU and RSS columns empty). "
       "`ceiling` is `ceiling-proxy`, a bare tokio + httparse loop that forwards bytes unchanged: the floor a tokio proxy can reach, "
@@ -70,6 +84,11 @@ print("`full` answers the 10 % invalid orders itself (400), the others forward t
       "the rest is the kernel's. "
       "`CPU × nginx` is nginx's CPU per request over the row's: above 1 is cheaper than nginx. "
       "`× nginx by round` divides each round's rate by nginx's in the same round; its spread is the machine's noise."
+      + " `idle waits /req` counts the proxy's sleeps for want of work (voluntary context switches) per request, and "
+      "`generator core busy` how busy CPU 1 (loadgen, lowcode-sim, ClickHouse) was: a proxy that sets the pace seldom sleeps."
+      + (f" † marks rows whose generator core was at least {GEN_BOUND} % busy: there the generator, not only the proxy, "
+         f"set the pace and the ratio understates the proxy ({'; '.join(flagged)}); a lower --proxy-quota gives the generator room."
+         if flagged else "")
       + (" The passthrough and full rows run the profile-guided build (`scripts/build-pgo.sh`, trained on a short run of these "
          "workloads); `full, no PGO` is the plain release build of the same commit with the same bundle." if pgo else ""))
 
