@@ -151,8 +151,7 @@ async fn exchange(
                 if verdict == Verdict::Invalid {
                     let count = violations.len();
                     for v in &violations {
-                        tracing::warn!(request_id = %ctx.request_id, app = %app.name, route = %route.id,
-                            pointer = %v.pointer, keyword = %v.keyword, "upstream response violates the contract");
+                        super::failure_log::response_violation(ctx, &v.pointer, &v.keyword);
                     }
                     if route.response_mode == Mode::Enforce {
                         crate::contract::count_violation("response");

@@ -15,11 +15,12 @@
 //! | `response_filter`          | `X-Request-Id`; monitor-mode response contract (head)         |
 //! | `response_body_filter`     | monitor-mode response contract (body)                         |
 //! | `upstream_response_body_filter` | the app's total timeout                                 |
-//! | `fail_to_proxy`            | render the error as `application/problem+json` ([`GatewayError`]) |
+//! | `fail_to_proxy`            | render the error as `application/problem+json` ([`GatewayError`]); log 5xx at a bounded rate ([`failure_log`]) |
 //! | `logging`                  | build the wide event and `try_send` it to telemetry ([`log`]) |
 
 mod access;
 mod contract;
+pub mod failure_log;
 mod forward;
 pub mod http1;
 mod log;
@@ -34,7 +35,7 @@ use bytes::Bytes;
 use pingora::connectors::http::Connector;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
-use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, Session};
 use pingora::{Error, ErrorType, Result};
 
 use crate::contract::Mode;
@@ -389,6 +390,25 @@ impl ProxyHttp for Gateway {
         Ok(None)
     }
 
+    /// Pingora's own line per failed request is replaced by
+    /// [`failure_log`]'s, which is rate-limited and leaves the query out.
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, _error: &Error) -> bool {
+        true
+    }
+
+    /// A failed attempt that is retried is not logged: the upstream's
+    /// health ([`upstream`]) counts it, and the request's final failure, if
+    /// any, is logged by `fail_to_proxy`.
+    fn suppress_proxy_warn_log(
+        &self,
+        _session: &Session,
+        _ctx: &RequestCtx,
+        _error: &Error,
+        _context: ProxyWarnLogContext,
+    ) -> bool {
+        true
+    }
+
     async fn fail_to_proxy(
         &self,
         session: &mut Session,
@@ -416,7 +436,10 @@ impl ProxyHttp for Gateway {
                 can_reuse_downstream: false,
             };
         }
-        tracing::debug!(request_id = %ctx.request_id, kind = err.slug(), cause = %e, "request failed");
+        // A status the gateway chose itself says nothing beyond `err`.
+        let cause =
+            (!matches!(e.etype(), ErrorType::HTTPStatus(_))).then_some(e as &dyn std::fmt::Display);
+        failure_log::request_failed(ctx, session.req_header().method.as_str(), &err, cause);
         session.set_keepalive(None);
         if let Err(write_err) = write_problem(session, ctx, &err).await {
             tracing::debug!(request_id = %ctx.request_id, error = %write_err, "could not write the error response");

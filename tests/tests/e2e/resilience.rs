@@ -146,17 +146,7 @@ async fn a_slow_upstream_gets_504_within_the_timeout() {
 #[tokio::test]
 async fn unreachable_and_unhealthy_upstreams_give_502_and_503() {
     let closed = format!("http://127.0.0.1:{}", free_port());
-    let dir = PolicyDir::new();
-    dir.write(
-        "a.yaml",
-        &app_policy(
-            "dead",
-            "dead.test",
-            std::slice::from_ref(&closed),
-            "      ejection: { consecutive_failures: 0 }",
-            ROUTE,
-        ),
-    );
+    let dir = dead_app(&closed);
     dir.write(
         "b.yaml",
         &app_policy(
@@ -205,4 +195,145 @@ async fn unreachable_and_unhealthy_upstreams_give_502_and_503() {
         p["type"],
         "https://gatehouse.dev/problems/no-healthy-instance"
     );
+}
+
+/// Failures a dead upstream causes, on HTTP/2 (Pingora's proxy) and HTTP/1.1
+/// (the lean engine): every one is answered, at most `LINES_PER_SECOND` (20)
+/// log lines a second describe them, every failure is either a line or
+/// counted as left out, and no line holds the query string.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_upstreams_failures_are_logged_at_a_bounded_rate() {
+    let dir = dead_app(&format!("http://127.0.0.1:{}", free_port()));
+    let gw = Gateway::start(dir.path(), &["--h2c"]);
+    let h2 = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .resolve("dead.test", gw.addr)
+        .build()
+        .unwrap();
+    let h1 = client();
+    let per_protocol = 400;
+    let mut tasks = Vec::new();
+    for worker in 0..8 {
+        let (h1, h2, url, port) = (h1.clone(), h2.clone(), gw.url(), gw.addr.port());
+        tasks.push(tokio::spawn(async move {
+            let mut failed = 0u64;
+            for i in 0..per_protocol / 8 {
+                let id = worker * 1000 + i;
+                let r = h2
+                    .get(format!(
+                        "http://dead.test:{port}/approvals/{id}?token=SECRET{id}"
+                    ))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.version(), reqwest::Version::HTTP_2);
+                assert_eq!(r.status(), 502);
+                failed += 1;
+                let r = h1
+                    .get(format!("{url}/approvals/{id}?token=SECRET{id}"))
+                    .header("host", "dead.test")
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 502);
+                failed += 1;
+            }
+            failed
+        }));
+    }
+    let mut failures = 0;
+    for t in tasks {
+        failures += t.await.unwrap();
+    }
+    assert_eq!(failures, 2 * per_protocol);
+    // In a new second, one more failure: its line reports what was left out.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let r = h1
+        .get(format!("{}/approvals/1", gw.url()))
+        .header("host", "dead.test")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    failures += 1;
+
+    let (status, metrics) = try_http_get(gw.admin, "/metrics", "admin").unwrap();
+    assert_eq!(status, 200);
+    let suppressed: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("gatehouse_failure_log_lines_suppressed_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no suppressed-lines counter in:\n{metrics}"));
+    let log = gw.log_text();
+    let plain = strip_ansi(&log);
+    let lines: Vec<&str> = plain
+        .lines()
+        .filter(|l| l.contains("request failed"))
+        .collect();
+    assert!(!lines.is_empty(), "no failure was logged:\n{plain}");
+    assert_eq!(
+        lines.len() as u64 + suppressed,
+        failures,
+        "every failure is a line or counted as left out"
+    );
+    assert!(suppressed > 0, "800 failures fit in the budget: {plain}");
+    let mut per_second = std::collections::BTreeMap::<&str, usize>::new();
+    for l in &lines {
+        assert!(l.contains("app=\"dead\""), "{l}");
+        assert!(l.contains("status=502"), "{l}");
+        // `2026-11-30T01:39:22.334285Z …`: the second is the first 19 bytes.
+        *per_second.entry(&l[..19]).or_default() += 1;
+    }
+    assert!(
+        per_second.values().all(|&n| n <= 20),
+        "more than 20 lines in a second: {per_second:?}"
+    );
+    // The lines' `suppressed=N` fields account for every line left out.
+    let reported: u64 = lines
+        .iter()
+        .filter_map(|l| l.split("suppressed=").nth(1))
+        .filter_map(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    assert_eq!(reported, suppressed, "the lines report what was left out");
+    assert!(!plain.contains("SECRET"), "the query string was logged");
+    assert!(
+        !plain.contains("Fail to proxy"),
+        "Pingora's own line is replaced"
+    );
+}
+
+/// A policy directory with app `dead` (host `dead.test`) on one closed
+/// port, never ejected, so every request tries it.
+fn dead_app(closed: &str) -> PolicyDir {
+    let dir = PolicyDir::new();
+    dir.write(
+        "a.yaml",
+        &app_policy(
+            "dead",
+            "dead.test",
+            &[closed.to_string()],
+            "      ejection: { consecutive_failures: 0 }",
+            ROUTE,
+        ),
+    );
+    dir
+}
+
+/// The log without terminal colour codes.
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }

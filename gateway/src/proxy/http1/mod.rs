@@ -334,6 +334,7 @@ impl Engine {
         bufs: &mut Buffers,
     ) -> Next {
         respond::count_refusal(&err);
+        super::failure_log::request_failed(ctx, req.method().as_str(), &err, None);
         let out = &mut bufs.out;
         out.clear();
         let head_request = *req.method() == http::Method::HEAD;
