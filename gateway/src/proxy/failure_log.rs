@@ -80,6 +80,10 @@ impl LogBudget {
     }
 }
 
+/// The cause given when the upstream failed after the client had the
+/// response's head (the client got a cut-off response, not a problem).
+pub const MID_RESPONSE: &str = "the upstream failed after the response had begun";
+
 static BUDGET: LogBudget = LogBudget::new(LINES_PER_SECOND);
 
 /// Failure lines left out since the process started (for `/metrics`).

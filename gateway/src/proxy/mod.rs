@@ -431,6 +431,10 @@ impl ProxyHttp for Gateway {
                 ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed
             );
         if downstream_gone || session.response_written().is_some() {
+            if !downstream_gone {
+                let method = session.req_header().method.as_str();
+                failure_log::request_failed(ctx, method, &err, Some(&failure_log::MID_RESPONSE));
+            }
             return FailToProxy {
                 error_code: if downstream_gone { 0 } else { err.status() },
                 can_reuse_downstream: false,

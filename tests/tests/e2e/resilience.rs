@@ -337,3 +337,72 @@ fn strip_ansi(text: &str) -> String {
     }
     out
 }
+
+/// An upstream that sends a response head promising 1 000 bytes, then ten,
+/// then closes: the client gets the cut-off response (the head was already
+/// sent, so no problem document can replace it), over HTTP/1.1 and HTTP/2,
+/// and the log says which request it was and why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_failing_mid_response_cuts_the_response_and_is_logged() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let upstream = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && conn.read(&mut byte).unwrap_or(0) == 1 {
+                head.push(byte[0]);
+            }
+            let _ = conn.write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"partial\"",
+            );
+            // Dropped: the connection closes 990 bytes short.
+        }
+    });
+    let dir = PolicyDir::new();
+    dir.write(
+        "a.yaml",
+        &app_policy("cut", "cut.test", &[upstream], "", ROUTE),
+    );
+    let gw = Gateway::start(dir.path(), &["--h2c"]);
+    let h1 = client();
+    let r = h1
+        .get(format!("{}/approvals/1", gw.url()))
+        .header("host", "cut.test")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.bytes().await.is_err(), "HTTP/1.1: the body is cut off");
+    let h2 = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .resolve("cut.test", gw.addr)
+        .build()
+        .unwrap();
+    let r = h2
+        .get(format!("http://cut.test:{}/approvals/2", gw.addr.port()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(r.status(), 200);
+    assert!(r.bytes().await.is_err(), "HTTP/2: the stream is reset");
+    let logged = || {
+        strip_ansi(&gw.log_text())
+            .lines()
+            .filter(|l| {
+                l.contains("request failed")
+                    && l.contains("app=\"cut\"")
+                    && l.contains("after the response had begun")
+            })
+            .count()
+    };
+    assert!(
+        eventually(Duration::from_secs(3), || logged() == 2),
+        "one line per cut-off response:\n{}",
+        gw.log_text()
+    );
+}

@@ -555,6 +555,13 @@ impl Engine {
                 (response.status, false, bytes_out, next)
             }
             Err(Relay::Upstream(err, bytes_out)) => {
+                let mid_response: &dyn std::fmt::Display = &super::failure_log::MID_RESPONSE;
+                super::failure_log::request_failed(
+                    ctx,
+                    req.method().as_str(),
+                    &err,
+                    Some(mid_response),
+                );
                 ctx.error = Some(err);
                 (response.status, true, bytes_out, Next::Close)
             }
