@@ -422,6 +422,19 @@ pub fn client() -> reqwest::Client {
         .expect("client")
 }
 
+/// A cleartext HTTP/2 client (prior knowledge, for `serve --h2c`) that sends
+/// requests for `host` to `addr`: HTTP/2 carries the host in `:authority`,
+/// so the app is addressed by name.
+pub fn h2c_client(host: &str, addr: SocketAddr) -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(30))
+        .http2_prior_knowledge()
+        .resolve(host, addr)
+        .build()
+        .expect("h2c client")
+}
+
 /// A copy of the example bundle in `policies/` whose instance URLs point at
 /// `sim` (one listener per app kind, in the order orders, customers,
 /// employees, approvals); `edit` may change the app files' text. It adds a

@@ -205,12 +205,7 @@ async fn unreachable_and_unhealthy_upstreams_give_502_and_503() {
 async fn a_dead_upstreams_failures_are_logged_at_a_bounded_rate() {
     let dir = dead_app(&format!("http://127.0.0.1:{}", free_port()));
     let gw = Gateway::start(dir.path(), &["--h2c"]);
-    let h2 = reqwest::Client::builder()
-        .no_proxy()
-        .http2_prior_knowledge()
-        .resolve("dead.test", gw.addr)
-        .build()
-        .unwrap();
+    let h2 = h2c_client("dead.test", gw.addr);
     let h1 = client();
     let per_protocol = 400;
     let mut tasks = Vec::new();
@@ -376,12 +371,7 @@ async fn an_upstream_failing_mid_response_cuts_the_response_and_is_logged() {
         .unwrap();
     assert_eq!(r.status(), 200);
     assert!(r.bytes().await.is_err(), "HTTP/1.1: the body is cut off");
-    let h2 = reqwest::Client::builder()
-        .no_proxy()
-        .http2_prior_knowledge()
-        .resolve("cut.test", gw.addr)
-        .build()
-        .unwrap();
+    let h2 = h2c_client("cut.test", gw.addr);
     let r = h2
         .get(format!("http://cut.test:{}/approvals/2", gw.addr.port()))
         .send()

@@ -159,13 +159,7 @@ async fn h2c_serves_cleartext_http2_next_to_http11() {
         ),
     );
     let gw = Gateway::start(dir.path(), &["--h2c"]);
-    // HTTP/2 carries the host in `:authority`, so address the app by name.
-    let h2 = reqwest::Client::builder()
-        .no_proxy()
-        .http2_prior_knowledge()
-        .resolve("app.test", gw.addr)
-        .build()
-        .unwrap();
+    let h2 = h2c_client("app.test", gw.addr);
     let r = h2
         .get(format!("http://app.test:{}/approvals/3", gw.addr.port()))
         .send()
