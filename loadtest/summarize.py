@@ -19,13 +19,14 @@ for label in labels:
         except FileNotFoundError:
             continue
         secs = s["seconds"] + 2  # the warm-up is in the CPU window too
-        per_request = lambda ticks: ticks / tick * 1e6 / max(s["requests"] * secs / s["seconds"], 1)
+        in_window = max(s["requests"] * secs / s["seconds"], 1)  # requests while the counters ran
+        per_request = lambda ticks: ticks / tick * 1e6 / in_window
         cpu_us = per_request(p["cpu_ticks"])
         user_us = per_request(p["user_ticks"]) if "user_ticks" in p else float("nan")
         # The generator's core (loadgen, lowcode-sim, ClickHouse) and how
         # often the proxy slept for want of work, when the run recorded them.
         gen_busy = 100 * p["gen_busy_ticks"] / p["gen_ticks"] if p.get("gen_ticks") else float("nan")
-        waits = p["idle_waits"] / max(s["requests"] * secs / s["seconds"], 1) if "idle_waits" in p else float("nan")
+        waits = p["idle_waits"] / in_window if "idle_waits" in p else float("nan")
         runs.append((s["rps"], s["latency_ms"]["p50"], s["latency_ms"]["p99"], cpu_us, p["rss_kib"] / 1024, s["errors"], s["statuses"], r,
                      user_us, gen_busy, waits))
     if runs:
