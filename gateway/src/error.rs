@@ -26,8 +26,19 @@ pub enum GatewayError {
         /// Comma-separated allowed methods.
         allow: String,
     },
-    /// The path has dot segments or encoded slashes.
+    /// The path is in a form apps read differently from the gateway (see
+    /// [`crate::routing::canonical_path`]).
     BadPath,
+    /// The head can be read more than one way (duplicate `Host`, a
+    /// `Connection` option naming a header the gateway judged or sets, …).
+    AmbiguousRequest {
+        /// What was ambiguous, for the caller.
+        reason: &'static str,
+    },
+    /// The request head is larger than the gateway reads.
+    HeadTooLarge,
+    /// The client did not send the whole head or body in time.
+    RequestTimeout,
     /// The body is larger than the route allows.
     BodyTooLarge {
         /// The cap in bytes.
@@ -92,6 +103,7 @@ impl GatewayError {
             Self::NoApp | Self::NoRoute => 404,
             Self::MethodNotAllowed { .. } => 405,
             Self::BadPath
+            | Self::AmbiguousRequest { .. }
             | Self::BadRequest
             | Self::ContractViolation { .. }
             | Self::MalformedJson { .. } => 400,
@@ -105,6 +117,8 @@ impl GatewayError {
             Self::NoHealthyInstance => 503,
             Self::UpstreamTimeout => 504,
             Self::Internal => 500,
+            Self::HeadTooLarge => 431,
+            Self::RequestTimeout => 408,
         }
     }
 
@@ -115,6 +129,9 @@ impl GatewayError {
             Self::NoRoute => "no-route",
             Self::MethodNotAllowed { .. } => "method-not-allowed",
             Self::BadPath => "bad-path",
+            Self::AmbiguousRequest { .. } => "ambiguous-request",
+            Self::HeadTooLarge => "head-too-large",
+            Self::RequestTimeout => "request-timeout",
             Self::BodyTooLarge { .. } => "body-too-large",
             Self::UpstreamUnreachable => "upstream-unreachable",
             Self::NoHealthyInstance => "no-healthy-instance",
@@ -138,6 +155,9 @@ impl GatewayError {
             Self::NoRoute => "No such route",
             Self::MethodNotAllowed { .. } => "Method not allowed",
             Self::BadPath => "Path not allowed",
+            Self::AmbiguousRequest { .. } => "Ambiguous request",
+            Self::HeadTooLarge => "Request head too large",
+            Self::RequestTimeout => "Request timeout",
             Self::BodyTooLarge { .. } => "Request body too large",
             Self::UpstreamUnreachable => "Upstream unreachable",
             Self::NoHealthyInstance => "No healthy upstream instance",
@@ -160,7 +180,10 @@ impl GatewayError {
             Self::NoApp => "No app is configured for this host and path.".into(),
             Self::NoRoute => "The app has no route for this path.".into(),
             Self::MethodNotAllowed { allow } => format!("This route accepts only: {allow}."),
-            Self::BadPath => "Paths with dot segments or encoded slashes are not accepted.".into(),
+            Self::BadPath => "The path is not accepted: `;` parameters, backslashes, encoded slashes, encoded control characters, double encoding or `..` above the root.".into(),
+            Self::AmbiguousRequest { reason } => format!("The request was refused because {reason}."),
+            Self::HeadTooLarge => "The request line and headers are too large.".into(),
+            Self::RequestTimeout => "The request was not received in time.".into(),
             Self::BodyTooLarge { limit } => {
                 format!("The request body exceeds the limit of {limit} bytes for this route.")
             }

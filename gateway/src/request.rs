@@ -20,6 +20,8 @@ pub trait RequestView {
     fn each_header(&self, name: &str, f: &mut dyn FnMut(&[u8]));
     /// The host of an absolute-form request target (`GET http://h/p`).
     fn target_host(&self) -> Option<&str>;
+    /// The protocol version.
+    fn version(&self) -> http::Version;
 
     /// The first value of header `name` as text, when it is visible ASCII
     /// (what `http::HeaderValue::to_str` accepts).
@@ -80,6 +82,10 @@ impl RequestView for http::request::Parts {
     fn target_host(&self) -> Option<&str> {
         self.uri.host()
     }
+
+    fn version(&self) -> http::Version {
+        self.version
+    }
 }
 
 impl RequestView for pingora::http::RequestHeader {
@@ -105,6 +111,10 @@ impl RequestView for pingora::http::RequestHeader {
 
     fn target_host(&self) -> Option<&str> {
         (**self).target_host()
+    }
+
+    fn version(&self) -> http::Version {
+        self.version
     }
 }
 

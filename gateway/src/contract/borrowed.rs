@@ -130,6 +130,15 @@ impl BodySchema {
         self.single.is_some()
     }
 
+    /// For a schema whose applicators recurse so that `jsonschema` would
+    /// read a nested value exponentially often ([`SinglePass::rereads`]):
+    /// the verdict of the single-pass program alone, in time bounded by
+    /// body × schema. `None` for every other schema.
+    pub fn bounded_verdict(&self, body: &[u8]) -> Option<Result<Check, serde_json::Error>> {
+        let single = self.single.as_ref().filter(|s| s.rereads())?;
+        Some(single.check_normalised(body))
+    }
+
     /// `Some(true)` when `body` parses and is valid; `None` when the fast
     /// path cannot say (malformed, too wide, a repeated key, or invalid —
     /// the caller then finds out which over a `serde_json::Value`).

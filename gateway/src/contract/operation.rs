@@ -162,6 +162,25 @@ pub fn check_json_body(
     location: ViolationLocation,
     max: usize,
 ) -> Result<Vec<Violation>, serde_json::Error> {
+    // Recursive applicators: judged by the single pass alone, as
+    // `jsonschema` could take exponential time; one violation at the root
+    // stands for the details it would have listed.
+    if let Some(verdict) = schema.bounded_verdict(body) {
+        let message = match verdict? {
+            super::single_pass::Check::Valid => return Ok(Vec::new()),
+            super::single_pass::Check::Invalid => "the body does not match the schema",
+            super::single_pass::Check::Unsure => {
+                "the body could not be judged against the schema"
+            }
+        };
+        return Ok(vec![Violation {
+            location,
+            name: None,
+            pointer: String::new(),
+            keyword: "schema".into(),
+            message: message.into(),
+        }]);
+    }
     // The common case: a valid body, judged over a borrowed tree.
     if schema.accepts(body) == Some(true) {
         return Ok(Vec::new());

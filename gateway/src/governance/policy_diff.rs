@@ -286,6 +286,18 @@ fn app_diff(old_b: &Bundle, o: &App, new_b: &Bundle, n: &App, push: &mut Push<'_
             );
         }
     }
+    if o.case_insensitive_paths != n.case_insensitive_paths {
+        // Either way, which requests a route-scoped policy covers changes.
+        push(
+            Class::EnforcementLoosened,
+            app,
+            format!(
+                "case_insensitive_paths {} → {}",
+                o.case_insensitive_paths, n.case_insensitive_paths
+            ),
+            None,
+        );
+    }
     if o.passthrough != n.passthrough {
         let class = if n.passthrough {
             Class::EnforcementLoosened

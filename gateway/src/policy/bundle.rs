@@ -103,6 +103,8 @@ pub struct App {
     pub routes: Vec<Route>,
     /// Forward unmatched paths too.
     pub passthrough: bool,
+    /// Match routes as a case-insensitive platform reads paths.
+    pub case_insensitive_paths: bool,
     /// Instances and balancing.
     pub upstream: Upstream,
     /// Timeouts.

@@ -352,6 +352,7 @@ fn compile_app(
         routes,
         passthrough: spec.passthrough
             || (spec.contract.is_some() && contract_undocumented_passes(spec)),
+        case_insensitive_paths: spec.case_insensitive_paths,
         upstream: Upstream {
             instances,
             balancing,

@@ -306,6 +306,12 @@ pub struct AppSpec {
     /// still win and are reported by id).
     #[serde(default)]
     pub passthrough: bool,
+    /// The app's platform matches paths without regard to case and ignores
+    /// a trailing dot or space on a segment (IIS / .NET: OutSystems, Power
+    /// Apps portals), so routes are matched the same way: `/ADMIN` and
+    /// `/admin.` are the `/admin` route.
+    #[serde(default)]
+    pub case_insensitive_paths: bool,
     /// The app's operations (for apps without an OpenAPI contract, whose
     /// operations come from the document).
     #[serde(default)]

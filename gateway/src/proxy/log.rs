@@ -32,8 +32,11 @@ pub fn outcome(ctx: &RequestCtx, status: u16, failed: bool) -> &'static str {
             GatewayError::NoApp | GatewayError::NoRoute | GatewayError::MethodNotAllowed { .. } => {
                 "not_found"
             }
-            GatewayError::BadPath | GatewayError::BadRequest => "bad_request",
-            GatewayError::BodyTooLarge { .. } => "too_large",
+            GatewayError::BadPath
+            | GatewayError::BadRequest
+            | GatewayError::AmbiguousRequest { .. }
+            | GatewayError::RequestTimeout => "bad_request",
+            GatewayError::BodyTooLarge { .. } | GatewayError::HeadTooLarge => "too_large",
             GatewayError::UpstreamUnreachable | GatewayError::UpstreamFailed => "upstream_error",
             GatewayError::NoHealthyInstance => "no_healthy_instance",
             GatewayError::UpstreamTimeout => "upstream_timeout",

@@ -22,6 +22,7 @@ mod access;
 mod contract;
 pub mod failure_log;
 mod forward;
+mod head_rules;
 pub mod http1;
 mod log;
 mod respond;
@@ -49,24 +50,35 @@ use respond::{allowed_methods, request_id, respond, write_problem};
 
 pub use contract::REPLAY_LIMIT;
 
-/// Path safety and the route match for a request head: the app and route
-/// (`None`: a passthrough app), or the refusal with the app it concerns.
-/// Shared by both HTTP/1.1 engines.
+/// The head rules ([`head_rules`]) and the route match for a request head
+/// whose path the engine has made canonical ([`routing::canonical_path`]):
+/// the app and route (`None`: a passthrough app), or the refusal with the
+/// app it concerns. Shared by every engine.
 fn route_request(
     active: &crate::runtime::Active,
     req: &impl RequestView,
 ) -> std::result::Result<(usize, Option<usize>), (Option<usize>, GatewayError)> {
+    head_rules::check_head(req).map_err(|e| (None, e))?;
     let path = req.path();
-    if !routing::path_is_safe(path) {
+    // An engine forwards the path routing saw; one that did not make it
+    // canonical first has nothing forwarded.
+    if !matches!(routing::canonical_path(path), Ok(std::borrow::Cow::Borrowed(_))) {
         return Err((None, GatewayError::BadPath));
     }
+    let apps = &active.bundle.apps;
+    let judged = |app: usize, route: Option<usize>| {
+        let a = &apps[app];
+        head_rules::check_connection_for(req, a, route.map(|r| &a.routes[r]))
+            .map(|()| (app, route))
+            .map_err(|e| (Some(app), e))
+    };
     match active
         .bundle
         .router
-        .route(&active.bundle.apps, req.host(), req.method(), path)
+        .route(apps, req.host(), req.method(), path)
     {
-        RouteMatch::Route { app, route } => Ok((app, Some(route))),
-        RouteMatch::Passthrough { app } => Ok((app, None)),
+        RouteMatch::Route { app, route } => judged(app, Some(route)),
+        RouteMatch::Passthrough { app } => judged(app, None),
         RouteMatch::MethodNotAllowed { app } => {
             let allow = allowed_methods(&active.bundle.apps[app], path);
             Err((Some(app), GatewayError::MethodNotAllowed { allow }))
@@ -74,6 +86,50 @@ fn route_request(
         RouteMatch::NoRoute { app } => Err((Some(app), GatewayError::NoRoute)),
         RouteMatch::NoApp => Err((None, GatewayError::NoApp)),
     }
+}
+
+/// Make the request's target the one reading that every phase judges and
+/// the app gets: the canonical path ([`routing::canonical_path`]) and the
+/// query, in origin form on HTTP/1.x (an absolute-form target's authority
+/// is checked against `Host` before it is dropped, in [`head_rules`]).
+/// A target that is not UTF-8, which the URI would only render lossily, is
+/// refused.
+fn canonical_target(req: &mut RequestHeader) -> std::result::Result<(), GatewayError> {
+    if !req.raw_path_is_utf8() {
+        return Err(GatewayError::BadPath);
+    }
+    let path = routing::canonical_path(req.uri.path()).map_err(|_| GatewayError::BadPath)?;
+    let h1 = req.version != http::Version::HTTP_2;
+    // What goes on the wire when the target is left alone.
+    let wire = req.raw_path();
+    let same = matches!(path, std::borrow::Cow::Borrowed(_))
+        && (!h1 || {
+            let (p, q) = (req.uri.path().as_bytes(), req.uri.query());
+            wire.strip_prefix(p).is_some_and(|rest| match q {
+                Some(q) => rest.first() == Some(&b'?') && &rest[1..] == q.as_bytes(),
+                None => rest.is_empty(),
+            })
+        });
+    if same {
+        return Ok(());
+    }
+    let mut target = path.into_owned();
+    if let Some(q) = req.uri.query() {
+        target.push('?');
+        target.push_str(q);
+    }
+    let mut uri = http::Uri::builder();
+    if !h1 {
+        if let (Some(scheme), Some(authority)) = (req.uri.scheme(), req.uri.authority()) {
+            uri = uri.scheme(scheme.clone()).authority(authority.clone());
+        }
+    }
+    let uri = uri
+        .path_and_query(target)
+        .build()
+        .map_err(|_| GatewayError::BadPath)?;
+    req.set_uri(uri);
+    Ok(())
 }
 
 /// The Gatehouse proxy.
@@ -131,6 +187,9 @@ impl ProxyHttp for Gateway {
         if let Some(addr) = session.client_addr().and_then(|a| a.as_inet()) {
             use std::fmt::Write as _;
             let _ = write!(ctx.client_ip, "{}", addr.ip());
+        }
+        if let Err(err) = canonical_target(session.req_header_mut()) {
+            return respond(session, ctx, err).await;
         }
         let active = self.shared.active();
         let (app_idx, route_idx) = match route_request(&active, session.req_header()) {

@@ -60,7 +60,15 @@ pub fn forwarded_element(out: &mut String, client_ip: &str, tls: bool, host: Opt
     }
 }
 
-/// `path?query` without the query parameter `name` (the API key).
+/// Whether `query` may hold a parameter named `name` as identity reads it
+/// (names percent-decoded): it holds `name`, or an escape that could
+/// spell it (`api%5Fkey`). A cheap test before [`path_without_param`].
+pub fn may_name(query: &str, name: &str) -> bool {
+    query.contains(name) || query.contains('%') || (name.contains(' ') && query.contains('+'))
+}
+
+/// `path?query` without the query parameter `name` (the API key), every
+/// occurrence, its name read percent-decoded as identity reads it.
 pub fn path_without_param(path: &str, query: &str, name: &str) -> String {
     let kept: Vec<&str> = query
         .split('&')
@@ -221,7 +229,7 @@ pub fn prepare_upstream_request(
             upstream.remove_header(h);
         }
         if let Some(q) = &auth.api_key_query {
-            if let Some(query) = upstream.uri.query().filter(|qs| qs.contains(q.as_str())) {
+            if let Some(query) = upstream.uri.query().filter(|qs| may_name(qs, q)) {
                 let pq = path_without_param(upstream.uri.path(), query, q);
                 let uri = http::Uri::builder()
                     .path_and_query(pq)

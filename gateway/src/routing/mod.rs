@@ -127,6 +127,13 @@ impl Router {
         };
         let app = &apps[app_idx];
         let sub = strip_app_prefix(&app.path_prefix, path);
+        let folded;
+        let sub = if app.case_insensitive_paths {
+            folded = case_insensitive_key(sub);
+            folded.as_str()
+        } else {
+            sub
+        };
         let mut path_known = false;
         for (i, r) in app.routes.iter().enumerate() {
             if r.template.matches(sub) {
@@ -197,42 +204,157 @@ pub fn normalize_host(host: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
-/// Is this request path safe to route? Rejects dot segments (also
-/// percent-encoded) and encoded slashes, which upstreams may normalise
-/// differently from the gateway and so bypass route policy.
-pub fn path_is_safe(path: &str) -> bool {
+/// Why a request path is refused (400): a form that apps read in more than
+/// one way, so no single reading could be judged and forwarded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PathRefused;
+
+/// The one reading of a request path that routing, every policy and the
+/// app share; the engines forward this path, not the client's bytes.
+///
+/// - percent-encoded unreserved characters (`A-Z a-z 0-9 - . _ ~`) are
+///   decoded (`/%61dmin` is `/admin`); other escapes stay, hex in upper case;
+/// - repeated slashes are merged, `.` and `..` segments resolved (RFC 3986
+///   §5.2.4), also when encoded; a trailing slash is kept;
+/// - refused: `;` (path parameters, which Java servers strip and others do
+///   not) and `%3B`, a backslash or `%5C` (a separator on Windows servers),
+///   `%2F`, encoded control bytes, double encoding (`%25` then two hex
+///   digits), a malformed escape, and `..` above the root.
+///
+/// Borrowed when the path is already canonical (the common case, found
+/// eight bytes at a time).
+pub fn canonical_path(path: &str) -> Result<std::borrow::Cow<'_, str>, PathRefused> {
     if !path.starts_with('/') {
-        return false;
+        return Err(PathRefused);
     }
-    // The common case, in one pass: nothing encoded and no dot segment.
     if !suspect(path.as_bytes()) {
-        return true;
+        return Ok(std::borrow::Cow::Borrowed(path));
     }
-    for seg in path.split('/') {
-        if seg == "." || seg == ".." {
-            return false;
-        }
-        if seg.contains('%') {
-            let lower = seg.to_ascii_lowercase();
-            if lower.contains("%2f") || lower.contains("%5c") {
-                return false;
+    let bytes = path.as_bytes();
+    // Decode first, so that an encoded dot segment is resolved as one.
+    let mut decoded = String::with_capacity(path.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        match b {
+            b';' | b'\\' => return Err(PathRefused),
+            b'%' => {
+                let (Some(hi), Some(lo)) = (
+                    bytes.get(i + 1).and_then(|&h| hex(h)),
+                    bytes.get(i + 2).and_then(|&l| hex(l)),
+                ) else {
+                    return Err(PathRefused);
+                };
+                let v = hi << 4 | lo;
+                if v.is_ascii_alphanumeric() || matches!(v, b'-' | b'.' | b'_' | b'~') {
+                    decoded.push(char::from(v));
+                } else if v < 0x20
+                    || v == 0x7f
+                    || matches!(v, b'/' | b'\\' | b';')
+                    || (v == b'%'
+                        && bytes.get(i + 3).is_some_and(|&h| hex(h).is_some())
+                        && bytes.get(i + 4).is_some_and(|&l| hex(l).is_some()))
+                {
+                    return Err(PathRefused);
+                } else {
+                    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+                    decoded.push('%');
+                    decoded.push(char::from(HEX[usize::from(hi)]));
+                    decoded.push(char::from(HEX[usize::from(lo)]));
+                }
+                i += 3;
             }
-            let decoded = lower.replace("%2e", ".");
-            if decoded == "." || decoded == ".." {
-                return false;
+            _ => {
+                // Copy the run up to the next byte of interest whole (it may
+                // hold multi-byte characters).
+                let run = bytes[i..]
+                    .iter()
+                    .position(|&c| matches!(c, b'%' | b';' | b'\\'))
+                    .map_or(bytes.len(), |n| i + n);
+                decoded.push_str(path.get(i..run).ok_or(PathRefused)?);
+                i = run;
             }
         }
     }
-    true
+    // Then the segments: empty ones (repeated slashes) dropped, dots resolved.
+    let mut segments: Vec<&str> = Vec::new();
+    let mut trailing_slash = decoded.ends_with('/');
+    for seg in decoded.split('/').skip(1) {
+        match seg {
+            "" => {}
+            "." => trailing_slash = true,
+            ".." => {
+                if segments.pop().is_none() {
+                    return Err(PathRefused);
+                }
+                trailing_slash = true;
+            }
+            s => {
+                segments.push(s);
+                trailing_slash = false;
+            }
+        }
+    }
+    if decoded.ends_with('/') {
+        trailing_slash = true;
+    }
+    let mut out = String::with_capacity(decoded.len());
+    for s in &segments {
+        out.push('/');
+        out.push_str(s);
+    }
+    if trailing_slash || out.is_empty() {
+        out.push('/');
+    }
+    Ok(std::borrow::Cow::Owned(out))
 }
 
-/// Whether `path` has a `%`, or a `.` right after a `/`: eight bytes at a
-/// time, with each byte's match found exactly (no borrow between bytes).
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// How a case-insensitive platform (IIS / .NET) reads a path for matching:
+/// ASCII letters in lower case, and each segment without trailing dots and
+/// spaces (also `%20`), as Windows names are read. The segments stay where
+/// they are, so path parameters are taken from the same positions.
+pub fn case_insensitive_key(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    for (i, seg) in path.split('/').enumerate() {
+        if i > 0 {
+            out.push('/');
+        }
+        let mut s = seg;
+        loop {
+            let trimmed = s.trim_end_matches(['.', ' ']);
+            let trimmed = trimmed.strip_suffix("%20").unwrap_or(trimmed);
+            if trimmed.len() == s.len() {
+                break;
+            }
+            s = trimmed;
+        }
+        // A segment of dots only is a dot segment, resolved already.
+        if s.is_empty() && !seg.is_empty() {
+            s = seg;
+        }
+        out.extend(s.chars().map(|c| c.to_ascii_lowercase()));
+    }
+    out
+}
+
+/// Whether `path` may not be canonical: it has a `%`, `;` or backslash, or a `.`
+/// or `/` right after a `/`. Eight bytes at a time, with each byte's match
+/// found exactly (no borrow between bytes).
 fn suspect(path: &[u8]) -> bool {
     const ONES: u64 = u64::from_le_bytes([1; 8]);
     const LOW7: u64 = u64::from_le_bytes([0x7F; 8]);
     // 0x80 in each byte of `x` that is zero, and nothing else.
     let zeros = |x: u64| !(((x & LOW7) + LOW7) | x | LOW7);
+    let is = |x: u64, b: u8| zeros(x ^ (ONES * u64::from(b)));
     // 0x80 in the lowest byte when the byte before the chunk is a `/`.
     let mut slash_before = 0u64;
     let mut chunks = path.chunks_exact(8);
@@ -241,10 +363,9 @@ fn suspect(path: &[u8]) -> bool {
             break;
         };
         let x = u64::from_le_bytes(chunk);
-        let slashes = zeros(x ^ (ONES * u64::from(b'/')));
+        let slashes = is(x, b'/');
         let after_slash = (slashes << 8) | slash_before;
-        if zeros(x ^ (ONES * u64::from(b'%'))) | (zeros(x ^ (ONES * u64::from(b'.'))) & after_slash)
-            != 0
+        if is(x, b'%') | is(x, b';') | is(x, b'\\') | ((is(x, b'.') | slashes) & after_slash) != 0
         {
             return true;
         }
@@ -252,7 +373,8 @@ fn suspect(path: &[u8]) -> bool {
     }
     let mut previous = if slash_before != 0 { b'/' } else { 0 };
     chunks.remainder().iter().any(|&b| {
-        let suspect = b == b'%' || (b == b'.' && previous == b'/');
+        let suspect =
+            matches!(b, b'%' | b';' | b'\\') || (matches!(b, b'.' | b'/') && previous == b'/');
         previous = b;
         suspect
     })

@@ -116,7 +116,8 @@ impl PathTemplate {
         out
     }
 
-    /// Does `path` (no query string, starting with `/`) match?
+    /// Does `path` (no query string, starting with `/`) match? A trailing
+    /// slash is not a segment of its own: `/a/` matches `/a`.
     pub fn matches(&self, path: &str) -> bool {
         let Some(rest) = path.strip_prefix('/') else {
             return false;
@@ -151,7 +152,8 @@ impl PathTemplate {
                 None => (&b""[..], false),
             };
         }
-        !more
+        // Nothing left, or only a trailing slash (`/admin/` is `/admin`).
+        !more || rest.is_empty()
     }
 }
 
@@ -274,7 +276,8 @@ mod tests {
                 },
             }
         }
-        parts.is_none_or(|mut p| p.next().is_none())
+        // A trailing slash leaves one empty part, which is no segment.
+        parts.is_none_or(|mut p| matches!(p.next(), None | Some("")) && p.next().is_none())
     }
 
     fn segment() -> impl Strategy<Value = String> {

@@ -145,21 +145,68 @@ fn hosts_are_normalised() {
 }
 
 #[test]
-fn unsafe_paths_are_refused() {
-    for p in [
-        "/a/../b",
-        "/a/./b",
-        "/..",
-        "/a/%2e%2E/b",
-        "/a/%2E/b",
-        "/a%2fb",
-        "/a%5Cb",
-        "relative",
+fn paths_are_read_one_way_or_refused() {
+    for (path, want) in [
+        ("/", "/"),
+        ("/a/b", "/a/b"),
+        ("/a/b.json", "/a/b.json"),
+        ("/a/..b", "/a/..b"),
+        ("/%61dmin", "/admin"),
+        ("/%41%7e%2D%5f", "/A~-_"),
+        ("/admin/", "/admin/"),
+        ("//admin", "/admin"),
+        ("/a//b///c", "/a/b/c"),
+        ("/x/../admin", "/admin"),
+        ("/x/%2e%2E/admin", "/admin"),
+        ("/x/.%2e/admin", "/admin"),
+        ("/a/./b", "/a/b"),
+        ("/a/b/..", "/a/"),
+        ("/a/.", "/a/"),
+        ("/%20x", "/%20x"),
+        ("/a%2bb", "/a%2Bb"),
+        ("/caf%C3%A9/café", "/caf%C3%A9/café"),
+        ("/admin%20", "/admin%20"),
+        ("/%25", "/%25"),
+        ("/%25zz", "/%25zz"),
     ] {
-        assert!(!path_is_safe(p), "{p}");
+        assert_eq!(canonical_path(path).as_deref(), Ok(want), "{path}");
     }
-    for p in ["/", "/a/b", "/a/b.json", "/a/..b", "/%20x", "/a/%41"] {
-        assert!(path_is_safe(p), "{p}");
+    for path in [
+        "/..",
+        "/a/../..",
+        "/%2e%2e",
+        "/a%2fb",
+        "/a%2Fb",
+        "/a%5Cb",
+        "/a\\b",
+        "/x\\..\\admin",
+        "/admin;x",
+        "/x/..;/admin",
+        "/a%3bb",
+        "/a%00",
+        "/a%0d%0aX",
+        "/a%7f",
+        "/%252e%252e/admin",
+        "/%2",
+        "/%zz",
+        "relative",
+        "",
+    ] {
+        assert_eq!(canonical_path(path), Err(PathRefused), "{path}");
+    }
+}
+
+#[test]
+fn a_case_insensitive_platform_reads_case_and_trailing_dots_away() {
+    for (path, key) in [
+        ("/ADMIN", "/admin"),
+        ("/admin.", "/admin"),
+        ("/admin%20", "/admin"),
+        ("/Admin. .%20/x", "/admin/x"),
+        ("/a/", "/a/"),
+        ("/Orders/ABC", "/orders/abc"),
+    ] {
+        assert_eq!(case_insensitive_key(path), key, "{path}");
     }
 }
 
@@ -168,56 +215,82 @@ fn the_shortcut_finds_a_suspect_pair_at_every_place_in_a_word() {
     for len in 2..=26 {
         for at in 0..len - 1 {
             let mut path = vec![b'a'; len];
-            path[at..at + 2].copy_from_slice(b"/.");
-            assert!(
-                super::suspect(&path),
-                "{:?}",
-                String::from_utf8_lossy(&path)
-            );
-            path[at..at + 2].copy_from_slice(b"./");
-            assert!(
-                !super::suspect(&path),
-                "{:?}",
-                String::from_utf8_lossy(&path)
-            );
-            path[at..at + 2].copy_from_slice(b"a%");
-            assert!(
-                super::suspect(&path),
-                "{:?}",
-                String::from_utf8_lossy(&path)
-            );
+            for (pair, suspect) in [
+                (b"/.", true),
+                (b"//", true),
+                (b"a%", true),
+                (b"a;", true),
+                (b"a\\", true),
+                (b"./", false),
+                (b"a/", false),
+            ] {
+                path[at..at + 2].copy_from_slice(pair);
+                assert_eq!(
+                    super::suspect(&path),
+                    suspect,
+                    "{:?}",
+                    String::from_utf8_lossy(&path)
+                );
+                path[at..at + 2].copy_from_slice(b"aa");
+            }
         }
     }
 }
 
-/// `path_is_safe` without its one-pass shortcut: every segment judged.
-fn path_is_safe_segment_by_segment(path: &str) -> bool {
-    path.starts_with('/')
-        && path.split('/').all(|seg| {
-            let lower = seg.to_ascii_lowercase();
-            let decoded = lower.replace("%2e", ".");
-            !(seg == "." || seg == ".." || lower.contains("%2f") || lower.contains("%5c"))
-                && decoded != "."
-                && decoded != ".."
-        })
+/// An independent reading of a path, the way a lenient app server reads
+/// it: every escape decoded, then split at `/`, dots resolved.
+fn app_reading(path: &str) -> Option<Vec<String>> {
+    let mut bytes = Vec::new();
+    let raw = path.as_bytes();
+    let mut i = 0;
+    while i < raw.len() {
+        if raw[i] == b'%' {
+            let h = std::str::from_utf8(raw.get(i + 1..i + 3)?).ok()?;
+            bytes.push(u8::from_str_radix(h, 16).ok()?);
+            i += 3;
+        } else {
+            bytes.push(raw[i]);
+            i += 1;
+        }
+    }
+    let text = String::from_utf8(bytes).ok()?;
+    let mut out: Vec<String> = Vec::new();
+    for seg in text.split('/') {
+        match seg {
+            "" | "." => {}
+            ".." => {
+                out.pop()?;
+            }
+            s => out.push(s.to_string()),
+        }
+    }
+    Some(out)
 }
 
 proptest! {
-    /// The shortcut never passes a path the segment-by-segment rule refuses.
+    /// What the gateway forwards is read by a lenient app exactly as the
+    /// gateway read it, and reading it again changes nothing.
     #[test]
-    fn the_safe_path_shortcut_agrees_with_the_full_rule(
-        path in "/[a./%2eEfF5cC]{0,40}"
+    fn the_canonical_path_is_what_a_lenient_app_reads(
+        path in "/[a./%2eEfF5cC3bB;\\\\]{0,40}"
     ) {
-        prop_assert_eq!(path_is_safe(&path), path_is_safe_segment_by_segment(&path));
+        if let Ok(canonical) = canonical_path(&path) {
+            prop_assert_eq!(app_reading(&canonical), app_reading(&path), "{} -> {}", path, canonical);
+            let again = canonical_path(&canonical);
+            prop_assert_eq!(again.as_deref(), Ok(canonical.as_ref()));
+            prop_assert!(!canonical.contains(';') && !canonical.contains('\\'));
+            prop_assert!(!canonical.contains("//") && !canonical.contains("/./") && !canonical.contains("/../"));
+        }
     }
 
-    /// The word-at-a-time shortcut flags exactly the paths with a `%` or
-    /// a `.` right after a `/`, wherever in a word they fall.
+    /// The word-at-a-time shortcut flags exactly the paths with a `%`, `;`,
+    /// backslash, or a `.` or `/` right after a `/`.
     #[test]
-    fn the_shortcut_flags_exactly_percent_signs_and_dots_after_slashes(
-        path in "[a./%]{0,40}"
+    fn the_shortcut_flags_exactly_what_may_need_work(
+        path in "[a./%;\\\\]{0,40}"
     ) {
-        let naive = path.contains('%') || path.contains("/.");
+        let naive = path.contains('%') || path.contains(';') || path.contains('\\')
+            || path.contains("/.") || path.contains("//");
         prop_assert_eq!(super::suspect(path.as_bytes()), naive);
     }
 }

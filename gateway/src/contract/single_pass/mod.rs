@@ -456,6 +456,8 @@ impl FloatBounds {
 pub struct SinglePass {
     nodes: Vec<Node>,
     root: NodeId,
+    /// See [`SinglePass::rereads`].
+    rereads: bool,
 }
 
 impl fmt::Debug for SinglePass {
@@ -485,10 +487,33 @@ impl SinglePass {
             ids: HashMap::new(),
         };
         let root = c.schema(doc, pointer)?;
+        let rereads = rereads(&c.nodes);
         Some(SinglePass {
             nodes: c.nodes,
             root,
+            rereads,
         })
+    }
+
+    /// Whether an applicator of the schema has two or more subschemas
+    /// that lead back to it: a value nested `n` deep is then read by
+    /// `jsonschema` up to 2^n times (this program reads it once per node).
+    /// Bodies under such a schema are judged here only.
+    pub fn rereads(&self) -> bool {
+        self.rereads
+    }
+
+    /// Judge `body`; what this program does not read itself (escaped
+    /// member names, repeated names, …) is read by `serde_json` and judged
+    /// again as `serde_json` writes it back. Bounded by body × schema.
+    pub fn check_normalised(&self, body: &[u8]) -> Result<Check, serde_json::Error> {
+        match self.check(body) {
+            Check::Unsure => {
+                let value: Value = serde_json::from_slice(body)?;
+                Ok(self.check(&serde_json::to_vec(&value)?))
+            }
+            judged => Ok(judged),
+        }
     }
 
     /// Judge `body`.
@@ -511,6 +536,41 @@ impl SinglePass {
             Err(Stop::Unsure) => Check::Unsure,
         }
     }
+}
+
+/// See [`SinglePass::rereads`]: for each node with applicators, how many
+/// of its applicator subschemas reach it again (through any keyword).
+fn rereads(nodes: &[Node]) -> bool {
+    let children = |n: &Node| -> Vec<NodeId> {
+        let mut out: Vec<NodeId> = n.all_of.iter().chain(&n.any_of).chain(&n.one_of).copied().collect();
+        out.extend(n.not);
+        out.extend(n.items);
+        out.extend(n.additional);
+        out.extend(n.properties.iter().filter_map(|p| p.schema));
+        out
+    };
+    let reaches = |from: NodeId, target: NodeId| -> bool {
+        let mut seen = vec![false; nodes.len()];
+        let mut stack = vec![from];
+        while let Some(id) = stack.pop() {
+            if id == target {
+                return true;
+            }
+            match (seen.get_mut(id as usize), nodes.get(id as usize)) {
+                (Some(s), Some(n)) if !*s => {
+                    *s = true;
+                    stack.extend(children(n));
+                }
+                _ => {}
+            }
+        }
+        false
+    };
+    nodes.iter().enumerate().any(|(i, n)| {
+        let id = i as NodeId;
+        let branches = n.all_of.iter().chain(&n.any_of).chain(&n.one_of).chain(n.not.as_ref());
+        branches.filter(|&&b| reaches(b, id)).count() >= 2
+    })
 }
 
 #[cfg(test)]

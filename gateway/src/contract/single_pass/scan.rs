@@ -2,6 +2,8 @@
 
 use std::sync::atomic::Ordering;
 
+use rustc_hash::FxHashMap;
+
 use super::{types, Node, NodeId, Num, Read, Step, Stop, MAX_DEPTH, MAX_OTHER_MEMBERS};
 
 /// The parser: one position in the body, and the program's nodes.
@@ -14,6 +16,11 @@ pub(super) struct Scan<'a> {
     /// Member names of the open objects that their schema's `properties`
     /// do not name (as byte ranges), to find repeats.
     others: Vec<(usize, usize)>,
+    /// The verdict of each subschema of an applicator on each value it
+    /// read again, by (node, where the value starts): a value is judged
+    /// against a node at most once, so the work is bounded by the body's
+    /// size times the schema's, however the applicators nest or recurse.
+    verdicts: FxHashMap<(NodeId, usize), Step>,
 }
 
 impl<'a> Scan<'a> {
@@ -26,6 +33,7 @@ impl<'a> Scan<'a> {
             depth: 0,
             nodes,
             others: Vec::new(),
+            verdicts: FxHashMap::default(),
         }
     }
 
@@ -216,8 +224,20 @@ impl<'a> Scan<'a> {
         Ok(())
     }
 
-    /// Read the value at `start..end` again against `id`.
+    /// Read the value at `start..end` again against `id` (or recall the
+    /// verdict, when it was read against `id` before). A verdict does not
+    /// depend on where the value sits: `Unsure` from the depth limit
+    /// makes the whole check unsure wherever it is found.
     fn again(&mut self, id: NodeId, start: usize, end: usize) -> Step {
+        if let Some(&verdict) = self.verdicts.get(&(id, start)) {
+            return verdict;
+        }
+        let verdict = self.read_again(id, start, end);
+        self.verdicts.insert((id, start), verdict);
+        verdict
+    }
+
+    fn read_again(&mut self, id: NodeId, start: usize, end: usize) -> Step {
         let (depth, others) = (self.depth, self.others.len());
         self.enter()?;
         self.at = start;

@@ -285,3 +285,50 @@ fn openapi_apps_take_their_routes_from_the_document() {
         "{errs:#?}"
     );
 }
+
+/// Applicators that re-read a value at every level (a recursive `oneOf`
+/// whose branches both recurse, and the same over objects) are judged in
+/// time bounded by the body's size times the schema's: each subschema
+/// reads each value once. Exponential re-reading would take hours here.
+#[test]
+fn recursive_applicators_are_judged_in_bounded_time() {
+    use crate::contract::operation::check_json_body;
+    use crate::contract::ViolationLocation;
+    let policy = app("    routes:\n      - { id: a, method: POST, path: /a, request_schema: schemas/arrays.json }\n      - { id: o, method: POST, path: /o, request_schema: schemas/objects.json }\n");
+    let arrays = r##"{"oneOf":[{"type":"array","items":{"$ref":"#"}},{"type":"array","items":{"$ref":"#"},"maxItems":0},{"type":"integer"}]}"##;
+    let objects = r##"{"oneOf":[{"type":"object","properties":{"a":{"$ref":"#"}}},{"type":"object","properties":{"a":{"$ref":"#"}},"maxProperties":0},{"type":"integer"}]}"##;
+    let b = compile(&[
+        src("f.yaml", &policy),
+        src("schemas/arrays.json", arrays),
+        src("schemas/objects.json", objects),
+    ])
+    .unwrap();
+    let schema = |route: usize| {
+        let op = b.apps[0].routes[route].operation.as_ref().unwrap();
+        std::sync::Arc::clone(op.body.as_ref().unwrap().json.as_ref().unwrap())
+    };
+    let (arrays, objects) = (schema(0), schema(1));
+    let depth = 60;
+    let nested = |open: &str, inner: &str, close: &str| {
+        format!("{}{inner}{}", open.repeat(depth), close.repeat(depth))
+    };
+    let started = std::time::Instant::now();
+    for (schema, body, valid) in [
+        (&arrays, nested("[", "1", "]"), true),
+        (&arrays, nested("[", "\"x\"", "]"), false),
+        (&objects, nested("{\"a\":", "1", "}"), true),
+        (&objects, nested("{\"a\":", "\"x\"", "}"), false),
+        // An escaped member name: not read by the single pass.
+        (&objects, nested("{\"\\u0061\":", "1", "}"), true),
+        (&objects, nested("{\"\\u0061\":", "\"x\"", "}"), false),
+    ] {
+        let found = check_json_body(schema, body.as_bytes(), ViolationLocation::Body, 10)
+            .expect("well-formed");
+        assert_eq!(found.is_empty(), valid, "{body}");
+    }
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+}

@@ -134,22 +134,38 @@ pub fn parse_response(
         }
     }
     let mut reusable = resp.version == Some(1);
+    // Both framings (RFC 9112 §6.3): the chunked coding wins, the length
+    // is dropped, and the connection is not trusted with another request.
+    let has_transfer_encoding = resp
+        .headers
+        .iter()
+        .any(|h| h.name.eq_ignore_ascii_case("transfer-encoding"));
     let mut length = None;
     let mut chunked = false;
     let mut content = http::HeaderMap::new();
     for h in resp.headers.iter() {
         if h.name.eq_ignore_ascii_case("content-length") {
+            if has_transfer_encoding {
+                reusable = false;
+                continue;
+            }
             let n = parse_content_length(h.value).ok_or(BadResponse::Invalid)?;
             if length.is_some_and(|m| m != n) {
                 return Err(BadResponse::Invalid);
             }
             length = Some(n);
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            let last = h.value.rsplit(|b| *b == b',').next().unwrap_or_default();
-            chunked = last.trim_ascii().eq_ignore_ascii_case(b"chunked");
-            if !chunked {
+            // Exactly one `chunked`, last (RFC 9112 §6.1): anything else is
+            // read differently by different clients.
+            let mut codings = h.value.split(|b| *b == b',').map(<[u8]>::trim_ascii);
+            let last = codings.next_back().unwrap_or_default();
+            if chunked
+                || !last.eq_ignore_ascii_case(b"chunked")
+                || codings.any(|c| c.is_empty() || c.eq_ignore_ascii_case(b"chunked"))
+            {
                 return Err(BadResponse::Invalid);
             }
+            chunked = true;
         } else if h.name.eq_ignore_ascii_case("connection") {
             if h.value
                 .split(|b| *b == b',')
@@ -367,6 +383,31 @@ mod tests {
         )
         .unwrap();
         assert_eq!(r.framing, Framing::Chunked);
+        // Both framings: the length line is dropped and the connection
+        // is not reused.
+        let r = parse_response(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\nX-A: 1\r\n\r\n",
+            false,
+            &mut client,
+            false,
+            true,
+        )
+        .unwrap();
+        assert_eq!((r.framing, r.reusable), (Framing::Chunked, false));
+        assert_eq!(
+            client,
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-A: 1\r\n"
+        );
+        for twice in [
+            &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, chunked\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: ,chunked\r\n\r\n",
+        ] {
+            assert_eq!(
+                parse_response(twice, false, &mut client, false, true).unwrap_err(),
+                BadResponse::Invalid
+            );
+        }
         let r =
             parse_response(b"HTTP/1.1 200 OK\r\n\r\n", false, &mut client, false, true).unwrap();
         assert_eq!((r.framing, r.reusable), (Framing::UntilClose, false));

@@ -53,7 +53,8 @@ use request::{Parsed, Request, RequestHead, SpareHeaders};
 
 /// How long an idle keep-alive connection waits for its next request.
 const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
-/// How long a client may take to send the rest of a head or body.
+/// How long a client may take to send a whole head, from its first byte,
+/// and then its whole body (slow senders get 408, whatever their pace).
 const CLIENT_READ: Duration = Duration::from_secs(30);
 /// How long a client may take to accept response bytes.
 const CLIENT_WRITE: Duration = Duration::from_secs(30);
@@ -188,6 +189,8 @@ impl Engine {
         let mut first = true;
         let mut last_active = Instant::now();
         let mut idle = Box::pin(tokio::time::sleep(KEEPALIVE_IDLE));
+        // When the head being read must be complete.
+        let mut head_by: Option<Instant> = None;
         loop {
             let head = loop {
                 if first && h2c && buf.len() >= H2_PREFACE_START.len() {
@@ -200,8 +203,9 @@ impl Engine {
                     first = false;
                 }
                 match request::parse_request(&buf, &mut bufs.headers) {
-                    Parsed::Lean(head) => break Some(head),
-                    Parsed::Pingora => break None,
+                    Parsed::Lean(head) => break Ok(Some(head)),
+                    Parsed::Pingora => break Ok(None),
+                    Parsed::TooLarge => break Err(GatewayError::HeadTooLarge),
                     Parsed::Partial => {}
                 }
                 if buf.is_empty() {
@@ -210,7 +214,7 @@ impl Engine {
                     tokio::select! {
                         biased;
                         read = read_more(&mut client, &mut buf) => match read {
-                            Ok(n) if n > 0 => {}
+                            Ok(n) if n > 0 => head_by = Some(Instant::now() + CLIENT_READ),
                             _ => return,
                         },
                         () = &mut idle => {
@@ -222,17 +226,29 @@ impl Engine {
                         }
                     }
                 } else {
+                    // The whole head by one deadline, not one per read.
+                    let by = *head_by.get_or_insert_with(|| Instant::now() + CLIENT_READ);
                     match bufs
                         .client_io
-                        .limit(CLIENT_READ, read_more(&mut client, &mut buf))
+                        .until(by, read_more(&mut client, &mut buf))
                         .await
                     {
                         Ok(Ok(n)) if n > 0 => {}
-                        _ => return,
+                        Ok(_) => return,
+                        Err(_) => break Err(GatewayError::RequestTimeout),
                     }
                 }
             };
             first = false;
+            head_by = None;
+            let head = match head {
+                Ok(head) => head,
+                Err(err) => {
+                    // Nothing of the head is trusted: answer and close.
+                    self.refuse_head(&mut client, &mut bufs, err).await;
+                    return;
+                }
+            };
             let (next, finished) = match head {
                 Some(head) => {
                     let closing = *shutdown.borrow();
@@ -273,28 +289,38 @@ impl Engine {
         closing: bool,
     ) -> (Next, Instant) {
         let message_len = head.len + head.content_length as usize;
+        // The whole body by one deadline, not one per read.
+        let body_by = Instant::now() + CLIENT_READ;
         while buf.len() < message_len {
-            match bufs
-                .client_io
-                .limit(CLIENT_READ, read_more(client, buf))
-                .await
-            {
+            match bufs.client_io.until(body_by, read_more(client, buf)).await {
                 Ok(Ok(n)) if n > 0 => {}
-                _ => return (Next::Close, Instant::now()),
+                Ok(_) => return (Next::Close, Instant::now()),
+                Err(_) => {
+                    self.refuse_head(client, bufs, GatewayError::RequestTimeout)
+                        .await;
+                    return (Next::Close, Instant::now());
+                }
             }
         }
         let mut ctx = RequestCtx::new(self.shared.enter());
         ctx.client_ip.push_str(client_ip);
-        let req = head.view(buf);
+        // The one reading of the path that every phase judges and the
+        // upstream gets; a path with no such reading is refused.
+        let canonical = crate::routing::canonical_path(head.path());
+        let req = head.view(buf, canonical.as_deref().unwrap_or(head.path()));
         if head.has_request_id {
             respond::assign_request_id(&req, &mut ctx);
         } else {
             respond::new_request_id_into(&mut ctx);
         }
         let close = head.close || closing;
-        let outcome = self
-            .admit_and_forward(client, &req, &mut ctx, close, bufs)
-            .await;
+        let outcome = match canonical {
+            Ok(_) => {
+                self.admit_and_forward(client, &req, &mut ctx, close, bufs)
+                    .await
+            }
+            Err(_) => Err(GatewayError::BadPath),
+        };
         let (status, failed, bytes_out, next) = match outcome {
             Ok(Some(done)) => done,
             Ok(None) => return (Next::Pingora, Instant::now()),
@@ -321,6 +347,18 @@ impl Engine {
         // Its memory serves the next request's head.
         head.recycle(&mut bufs.headers);
         (next, finished)
+    }
+
+    /// Answer a head that was never read whole (too large, too slow) and
+    /// leave the connection to be closed. There is no request to record.
+    async fn refuse_head(&self, client: &mut Stream, bufs: &mut Buffers, err: GatewayError) {
+        respond::count_refusal(&err);
+        let mut ctx = RequestCtx::new(self.shared.enter());
+        respond::new_request_id_into(&mut ctx);
+        let out = &mut bufs.out;
+        out.clear();
+        head::write_problem(out, &err, &ctx, "", false, true);
+        let _ = write_client(client, &mut bufs.client_io, out).await;
     }
 
     /// Write a gateway-generated problem response.

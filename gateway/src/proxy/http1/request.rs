@@ -126,6 +126,8 @@ pub struct RequestHead {
     pub len: usize,
     /// The declared body length (0: none).
     pub content_length: u64,
+    /// The head has a `Content-Length` (the upstream head gets one too).
+    has_content_length: bool,
     /// The client asked to close the connection after this request.
     pub close: bool,
     /// The head has an `X-Request-Id`.
@@ -149,11 +151,16 @@ impl RequestHead {
         spare.text = self.text;
     }
 
-    /// The head as the phases read it; `buf` is the buffer it was parsed
-    /// from (more bytes may have been appended since).
-    pub fn view<'a>(&'a self, buf: &'a [u8]) -> Request<'a> {
+    /// The path as the client sent it.
+    pub fn path(&self) -> &str {
+        Span::new(self.target_at, self.path_len).text(&self.text)
+    }
+
+    /// The head as the phases read it, with `path` (the canonical reading
+    /// of [`RequestHead::path`]) as its path; `buf` is the buffer it was
+    /// parsed from (more bytes may have been appended since).
+    pub fn view<'a>(&'a self, buf: &'a [u8], path: &'a str) -> Request<'a> {
         let text = self.text.as_str();
-        let path = Span::new(self.target_at, self.path_len).text(text);
         let query = self
             .query_len
             .map(|q| Span::new(self.target_at + self.path_len + 1, q).text(text));
@@ -245,6 +252,11 @@ impl RequestView for Request<'_> {
         None
     }
 
+    fn version(&self) -> http::Version {
+        // HTTP/1.0 is carried by Pingora.
+        http::Version::HTTP_11
+    }
+
     fn host(&self) -> &str {
         self.host
     }
@@ -257,6 +269,8 @@ pub enum Parsed {
     Lean(RequestHead),
     /// Not complete yet: read more.
     Partial,
+    /// Longer than [`MAX_HEAD`] or more than [`MAX_HEADERS`] lines (431).
+    TooLarge,
     /// Valid or not, something Pingora's full HTTP stack handles (HTTP/1.0,
     /// chunked or large bodies, upgrades, `Expect`, CONNECT, targets other
     /// than a plain path, malformed heads).
@@ -313,9 +327,10 @@ pub fn parse_request(buf: &[u8], spare: &mut SpareHeaders) -> Parsed {
     let mut lines = [const { MaybeUninit::uninit() }; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut []);
     let len = match req.parse_with_uninit_headers(buf, &mut lines) {
-        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Complete(n)) if n <= MAX_HEAD => n,
         Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => return Parsed::Partial,
-        _ => return Parsed::Pingora,
+        Ok(_) | Err(httparse::Error::TooManyHeaders) => return Parsed::TooLarge,
+        Err(_) => return Parsed::Pingora,
     };
     if req.version != Some(1) {
         return Parsed::Pingora;
@@ -388,6 +403,7 @@ pub fn parse_request(buf: &[u8], spare: &mut SpareHeaders) -> Parsed {
             whole_line: in_line,
         });
     }
+    let has_content_length = content_length.is_some();
     let content_length = content_length.unwrap_or(0);
     if content_length > MAX_BUFFERED_BODY {
         return Parsed::Pingora;
@@ -412,6 +428,7 @@ pub fn parse_request(buf: &[u8], spare: &mut SpareHeaders) -> Parsed {
         host,
         len,
         content_length,
+        has_content_length,
         close,
         has_request_id,
         has_connection,
@@ -458,7 +475,7 @@ pub fn write_upstream_head(out: &mut Vec<u8>, req: &Request<'_>, ctx: &RequestCt
     };
     let key_param = app.auth.as_ref().and_then(|a| a.api_key_query.as_deref());
     match (req.query, key_param) {
-        (Some(q), Some(k)) if q.contains(k) => {
+        (Some(q), Some(k)) if super::super::upstream::may_name(q, k) => {
             out.extend_from_slice(
                 super::super::upstream::path_without_param(path, q, k).as_bytes(),
             );
@@ -492,7 +509,9 @@ pub fn write_upstream_head(out: &mut Vec<u8>, req: &Request<'_>, ctx: &RequestCt
         let value = h.value.of(buf);
         let keep = match h.kind {
             Kind::Host => true,
-            Kind::HopByHop | Kind::Connection | Kind::Unsupported => false,
+            // Framing is the gateway's own, written below from the parsed
+            // length, never copied by name.
+            Kind::HopByHop | Kind::Connection | Kind::Unsupported | Kind::ContentLength => false,
             _ if key_header.is_some_and(|k| name.eq_ignore_ascii_case(k))
                 || options
                     .iter()
@@ -524,6 +543,11 @@ pub fn write_upstream_head(out: &mut Vec<u8>, req: &Request<'_>, ctx: &RequestCt
         }
     }
     run.flush(buf, out);
+    if head.has_content_length || !req.body.is_empty() {
+        out.extend_from_slice(b"content-length: ");
+        out.extend_from_slice(itoa::Buffer::new().format(req.body.len()).as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
     let host = || head.host.map(|_| req.host);
     if !ctx.request_id_from_client {
         push_header(out, b"x-request-id", ctx.request_id.as_bytes());
@@ -590,7 +614,7 @@ mod tests {
         let head = lean(buf);
         assert_eq!(head.content_length, 3);
         assert_eq!(head.len, 52);
-        let req = head.view(buf);
+        let req = head.view(buf, head.path());
         assert_eq!((req.path(), req.query()), ("/a", Some("b=1")));
         assert!(!head.close);
         assert!(matches!(
@@ -650,7 +674,7 @@ mod tests {
             panic!("expected a lean head")
         };
         assert!(spare.headers.is_empty(), "the list moved into the head");
-        let req = second.view(second_buf);
+        let req = second.view(second_buf, second.path());
         assert_eq!(second.headers.len(), 1);
         assert_eq!(req.header("host"), Some(&b"y"[..]));
         assert_eq!(req.header("x-api-key"), None);
@@ -664,7 +688,7 @@ mod tests {
         let buf = "GET /p/q?x=1&x=2 HTTP/1.1\r\nHOST: h.example\r\nX-Tag: a\r\nconnection: x-a\r\nx-tag: b\r\nX-REQUEST-ID: r1\r\nX-Empty:\r\nX-Utf: café\r\n\r\n".as_bytes();
         let head = lean(buf);
         assert!(head.has_connection && head.has_request_id);
-        let req = head.view(buf);
+        let req = head.view(buf, head.path());
         assert_eq!(req.method(), Method::GET);
         assert_eq!((req.path(), req.query()), ("/p/q", Some("x=1&x=2")));
         assert_eq!(req.host(), "h.example");
@@ -736,7 +760,7 @@ apps:
         let buf = b"GET /api/orders/7?a=1 HTTP/1.1\r\nHost: orders.example\r\nX-Api-Key: secret\r\nAccept:  text/plain\r\nConnection: keep-alive, X-Hop\r\nx-hop: 1\r\nX-Forwarded-For: 1.2.3.4\r\nUser-Agent: t\r\nX-Empty:\r\n\r\n";
         let head = lean(buf);
         let mut out = Vec::new();
-        write_upstream_head(&mut out, &head.view(buf), &ctx, app);
+        write_upstream_head(&mut out, &head.view(buf, head.path()), &ctx, app);
         let text = String::from_utf8_lossy(&out);
         assert_eq!(
             text,

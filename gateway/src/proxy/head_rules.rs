@@ -1,0 +1,273 @@
+//! The rules every request head passes before any policy reads it, on
+//! every engine: one `Host`, and no `Connection` option that would take a
+//! header the gateway judged or relies on away from the app.
+//!
+//! A head that breaks them is ambiguous — the gateway and the app could
+//! read it differently — and gets 400 rather than a guess.
+
+use http::Version;
+
+use crate::error::GatewayError;
+use crate::policy::{App, Balancing, Route};
+use crate::request::RequestView;
+
+/// Headers that no `Connection` option may name: the framing and routing
+/// headers, the ones identity and the contract read, and the ones the
+/// gateway writes for the app. Lowercase.
+const PROTECTED: &[&str] = &[
+    "authorization",
+    "content-encoding",
+    "content-length",
+    "content-type",
+    "cookie",
+    "forwarded",
+    "host",
+    "traceparent",
+    "tracestate",
+    "transfer-encoding",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-real-ip",
+    "x-request-id",
+];
+
+fn ambiguous(reason: &'static str) -> GatewayError {
+    GatewayError::AmbiguousRequest { reason }
+}
+
+/// The rules that do not depend on the app: exactly one valid `Host` on
+/// HTTP/1.1 (or, without it, a target with an authority, as HTTP/2 sends
+/// it), agreeing with the target's authority when both are sent; no
+/// `Connection` option naming a [`PROTECTED`] header.
+pub fn check_head(req: &impl RequestView) -> Result<(), GatewayError> {
+    let mut hosts = 0usize;
+    let mut valid = true;
+    req.each_header("host", &mut |v| {
+        hosts += 1;
+        valid &= valid_host(v);
+    });
+    if hosts > 1 {
+        return Err(ambiguous("it has more than one Host header"));
+    }
+    if !valid {
+        return Err(ambiguous("its Host header is not a valid host[:port]"));
+    }
+    match (hosts, req.target_host()) {
+        (0, None) if req.version() == Version::HTTP_11 => {
+            return Err(ambiguous("an HTTP/1.1 request needs a Host header"));
+        }
+        (1, Some(authority)) => {
+            let host = req.header("host").unwrap_or_default();
+            let host = crate::routing::normalize_host(std::str::from_utf8(host).unwrap_or(""));
+            if !host.eq_ignore_ascii_case(&crate::routing::normalize_host(authority)) {
+                return Err(ambiguous(
+                    "its Host header and its target name different hosts",
+                ));
+            }
+        }
+        _ => {}
+    }
+    let mut refused = None;
+    each_connection_option(req, &mut |option| {
+        if refused.is_none() && PROTECTED.iter().any(|p| p.as_bytes() == option) {
+            refused = Some(());
+        }
+    });
+    match refused {
+        Some(()) => Err(ambiguous(
+            "its Connection header names a header the gateway reads or sets",
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The rule that depends on the app and route: no `Connection` option
+/// naming a header the app's policy reads (the API key header, the
+/// balancing key, a limit's key, the operation's header parameters).
+pub fn check_connection_for(
+    req: &impl RequestView,
+    app: &App,
+    route: Option<&Route>,
+) -> Result<(), GatewayError> {
+    if req.header("connection").is_none() {
+        return Ok(());
+    }
+    let mut refused = false;
+    each_connection_option(req, &mut |option| {
+        refused |= judged_by(app, route, option);
+    });
+    if refused {
+        Err(ambiguous(
+            "its Connection header names a header the app's policy reads",
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// Whether the app's policy reads header `name` (lowercase).
+fn judged_by(app: &App, route: Option<&Route>, name: &[u8]) -> bool {
+    let is = |h: &http::HeaderName| h.as_str().as_bytes() == name;
+    app.auth
+        .as_ref()
+        .and_then(|a| a.api_key_header.as_ref())
+        .is_some_and(is)
+        || matches!(&app.upstream.balancing, Balancing::ConsistentHash(h) if is(h))
+        || app.limits.iter().any(
+            |l| matches!(&l.rule.key, crate::limits::LimitKey::Header(h) if is(h)),
+        )
+        || route
+            .and_then(|r| r.operation.as_ref())
+            .is_some_and(|op| {
+                op.params.iter().any(|p| {
+                    p.location == crate::contract::params::ParamIn::Header
+                        && p.name.as_bytes() == name
+                })
+            })
+}
+
+/// Call `f` with each option of the request's `Connection` headers, in
+/// lowercase, leaving out `close` and `keep-alive`.
+fn each_connection_option(req: &impl RequestView, f: &mut dyn FnMut(&[u8])) {
+    req.each_header("connection", &mut |value| {
+        for token in value.split(|b| *b == b',') {
+            let token = token.trim_ascii();
+            if token.is_empty()
+                || token.eq_ignore_ascii_case(b"close")
+                || token.eq_ignore_ascii_case(b"keep-alive")
+            {
+                continue;
+            }
+            let mut lower = [0u8; 32];
+            match lower.get_mut(..token.len()) {
+                Some(out) => {
+                    out.copy_from_slice(token);
+                    out.make_ascii_lowercase();
+                    f(out);
+                }
+                // Longer than any header the gateway protects.
+                None => {}
+            }
+        }
+    });
+}
+
+/// `uri-host [":" port]` (RFC 9110 §7.2) with a registered name of letters,
+/// digits, `-`, `.`, `_` and `~`, an IPv4 address, or an IPv6 literal in
+/// brackets; the port, when there is a colon, one to five digits. Nothing
+/// else (no user info, no path, no white space, no percent-encoding).
+pub fn valid_host(value: &[u8]) -> bool {
+    let (host, port) = if value.first() == Some(&b'[') {
+        let Some(end) = value.iter().position(|&b| b == b']') else {
+            return false;
+        };
+        let literal = &value[1..end];
+        if literal.is_empty()
+            || !literal
+                .iter()
+                .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+        {
+            return false;
+        }
+        match &value[end + 1..] {
+            [] => return true,
+            [b':', port @ ..] => (&value[..=end], Some(port)),
+            _ => return false,
+        }
+    } else {
+        match value.iter().position(|&b| b == b':') {
+            Some(colon) => (&value[..colon], Some(&value[colon + 1..])),
+            None => (value, None),
+        }
+    };
+    let name_ok = !host.is_empty()
+        && (host.first() == Some(&b'[')
+            || host
+                .iter()
+                .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')));
+    let port_ok = port.is_none_or(|p| (1..=5).contains(&p.len()) && p.iter().all(u8::is_ascii_digit));
+    name_ok && port_ok
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(head: &[(&str, &str)], target: &str) -> http::request::Parts {
+        let mut b = http::Request::get(target);
+        for (k, v) in head {
+            b = b.header(*k, *v);
+        }
+        b.body(()).expect("a request").into_parts().0
+    }
+
+    #[test]
+    fn hosts_are_plain_names_with_an_optional_port() {
+        for good in [
+            "conf.test",
+            "conf.test:8080",
+            "127.0.0.1",
+            "127.0.0.1:80",
+            "[::1]",
+            "[::1]:443",
+            "a_b.internal",
+            "x",
+        ] {
+            assert!(valid_host(good.as_bytes()), "{good}");
+        }
+        for bad in [
+            "",
+            "evil.test@x.conf.test",
+            "conf.test/x",
+            "conf.test:abc",
+            "conf.test:",
+            "conf.test:123456",
+            "a b",
+            "a,b",
+            "conf%2etest",
+            "[::1",
+            "[::1]x",
+            "[zz]",
+            ":80",
+        ] {
+            assert!(!valid_host(bad.as_bytes()), "{bad}");
+        }
+    }
+
+    #[test]
+    fn one_host_or_an_authority() {
+        assert!(check_head(&parts(&[("host", "a.test")], "/")).is_ok());
+        assert!(check_head(&parts(&[("host", "a.test"), ("host", "b.test")], "/")).is_err());
+        assert!(check_head(&parts(&[("host", "a.test"), ("host", "a.test")], "/")).is_err());
+        assert!(check_head(&parts(&[], "/")).is_err());
+        // HTTP/2 style: the authority alone.
+        assert!(check_head(&parts(&[], "http://a.test/")).is_ok());
+        assert!(check_head(&parts(&[("host", "A.test:80")], "http://a.test/")).is_ok());
+        assert!(check_head(&parts(&[("host", "b.test")], "http://a.test/")).is_err());
+        let mut old = parts(&[], "/");
+        old.version = Version::HTTP_10;
+        assert!(check_head(&old).is_ok());
+    }
+
+    #[test]
+    fn connection_options_may_not_name_what_the_gateway_judged() {
+        for refused in [
+            "content-length",
+            "Content-Length",
+            "close, Transfer-Encoding",
+            "host",
+            "x-request-id",
+            "content-type",
+            "authorization",
+            "keep-alive, cookie",
+        ] {
+            let req = parts(&[("host", "a.test"), ("connection", refused)], "/");
+            assert!(check_head(&req).is_err(), "{refused}");
+        }
+        for fine in ["close", "keep-alive", "te", "upgrade", "x-hop", "keep-alive, X-Hop"] {
+            let req = parts(&[("host", "a.test"), ("connection", fine)], "/");
+            assert!(check_head(&req).is_ok(), "{fine}");
+        }
+    }
+}
