@@ -258,6 +258,18 @@ impl GatewayError {
             ErrorType::HTTPStatus(413) => Self::BodyTooLarge { limit: 0 },
             ErrorType::HTTPStatus(504) => Self::UpstreamTimeout,
             ErrorType::HTTPStatus(code) if (400..500).contains(code) => Self::BadRequest,
+            // A malformed request body or head read before the upstream
+            // was involved: the client's fault.
+            ErrorType::InvalidHTTPHeader
+                if !matches!(e.esource(), pingora::ErrorSource::Upstream) =>
+            {
+                Self::BadRequest
+            }
+            ErrorType::Custom("InvalidChunk")
+                if !matches!(e.esource(), pingora::ErrorSource::Upstream) =>
+            {
+                Self::BadRequest
+            }
             _ => match e.esource() {
                 pingora::ErrorSource::Upstream => Self::UpstreamFailed,
                 pingora::ErrorSource::Downstream => Self::BadRequest,

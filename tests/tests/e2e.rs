@@ -2,6 +2,7 @@
 
 mod e2e {
     mod balancing;
+    mod conformance;
     mod contracts;
     mod governance;
     mod http1;

@@ -169,9 +169,7 @@ pub fn check_json_body(
         let message = match verdict? {
             super::single_pass::Check::Valid => return Ok(Vec::new()),
             super::single_pass::Check::Invalid => "the body does not match the schema",
-            super::single_pass::Check::Unsure => {
-                "the body could not be judged against the schema"
-            }
+            super::single_pass::Check::Unsure => "the body could not be judged against the schema",
         };
         return Ok(vec![Violation {
             location,

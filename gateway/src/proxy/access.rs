@@ -104,6 +104,28 @@ fn identify(
     auth: &Auth,
 ) -> Result<Option<usize>, GatewayError> {
     let dir = &active.bundle.consumers;
+    // Two credentials of one kind: which one the gateway judged would be a
+    // guess, so neither is.
+    if let Some(h) = &auth.api_key_header {
+        let mut seen = 0;
+        req.each_header(h.as_str(), &mut |_| seen += 1);
+        if seen > 1 {
+            return Err(GatewayError::AmbiguousRequest {
+                reason: "it carries more than one API key header",
+            });
+        }
+    }
+    if let Some(q) = auth.api_key_query.as_deref() {
+        if req
+            .query()
+            .is_some_and(|qs| super::upstream::may_name(qs, q))
+            && query_values(req.query(), q).len() > 1
+        {
+            return Err(GatewayError::AmbiguousRequest {
+                reason: "it carries more than one API key parameter",
+            });
+        }
+    }
     // Borrowed from the head where it can be: no copy of the key per request.
     let key: Option<Cow<'_, str>> = auth
         .api_key_header

@@ -27,6 +27,7 @@ const PROTECTED: &[&str] = &[
     "transfer-encoding",
     "x-forwarded-for",
     "x-forwarded-host",
+    "x-api-key",
     "x-forwarded-proto",
     "x-real-ip",
     "x-request-id",
@@ -36,11 +37,24 @@ fn ambiguous(reason: &'static str) -> GatewayError {
     GatewayError::AmbiguousRequest { reason }
 }
 
-/// The rules that do not depend on the app: exactly one valid `Host` on
-/// HTTP/1.1 (or, without it, a target with an authority, as HTTP/2 sends
-/// it), agreeing with the target's authority when both are sent; no
-/// `Connection` option naming a [`PROTECTED`] header.
+/// The rules that do not depend on the app: a method in upper case (as
+/// methods are case-sensitive, `get` is not `GET` to routing but may be to
+/// an app); one framing (no `Content-Length` beside `Transfer-Encoding`,
+/// which must be exactly `chunked`, once; at most one `Content-Length`, of
+/// digits); exactly one valid `Host` on HTTP/1.1 (or, without it, a target
+/// with an authority, as HTTP/2 sends it), agreeing with the target's
+/// authority when both are sent; no `Connection` option naming a
+/// [`PROTECTED`] header.
 pub fn check_head(req: &impl RequestView) -> Result<(), GatewayError> {
+    if req
+        .method()
+        .as_str()
+        .bytes()
+        .any(|b| b.is_ascii_lowercase())
+    {
+        return Err(ambiguous("its method is not in upper case"));
+    }
+    check_framing(req)?;
     let mut hosts = 0usize;
     let mut valid = true;
     req.each_header("host", &mut |v| {
@@ -82,6 +96,37 @@ pub fn check_head(req: &impl RequestView) -> Result<(), GatewayError> {
     }
 }
 
+/// One way to find the body's end (RFC 9112 §6.3), or 400.
+fn check_framing(req: &impl RequestView) -> Result<(), GatewayError> {
+    let (mut lengths, mut length_ok) = (0usize, true);
+    req.each_header("content-length", &mut |v| {
+        lengths += 1;
+        let v = v.trim_ascii();
+        length_ok &= !v.is_empty() && v.len() <= 19 && v.iter().all(u8::is_ascii_digit);
+    });
+    let (mut codings, mut chunked) = (0usize, true);
+    req.each_header("transfer-encoding", &mut |v| {
+        codings += 1;
+        chunked &= v.trim_ascii().eq_ignore_ascii_case(b"chunked");
+    });
+    if lengths > 1 || !length_ok {
+        return Err(ambiguous("its Content-Length is repeated or not a number"));
+    }
+    if codings > 0 {
+        if lengths > 0 {
+            return Err(ambiguous(
+                "it has both Content-Length and Transfer-Encoding",
+            ));
+        }
+        if codings > 1 || !chunked || req.version() != Version::HTTP_11 {
+            return Err(ambiguous(
+                "its Transfer-Encoding is not a single `chunked` on HTTP/1.1",
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The rule that depends on the app and route: no `Connection` option
 /// naming a header the app's policy reads (the API key header, the
 /// balancing key, a limit's key, the operation's header parameters).
@@ -114,17 +159,15 @@ fn judged_by(app: &App, route: Option<&Route>, name: &[u8]) -> bool {
         .and_then(|a| a.api_key_header.as_ref())
         .is_some_and(is)
         || matches!(&app.upstream.balancing, Balancing::ConsistentHash(h) if is(h))
-        || app.limits.iter().any(
-            |l| matches!(&l.rule.key, crate::limits::LimitKey::Header(h) if is(h)),
-        )
-        || route
-            .and_then(|r| r.operation.as_ref())
-            .is_some_and(|op| {
-                op.params.iter().any(|p| {
-                    p.location == crate::contract::params::ParamIn::Header
-                        && p.name.as_bytes() == name
-                })
+        || app
+            .limits
+            .iter()
+            .any(|l| matches!(&l.rule.key, crate::limits::LimitKey::Header(h) if is(h)))
+        || route.and_then(|r| r.operation.as_ref()).is_some_and(|op| {
+            op.params.iter().any(|p| {
+                p.location == crate::contract::params::ParamIn::Header && p.name.as_bytes() == name
             })
+        })
 }
 
 /// Call `f` with each option of the request's `Connection` headers, in
@@ -186,7 +229,8 @@ pub fn valid_host(value: &[u8]) -> bool {
             || host
                 .iter()
                 .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')));
-    let port_ok = port.is_none_or(|p| (1..=5).contains(&p.len()) && p.iter().all(u8::is_ascii_digit));
+    let port_ok =
+        port.is_none_or(|p| (1..=5).contains(&p.len()) && p.iter().all(u8::is_ascii_digit));
     name_ok && port_ok
 }
 
@@ -236,6 +280,34 @@ mod tests {
     }
 
     #[test]
+    fn one_framing() {
+        let ok = |h: &[(&str, &str)]| {
+            let mut all = vec![("host", "a.test")];
+            all.extend_from_slice(h);
+            check_head(&parts(&all, "/")).is_ok()
+        };
+        assert!(ok(&[("content-length", "5")]));
+        assert!(ok(&[("transfer-encoding", "chunked")]));
+        assert!(ok(&[("transfer-encoding", "Chunked")]));
+        assert!(!ok(&[
+            ("content-length", "5"),
+            ("transfer-encoding", "chunked")
+        ]));
+        assert!(!ok(&[("content-length", "5"), ("content-length", "5")]));
+        assert!(!ok(&[("content-length", "5, 5")]));
+        assert!(!ok(&[("content-length", "+5")]));
+        assert!(!ok(&[("transfer-encoding", "gzip, chunked")]));
+        assert!(!ok(&[
+            ("transfer-encoding", "chunked"),
+            ("transfer-encoding", "chunked")
+        ]));
+        assert!(!ok(&[("transfer-encoding", "xchunked")]));
+        let mut lower = parts(&[("host", "a.test")], "/");
+        lower.method = http::Method::from_bytes(b"get").expect("a token");
+        assert!(check_head(&lower).is_err());
+    }
+
+    #[test]
     fn one_host_or_an_authority() {
         assert!(check_head(&parts(&[("host", "a.test")], "/")).is_ok());
         assert!(check_head(&parts(&[("host", "a.test"), ("host", "b.test")], "/")).is_err());
@@ -253,6 +325,7 @@ mod tests {
     #[test]
     fn connection_options_may_not_name_what_the_gateway_judged() {
         for refused in [
+            "x-api-key",
             "content-length",
             "Content-Length",
             "close, Transfer-Encoding",
@@ -265,7 +338,14 @@ mod tests {
             let req = parts(&[("host", "a.test"), ("connection", refused)], "/");
             assert!(check_head(&req).is_err(), "{refused}");
         }
-        for fine in ["close", "keep-alive", "te", "upgrade", "x-hop", "keep-alive, X-Hop"] {
+        for fine in [
+            "close",
+            "keep-alive",
+            "te",
+            "upgrade",
+            "x-hop",
+            "keep-alive, X-Hop",
+        ] {
             let req = parts(&[("host", "a.test"), ("connection", fine)], "/");
             assert!(check_head(&req).is_ok(), "{fine}");
         }

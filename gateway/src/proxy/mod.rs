@@ -62,7 +62,10 @@ fn route_request(
     let path = req.path();
     // An engine forwards the path routing saw; one that did not make it
     // canonical first has nothing forwarded.
-    if !matches!(routing::canonical_path(path), Ok(std::borrow::Cow::Borrowed(_))) {
+    if !matches!(
+        routing::canonical_path(path),
+        Ok(std::borrow::Cow::Borrowed(_))
+    ) {
         return Err((None, GatewayError::BadPath));
     }
     let apps = &active.bundle.apps;
@@ -90,16 +93,63 @@ fn route_request(
 
 /// Make the request's target the one reading that every phase judges and
 /// the app gets: the canonical path ([`routing::canonical_path`]) and the
-/// query, in origin form on HTTP/1.x (an absolute-form target's authority
-/// is checked against `Host` before it is dropped, in [`head_rules`]).
-/// A target that is not UTF-8, which the URI would only render lossily, is
-/// refused.
+/// query, in origin form on HTTP/1.x. An absolute-form target (`http` or
+/// `https` only) names the host: a `Host` header must agree with it, and
+/// one is written from it when there is none. Refused: a head larger than
+/// the lean engine reads ([`http1::MAX_HEAD`], 431), a target that is not
+/// UTF-8 (the URI would only render it lossily), has a fragment, or is in
+/// neither origin nor absolute form.
 fn canonical_target(req: &mut RequestHeader) -> std::result::Result<(), GatewayError> {
-    if !req.raw_path_is_utf8() {
+    let mut head_len = req.raw_path().len() + 16;
+    for (name, value) in req.headers.iter() {
+        head_len += name.as_str().len() + value.len() + 4;
+    }
+    if head_len > http1::MAX_HEAD || req.headers.len() > http1::MAX_HEADERS {
+        return Err(GatewayError::HeadTooLarge);
+    }
+    if !req.raw_path_is_utf8() || req.raw_path().contains(&b'#') {
         return Err(GatewayError::BadPath);
     }
-    let path = routing::canonical_path(req.uri.path()).map_err(|_| GatewayError::BadPath)?;
     let h1 = req.version != http::Version::HTTP_2;
+    if h1 && !req.raw_path().starts_with(b"/") {
+        // The URI holds only the path of an absolute-form target; the
+        // target's own bytes hold its scheme and authority.
+        let target = std::str::from_utf8(req.raw_path())
+            .ok()
+            .and_then(|t| t.parse::<http::Uri>().ok());
+        let authority = target.and_then(|t| match t.scheme_str() {
+            Some("http" | "https") => t.authority().cloned(),
+            _ => None,
+        });
+        let Some(authority) = authority else {
+            return Err(GatewayError::BadRequest);
+        };
+        let host = req.headers.get(http::header::HOST).map(|h| h.as_bytes());
+        match host {
+            Some(h) => {
+                let h = routing::normalize_host(std::str::from_utf8(h).unwrap_or(""));
+                if !h.eq_ignore_ascii_case(&routing::normalize_host(authority.as_str())) {
+                    return Err(GatewayError::AmbiguousRequest {
+                        reason: "its Host header and its target name different hosts",
+                    });
+                }
+            }
+            // HTTP/1.1 requires Host (RFC 9112 §3.2); HTTP/1.0 may leave
+            // it to the target.
+            None if req.version == http::Version::HTTP_11 => {
+                return Err(GatewayError::AmbiguousRequest {
+                    reason: "an HTTP/1.1 request needs a Host header",
+                });
+            }
+            None => {
+                let value = http::HeaderValue::from_str(authority.as_str())
+                    .map_err(|_| GatewayError::BadRequest)?;
+                req.insert_header(http::header::HOST, value)
+                    .map_err(|_| GatewayError::BadRequest)?;
+            }
+        }
+    }
+    let path = routing::canonical_path(req.uri.path()).map_err(|_| GatewayError::BadPath)?;
     // What goes on the wire when the target is left alone.
     let wire = req.raw_path();
     let same = matches!(path, std::borrow::Cow::Borrowed(_))
@@ -297,10 +347,14 @@ impl ProxyHttp for Gateway {
 
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
-        _response: &mut ResponseHeader,
+        session: &mut Session,
+        response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if let Err(e) = upstream::check_response_head(session.req_header(), response) {
+            ctx.error = Some(GatewayError::UpstreamFailed);
+            return Err(e);
+        }
         if let Some(t) = ctx.timings.attempt_start {
             ctx.timings.upstream_ttfb_us =
                 crate::ctx::micros_since(t).saturating_sub(ctx.timings.upstream_connect_us);
@@ -366,6 +420,11 @@ impl ProxyHttp for Gateway {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        // The whole body by the app's deadline, however slowly it comes.
+        if !end_of_stream && upstream::deadline_passed(ctx) {
+            ctx.error = Some(GatewayError::RequestTimeout);
+            return Error::e_explain(ErrorType::HTTPStatus(408), "request body too slow");
+        }
         if let Some(b) = body {
             ctx.body_bytes += b.len() as u64;
             if ctx.body_bytes > ctx.body_cap {

@@ -152,6 +152,49 @@ pub fn on_connect_failure(ctx: &mut RequestCtx, err: GatewayError) -> bool {
     ctx.attempts <= retries && !deadline_passed(ctx)
 }
 
+/// Refuse (502) an upstream response head a client could read in more than
+/// one way, or that answers what was not asked: a status outside
+/// 100..=599, `101` to a request without `Upgrade`, a `Content-Length`
+/// that is repeated or not a number. With `Transfer-Encoding`, the length
+/// is dropped (RFC 9112 §6.3).
+pub fn check_response_head(
+    req: &RequestHeader,
+    response: &mut pingora::http::ResponseHeader,
+) -> Result<()> {
+    let status = response.status.as_u16();
+    let upgrade_asked = req.headers.contains_key(http::header::UPGRADE);
+    let lengths = response.headers.get_all(http::header::CONTENT_LENGTH);
+    let mut count = 0;
+    let mut numeric = true;
+    for v in lengths.iter() {
+        count += 1;
+        let v = v.as_bytes().trim_ascii();
+        numeric &= !v.is_empty() && v.len() <= 19 && v.iter().all(u8::is_ascii_digit);
+    }
+    let refuse = |why: &'static str| {
+        Err(Error::create(
+            ErrorType::InvalidHTTPHeader,
+            pingora::ErrorSource::Upstream,
+            Some(why.into()),
+            None,
+        ))
+    };
+    if !(100..=599).contains(&status) || (status == 101 && !upgrade_asked) {
+        return refuse("an upstream status that was not asked for");
+    }
+    if response
+        .headers
+        .contains_key(http::header::TRANSFER_ENCODING)
+    {
+        if count > 0 {
+            response.remove_header(&http::header::CONTENT_LENGTH);
+        }
+    } else if count > 1 || !numeric {
+        return refuse("an upstream Content-Length that is repeated or not a number");
+    }
+    Ok(())
+}
+
 /// Has the app's total timeout run out?
 pub fn deadline_passed(ctx: &RequestCtx) -> bool {
     ctx.deadline.is_some_and(|d| Instant::now() >= d)

@@ -306,6 +306,9 @@ pub fn canonical_path(path: &str) -> Result<std::borrow::Cow<'_, str>, PathRefus
     if trailing_slash || out.is_empty() {
         out.push('/');
     }
+    if out == path {
+        return Ok(std::borrow::Cow::Borrowed(path));
+    }
     Ok(std::borrow::Cow::Owned(out))
 }
 
@@ -365,8 +368,7 @@ fn suspect(path: &[u8]) -> bool {
         let x = u64::from_le_bytes(chunk);
         let slashes = is(x, b'/');
         let after_slash = (slashes << 8) | slash_before;
-        if is(x, b'%') | is(x, b';') | is(x, b'\\') | ((is(x, b'.') | slashes) & after_slash) != 0
-        {
+        if is(x, b'%') | is(x, b';') | is(x, b'\\') | ((is(x, b'.') | slashes) & after_slash) != 0 {
             return true;
         }
         slash_before = slashes >> 56;

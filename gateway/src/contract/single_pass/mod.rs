@@ -542,7 +542,13 @@ impl SinglePass {
 /// of its applicator subschemas reach it again (through any keyword).
 fn rereads(nodes: &[Node]) -> bool {
     let children = |n: &Node| -> Vec<NodeId> {
-        let mut out: Vec<NodeId> = n.all_of.iter().chain(&n.any_of).chain(&n.one_of).copied().collect();
+        let mut out: Vec<NodeId> = n
+            .all_of
+            .iter()
+            .chain(&n.any_of)
+            .chain(&n.one_of)
+            .copied()
+            .collect();
         out.extend(n.not);
         out.extend(n.items);
         out.extend(n.additional);
@@ -568,7 +574,12 @@ fn rereads(nodes: &[Node]) -> bool {
     };
     nodes.iter().enumerate().any(|(i, n)| {
         let id = i as NodeId;
-        let branches = n.all_of.iter().chain(&n.any_of).chain(&n.one_of).chain(n.not.as_ref());
+        let branches = n
+            .all_of
+            .iter()
+            .chain(&n.any_of)
+            .chain(&n.one_of)
+            .chain(n.not.as_ref());
         branches.filter(|&&b| reaches(b, id)).count() >= 2
     })
 }

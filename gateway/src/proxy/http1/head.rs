@@ -101,7 +101,8 @@ pub fn parse_response(
         _ => return Err(BadResponse::Invalid),
     };
     let status = resp.code.ok_or(BadResponse::Invalid)?;
-    if status == 101 {
+    // 101 to a request that asked for no upgrade, or no HTTP status.
+    if status == 101 || !(100..=599).contains(&status) {
         return Err(BadResponse::Invalid);
     }
     // Lines copied as the upstream wrote them go out in runs: a run grows
@@ -399,7 +400,8 @@ mod tests {
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-A: 1\r\n"
         );
         for twice in [
-            &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
+            &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n"
+                [..],
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, chunked\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: ,chunked\r\n\r\n",
         ] {

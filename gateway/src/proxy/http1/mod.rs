@@ -20,6 +20,7 @@
 mod chunked;
 mod guard;
 mod head;
+pub use head::{MAX_HEAD, MAX_HEADERS};
 mod pool;
 mod request;
 
@@ -206,6 +207,7 @@ impl Engine {
                     Parsed::Lean(head) => break Ok(Some(head)),
                     Parsed::Pingora => break Ok(None),
                     Parsed::TooLarge => break Err(GatewayError::HeadTooLarge),
+                    Parsed::Refused(err) => break Err(err),
                     Parsed::Partial => {}
                 }
                 if buf.is_empty() {
@@ -716,32 +718,24 @@ async fn send(
             Ok(_) => return Err(failed(GatewayError::UpstreamFailed, ubuf.is_empty())),
             Err(_) => return Err(failed(GatewayError::UpstreamTimeout, ubuf.is_empty())),
         }
-        match head::parse_response(
-            ubuf,
-            head_request,
-            client_head,
-            own_rate_headers,
-            want_content,
-        ) {
-            // Interim responses (100, 103) are not relayed: drop and read on.
-            Ok(r) if (100..200).contains(&r.status) => {
-                ubuf.drain(..r.len);
-                if let Ok(r) = head::parse_response(
-                    ubuf,
-                    head_request,
-                    client_head,
-                    own_rate_headers,
-                    want_content,
-                ) {
-                    if !(100..200).contains(&r.status) {
-                        return Ok(r);
-                    }
+        // Interim responses (100, 103), however many, are not relayed:
+        // each is dropped and the next head read.
+        loop {
+            match head::parse_response(
+                ubuf,
+                head_request,
+                client_head,
+                own_rate_headers,
+                want_content,
+            ) {
+                Ok(r) if (100..200).contains(&r.status) => {
+                    ubuf.drain(..r.len);
                 }
-            }
-            Ok(r) => return Ok(r),
-            Err(head::BadResponse::Partial) => {}
-            Err(head::BadResponse::Invalid) => {
-                return Err(failed(GatewayError::UpstreamFailed, false))
+                Ok(r) => return Ok(r),
+                Err(head::BadResponse::Partial) => break,
+                Err(head::BadResponse::Invalid) => {
+                    return Err(failed(GatewayError::UpstreamFailed, false))
+                }
             }
         }
     }

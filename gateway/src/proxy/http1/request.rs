@@ -271,6 +271,9 @@ pub enum Parsed {
     Partial,
     /// Longer than [`MAX_HEAD`] or more than [`MAX_HEADERS`] lines (431).
     TooLarge,
+    /// Refused before any phase: malformed, or framed more than one way.
+    /// Nothing after it on the connection can be trusted.
+    Refused(crate::error::GatewayError),
     /// Valid or not, something Pingora's full HTTP stack handles (HTTP/1.0,
     /// chunked or large bodies, upgrades, `Expect`, CONNECT, targets other
     /// than a plain path, malformed heads).
@@ -330,8 +333,14 @@ pub fn parse_request(buf: &[u8], spare: &mut SpareHeaders) -> Parsed {
         Ok(httparse::Status::Complete(n)) if n <= MAX_HEAD => n,
         Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => return Parsed::Partial,
         Ok(_) | Err(httparse::Error::TooManyHeaders) => return Parsed::TooLarge,
-        Err(_) => return Parsed::Pingora,
+        Err(_) => return Parsed::Refused(crate::error::GatewayError::BadRequest),
     };
+    if let Some(refused) = framing_refusal(req.headers) {
+        return Parsed::Refused(refused);
+    }
+    if req.path.is_some_and(|t| t.contains('#')) {
+        return Parsed::Refused(crate::error::GatewayError::BadPath);
+    }
     if req.version != Some(1) {
         return Parsed::Pingora;
     }
@@ -375,11 +384,8 @@ pub fn parse_request(buf: &[u8], spare: &mut SpareHeaders) -> Parsed {
         }
         let kind = kind(h.name.as_bytes());
         match kind {
-            Kind::ContentLength => match (parse_content_length(h.value), content_length) {
-                (Some(n), None) => content_length = Some(n),
-                (Some(n), Some(m)) if n == m => {}
-                _ => return Parsed::Pingora,
-            },
+            // One plain length (checked by `framing_refusal`).
+            Kind::ContentLength => content_length = parse_content_length(h.value),
             Kind::Unsupported => return Parsed::Pingora,
             Kind::RequestId => has_request_id = true,
             Kind::Host => host = host.or(Some(value)),
@@ -433,6 +439,36 @@ pub fn parse_request(buf: &[u8], spare: &mut SpareHeaders) -> Parsed {
         has_request_id,
         has_connection,
     })
+}
+
+/// Whether the head's framing can be read more than one way (RFC 9112
+/// §6.3), for every engine behind this one, since Pingora would settle
+/// it silently: `Content-Length` beside `Transfer-Encoding`; a
+/// `Transfer-Encoding` other than one `chunked`; a `Content-Length` that is
+/// repeated (even with one value) or not plain digits.
+fn framing_refusal(headers: &[httparse::Header<'_>]) -> Option<crate::error::GatewayError> {
+    let (mut lengths, mut codings, mut plain) = (0u32, 0u32, true);
+    for h in headers {
+        match h.name.len() {
+            14 if h.name.eq_ignore_ascii_case("content-length") => {
+                lengths += 1;
+                plain &= parse_content_length(h.value).is_some();
+            }
+            17 if h.name.eq_ignore_ascii_case("transfer-encoding") => {
+                codings += 1;
+                plain &= h.value.trim_ascii().eq_ignore_ascii_case(b"chunked");
+            }
+            _ => {}
+        }
+    }
+    let reason = match (lengths, codings) {
+        _ if lengths > 0 && codings > 0 => "it has both Content-Length and Transfer-Encoding",
+        _ if lengths > 1 => "it has more than one Content-Length",
+        _ if codings > 1 => "it has more than one Transfer-Encoding",
+        _ if !plain => "its Content-Length or Transfer-Encoding is malformed",
+        _ => return None,
+    };
+    Some(crate::error::GatewayError::AmbiguousRequest { reason })
 }
 
 /// Headers named as connection options in the request's `Connection`
