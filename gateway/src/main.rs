@@ -191,6 +191,10 @@ struct ServeArgs {
     /// Seconds in-flight requests get to finish after SIGTERM.
     #[arg(long, default_value_t = 30, env = "GATEHOUSE_DRAIN_TIMEOUT")]
     drain_timeout: u64,
+    /// Seconds a client may take to send a whole request head (from its
+    /// first byte), and then its whole body; slower ones get 408.
+    #[arg(long, default_value_t = 30, env = "GATEHOUSE_CLIENT_TIMEOUT")]
+    client_timeout: u64,
     /// Do not watch the policy directory (SIGHUP still reloads).
     #[arg(long)]
     no_watch: bool,
@@ -635,6 +639,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         tls_key: args.tls_key,
         threads: args.threads,
         drain_timeout: Duration::from_secs(args.drain_timeout),
+        client_timeout: Duration::from_secs(args.client_timeout.max(1)),
         h2c: args.h2c,
         http1_engine: args.http1_engine,
         admin_principals: args.admin_principals,

@@ -59,6 +59,9 @@ pub struct ServeOptions {
     pub threads: usize,
     /// Longest time in-flight requests get to finish after SIGTERM.
     pub drain_timeout: Duration,
+    /// Longest time a client may take to send a whole request head, from
+    /// its first byte, and then a whole buffered body (408 after it).
+    pub client_timeout: Duration,
     /// Telemetry to ClickHouse (off when `None`).
     pub telemetry: Option<TelemetryOptions>,
     /// Accept cleartext HTTP/2 (prior knowledge) on the plain listener too.
@@ -233,8 +236,12 @@ pub fn run(opts: ServeOptions) -> anyhow::Result<()> {
         Http1Engine::Lean => {
             let mut fallback = pingora::proxy::http_proxy(&server.configuration, gateway());
             fallback.server_options = server_options;
-            let engine =
-                crate::proxy::http1::Engine::new(Arc::clone(&shared), telemetry.clone(), fallback);
+            let engine = crate::proxy::http1::Engine::new(
+                Arc::clone(&shared),
+                telemetry.clone(),
+                fallback,
+                opts.client_timeout,
+            );
             let mut lean =
                 pingora::services::listening::Service::new("gatehouse-http1".to_string(), engine);
             // The engine reads into and writes from its own buffers, so

@@ -573,7 +573,13 @@ struct EngineRun {
     failures: Vec<String>,
 }
 
-fn run_engine(engine: &str, requests: &[RequestCase], responses: &[ResponseCase]) -> EngineRun {
+/// The conformance estate in front of a new recording upstream and a
+/// scripted one serving `responses`, on `engine`, with `extra` arguments.
+fn start_estate(
+    engine: &str,
+    responses: &[ResponseCase],
+    extra: &[&str],
+) -> (Recorder, PolicyDir, Gateway) {
     let (recorder, upstream) = Recorder::start();
     let scripted = scripted_upstream(responses.to_vec());
     let template =
@@ -589,7 +595,14 @@ fn run_engine(engine: &str, requests: &[RequestCase], responses: &[ResponseCase]
         "schemas/order.json",
         &std::fs::read_to_string(corpus_dir().join("policy/schemas/order.json")).expect("schema"),
     );
-    let gw = Gateway::start(policies.path(), &["--http1-engine", engine, "--no-watch"]);
+    let mut args = vec!["--http1-engine", engine, "--no-watch"];
+    args.extend_from_slice(extra);
+    let gw = Gateway::start(policies.path(), &args);
+    (recorder, policies, gw)
+}
+
+fn run_engine(engine: &str, requests: &[RequestCase], responses: &[ResponseCase]) -> EngineRun {
+    let (recorder, _policies, gw) = start_estate(engine, responses, &[]);
     let mut failures = Vec::new();
     let mut outcomes = HashMap::new();
     // Each app's one /admin request of the hour, spent before the corpus.
@@ -838,4 +851,84 @@ fn the_app_reading_resolves_what_lenient_servers_resolve() {
     ] {
         assert_eq!(app_reads(target, insensitive), want, "{target}");
     }
+}
+
+/// The reported smuggling: `Connection: content-length` once made the lean
+/// engine drop the length and forward the body as a second request, whose
+/// answer went to the next client of the pooled upstream connection.
+/// Now refused on both engines; the next client, on another connection,
+/// gets its own answer and the app sees only that client's request.
+#[test]
+fn a_smuggled_request_reaches_neither_the_app_nor_another_client() {
+    for engine in ["lean", "pingora"] {
+        let (recorder, _policies, gw) = start_estate(engine, &[], &[]);
+        for smuggled in [
+            "GET /__sim/echo/smuggled HTTP/1.1\r\nHost: conf.test\r\nX-Sim-Delay-Ms: 300\r\n\r\n",
+            "POST /smuggled HTTP/1.1\r\nHost: conf.test\r\nContent-Length: 60\r\n\r\n",
+        ] {
+            let before = recorder.count();
+            let attack = format!(
+                "GET /workflows HTTP/1.1\r\nHost: conf.test\r\nConnection: content-length\r\nContent-Length: {}\r\n\r\n{smuggled}",
+                smuggled.len()
+            );
+            let mut attacker = TcpStream::connect(gw.addr).expect("connect");
+            let got = exchange(&mut attacker, attack.as_bytes(), 1, Duration::from_secs(5));
+            let statuses: Vec<u16> = got.responses.iter().map(|r| r.status).collect();
+            assert_eq!(statuses, vec![400], "{engine}: {smuggled:?}");
+            let mut victim = TcpStream::connect(gw.addr).expect("connect");
+            let got = exchange(
+                &mut victim,
+                b"GET /victim HTTP/1.1\r\nHost: conf.test\r\nCookie: session=victim\r\n\r\n",
+                1,
+                Duration::from_secs(5),
+            );
+            let answer = got.responses.first().expect("the victim's answer");
+            assert_eq!((answer.status, answer.body.as_slice()), (200, &b"ok"[..]), "{engine}");
+            std::thread::sleep(Duration::from_millis(50));
+            let seen = recorder.seen.lock().expect("seen").clone();
+            let targets: Vec<&str> = seen[before..].iter().map(|s| s.target.as_str()).collect();
+            assert_eq!(targets, vec!["/victim"], "{engine}: what the app got");
+        }
+        let violations = recorder.violations.lock().expect("violations").clone();
+        assert!(violations.is_empty(), "{engine}: {violations:?}");
+    }
+}
+
+/// A head or a body sent a byte at a time is cut off at the client
+/// deadline as a whole (408), not allowed a fresh timeout per read. The
+/// lean engine reads every head on the plain listener, also those it
+/// hands to Pingora's.
+#[test]
+fn a_slow_head_or_body_gets_408_at_the_whole_message_deadline() {
+    let (recorder, _policies, gw) = start_estate("lean", &[], &["--client-timeout", "2"]);
+    for (first, trickle) in [
+        ("GET / HTTP/1.1\r\nHost: conf.test\r\nX-Slow: ", "a"),
+        ("POST / HTTP/1.1\r\nHost: conf.test\r\nContent-Length: 100\r\n\r\n", "b"),
+    ] {
+        let mut conn = TcpStream::connect(gw.addr).expect("connect");
+        conn.write_all(first.as_bytes()).expect("write");
+        let started = Instant::now();
+        let mut reply = Vec::new();
+        conn.set_read_timeout(Some(Duration::from_millis(300))).expect("timeout");
+        // One byte every 300 ms: each read is quick, the whole is not.
+        while started.elapsed() < Duration::from_secs(8) {
+            if conn.write_all(trickle.as_bytes()).is_err() {
+                break;
+            }
+            let mut chunk = [0u8; 4096];
+            match conn.read(&mut chunk) {
+                Ok(0) => break,
+                Ok(n) => reply.extend_from_slice(&chunk[..n]),
+                Err(_) => {}
+            }
+        }
+        let took = started.elapsed();
+        let text = String::from_utf8_lossy(&reply).to_string();
+        assert!(text.starts_with("HTTP/1.1 408"), "{first:?}: {text:?}");
+        assert!(
+            took < Duration::from_secs(5),
+            "{first:?}: cut off after {took:?}"
+        );
+    }
+    assert_eq!(recorder.count(), 0, "nothing incomplete reached the app");
 }

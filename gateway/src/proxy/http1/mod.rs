@@ -54,9 +54,6 @@ use request::{Parsed, Request, RequestHead, SpareHeaders};
 
 /// How long an idle keep-alive connection waits for its next request.
 const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
-/// How long a client may take to send a whole head, from its first byte,
-/// and then its whole body (slow senders get 408, whatever their pace).
-const CLIENT_READ: Duration = Duration::from_secs(30);
 /// How long a client may take to accept response bytes.
 const CLIENT_WRITE: Duration = Duration::from_secs(30);
 /// The HTTP/2 connection preface's first bytes (h2c prior knowledge).
@@ -78,6 +75,10 @@ pub struct Engine {
     telemetry: Option<crate::telemetry::Telemetry>,
     instance: Arc<str>,
     pingora: Arc<HttpProxy<Gateway>>,
+    /// How long a client may take to send a whole head, from its first
+    /// byte, and then its whole body (slow senders get 408, whatever their
+    /// pace).
+    client_read: Duration,
 }
 
 impl std::fmt::Debug for Engine {
@@ -93,6 +94,7 @@ impl Engine {
         shared: Arc<Shared>,
         telemetry: Option<(crate::telemetry::Telemetry, String)>,
         pingora: HttpProxy<Gateway>,
+        client_read: Duration,
     ) -> Self {
         let (telemetry, instance) = match telemetry {
             Some((t, i)) => (Some(t), Arc::from(i)),
@@ -103,6 +105,7 @@ impl Engine {
             telemetry,
             instance,
             pingora: Arc::new(pingora),
+            client_read,
         }
     }
 }
@@ -216,7 +219,7 @@ impl Engine {
                     tokio::select! {
                         biased;
                         read = read_more(&mut client, &mut buf) => match read {
-                            Ok(n) if n > 0 => head_by = Some(Instant::now() + CLIENT_READ),
+                            Ok(n) if n > 0 => head_by = Some(Instant::now() + self.client_read),
                             _ => return,
                         },
                         () = &mut idle => {
@@ -229,7 +232,7 @@ impl Engine {
                     }
                 } else {
                     // The whole head by one deadline, not one per read.
-                    let by = *head_by.get_or_insert_with(|| Instant::now() + CLIENT_READ);
+                    let by = *head_by.get_or_insert_with(|| Instant::now() + self.client_read);
                     match bufs
                         .client_io
                         .until(by, read_more(&mut client, &mut buf))
@@ -292,7 +295,7 @@ impl Engine {
     ) -> (Next, Instant) {
         let message_len = head.len + head.content_length as usize;
         // The whole body by one deadline, not one per read.
-        let body_by = Instant::now() + CLIENT_READ;
+        let body_by = Instant::now() + self.client_read;
         while buf.len() < message_len {
             match bufs.client_io.until(body_by, read_more(client, buf)).await {
                 Ok(Ok(n)) if n > 0 => {}

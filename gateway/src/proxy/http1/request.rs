@@ -666,16 +666,10 @@ mod tests {
             b"GET / HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
             b"POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n",
             b"POST / HTTP/1.1\r\nContent-Length: 999999\r\n\r\n",
-            b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
-            b"POST / HTTP/1.1\r\nContent-Length: +1\r\n\r\nx",
-            b"POST / HTTP/1.1\r\nContent-Length: 0x1\r\n\r\nx",
-            b"POST / HTTP/1.1\r\nContent-Length: \r\n\r\n",
-            b"GET / HTTP/1.1\r\nBad Header: x\r\n\r\n",
             b"CONNECT a:443 HTTP/1.1\r\n\r\n",
             // Targets other than a plain path.
             b"GET http://x/a HTTP/1.1\r\nHost: x\r\n\r\n",
             b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n",
-            b"GET /a#f HTTP/1.1\r\nHost: x\r\n\r\n",
             b"GET /a<b HTTP/1.1\r\nHost: x\r\n\r\n",
             b"GET /a?b=\"c\" HTTP/1.1\r\nHost: x\r\n\r\n",
             // A header value that is not UTF-8 (obsolete text).
@@ -691,6 +685,37 @@ mod tests {
             );
         }
         assert!(lean(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n").close);
+        // Framed two ways, malformed, or a fragment: refused here, before
+        // Pingora's parser could settle it silently.
+        for refused in [
+            &b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"[..],
+            b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx",
+            b"POST / HTTP/1.1\r\nContent-Length: +1\r\n\r\nx",
+            b"POST / HTTP/1.1\r\nContent-Length: 0x1\r\n\r\nx",
+            b"POST / HTTP/1.1\r\nContent-Length: \r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nG",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            b"GET / HTTP/1.1\r\nBad Header: x\r\n\r\n",
+            b"GET /a b HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET /a#f HTTP/1.1\r\nHost: x\r\n\r\n",
+        ] {
+            assert!(
+                matches!(
+                    parse_request(refused, &mut SpareHeaders::default()),
+                    Parsed::Refused(_)
+                ),
+                "{}",
+                String::from_utf8_lossy(refused)
+            );
+        }
+        assert!(matches!(
+            parse_request(
+                &[b"GET / HTTP/1.1\r\nX: ".as_slice(), &[b'a'; MAX_HEAD], b"\r\n\r\n"].concat(),
+                &mut SpareHeaders::default()
+            ),
+            Parsed::TooLarge
+        ));
     }
 
     /// A connection's header list is reused: the next head holds only its
