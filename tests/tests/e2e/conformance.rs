@@ -883,7 +883,11 @@ fn a_smuggled_request_reaches_neither_the_app_nor_another_client() {
                 Duration::from_secs(5),
             );
             let answer = got.responses.first().expect("the victim's answer");
-            assert_eq!((answer.status, answer.body.as_slice()), (200, &b"ok"[..]), "{engine}");
+            assert_eq!(
+                (answer.status, answer.body.as_slice()),
+                (200, &b"ok"[..]),
+                "{engine}"
+            );
             std::thread::sleep(Duration::from_millis(50));
             let seen = recorder.seen.lock().expect("seen").clone();
             let targets: Vec<&str> = seen[before..].iter().map(|s| s.target.as_str()).collect();
@@ -903,13 +907,17 @@ fn a_slow_head_or_body_gets_408_at_the_whole_message_deadline() {
     let (recorder, _policies, gw) = start_estate("lean", &[], &["--client-timeout", "2"]);
     for (first, trickle) in [
         ("GET / HTTP/1.1\r\nHost: conf.test\r\nX-Slow: ", "a"),
-        ("POST / HTTP/1.1\r\nHost: conf.test\r\nContent-Length: 100\r\n\r\n", "b"),
+        (
+            "POST / HTTP/1.1\r\nHost: conf.test\r\nContent-Length: 100\r\n\r\n",
+            "b",
+        ),
     ] {
         let mut conn = TcpStream::connect(gw.addr).expect("connect");
         conn.write_all(first.as_bytes()).expect("write");
         let started = Instant::now();
         let mut reply = Vec::new();
-        conn.set_read_timeout(Some(Duration::from_millis(300))).expect("timeout");
+        conn.set_read_timeout(Some(Duration::from_millis(300)))
+            .expect("timeout");
         // One byte every 300 ms: each read is quick, the whole is not.
         while started.elapsed() < Duration::from_secs(8) {
             if conn.write_all(trickle.as_bytes()).is_err() {

@@ -108,11 +108,25 @@ async fn requests_reach_the_right_app_and_problems_are_precise() {
     // None of the refused requests reached the upstream.
     assert_eq!(sim.requests(0), 1);
 
-    // Dot segments, plain or encoded, never reach an upstream.
+    // Dot segments, plain or encoded, are resolved before routing: the
+    // path they name is the one judged (here: no such route).
     for path in [
         "/rest/orders/v1/orders/../../admin",
         "/rest/orders/v1/%2e%2e/x",
+    ] {
+        let resp = raw_http(
+            gw.addr,
+            format!("GET {path} HTTP/1.1\r\nHost: orders.test\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        );
+        assert!(resp.starts_with("HTTP/1.1 404"), "{path}: {resp}");
+    }
+    // Forms apps read in more than one way are refused.
+    for path in [
         "/rest/orders/v1/orders/a%2Fb",
+        "/rest/orders/v1/orders/a%5Cb",
+        "/rest/orders/v1/orders;x",
+        "/rest/../..",
     ] {
         let resp = raw_http(
             gw.addr,

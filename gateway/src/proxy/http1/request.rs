@@ -711,7 +711,12 @@ mod tests {
         }
         assert!(matches!(
             parse_request(
-                &[b"GET / HTTP/1.1\r\nX: ".as_slice(), &[b'a'; MAX_HEAD], b"\r\n\r\n"].concat(),
+                &[
+                    b"GET / HTTP/1.1\r\nX: ".as_slice(),
+                    &[b'a'; MAX_HEAD],
+                    b"\r\n\r\n"
+                ]
+                .concat(),
                 &mut SpareHeaders::default()
             ),
             Parsed::TooLarge
