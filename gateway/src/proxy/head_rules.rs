@@ -182,15 +182,12 @@ fn each_connection_option(req: &impl RequestView, f: &mut dyn FnMut(&[u8])) {
             {
                 continue;
             }
-            let mut lower = [0u8; 32];
-            match lower.get_mut(..token.len()) {
-                Some(out) => {
-                    out.copy_from_slice(token);
-                    out.make_ascii_lowercase();
-                    f(out);
-                }
-                // Longer than any header the gateway protects.
-                None => {}
+            // A longer token names no header the gateway protects.
+            let mut lower = [0u8; 64];
+            if let Some(out) = lower.get_mut(..token.len()) {
+                out.copy_from_slice(token);
+                out.make_ascii_lowercase();
+                f(out);
             }
         }
     });

@@ -22,7 +22,7 @@ mod access;
 mod contract;
 pub mod failure_log;
 mod forward;
-mod head_rules;
+pub(crate) mod head_rules;
 pub mod http1;
 mod log;
 mod respond;

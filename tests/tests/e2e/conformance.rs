@@ -473,7 +473,8 @@ struct Exchange {
 }
 
 /// Send `bytes` on `conn` and read until `want` responses came and a
-/// short while passed with nothing more, the gateway closed, or `within`.
+/// short while passed with nothing more, the gateway closed, or `within`
+/// (`want` = `usize::MAX`: until a quiet spell of 300 ms).
 fn exchange(conn: &mut TcpStream, bytes: &[u8], want: usize, within: Duration) -> Exchange {
     let _ = conn.write_all(bytes);
     let mut buf = Vec::new();
@@ -508,6 +509,12 @@ fn exchange(conn: &mut TcpStream, bytes: &[u8], want: usize, within: Duration) -
             // A little longer, for a surplus response.
             let since = *quiet_since.get_or_insert_with(Instant::now);
             if since.elapsed() > Duration::from_millis(100) {
+                break;
+            }
+        } else if want == usize::MAX {
+            // As many as come: until a quiet spell.
+            let since = *quiet_since.get_or_insert_with(Instant::now);
+            if since.elapsed() > Duration::from_millis(300) {
                 break;
             }
         }
@@ -939,4 +946,115 @@ fn a_slow_head_or_body_gets_408_at_the_whole_message_deadline() {
         );
     }
     assert_eq!(recorder.count(), 0, "nothing incomplete reached the app");
+}
+
+/// Bytes an attacker reaches for.
+const SPICE: &[u8] = b"\r\n\0 \t:,;%/.\\#?0123456789abcdefABCDEF\x0b\x7f\xff";
+
+/// Apply `(position, byte, kind)` edits to a corpus request: replace,
+/// insert, delete, or repeat the line around the position.
+fn mutate(mut bytes: Vec<u8>, edits: &[(usize, usize, u8)]) -> Vec<u8> {
+    for &(at, pick, kind) in edits {
+        if bytes.is_empty() {
+            break;
+        }
+        let at = at % bytes.len();
+        let b = SPICE[pick % SPICE.len()];
+        match kind % 4 {
+            0 => bytes[at] = b,
+            1 => bytes.insert(at, b),
+            2 => {
+                bytes.remove(at);
+            }
+            _ => {
+                let start = bytes[..at]
+                    .iter()
+                    .rposition(|&c| c == b'\n')
+                    .map_or(0, |i| i + 1);
+                let end = bytes[at..]
+                    .iter()
+                    .position(|&c| c == b'\n')
+                    .map_or(bytes.len(), |i| at + i + 1);
+                let line = bytes[start..end].to_vec();
+                bytes.splice(end..end, line);
+            }
+        }
+    }
+    bytes
+}
+
+/// Mutants of the corpus against both engines (a smoke run: the number
+/// of cases is `CONFORMANCE_FUZZ_CASES`, default 300 per engine;
+/// `scripts/fuzz.sh` runs it long). Whatever the gateway makes of them,
+/// the app gets only unambiguous requests, no more than the client was
+/// answered from it, at most one /admin, and never an API key; the
+/// client only well-formed responses.
+#[test]
+fn mutated_requests_keep_every_invariant() {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
+    let cases: u32 = std::env::var("CONFORMANCE_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300);
+    let corpus: Vec<Vec<u8>> = request_cases().into_iter().map(|c| c.bytes).collect();
+    std::thread::scope(|scope| {
+        for engine in ["lean", "pingora"] {
+            let corpus = &corpus;
+            scope.spawn(move || {
+                let (recorder, _policies, gw) = start_estate(engine, &[], &[]);
+                for host in ["conf.test", "iis.test"] {
+                    let got = try_http_get(gw.addr, "/admin", host).map(|r| r.0);
+                    assert_eq!(got, Some(200), "{engine}: the first GET /admin on {host}");
+                }
+                let mut runner = TestRunner::new(Config::with_cases(cases));
+                let strategy = (
+                    any::<usize>(),
+                    proptest::collection::vec((any::<usize>(), any::<usize>(), any::<u8>()), 1..5),
+                );
+                let result = runner.run(&strategy, |(seed, edits)| {
+                    let bytes = mutate(corpus[seed % corpus.len()].clone(), &edits);
+                    let before = recorder.count();
+                    let mut conn = TcpStream::connect(gw.addr).expect("connect");
+                    // Until the gateway closes, or a short quiet spell.
+                    let got = exchange(&mut conn, &bytes, usize::MAX, Duration::from_secs(3));
+                    drop(conn);
+                    std::thread::sleep(Duration::from_millis(20));
+                    let forwarded = recorder.count() - before;
+                    let from_app = got
+                        .responses
+                        .iter()
+                        .filter(|r| r.headers.iter().any(|(k, _)| k == "x-recorder"))
+                        .count();
+                    let shown = String::from_utf8_lossy(&bytes).to_string();
+                    prop_assert!(got.error.is_none(), "{engine}: {:?} for {shown:?}", got.error);
+                    prop_assert!(
+                        forwarded <= from_app,
+                        "{engine}: the app got {forwarded}, the client {from_app} answers from it, for {shown:?}"
+                    );
+                    let violations = recorder.violations.lock().map(|v| v.clone()).unwrap_or_default();
+                    prop_assert!(violations.is_empty(), "{engine}: {violations:?} after {shown:?}");
+                    Ok(())
+                });
+                if let Err(e) = result {
+                    panic!("{engine}: {e}");
+                }
+                let seen = recorder.seen.lock().map(|s| s.clone()).unwrap_or_default();
+                for (host, insensitive) in [("conf.test", false), ("iis.test", true)] {
+                    let admin = seen
+                        .iter()
+                        .filter(|s| normalize_host(&s.host) == host)
+                        .filter(|s| app_reads(&s.target, insensitive) == "/admin")
+                        .count();
+                    assert!(admin <= 1, "{engine}: /admin read {admin} times on {host}");
+                }
+                for s in seen.iter().filter(|s| normalize_host(&s.host) == "keys.test") {
+                    assert!(
+                        !s.headers.iter().any(|(k, _)| k == "x-api-key"),
+                        "{engine}: a key header reached the app"
+                    );
+                }
+            });
+        }
+    });
 }

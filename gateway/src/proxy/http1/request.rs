@@ -834,3 +834,152 @@ apps:
         );
     }
 }
+
+/// Byte-level mutation of the conformance corpus (`tests/conformance`)
+/// through the lean engine's parser and upstream writer, with an
+/// independent reading (`httparse`, and framing read here) of what would
+/// reach the app as the oracle. `PROPTEST_CASES` sets the run's length
+/// (`scripts/fuzz.sh` runs it long).
+#[cfg(test)]
+mod mutation {
+    use std::sync::{Arc, OnceLock};
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::policy::{compile, SourceFile};
+    use crate::runtime::Shared;
+
+    /// The corpus requests, as bytes.
+    fn corpus() -> &'static [Vec<u8>] {
+        static CORPUS: OnceLock<Vec<Vec<u8>>> = OnceLock::new();
+        CORPUS.get_or_init(|| {
+            let text = include_str!("../../../../tests/conformance/requests.json");
+            let cases: Vec<serde_json::Value> = serde_json::from_str(text).unwrap_or_default();
+            cases
+                .iter()
+                .filter_map(|c| c["request"].as_str())
+                .map(|r| r.chars().map(|c| c as u32 as u8).collect())
+                .collect()
+        })
+    }
+
+    /// Bytes an attacker reaches for.
+    const SPICE: &[u8] = b"\r\n\0 \t:,;%/.\\#?0123456789abcdefABCDEF\x0b\x7f\xff";
+
+    /// Apply `(position, byte, kind)` edits: replace, insert, delete, or
+    /// repeat the line around the position.
+    fn mutate(mut bytes: Vec<u8>, edits: &[(usize, usize, u8)]) -> Vec<u8> {
+        for &(at, pick, kind) in edits {
+            if bytes.is_empty() {
+                break;
+            }
+            let at = at % bytes.len();
+            let b = SPICE[pick % SPICE.len()];
+            match kind % 4 {
+                0 => bytes[at] = b,
+                1 => bytes.insert(at, b),
+                2 => {
+                    bytes.remove(at);
+                }
+                _ => {
+                    let start = bytes[..at]
+                        .iter()
+                        .rposition(|&c| c == b'\n')
+                        .map_or(0, |i| i + 1);
+                    let end = bytes[at..]
+                        .iter()
+                        .position(|&c| c == b'\n')
+                        .map_or(bytes.len(), |i| at + i + 1);
+                    let line = bytes[start..end].to_vec();
+                    bytes.splice(end..end, line);
+                }
+            }
+        }
+        bytes
+    }
+
+    fn shared() -> &'static Arc<Shared> {
+        static SHARED: OnceLock<Arc<Shared>> = OnceLock::new();
+        SHARED.get_or_init(|| {
+            let policy = "version: 1\napps:\n  - name: keys\n    owner: o\n    hosts: [conf.test]\n    passthrough: true\n    upstream: { instances: [\"http://127.0.0.1:1\"] }\n    auth: { mode: optional, api_key: { header: x-api-key, query: api_key } }\n";
+            let bundle = compile(&[SourceFile {
+                path: "t.yaml".into(),
+                text: policy.into(),
+            }])
+            .unwrap_or_else(|e| panic!("{e}"));
+            Arc::new(Shared::new(bundle, "test".into(), None))
+        })
+    }
+
+    proptest! {
+        // A few thousand mutants in each test run (a second); set
+        // PROPTEST_CASES for a long run.
+        #![proptest_config(ProptestConfig {
+            cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(4096),
+            ..ProptestConfig::default()
+        })]
+
+        /// Whatever the lean engine admits and writes upstream is one
+        /// request, read by an independent parser exactly as judged: the
+        /// method, the canonical path and the query, one `Host` (the one
+        /// judged), one length equal to the body it carries and no
+        /// `Transfer-Encoding`, no API key, and no bytes after it.
+        #[test]
+        fn what_the_lean_engine_forwards_is_what_it_judged(
+            seed in any::<usize>(),
+            edits in proptest::collection::vec((any::<usize>(), any::<usize>(), any::<u8>()), 0..6),
+        ) {
+            let all = corpus();
+            prop_assume!(!all.is_empty());
+            let bytes = mutate(all[seed % all.len()].clone(), &edits);
+            let Parsed::Lean(head) = parse_request(&bytes, &mut SpareHeaders::default()) else {
+                return Ok(());
+            };
+            let body_end = head.len + head.content_length as usize;
+            prop_assume!(bytes.len() >= body_end);
+            let Ok(path) = crate::routing::canonical_path(head.path()) else {
+                return Ok(());
+            };
+            let req = head.view(&bytes, &path);
+            if crate::proxy::head_rules::check_head(&req).is_err() {
+                return Ok(());
+            }
+            let active = shared().active();
+            let app = &active.bundle.apps[0];
+            let mut ctx = RequestCtx::new(shared().enter());
+            ctx.request_id.push_str("rid");
+            let mut out = Vec::new();
+            write_upstream_head(&mut out, &req, &ctx, app);
+            out.extend_from_slice(req.body());
+
+            let mut headers = [httparse::EMPTY_HEADER; 128];
+            let mut up = httparse::Request::new(&mut headers);
+            let n = match up.parse(&out) {
+                Ok(httparse::Status::Complete(n)) => n,
+                other => return Err(TestCaseError::fail(format!("unreadable upstream head {other:?}: {:?}", String::from_utf8_lossy(&out)))),
+            };
+            prop_assert_eq!(up.method, Some(req.method().as_str()));
+            let target = up.path.unwrap_or_default();
+            let (up_path, up_query) = target.split_once('?').map_or((target, None), |(p, q)| (p, Some(q)));
+            prop_assert_eq!(up_path, path.as_ref());
+            prop_assert!(crate::routing::canonical_path(up_path).is_ok_and(|p| p == up_path));
+            let named = |name: &str| up.headers.iter().filter(|h| h.name.eq_ignore_ascii_case(name)).collect::<Vec<_>>();
+            let hosts = named("host");
+            prop_assert!(hosts.len() <= 1, "{} Host lines", hosts.len());
+            if let Some(h) = hosts.first() {
+                prop_assert_eq!(h.value, req.host().as_bytes());
+            }
+            prop_assert!(named("transfer-encoding").is_empty());
+            prop_assert!(named("x-api-key").is_empty());
+            if let Some(q) = up_query {
+                prop_assert!(crate::contract::params::query_values(Some(q), "api_key").is_empty());
+            }
+            let lengths = named("content-length");
+            prop_assert!(lengths.len() <= 1);
+            let declared = lengths.first().map_or(0, |h| std::str::from_utf8(h.value).ok().and_then(|v| v.parse::<usize>().ok()).unwrap_or(usize::MAX));
+            prop_assert_eq!(declared, out.len() - n, "the length written is the body carried");
+            prop_assert_eq!(declared, req.body().len());
+        }
+    }
+}
