@@ -593,3 +593,42 @@ fn integers_beyond_two_to_the_53_are_compared_exactly() {
         assert_eq!(program.check(doc.as_bytes()), expected, "{schema} on {doc}");
     }
 }
+
+/// A schema whose applicator's branches recurse to the root (`$ref: #`):
+/// the shape that made re-reading exponential.
+fn recursive_schema() -> impl Strategy<Value = Value> {
+    let branch = prop_oneof![
+        Just(json!({"type": "array", "items": {"$ref": "#"}})),
+        (0u64..3).prop_map(|n| json!({"type": "array", "items": {"$ref": "#"}, "maxItems": n})),
+        Just(json!({"type": "object", "properties": {"a": {"$ref": "#"}}})),
+        Just(json!({"type": "object", "properties": {"a": {"$ref": "#"}}, "maxProperties": 0})),
+        Just(json!({"type": "integer"})),
+        Just(json!({"type": "string", "maxLength": 2})),
+        Just(json!({"not": {"type": "null"}})),
+    ];
+    (
+        prop::sample::select(vec!["anyOf", "oneOf", "allOf"]),
+        prop::collection::vec(branch, 2..4),
+    )
+        .prop_map(|(applicator, branches)| json!({ applicator: branches }))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1000))]
+    /// Over recursive applicators, the program (which judges each value
+    /// against each node once) agrees with `jsonschema` (which re-reads),
+    /// and says when `jsonschema` would re-read exponentially.
+    #[test]
+    fn recursive_applicators_agree_with_jsonschema(schema in recursive_schema(), doc in document()) {
+        let (program, validator) = both(&schema);
+        let Some(program) = program else {
+            return Err(TestCaseError::fail(format!("{schema} does not compile")));
+        };
+        let text = serde_json::to_string(&doc).expect("json");
+        let expected = if validator.is_valid(&doc) { Check::Valid } else { Check::Invalid };
+        prop_assert_eq!(program.check(text.as_bytes()), expected, "{} on {}", schema, text);
+        let branches = schema.as_object().and_then(|o| o.values().next()).and_then(Value::as_array).cloned().unwrap_or_default();
+        let recursing = branches.iter().filter(|b| b.to_string().contains("$ref")).count();
+        prop_assert_eq!(program.rereads(), recursing >= 2, "{}", schema);
+    }
+}
