@@ -306,6 +306,13 @@ pub fn canonical_path(path: &str) -> Result<std::borrow::Cow<'_, str>, PathRefus
     if trailing_slash || out.is_empty() {
         out.push('/');
     }
+    // Decoding may have made a double encoding (`%25%34%31` is `%2541`).
+    let b = out.as_bytes();
+    if (0..b.len().saturating_sub(4)).any(|i| {
+        &b[i..i + 3] == b"%25" && hex(b[i + 3]).is_some() && hex(b[i + 4]).is_some()
+    }) {
+        return Err(PathRefused);
+    }
     if out == path {
         return Ok(std::borrow::Cow::Borrowed(path));
     }

@@ -614,7 +614,10 @@ fn recursive_schema() -> impl Strategy<Value = Value> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(1000))]
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(1000),
+        ..ProptestConfig::default()
+    })]
     /// Over recursive applicators, the program (which judges each value
     /// against each node once) agrees with `jsonschema` (which re-reads),
     /// and says when `jsonschema` would re-read exponentially.
