@@ -32,12 +32,17 @@
 # scripts/build-pgo.sh, and a "full, no PGO" row runs the plain release build
 # of the same commit beside it, so the run shows what PGO changes.
 #
+# With --baseline BIN (a gatehouse binary of another commit, e.g. the one
+# before a change) "passthrough, before" and "full, before" rows run BIN
+# beside the current build in every round: a same-run A/B of a change.
+#
 # Usage: loadtest/bench.sh [--rounds N] [--duration 10s] [--connections 64]
 #                          [--proxy-quota PCT] [--open-rounds N] [--pgo]
+#                          [--baseline BIN]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-rounds=3; duration=10s; connections=64; consumers=1000; quota=""; open_rounds=3; pgo=0
+rounds=3; duration=10s; connections=64; consumers=1000; quota=""; open_rounds=3; pgo=0; baseline=
 while [ $# -gt 0 ]; do
   case "$1" in
     --rounds) rounds=$2; shift 2 ;;
@@ -47,6 +52,7 @@ while [ $# -gt 0 ]; do
     --proxy-quota) quota=$2; shift 2 ;;
     --open-rounds) open_rounds=$2; shift 2 ;;
     --pgo) pgo=1; shift ;;
+    --baseline) baseline=$2; shift 2 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -66,6 +72,7 @@ rm -rf "$work"; mkdir -p "$work"
 sim_port=19101; nginx_port=19201; nginx_h2_port=19211; pass_port=19301; pass_h2_port=19311
 full_port=19401; admin_a=19302; admin_b=19402; admin_c=19312; ceiling_port=19501
 nopgo_port=19411; admin_d=19412
+base_pass_port=19421; admin_e=19422; base_full_port=19431; admin_f=19432
 
 pids=()
 cleanup() {
@@ -118,6 +125,20 @@ if [ "$pgo" = 1 ]; then
   nopgo_pid=$!; pids+=($nopgo_pid)
   for _ in $(seq 1 100); do curl -fsS "http://127.0.0.1:$admin_d/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
 fi
+# With --baseline: the other build in passthrough and full mode, beside.
+base_pass_pid=""; base_full_pid=""
+if [ -n "$baseline" ]; then
+  taskset -c 0 "$baseline" serve --policies loadtest/bench/passthrough --listen "127.0.0.1:$base_pass_port" \
+    --admin-listen "127.0.0.1:$admin_e" --threads 1 --no-watch 2> "$work/gatehouse-passthrough-base.log" &
+  base_pass_pid=$!; pids+=($base_pass_pid)
+  taskset -c 0 "$baseline" serve --policies "$work/full-policies" --listen "127.0.0.1:$base_full_port" \
+    --admin-listen "127.0.0.1:$admin_f" --threads 1 --no-watch \
+    --clickhouse http://127.0.0.1:19123 --spool-dir "$work/spool-base" 2> "$work/gatehouse-full-base.log" &
+  base_full_pid=$!; pids+=($base_full_pid)
+  for port in $admin_e $admin_f; do
+    for _ in $(seq 1 100); do curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
+  done
+fi
 sleep 1
 nginx_pid=$(pgrep -f "nginx: worker process" | head -1)
 sim_pid=${pids[0]}
@@ -132,7 +153,7 @@ if [ -n "$quota" ]; then
     mkdir -p "$cg" || { echo "--proxy-quota needs a writable cgroup CPU controller" >&2; exit 1; }
     echo "$period" > "$cg/cpu.cfs_period_us"; echo "$limit" > "$cg/cpu.cfs_quota_us"; tasks="$cg/tasks"
   fi
-  for p in $(cat "$work/nginx.pid" 2>/dev/null) $(pgrep -f "nginx: worker process") "$ceiling_pid" "$pass_pid" "$pass_h2_pid" "$full_pid" $nopgo_pid; do
+  for p in $(cat "$work/nginx.pid" 2>/dev/null) $(pgrep -f "nginx: worker process") "$ceiling_pid" "$pass_pid" "$pass_h2_pid" "$full_pid" $nopgo_pid $base_pass_pid $base_full_pid; do
     for t in /proc/"$p"/task/*; do echo "${t##*/}" > "$tasks"; done
   done
   echo "proxies limited to $quota % of CPU 0 ($cg)"
@@ -174,7 +195,11 @@ for round in $(seq 1 "$rounds"); do
     run "nginx-$mix" $nginx_port "$nginx_pid" "$plain" "$round"
     run "ceiling-$mix" $ceiling_port "$ceiling_pid" "$plain" "$round"
     run "passthrough-$mix" $pass_port "$pass_pid" "$plain" "$round"
+    [ -n "$base_pass_pid" ] && run "passthroughbase-$mix" $base_pass_port "$base_pass_pid" "$plain" "$round"
     [ "$mix" = order ] && run "full-$mix" $full_port "$full_pid" "$keyed" "$round"
+    if [ "$mix" = order ] && [ -n "$base_full_pid" ]; then
+      run "fullbase-$mix" $base_full_port "$base_full_pid" "$keyed" "$round"
+    fi
     if [ "$mix" = order ] && [ -n "$nopgo_pid" ]; then
       run "fullnopgo-$mix" $nopgo_port "$nopgo_pid" "$keyed" "$round"
     fi
@@ -208,7 +233,7 @@ for round in $(seq 1 "$open_rounds"); do
   run open-full-order $full_port "$full_pid" loadtest/scenarios/order-1kb.yaml "$round" --mode open --rate "$half"
 done
 
-python3 loadtest/summarize.py "$work" "$rounds" "$(nproc)" "$duration" "$connections" "$consumers" "$quota" "$open_rounds" "$pgo" > "$work/summary.md"
+python3 loadtest/summarize.py "$work" "$rounds" "$(nproc)" "$duration" "$connections" "$consumers" "$quota" "$open_rounds" "$pgo" "$baseline" > "$work/summary.md"
 # The full gateway's telemetry over the whole run: every event should be inserted, none dropped.
 sleep 2
 curl -fsS "http://127.0.0.1:$admin_b/metrics" | awk -F'[{}"]' '/^gatehouse_telemetry_events_total/ {split($0, v, " "); printf "%s %s, ", $3, v[2]}' \

@@ -5,9 +5,10 @@ work, rounds, cpus, duration, connections, consumers = sys.argv[1], int(sys.argv
 quota = int(sys.argv[7]) if len(sys.argv) > 7 and sys.argv[7] else 0
 open_rounds = int(sys.argv[8]) if len(sys.argv) > 8 else 1
 pgo = len(sys.argv) > 9 and sys.argv[9] == "1"
+baseline = sys.argv[10] if len(sys.argv) > 10 else ""
 tick = os.sysconf("SC_CLK_TCK")
-labels = ["direct-get", "nginx-get", "ceiling-get", "passthrough-get", "direct-order", "nginx-order", "ceiling-order",
-          "passthrough-order", "full-order", "fullnopgo-order",
+labels = ["direct-get", "nginx-get", "ceiling-get", "passthrough-get", "passthroughbase-get", "direct-order", "nginx-order",
+          "ceiling-order", "passthrough-order", "passthroughbase-order", "full-order", "fullnopgo-order", "fullbase-order",
           "nginx-h2get", "passthrough-h2get"]
 rows = {}
 for label in labels:
@@ -43,6 +44,7 @@ print(f"## Gateway vs nginx — {datetime.date.today()}")
 print()
 quota_opt = f" --proxy-quota {quota}" if quota else ""
 pgo_opt = " --pgo" if pgo else ""
+pgo_opt += f" --baseline {baseline}" if baseline else ""
 where = (f"every proxy under test limited to {quota} % of CPU 0 (cgroup CPU quota), so that it, not the load generator, is the bottleneck"
          if quota else "proxy under test pinned to CPU 0")
 # Every option with the value it had, defaults too: the run can be repeated exactly.
@@ -59,7 +61,7 @@ for label in labels:
         continue
     r = rows[label]
     target, mix = label.rsplit("-", 1)
-    name = {"fullnopgo": "full, no PGO"}.get(target, target)
+    name = {"fullnopgo": "full, no PGO", "passthroughbase": "passthrough, before", "fullbase": "full, before"}.get(target, target)
     base = rows.get(f"nginx-{mix}")
     ratio = f"{r['rps'] / base['rps']:.2f}" if base else ""
     # Each round against nginx in the same round: the VM's noise, in plain sight.
@@ -91,7 +93,9 @@ print("`full` answers the 10 % invalid orders itself (400), the others forward t
          f"set the pace and the ratio understates the proxy ({'; '.join(flagged)}); a lower --proxy-quota gives the generator room."
          if flagged else "")
       + (" The passthrough and full rows run the profile-guided build (`scripts/build-pgo.sh`, trained on a short run of these "
-         "workloads); `full, no PGO` is the plain release build of the same commit with the same bundle." if pgo else ""))
+         "workloads); `full, no PGO` is the plain release build of the same commit with the same bundle." if pgo else "")
+      + (f" `passthrough, before` and `full, before` run `{baseline}`, the build before the change, beside the current one in "
+         "every round (same bundles, same ClickHouse): the change's cost is the ratio of the two rows." if baseline else ""))
 
 open_runs = {"direct": [], "nginx": [], "full": []}
 for t in open_runs:
