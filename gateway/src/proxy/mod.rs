@@ -87,6 +87,7 @@ fn route_request(
             Err((Some(app), GatewayError::MethodNotAllowed { allow }))
         }
         RouteMatch::NoRoute { app } => Err((Some(app), GatewayError::NoRoute)),
+        RouteMatch::BadPath { app } => Err((Some(app), GatewayError::BadPath)),
         RouteMatch::NoApp => Err((None, GatewayError::NoApp)),
     }
 }

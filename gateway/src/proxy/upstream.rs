@@ -182,6 +182,13 @@ pub fn check_response_head(
     if !(100..=599).contains(&status) || (status == 101 && !upgrade_asked) {
         return refuse("an upstream status that was not asked for");
     }
+    if (100..200).contains(&status) && status != 101 {
+        // An interim response has no body: lengths on it mean nothing to
+        // the client but a chance to read the stream two ways.
+        response.remove_header(&http::header::CONTENT_LENGTH);
+        response.remove_header(&http::header::TRANSFER_ENCODING);
+        return Ok(());
+    }
     if response
         .headers
         .contains_key(http::header::TRANSFER_ENCODING)

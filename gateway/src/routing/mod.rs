@@ -57,6 +57,11 @@ pub enum RouteMatch {
         /// Index into `Bundle::apps`.
         app: usize,
     },
+    /// The path has no one reading on the app's platform.
+    BadPath {
+        /// Index into `Bundle::apps`.
+        app: usize,
+    },
     /// The app exists but has no such path.
     NoRoute {
         /// Index into `Bundle::apps`.
@@ -129,8 +134,13 @@ impl Router {
         let sub = strip_app_prefix(&app.path_prefix, path);
         let folded;
         let sub = if app.case_insensitive_paths {
-            folded = case_insensitive_key(sub);
-            folded.as_str()
+            match case_insensitive_key(sub) {
+                Some(key) => {
+                    folded = key;
+                    folded.as_str()
+                }
+                None => return RouteMatch::BadPath { app: app_idx },
+            }
         } else {
             sub
         };
@@ -308,9 +318,9 @@ pub fn canonical_path(path: &str) -> Result<std::borrow::Cow<'_, str>, PathRefus
     }
     // Decoding may have made a double encoding (`%25%34%31` is `%2541`).
     let b = out.as_bytes();
-    if (0..b.len().saturating_sub(4)).any(|i| {
-        &b[i..i + 3] == b"%25" && hex(b[i + 3]).is_some() && hex(b[i + 4]).is_some()
-    }) {
+    if (0..b.len().saturating_sub(4))
+        .any(|i| &b[i..i + 3] == b"%25" && hex(b[i + 3]).is_some() && hex(b[i + 4]).is_some())
+    {
         return Err(PathRefused);
     }
     if out == path {
@@ -331,8 +341,11 @@ fn hex(b: u8) -> Option<u8> {
 /// How a case-insensitive platform (IIS / .NET) reads a path for matching:
 /// ASCII letters in lower case, and each segment without trailing dots and
 /// spaces (also `%20`), as Windows names are read. The segments stay where
-/// they are, so path parameters are taken from the same positions.
-pub fn case_insensitive_key(path: &str) -> String {
+/// they are, so path parameters are taken from the same positions. `None`
+/// for a segment of dots and spaces only (`...`, `%20`, `..%20`): Windows
+/// would read it as nothing or as a dot segment, which the gateway does not
+/// guess at.
+pub fn case_insensitive_key(path: &str) -> Option<String> {
     let mut out = String::with_capacity(path.len());
     for (i, seg) in path.split('/').enumerate() {
         if i > 0 {
@@ -347,13 +360,12 @@ pub fn case_insensitive_key(path: &str) -> String {
             }
             s = trimmed;
         }
-        // A segment of dots only is a dot segment, resolved already.
         if s.is_empty() && !seg.is_empty() {
-            s = seg;
+            return None;
         }
         out.extend(s.chars().map(|c| c.to_ascii_lowercase()));
     }
-    out
+    Some(out)
 }
 
 /// Whether `path` may not be canonical: it has a `%`, `;` or backslash, or a `.`

@@ -208,7 +208,16 @@ fn a_case_insensitive_platform_reads_case_and_trailing_dots_away() {
         ("/a/", "/a/"),
         ("/Orders/ABC", "/orders/abc"),
     ] {
-        assert_eq!(case_insensitive_key(path), key, "{path}");
+        assert_eq!(case_insensitive_key(path).as_deref(), Some(key), "{path}");
+    }
+    for refused in [
+        "/admin/...",
+        "/admin/%20",
+        "/admin/.%20",
+        "/x/..%20/admin",
+        "/a/%20%20/b",
+    ] {
+        assert_eq!(case_insensitive_key(refused), None, "{refused}");
     }
 }
 
