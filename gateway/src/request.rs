@@ -22,6 +22,8 @@ pub trait RequestView {
     fn target_host(&self) -> Option<&str>;
     /// The protocol version.
     fn version(&self) -> http::Version;
+    /// Every header line as `(name, value)`, in order (names in any case).
+    fn each_header_line(&self, f: &mut dyn FnMut(&[u8], &[u8]));
 
     /// The first value of header `name` as text, when it is visible ASCII
     /// (what `http::HeaderValue::to_str` accepts).
@@ -86,6 +88,12 @@ impl RequestView for http::request::Parts {
     fn version(&self) -> http::Version {
         self.version
     }
+
+    fn each_header_line(&self, f: &mut dyn FnMut(&[u8], &[u8])) {
+        for (name, value) in &self.headers {
+            f(name.as_str().as_bytes(), value.as_bytes());
+        }
+    }
 }
 
 impl RequestView for pingora::http::RequestHeader {
@@ -115,6 +123,12 @@ impl RequestView for pingora::http::RequestHeader {
 
     fn version(&self) -> http::Version {
         self.version
+    }
+
+    fn each_header_line(&self, f: &mut dyn FnMut(&[u8], &[u8])) {
+        for (name, value) in &self.headers {
+            f(name.as_str().as_bytes(), value.as_bytes());
+        }
     }
 }
 

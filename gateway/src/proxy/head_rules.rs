@@ -37,15 +37,24 @@ fn ambiguous(reason: &'static str) -> GatewayError {
     GatewayError::AmbiguousRequest { reason }
 }
 
-/// The rules that do not depend on the app: a method in upper case (as
-/// methods are case-sensitive, `get` is not `GET` to routing but may be to
-/// an app); one framing (no `Content-Length` beside `Transfer-Encoding`,
-/// which must be exactly `chunked`, once; at most one `Content-Length`, of
-/// digits); exactly one valid `Host` on HTTP/1.1 (or, without it, a target
-/// with an authority, as HTTP/2 sends it), agreeing with the target's
-/// authority when both are sent; no `Connection` option naming a
-/// [`PROTECTED`] header.
-pub fn check_head(req: &impl RequestView) -> Result<(), GatewayError> {
+/// What the head rules saw that later rules need.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HeadFacts {
+    /// The head has a `Connection` header (its options may name headers
+    /// the app's policy reads: [`check_connection_for`]).
+    pub connection: bool,
+}
+
+/// The rules that do not depend on the app, in one pass over the header
+/// lines: a method in upper case (methods are case-sensitive: `get` is
+/// not `GET` to routing but may be to an app); one framing (no
+/// `Content-Length` beside `Transfer-Encoding`, which must be exactly
+/// `chunked`, once, on HTTP/1.1; at most one `Content-Length`, of digits);
+/// exactly one valid `Host` on HTTP/1.1 (or, without it, a target with an
+/// authority, as HTTP/2 sends it), agreeing with the target's authority
+/// when both are sent; no `Connection` option naming a [`PROTECTED`]
+/// header.
+pub fn check_head(req: &impl RequestView) -> Result<HeadFacts, GatewayError> {
     if req
         .method()
         .as_str()
@@ -54,17 +63,49 @@ pub fn check_head(req: &impl RequestView) -> Result<(), GatewayError> {
     {
         return Err(ambiguous("its method is not in upper case"));
     }
-    check_framing(req)?;
-    let mut hosts = 0usize;
-    let mut valid = true;
-    req.each_header("host", &mut |v| {
-        hosts += 1;
-        valid &= valid_host(v);
+    let (mut hosts, mut host_ok, mut lengths, mut length_ok) = (0u32, true, 0u32, true);
+    let (mut codings, mut chunked, mut connection, mut protected) = (0u32, true, false, false);
+    req.each_header_line(&mut |name, value| match name.len() {
+        4 if name.eq_ignore_ascii_case(b"host") => {
+            hosts += 1;
+            host_ok &= valid_host(value);
+        }
+        10 if name.eq_ignore_ascii_case(b"connection") => {
+            connection = true;
+            each_option(value, &mut |option| {
+                protected |= PROTECTED.iter().any(|p| p.as_bytes() == option);
+            });
+        }
+        14 if name.eq_ignore_ascii_case(b"content-length") => {
+            lengths += 1;
+            let v = value.trim_ascii();
+            length_ok &= !v.is_empty() && v.len() <= 19 && v.iter().all(u8::is_ascii_digit);
+        }
+        17 if name.eq_ignore_ascii_case(b"transfer-encoding") => {
+            codings += 1;
+            chunked &= value.trim_ascii().eq_ignore_ascii_case(b"chunked");
+        }
+        _ => {}
     });
+    if lengths > 1 || !length_ok {
+        return Err(ambiguous("its Content-Length is repeated or not a number"));
+    }
+    if codings > 0 {
+        if lengths > 0 {
+            return Err(ambiguous(
+                "it has both Content-Length and Transfer-Encoding",
+            ));
+        }
+        if codings > 1 || !chunked || req.version() != Version::HTTP_11 {
+            return Err(ambiguous(
+                "its Transfer-Encoding is not a single `chunked` on HTTP/1.1",
+            ));
+        }
+    }
     if hosts > 1 {
         return Err(ambiguous("it has more than one Host header"));
     }
-    if !valid {
+    if !host_ok {
         return Err(ambiguous("its Host header is not a valid host[:port]"));
     }
     match (hosts, req.target_host()) {
@@ -82,49 +123,12 @@ pub fn check_head(req: &impl RequestView) -> Result<(), GatewayError> {
         }
         _ => {}
     }
-    let mut refused = None;
-    each_connection_option(req, &mut |option| {
-        if refused.is_none() && PROTECTED.iter().any(|p| p.as_bytes() == option) {
-            refused = Some(());
-        }
-    });
-    match refused {
-        Some(()) => Err(ambiguous(
+    if protected {
+        return Err(ambiguous(
             "its Connection header names a header the gateway reads or sets",
-        )),
-        None => Ok(()),
+        ));
     }
-}
-
-/// One way to find the body's end (RFC 9112 §6.3), or 400.
-fn check_framing(req: &impl RequestView) -> Result<(), GatewayError> {
-    let (mut lengths, mut length_ok) = (0usize, true);
-    req.each_header("content-length", &mut |v| {
-        lengths += 1;
-        let v = v.trim_ascii();
-        length_ok &= !v.is_empty() && v.len() <= 19 && v.iter().all(u8::is_ascii_digit);
-    });
-    let (mut codings, mut chunked) = (0usize, true);
-    req.each_header("transfer-encoding", &mut |v| {
-        codings += 1;
-        chunked &= v.trim_ascii().eq_ignore_ascii_case(b"chunked");
-    });
-    if lengths > 1 || !length_ok {
-        return Err(ambiguous("its Content-Length is repeated or not a number"));
-    }
-    if codings > 0 {
-        if lengths > 0 {
-            return Err(ambiguous(
-                "it has both Content-Length and Transfer-Encoding",
-            ));
-        }
-        if codings > 1 || !chunked || req.version() != Version::HTTP_11 {
-            return Err(ambiguous(
-                "its Transfer-Encoding is not a single `chunked` on HTTP/1.1",
-            ));
-        }
-    }
-    Ok(())
+    Ok(HeadFacts { connection })
 }
 
 /// The rule that depends on the app and route: no `Connection` option
@@ -135,12 +139,11 @@ pub fn check_connection_for(
     app: &App,
     route: Option<&Route>,
 ) -> Result<(), GatewayError> {
-    if req.header("connection").is_none() {
-        return Ok(());
-    }
     let mut refused = false;
-    each_connection_option(req, &mut |option| {
-        refused |= judged_by(app, route, option);
+    req.each_header("connection", &mut |value| {
+        each_option(value, &mut |option| {
+            refused |= judged_by(app, route, option);
+        });
     });
     if refused {
         Err(ambiguous(
@@ -170,34 +173,51 @@ fn judged_by(app: &App, route: Option<&Route>, name: &[u8]) -> bool {
         })
 }
 
-/// Call `f` with each option of the request's `Connection` headers, in
-/// lowercase, leaving out `close` and `keep-alive`.
-fn each_connection_option(req: &impl RequestView, f: &mut dyn FnMut(&[u8])) {
-    req.each_header("connection", &mut |value| {
-        for token in value.split(|b| *b == b',') {
-            let token = token.trim_ascii();
-            if token.is_empty()
-                || token.eq_ignore_ascii_case(b"close")
-                || token.eq_ignore_ascii_case(b"keep-alive")
-            {
-                continue;
-            }
-            // A longer token names no header the gateway protects.
-            let mut lower = [0u8; 64];
-            if let Some(out) = lower.get_mut(..token.len()) {
-                out.copy_from_slice(token);
-                out.make_ascii_lowercase();
-                f(out);
-            }
+/// Call `f` with each option of a `Connection` value, in lowercase,
+/// leaving out `close` and `keep-alive`.
+fn each_option(value: &[u8], f: &mut dyn FnMut(&[u8])) {
+    for token in value.split(|b| *b == b',') {
+        let token = token.trim_ascii();
+        if token.is_empty()
+            || token.eq_ignore_ascii_case(b"close")
+            || token.eq_ignore_ascii_case(b"keep-alive")
+        {
+            continue;
         }
-    });
+        // A longer token names no header the gateway protects.
+        let mut lower = [0u8; 64];
+        if let Some(out) = lower.get_mut(..token.len()) {
+            out.copy_from_slice(token);
+            out.make_ascii_lowercase();
+            f(out);
+        }
+    }
 }
+
+const NAME: u8 = 1;
+/// Which bytes a plain host name (no port, no IPv6 literal) holds.
+const HOST_BYTES: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            t[i] = NAME;
+        }
+        i += 1;
+    }
+    t
+};
 
 /// `uri-host [":" port]` (RFC 9110 §7.2) with a registered name of letters,
 /// digits, `-`, `.`, `_` and `~`, an IPv4 address, or an IPv6 literal in
 /// brackets; the port, when there is a colon, one to five digits. Nothing
 /// else (no user info, no path, no white space, no percent-encoding).
 pub fn valid_host(value: &[u8]) -> bool {
+    // The common case, a plain name, in one pass over a table.
+    if !value.is_empty() && value.iter().all(|&b| HOST_BYTES[usize::from(b)] >= NAME) {
+        return true;
+    }
     let (host, port) = if value.first() == Some(&b'[') {
         let Some(end) = value.iter().position(|&b| b == b']') else {
             return false;

@@ -219,7 +219,7 @@ impl Engine {
                     tokio::select! {
                         biased;
                         read = read_more(&mut client, &mut buf) => match read {
-                            Ok(n) if n > 0 => head_by = Some(Instant::now() + self.client_read),
+                            Ok(n) if n > 0 => {}
                             _ => return,
                         },
                         () = &mut idle => {
@@ -231,7 +231,10 @@ impl Engine {
                         }
                     }
                 } else {
-                    // The whole head by one deadline, not one per read.
+                    // The whole head by one deadline, not one per read,
+                    // counted from when it was first found incomplete
+                    // (right after its first bytes): a complete head costs
+                    // no clock reading.
                     let by = *head_by.get_or_insert_with(|| Instant::now() + self.client_read);
                     match bufs
                         .client_io
@@ -294,10 +297,12 @@ impl Engine {
         closing: bool,
     ) -> (Next, Instant) {
         let message_len = head.len + head.content_length as usize;
-        // The whole body by one deadline, not one per read.
-        let body_by = Instant::now() + self.client_read;
+        // The whole body by one deadline, not one per read (read from the
+        // clock only when the body is not all here yet).
+        let mut body_by = None;
         while buf.len() < message_len {
-            match bufs.client_io.until(body_by, read_more(client, buf)).await {
+            let by = *body_by.get_or_insert_with(|| Instant::now() + self.client_read);
+            match bufs.client_io.until(by, read_more(client, buf)).await {
                 Ok(Ok(n)) if n > 0 => {}
                 Ok(_) => return (Next::Close, Instant::now()),
                 Err(_) => {

@@ -257,6 +257,13 @@ impl RequestView for Request<'_> {
         http::Version::HTTP_11
     }
 
+    fn each_header_line(&self, f: &mut dyn FnMut(&[u8], &[u8])) {
+        let buf = self.text.as_bytes();
+        for h in &self.head.headers {
+            f(h.name.of(buf), h.value.of(buf));
+        }
+    }
+
     fn host(&self) -> &str {
         self.host
     }
@@ -338,9 +345,6 @@ pub fn parse_request(buf: &[u8], spare: &mut SpareHeaders) -> Parsed {
     if let Some(refused) = framing_refusal(req.headers) {
         return Parsed::Refused(refused);
     }
-    if req.path.is_some_and(|t| t.contains('#')) {
-        return Parsed::Refused(crate::error::GatewayError::BadPath);
-    }
     if req.version != Some(1) {
         return Parsed::Pingora;
     }
@@ -354,6 +358,11 @@ pub fn parse_request(buf: &[u8], spare: &mut SpareHeaders) -> Parsed {
         return Parsed::Pingora;
     }
     let Some((path_len, query_len)) = split_target(target.as_bytes()) else {
+        // A fragment is no part of a request target (Pingora's parser
+        // would drop it silently).
+        if target.contains('#') {
+            return Parsed::Refused(crate::error::GatewayError::BadPath);
+        }
         return Parsed::Pingora;
     };
     let target_at = offset_in(buf, target.as_bytes());
