@@ -472,10 +472,66 @@ struct Exchange {
     error: Option<String>,
 }
 
+/// A connection to the gateway: plain TCP, or TLS to its TLS listener.
+trait Conn: Read + Write {
+    fn set_read_timeout(&self, d: Option<Duration>) -> std::io::Result<()>;
+}
+
+impl Conn for TcpStream {
+    fn set_read_timeout(&self, d: Option<Duration>) -> std::io::Result<()> {
+        TcpStream::set_read_timeout(self, d)
+    }
+}
+
+impl Conn for rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    fn set_read_timeout(&self, d: Option<Duration>) -> std::io::Result<()> {
+        self.sock.set_read_timeout(d)
+    }
+}
+
+/// How the suite reaches a gateway.
+#[derive(Clone)]
+enum Dial {
+    Plain(SocketAddr),
+    /// The TLS listener (Pingora's proxy), trusting the test CA.
+    Tls(SocketAddr, Arc<rustls::ClientConfig>),
+}
+
+impl Dial {
+    fn connect(&self) -> Box<dyn Conn> {
+        match self {
+            Dial::Plain(addr) => Box::new(TcpStream::connect(addr).expect("connect")),
+            Dial::Tls(addr, config) => {
+                let tcp = TcpStream::connect(addr).expect("connect");
+                let name = rustls::pki_types::ServerName::try_from("app.test").expect("a name");
+                let tls = rustls::ClientConnection::new(Arc::clone(config), name).expect("TLS");
+                Box::new(rustls::StreamOwned::new(tls, tcp))
+            }
+        }
+    }
+}
+
+/// A client configuration that trusts the CA in `ca` (PEM).
+fn tls_client(ca: &str) -> Arc<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca).expect("the CA file") {
+        roots.add(cert.expect("a certificate")).expect("a CA");
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Arc::new(
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    )
+}
+
 /// Send `bytes` on `conn` and read until `want` responses came and a
 /// short while passed with nothing more, the gateway closed, or `within`
 /// (`want` = `usize::MAX`: until a quiet spell of 300 ms).
-fn exchange(conn: &mut TcpStream, bytes: &[u8], want: usize, within: Duration) -> Exchange {
+fn exchange(conn: &mut dyn Conn, bytes: &[u8], want: usize, within: Duration) -> Exchange {
     let _ = conn.write_all(bytes);
     let mut buf = Vec::new();
     let mut responses = Vec::new();
@@ -608,8 +664,32 @@ fn start_estate(
     (recorder, policies, gw)
 }
 
+/// One engine's run: `lean` or `pingora` on the plain listener, or `tls`
+/// (Pingora's proxy behind the TLS listener, HTTP/1.1).
 fn run_engine(engine: &str, requests: &[RequestCase], responses: &[ResponseCase]) -> EngineRun {
-    let (recorder, _policies, gw) = start_estate(engine, responses, &[]);
+    let certs = tempfile::tempdir().expect("tempdir");
+    let (ca, cert, key) = make_certs(certs.path());
+    let tls_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let tls_listen = tls_addr.to_string();
+    let (http1_engine, extra): (&str, Vec<&str>) = match engine {
+        "tls" => (
+            "pingora",
+            vec![
+                "--tls-listen",
+                &tls_listen,
+                "--tls-cert",
+                &cert,
+                "--tls-key",
+                &key,
+            ],
+        ),
+        other => (other, Vec::new()),
+    };
+    let (recorder, _policies, gw) = start_estate(http1_engine, responses, &extra);
+    let dial = match engine {
+        "tls" => Dial::Tls(tls_addr, tls_client(&ca)),
+        _ => Dial::Plain(gw.addr),
+    };
     let mut failures = Vec::new();
     let mut outcomes = HashMap::new();
     // Each app's one /admin request of the hour, spent before the corpus.
@@ -619,17 +699,17 @@ fn run_engine(engine: &str, requests: &[RequestCase], responses: &[ResponseCase]
     }
     for case in requests {
         let before = recorder.count();
-        let mut conn = TcpStream::connect(gw.addr).expect("connect");
+        let mut conn = dial.connect();
         let within = if case.timeout_ok {
             Duration::from_secs(2)
         } else {
             Duration::from_secs(5)
         };
         let expect = match (&case.pingora, engine) {
-            (Some(p), "pingora") => p,
+            (Some(p), "pingora" | "tls") => p,
             _ => &case.expect,
         };
-        let got = exchange(&mut conn, &case.bytes, expect.len(), within);
+        let got = exchange(conn.as_mut(), &case.bytes, expect.len(), within);
         drop(conn);
         // The upstream has the forwarded requests before the client has
         // their responses; a smuggled one would be read at the same time.
@@ -681,15 +761,15 @@ fn run_engine(engine: &str, requests: &[RequestCase], responses: &[ResponseCase]
     }
     // Responses: each case, then a plain request on the same connection.
     for case in responses.iter().filter(|c| c.name != "plain") {
-        let mut conn = TcpStream::connect(gw.addr).expect("connect");
+        let mut conn = dial.connect();
         let request = format!(
             "GET /case/{} HTTP/1.1\r\nHost: resp.test\r\n\r\n",
             case.name
         );
-        let got = exchange(&mut conn, request.as_bytes(), 1, Duration::from_secs(6));
+        let got = exchange(conn.as_mut(), request.as_bytes(), 1, Duration::from_secs(6));
         let fail = |why: String| format!("{engine} response {}: {why}", case.name);
         let expect = match (&case.pingora, engine) {
-            (Some(p), "pingora") => p,
+            (Some(p), "pingora" | "tls") => p,
             _ => &case.expect,
         };
         if let Some(e) = &got.error {
@@ -718,7 +798,7 @@ fn run_engine(engine: &str, requests: &[RequestCase], responses: &[ResponseCase]
         }
         if !got.closed {
             let next = exchange(
-                &mut conn,
+                conn.as_mut(),
                 b"GET /case/plain HTTP/1.1\r\nHost: resp.test\r\n\r\n",
                 1,
                 Duration::from_secs(6),
@@ -805,7 +885,7 @@ fn both_engines_pass_the_conformance_corpus() {
         responses.len()
     );
     let runs: Vec<(String, EngineRun)> = std::thread::scope(|scope| {
-        let handles: Vec<_> = ["lean", "pingora"]
+        let handles: Vec<_> = ["lean", "pingora", "tls"]
             .into_iter()
             .map(|engine| {
                 let (requests, responses) = (&requests, &responses);
@@ -879,12 +959,17 @@ fn a_smuggled_request_reaches_neither_the_app_nor_another_client() {
                 smuggled.len()
             );
             let mut attacker = TcpStream::connect(gw.addr).expect("connect");
-            let got = exchange(&mut attacker, attack.as_bytes(), 1, Duration::from_secs(5));
+            let got = exchange(
+                &mut attacker as &mut dyn Conn,
+                attack.as_bytes(),
+                1,
+                Duration::from_secs(5),
+            );
             let statuses: Vec<u16> = got.responses.iter().map(|r| r.status).collect();
             assert_eq!(statuses, vec![400], "{engine}: {smuggled:?}");
             let mut victim = TcpStream::connect(gw.addr).expect("connect");
             let got = exchange(
-                &mut victim,
+                &mut victim as &mut dyn Conn,
                 b"GET /victim HTTP/1.1\r\nHost: conf.test\r\nCookie: session=victim\r\n\r\n",
                 1,
                 Duration::from_secs(5),
