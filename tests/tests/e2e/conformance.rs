@@ -3,7 +3,8 @@
 //! conflicting lengths, `Connection` abuse, obs-fold, bare CR/LF, control
 //! bytes, Host games, absolute-form, pipelining, HTTP/1.0, `Expect`,
 //! oversized heads, path variants, API keys in the query), run against
-//! both HTTP/1 engines, each in front of a raw recording upstream.
+//! both HTTP/1 engines on the plain listener and against the TLS listener
+//! (HTTP/1.1 over TLS), each in front of a raw recording upstream.
 //!
 //! Checked for every case, besides the statuses the corpus expects:
 //! - the upstream never gets more requests than the gateway answered
