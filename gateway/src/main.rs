@@ -192,7 +192,8 @@ struct ServeArgs {
     #[arg(long, default_value_t = 30, env = "GATEHOUSE_DRAIN_TIMEOUT")]
     drain_timeout: u64,
     /// Seconds a client may take to send a whole request head (from its
-    /// first byte), and then its whole body; slower ones get 408.
+    /// first byte), and then its whole body; slower ones get 408 (the
+    /// plain listener's lean engine).
     #[arg(long, default_value_t = 30, env = "GATEHOUSE_CLIENT_TIMEOUT")]
     client_timeout: u64,
     /// Do not watch the policy directory (SIGHUP still reloads).

@@ -60,7 +60,10 @@ pub struct ServeOptions {
     /// Longest time in-flight requests get to finish after SIGTERM.
     pub drain_timeout: Duration,
     /// Longest time a client may take to send a whole request head, from
-    /// its first byte, and then a whole buffered body (408 after it).
+    /// its first byte, and then a whole buffered body (408 after it), on
+    /// the plain listener's lean engine; Pingora's proxy (TLS, or
+    /// `--http1-engine pingora`) bounds each read instead, and a streamed
+    /// body by the app's total timeout.
     pub client_timeout: Duration,
     /// Telemetry to ClickHouse (off when `None`).
     pub telemetry: Option<TelemetryOptions>,

@@ -210,6 +210,20 @@ pub fn compile_routes(
             ids.insert(&r.id, &d.pointer);
         }
         let method = r.method.as_ref().map_or("ANY", |m| m.as_str());
+        if spec.case_insensitive_paths
+            && r.template.segments().iter().any(|s| {
+                matches!(s, crate::routing::Segment::Literal(l) if l.bytes().any(|b| b.is_ascii_uppercase()))
+            })
+        {
+            errors.push(PolicyError::new(
+                &d.file,
+                format!("{}/path", d.pointer),
+                format!(
+                    "`{method} {}`: the app has case_insensitive_paths, so its routes are matched in lower case; write the path in lower case",
+                    r.template
+                ),
+            ));
+        }
         if let Some(first) = shapes.get(&(r.method.as_ref(), r.template.shape())) {
             errors.push(PolicyError::new(
                 &d.file,

@@ -115,16 +115,19 @@ fn identify(
             });
         }
     }
-    if let Some(q) = auth.api_key_query.as_deref() {
-        if req
-            .query()
-            .is_some_and(|qs| super::upstream::may_name(qs, q))
-            && query_values(req.query(), q).len() > 1
-        {
-            return Err(GatewayError::AmbiguousRequest {
-                reason: "it carries more than one API key parameter",
-            });
-        }
+    let mut query_keys = auth
+        .api_key_query
+        .as_deref()
+        .filter(|q| {
+            req.query()
+                .is_some_and(|qs| super::upstream::may_name(qs, q))
+        })
+        .map(|q| query_values(req.query(), q))
+        .unwrap_or_default();
+    if query_keys.len() > 1 {
+        return Err(GatewayError::AmbiguousRequest {
+            reason: "it carries more than one API key parameter",
+        });
     }
     // Borrowed from the head where it can be: no copy of the key per request.
     let key: Option<Cow<'_, str>> = auth
@@ -132,11 +135,7 @@ fn identify(
         .as_ref()
         .and_then(|h| req.header_str(h.as_str()))
         .map(|s| Cow::Borrowed(s.trim()))
-        .or_else(|| {
-            auth.api_key_query
-                .as_deref()
-                .and_then(|q| query_values(req.query(), q).into_iter().next())
-        });
+        .or_else(|| query_keys.pop());
     if let Some(key) = key {
         return match dir.by_key(&key) {
             Some(i) => Ok(Some(i)),

@@ -40,8 +40,9 @@ fn ambiguous(reason: &'static str) -> GatewayError {
 /// What the head rules saw that later rules need.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct HeadFacts {
-    /// The head has a `Connection` header (its options may name headers
-    /// the app's policy reads: [`check_connection_for`]).
+    /// The head's `Connection` names options besides `close` and
+    /// `keep-alive`, which may name headers the app's policy reads
+    /// ([`check_connection_for`]).
     pub connection: bool,
 }
 
@@ -71,8 +72,8 @@ pub fn check_head(req: &impl RequestView) -> Result<HeadFacts, GatewayError> {
             host_ok &= valid_host(value);
         }
         10 if name.eq_ignore_ascii_case(b"connection") => {
-            connection = true;
             each_option(value, &mut |option| {
+                connection = true;
                 protected |= PROTECTED.iter().any(|p| p.as_bytes() == option);
             });
         }
@@ -184,12 +185,15 @@ fn each_option(value: &[u8], f: &mut dyn FnMut(&[u8])) {
         {
             continue;
         }
-        // A longer token names no header the gateway protects.
         let mut lower = [0u8; 64];
-        if let Some(out) = lower.get_mut(..token.len()) {
-            out.copy_from_slice(token);
-            out.make_ascii_lowercase();
-            f(out);
+        match lower.get_mut(..token.len()) {
+            Some(out) => {
+                out.copy_from_slice(token);
+                out.make_ascii_lowercase();
+                f(out);
+            }
+            // Rare: a token longer than the buffer.
+            None => f(&token.to_ascii_lowercase()),
         }
     }
 }

@@ -97,17 +97,21 @@ fn route_request(
 /// the app gets: the canonical path ([`routing::canonical_path`]) and the
 /// query, in origin form on HTTP/1.x. An absolute-form target (`http` or
 /// `https` only) names the host: a `Host` header must agree with it, and
-/// one is written from it when there is none. Refused: a head larger than
-/// the lean engine reads ([`http1::MAX_HEAD`], 431), a target that is not
+/// one is written from it when there is none (HTTP/1.0 only). Refused: an
+/// HTTP/1.x head larger than the lean engine reads ([`http1::MAX_HEAD`]
+/// bytes or [`http1::MAX_HEADERS`] lines, 431), a target that is not
 /// UTF-8 (the URI would only render it lossily), has a fragment, or is in
 /// neither origin nor absolute form.
 fn canonical_target(req: &mut RequestHeader) -> std::result::Result<(), GatewayError> {
-    let mut head_len = req.raw_path().len() + 16;
-    for (name, value) in req.headers.iter() {
-        head_len += name.as_str().len() + value.len() + 4;
-    }
-    if head_len > http1::MAX_HEAD || req.headers.len() > http1::MAX_HEADERS {
-        return Err(GatewayError::HeadTooLarge);
+    // HTTP/2 has its own limits, and splits `Cookie` into many fields.
+    if req.version != http::Version::HTTP_2 {
+        let mut head_len = req.raw_path().len() + 16;
+        for (name, value) in req.headers.iter() {
+            head_len += name.as_str().len() + value.len() + 4;
+        }
+        if head_len > http1::MAX_HEAD || req.headers.len() > http1::MAX_HEADERS {
+            return Err(GatewayError::HeadTooLarge);
+        }
     }
     if !req.raw_path_is_utf8() || req.raw_path().contains(&b'#') {
         return Err(GatewayError::BadPath);

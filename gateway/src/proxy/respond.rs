@@ -175,6 +175,14 @@ pub fn problem_headers(err: &GatewayError) -> Vec<(http::HeaderName, String)> {
 /// The methods routes of `app` accept at `path`, for `Allow`.
 pub fn allowed_methods(app: &crate::policy::App, path: &str) -> String {
     let sub = crate::routing::strip_app_prefix(&app.path_prefix, path);
+    let folded;
+    let sub = match app.case_insensitive_paths {
+        true => {
+            folded = crate::routing::case_insensitive_key(sub).unwrap_or_default();
+            folded.as_str()
+        }
+        false => sub,
+    };
     let mut methods: Vec<&str> = app
         .routes
         .iter()

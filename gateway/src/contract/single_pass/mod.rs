@@ -495,10 +495,11 @@ impl SinglePass {
         })
     }
 
-    /// Whether an applicator of the schema has two or more subschemas
-    /// that lead back to it: a value nested `n` deep is then read by
-    /// `jsonschema` up to 2^n times (this program reads it once per node).
-    /// Bodies under such a schema are judged here only.
+    /// Whether a node with applicators has two or more ways back to itself
+    /// (its applicators' subschemas, and its own `items`/`properties` as
+    /// one more): a value nested `n` deep is then read by `jsonschema` up
+    /// to 2^n times (this program reads it once per node). Bodies under
+    /// such a schema are judged here only.
     pub fn rereads(&self) -> bool {
         self.rereads
     }
@@ -538,8 +539,8 @@ impl SinglePass {
     }
 }
 
-/// See [`SinglePass::rereads`]: for each node with applicators, how many
-/// of its applicator subschemas reach it again (through any keyword).
+/// See [`SinglePass::rereads`]: whether some node with applicators is
+/// reached again through two of its subschemas (any keyword on the way).
 fn rereads(nodes: &[Node]) -> bool {
     let children = |n: &Node| -> Vec<NodeId> {
         let mut out: Vec<NodeId> = n
@@ -574,13 +575,24 @@ fn rereads(nodes: &[Node]) -> bool {
     };
     nodes.iter().enumerate().any(|(i, n)| {
         let id = i as NodeId;
+        if !n.applicators {
+            return false;
+        }
         let branches = n
             .all_of
             .iter()
             .chain(&n.any_of)
             .chain(&n.one_of)
             .chain(n.not.as_ref());
-        branches.filter(|&&b| reaches(b, id)).count() >= 2
+        let again = branches.filter(|&&b| reaches(b, id)).count();
+        // The node's own keywords (items, properties) are one more path.
+        let own = n
+            .items
+            .iter()
+            .chain(&n.additional)
+            .chain(n.properties.iter().filter_map(|p| p.schema.as_ref()))
+            .any(|&c| reaches(c, id));
+        again + usize::from(own) >= 2
     })
 }
 

@@ -608,9 +608,17 @@ fn recursive_schema() -> impl Strategy<Value = Value> {
     ];
     (
         prop::sample::select(vec!["anyOf", "oneOf", "allOf"]),
-        prop::collection::vec(branch, 2..4),
+        prop::collection::vec(branch, 1..4),
+        any::<bool>(),
     )
-        .prop_map(|(applicator, branches)| json!({ applicator: branches }))
+        .prop_map(|(applicator, branches, own)| {
+            let mut schema = json!({ applicator: branches });
+            if own {
+                // The node's own keyword leads back too.
+                schema["items"] = json!({"$ref": "#"});
+            }
+            schema
+        })
 }
 
 proptest! {
@@ -630,8 +638,9 @@ proptest! {
         let text = serde_json::to_string(&doc).expect("json");
         let expected = if validator.is_valid(&doc) { Check::Valid } else { Check::Invalid };
         prop_assert_eq!(program.check(text.as_bytes()), expected, "{} on {}", schema, text);
-        let branches = schema.as_object().and_then(|o| o.values().next()).and_then(Value::as_array).cloned().unwrap_or_default();
-        let recursing = branches.iter().filter(|b| b.to_string().contains("$ref")).count();
+        let branches = ["anyOf", "oneOf", "allOf"].iter().find_map(|a| schema.get(*a)).and_then(Value::as_array).cloned().unwrap_or_default();
+        let recursing = branches.iter().filter(|b| b.to_string().contains("$ref")).count()
+            + usize::from(schema.get("items").is_some());
         prop_assert_eq!(program.rereads(), recursing >= 2, "{}", schema);
     }
 }

@@ -294,20 +294,23 @@ fn openapi_apps_take_their_routes_from_the_document() {
 fn recursive_applicators_are_judged_in_bounded_time() {
     use crate::contract::operation::check_json_body;
     use crate::contract::ViolationLocation;
-    let policy = app("    routes:\n      - { id: a, method: POST, path: /a, request_schema: schemas/arrays.json }\n      - { id: o, method: POST, path: /o, request_schema: schemas/objects.json }\n");
+    let policy = app("    routes:\n      - { id: a, method: POST, path: /a, request_schema: schemas/arrays.json }\n      - { id: o, method: POST, path: /o, request_schema: schemas/objects.json }\n      - { id: s, method: POST, path: /s, request_schema: schemas/own.json }\n");
     let arrays = r##"{"oneOf":[{"type":"array","items":{"$ref":"#"}},{"type":"array","items":{"$ref":"#"},"maxItems":0},{"type":"integer"}]}"##;
     let objects = r##"{"oneOf":[{"type":"object","properties":{"a":{"$ref":"#"}}},{"type":"object","properties":{"a":{"$ref":"#"}},"maxProperties":0},{"type":"integer"}]}"##;
+    // One applicator branch and the node's own `items` lead back.
+    let own = r##"{"type":"array","items":{"$ref":"#"},"allOf":[{"items":{"$ref":"#"}}]}"##;
     let b = compile(&[
         src("f.yaml", &policy),
         src("schemas/arrays.json", arrays),
         src("schemas/objects.json", objects),
+        src("schemas/own.json", own),
     ])
     .unwrap();
     let schema = |route: usize| {
         let op = b.apps[0].routes[route].operation.as_ref().unwrap();
         std::sync::Arc::clone(op.body.as_ref().unwrap().json.as_ref().unwrap())
     };
-    let (arrays, objects) = (schema(0), schema(1));
+    let (arrays, objects, own) = (schema(0), schema(1), schema(2));
     let depth = 60;
     let nested = |open: &str, inner: &str, close: &str| {
         format!("{}{inner}{}", open.repeat(depth), close.repeat(depth))
@@ -321,6 +324,8 @@ fn recursive_applicators_are_judged_in_bounded_time() {
         // An escaped member name: not read by the single pass.
         (&objects, nested("{\"\\u0061\":", "1", "}"), true),
         (&objects, nested("{\"\\u0061\":", "\"x\"", "}"), false),
+        (&own, nested("[", "[]", "]"), true),
+        (&own, nested("[", "1", "]"), false),
     ] {
         let found = check_json_body(schema, body.as_bytes(), ViolationLocation::Body, 10)
             .expect("well-formed");
@@ -331,4 +336,16 @@ fn recursive_applicators_are_judged_in_bounded_time() {
         "took {:?}",
         started.elapsed()
     );
+}
+
+/// On a case-insensitive platform routes match in lower case, so a route
+/// written otherwise would never match: a compile error, not a surprise.
+#[test]
+fn case_insensitive_apps_write_their_routes_in_lower_case() {
+    one_error(
+        "    case_insensitive_paths: true\n    routes:\n      - { method: GET, path: \"/Admin/{id}\" }\n",
+        "write the path in lower case",
+    );
+    let ok = app("    case_insensitive_paths: true\n    routes:\n      - { method: GET, path: \"/admin/{Id}\" }\n");
+    assert!(compile(&[src("f.yaml", &ok)]).is_ok());
 }

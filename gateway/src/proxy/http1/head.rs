@@ -9,7 +9,8 @@ use http::header::{self, HeaderValue};
 
 use crate::ctx::RequestCtx;
 
-/// A head still incomplete after this many bytes goes to Pingora (431).
+/// Longest request head read (the lean engine answers 431 above it, and
+/// Pingora's engine refuses the same), and longest upstream response head.
 pub const MAX_HEAD: usize = 32 * 1024;
 /// Most header lines read in one head.
 pub const MAX_HEADERS: usize = 100;
@@ -151,7 +152,8 @@ pub fn parse_response(
                 continue;
             }
             let n = parse_content_length(h.value).ok_or(BadResponse::Invalid)?;
-            if length.is_some_and(|m| m != n) {
+            // Repeated, even with one value: 502 as on Pingora's engine.
+            if length.is_some() {
                 return Err(BadResponse::Invalid);
             }
             length = Some(n);

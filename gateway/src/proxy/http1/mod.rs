@@ -359,8 +359,10 @@ impl Engine {
         (next, finished)
     }
 
-    /// Answer a head that was never read whole (too large, too slow) and
-    /// leave the connection to be closed. There is no request to record.
+    /// Answer a request refused before any phase ran (a head too large,
+    /// malformed or framed two ways, a head or body too slow) and leave the
+    /// connection to be closed. No phase saw it, so no wide event records
+    /// it; the refusal counters do.
     async fn refuse_head(&self, client: &mut Stream, bufs: &mut Buffers, err: GatewayError) {
         respond::count_refusal(&err);
         let mut ctx = RequestCtx::new(self.shared.enter());

@@ -281,9 +281,9 @@ pub enum Parsed {
     /// Refused before any phase: malformed, or framed more than one way.
     /// Nothing after it on the connection can be trusted.
     Refused(crate::error::GatewayError),
-    /// Valid or not, something Pingora's full HTTP stack handles (HTTP/1.0,
-    /// chunked or large bodies, upgrades, `Expect`, CONNECT, targets other
-    /// than a plain path, malformed heads).
+    /// Something Pingora's full HTTP stack handles (HTTP/1.0, chunked or
+    /// large bodies, upgrades, `Expect`, CONNECT, targets other than a
+    /// plain path, header values that are not UTF-8).
     Pingora,
 }
 
@@ -340,6 +340,9 @@ pub fn parse_request(buf: &[u8], spare: &mut SpareHeaders) -> Parsed {
         Ok(httparse::Status::Complete(n)) if n <= MAX_HEAD => n,
         Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => return Parsed::Partial,
         Ok(_) | Err(httparse::Error::TooManyHeaders) => return Parsed::TooLarge,
+        // The start of an h2c preface, split by the network: the engine
+        // looks for it once it has its first bytes.
+        Err(_) if b"PRI * HTTP/2.0".starts_with(buf) => return Parsed::Partial,
         Err(_) => return Parsed::Refused(crate::error::GatewayError::BadRequest),
     };
     if let Some(refused) = framing_refusal(req.headers) {
