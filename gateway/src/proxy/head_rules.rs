@@ -79,8 +79,7 @@ pub fn check_head(req: &impl RequestView) -> Result<HeadFacts, GatewayError> {
         }
         14 if name.eq_ignore_ascii_case(b"content-length") => {
             lengths += 1;
-            let v = value.trim_ascii();
-            length_ok &= !v.is_empty() && v.len() <= 19 && v.iter().all(u8::is_ascii_digit);
+            length_ok &= super::http1::parse_content_length(value).is_some();
         }
         17 if name.eq_ignore_ascii_case(b"transfer-encoding") => {
             codings += 1;
@@ -176,7 +175,7 @@ fn judged_by(app: &App, route: Option<&Route>, name: &[u8]) -> bool {
 
 /// Call `f` with each option of a `Connection` value, in lowercase,
 /// leaving out `close` and `keep-alive`.
-fn each_option(value: &[u8], f: &mut dyn FnMut(&[u8])) {
+pub(super) fn each_option(value: &[u8], f: &mut dyn FnMut(&[u8])) {
     for token in value.split(|b| *b == b',') {
         let token = token.trim_ascii();
         if token.is_empty()

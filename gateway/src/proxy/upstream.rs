@@ -168,8 +168,7 @@ pub fn check_response_head(
     let mut numeric = true;
     for v in lengths.iter() {
         count += 1;
-        let v = v.as_bytes().trim_ascii();
-        numeric &= !v.is_empty() && v.len() <= 19 && v.iter().all(u8::is_ascii_digit);
+        numeric &= super::http1::parse_content_length(v.as_bytes()).is_some();
     }
     let refuse = |why: &'static str| {
         Err(Error::create(

@@ -17,7 +17,7 @@ pub const MAX_HEADERS: usize = 100;
 
 /// A `Content-Length` value: digits only (RFC 9110 §8.6; no sign, which
 /// an upstream may read differently), at most 19 of them.
-pub(super) fn parse_content_length(value: &[u8]) -> Option<u64> {
+pub(crate) fn parse_content_length(value: &[u8]) -> Option<u64> {
     let digits = value.trim_ascii();
     if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
         return None;

@@ -20,6 +20,7 @@
 mod chunked;
 mod guard;
 mod head;
+pub(crate) use head::parse_content_length;
 pub use head::{MAX_HEAD, MAX_HEADERS};
 mod pool;
 mod request;

@@ -493,15 +493,9 @@ fn connection_options(req: &Request<'_>) -> Vec<String> {
         .iter()
         .filter(|h| h.kind == Kind::Connection)
     {
-        for token in h.value.of(req.text.as_bytes()).split(|b| *b == b',') {
-            let token = token.trim_ascii();
-            if !token.is_empty()
-                && !token.eq_ignore_ascii_case(b"close")
-                && !token.eq_ignore_ascii_case(b"keep-alive")
-            {
-                options.push(String::from_utf8_lossy(token).to_ascii_lowercase());
-            }
-        }
+        crate::proxy::head_rules::each_option(h.value.of(req.text.as_bytes()), &mut |o| {
+            options.push(String::from_utf8_lossy(o).into_owned());
+        });
     }
     options
 }
