@@ -726,7 +726,7 @@ pub fn make_certs(dir: &std::path::Path) -> (String, String, String) {
         p("leaf.ext"),
         "subjectAltName=DNS:app.test\nbasicConstraints=CA:FALSE\n",
     )
-    .expect("openssl");
+    .expect("write the certificate extensions");
     let (ca_key, ca, key, csr, cert, ext) = (
         p("ca.key"),
         p("ca.pem"),

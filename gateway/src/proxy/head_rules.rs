@@ -112,14 +112,10 @@ pub fn check_head(req: &impl RequestView) -> Result<HeadFacts, GatewayError> {
         (0, None) if req.version() == Version::HTTP_11 => {
             return Err(ambiguous("an HTTP/1.1 request needs a Host header"));
         }
-        (1, Some(authority)) => {
-            let host = req.header("host").unwrap_or_default();
-            let host = crate::routing::normalize_host(std::str::from_utf8(host).unwrap_or(""));
-            if !host.eq_ignore_ascii_case(&crate::routing::normalize_host(authority)) {
-                return Err(ambiguous(
-                    "its Host header and its target name different hosts",
-                ));
-            }
+        (1, Some(authority)) if !same_host(req.header("host").unwrap_or_default(), authority) => {
+            return Err(ambiguous(
+                "its Host header and its target name different hosts",
+            ));
         }
         _ => {}
     }
@@ -129,6 +125,13 @@ pub fn check_head(req: &impl RequestView) -> Result<HeadFacts, GatewayError> {
         ));
     }
     Ok(HeadFacts { connection })
+}
+
+/// Whether a `Host` value and a target's authority name the same host
+/// (any case, ports and a trailing dot left out).
+pub(super) fn same_host(host: &[u8], authority: &str) -> bool {
+    let host = crate::routing::normalize_host(std::str::from_utf8(host).unwrap_or(""));
+    host.eq_ignore_ascii_case(&crate::routing::normalize_host(authority))
 }
 
 /// The rule that depends on the app and route: no `Connection` option
@@ -197,16 +200,13 @@ pub(super) fn each_option(value: &[u8], f: &mut dyn FnMut(&[u8])) {
     }
 }
 
-const NAME: u8 = 1;
-/// Which bytes a plain host name (no port, no IPv6 literal) holds.
-const HOST_BYTES: [u8; 256] = {
-    let mut t = [0u8; 256];
+/// Which bytes a host name (no port, no IPv6 literal) holds.
+const HOST_NAME: [bool; 256] = {
+    let mut t = [false; 256];
     let mut i = 0;
     while i < 256 {
         let b = i as u8;
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            t[i] = NAME;
-        }
+        t[i] = b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~');
         i += 1;
     }
     t
@@ -218,7 +218,7 @@ const HOST_BYTES: [u8; 256] = {
 /// else (no user info, no path, no white space, no percent-encoding).
 pub fn valid_host(value: &[u8]) -> bool {
     // The common case, a plain name, in one pass over a table.
-    if !value.is_empty() && value.iter().all(|&b| HOST_BYTES[usize::from(b)] >= NAME) {
+    if !value.is_empty() && value.iter().all(|&b| HOST_NAME[usize::from(b)]) {
         return true;
     }
     let (host, port) = if value.first() == Some(&b'[') {
@@ -245,10 +245,7 @@ pub fn valid_host(value: &[u8]) -> bool {
         }
     };
     let name_ok = !host.is_empty()
-        && (host.first() == Some(&b'[')
-            || host
-                .iter()
-                .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')));
+        && (host.first() == Some(&b'[') || host.iter().all(|&b| HOST_NAME[usize::from(b)]));
     let port_ok =
         port.is_none_or(|p| (1..=5).contains(&p.len()) && p.iter().all(u8::is_ascii_digit));
     name_ok && port_ok

@@ -133,8 +133,7 @@ fn canonical_target(req: &mut RequestHeader) -> std::result::Result<(), GatewayE
         let host = req.headers.get(http::header::HOST).map(|h| h.as_bytes());
         match host {
             Some(h) => {
-                let h = routing::normalize_host(std::str::from_utf8(h).unwrap_or(""));
-                if !h.eq_ignore_ascii_case(&routing::normalize_host(authority.as_str())) {
+                if !head_rules::same_host(h, authority.as_str()) {
                     return Err(GatewayError::AmbiguousRequest {
                         reason: "its Host header and its target name different hosts",
                     });

@@ -288,7 +288,7 @@ pub fn canonical_path(path: &str) -> Result<std::borrow::Cow<'_, str>, PathRefus
     }
     // Then the segments: empty ones (repeated slashes) dropped, dots resolved.
     let mut segments: Vec<&str> = Vec::new();
-    let mut trailing_slash = decoded.ends_with('/');
+    let mut trailing_slash = false;
     for seg in decoded.split('/').skip(1) {
         match seg {
             "" => {}

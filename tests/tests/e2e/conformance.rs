@@ -260,7 +260,7 @@ impl Recorder {
                 }
                 None => loop {
                     match dechunk(&buf) {
-                        Some(Ok(end)) => {
+                        Some(Ok((end, _))) => {
                             buf.drain(..end);
                             break;
                         }
@@ -300,9 +300,11 @@ fn read_some(conn: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
     }
 }
 
-/// The end of a chunked body at the start of `buf` (`None`: incomplete).
-fn dechunk(buf: &[u8]) -> Option<Result<usize, ()>> {
+/// A chunked body at the start of `buf`: where it ends and its data
+/// (`None`: incomplete; `Err`: not chunked coding).
+fn dechunk(buf: &[u8]) -> Option<Result<(usize, Vec<u8>), ()>> {
     let mut at = 0;
+    let mut data = Vec::new();
     loop {
         let line_end = buf[at..].windows(2).position(|w| w == b"\r\n")? + at;
         let size_text = std::str::from_utf8(&buf[at..line_end]).map_err(|_| ());
@@ -321,7 +323,7 @@ fn dechunk(buf: &[u8]) -> Option<Result<usize, ()>> {
                 let blank = end == at;
                 at = end + 2;
                 if blank {
-                    return Some(Ok(at));
+                    return Some(Ok((at, data)));
                 }
             }
         }
@@ -331,6 +333,7 @@ fn dechunk(buf: &[u8]) -> Option<Result<usize, ()>> {
         if &buf[at + size..at + size + 2] != b"\r\n" {
             return Some(Err(()));
         }
+        data.extend_from_slice(&buf[at..at + size]);
         at += size + 2;
     }
 }
@@ -423,7 +426,7 @@ fn parse_responses(buf: &[u8], closed: bool, out: &mut Vec<Response>) -> Result<
             match dechunk(&buf[body_at..]) {
                 None => return Ok(at),
                 Some(Err(())) => return Err("the client got a bad chunked body".into()),
-                Some(Ok(len)) => (unchunk(&buf[body_at..body_at + len]), body_at + len),
+                Some(Ok((len, body))) => (body, body_at + len),
             }
         } else if let Some(len) = value("content-length") {
             let len: usize = len.parse().map_err(|_| format!("bad length {len}"))?;
@@ -443,23 +446,6 @@ fn parse_responses(buf: &[u8], closed: bool, out: &mut Vec<Response>) -> Result<
         });
         at = end;
     }
-}
-
-fn unchunk(chunked: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut at = 0;
-    while let Some(line) = chunked[at..].windows(2).position(|w| w == b"\r\n") {
-        let size_text = String::from_utf8_lossy(&chunked[at..at + line]).to_string();
-        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
-            .unwrap_or(0);
-        at += line + 2;
-        if size == 0 {
-            break;
-        }
-        out.extend_from_slice(&chunked[at..at + size]);
-        at += size + 2;
-    }
-    out
 }
 
 /// What a connection gave back: the responses, and how it ended.

@@ -401,13 +401,7 @@ proptest! {
     /// never unsure of a document `serde_json` wrote.
     #[test]
     fn verdicts_agree_with_jsonschema(schema in schema(), doc in document()) {
-        let (program, validator) = both(&schema);
-        let Some(program) = program else {
-            return Err(TestCaseError::fail(format!("{schema} does not compile")));
-        };
-        let text = serde_json::to_string(&doc).expect("json");
-        let expected = if validator.is_valid(&doc) { Check::Valid } else { Check::Invalid };
-        prop_assert_eq!(program.check(text.as_bytes()), expected, "{} on {}", schema, text);
+        agrees(&schema, &doc)?;
     }
 
     /// One program judging many documents (members in varying orders, so
@@ -596,6 +590,29 @@ fn integers_beyond_two_to_the_53_are_compared_exactly() {
 
 /// A schema whose applicator's branches recurse to the root (`$ref: #`):
 /// the shape that made re-reading exponential.
+/// Compile `schema` and hold the program's verdict on `doc` to
+/// `jsonschema`'s; the program, for more checks.
+fn agrees(schema: &Value, doc: &Value) -> Result<SinglePass, TestCaseError> {
+    let (program, validator) = both(schema);
+    let Some(program) = program else {
+        return Err(TestCaseError::fail(format!("{schema} does not compile")));
+    };
+    let text = serde_json::to_string(doc).expect("json");
+    let expected = if validator.is_valid(doc) {
+        Check::Valid
+    } else {
+        Check::Invalid
+    };
+    prop_assert_eq!(
+        program.check(text.as_bytes()),
+        expected,
+        "{} on {}",
+        schema,
+        text
+    );
+    Ok(program)
+}
+
 fn recursive_schema() -> impl Strategy<Value = Value> {
     let branch = prop_oneof![
         Just(json!({"type": "array", "items": {"$ref": "#"}})),
@@ -631,13 +648,7 @@ proptest! {
     /// and says when `jsonschema` would re-read exponentially.
     #[test]
     fn recursive_applicators_agree_with_jsonschema(schema in recursive_schema(), doc in document()) {
-        let (program, validator) = both(&schema);
-        let Some(program) = program else {
-            return Err(TestCaseError::fail(format!("{schema} does not compile")));
-        };
-        let text = serde_json::to_string(&doc).expect("json");
-        let expected = if validator.is_valid(&doc) { Check::Valid } else { Check::Invalid };
-        prop_assert_eq!(program.check(text.as_bytes()), expected, "{} on {}", schema, text);
+        let program = agrees(&schema, &doc)?;
         let branches = ["anyOf", "oneOf", "allOf"].iter().find_map(|a| schema.get(*a)).and_then(Value::as_array).cloned().unwrap_or_default();
         let recursing = branches.iter().filter(|b| b.to_string().contains("$ref")).count()
             + usize::from(schema.get("items").is_some());
