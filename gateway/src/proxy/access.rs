@@ -120,7 +120,7 @@ fn identify(
         .as_deref()
         .filter(|q| {
             req.query()
-                .is_some_and(|qs| super::upstream::may_name(qs, q))
+                .is_some_and(|qs| super::upstream::names_param(qs, q))
         })
         .map(|q| query_values(req.query(), q))
         .unwrap_or_default();

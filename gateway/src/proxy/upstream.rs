@@ -60,11 +60,16 @@ pub fn forwarded_element(out: &mut String, client_ip: &str, tls: bool, host: Opt
     }
 }
 
-/// Whether `query` may hold a parameter named `name` as identity reads it
-/// (names percent-decoded): it holds `name`, or an escape that could
-/// spell it (`api%5Fkey`). A cheap test before [`path_without_param`].
-pub fn may_name(query: &str, name: &str) -> bool {
-    query.contains(name) || query.contains('%') || (name.contains(' ') && query.contains('+'))
+/// Whether `query` holds a parameter named `name` as identity reads it
+/// (names percent-decoded, `api%5Fkey` is `api_key`), so that
+/// [`path_without_param`] rebuilds the query only when it removes one.
+pub fn names_param(query: &str, name: &str) -> bool {
+    let spelled = query.contains(name) || query.contains('%') || query.contains('+');
+    spelled
+        && query.split('&').any(|p| {
+            let key = p.split('=').next().unwrap_or("");
+            crate::contract::params::percent_decode(key, true) == name
+        })
 }
 
 /// `path?query` without the query parameter `name` (the API key), every
@@ -278,7 +283,7 @@ pub fn prepare_upstream_request(
             upstream.remove_header(h);
         }
         if let Some(q) = &auth.api_key_query {
-            if let Some(query) = upstream.uri.query().filter(|qs| may_name(qs, q)) {
+            if let Some(query) = upstream.uri.query().filter(|qs| names_param(qs, q)) {
                 let pq = path_without_param(upstream.uri.path(), query, q);
                 let uri = http::Uri::builder()
                     .path_and_query(pq)

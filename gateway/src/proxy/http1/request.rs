@@ -522,7 +522,7 @@ pub fn write_upstream_head(out: &mut Vec<u8>, req: &Request<'_>, ctx: &RequestCt
     };
     let key_param = app.auth.as_ref().and_then(|a| a.api_key_query.as_deref());
     match (req.query, key_param) {
-        (Some(q), Some(k)) if super::super::upstream::may_name(q, k) => {
+        (Some(q), Some(k)) if super::super::upstream::names_param(q, k) => {
             out.extend_from_slice(
                 super::super::upstream::path_without_param(path, q, k).as_bytes(),
             );
