@@ -713,6 +713,26 @@ mod tests {
         assert_eq!(c[0].0, Class::MetadataChanged, "{c:?}");
     }
 
+    /// Which requests a route-scoped policy covers changes with the path
+    /// reading: a typed change a reviewer sees.
+    #[test]
+    fn case_insensitive_paths_is_a_typed_change() {
+        let c = classes(
+            APP,
+            &APP.replace(
+                "    upstream:",
+                "    case_insensitive_paths: true\n    upstream:",
+            ),
+        );
+        assert_eq!(
+            c,
+            vec![(
+                Class::EnforcementLoosened,
+                "case_insensitive_paths false → true".into()
+            )]
+        );
+    }
+
     #[test]
     fn many_consumer_changes_are_summarised() {
         let consumers = |n: usize| {
