@@ -124,6 +124,22 @@ impl ParamCheck {
             }
             return;
         }
+        if matches!(self.shape, Shape::Scalar(_)) && texts.len() > 1 {
+            // One value is judged and the app may read another: neither.
+            out.push(Violation {
+                location: loc,
+                name: Some(self.name.clone()),
+                pointer: String::new(),
+                keyword: "repeated".into(),
+                message: format!(
+                    "{} parameter `{}` takes one value and was given {}",
+                    loc_name(self.location),
+                    self.name,
+                    texts.len()
+                ),
+            });
+            return;
+        }
         let value = match self.shape {
             Shape::Scalar(s) => typed(&texts[0], s),
             Shape::Array { items, explode } => {

@@ -104,17 +104,8 @@ fn identify(
     auth: &Auth,
 ) -> Result<Option<usize>, GatewayError> {
     let dir = &active.bundle.consumers;
-    // Two credentials of one kind: which one the gateway judged would be a
-    // guess, so neither is.
-    if let Some(h) = &auth.api_key_header {
-        let mut seen = 0;
-        req.each_header(h.as_str(), &mut |_| seen += 1);
-        if seen > 1 {
-            return Err(GatewayError::AmbiguousRequest {
-                reason: "it carries more than one API key header",
-            });
-        }
-    }
+    // A second API key header is refused before identity runs
+    // (`head_rules::check_judged_once`).
     let mut query_keys = auth
         .api_key_query
         .as_deref()
@@ -133,10 +124,22 @@ fn identify(
     let key: Option<Cow<'_, str>> = auth
         .api_key_header
         .as_ref()
-        .and_then(|h| req.header_str(h.as_str()))
-        .map(|s| Cow::Borrowed(s.trim()))
+        .and_then(|h| req.header(h.as_str()))
+        // A key that is not text matches no consumer: 401, not anonymous.
+        .map(|v| Cow::Borrowed(crate::request::ascii_text(v).unwrap_or("")))
         .or_else(|| query_keys.pop());
+    // With JWT, `Authorization` is the gateway's to judge: a value it
+    // cannot verify is refused, never forwarded as if it had been checked.
+    let authorization = auth
+        .jwt
+        .as_ref()
+        .and_then(|jwt| Some((jwt, req.header("authorization")?)));
     if let Some(key) = key {
+        if authorization.is_some() {
+            return Err(GatewayError::AmbiguousRequest {
+                reason: "it carries both an API key and an Authorization header",
+            });
+        }
         return match dir.by_key(&key) {
             Some(i) => Ok(Some(i)),
             None => Err(GatewayError::Unauthenticated {
@@ -145,14 +148,13 @@ fn identify(
             }),
         };
     }
-    let bearer = req
-        .header_str("authorization")
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim);
-    if let (Some(jwt), Some(token)) = (&auth.jwt, bearer) {
+    if let Some((jwt, value)) = authorization {
+        let Some(token) = bearer_token(value) else {
+            return Err(GatewayError::Unauthenticated {
+                reason: "The Authorization header is not a Bearer token".into(),
+                challenge: challenge(auth, Some("not a bearer token")),
+            });
+        };
         return match jwt.verify(token) {
             Ok(subject) => match dir.by_subject(&subject) {
                 Some(i) => Ok(Some(i)),
@@ -180,6 +182,29 @@ fn identify(
         });
     }
     Ok(None)
+}
+
+/// The token of an `Authorization: Bearer <token>` value (RFC 6750 §2.1):
+/// the scheme in any case (RFC 9110 §11.1), one or more spaces, then a
+/// `token68`. `None` for any other scheme or shape.
+fn bearer_token(value: &[u8]) -> Option<&str> {
+    let (scheme, rest) = value.split_at(value.iter().position(|&b| b == b' ')?);
+    if !scheme.eq_ignore_ascii_case(b"bearer") {
+        return None;
+    }
+    let token = rest.trim_ascii_start();
+    let body_len = token.iter().rposition(|&b| b != b'=').map_or(0, |i| i + 1);
+    let (body, padding) = token.split_at(body_len);
+    let token68 = !body.is_empty()
+        && body
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~+/".contains(b))
+        && padding.iter().all(|&b| b == b'=');
+    if token68 {
+        std::str::from_utf8(token).ok()
+    } else {
+        None
+    }
 }
 
 /// The limit with the fewest requests left, for `RateLimit`.
@@ -309,5 +334,37 @@ fn refusal(id: &str, policy_item: &str, wait: Duration) -> GatewayError {
         retry_after,
         policy: policy_item.to_owned(),
         state,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer_token;
+
+    #[test]
+    fn bearer_tokens_are_read_with_the_scheme_in_any_case() {
+        for (value, token) in [
+            (&b"Bearer abc.def-ghi"[..], "abc.def-ghi"),
+            (b"bearer abc", "abc"),
+            (b"BEARER abc", "abc"),
+            (b"BeArEr  abc==", "abc=="),
+            (b"Bearer a+/b_~", "a+/b_~"),
+        ] {
+            assert_eq!(bearer_token(value), Some(token), "{value:?}");
+        }
+        for value in [
+            &b"Bearer"[..],
+            b"Bearer ",
+            b"Bearer\tabc",
+            b"Basic abc",
+            b"Bearerabc",
+            b"Bearer a b",
+            b"Bearer a=b",
+            b"Bearer ===",
+            b"Bearer caf\xc3\xa9",
+            b"Bearer a,b",
+        ] {
+            assert_eq!(bearer_token(value), None, "{value:?}");
+        }
     }
 }

@@ -66,27 +66,57 @@ pub fn check_head(req: &impl RequestView) -> Result<HeadFacts, GatewayError> {
     }
     let (mut hosts, mut host_ok, mut lengths, mut length_ok) = (0u32, true, 0u32, true);
     let (mut codings, mut chunked, mut connection, mut protected) = (0u32, true, false, false);
-    req.each_header_line(&mut |name, value| match name.len() {
-        4 if name.eq_ignore_ascii_case(b"host") => {
-            hosts += 1;
-            host_ok &= valid_host(value);
+    let mut padded = false;
+    // Fields read once by the gateway whatever the app: a second line
+    // would be read by the app, or by a policy, instead of the first.
+    let (mut authorizations, mut content_types, mut request_ids, mut traceparents) =
+        (0u32, 0u32, 0u32, 0u32);
+    req.each_header_line(&mut |name, value| {
+        // HTTP/1 parsers drop the white space around a value (RFC 9112
+        // §5); on HTTP/2 a value with it is malformed (RFC 9113 §8.2.1),
+        // and an app would read the value trimmed while a policy keyed on
+        // the padding.
+        padded |= matches!(value.first(), Some(b' ' | b'\t'))
+            || matches!(value.last(), Some(b' ' | b'\t'));
+        match name.len() {
+            4 if name.eq_ignore_ascii_case(b"host") => {
+                hosts += 1;
+                host_ok &= valid_host(value);
+            }
+            10 if name.eq_ignore_ascii_case(b"connection") => {
+                each_option(value, &mut |option| {
+                    connection = true;
+                    protected |= PROTECTED.iter().any(|p| p.as_bytes() == option);
+                });
+            }
+            14 if name.eq_ignore_ascii_case(b"content-length") => {
+                lengths += 1;
+                length_ok &= super::http1::parse_content_length(value).is_some();
+            }
+            17 if name.eq_ignore_ascii_case(b"transfer-encoding") => {
+                codings += 1;
+                chunked &= value.trim_ascii().eq_ignore_ascii_case(b"chunked");
+            }
+            13 if name.eq_ignore_ascii_case(b"authorization") => authorizations += 1,
+            12 if name.eq_ignore_ascii_case(b"content-type") => content_types += 1,
+            12 if name.eq_ignore_ascii_case(b"x-request-id") => request_ids += 1,
+            11 if name.eq_ignore_ascii_case(b"traceparent") => traceparents += 1,
+            _ => {}
         }
-        10 if name.eq_ignore_ascii_case(b"connection") => {
-            each_option(value, &mut |option| {
-                connection = true;
-                protected |= PROTECTED.iter().any(|p| p.as_bytes() == option);
-            });
-        }
-        14 if name.eq_ignore_ascii_case(b"content-length") => {
-            lengths += 1;
-            length_ok &= super::http1::parse_content_length(value).is_some();
-        }
-        17 if name.eq_ignore_ascii_case(b"transfer-encoding") => {
-            codings += 1;
-            chunked &= value.trim_ascii().eq_ignore_ascii_case(b"chunked");
-        }
-        _ => {}
     });
+    if padded {
+        return Err(ambiguous("a header value begins or ends with white space"));
+    }
+    for (count, reason) in [
+        (authorizations, "it repeats the Authorization header"),
+        (content_types, "it repeats the Content-Type header"),
+        (request_ids, "it repeats the X-Request-Id header"),
+        (traceparents, "it repeats the traceparent header"),
+    ] {
+        if count > 1 {
+            return Err(ambiguous(reason));
+        }
+    }
     if lengths > 1 || !length_ok {
         return Err(ambiguous("its Content-Length is repeated or not a number"));
     }
@@ -159,21 +189,49 @@ pub fn check_connection_for(
 
 /// Whether the app's policy reads header `name` (lowercase).
 fn judged_by(app: &App, route: Option<&Route>, name: &[u8]) -> bool {
-    let is = |h: &http::HeaderName| h.as_str().as_bytes() == name;
-    app.auth
-        .as_ref()
-        .and_then(|a| a.api_key_header.as_ref())
-        .is_some_and(is)
-        || matches!(&app.upstream.balancing, Balancing::ConsistentHash(h) if is(h))
-        || app
-            .limits
-            .iter()
-            .any(|l| matches!(&l.rule.key, crate::limits::LimitKey::Header(h) if is(h)))
+    let mut judged = false;
+    each_judged_header(app, &mut |h| judged |= h.as_str().as_bytes() == name);
+    judged
         || route.and_then(|r| r.operation.as_ref()).is_some_and(|op| {
             op.params.iter().any(|p| {
                 p.location == crate::contract::params::ParamIn::Header && p.name.as_bytes() == name
             })
         })
+}
+
+/// Call `f` with each header the app's policy reads on every route: the
+/// API key header, the balancing key, the limits' keys.
+fn each_judged_header(app: &App, f: &mut dyn FnMut(&http::HeaderName)) {
+    if let Some(h) = app.auth.as_ref().and_then(|a| a.api_key_header.as_ref()) {
+        f(h);
+    }
+    if let Balancing::ConsistentHash(h) = &app.upstream.balancing {
+        f(h);
+    }
+    for l in &app.limits {
+        if let crate::limits::LimitKey::Header(h) = &l.rule.key {
+            f(h);
+        }
+    }
+}
+
+/// The rule that depends on the app: each header its policy reads on
+/// every route ([`each_judged_header`]) comes at most once, so the value
+/// judged is the only one the app can read. (Header parameters of an
+/// operation are the contract's: a second value of a scalar one is a
+/// violation.)
+pub fn check_judged_once(req: &impl RequestView, app: &App) -> Result<(), GatewayError> {
+    let mut repeated = false;
+    each_judged_header(app, &mut |h| {
+        let mut seen = 0u32;
+        req.each_header(h.as_str(), &mut |_| seen += 1);
+        repeated |= seen > 1;
+    });
+    if repeated {
+        Err(ambiguous("it repeats a header the app's policy reads"))
+    } else {
+        Ok(())
+    }
 }
 
 /// Call `f` with each option of a `Connection` value, in lowercase,
@@ -322,6 +380,29 @@ mod tests {
         let mut lower = parts(&[("host", "a.test")], "/");
         lower.method = http::Method::from_bytes(b"get").expect("a token");
         assert!(check_head(&lower).is_err());
+    }
+
+    #[test]
+    fn padded_values_and_repeated_judged_fields_are_refused() {
+        let check = |h: &[(&str, &[u8])]| {
+            let mut b = http::Request::get("/").header("host", "a.test");
+            for (k, v) in h {
+                b = b.header(*k, http::HeaderValue::from_bytes(v).expect("a value"));
+            }
+            check_head(&b.body(()).expect("a request").into_parts().0)
+        };
+        assert!(check(&[("x-tenant", b"acme")]).is_ok());
+        assert!(check(&[("x-tenant", b"ac me")]).is_ok());
+        assert!(check(&[("x-tenant", b"")]).is_ok());
+        for padded in [&b" acme"[..], b"acme ", b"\tacme", b"  acme  ", b"acme\t"] {
+            assert!(check(&[("x-tenant", padded)]).is_err(), "{padded:?}");
+        }
+        for field in ["authorization", "content-type", "x-request-id", "traceparent"] {
+            assert!(check(&[(field, b"a")]).is_ok(), "{field}");
+            assert!(check(&[(field, b"a"), (field, b"a")]).is_err(), "{field}");
+        }
+        // Lists may repeat.
+        assert!(check(&[("accept", b"a"), ("accept", b"b")]).is_ok());
     }
 
     #[test]

@@ -68,13 +68,13 @@ fn route_request(
     ));
     let apps = &active.bundle.apps;
     let judged = |app: usize, route: Option<usize>| {
-        if !facts.connection {
-            return Ok((app, route));
-        }
         let a = &apps[app];
-        head_rules::check_connection_for(req, a, route.map(|r| &a.routes[r]))
-            .map(|()| (app, route))
-            .map_err(|e| (Some(app), e))
+        head_rules::check_judged_once(req, a).map_err(|e| (Some(app), e))?;
+        if facts.connection {
+            head_rules::check_connection_for(req, a, route.map(|r| &a.routes[r]))
+                .map_err(|e| (Some(app), e))?;
+        }
+        Ok((app, route))
     };
     match active
         .bundle
@@ -117,6 +117,14 @@ fn canonical_target(req: &mut RequestHeader) -> std::result::Result<(), GatewayE
         return Err(GatewayError::BadPath);
     }
     let h1 = req.version != http::Version::HTTP_2;
+    if !h1 {
+        // `:path` is origin-form (RFC 9113 §8.3.1; `*` is for OPTIONS to
+        // the server itself, which no app is).
+        if !req.raw_path().starts_with(b"/") {
+            return Err(GatewayError::BadRequest);
+        }
+        join_cookie_crumbs(req)?;
+    }
     if h1 && !req.raw_path().starts_with(b"/") {
         // The URI holds only the path of an absolute-form target; the
         // target's own bytes hold its scheme and authority.
@@ -185,6 +193,26 @@ fn canonical_target(req: &mut RequestHeader) -> std::result::Result<(), GatewayE
         .map_err(|_| GatewayError::BadPath)?;
     req.set_uri(uri);
     Ok(())
+}
+
+/// HTTP/2 may split `Cookie` into one field per crumb (RFC 9113 §8.2.3);
+/// an HTTP/1.1 app reads one line, so the crumbs are joined with `; `
+/// before any phase reads them.
+fn join_cookie_crumbs(req: &mut RequestHeader) -> std::result::Result<(), GatewayError> {
+    let mut crumbs = req.headers.get_all(http::header::COOKIE).iter();
+    if crumbs.nth(1).is_none() {
+        return Ok(());
+    }
+    let mut joined = Vec::with_capacity(256);
+    for crumb in req.headers.get_all(http::header::COOKIE) {
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(crumb.as_bytes());
+    }
+    let value = http::HeaderValue::from_bytes(&joined).map_err(|_| GatewayError::BadRequest)?;
+    req.insert_header(http::header::COOKIE, value)
+        .map_err(|_| GatewayError::BadRequest)
 }
 
 /// The Gatehouse proxy.

@@ -39,6 +39,9 @@ pub fn select_peer(session: &Session, ctx: &mut RequestCtx) -> Result<Box<HttpPe
     peer.options.read_timeout = Some(t.read.min(remaining));
     peer.options.write_timeout = Some(t.read.min(remaining));
     peer.options.idle_timeout = Some(Duration::from_secs(60));
+    // No upgrade reaches an app (see `strip_hop_by_hop`).
+    peer.options.http_upstream_request_policy.h1_upgrade =
+        pingora::upstreams::peer::H1UpgradePolicy::Deny;
     ctx.lease = Some(InstanceLease::new(instance));
     Ok(Box::new(peer))
 }
@@ -227,6 +230,42 @@ fn appended(upstream: &RequestHeader, name: &str, add: impl FnOnce(&mut String))
     out
 }
 
+/// Hop-by-hop fields (RFC 9110 §7.6.1) that are the client's connection's
+/// and never the app's: the standard ones, and the ones `Connection` names
+/// (which the head rules already kept from naming anything judged).
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "http2-settings",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Remove the hop-by-hop fields from a request for the app, on every
+/// forwarding path (streaming, buffered, retried). The gateway does not
+/// upgrade connections: an `Upgrade` is dropped with the rest, so the app
+/// answers the request as an ordinary one.
+pub fn strip_hop_by_hop(upstream: &mut RequestHeader) {
+    let mut named: Vec<String> = Vec::new();
+    for value in upstream.headers.get_all(http::header::CONNECTION) {
+        super::head_rules::each_option(value.as_bytes(), &mut |option| {
+            if let Ok(name) = std::str::from_utf8(option) {
+                named.push(name.to_owned());
+            }
+        });
+    }
+    for name in named.iter().map(String::as_str).chain(HOP_BY_HOP.iter().copied()) {
+        if upstream.headers.contains_key(name) {
+            upstream.remove_header(name);
+        }
+    }
+}
+
 /// Add `X-Request-Id` and the app's forwarding headers (`X-Forwarded-*` or
 /// RFC 7239 `Forwarded`), strip the app prefix if asked.
 pub fn prepare_upstream_request(
@@ -234,6 +273,7 @@ pub fn prepare_upstream_request(
     upstream: &mut RequestHeader,
     ctx: &RequestCtx,
 ) -> Result<()> {
+    strip_hop_by_hop(upstream);
     // Each insert re-parses the name and updates two maps in Pingora: insert
     // only what is new, with values built once.
     if !ctx.request_id_from_client {
