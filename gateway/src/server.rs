@@ -226,14 +226,14 @@ pub fn run(opts: ServeOptions) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
-        &server.configuration,
-        gateway(),
-        "gatehouse-proxy",
+    // Pingora's proxy behind Gatehouse's HTTP/2 front (`proxy::h2`): the
+    // TLS listener, and the plain one with `--http1-engine pingora`.
+    let mut pingora_proxy = pingora::proxy::http_proxy(&server.configuration, gateway());
+    pingora_proxy.server_options = server_options.clone();
+    let mut proxy = pingora::services::listening::Service::new(
+        "gatehouse-proxy".to_string(),
+        crate::proxy::h2::Front::new(pingora_proxy),
     );
-    if let Some(app) = proxy.app_logic_mut() {
-        app.server_options = server_options.clone();
-    }
     match opts.http1_engine {
         Http1Engine::Pingora => proxy.add_tcp(&opts.listen),
         Http1Engine::Lean => {

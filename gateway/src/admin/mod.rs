@@ -238,6 +238,25 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
         ],
     );
     counter(
+        "gatehouse_h2_stream_abuse_total",
+        "HTTP/2: streams the client reset before the gateway was done with them, streams refused past the per-connection cap of requests in progress, and connections closed with GOAWAY(ENHANCE_YOUR_CALM) for too many resets.",
+        "counter",
+        &[
+            (
+                "kind=\"client_reset\"",
+                crate::proxy::h2::counters::CLIENT_RESETS.load(Ordering::Relaxed),
+            ),
+            (
+                "kind=\"refused\"",
+                crate::proxy::h2::counters::REFUSED.load(Ordering::Relaxed),
+            ),
+            (
+                "kind=\"goaway\"",
+                crate::proxy::h2::counters::CALM_GOAWAYS.load(Ordering::Relaxed),
+            ),
+        ],
+    );
+    counter(
         "gatehouse_contract_violations_total",
         "Requests and responses found breaking their contract.",
         "counter",

@@ -57,6 +57,10 @@ async fn exchange(
     let route = ctx.route.and_then(|r| app.routes.get(r));
     let idempotent = session.req_header().method.is_idempotent();
     loop {
+        if super::h2::client_reset(session) {
+            // Nobody to answer: the app is not asked either.
+            return Ok(());
+        }
         let peer = match select_peer(session, ctx) {
             Ok(p) => p,
             Err(_) => {

@@ -397,7 +397,12 @@ mod tests {
         for padded in [&b" acme"[..], b"acme ", b"\tacme", b"  acme  ", b"acme\t"] {
             assert!(check(&[("x-tenant", padded)]).is_err(), "{padded:?}");
         }
-        for field in ["authorization", "content-type", "x-request-id", "traceparent"] {
+        for field in [
+            "authorization",
+            "content-type",
+            "x-request-id",
+            "traceparent",
+        ] {
             assert!(check(&[(field, b"a")]).is_ok(), "{field}");
             assert!(check(&[(field, b"a"), (field, b"a")]).is_err(), "{field}");
         }

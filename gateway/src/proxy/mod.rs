@@ -22,6 +22,7 @@ mod access;
 mod contract;
 pub mod failure_log;
 mod forward;
+pub mod h2;
 pub(crate) mod head_rules;
 pub mod http1;
 mod log;
@@ -347,7 +348,8 @@ impl ProxyHttp for Gateway {
             }
             ctx.body_bytes = 0; // counted again as the buffer is replayed upstream
         }
-        Ok(false)
+        // An HTTP/2 stream the client has reset by now is not sent on.
+        Ok(h2::client_reset(session))
     }
 
     async fn upstream_peer(
@@ -355,6 +357,12 @@ impl ProxyHttp for Gateway {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
+        if h2::client_reset(session) {
+            return Err(
+                Error::explain(ErrorType::ConnectionClosed, "the client reset the stream")
+                    .into_down(),
+            );
+        }
         upstream::select_peer(session, ctx)
     }
 
@@ -579,7 +587,10 @@ impl ProxyHttp for Gateway {
         let downstream_gone = matches!(e.esource(), pingora::ErrorSource::Downstream)
             && matches!(
                 e.etype(),
-                ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed
+                ErrorType::ReadError
+                    | ErrorType::WriteError
+                    | ErrorType::ConnectionClosed
+                    | ErrorType::H2Error
             );
         if downstream_gone || session.response_written().is_some() {
             if !downstream_gone {

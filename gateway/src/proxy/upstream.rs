@@ -259,7 +259,11 @@ pub fn strip_hop_by_hop(upstream: &mut RequestHeader) {
             }
         });
     }
-    for name in named.iter().map(String::as_str).chain(HOP_BY_HOP.iter().copied()) {
+    for name in named
+        .iter()
+        .map(String::as_str)
+        .chain(HOP_BY_HOP.iter().copied())
+    {
         if upstream.headers.contains_key(name) {
             upstream.remove_header(name);
         }

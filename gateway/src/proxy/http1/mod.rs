@@ -201,7 +201,7 @@ impl Engine {
                 if first && h2c && buf.len() >= H2_PREFACE_START.len() {
                     if buf.starts_with(H2_PREFACE_START) {
                         if let Some(client) = put_back(client, &buf) {
-                            self.pingora.process_new(client, shutdown).await;
+                            super::h2::serve_h2(&self.pingora, client, shutdown).await;
                         }
                         return;
                     }
