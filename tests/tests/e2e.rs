@@ -5,6 +5,7 @@ mod e2e {
     mod conformance;
     mod contracts;
     mod governance;
+    mod h2;
     mod http1;
     mod identity;
     mod lifecycle;

@@ -283,3 +283,13 @@ pub fn client_reset(session: &mut Session) -> bool {
     }
     true
 }
+
+/// Count a reset the proxy found while the request was already on its way
+/// to the app (Pingora then gives up on the upstream exchange).
+pub fn note_reset_in_flight(session: &Session) {
+    if let ServerSession::H2(h2) = session.as_downstream() {
+        if let Some(streams) = h2.req_header().extensions.get::<Arc<ConnectionStreams>>() {
+            streams.reset();
+        }
+    }
+}

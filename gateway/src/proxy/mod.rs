@@ -592,6 +592,9 @@ impl ProxyHttp for Gateway {
                     | ErrorType::ConnectionClosed
                     | ErrorType::H2Error
             );
+        if downstream_gone && e.etype() == &ErrorType::H2Error {
+            h2::note_reset_in_flight(session);
+        }
         if downstream_gone || session.response_written().is_some() {
             if !downstream_gone {
                 let method = session.req_header().method.as_str();

@@ -33,12 +33,12 @@ use serde_json::Value;
 /// The valid API key of the conformance estate; the app must never see it.
 const KEY: &str = "conformance-key-1";
 
-fn corpus_dir() -> PathBuf {
+pub(super) fn corpus_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("conformance")
 }
 
 /// A JSON string whose characters are bytes (U+0000..U+00FF).
-fn latin1(text: &str) -> Vec<u8> {
+pub(super) fn latin1(text: &str) -> Vec<u8> {
     text.chars()
         .map(|c| u8::try_from(u32::from(c)).expect("a corpus character above U+00FF"))
         .collect()
@@ -149,19 +149,19 @@ fn status_matches(want: &str, status: u16) -> bool {
 /// A request the app received, as an independent parser (`httparse`) read
 /// it from the bytes on the wire.
 #[derive(Debug, Clone)]
-struct Seen {
-    host: String,
-    target: String,
-    headers: Vec<(String, Vec<u8>)>,
+pub(super) struct Seen {
+    pub(super) host: String,
+    pub(super) target: String,
+    pub(super) headers: Vec<(String, Vec<u8>)>,
 }
 
 /// The recording upstream: answers every request with 200 and
 /// `X-Recorder: 1`, keeps what it got, and notes any request whose
 /// framing or `Host` could be read two ways.
 #[derive(Clone, Default)]
-struct Recorder {
-    seen: Arc<Mutex<Vec<Seen>>>,
-    violations: Arc<Mutex<Vec<String>>>,
+pub(super) struct Recorder {
+    pub(super) seen: Arc<Mutex<Vec<Seen>>>,
+    pub(super) violations: Arc<Mutex<Vec<String>>>,
 }
 
 impl Recorder {
@@ -179,7 +179,7 @@ impl Recorder {
         (rec, addr)
     }
 
-    fn count(&self) -> usize {
+    pub(super) fn count(&self) -> usize {
         self.seen.lock().map(|s| s.len()).unwrap_or(0)
     }
 
@@ -499,7 +499,7 @@ impl Dial {
 }
 
 /// A client configuration that trusts the CA in `ca` (PEM).
-fn tls_client(ca: &str) -> Arc<rustls::ClientConfig> {
+pub(super) fn tls_client(ca: &str) -> Arc<rustls::ClientConfig> {
     use rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca).expect("the CA file") {
@@ -625,7 +625,7 @@ struct EngineRun {
 
 /// The conformance estate in front of a new recording upstream and a
 /// scripted one serving `responses`, on `engine`, with `extra` arguments.
-fn start_estate(
+pub(super) fn start_estate(
     engine: &str,
     responses: &[ResponseCase],
     extra: &[&str],
@@ -644,6 +644,11 @@ fn start_estate(
     policies.write(
         "schemas/order.json",
         &std::fs::read_to_string(corpus_dir().join("policy/schemas/order.json")).expect("schema"),
+    );
+    policies.write(
+        "keys/idp.jwks.json",
+        &std::fs::read_to_string(corpus_dir().join("../../policies/keys/corp-idp.jwks.json"))
+            .expect("the example JWKS"),
     );
     let mut args = vec!["--http1-engine", engine, "--no-watch"];
     args.extend_from_slice(extra);
