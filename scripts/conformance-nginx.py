@@ -183,7 +183,7 @@ class Server(threading.Thread):
 
 
 class Recorder(Server):
-    """The app: answers every request 200 "ok", keep-alive; records each head it got.
+    """The app: answers every request 200 "{}", keep-alive; records each head it got.
     Frames bodies as a lenient origin would: Transfer-Encoding (chunked) over Content-Length."""
 
     def __init__(self):
@@ -220,7 +220,7 @@ class Recorder(Server):
                 return
             with self.lock:
                 self.got.append((head, body))
-            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Recorder: 1\r\n\r\nok")
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\nX-Recorder: 1\r\n\r\n{}")
             if any(n == b"connection" and b"close" in v.lower() for n, v in fields):
                 return
 

@@ -293,3 +293,24 @@ pub fn note_reset_in_flight(session: &Session) {
         }
     }
 }
+
+/// An HTTP/2 request that declared `content-length: 0`: wait for the end
+/// of its stream before it goes on. Pingora takes such a body as empty at
+/// once; a client that then sends DATA would have the app get a complete
+/// request while the client gets a reset. Any byte of DATA is a stream
+/// error here instead (the `h2` crate holds the stream to its declared
+/// length). Without END_STREAM at all, the body read times out as any
+/// slow body does.
+pub async fn await_end_of_stream(session: &mut Session) -> pingora::Result<()> {
+    let ServerSession::H2(h2) = session.as_downstream_mut() else {
+        return Ok(());
+    };
+    match h2.read_body_bytes().await? {
+        None => Ok(()),
+        Some(data) if data.is_empty() => Ok(()),
+        Some(_) => pingora::Error::e_explain(
+            pingora::ErrorType::InvalidHTTPHeader,
+            "DATA on a stream that declared content-length: 0",
+        ),
+    }
+}

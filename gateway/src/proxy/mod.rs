@@ -336,12 +336,19 @@ impl ProxyHttp for Gateway {
         }
 
         // A chunked body is read now when the cap is small enough to replay,
-        // so a body over the cap never reaches the upstream.
-        if declared.is_none()
-            && ctx.body_cap <= REPLAY_LIMIT as u64
-            && !session.is_body_empty()
-            && !session.is_body_done()
-        {
+        // so a body over the cap never reaches the upstream. So is an
+        // HTTP/2 body small enough to replay: one that is not as long as
+        // its `content-length` ends in an error here, before the app gets
+        // a request it could take as complete (RFC 9113 §8.1.1).
+        let h2 = session.req_header().version == http::Version::HTTP_2;
+        if h2 && declared == Some(0) {
+            h2::await_end_of_stream(session).await?;
+        }
+        let small = match declared {
+            None => ctx.body_cap <= REPLAY_LIMIT as u64,
+            Some(len) => h2 && len <= REPLAY_LIMIT as u64,
+        };
+        if small && !session.is_body_empty() && !session.is_body_done() {
             if contract::read_body(session, ctx.body_cap).await?.is_none() {
                 let limit = ctx.body_cap;
                 return respond(session, ctx, GatewayError::BodyTooLarge { limit }).await;

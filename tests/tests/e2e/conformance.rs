@@ -57,6 +57,8 @@ pub struct RequestCase {
     pub pingora: Option<Vec<String>>,
     pub upstream: Option<usize>,
     pub timeout_ok: bool,
+    /// Fields the app must not get (lowercase).
+    pub app_lacks: Vec<String>,
 }
 
 /// Read `requests.json`.
@@ -99,6 +101,16 @@ pub fn request_cases() -> Vec<RequestCase> {
                     .get("timeout_ok")
                     .and_then(Value::as_bool)
                     .unwrap_or(false),
+                app_lacks: c
+                    .get("app_lacks")
+                    .and_then(Value::as_array)
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(Value::as_str)
+                            .map(str::to_string)
+                            .collect()
+                    })
+                    .unwrap_or_default(),
             }
         })
         .collect()
@@ -155,7 +167,7 @@ pub(super) struct Seen {
     pub(super) headers: Vec<(String, Vec<u8>)>,
 }
 
-/// The recording upstream: answers every request with 200 and
+/// The recording upstream: answers every request with 200, `{}` and
 /// `X-Recorder: 1`, keeps what it got, and notes any request whose
 /// framing or `Host` could be read two ways.
 #[derive(Clone, Default)]
@@ -280,7 +292,7 @@ impl Recorder {
                 all.push(seen);
             }
             if conn
-                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Recorder: 1\r\n\r\nok")
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\nX-Recorder: 1\r\n\r\n{}")
                 .is_err()
             {
                 return;
@@ -641,10 +653,14 @@ pub(super) fn start_estate(
             .replace("{{UPSTREAM}}", &upstream.to_string())
             .replace("{{SCRIPTED}}", &scripted.to_string()),
     );
-    policies.write(
-        "schemas/order.json",
-        &std::fs::read_to_string(corpus_dir().join("policy/schemas/order.json")).expect("schema"),
-    );
+    for schema in std::fs::read_dir(corpus_dir().join("policy/schemas")).expect("schemas") {
+        let path = schema.expect("a schema").path();
+        let name = path.file_name().and_then(|n| n.to_str()).expect("a name");
+        policies.write(
+            &format!("schemas/{name}"),
+            &std::fs::read_to_string(&path).expect("schema"),
+        );
+    }
     policies.write(
         "keys/idp.jwks.json",
         &std::fs::read_to_string(corpus_dir().join("../../policies/keys/corp-idp.jwks.json"))
@@ -747,6 +763,16 @@ fn run_engine(engine: &str, requests: &[RequestCase], responses: &[ResponseCase]
         if let Some(n) = case.upstream {
             if forwarded != n && !timeout_accepted {
                 failures.push(fail(format!("the app got {forwarded} request(s), not {n}")));
+            }
+        }
+        if forwarded > 0 && !case.app_lacks.is_empty() {
+            let seen = recorder.seen.lock().map(|s| s.clone()).unwrap_or_default();
+            for s in &seen[seen.len() - forwarded..] {
+                for name in &case.app_lacks {
+                    if s.headers.iter().any(|(k, _)| k == name) {
+                        failures.push(fail(format!("the app got {name}")));
+                    }
+                }
             }
         }
         outcomes.insert(case.name.clone(), (text, forwarded, statuses.len()));
@@ -969,7 +995,7 @@ fn a_smuggled_request_reaches_neither_the_app_nor_another_client() {
             let answer = got.responses.first().expect("the victim's answer");
             assert_eq!(
                 (answer.status, answer.body.as_slice()),
-                (200, &b"ok"[..]),
+                (200, &b"{}"[..]),
                 "{engine}"
             );
             std::thread::sleep(Duration::from_millis(50));

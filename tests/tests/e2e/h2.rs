@@ -31,6 +31,8 @@ struct H2Case {
     path: String,
     headers: Vec<(String, Vec<u8>)>,
     body: Option<Vec<u8>>,
+    /// Wait this long between HEADERS and DATA.
+    body_delay: Duration,
     /// A status, `4xx`, or `reset` (the stream is reset, no response).
     expect: String,
     upstream: usize,
@@ -62,6 +64,9 @@ fn h2_cases() -> Vec<H2Case> {
                     })
                     .collect(),
                 body: c.get("body").and_then(Value::as_str).map(latin1),
+                body_delay: Duration::from_millis(
+                    c.get("body_delay_ms").and_then(Value::as_u64).unwrap_or(0),
+                ),
                 expect: s("expect"),
                 upstream: c["upstream"].as_u64().expect("upstream") as usize,
                 app_headers: c
@@ -148,9 +153,9 @@ async fn send_case(dial: &H2Dial, case: &H2Case) -> String {
             .send_request(req, case.body.is_none())
             .map_err(|e| e.to_string())?;
         if let Some(body) = &case.body {
-            stream
-                .send_data(Bytes::copy_from_slice(body), true)
-                .map_err(|e| e.to_string())?;
+            tokio::time::sleep(case.body_delay).await;
+            // The gateway may have answered (and closed the stream) by now.
+            let _ = stream.send_data(Bytes::copy_from_slice(body), true);
         }
         let response = response.await.map_err(|e| {
             e.reason()
