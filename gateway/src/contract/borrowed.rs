@@ -77,6 +77,11 @@ fn check(nodes: &[TapeNode<'_>]) -> Option<()> {
 /// Parse `body` with `simd-json` and hand its checked root to `f`; `None`
 /// when the body is not JSON or is left to `serde_json`.
 fn with_doc<T>(body: &[u8], f: impl FnOnce(Doc<'_>) -> T) -> Option<T> {
+    // `simd-json` does not hold escaped surrogates to their pairing, and
+    // reads `-0` as the integer 0 where `serde_json` keeps a float.
+    if super::ijson::has_surrogate_escape(body) || super::ijson::has_negative_zero(body) {
+        return None;
+    }
     SCRATCH.with(|scratch| {
         let mut scratch = scratch.try_borrow_mut().ok()?;
         let (input, buffers) = &mut *scratch;

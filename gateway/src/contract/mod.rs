@@ -22,6 +22,7 @@ pub mod borrowed;
 pub mod dialect;
 pub mod documents;
 pub mod formats;
+pub mod ijson;
 pub mod openapi;
 pub mod operation;
 pub mod params;

@@ -164,7 +164,9 @@ pub fn compile_routes(
                     params: Vec::new(),
                     body: request_schema.map(|v| BodyCheck {
                         required: true,
-                        media_types: vec!["application/json".into()],
+                        // JSON under any name (`application/merge-patch+json`,
+                        // `application/vnd.api+json`, …): judged as JSON.
+                        media_types: vec!["application/json".into(), "application/*+json".into()],
                         json: Some(v),
                     }),
                     responses,

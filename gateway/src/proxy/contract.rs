@@ -52,13 +52,21 @@ fn media_type_of(content_type: Option<&str>) -> String {
         .unwrap_or_default()
 }
 
+/// Whether `media` is one of `accepted`: a type, `major/*`, `*/*`, or
+/// `major/*+suffix` (any type of `major` with that structured suffix).
 fn media_accepted(accepted: &[String], media: &str) -> bool {
+    let (major, minor) = media.split_once('/').unwrap_or((media, ""));
     accepted.is_empty()
         || accepted.iter().any(|a| {
             a == media
                 || a == "*/*"
-                || a.strip_suffix("/*")
-                    .is_some_and(|major| media.split('/').next() == Some(major))
+                || a.strip_suffix("/*").is_some_and(|m| m == major)
+                || a.split_once("/*+").is_some_and(|(m, suffix)| {
+                    m == major
+                        && minor
+                            .strip_suffix(suffix)
+                            .is_some_and(|name| name.ends_with('+') && name.len() > 1)
+                })
         })
 }
 
@@ -421,4 +429,35 @@ pub fn record(ctx: &mut RequestCtx, violations: Vec<Violation>, what: &str) {
     }
     crate::contract::count_violation(what);
     ctx.violations.extend(violations);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::media_accepted;
+
+    #[test]
+    fn media_types_match_exactly_by_range_or_by_suffix() {
+        let json = [
+            "application/json".to_string(),
+            "application/*+json".to_string(),
+        ];
+        for ok in [
+            "application/json",
+            "application/merge-patch+json",
+            "application/vnd.api+json",
+        ] {
+            assert!(media_accepted(&json, ok), "{ok}");
+        }
+        for no in [
+            "text/plain",
+            "application/+json",
+            "application/jsonx",
+            "text/x+json",
+            "application/xml",
+        ] {
+            assert!(!media_accepted(&json, no), "{no}");
+        }
+        assert!(media_accepted(&["text/*".to_string()], "text/csv"));
+        assert!(media_accepted(&[], "anything/at-all"));
+    }
 }

@@ -480,6 +480,18 @@ impl SinglePass {
         doc: &str,
         pointer: &str,
     ) -> Option<SinglePass> {
+        // Draft 4 tells integers by their text (`1.0` and `-0` are not
+        // integers to `jsonschema` there); the program tells them by
+        // value, as later drafts do, so a draft-04 document is left to
+        // `jsonschema`.
+        if documents
+            .get(doc)
+            .and_then(|d| d.get("$schema"))
+            .and_then(Value::as_str)
+            .is_some_and(|s| s.contains("draft-04"))
+        {
+            return None;
+        }
         let mut c = Compiler {
             documents,
             leaf,
@@ -510,7 +522,7 @@ impl SinglePass {
     pub fn check_normalised(&self, body: &[u8]) -> Result<Check, serde_json::Error> {
         match self.check(body) {
             Check::Unsure => {
-                let value: Value = serde_json::from_slice(body)?;
+                let value = crate::contract::ijson::parse(body)?;
                 Ok(self.check(&serde_json::to_vec(&value)?))
             }
             judged => Ok(judged),
@@ -597,4 +609,4 @@ fn rereads(nodes: &[Node]) -> bool {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -276,9 +276,7 @@ impl<'a> Scan<'a> {
                 }
                 let schema = match node {
                     None => {
-                        if self.string()?.2 {
-                            return Err(Stop::Unsure);
-                        }
+                        self.other_member(others)?;
                         None
                     }
                     Some(n) => {
@@ -355,20 +353,8 @@ impl<'a> Scan<'a> {
             Some(i)
         } else {
             // Not a property: no unescaped name can equal one that JSON
-            // must escape, and an escaped name is unsure.
-            let (from, to, escaped) = self.string()?;
-            if escaped {
-                return Err(Stop::Unsure);
-            }
-            let named = bytes.get(from..to).ok_or(Stop::Unsure)?;
-            if self.others.len() - others >= MAX_OTHER_MEMBERS
-                || self.others[others..]
-                    .iter()
-                    .any(|&(f, t)| &bytes[f..t] == named)
-            {
-                return Err(Stop::Unsure);
-            }
-            self.others.push((from, to));
+            // must escape.
+            self.other_member(others)?;
             None
         };
         let Some(i) = found else {
@@ -382,6 +368,28 @@ impl<'a> Scan<'a> {
         // Named only by `required`: `additionalProperties` applies.
         let property = n.properties.get(i).ok_or(Stop::Unsure)?;
         Ok((i, property.schema.or(n.additional)))
+    }
+
+    /// Read a member name that names no property, at the cursor (an
+    /// opening quote), in an object whose names since `others` are noted:
+    /// a name seen before in the object (I-JSON names are unique), an
+    /// escaped one, or too many to compare are unsure.
+    fn other_member(&mut self, others: usize) -> Step {
+        let (from, to, escaped) = self.string()?;
+        if escaped {
+            return Err(Stop::Unsure);
+        }
+        let bytes = self.bytes;
+        let named = bytes.get(from..to).ok_or(Stop::Unsure)?;
+        if self.others.len() - others >= MAX_OTHER_MEMBERS
+            || self.others[others..]
+                .iter()
+                .any(|&(f, t)| &bytes[f..t] == named)
+        {
+            return Err(Stop::Unsure);
+        }
+        self.others.push((from, to));
+        Ok(())
     }
 
     #[inline(never)]
@@ -521,6 +529,14 @@ impl<'a> Scan<'a> {
         }
         self.at = at;
         if !want {
+            // Unchecked, but still a number every reader takes the same:
+            // within the range of a double (I-JSON).
+            if exponent || whole_digits > 308 {
+                let text = self.text.get(from..at).ok_or(Stop::Unsure)?;
+                if !text.parse::<f64>().is_ok_and(f64::is_finite) {
+                    return Err(Stop::Unsure);
+                }
+            }
             return Ok(None);
         }
         // As `serde_json`: integers in range as such, `-0` and the rest as `f64`.

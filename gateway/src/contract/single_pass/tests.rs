@@ -238,7 +238,7 @@ fn the_example_contracts_are_judged_in_one_pass() {
     }
 }
 
-fn scalar() -> impl Strategy<Value = Value> {
+pub(crate) fn scalar() -> impl Strategy<Value = Value> {
     prop_oneof![
         Just(Value::Null),
         any::<bool>().prop_map(Value::Bool),
@@ -261,7 +261,7 @@ fn scalar() -> impl Strategy<Value = Value> {
     ]
 }
 
-fn document() -> impl Strategy<Value = Value> {
+pub(crate) fn document() -> impl Strategy<Value = Value> {
     scalar().prop_recursive(4, 40, 5, |inner| {
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
@@ -381,7 +381,7 @@ fn keyword(inner: BoxedStrategy<Value>) -> impl Strategy<Value = (String, Value)
     ]
 }
 
-fn schema() -> impl Strategy<Value = Value> {
+pub(crate) fn schema() -> impl Strategy<Value = Value> {
     let leaf = prop_oneof![
         Just(json!(true)),
         Just(json!(false)),

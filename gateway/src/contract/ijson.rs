@@ -1,0 +1,214 @@
+//! Reading a JSON body as every app will: the I-JSON profile (RFC 7493).
+//!
+//! JSON parsers disagree on what `{"a":1,"a":"x"}` means (the first value,
+//! the last, or an error); a body the gateway judged by one value and an
+//! app acts on by another is a bypass. So a checked body must be I-JSON:
+//! no member name twice in an object, numbers within IEEE 754 double
+//! range, and strings of Unicode scalar values (no unpaired surrogate).
+//! `serde_json` already refuses the last two; this module adds the first,
+//! and is the one reading every contract path falls back to.
+
+use serde::de::{DeserializeSeed, Error as _, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Number, Value};
+
+/// Parse `body` as I-JSON: a repeated member name is an error, as are the
+/// numbers and strings `serde_json` refuses, and trailing bytes.
+pub fn parse(body: &[u8]) -> Result<Value, serde_json::Error> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let value = Strict.deserialize(&mut de)?;
+    de.end()?;
+    Ok(value)
+}
+
+/// Whether `body` holds a `\u` escape of a surrogate (`\uD800`–`\uDFFF`):
+/// parsers that do not check their pairing must leave such a body to
+/// [`parse`].
+pub fn has_surrogate_escape(body: &[u8]) -> bool {
+    let mut rest = body;
+    while let Some(at) = rest.iter().position(|&b| b == b'\\') {
+        match rest.get(at + 1) {
+            Some(b'u') => {
+                if let (Some(b'd' | b'D'), Some(b'8'..=b'9' | b'a'..=b'f' | b'A'..=b'F')) =
+                    (rest.get(at + 2), rest.get(at + 3))
+                {
+                    return true;
+                }
+                rest = &rest[at + 2..];
+            }
+            // `\\` and the other escapes: skip both bytes.
+            Some(_) => rest = &rest[at + 2..],
+            None => return false,
+        }
+    }
+    false
+}
+
+/// Whether `body` may hold the number `-0` written as an integer (not
+/// `-0.0` or `-0e0`), which parsers read as the integer 0 or as the float
+/// -0.0 (`serde_json`); text in strings may match too.
+pub fn has_negative_zero(body: &[u8]) -> bool {
+    body.windows(2).enumerate().any(|(at, w)| {
+        w == b"-0" && !matches!(body.get(at + 2), Some(b'.' | b'e' | b'E' | b'0'..=b'9'))
+    })
+}
+
+/// A value read with member names checked.
+struct Strict;
+
+impl<'de> DeserializeSeed<'de> for Strict {
+    type Value = Value;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Strict {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::Number(v.into()))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::Number(v.into()))
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Value, E> {
+        Number::from_f64(v)
+            .map(Value::Number)
+            .ok_or_else(|| E::custom("a number out of range"))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(64));
+        while let Some(item) = seq.next_element_seed(Strict)? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut members = Map::new();
+        while let Some(name) = map.next_key::<String>()? {
+            if members.contains_key(&name) {
+                let shown: String = name.chars().take(64).collect();
+                return Err(A::Error::custom(format!(
+                    "the member name \"{shown}\" is repeated (RFC 7493: names are unique)"
+                )));
+            }
+            let value = map.next_value_seed(Strict)?;
+            members.insert(name, value);
+        }
+        Ok(Value::Object(members))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn repeated_member_names_are_refused_at_any_depth() {
+        for body in [
+            r#"{"a":1,"a":"x"}"#,
+            r#"{"a":1,"a":1}"#,
+            r#"{"x":{"b":[{"c":1,"c":2}]}}"#,
+            r#"[{"a":1},{"b":1,"b":2}]"#,
+            r#"{"a":1,"\u0061":2}"#,
+        ] {
+            let err = parse(body.as_bytes()).expect_err(body);
+            assert!(err.to_string().contains("repeated"), "{body}: {err}");
+        }
+        assert_eq!(
+            parse(br#"{"a":1,"b":{"a":2}}"#).expect("distinct names per object"),
+            serde_json::json!({"a":1,"b":{"a":2}})
+        );
+    }
+
+    #[test]
+    fn numbers_out_of_range_and_lone_surrogates_are_refused() {
+        for body in [
+            "1e999",
+            "-1e400",
+            r#"{"a":1e309}"#,
+            r#""\ud800""#,
+            r#""\udc00x""#,
+            r#""\ud800\u0041""#,
+        ] {
+            assert!(parse(body.as_bytes()).is_err(), "{body}");
+        }
+        assert!(parse(br#""\ud83d\ude00""#).is_ok(), "a surrogate pair");
+        assert!(parse(b"1.7976931348623157e308").is_ok());
+        assert!(parse(b"{} x").is_err(), "trailing bytes");
+    }
+
+    #[test]
+    fn negative_zero_integers_are_found() {
+        for body in ["-0", "[-0]", r#"{"a":-0}"#, "-0 "] {
+            assert!(has_negative_zero(body.as_bytes()), "{body}");
+        }
+        for body in ["-0.0", "-0e1", "-1", "0", "-10", "[1,-0E0]"] {
+            assert!(!has_negative_zero(body.as_bytes()), "{body}");
+        }
+    }
+
+    #[test]
+    fn surrogate_escapes_are_found() {
+        assert!(has_surrogate_escape(br#""\ud800""#));
+        assert!(has_surrogate_escape(br#""a\uDBFFb""#));
+        assert!(
+            !has_surrogate_escape(br#""\u0041\\ud800""#),
+            "an escaped backslash"
+        );
+        assert!(!has_surrogate_escape(br#""\u00e9 \n""#));
+        assert!(!has_surrogate_escape(br"\"));
+    }
+
+    proptest! {
+        /// Where names are unique, the strict reading is `serde_json`'s.
+        #[test]
+        fn unique_names_read_as_serde_json(value in json_value()) {
+            let text = serde_json::to_vec(&value).expect("serialise");
+            prop_assert_eq!(parse(&text).expect("I-JSON"), value);
+        }
+    }
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            (-1e300f64..1e300).prop_map(Value::from),
+            "[a-z\u{e9}\u{1f600}]{0,6}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 32, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
+                prop::collection::btree_map("[a-c]{1,2}", inner, 0..5)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+}
