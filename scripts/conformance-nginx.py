@@ -612,13 +612,13 @@ http {{
     upstream recorder {{ server 127.0.0.1:{rec}; keepalive 16; }}
     upstream scripted {{ server 127.0.0.1:{scr}; keepalive 16; }}
     server {{
-        listen 127.0.0.1:{port} default_server;
+        listen 127.0.0.1:{port}{http2} default_server;
         server_name _;
         return 404;
     }}
     server {{
-        listen 127.0.0.1:{port};
-        server_name conf.test *.wild.test iis.test keys.test;
+        listen 127.0.0.1:{port}{http2};
+        server_name conf.test *.wild.test iis.test keys.test tenant.test jwt.test;
         location / {{
             proxy_pass http://recorder;
             proxy_http_version 1.1;
@@ -629,7 +629,7 @@ http {{
         }}
     }}
     server {{
-        listen 127.0.0.1:{port};
+        listen 127.0.0.1:{port}{http2};
         server_name resp.test;
         location / {{
             proxy_pass http://scripted;
@@ -644,7 +644,8 @@ http {{
 """
 
 
-def start_nginx(t, nginx, work, scripted):
+def start_nginx(t, nginx, work, scripted, http2=False):
+    """nginx in front of a new recorder; `http2`: the listener speaks cleartext HTTP/2 only."""
     d = os.path.join(work, "nginx")
     os.makedirs(d)
     os.chmod(work, 0o755)
@@ -653,7 +654,8 @@ def start_nginx(t, nginx, work, scripted):
     t.recorder.start()
     t.port = free_port()
     with open(os.path.join(d, "nginx.conf"), "w") as f:
-        f.write(NGINX_CONF.format(d=d, rec=t.recorder.port, scr=scripted.port, port=t.port))
+        f.write(NGINX_CONF.format(d=d, rec=t.recorder.port, scr=scripted.port, port=t.port,
+                                  http2=" http2" if http2 else ""))
     t.log = os.path.join(d, "error.log")
     out = open(os.path.join(d, "stderr.log"), "w")
     t.proc = subprocess.Popen([nginx, "-p", d, "-c", os.path.join(d, "nginx.conf"), "-g", "daemon off;"],
@@ -662,10 +664,14 @@ def start_nginx(t, nginx, work, scripted):
         t.error = "nginx did not start (see %s)" % os.path.join(d, "stderr.log")
 
 
-def start_gatehouse(t, binary, engine, work, scripted):
+def start_gatehouse(t, binary, engine, work, scripted, extra=()):
+    """Gatehouse on `engine` in front of a new recorder, with `extra` serve arguments."""
     d = os.path.join(work, "gatehouse-" + engine)
     pol = os.path.join(d, "policies")
     shutil.copytree(os.path.join(ROOT, "tests", "conformance", "policy"), pol)
+    os.makedirs(os.path.join(pol, "keys"))
+    shutil.copy(os.path.join(ROOT, "policies", "keys", "corp-idp.jwks.json"),
+                os.path.join(pol, "keys", "idp.jwks.json"))
     t.recorder = Recorder()
     t.recorder.start()
     for name in os.listdir(pol):
@@ -686,7 +692,7 @@ def start_gatehouse(t, binary, engine, work, scripted):
     t.proc = subprocess.Popen(
         [binary, "serve", "--policies", pol, "--listen", "127.0.0.1:%d" % t.port,
          "--admin-listen", "127.0.0.1:%d" % admin, "--no-watch", "--http1-engine", engine,
-         "--drain-timeout", "1", "--spool-dir", os.path.join(d, "spool")],
+         "--drain-timeout", "1", "--spool-dir", os.path.join(d, "spool")] + list(extra),
         cwd=d, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     start = time.monotonic()
     while time.monotonic() - start < 30:
