@@ -20,6 +20,8 @@
 mod chunked;
 mod guard;
 mod head;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod oracle;
 pub(crate) use head::parse_content_length;
 pub use head::{MAX_HEAD, MAX_HEADERS};
 mod pool;
