@@ -72,6 +72,9 @@ pub struct RequestCtx {
     /// The clock reading that ended the last timed phase, for the next one
     /// to start from: one reading per boundary instead of two.
     pub clock_mark: Option<Instant>,
+    /// The client reset the request's HTTP/2 stream (counted once toward
+    /// its connection's budget, `proxy::h2`).
+    pub client_reset: bool,
     _in_flight: InFlight,
 }
 
@@ -108,6 +111,7 @@ impl RequestCtx {
             last_instance: None,
             started_wall: None,
             clock_mark: None,
+            client_reset: false,
             _in_flight: in_flight,
         }
     }

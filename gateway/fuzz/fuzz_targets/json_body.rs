@@ -19,9 +19,9 @@ fn schemas() -> &'static [Arc<BodySchema>] {
     static SCHEMAS: OnceLock<Vec<Arc<BodySchema>>> = OnceLock::new();
     SCHEMAS.get_or_init(|| {
         let order = include_str!("../../../tests/conformance/policy/schemas/order.json");
-        let recursive = r#"{"oneOf": [{"type": "integer"}, {"type": "array", "items": {"$ref": "#"}},
+        let recursive = r##"{"oneOf": [{"type": "integer"}, {"type": "array", "items": {"$ref": "#"}},
             {"type": "object", "properties": {"a": {"$ref": "#"}, "b": {"type": "string", "maxLength": 3}},
-             "additionalProperties": false}]}"#;
+             "additionalProperties": false}]}"##;
         [order, recursive]
             .iter()
             .map(|text| {

@@ -57,7 +57,7 @@ async fn exchange(
     let route = ctx.route.and_then(|r| app.routes.get(r));
     let idempotent = session.req_header().method.is_idempotent();
     loop {
-        if super::h2::client_reset(session) {
+        if super::h2::client_reset(session, ctx) {
             // Nobody to answer: the app is not asked either.
             return Ok(());
         }

@@ -13,7 +13,9 @@
 //! - a client that resets more than [`RESET_BUDGET`] streams, and more than
 //!   half of those it opened, gets `GOAWAY(ENHANCE_YOUR_CALM)`;
 //! - requests still being handled are capped per connection
-//!   ([`MAX_IN_PROGRESS`]); a stream past the cap is refused
+//!   ([`MAX_IN_PROGRESS`]); a request whose stream was reset while it was
+//!   with the app counts until the app's deadline for it, since the app
+//!   may still be working on it; a stream past the cap is refused
 //!   (`REFUSED_STREAM`, which a client may retry) and counted as a reset;
 //! - a connection serves at most [`MAX_STREAMS_PER_CONNECTION`] streams,
 //!   then a graceful `GOAWAY` asks the client to open another;
@@ -40,6 +42,7 @@ use pingora::proxy::{HttpProxy, Session};
 use pingora::server::ShutdownWatch;
 
 use super::Gateway;
+use crate::ctx::RequestCtx;
 
 /// `SETTINGS_MAX_CONCURRENT_STREAMS`: streams a client may have open at once.
 pub const MAX_CONCURRENT_STREAMS: u32 = 100;
@@ -269,29 +272,54 @@ fn stream_reset(session: &mut H2Session) -> bool {
 }
 
 /// Has the client already reset the HTTP/2 stream of this request? Then
-/// the request must not reach the app; the reset counts toward the
-/// connection's budget. Always `false` on HTTP/1.
-pub fn client_reset(session: &mut Session) -> bool {
+/// the request must not reach the app (again); the reset counts, once,
+/// toward the connection's budget. Always `false` on HTTP/1.
+pub fn client_reset(session: &mut Session, ctx: &mut RequestCtx) -> bool {
     let ServerSession::H2(h2) = session.as_downstream_mut() else {
         return false;
     };
     if !stream_reset(h2) {
         return false;
     }
-    if let Some(streams) = h2.req_header().extensions.get::<Arc<ConnectionStreams>>() {
-        streams.reset();
-    }
+    let went_upstream = ctx.attempts > 0;
+    count_reset(h2, ctx, went_upstream);
     true
 }
 
-/// Count a reset the proxy found while the request was already on its way
-/// to the app (Pingora then gives up on the upstream exchange).
-pub fn note_reset_in_flight(session: &Session) {
+/// Count a reset (or a client gone) the proxy found while the request was
+/// already with the app.
+pub fn note_reset_in_flight(session: &Session, ctx: &mut RequestCtx) {
     if let ServerSession::H2(h2) = session.as_downstream() {
-        if let Some(streams) = h2.req_header().extensions.get::<Arc<ConnectionStreams>>() {
-            streams.reset();
-        }
+        count_reset(h2, ctx, true);
     }
+}
+
+/// Count the request's reset once toward its connection's budget. When the
+/// request `went_upstream`, Pingora has closed the upstream connection but
+/// the app may go on working on it until the app's deadline for it: its
+/// slot among the connection's requests in progress stays taken until
+/// then, so a client cannot keep the app busy with more than
+/// [`MAX_IN_PROGRESS`] requests per connection by resetting each as soon as
+/// it went upstream.
+fn count_reset(h2: &H2Session, ctx: &mut RequestCtx, went_upstream: bool) {
+    if ctx.client_reset {
+        return;
+    }
+    ctx.client_reset = true;
+    let Some(streams) = h2.req_header().extensions.get::<Arc<ConnectionStreams>>() else {
+        return;
+    };
+    streams.reset();
+    let deadline = ctx.deadline.filter(|d| *d > std::time::Instant::now());
+    let (true, Some(deadline)) = (went_upstream, deadline) else {
+        return;
+    };
+    streams.in_progress.fetch_add(1, Ordering::Relaxed);
+    let held = InProgress(Arc::clone(streams));
+    tokio::spawn(async move {
+        tokio::time::sleep_until(deadline.into()).await;
+        drop(held);
+    });
 }
 
 /// An HTTP/2 request that declared `content-length: 0`: wait for the end

@@ -356,7 +356,7 @@ impl ProxyHttp for Gateway {
             ctx.body_bytes = 0; // counted again as the buffer is replayed upstream
         }
         // An HTTP/2 stream the client has reset by now is not sent on.
-        Ok(h2::client_reset(session))
+        Ok(h2::client_reset(session, ctx))
     }
 
     async fn upstream_peer(
@@ -364,7 +364,7 @@ impl ProxyHttp for Gateway {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        if h2::client_reset(session) {
+        if h2::client_reset(session, ctx) {
             return Err(
                 Error::explain(ErrorType::ConnectionClosed, "the client reset the stream")
                     .into_down(),
@@ -441,7 +441,9 @@ impl ProxyHttp for Gateway {
             e.etype(),
             ErrorType::ReadTimedout | ErrorType::WriteTimedout
         );
+        // Never again for a client that has gone (a reset HTTP/2 stream).
         let retry = session.req_header().method.is_idempotent()
+            && !matches!(e.esource(), pingora::ErrorSource::Downstream)
             && !session.as_ref().retry_buffer_truncated()
             && session.response_written().is_none()
             && !timed_out
@@ -599,8 +601,8 @@ impl ProxyHttp for Gateway {
                     | ErrorType::ConnectionClosed
                     | ErrorType::H2Error
             );
-        if downstream_gone && e.etype() == &ErrorType::H2Error {
-            h2::note_reset_in_flight(session);
+        if downstream_gone {
+            h2::note_reset_in_flight(session, ctx);
         }
         if downstream_gone || session.response_written().is_some() {
             if !downstream_gone {

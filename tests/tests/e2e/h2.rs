@@ -282,11 +282,13 @@ async fn every_http2_listener_passes_the_h2_corpus() {
     );
 }
 
-/// An upstream that answers every request after `delay`, counting the
-/// requests it got.
+/// An upstream that answers every request after `delay` (even when the
+/// gateway has closed the connection meanwhile, as a busy app would),
+/// counting the requests it got and the most it worked on at once.
 struct SlowApp {
     addr: SocketAddr,
     got: Arc<AtomicUsize>,
+    peak: Arc<AtomicUsize>,
 }
 
 impl SlowApp {
@@ -294,18 +296,22 @@ impl SlowApp {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = listener.local_addr().expect("addr");
         let got = Arc::new(AtomicUsize::new(0));
-        let g = Arc::clone(&got);
+        let peak = Arc::new(AtomicUsize::new(0));
+        let now = Arc::new(AtomicUsize::new(0));
+        let counts = [Arc::clone(&got), Arc::clone(&peak), now];
         std::thread::spawn(move || {
             for conn in listener.incoming().flatten() {
-                let g = Arc::clone(&g);
-                std::thread::spawn(move || serve_slowly(conn, delay, &g));
+                let counts = counts.clone();
+                std::thread::spawn(move || serve_slowly(conn, delay, &counts));
             }
         });
-        SlowApp { addr, got }
+        SlowApp { addr, got, peak }
     }
 }
 
-fn serve_slowly(mut conn: std::net::TcpStream, delay: Duration, got: &AtomicUsize) {
+/// `counts`: requests got, the most at once, how many now.
+fn serve_slowly(mut conn: std::net::TcpStream, delay: Duration, counts: &[Arc<AtomicUsize>; 3]) {
+    let [got, peak, now] = counts;
     use std::io::{Read, Write};
     let mut buf = Vec::new();
     let mut chunk = [0u8; 8192];
@@ -320,7 +326,9 @@ fn serve_slowly(mut conn: std::net::TcpStream, delay: Duration, got: &AtomicUsiz
         let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(0) + 4;
         buf.drain(..end);
         got.fetch_add(1, Ordering::SeqCst);
+        peak.fetch_max(now.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
         std::thread::sleep(delay);
+        now.fetch_sub(1, Ordering::SeqCst);
         if conn
             .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
             .is_err()
@@ -472,4 +480,62 @@ async fn streams_reset_after_going_upstream_are_budgeted_too() {
         "{reached} of {opened} streams reached the app before the GOAWAY"
     );
     assert!(reached > 0, "the first streams were served");
+}
+
+/// Resets after the request went upstream, hidden among as many requests
+/// the gateway answers itself (so resets never exceed half the streams):
+/// the app still never works on more of one connection's requests at once
+/// than the cap of requests in progress, since a request reset while with
+/// the app keeps its slot until the app's deadline; past the cap, streams
+/// are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resets_hidden_among_cheap_requests_cannot_overload_the_app() {
+    let app = SlowApp::start(Duration::from_secs(3));
+    let (_dir, gw) = drill_estate(app.addr);
+    let (send, conn) = H2Dial::Plain(gw.addr).connect().await;
+    let cheap = || {
+        http::Request::get("http://nothing.test/x")
+            .body(())
+            .expect("a request")
+    };
+    let (mut opened, mut refused) = (0usize, 0usize);
+    'attack: for _ in 0..25 {
+        let mut slow = Vec::new();
+        let mut answered = Vec::new();
+        for _ in 0..40 {
+            // The connection ends (GOAWAY) once refusals tip the budget.
+            let (Ok(mut a), Ok(mut b)) = (send.clone().ready().await, send.clone().ready().await)
+            else {
+                break 'attack;
+            };
+            let (Ok(s), Ok((c, _))) = (
+                a.send_request(get("/x"), true),
+                b.send_request(cheap(), true),
+            ) else {
+                break 'attack;
+            };
+            slow.push(s);
+            answered.push(c);
+            opened += 2;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        for (resp, mut stream) in slow {
+            stream.send_reset(h2::Reason::CANCEL);
+            drop(resp);
+        }
+        for c in answered {
+            if let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(2), c).await {
+                if e.reason() == Some(h2::Reason::REFUSED_STREAM) {
+                    refused += 1;
+                }
+            }
+        }
+    }
+    drop(send);
+    conn.abort();
+    let peak = app.peak.load(Ordering::SeqCst);
+    assert!(
+        peak <= 128,
+        "the app worked on {peak} of one connection's requests at once ({opened} streams, {refused} refused)"
+    );
 }
