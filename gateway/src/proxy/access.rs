@@ -120,6 +120,25 @@ fn identify(
             reason: "it carries more than one API key parameter",
         });
     }
+    if let (Some(q), Some(qs)) = (auth.api_key_query.as_deref(), req.query()) {
+        if super::upstream::aliases_param(qs, q) {
+            return Err(GatewayError::AmbiguousRequest {
+                reason: "a query parameter stands for the API key parameter on some servers",
+            });
+        }
+    }
+    // A token in the query (RFC 6750 §2.3) is a credential the gateway
+    // does not verify: refused, never forwarded as if it had been.
+    if auth.jwt.is_some()
+        && req
+            .query()
+            .is_some_and(|qs| super::upstream::names_param(qs, "access_token"))
+    {
+        return Err(GatewayError::Unauthenticated {
+            reason: "Send the token in the Authorization header, not the query".into(),
+            challenge: challenge(auth, Some("token in the query")),
+        });
+    }
     // Borrowed from the head where it can be: no copy of the key per request.
     let key: Option<Cow<'_, str>> = auth
         .api_key_header

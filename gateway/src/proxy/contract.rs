@@ -52,6 +52,21 @@ fn media_type_of(content_type: Option<&str>) -> String {
         .unwrap_or_default()
 }
 
+/// Whether a JSON body's `Content-Type` leaves it UTF-8: no `charset`, or
+/// `utf-8`. JSON is UTF-8 (RFC 8259 §8.1); a body judged as UTF-8 that an
+/// app decodes by another charset (UTF-7 turns `+ACI-` into `"`) is not
+/// the body that was judged.
+fn utf8_charset(content_type: Option<&str>) -> bool {
+    let Some(value) = content_type else {
+        return true;
+    };
+    value.split(';').skip(1).all(|param| {
+        let (name, v) = param.split_once('=').unwrap_or((param, ""));
+        !name.trim().eq_ignore_ascii_case("charset")
+            || v.trim().trim_matches('"').eq_ignore_ascii_case("utf-8")
+    })
+}
+
 /// Whether `media` is one of `accepted`: a type, `major/*`, `*/*`, or
 /// `major/*+suffix` (any type of `major` with that structured suffix).
 fn media_accepted(accepted: &[String], media: &str) -> bool {
@@ -139,7 +154,9 @@ pub fn plan_request(
                         message: "a request body is required".into(),
                     });
                 }
-            } else if !media_accepted(&body.media_types, &media) {
+            } else if !media_accepted(&body.media_types, &media)
+                || (is_json(&media) && !utf8_charset(req.header_str("content-type")))
+            {
                 if enforce {
                     let expected = body.media_types.clone();
                     return Err(GatewayError::UnsupportedMediaType { expected });
@@ -458,6 +475,29 @@ mod tests {
             assert!(!media_accepted(&json, no), "{no}");
         }
         assert!(media_accepted(&["text/*".to_string()], "text/csv"));
+    }
+
+    #[test]
+    fn json_is_utf_8_or_refused() {
+        use super::utf8_charset;
+        for ok in [
+            None,
+            Some("application/json"),
+            Some("application/json; charset=utf-8"),
+            Some("application/json;charset=\"UTF-8\""),
+            Some("application/json; version=2"),
+        ] {
+            assert!(utf8_charset(ok), "{ok:?}");
+        }
+        for no in [
+            "application/json; charset=utf-7",
+            "application/json; charset=UTF-16",
+            "application/json; CHARSET=latin1",
+            "application/json; charset=",
+            "application/json; charset=utf-8; charset=utf-7",
+        ] {
+            assert!(!utf8_charset(Some(no)), "{no}");
+        }
         assert!(media_accepted(&[], "anything/at-all"));
     }
 }

@@ -44,6 +44,36 @@ pub struct HeadFacts {
     /// `keep-alive`, which may name headers the app's policy reads
     /// ([`check_connection_for`]).
     pub connection: bool,
+    /// A header name holds `_`, which servers that map names to variables
+    /// (CGI, WSGI, PHP, Rails) read as `-` ([`check_judged_once`]).
+    pub underscore: bool,
+}
+
+/// Fields the gateway reads or writes whatever the app: no header name
+/// may stand for one of them by spelling `-` as `_`.
+const READ_BY_THE_GATEWAY: &[&str] = &[
+    "authorization",
+    "content-length",
+    "content-type",
+    "forwarded",
+    "host",
+    "traceparent",
+    "transfer-encoding",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-real-ip",
+    "x-request-id",
+];
+
+/// Whether header name `name` (any case) reads as `field` (lowercase) once
+/// `_` is taken for `-`, as CGI-style servers take it.
+fn stands_for(name: &[u8], field: &str) -> bool {
+    name.len() == field.len()
+        && name
+            .iter()
+            .zip(field.bytes())
+            .all(|(&a, b)| a.to_ascii_lowercase() == b || (a == b'_' && b == b'-'))
 }
 
 /// The rules that do not depend on the app, in one pass over the header
@@ -66,7 +96,7 @@ pub fn check_head(req: &impl RequestView) -> Result<HeadFacts, GatewayError> {
     }
     let (mut hosts, mut host_ok, mut lengths, mut length_ok) = (0u32, true, 0u32, true);
     let (mut codings, mut chunked, mut connection, mut protected) = (0u32, true, false, false);
-    let mut padded = false;
+    let (mut padded, mut underscore, mut alias) = (false, false, false);
     // Fields read once by the gateway whatever the app: a second line
     // would be read by the app, or by a policy, instead of the first.
     let (mut authorizations, mut content_types, mut request_ids, mut traceparents) =
@@ -78,6 +108,10 @@ pub fn check_head(req: &impl RequestView) -> Result<HeadFacts, GatewayError> {
         // the padding.
         padded |= matches!(value.first(), Some(b' ' | b'\t'))
             || matches!(value.last(), Some(b' ' | b'\t'));
+        if name.contains(&b'_') {
+            underscore = true;
+            alias |= READ_BY_THE_GATEWAY.iter().any(|f| stands_for(name, f));
+        }
         match name.len() {
             4 if name.eq_ignore_ascii_case(b"host") => {
                 hosts += 1;
@@ -106,6 +140,11 @@ pub fn check_head(req: &impl RequestView) -> Result<HeadFacts, GatewayError> {
     });
     if padded {
         return Err(ambiguous("a header value begins or ends with white space"));
+    }
+    if alias {
+        return Err(ambiguous(
+            "a header name with `_` stands for one the gateway reads or sets",
+        ));
     }
     for (count, reason) in [
         (authorizations, "it repeats the Authorization header"),
@@ -154,7 +193,10 @@ pub fn check_head(req: &impl RequestView) -> Result<HeadFacts, GatewayError> {
             "its Connection header names a header the gateway reads or sets",
         ));
     }
-    Ok(HeadFacts { connection })
+    Ok(HeadFacts {
+        connection,
+        underscore,
+    })
 }
 
 /// Whether a `Host` value and a target's authority name the same host
@@ -217,18 +259,32 @@ fn each_judged_header(app: &App, f: &mut dyn FnMut(&http::HeaderName)) {
 
 /// The rule that depends on the app: each header its policy reads on
 /// every route ([`each_judged_header`]) comes at most once, so the value
-/// judged is the only one the app can read. (Header parameters of an
-/// operation are the contract's: a second value of a scalar one is a
-/// violation.)
-pub fn check_judged_once(req: &impl RequestView, app: &App) -> Result<(), GatewayError> {
-    let mut repeated = false;
+/// judged is the only one the app can read, and no other name stands for
+/// it with `_` for `-` (when `facts` saw a name with `_`). (Header
+/// parameters of an operation are the contract's: a second value of a
+/// scalar one is a violation.)
+pub fn check_judged_once(
+    req: &impl RequestView,
+    app: &App,
+    facts: HeadFacts,
+) -> Result<(), GatewayError> {
+    let (mut repeated, mut alias) = (false, false);
     each_judged_header(app, &mut |h| {
         let mut seen = 0u32;
         req.each_header(h.as_str(), &mut |_| seen += 1);
         repeated |= seen > 1;
+        if facts.underscore {
+            req.each_header_line(&mut |name, _| {
+                alias |= name.contains(&b'_') && stands_for(name, h.as_str());
+            });
+        }
     });
     if repeated {
         Err(ambiguous("it repeats a header the app's policy reads"))
+    } else if alias {
+        Err(ambiguous(
+            "a header name with `_` stands for one the app's policy reads",
+        ))
     } else {
         Ok(())
     }

@@ -70,7 +70,7 @@ fn route_request(
     let apps = &active.bundle.apps;
     let judged = |app: usize, route: Option<usize>| {
         let a = &apps[app];
-        head_rules::check_judged_once(req, a).map_err(|e| (Some(app), e))?;
+        head_rules::check_judged_once(req, a, facts).map_err(|e| (Some(app), e))?;
         if facts.connection {
             head_rules::check_connection_for(req, a, route.map(|r| &a.routes[r]))
                 .map_err(|e| (Some(app), e))?;

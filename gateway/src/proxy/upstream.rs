@@ -75,6 +75,18 @@ pub fn names_param(query: &str, name: &str) -> bool {
         })
 }
 
+/// Whether a parameter of `query` other than `name` itself reads as `name`
+/// on servers that fold parameter names (PHP takes `.`, ` ` and `[` for
+/// `_`): the gateway would judge one and forward the other.
+pub fn aliases_param(query: &str, name: &str) -> bool {
+    let folded = |c: char| if matches!(c, '.' | ' ' | '[') { '_' } else { c };
+    let target: String = name.chars().map(folded).collect();
+    query.split('&').any(|p| {
+        let key = crate::contract::params::percent_decode(p.split('=').next().unwrap_or(""), true);
+        key != name && key.chars().map(folded).eq(target.chars())
+    })
+}
+
 /// `path?query` without the query parameter `name` (the API key), every
 /// occurrence, its name read percent-decoded as identity reads it.
 pub fn path_without_param(path: &str, query: &str, name: &str) -> String {

@@ -269,7 +269,7 @@ async fn run_listener(listener: &str, cases: &[H2Case]) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_http2_listener_passes_the_h2_corpus() {
     let cases = h2_cases();
-    assert!(cases.len() >= 30, "the corpus has {} cases", cases.len());
+    assert!(cases.len() >= 38, "the corpus has {} cases", cases.len());
     let mut failures = Vec::new();
     for listener in ["h2c-lean", "h2c-pingora", "h2-tls"] {
         failures.extend(run_listener(listener, &cases).await);

@@ -83,11 +83,13 @@ fn kind(name: &[u8]) -> Kind {
         10 if is("keep-alive") => Kind::HopByHop,
         12 if is("x-request-id") => Kind::RequestId,
         14 if is("content-length") => Kind::ContentLength,
+        14 if is("http2-settings") => Kind::HopByHop,
         15 if is("x-forwarded-for") => Kind::XForwardedFor,
         16 if is("x-forwarded-host") => Kind::XForwardedHost,
         16 if is("proxy-connection") => Kind::HopByHop,
         17 if is("x-forwarded-proto") => Kind::XForwardedProto,
         17 if is("transfer-encoding") => Kind::Unsupported,
+        18 if is("proxy-authenticate") => Kind::HopByHop,
         19 if is("proxy-authorization") => Kind::HopByHop,
         _ => Kind::Other,
     }
