@@ -3,10 +3,13 @@
 //! JSON parsers disagree on what `{"a":1,"a":"x"}` means (the first value,
 //! the last, or an error); a body the gateway judged by one value and an
 //! app acts on by another is a bypass. So a checked body must be I-JSON:
-//! no member name twice in an object, numbers within IEEE 754 double
-//! range, and strings of Unicode scalar values (no unpaired surrogate).
-//! `serde_json` already refuses the last two; this module adds the first,
-//! and is the one reading every contract path falls back to.
+//! no member name twice in an object, numbers within the magnitude and
+//! precision of an IEEE 754 double (an app reading `100.0000000000000001`
+//! as a decimal sees a value over a maximum of 100 that the double the
+//! gateway judged is not), and strings of Unicode scalar values (no
+//! unpaired surrogate). `serde_json` already refuses out-of-range numbers
+//! and unpaired surrogates; this module adds the rest, and is the one
+//! reading every contract path falls back to.
 
 use serde::de::{DeserializeSeed, Error as _, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Number, Value};
@@ -17,7 +20,64 @@ pub fn parse(body: &[u8]) -> Result<Value, serde_json::Error> {
     let mut de = serde_json::Deserializer::from_slice(body);
     let value = Strict.deserialize(&mut de)?;
     de.end()?;
+    if let Some(number) = first_too_precise(body) {
+        let shown: String = number.chars().take(40).collect();
+        return Err(serde_json::Error::custom(format!(
+            "the number {shown} is more precise than a double (RFC 7493 §2.2)"
+        )));
+    }
     Ok(value)
+}
+
+/// Whether number text `number` (JSON's grammar) says more than the double
+/// it is read as: its decimal value is not the value of that double's
+/// shortest form (`0.1` is the double 0.1; `0.99999999999999999` is read
+/// as 1). Integers a 64-bit integer holds are exact; decimals of at most
+/// 15 significant digits always are, unless they are beyond a double's
+/// range (`1e-400` is read as 0).
+pub fn too_precise(number: &str) -> bool {
+    let unsigned = number.strip_prefix('-').unwrap_or(number);
+    let integer = !unsigned.contains(['.', 'e', 'E']);
+    if integer && (number.parse::<i64>().is_ok() || number.parse::<u64>().is_ok()) {
+        return false;
+    }
+    let (Some(written), Ok(read)) = (decimal(number), number.parse::<f64>()) else {
+        return true;
+    };
+    if !read.is_finite() || (read == 0.0 && !written.1.is_empty()) {
+        return true; // beyond a double's range, or below it
+    }
+    written.1.len() > 15 && Some(written) != decimal(&format!("{read:e}"))
+}
+
+/// A decimal number's sign, significant digits and the power of ten of
+/// the last of them (`-1.50e2` is `(true, "15", 1)`); zero has no digits.
+fn decimal(text: &str) -> Option<(bool, String, i64)> {
+    let (negative, unsigned) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text),
+    };
+    let (mantissa, exponent) = match unsigned.find(['e', 'E']) {
+        Some(at) => (&unsigned[..at], unsigned[at + 1..].parse::<i64>().ok()?),
+        None => (unsigned, 0),
+    };
+    let (whole, fraction) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let all = format!("{whole}{fraction}");
+    let kept = all.trim_end_matches('0');
+    let power = exponent
+        .checked_sub(i64::try_from(fraction.len()).ok()?)?
+        .checked_add(i64::try_from(all.len() - kept.len()).ok()?)?;
+    let digits = kept.trim_start_matches('0');
+    if digits.is_empty() {
+        return Some((negative, String::new(), 0));
+    }
+    Some((negative, digits.to_owned(), power))
+}
+
+/// The first number token of JSON text `body` (outside strings) that is
+/// [`too_precise`].
+fn first_too_precise(body: &[u8]) -> Option<&str> {
+    numbers(body).find(|n| (n.len() > 15 || n.contains(['e', 'E'])) && too_precise(n))
 }
 
 /// Whether `body` holds a `\u` escape of a surrogate (`\uD800`–`\uDFFF`):
@@ -41,6 +101,44 @@ pub fn has_surrogate_escape(body: &[u8]) -> bool {
         }
     }
     false
+}
+
+/// Whether `body` may hold a number that says more than the double it is
+/// read as ([`too_precise`]): a number (outside strings) with an exponent
+/// or 16 digits or more. Parsers that read numbers as doubles only must
+/// leave such a body to [`parse`].
+pub fn may_hold_inexact_number(body: &[u8]) -> bool {
+    numbers(body).any(|n| n.len() > 15 || n.contains(['e', 'E']))
+}
+
+/// The number tokens of JSON text `body`, outside strings (as far as the
+/// text is JSON).
+fn numbers(body: &[u8]) -> impl Iterator<Item = &str> {
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        while at < body.len() {
+            match body[at] {
+                b'"' => {
+                    at += 1;
+                    while at < body.len() && body[at] != b'"' {
+                        at += if body[at] == b'\\' { 2 } else { 1 };
+                    }
+                    at += 1;
+                }
+                b'-' | b'0'..=b'9' => {
+                    let end = body[at..]
+                        .iter()
+                        .position(|b| !matches!(b, b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9'))
+                        .map_or(body.len(), |n| at + n);
+                    let token = std::str::from_utf8(&body[at..end]).unwrap_or("");
+                    at = end;
+                    return Some(token);
+                }
+                _ => at += 1,
+            }
+        }
+        None
+    })
 }
 
 /// Whether `body` may hold the number `-0` written as an integer (not
@@ -162,6 +260,38 @@ mod tests {
         assert!(parse(br#""\ud83d\ude00""#).is_ok(), "a surrogate pair");
         assert!(parse(b"1.7976931348623157e308").is_ok());
         assert!(parse(b"{} x").is_err(), "trailing bytes");
+    }
+
+    #[test]
+    fn numbers_more_precise_than_a_double_are_refused() {
+        for body in [
+            "100.0000000000000001",
+            "0.99999999999999999",
+            "1.00000000000000001e2",
+            "123456789012345678901234567890",
+            r#"{"a":[1,-12345678.9012345678]}"#,
+            "1e-400",
+            "0.1000000000000000055511151231257827",
+        ] {
+            let err = parse(body.as_bytes()).expect_err(body);
+            assert!(err.to_string().contains("precise"), "{body}: {err}");
+        }
+        for body in [
+            "18446744073709551615",
+            "-9223372036854775808",
+            "100000000000000000000",
+            "0.30000000000000004",
+            "1.7976931348623157e308",
+            "0.000000000000000000001",
+            "5e-324",
+            "-0.0",
+            "1.5E+2",
+            "3.14159265358979",
+            r#""123456789012345678901234567890""#,
+            r#"{"a\"1234567890123456789":1}"#,
+        ] {
+            assert!(parse(body.as_bytes()).is_ok(), "{body}");
+        }
     }
 
     #[test]

@@ -528,15 +528,17 @@ impl<'a> Scan<'a> {
             }
         }
         self.at = at;
-        if !want {
-            // Unchecked, but still a number every reader takes the same:
-            // within the range of a double (I-JSON).
-            if exponent || whole_digits > 308 {
-                let text = self.text.get(from..at).ok_or(Stop::Unsure)?;
-                if !text.parse::<f64>().is_ok_and(f64::is_finite) {
-                    return Err(Stop::Unsure);
-                }
+        // More than its double says (I-JSON): left to the reference.
+        if exponent
+            || (whole_digits + fraction.map_or(0, |(_, count)| count) > 15
+                && (value.is_none() || fraction.is_some()))
+        {
+            let text = self.text.get(from..at).ok_or(Stop::Unsure)?;
+            if crate::contract::ijson::too_precise(text) {
+                return Err(Stop::Unsure);
             }
+        }
+        if !want {
             return Ok(None);
         }
         // As `serde_json`: integers in range as such, `-0` and the rest as `f64`.
