@@ -232,7 +232,7 @@ pub fn run(opts: ServeOptions) -> anyhow::Result<()> {
     pingora_proxy.server_options = server_options.clone();
     let mut proxy = pingora::services::listening::Service::new(
         "gatehouse-proxy".to_string(),
-        crate::proxy::h2::Front::new(pingora_proxy),
+        crate::proxy::front::Front::new(pingora_proxy, opts.client_timeout),
     );
     match opts.http1_engine {
         Http1Engine::Pingora => proxy.add_tcp(&opts.listen),

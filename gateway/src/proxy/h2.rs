@@ -31,13 +31,12 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use pingora::apps::{HttpServerApp, ServerApp};
+use pingora::apps::HttpServerApp;
 use pingora::protocols::http::v2::server::{
     default_h2_options, handshake, H2Accept, H2Options, HttpSession as H2Session,
 };
 use pingora::protocols::http::ServerSession;
-use pingora::protocols::{Digest, Stream, ALPN};
+use pingora::protocols::{Digest, Stream};
 use pingora::proxy::{HttpProxy, Session};
 use pingora::server::ShutdownWatch;
 
@@ -114,50 +113,6 @@ struct InProgress(Arc<ConnectionStreams>);
 impl Drop for InProgress {
     fn drop(&mut self) {
         self.0.in_progress.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// A listening app that serves HTTP/2 through [`serve_h2`] and hands
-/// everything else to Pingora's proxy.
-pub struct Front {
-    proxy: Arc<HttpProxy<Gateway>>,
-}
-
-impl Front {
-    /// A front for `proxy` (its HTTP/2 settings are [`options`]).
-    pub fn new(mut proxy: HttpProxy<Gateway>) -> Self {
-        proxy.h2_options = Some(options());
-        Self {
-            proxy: Arc::new(proxy),
-        }
-    }
-}
-
-#[async_trait]
-impl ServerApp for Front {
-    async fn process_new(
-        self: &Arc<Self>,
-        mut stream: Stream,
-        shutdown: &ShutdownWatch,
-    ) -> Option<Stream> {
-        let h2 = if stream.get_ssl_digest().is_some() {
-            matches!(stream.selected_alpn_proto(), Some(ALPN::H2))
-        } else if self.proxy.server_options().is_some_and(|o| o.h2c) {
-            let mut preface = [0u8; H2_PREFACE.len()];
-            stream.try_peek(&mut preface).await.ok()? && preface == *H2_PREFACE
-        } else {
-            false
-        };
-        if h2 {
-            serve_h2(&self.proxy, stream, shutdown).await;
-            None
-        } else {
-            self.proxy.process_new(stream, shutdown).await
-        }
-    }
-
-    async fn cleanup(&self) {
-        self.proxy.http_cleanup().await;
     }
 }
 

@@ -22,6 +22,7 @@ mod access;
 mod contract;
 pub mod failure_log;
 mod forward;
+pub mod front;
 pub mod h2;
 pub(crate) mod head_rules;
 pub mod http1;
@@ -266,6 +267,7 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        front::head_read();
         respond::assign_request_id(session.req_header(), ctx);
         ctx.request_id_header = http::HeaderValue::from_str(&ctx.request_id).ok();
         if let Some(addr) = session.client_addr().and_then(|a| a.as_inet()) {
