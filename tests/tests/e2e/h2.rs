@@ -421,6 +421,7 @@ async fn paced_rapid_reset_never_reaches_the_app() {
         "{reached} of {sent} reset streams reached the app (at most 1 %)"
     );
     assert_eq!(calm_goaways(&gw), 1, "GOAWAY(ENHANCE_YOUR_CALM), counted");
+    eprintln!("paced rapid reset: {sent} reset streams sent, {reached} reached the app, GOAWAY after {:?}", started.elapsed());
 }
 
 /// Connections the gateway closed with GOAWAY(ENHANCE_YOUR_CALM), from
@@ -480,6 +481,7 @@ async fn streams_reset_after_going_upstream_are_budgeted_too() {
         "{reached} of {opened} streams reached the app before the GOAWAY"
     );
     assert!(reached > 0, "the first streams were served");
+    eprintln!("resets after going upstream: {opened} streams opened, {reached} reached the app before the GOAWAY");
 }
 
 /// Resets after the request went upstream, hidden among as many requests
@@ -534,6 +536,7 @@ async fn resets_hidden_among_cheap_requests_cannot_overload_the_app() {
     drop(send);
     conn.abort();
     let peak = app.peak.load(Ordering::SeqCst);
+    eprintln!("resets among cheap requests: {opened} streams, {refused} refused, the app held at most {peak} at once");
     assert!(
         peak <= 128,
         "the app worked on {peak} of one connection's requests at once ({opened} streams, {refused} refused)"
