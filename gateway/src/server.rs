@@ -306,8 +306,21 @@ pub fn run(opts: ServeOptions) -> anyhow::Result<()> {
                     config: cfg.clone(),
                 },
             ));
+            server.add_service(background_service(
+                "sighup",
+                IgnoreHangup {
+                    why: "a fleet node follows the control plane",
+                },
+            ));
         }
-        PolicySource::Governed { .. } => {}
+        PolicySource::Governed { .. } => {
+            server.add_service(background_service(
+                "sighup",
+                IgnoreHangup {
+                    why: "a governed control plane changes policy through proposals",
+                },
+            ));
+        }
     }
     if let Some(t) = telemetry_service {
         server.add_service(background_service("telemetry", t));
@@ -482,6 +495,33 @@ impl BackgroundService for PolicyWatcher {
             while rx.try_recv().is_ok() {}
             let shared = Arc::clone(&self.shared);
             let _ = tokio::task::spawn_blocking(move || reload_and_log(&shared, trigger)).await;
+        }
+    }
+}
+
+/// Where SIGHUP has nothing to reload (governed and fleet mode): logs it
+/// and goes on, instead of the default action (the process would end).
+struct IgnoreHangup {
+    why: &'static str,
+}
+
+#[async_trait]
+impl BackgroundService for IgnoreHangup {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGHUP");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                Some(()) = hup.recv() => {
+                    tracing::info!(reason = self.why, "SIGHUP ignored: nothing to reload from files");
+                }
+                _ = shutdown.changed() => return,
+            }
         }
     }
 }

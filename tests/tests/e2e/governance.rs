@@ -780,3 +780,54 @@ fn admin_principals_guard_a_nodes_policy_views_but_not_its_probes() {
     gw.admin_token = Some(token);
     assert_eq!(gw.admin_json("/v1/apps")["apps"][0]["name"], "app");
 }
+
+/// SIGHUP reloads policy files; in governed and fleet mode there are none
+/// to reload, and the signal is logged and ignored, never the end of the
+/// process (its default action).
+#[test]
+fn sighup_neither_stops_a_governed_control_plane_nor_a_fleet_node() {
+    let base = PolicyDir::new();
+    base.write(
+        "app.yaml",
+        &app_policy(
+            "app",
+            "app.test",
+            &["http://127.0.0.1:9".to_string()],
+            "",
+            ONE_ROUTE,
+        ),
+    );
+    base.write("review.yaml", REVIEW);
+    let mut cp = Governed::start(base.path());
+    let node_token = cp.principal("edge", "viewer");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, &node_token).expect("token file");
+    let cache = dir.path().join("cache");
+    let cp_url = cp.gw.admin_url();
+    let mut node = Gateway::launch(&[
+        "--control-plane",
+        &cp_url,
+        "--cache",
+        cache.to_str().expect("a path"),
+        "--token-file",
+        token_file.to_str().expect("a path"),
+    ]);
+    let version = cp.gw.policy_version();
+    for gw in [&cp.gw, &node] {
+        gw.signal("HUP");
+    }
+    for (name, gw) in [("control plane", &mut cp.gw), ("fleet node", &mut node)] {
+        assert!(
+            gw.wait_exit(Duration::from_secs(1)).is_none(),
+            "the {name} ended on SIGHUP"
+        );
+        assert_eq!(gw.policy_version(), version, "the {name} still serves");
+        assert!(
+            eventually(Duration::from_secs(2), || gw
+                .log_text()
+                .contains("SIGHUP ignored")),
+            "the {name} logs the signal"
+        );
+    }
+}
