@@ -78,9 +78,11 @@ fn check(nodes: &[TapeNode<'_>]) -> Option<()> {
 /// when the body is not JSON or is left to `serde_json`.
 fn with_doc<T>(body: &[u8], f: impl FnOnce(Doc<'_>) -> T) -> Option<T> {
     // `simd-json` does not hold escaped surrogates to their pairing, reads
-    // `-0` as the integer 0 where `serde_json` keeps a float, and keeps no
-    // number's text to tell whether its double says all of it.
-    if super::ijson::has_surrogate_escape(body)
+    // `-0` as the integer 0 where `serde_json` keeps a float, keeps no
+    // number's text to tell whether its double says all of it, and reads
+    // past control bytes that make the text no JSON at all.
+    if super::ijson::has_control_byte(body)
+        || super::ijson::has_surrogate_escape(body)
         || super::ijson::has_negative_zero(body)
         || super::ijson::may_hold_inexact_number(body)
     {
@@ -640,4 +642,20 @@ mod tests {
             }
         }
     }
+}
+
+#[cfg(test)]
+mod fuzz_findings {
+    use super::*;
+
+    /// Found by the `json_body` fuzz target: `simd-json` read a number
+    /// followed by NUL bytes and a control byte as if they were not there.
+    #[test]
+    fn control_bytes_outside_strings_are_left_to_the_reference() {
+        let body = b"{\"item\":\"a\",\"qty\":100.00\0\0\0\0\0\0\0\x1c00000004000001}";
+        assert!(serde_json::from_slice::<Value>(body).is_err());
+        assert!(with_doc(body, to_value_probe).is_none(), "the tape read it");
+    }
+
+    fn to_value_probe(_: Doc<'_>) {}
 }

@@ -141,6 +141,13 @@ fn numbers(body: &[u8]) -> impl Iterator<Item = &str> {
     })
 }
 
+/// Whether `body` holds a control byte JSON allows nowhere (below 0x20,
+/// but for the white space tab, LF and CR; a string must escape them).
+pub fn has_control_byte(body: &[u8]) -> bool {
+    body.iter()
+        .any(|&b| b < 0x20 && !matches!(b, b'\t' | b'\n' | b'\r'))
+}
+
 /// Whether `body` may hold the number `-0` written as an integer (not
 /// `-0.0` or `-0e0`), which parsers read as the integer 0 or as the float
 /// -0.0 (`serde_json`); text in strings may match too.
