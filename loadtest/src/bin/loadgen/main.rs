@@ -194,15 +194,16 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(cli: &Cli, prepared: Arc<Prepared>) -> anyhow::Result<Summary> {
-    let h2_senders = if cli.h2 {
-        let mut v = Vec::new();
+    // HTTP/2 connections, shared by the workers; one a server closed (a
+    // GOAWAY after its per-connection request cap) is opened again.
+    let h2_pool = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+    if cli.h2 {
         for _ in 0..cli.h2_connections.max(1) {
-            v.push(connect_h2(&cli.target).await?);
+            h2_pool
+                .borrow_mut()
+                .push((0u64, connect_h2(&cli.target).await?));
         }
-        v
-    } else {
-        Vec::new()
-    };
+    }
     let start = Instant::now() + Duration::from_millis(50);
     let measure_from = start + cli.warmup.0;
     let end = measure_from + cli.duration.0;
@@ -221,8 +222,11 @@ async fn run(cli: &Cli, prepared: Arc<Prepared>) -> anyhow::Result<Summary> {
     };
     let mut handles = Vec::new();
     for w in 0..conns {
+        let slot = w % h2_pool.borrow().len().max(1);
+        let pool = std::rc::Rc::clone(&h2_pool);
+        let mut generation = 0u64;
         let mut sender = if cli.h2 {
-            Sender::H2(h2_senders[w % h2_senders.len()].clone())
+            Sender::H2(pool.borrow()[slot].1.clone())
         } else {
             connect_h1(&cli.target).await?
         };
@@ -253,9 +257,31 @@ async fn run(cli: &Cli, prepared: Arc<Prepared>) -> anyhow::Result<Summary> {
                     None => {}
                 }
                 let req = prepared.request(i, h2);
+                let mut result = sender.send(req).await;
+                if result.is_err() && h2 {
+                    // The server may be closing the connection (a GOAWAY
+                    // after its per-connection request cap): open a new one
+                    // for the slot (once per connection), and send the
+                    // request again, once.
+                    let current = pool.borrow()[slot].clone();
+                    let usable = current.0 != generation || {
+                        let mut probe = current.1.clone();
+                        probe.ready().await.is_ok() && !probe.is_closed()
+                    };
+                    if !usable {
+                        if let Ok(fresh) = connect_h2(&target).await {
+                            if pool.borrow()[slot].0 == generation {
+                                pool.borrow_mut()[slot] = (generation + 1, fresh);
+                            }
+                        }
+                    }
+                    let (g, s) = pool.borrow()[slot].clone();
+                    generation = g;
+                    sender = Sender::H2(s);
+                    result = sender.send(prepared.request(i, h2)).await;
+                }
                 i = i.wrapping_add(conns);
                 k += 1;
-                let result = sender.send(req).await;
                 let done = Instant::now();
                 let measured = intended >= measure_from;
                 match result {
