@@ -6,6 +6,31 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+/// Write to standard output; when the reader has gone (`| head`), end the
+/// CLI quietly instead of panicking on the broken pipe.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = write!(std::io::stdout().lock(), $($arg)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+        }
+    }};
+}
+
+/// [`say!`] with a newline.
+macro_rules! sayln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout().lock(), $($arg)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+        }
+    }};
+}
+
 mod remote;
 
 #[global_allocator]
@@ -477,7 +502,7 @@ fn main() -> ExitCode {
             token_file,
         }) => add_principal(&state, &name, &roles, rotate, token_file.as_deref()),
         Command::Policy(PolicyCommand::Schema) => {
-            println!("{}", gatehouse::policy::POLICY_SCHEMA);
+            sayln!("{}", gatehouse::policy::POLICY_SCHEMA);
             ExitCode::SUCCESS
         }
     }
@@ -532,7 +557,7 @@ fn audit_verify(file: &std::path::Path, head: Option<&str>) -> ExitCode {
     });
     match checked {
         Ok(entries) => {
-            println!(
+            sayln!(
                 "ok: {} entries, chain intact{}",
                 entries.len(),
                 entries
@@ -543,7 +568,7 @@ fn audit_verify(file: &std::path::Path, head: Option<&str>) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            println!("audit log {} is NOT intact: {e}", file.display());
+            sayln!("audit log {} is NOT intact: {e}", file.display());
             ExitCode::FAILURE
         }
     }
@@ -579,7 +604,7 @@ fn add_principal(
         }
         None => {
             eprintln!("token for `{name}` (shown once; only its hash is stored):");
-            println!("{token}");
+            sayln!("{token}");
         }
     }
     ExitCode::SUCCESS
@@ -672,7 +697,7 @@ fn lint(dir: &std::path::Path, format: OutputFormat) -> ExitCode {
     match gatehouse::policy::load_and_compile(dir) {
         Ok(bundle) => {
             match format {
-                OutputFormat::Text => println!(
+                OutputFormat::Text => sayln!(
                     "ok: {} files, {} apps, {} routes, {} instances; version {}",
                     bundle.files.len(),
                     bundle.apps.len(),
@@ -684,7 +709,7 @@ fn lint(dir: &std::path::Path, format: OutputFormat) -> ExitCode {
                         .sum::<usize>(),
                     bundle.version
                 ),
-                OutputFormat::Json => println!(
+                OutputFormat::Json => sayln!(
                     "{}",
                     serde_json::json!({
                         "ok": true, "version": bundle.version, "files": bundle.files,
@@ -698,12 +723,12 @@ fn lint(dir: &std::path::Path, format: OutputFormat) -> ExitCode {
             match format {
                 OutputFormat::Text => {
                     for e in &errors.0 {
-                        println!("{e}");
+                        sayln!("{e}");
                     }
                     eprintln!("{} error(s); the bundle is not valid", errors.0.len());
                 }
                 OutputFormat::Json => {
-                    println!("{}", serde_json::json!({ "ok": false, "errors": errors.0 }))
+                    sayln!("{}", serde_json::json!({ "ok": false, "errors": errors.0 }))
                 }
             }
             ExitCode::FAILURE
@@ -757,7 +782,7 @@ fn new_consumer(
     if let Some(l) = label {
         yaml.push_str(&format!("        label: {}\n", q(l)));
     }
-    print!("{yaml}");
+    say!("{yaml}");
     ExitCode::SUCCESS
 }
 
@@ -791,23 +816,23 @@ fn db(cmd: DbCommand) -> ExitCode {
                 let applied = schema::migrate(&client, &ch.clickhouse, &ch.database).await?;
                 schema::check(&client, &ch.clickhouse, &ch.database).await?;
                 if applied.is_empty() {
-                    println!("{}: schema up to date", ch.database);
+                    sayln!("{}: schema up to date", ch.database);
                 } else {
-                    println!("{}: applied migrations {applied:?}", ch.database);
+                    sayln!("{}: applied migrations {applied:?}", ch.database);
                 }
                 Ok(())
             }
             DbCommand::Check(ch) => {
                 let client = sink::client(&ch.clickhouse, "default");
                 schema::check(&client, &ch.clickhouse, &ch.database).await?;
-                println!("{}: schema matches", ch.database);
+                sayln!("{}: schema matches", ch.database);
                 Ok(())
             }
             DbCommand::Retention { ch, days } => {
                 let client = sink::client(&ch.clickhouse, "default");
                 let dropped =
                     schema::retention(&client, &ch.clickhouse, &ch.database, days).await?;
-                println!(
+                sayln!(
                     "{}: dropped {} partition(s) older than {days} days {dropped:?}",
                     ch.database,
                     dropped.len()
@@ -837,11 +862,9 @@ fn report(
 ) -> ExitCode {
     use gatehouse::telemetry::report::{self, Format, Report, REPORTS};
     let Some(name) = name else {
-        println!(
-            "Reports (gatehouse report NAME --since 1h [--app APP] [--format table|json|csv]):"
-        );
+        sayln!("Reports (gatehouse report NAME --since 1h [--app APP] [--format table|json|csv]):");
         for r in REPORTS {
-            println!("  {:<24} {}", r.name, r.summary());
+            sayln!("  {:<24} {}", r.name, r.summary());
         }
         return ExitCode::SUCCESS;
     };
@@ -858,7 +881,7 @@ fn report(
                 ReportFormat::Json => Format::Json,
                 ReportFormat::Csv => Format::Csv,
             };
-            print!("{}", report::format(&header, &rows, f));
+            say!("{}", report::format(&header, &rows, f));
             ExitCode::SUCCESS
         }
         Some(Err(e)) => {
@@ -929,12 +952,12 @@ fn policy_diff(old: &std::path::Path, new: &std::path::Path, format: OutputForma
     // The rules of the bundle in service judge the change.
     let needed = a.review.required(&changes);
     match format {
-        OutputFormat::Json => println!(
+        OutputFormat::Json => sayln!(
             "{}",
             serde_json::json!({ "from": a.version, "to": b.version, "breaking": breaking, "changes": changes, "approvals_needed": needed })
         ),
         OutputFormat::Text => {
-            println!(
+            sayln!(
                 "{} → {}: {} change(s), {breaking} breaking",
                 a.short_version(),
                 b.short_version(),
@@ -955,7 +978,7 @@ fn policy_diff(old: &std::path::Path, new: &std::path::Path, format: OutputForma
                 } else {
                     format!("{}: ", c.app)
                 };
-                println!(
+                sayln!(
                     "{}{class:<22} {app}{}{fp}",
                     if c.class.is_breaking() { "! " } else { "  " },
                     c.text

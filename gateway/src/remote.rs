@@ -71,15 +71,15 @@ fn finish(
     match result {
         Ok(Outcome::Ok(v)) => {
             if remote.json {
-                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                sayln!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
             } else {
-                println!("{}", text(&v));
+                sayln!("{}", text(&v));
             }
             ExitCode::SUCCESS
         }
         Ok(Outcome::Refused(status, v)) => {
             if remote.json {
-                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                sayln!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
             }
             let detail = v["detail"]
                 .as_str()

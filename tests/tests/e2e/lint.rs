@@ -209,3 +209,23 @@ fn policy_diff_classifies_changes_and_fails_on_breaking_ones() {
     broken.write("a.yaml", "version: 1\napps: [ {} ]\n");
     assert_eq!(run(&old, &broken).status.code(), Some(2));
 }
+
+/// A reader that has gone (`gatehouse … | head -1`) ends the CLI quietly:
+/// no panic on the broken pipe.
+#[test]
+fn a_closed_stdout_ends_the_cli_quietly() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
+    let mut child = Command::new(bin("gatehouse"))
+        .args(["policy", "lint"])
+        .arg(&root)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("gatehouse");
+    // Close the reading end before the CLI writes a byte.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+}
