@@ -199,9 +199,8 @@ async fn run(cli: &Cli, prepared: Arc<Prepared>) -> anyhow::Result<Summary> {
     let h2_pool = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
     if cli.h2 {
         for _ in 0..cli.h2_connections.max(1) {
-            h2_pool
-                .borrow_mut()
-                .push((0u64, connect_h2(&cli.target).await?));
+            let conn = connect_h2(&cli.target).await?;
+            h2_pool.borrow_mut().push((0u64, conn));
         }
     }
     let start = Instant::now() + Duration::from_millis(50);
