@@ -54,6 +54,10 @@ pub enum Class {
     /// A consumer was added.
     #[serde(rename = "consumer.added")]
     ConsumerAdded,
+    /// A plan was added (it limits only the consumers that move to it,
+    /// each of which is a change of its own).
+    #[serde(rename = "plan.added")]
+    PlanAdded,
     /// A consumer was removed.
     #[serde(rename = "consumer.removed")]
     ConsumerRemoved,
@@ -227,6 +231,21 @@ pub fn diff(old: &Bundle, new: &Bundle) -> Vec<Change> {
     plans.dedup();
     for name in plans {
         let (o, n) = (old.plans.get(name), new.plans.get(name));
+        if let (None, Some(plan)) = (o, n) {
+            // Nobody is on a new plan yet: no existing caller is limited
+            // more (consumers moving onto it are `consumer.changed`).
+            push(
+                Class::PlanAdded,
+                "",
+                format!(
+                    "plan `{name}` added ({} limits, {} quotas)",
+                    plan.limits.len(),
+                    plan.quotas.len()
+                ),
+                None,
+            );
+            continue;
+        }
         let ol = o.map(|p| p.limits.as_slice()).unwrap_or_default();
         let nl = n.map(|p| p.limits.as_slice()).unwrap_or_default();
         limit_diff(&format!("plan `{name}`"), ol, nl, "", &mut push);
@@ -770,6 +789,31 @@ mod tests {
             added.last()
         );
         assert_eq!(diff(&with(1), &with(3)).len(), 2);
+    }
+
+    #[test]
+    fn a_new_plan_is_additive_and_moving_onto_it_is_a_consumer_change() {
+        let plan = "plans:\n  - { name: tiny, limits: [ { name: burst, rate: 1/m, burst: 2 } ] }\n";
+        let consumer = |plan: &str| format!("consumers:\n  - {{ id: c1, name: C1{plan} }}\n");
+        let old = format!("{APP}{}", consumer(""));
+        let added = format!("{APP}{plan}{}", consumer(""));
+        let moved = format!("{APP}{plan}{}", consumer(", plan: tiny"));
+        let c = classes(&old, &added);
+        assert_eq!(c.len(), 1, "{c:?}");
+        assert_eq!(c[0].0, Class::PlanAdded);
+        assert!(!c[0].0.is_breaking(), "onboarding a plan breaks nobody");
+        let c = classes(&added, &moved);
+        assert!(
+            c.iter().any(|(class, _)| *class == Class::ConsumerChanged),
+            "{c:?}"
+        );
+        // Tightening a plan someone may be on is still a tightening.
+        let tighter = moved.replace("rate: 1/m, burst: 2", "rate: 1/m, burst: 1");
+        let c = classes(&moved, &tighter);
+        assert!(
+            c.iter().any(|(class, _)| *class == Class::LimitsTightened),
+            "{c:?}"
+        );
     }
 
     #[test]
