@@ -529,9 +529,11 @@ impl<'a> Scan<'a> {
         }
         self.at = at;
         // More than its double says (I-JSON): left to the reference.
+        // An integer a 64-bit integer holds is exact (`serde_json` reads
+        // it so); any other long number may say more than its double.
+        let exact_integer = fraction.is_none() && value.is_some_and(|v| !negative || v <= 1 << 63);
         if exponent
-            || (whole_digits + fraction.map_or(0, |(_, count)| count) > 15
-                && (value.is_none() || fraction.is_some()))
+            || (whole_digits + fraction.map_or(0, |(_, count)| count) > 15 && !exact_integer)
         {
             let text = self.text.get(from..at).ok_or(Stop::Unsure)?;
             if crate::contract::ijson::too_precise(text) {
