@@ -15,11 +15,17 @@ use std::time::SystemTime;
 use serde_json::{json, Value};
 
 use super::audit::{AuditLog, Entry, Record};
+use super::policy_diff::Class;
 use super::principals::{Principal, Principals, Role};
+use super::review::Requirement;
 use super::store::{Activation, Store, StoreError, StoredBundle};
 use super::workflow::{Proposal, ProposalState, Review, Verdict};
 use crate::policy::{self, Bundle, PolicyError, PolicyErrors, SourceFile};
 use crate::runtime::Shared;
+
+/// The group of the review floor: every principal with the reviewer role
+/// when the proposal was made.
+pub const FLOOR_GROUP: &str = "reviewers (floor)";
 
 /// Why a control-plane call failed (mapped to HTTP by the admin API).
 #[derive(Debug, thiserror::Error)]
@@ -347,8 +353,8 @@ impl Control {
             ));
         }
         let changes = super::policy_diff::diff(base, &bundle);
-        let required = base.review.required(&changes);
-        let groups = required
+        let mut required = base.review.required(&changes);
+        let mut groups: std::collections::BTreeMap<String, Vec<String>> = required
             .iter()
             .map(|r| {
                 (
@@ -361,6 +367,22 @@ impl Control {
                 )
             })
             .collect();
+        if required.iter().all(|r| r.approvals == 0) {
+            // The floor no policy file can lower: one approval by a
+            // reviewer who is not the author, also with no review rules.
+            let mut classes: Vec<Class> = changes.iter().map(|c| c.class).collect();
+            classes.sort();
+            classes.dedup();
+            required = vec![Requirement {
+                group: FLOOR_GROUP.to_string(),
+                approvals: 1,
+                classes,
+            }];
+            groups.insert(
+                FLOOR_GROUP.to_string(),
+                self.principals.with_role(Role::Reviewer),
+            );
+        }
         self.store.put_bundle(&StoredBundle {
             version: bundle.version.clone(),
             files,

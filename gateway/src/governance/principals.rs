@@ -184,6 +184,27 @@ impl Principals {
 
     /// The principal holding `token`, if any.
     pub fn authenticate(&self, token: &str) -> Option<Principal> {
+        self.current().1.get(&token_hash(token)).cloned()
+    }
+
+    /// The names of the principals holding `role` (admins hold every
+    /// role), sorted.
+    pub fn with_role(&self, role: Role) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .current()
+            .1
+            .values()
+            .filter(|p| p.roles.contains(&role) || p.roles.contains(&Role::Admin))
+            .map(|p| p.name.clone())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// The principals as the file holds them now (re-read when it changed).
+    fn current(
+        &self,
+    ) -> std::sync::MutexGuard<'_, (Option<SystemTime>, HashMap<String, Principal>)> {
         let mtime = std::fs::metadata(&self.path)
             .and_then(|m| m.modified())
             .ok();
@@ -203,7 +224,7 @@ impl Principals {
                 }
             }
         }
-        cache.1.get(&token_hash(token)).cloned()
+        cache
     }
 }
 

@@ -4,7 +4,8 @@
 //! rules that judge it). A change class takes the first rule naming it, else
 //! the default; requirements on the same group merge to the largest count.
 //! A change to the review rules themselves needs the strictest quorum any
-//! rule asks for.
+//! rule asks for. Where no rule applies, the control plane adds a floor
+//! no policy file can remove (`control::FLOOR_GROUP`).
 
 use std::collections::BTreeMap;
 

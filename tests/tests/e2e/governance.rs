@@ -831,3 +831,58 @@ fn sighup_neither_stops_a_governed_control_plane_nor_a_fleet_node() {
         );
     }
 }
+
+/// With no review rules at all (no `review.yaml`), a proposal still needs
+/// the floor: one approval by a reviewer who is not its author.
+#[test]
+fn without_review_rules_a_proposal_still_needs_one_reviewer() {
+    let base = PolicyDir::new();
+    base.write(
+        "app.yaml",
+        &app_policy(
+            "app",
+            "app.test",
+            &["http://127.0.0.1:9".to_string()],
+            "",
+            ONE_ROUTE,
+        ),
+    );
+    let cp = Governed::start(base.path());
+    let alice = cp.principal("alice", "author,reviewer");
+    let bob = cp.principal("bob", "reviewer");
+    let ops = cp.principal("ops", "operator");
+    let next = PolicyDir::new();
+    next.write(
+        "app.yaml",
+        &app_policy(
+            "app",
+            "app.test",
+            &["http://127.0.0.1:9".to_string()],
+            "",
+            TWO_ROUTES,
+        ),
+    );
+    let (code, out, err) = cp.policy(
+        &alice,
+        &[
+            "propose",
+            next.path().to_str().unwrap(),
+            "--title",
+            "a route",
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("proposal 1 [open]"), "{out}");
+    assert!(
+        out.contains("1 more approval(s) from reviewers (floor)"),
+        "{out}"
+    );
+    let (code, _, err) = cp.policy(&ops, &["activate", "1"]);
+    assert_eq!(code, 1, "activated without any review: {err}");
+    let (code, _, err) = cp.policy(&alice, &["review", "1", "--approve"]);
+    assert_eq!(code, 1, "the author approved their own proposal: {err}");
+    let (code, out, err) = cp.policy(&bob, &["review", "1", "--approve"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = cp.policy(&ops, &["activate", "1"]);
+    assert_eq!(code, 0, "{out}{err}");
+}
