@@ -120,6 +120,20 @@ fn describe(p: &Value) -> String {
         short(&p["base"]),
         short(&p["version"]),
     );
+    if let Some(prior) = p.get("rejected_before").filter(|v| !v.is_null()) {
+        out.push_str(&format!(
+            "  rejected before, as proposal {}: {}\n",
+            prior["proposal"],
+            prior["by"]
+                .as_array()
+                .map(|a| a
+                    .iter()
+                    .filter_map(|x| x.as_str())
+                    .collect::<Vec<_>>()
+                    .join("; "))
+                .unwrap_or_default()
+        ));
+    }
     let changes = p["changes"].as_array().cloned().unwrap_or_default();
     out.push_str(&format!("  {} change(s):\n", changes.len()));
     for c in &changes {

@@ -19,7 +19,7 @@ use super::policy_diff::Class;
 use super::principals::{Principal, Principals, Role};
 use super::review::Requirement;
 use super::store::{Activation, Store, StoreError, StoredBundle};
-use super::workflow::{Proposal, ProposalState, Review, Verdict};
+use super::workflow::{PriorRejection, Proposal, ProposalState, Review, Verdict};
 use crate::policy::{self, Bundle, PolicyError, PolicyErrors, SourceFile};
 use crate::runtime::Shared;
 
@@ -383,6 +383,22 @@ impl Control {
                 self.principals.with_role(Role::Reviewer),
             );
         }
+        // A version rejected before stays marked: its reviewers see why.
+        let rejected_before = self
+            .store
+            .proposals()?
+            .into_iter()
+            .filter(|q| q.version == bundle.version && q.state == ProposalState::Rejected)
+            .max_by_key(|q| q.id)
+            .map(|q| PriorRejection {
+                proposal: q.id,
+                by: q
+                    .reviews
+                    .iter()
+                    .filter(|r| r.verdict == Verdict::Reject)
+                    .map(|r| format!("{}: {}", r.reviewer, r.comment))
+                    .collect(),
+            });
         self.store.put_bundle(&StoredBundle {
             version: bundle.version.clone(),
             files,
@@ -400,6 +416,7 @@ impl Control {
             groups,
             reviews: Vec::new(),
             closed: None,
+            rejected_before,
         };
         if p.tally().met {
             p.state = ProposalState::Approved;
@@ -436,6 +453,12 @@ impl Control {
                     "proposal {id} is {}; it takes no more reviews",
                     p.state.as_str()
                 ),
+                Value::Null,
+            ));
+        }
+        if verdict == Verdict::Reject && comment.trim().is_empty() {
+            return Err(ControlError::conflict(
+                "a rejection needs a reason (--comment)",
                 Value::Null,
             ));
         }

@@ -108,6 +108,19 @@ pub struct Proposal {
     /// When it was activated, superseded, rejected or withdrawn.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub closed: Option<String>,
+    /// An earlier proposal of the same version that was rejected, shown
+    /// to reviewers so a rejection is not forgotten by proposing again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejected_before: Option<PriorRejection>,
+}
+
+/// A rejection of the same version in an earlier proposal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct PriorRejection {
+    /// The earlier proposal.
+    pub proposal: u64,
+    /// Who rejected it, with their reasons (`name: reason`).
+    pub by: Vec<String>,
 }
 
 /// How one group's requirement stands.
@@ -260,6 +273,7 @@ mod tests {
             )]),
             reviews: Vec::new(),
             closed: None,
+            rejected_before: None,
         }
     }
 

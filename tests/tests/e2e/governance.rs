@@ -281,6 +281,16 @@ async fn rejected_stale_and_unauthorised_changes_never_activate_and_are_audited(
         ids.push(p["id"].as_u64().unwrap());
     }
 
+    // A rejection needs a reason.
+    let (s, p) = post(
+        &c,
+        url(&format!("/v1/proposals/{}/reviews", ids[1])),
+        Some(&bob),
+        Some(json!({ "verdict": "reject" })),
+    )
+    .await;
+    assert_eq!(s, 409, "{p}");
+    assert!(p.to_string().contains("a rejection needs a reason"), "{p}");
     // A rejection blocks for good, even after a later approval elsewhere.
     let (s, p) = post(
         &c,
@@ -301,6 +311,32 @@ async fn rejected_stale_and_unauthorised_changes_never_activate_and_are_audited(
     assert!(
         p["detail"].as_str().unwrap().contains("rejected by bob"),
         "{p}"
+    );
+    // Proposing the rejected version again links to the rejection and its
+    // reason, for the new proposal's reviewers.
+    let (s, p) = post(
+        &c,
+        url("/v1/proposals"),
+        Some(&alice),
+        Some(json!({ "title": "per-ip 300/s, again", "files": files_of(b.path()) })),
+    )
+    .await;
+    assert_eq!(s, 201, "{p}");
+    assert_eq!(p["rejected_before"]["proposal"], json!(ids[1]), "{p}");
+    assert_eq!(
+        p["rejected_before"]["by"],
+        json!(["bob: too tight for the ERP batch"]),
+        "{p}"
+    );
+    let again = p["id"].as_u64().unwrap();
+    let (code, out, _) = cp.policy(&bob, &["show", &again.to_string()]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains(&format!(
+            "rejected before, as proposal {}: bob: too tight for the ERP batch",
+            ids[1]
+        )),
+        "{out}"
     );
 
     // The other one is approved and activated; then a proposal made against
