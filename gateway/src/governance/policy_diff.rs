@@ -151,8 +151,12 @@ pub fn diff(old: &Bundle, new: &Bundle) -> Vec<Change> {
                 Class::ConsumerChanged,
                 "",
                 format!(
-                    "consumer `{}`: plan {:?} → {:?}, apps {:?} → {:?}",
-                    c.id, c.plan, n.plan, c.apps, n.apps
+                    "consumer `{}`: plan {} → {}, apps {} → {}",
+                    c.id,
+                    c.plan.as_deref().unwrap_or("none"),
+                    n.plan.as_deref().unwrap_or("none"),
+                    c.apps.as_deref().map_or("all".into(), list),
+                    n.apps.as_deref().map_or("all".into(), list)
                 ),
                 None,
             ),
@@ -273,6 +277,46 @@ pub fn diff(old: &Bundle, new: &Bundle) -> Vec<Change> {
 }
 
 type Push<'a> = dyn FnMut(Class, &str, String, Option<ContractChange>) + 'a;
+
+/// A setting's name as the policy files spell it (`enforce`, `required`).
+fn word(v: &impl Serialize) -> String {
+    match serde_json::to_value(v) {
+        Ok(serde_json::Value::String(s)) => s,
+        Ok(other) => other.to_string(),
+        Err(_) => "?".into(),
+    }
+}
+
+/// A list for a reader: `a, b`, or `none`.
+fn list(items: &[impl AsRef<str>]) -> String {
+    if items.is_empty() {
+        return "none".into();
+    }
+    items
+        .iter()
+        .map(AsRef::as_ref)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Timeouts as the policy files spell them.
+fn timeouts(t: &crate::policy::Timeouts) -> String {
+    format!(
+        "connect {}, read {}, total {}",
+        humantime::format_duration(t.connect),
+        humantime::format_duration(t.read),
+        humantime::format_duration(t.total)
+    )
+}
+
+/// A balancing algorithm as the policy files spell it.
+fn balancing(b: &crate::policy::Balancing) -> String {
+    match b {
+        crate::policy::Balancing::RoundRobin => "round_robin".into(),
+        crate::policy::Balancing::LeastConnections => "least_connections".into(),
+        crate::policy::Balancing::ConsistentHash(h) => format!("consistent_hash on {h}"),
+    }
+}
 
 fn app_diff(old_b: &Bundle, o: &App, new_b: &Bundle, n: &App, push: &mut Push<'_>) {
     let app = o.name.as_str();
@@ -429,8 +473,16 @@ fn app_diff(old_b: &Bundle, o: &App, new_b: &Bundle, n: &App, push: &mut Push<'_
         (
             Class::MetadataChanged,
             "owner / platform",
-            format!("{} {:?}", o.owner, o.platform),
-            format!("{} {:?}", n.owner, n.platform),
+            format!(
+                "{} ({})",
+                o.owner,
+                o.platform.as_deref().unwrap_or("no platform")
+            ),
+            format!(
+                "{} ({})",
+                n.owner,
+                n.platform.as_deref().unwrap_or("no platform")
+            ),
         ),
     ];
     for (class, what, a, b) in settings {
@@ -451,11 +503,11 @@ fn app_diff(old_b: &Bundle, o: &App, new_b: &Bundle, n: &App, push: &mut Push<'_
             Class::UpstreamChanged,
             app,
             format!(
-                "instances {:?} → {:?}, balancing {:?} → {:?}",
-                urls(o),
-                urls(n),
-                o.upstream.balancing,
-                n.upstream.balancing
+                "instances {} → {}, balancing {} → {}",
+                urls(o).join(", "),
+                urls(n).join(", "),
+                balancing(&o.upstream.balancing),
+                balancing(&n.upstream.balancing)
             ),
             None,
         );
@@ -469,8 +521,11 @@ fn app_diff(old_b: &Bundle, o: &App, new_b: &Bundle, n: &App, push: &mut Push<'_
             Class::UpstreamChanged,
             app,
             format!(
-                "timeouts/retries {:?}/{} → {:?}/{}",
-                o.timeouts, o.retries, n.timeouts, n.retries
+                "timeouts {}, {} retries → {}, {} retries",
+                timeouts(&o.timeouts),
+                o.retries,
+                timeouts(&n.timeouts),
+                n.retries
             ),
             None,
         );
@@ -482,13 +537,13 @@ fn app_diff(old_b: &Bundle, o: &App, new_b: &Bundle, n: &App, push: &mut Push<'_
         (AuthMode::Required, _) | (AuthMode::Optional, AuthMode::None) => push(
             Class::AuthRemoved,
             app,
-            format!("authentication {:?} → {:?}", mode(o), mode(n)),
+            format!("authentication {} → {}", word(&mode(o)), word(&mode(n))),
             None,
         ),
         _ => push(
             Class::AuthAdded,
             app,
-            format!("authentication {:?} → {:?}", mode(o), mode(n)),
+            format!("authentication {} → {}", word(&mode(o)), word(&mode(n))),
             None,
         ),
     }
@@ -508,14 +563,14 @@ fn app_diff(old_b: &Bundle, o: &App, new_b: &Bundle, n: &App, push: &mut Push<'_
                     push(
                         Class::EnforcementLoosened,
                         app,
-                        format!("`{}` {what} checks {a:?} → {b:?}", r.id),
+                        format!("`{}` {what} checks {} → {}", r.id, word(&a), word(&b)),
                         None,
                     );
                 } else if rank(b) > rank(a) {
                     push(
                         Class::EnforcementTightened,
                         app,
-                        format!("`{}` {what} checks {a:?} → {b:?}", r.id),
+                        format!("`{}` {what} checks {} → {}", r.id, word(&a), word(&b)),
                         None,
                     );
                 }
@@ -532,8 +587,9 @@ fn app_diff(old_b: &Bundle, o: &App, new_b: &Bundle, n: &App, push: &mut Push<'_
             Class::EnforcementLoosened,
             app,
             format!(
-                "undocumented operations {:?} → {:?}",
-                o.contract.undocumented, n.contract.undocumented
+                "undocumented operations {} → {}",
+                word(&o.contract.undocumented),
+                word(&n.contract.undocumented)
             ),
             None,
         );
@@ -789,6 +845,30 @@ mod tests {
             added.last()
         );
         assert_eq!(diff(&with(1), &with(3)).len(), 2);
+    }
+
+    #[test]
+    fn changes_read_as_the_policy_files_spell_them() {
+        let old = APP.replace(
+            "    upstream:",
+            "    platform: mendix\n    timeouts: { connect: 1s, read: 5s, total: 10s }\n    upstream:",
+        );
+        let new = old
+            .replace("mendix", "outsystems")
+            .replace("read: 5s", "read: 2s");
+        let texts: Vec<String> = classes(&old, &new).into_iter().map(|(_, t)| t).collect();
+        let all = texts.join("\n");
+        assert!(
+            all.contains("hr@corp.example (mendix) → hr@corp.example (outsystems)"),
+            "{all}"
+        );
+        assert!(
+            all.contains("timeouts connect 1s, read 5s, total 10s, 2 retries → connect 1s, read 2s, total 10s, 2 retries"),
+            "{all}"
+        );
+        for debug in ["Some(", "Timeouts {", "RoundRobin", "Required"] {
+            assert!(!all.contains(debug), "{debug} in {all}");
+        }
     }
 
     #[test]
