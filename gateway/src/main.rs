@@ -387,6 +387,9 @@ enum PolicyCommand {
         /// Version (at least 8 hex digits).
         #[arg(long)]
         to: Option<String>,
+        /// Why (required; recorded in the audit log).
+        #[arg(long)]
+        reason: String,
         #[command(flatten)]
         remote: remote::Remote,
     },
@@ -488,8 +491,8 @@ fn main() -> ExitCode {
         }) => remote::review(&remote, id, approve, &comment),
         Command::Policy(PolicyCommand::Activate { id, remote }) => remote::activate(&remote, id),
         Command::Policy(PolicyCommand::Withdraw { id, remote }) => remote::withdraw(&remote, id),
-        Command::Policy(PolicyCommand::Rollback { to, remote }) => {
-            remote::rollback(&remote, to.as_deref())
+        Command::Policy(PolicyCommand::Rollback { to, reason, remote }) => {
+            remote::rollback(&remote, to.as_deref(), &reason)
         }
         Command::Policy(PolicyCommand::Show { id, remote }) => remote::show(&remote, id),
         Command::Policy(PolicyCommand::Status { remote }) => remote::status(&remote),

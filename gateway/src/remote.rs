@@ -252,15 +252,15 @@ pub fn withdraw(remote: &Remote, id: u64) -> ExitCode {
     )
 }
 
-/// `policy rollback [--to VERSION]`.
-pub fn rollback(remote: &Remote, to: Option<&str>) -> ExitCode {
+/// `policy rollback [--to VERSION] --reason R`.
+pub fn rollback(remote: &Remote, to: Option<&str>, reason: &str) -> ExitCode {
     finish(
         remote,
         call(
             remote,
             reqwest::Method::POST,
             "/v1/rollback",
-            Some(json!({ "to": to })),
+            Some(json!({ "to": to, "reason": reason })),
         ),
         activation,
     )

@@ -14,7 +14,7 @@
 //! | `POST /v1/proposals/{id}/reviews` | reviewer | `{verdict: approve|reject, comment}` |
 //! | `POST /v1/proposals/{id}/activate` | operator | 409 with what is missing, when stale or rejected |
 //! | `POST /v1/proposals/{id}/withdraw` | author | |
-//! | `POST /v1/rollback` | operator | `{to?: version}` (default: the previous version) |
+//! | `POST /v1/rollback` | operator | `{to?: version, reason}` (default: the previous version; the reason is required and audited) |
 //! | `GET /v1/audit?after=N` | viewer | verified audit entries after sequence N |
 //! | `GET /v1/bundles/{version}` | viewer | a stored bundle's files |
 //! | `GET /v1/fleet/bundle?wait=S` | viewer | long-poll for fleet nodes (`If-None-Match`) |
@@ -316,6 +316,9 @@ async fn withdraw(
 struct RollbackBody {
     #[serde(default)]
     to: Option<String>,
+    /// Why (required: it goes into the audit log).
+    #[serde(default)]
+    reason: String,
 }
 
 async fn rollback(State(c): State<Arc<Control>>, headers: HeaderMap, body: Bytes) -> Response {
@@ -332,7 +335,7 @@ async fn rollback(State(c): State<Arc<Control>>, headers: HeaderMap, body: Bytes
                 } else {
                     parse(&body)?
                 };
-                c.rollback(who, body.to.as_deref())
+                c.rollback(who, body.to.as_deref(), &body.reason)
             },
         )
         .await

@@ -566,9 +566,20 @@ impl Control {
 
     /// Roll back to `to` (default: the version active before the current
     /// one). Only versions that were active before qualify.
-    pub fn rollback(&self, who: &Principal, to: Option<&str>) -> Result<Activation, ControlError> {
+    pub fn rollback(
+        &self,
+        who: &Principal,
+        to: Option<&str>,
+        reason: &str,
+    ) -> Result<Activation, ControlError> {
         let _g = self.guard();
         let action = "bundle.rollback";
+        if reason.trim().is_empty() {
+            return Err(ControlError::conflict(
+                "a rollback needs a reason (--reason)",
+                Value::Null,
+            ));
+        }
         let pointer = self.store.active()?;
         let current = pointer
             .current()
@@ -611,7 +622,7 @@ impl Control {
             action,
             &target,
             "ok",
-            json!({ "from": current, "to": target, "superseded": superseded }),
+            json!({ "from": current, "to": target, "reason": reason.trim(), "superseded": superseded }),
         );
         Ok(activation)
     }

@@ -714,8 +714,17 @@ async fn a_fleet_follows_activation_and_rollback_under_load_and_survives_the_con
     workflows_on_all(&c, &nodes, 200, "the new route answers").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    // Roll back the same way.
+    // Roll back the same way: a rollback needs a reason.
     let (s, p) = post(&c, admin("/v1/rollback"), Some(&ops), Some(json!({}))).await;
+    assert_eq!(s, 409, "{p}");
+    assert!(p.to_string().contains("a rollback needs a reason"), "{p}");
+    let (s, p) = post(
+        &c,
+        admin("/v1/rollback"),
+        Some(&ops),
+        Some(json!({ "reason": "the new route misbehaves" })),
+    )
+    .await;
     assert_eq!(s, 200, "{p}");
     let took = converge(&refs, &v1, Duration::from_secs(1)).await;
     eprintln!("rollback converged on 3 nodes in {took:?}");
@@ -727,7 +736,7 @@ async fn a_fleet_follows_activation_and_rollback_under_load_and_survives_the_con
         &c,
         admin("/v1/rollback"),
         Some(&ops),
-        Some(json!({ "to": &v2[..16] })),
+        Some(json!({ "to": &v2[..16], "reason": "fixed after all" })),
     )
     .await;
     assert_eq!(s, 200, "{p}");
