@@ -672,30 +672,67 @@ pub(super) fn start_estate(
     (recorder, policies, gw)
 }
 
+/// A TLS listener for the conformance estate: where it listens, the CA
+/// that signed its certificate, and the `serve` arguments that open it.
+pub(super) struct TlsListener {
+    pub(super) addr: SocketAddr,
+    pub(super) ca: String,
+    args: [String; 6],
+    _certs: tempfile::TempDir,
+}
+
+impl TlsListener {
+    pub(super) fn new() -> TlsListener {
+        let certs = tempfile::tempdir().expect("tempdir");
+        let (ca, cert, key) = make_certs(certs.path());
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let args = [
+            "--tls-listen".to_string(),
+            addr.to_string(),
+            "--tls-cert".to_string(),
+            cert,
+            "--tls-key".to_string(),
+            key,
+        ];
+        TlsListener {
+            addr,
+            ca,
+            args,
+            _certs: certs,
+        }
+    }
+
+    /// The `serve` arguments that open the listener.
+    pub(super) fn args(&self) -> Vec<&str> {
+        self.args.iter().map(String::as_str).collect()
+    }
+}
+
+impl Recorder {
+    /// What the recording upstream found ambiguous, each line prefixed.
+    pub(super) fn violation_lines(&self, prefix: &str) -> Vec<String> {
+        self.violations
+            .lock()
+            .map(|v| {
+                v.iter()
+                    .map(|v| format!("{prefix}: upstream: {v}"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
 /// One engine's run: `lean` or `pingora` on the plain listener, or `tls`
 /// (Pingora's proxy behind the TLS listener, HTTP/1.1).
 fn run_engine(engine: &str, requests: &[RequestCase], responses: &[ResponseCase]) -> EngineRun {
-    let certs = tempfile::tempdir().expect("tempdir");
-    let (ca, cert, key) = make_certs(certs.path());
-    let tls_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-    let tls_listen = tls_addr.to_string();
+    let tls = TlsListener::new();
     let (http1_engine, extra): (&str, Vec<&str>) = match engine {
-        "tls" => (
-            "pingora",
-            vec![
-                "--tls-listen",
-                &tls_listen,
-                "--tls-cert",
-                &cert,
-                "--tls-key",
-                &key,
-            ],
-        ),
+        "tls" => ("pingora", tls.args()),
         other => (other, Vec::new()),
     };
     let (recorder, _policies, gw) = start_estate(http1_engine, responses, &extra);
     let dial = match engine {
-        "tls" => Dial::Tls(tls_addr, tls_client(&ca)),
+        "tls" => Dial::Tls(tls.addr, tls_client(&tls.ca)),
         _ => Dial::Plain(gw.addr),
     };
     let mut failures = Vec::new();
@@ -866,17 +903,7 @@ fn run_engine(engine: &str, requests: &[RequestCase], responses: &[ResponseCase]
             ));
         }
     }
-    failures.extend(
-        recorder
-            .violations
-            .lock()
-            .map(|v| {
-                v.iter()
-                    .map(|v| format!("{engine}: upstream: {v}"))
-                    .collect::<Vec<_>>()
-            })
-            .unwrap_or_default(),
-    );
+    failures.extend(recorder.violation_lines(engine));
     EngineRun { outcomes, failures }
 }
 
@@ -1014,26 +1041,16 @@ fn a_smuggled_request_reaches_neither_the_app_nor_another_client() {
 /// hands to Pingora's.
 #[test]
 fn a_slow_head_or_body_gets_408_at_the_whole_message_deadline() {
-    let certs = tempfile::tempdir().expect("tempdir");
-    let (ca, cert, key) = make_certs(certs.path());
     for engine in ["lean", "pingora", "tls"] {
-        let tls_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-        let tls_listen = tls_addr.to_string();
+        let tls = TlsListener::new();
         let mut extra = vec!["--client-timeout", "2"];
         if engine == "tls" {
-            extra.extend([
-                "--tls-listen",
-                &tls_listen,
-                "--tls-cert",
-                &cert,
-                "--tls-key",
-                &key,
-            ]);
+            extra.extend(tls.args());
         }
         let http1_engine = if engine == "lean" { "lean" } else { "pingora" };
         let (recorder, _policies, gw) = start_estate(http1_engine, &[], &extra);
         let dial = match engine {
-            "tls" => Dial::Tls(tls_addr, tls_client(&ca)),
+            "tls" => Dial::Tls(tls.addr, tls_client(&tls.ca)),
             _ => Dial::Plain(gw.addr),
         };
         let mut trickles = vec![("GET / HTTP/1.1\r\nHost: conf.test\r\nX-Slow: ", "a")];

@@ -19,7 +19,7 @@ use gatehouse_e2e::*;
 use serde_json::Value;
 use tokio::net::TcpStream;
 
-use super::conformance::{corpus_dir, latin1, start_estate, tls_client, Seen};
+use super::conformance::{corpus_dir, latin1, start_estate, tls_client, Seen, TlsListener};
 
 /// One case of `h2.json`.
 #[derive(Debug, Clone)]
@@ -199,28 +199,15 @@ fn fields(seen: &Seen, name: &str) -> Vec<String> {
 
 /// Run the corpus on one listener; the failures.
 async fn run_listener(listener: &str, cases: &[H2Case]) -> Vec<String> {
-    let certs = tempfile::tempdir().expect("tempdir");
-    let (ca, cert, key) = make_certs(certs.path());
-    let tls_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-    let tls_listen = tls_addr.to_string();
+    let tls = TlsListener::new();
     let (engine, extra): (&str, Vec<&str>) = match listener {
-        "h2-tls" => (
-            "pingora",
-            vec![
-                "--tls-listen",
-                &tls_listen,
-                "--tls-cert",
-                &cert,
-                "--tls-key",
-                &key,
-            ],
-        ),
+        "h2-tls" => ("pingora", tls.args()),
         "h2c-lean" => ("lean", vec!["--h2c"]),
         _ => ("pingora", vec!["--h2c"]),
     };
     let (recorder, _policies, gw) = start_estate(engine, &[], &extra);
     let dial = match listener {
-        "h2-tls" => H2Dial::Tls(tls_addr, tls_client(&ca)),
+        "h2-tls" => H2Dial::Tls(tls.addr, tls_client(&tls.ca)),
         _ => H2Dial::Plain(gw.addr),
     };
     let mut failures = Vec::new();
@@ -251,17 +238,7 @@ async fn run_listener(listener: &str, cases: &[H2Case]) -> Vec<String> {
             }
         }
     }
-    failures.extend(
-        recorder
-            .violations
-            .lock()
-            .map(|v| {
-                v.iter()
-                    .map(|v| format!("{listener}: upstream: {v}"))
-                    .collect::<Vec<_>>()
-            })
-            .unwrap_or_default(),
-    );
+    failures.extend(recorder.violation_lines(listener));
     failures
 }
 
