@@ -94,6 +94,7 @@ async fn exchange(
             req.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())
                 .map_err(|_| GatewayError::Internal)?;
         }
+        super::upstream::strip_hop_by_hop(&mut req);
         prepare_upstream_request(session, &mut req, ctx).map_err(|_| GatewayError::Internal)?;
         let sent = async {
             up.write_request_header(Box::new(req)).await?;

@@ -39,9 +39,12 @@ pub fn select_peer(session: &Session, ctx: &mut RequestCtx) -> Result<Box<HttpPe
     peer.options.read_timeout = Some(t.read.min(remaining));
     peer.options.write_timeout = Some(t.read.min(remaining));
     peer.options.idle_timeout = Some(Duration::from_secs(60));
-    // No upgrade reaches an app (see `strip_hop_by_hop`).
-    peer.options.http_upstream_request_policy.h1_upgrade =
-        pingora::upstreams::peer::H1UpgradePolicy::Deny;
+    // Pingora's proxy strips the hop-by-hop fields (those `Connection`
+    // names too) before the app sees the request, and no upgrade: the same
+    // rule `strip_hop_by_hop` applies where the gateway sends a request
+    // itself.
+    peer.options.http_upstream_request_policy =
+        pingora::upstreams::peer::HttpUpstreamRequestPolicy::deny_upgrades();
     ctx.lease = Some(InstanceLease::new(instance));
     Ok(Box::new(peer))
 }
@@ -258,10 +261,11 @@ const HOP_BY_HOP: &[&str] = &[
     "upgrade",
 ];
 
-/// Remove the hop-by-hop fields from a request for the app, on every
-/// forwarding path (streaming, buffered, retried). The gateway does not
-/// upgrade connections: an `Upgrade` is dropped with the rest, so the app
-/// answers the request as an ordinary one.
+/// Remove the hop-by-hop fields from a request the gateway sends itself
+/// (the buffered forwarder; Pingora's proxy applies the same rule through
+/// the peer's request policy, `select_peer`). The gateway does not upgrade
+/// connections: an `Upgrade` is dropped with the rest, so the app answers
+/// the request as an ordinary one.
 pub fn strip_hop_by_hop(upstream: &mut RequestHeader) {
     let mut named: Vec<String> = Vec::new();
     for value in upstream.headers.get_all(http::header::CONNECTION) {
@@ -289,7 +293,6 @@ pub fn prepare_upstream_request(
     upstream: &mut RequestHeader,
     ctx: &RequestCtx,
 ) -> Result<()> {
-    strip_hop_by_hop(upstream);
     // Each insert re-parses the name and updates two maps in Pingora: insert
     // only what is new, with values built once.
     if !ctx.request_id_from_client {
