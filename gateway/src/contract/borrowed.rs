@@ -83,8 +83,7 @@ fn with_doc<T>(body: &[u8], f: impl FnOnce(Doc<'_>) -> T) -> Option<T> {
     // past control bytes that make the text no JSON at all.
     if super::ijson::has_control_byte(body)
         || super::ijson::has_surrogate_escape(body)
-        || super::ijson::has_negative_zero(body)
-        || super::ijson::may_hold_inexact_number(body)
+        || super::ijson::numbers_may_read_otherwise(body)
     {
         return None;
     }

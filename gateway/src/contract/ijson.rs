@@ -77,7 +77,7 @@ fn decimal(text: &str) -> Option<(bool, String, i64)> {
 /// The first number token of JSON text `body` (outside strings) that is
 /// [`too_precise`].
 fn first_too_precise(body: &[u8]) -> Option<&str> {
-    numbers(body).find(|n| (n.len() > 15 || n.contains(['e', 'E'])) && too_precise(n))
+    numbers(body).find(|n| inexact_candidate(n) && too_precise(n))
 }
 
 /// Whether `body` holds a `\u` escape of a surrogate (`\uD800`–`\uDFFF`):
@@ -108,7 +108,20 @@ pub fn has_surrogate_escape(body: &[u8]) -> bool {
 /// or 16 digits or more. Parsers that read numbers as doubles only must
 /// leave such a body to [`parse`].
 pub fn may_hold_inexact_number(body: &[u8]) -> bool {
-    numbers(body).any(|n| n.len() > 15 || n.contains(['e', 'E']))
+    numbers(body).any(inexact_candidate)
+}
+
+/// Whether number token `n` may say more than its double.
+fn inexact_candidate(n: &str) -> bool {
+    n.len() > 15 || n.contains(['e', 'E'])
+}
+
+/// Whether a parser that reads numbers only as doubles, and keeps no
+/// text of them, could read `body`'s numbers otherwise than [`parse`]: a
+/// number that may say more than its double ([`may_hold_inexact_number`])
+/// or `-0` written as an integer ([`has_negative_zero`]). One pass.
+pub fn numbers_may_read_otherwise(body: &[u8]) -> bool {
+    numbers(body).any(|n| n == "-0" || inexact_candidate(n))
 }
 
 /// The number tokens of JSON text `body`, outside strings (as far as the
@@ -148,13 +161,11 @@ pub fn has_control_byte(body: &[u8]) -> bool {
         .any(|&b| b < 0x20 && !matches!(b, b'\t' | b'\n' | b'\r'))
 }
 
-/// Whether `body` may hold the number `-0` written as an integer (not
+/// Whether `body` holds the number `-0` written as an integer (not
 /// `-0.0` or `-0e0`), which parsers read as the integer 0 or as the float
-/// -0.0 (`serde_json`); text in strings may match too.
+/// -0.0 (`serde_json`).
 pub fn has_negative_zero(body: &[u8]) -> bool {
-    body.windows(2).enumerate().any(|(at, w)| {
-        w == b"-0" && !matches!(body.get(at + 2), Some(b'.' | b'e' | b'E' | b'0'..=b'9'))
-    })
+    numbers(body).any(|n| n == "-0")
 }
 
 /// A value read with member names checked.
