@@ -940,17 +940,29 @@ fn bulk_consumers(
 
 fn policy_diff(old: &std::path::Path, new: &std::path::Path, format: OutputFormat) -> ExitCode {
     let load = |dir: &std::path::Path| {
-        gatehouse::policy::load_and_compile(dir).map_err(|errors| {
-            eprintln!("gatehouse: {} is not a valid bundle:", dir.display());
-            for e in &errors.0 {
-                eprintln!("  {e}");
-            }
-        })
+        gatehouse::policy::load_dir(dir)
+            .and_then(|files| gatehouse::policy::compile(&files).map(|b| (b, files)))
+            .map_err(|errors| {
+                eprintln!("gatehouse: {} is not a valid bundle:", dir.display());
+                for e in &errors.0 {
+                    eprintln!("  {e}");
+                }
+            })
     };
-    let (Ok(a), Ok(b)) = (load(old), load(new)) else {
+    let (Ok((a, af)), Ok((b, bf))) = (load(old), load(new)) else {
         return ExitCode::from(2);
     };
-    let changes = gatehouse::governance::policy_diff::diff(&a, &b);
+    use gatehouse::governance::policy_diff::{diff, Side};
+    let changes = diff(
+        Side {
+            bundle: &a,
+            files: &af,
+        },
+        Side {
+            bundle: &b,
+            files: &bf,
+        },
+    );
     let breaking = changes.iter().filter(|c| c.class.is_breaking()).count();
     // The rules of the bundle in service judge the change.
     let needed = a.review.required(&changes);

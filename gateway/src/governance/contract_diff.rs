@@ -42,8 +42,40 @@ pub struct ContractChange {
     pub path: String,
     /// What changed, for humans.
     pub text: String,
+    /// The field it describes, as a pointer into the operation read with
+    /// its `$ref`s inlined and parameters keyed `in:name` (`path:#0` for the
+    /// first path parameter); empty for a whole operation.
+    pub pointer: String,
     /// Stable fingerprint.
     pub fingerprint: String,
+}
+
+impl ContractChange {
+    /// Does the change narrow what a response may carry, so that a response
+    /// the app sends today may fail a check it passed before? Harmless to
+    /// clients, but where responses are enforced such a response becomes
+    /// a 502.
+    pub fn narrows_responses(&self) -> bool {
+        self.pointer.starts_with("/responses")
+            && matches!(
+                self.id,
+                "response-bound-tightened"
+                    | "response-bound-set"
+                    | "response-enum-value-removed"
+                    | "response-became-enum"
+                    | "response-type-narrowed"
+                    | "response-non-success-status-removed"
+                    | "response-success-status-removed"
+                    | "response-pattern-changed"
+                    | "response-property-became-required"
+                    | "response-additional-properties-forbidden"
+                    | "response-became-not-nullable"
+                    | "response-allof-added"
+                    | "response-branch-removed"
+                    | "media-type-removed"
+                    | "contract-field-changed"
+            )
+    }
 }
 
 const METHODS: [&str; 8] = [
@@ -85,19 +117,28 @@ struct Differ<'a> {
     method: String,
     path: String,
     out: Vec<ContractChange>,
+    /// Fields of the current operation that a change describes.
+    claimed: Vec<String>,
 }
 
 impl Differ<'_> {
-    fn push(&mut self, id: &'static str, level: Level, text: String) {
+    fn push(&mut self, ptr: &str, id: &'static str, level: Level, text: String) {
         let fingerprint = fingerprint(id, &self.method, &self.path, &text);
+        self.claimed.push(ptr.to_string());
         self.out.push(ContractChange {
             id,
             level,
             method: self.method.clone(),
             path: self.path.clone(),
             text,
+            pointer: ptr.to_string(),
             fingerprint,
         });
+    }
+
+    /// Mark a field as described by the change just pushed.
+    fn claim(&mut self, ptr: String) {
+        self.claimed.push(ptr);
     }
 }
 
@@ -121,6 +162,7 @@ pub fn diff(old: &Doc<'_>, new: &Doc<'_>) -> Vec<ContractChange> {
         method: String::new(),
         path: String::new(),
         out: Vec::new(),
+        claimed: Vec::new(),
     };
     let empty = serde_json::Map::new();
     let old_paths = old
@@ -156,12 +198,17 @@ pub fn diff(old: &Doc<'_>, new: &Doc<'_>) -> Vec<ContractChange> {
                         ("api-removed", Level::Breaking)
                     };
                     d.push(
+                        "",
                         id,
                         level,
                         format!("operation {} {op_path} removed", m.to_uppercase()),
                     );
                 }
-                Some((new_item, new_op)) => d.operation(old_item, old_op, new_item, new_op),
+                Some((new_item, new_op)) => {
+                    d.claimed.clear();
+                    d.operation(old_item, old_op, new_item, new_op);
+                    d.unclaimed(old_item, old_op, new_item, new_op);
+                }
             }
         }
     }
@@ -175,6 +222,7 @@ pub fn diff(old: &Doc<'_>, new: &Doc<'_>) -> Vec<ContractChange> {
                 d.method = m.to_uppercase();
                 d.path = op_path.clone();
                 d.push(
+                    "",
                     "endpoint-added",
                     Level::Info,
                     format!("operation {} {op_path} added", m.to_uppercase()),
@@ -231,8 +279,18 @@ impl Differ<'_> {
             .copied()
             .filter(|p| p.get("in") == Some(&Value::from("path")))
             .collect();
+        let mut path_index = 0;
         for np in &new_params {
             let (loc, k, name) = key(np);
+            let at = if loc == "path" {
+                path_index += 1;
+                format!("/parameters/path:#{}", path_index - 1)
+            } else {
+                format!(
+                    "/parameters/{}",
+                    super::policy_tree::escape(&format!("{loc}:{k}"))
+                )
+            };
             let required =
                 np.get("required").and_then(Value::as_bool).unwrap_or(false) || loc == "path";
             let op = if loc == "path" {
@@ -245,11 +303,13 @@ impl Differ<'_> {
             };
             match op {
                 None if required => self.push(
+                    &at,
                     "new-required-request-parameter",
                     Level::Breaking,
                     format!("new required {loc} parameter `{name}`"),
                 ),
                 None => self.push(
+                    &at,
                     "new-optional-request-parameter",
                     Level::Info,
                     format!("new optional {loc} parameter `{name}`"),
@@ -259,12 +319,14 @@ impl Differ<'_> {
                         || loc == "path";
                     if required && !was_required {
                         self.push(
+                            &format!("{at}/required"),
                             "request-parameter-became-required",
                             Level::Breaking,
                             format!("{loc} parameter `{name}` became required"),
                         );
                     } else if !required && was_required {
                         self.push(
+                            &format!("{at}/required"),
                             "request-parameter-became-optional",
                             Level::Info,
                             format!("{loc} parameter `{name}` became optional"),
@@ -277,6 +339,7 @@ impl Differ<'_> {
                     if let (Some(os), Some(ns)) = (os, ns) {
                         if os.get("default") != ns.get("default") {
                             self.push(
+                                &format!("{at}/schema/default"),
                                 "request-parameter-default-changed",
                                 Level::Breaking,
                                 format!("default of {loc} parameter `{name}` changed"),
@@ -287,6 +350,7 @@ impl Differ<'_> {
                             ns,
                             Dir::Request,
                             &format!("{loc} parameter `{name}`"),
+                            &format!("{at}/schema"),
                             0,
                         );
                     }
@@ -308,7 +372,11 @@ impl Differ<'_> {
                 } else {
                     ("request-parameter-removed", Level::Warn)
                 };
-                self.push(id, level, format!("{loc} parameter `{name}` removed"));
+                let at = format!(
+                    "/parameters/{}",
+                    super::policy_tree::escape(&format!("{loc}:{k}"))
+                );
+                self.push(&at, id, level, format!("{loc} parameter `{name}` removed"));
             }
         }
         // Request body.
@@ -321,16 +389,19 @@ impl Differ<'_> {
         };
         match (ob, nb) {
             (None, Some(_)) if required(nb) => self.push(
+                "/requestBody",
                 "request-body-added-required",
                 Level::Breaking,
                 "required request body added".into(),
             ),
             (None, Some(_)) => self.push(
+                "/requestBody",
                 "request-body-added-optional",
                 Level::Info,
                 "optional request body added".into(),
             ),
             (Some(_), None) => self.push(
+                "/requestBody",
                 "request-body-removed",
                 Level::Breaking,
                 "request body removed".into(),
@@ -338,18 +409,20 @@ impl Differ<'_> {
             (Some(ob), Some(nb)) => {
                 if required(Some(nb)) && !required(Some(ob)) {
                     self.push(
+                        "/requestBody/required",
                         "request-body-became-required",
                         Level::Breaking,
                         "request body became required".into(),
                     );
                 } else if !required(Some(nb)) && required(Some(ob)) {
                     self.push(
+                        "/requestBody/required",
                         "request-body-became-optional",
                         Level::Info,
                         "request body became optional".into(),
                     );
                 }
-                self.content(ob, nb, Dir::Request, "request body");
+                self.content(ob, nb, Dir::Request, "request body", "/requestBody");
             }
             (None, None) => {}
         }
@@ -372,17 +445,26 @@ impl Differ<'_> {
                     } else {
                         ("response-non-success-status-removed", Level::Info)
                     };
-                    self.push(id, level, format!("response status {code} removed"));
+                    let at = format!("/responses/{}", super::policy_tree::escape(code));
+                    self.push(&at, id, level, format!("response status {code} removed"));
                 }
                 Some(nresp) => {
                     let (oresp, nresp) = (old.resolve(oresp), new.resolve(nresp));
-                    self.content(oresp, nresp, Dir::Response, &format!("response {code}"));
+                    let at = format!("/responses/{}", super::policy_tree::escape(code));
+                    self.content(
+                        oresp,
+                        nresp,
+                        Dir::Response,
+                        &format!("response {code}"),
+                        &at,
+                    );
                 }
             }
         }
         for code in nr.keys() {
             if !or.contains_key(code) {
                 self.push(
+                    &format!("/responses/{}", super::policy_tree::escape(code)),
                     "response-status-added",
                     Level::Info,
                     format!("response status {code} added"),
@@ -391,7 +473,7 @@ impl Differ<'_> {
         }
     }
 
-    fn content(&mut self, old: &Value, new: &Value, dir: Dir, what: &str) {
+    fn content(&mut self, old: &Value, new: &Value, dir: Dir, what: &str, ptr: &str) {
         let empty = serde_json::Map::new();
         let oc = old
             .get("content")
@@ -402,8 +484,10 @@ impl Differ<'_> {
             .and_then(Value::as_object)
             .unwrap_or(&empty);
         for (mt, omedia) in oc {
+            let at = format!("{ptr}/content/{}", super::policy_tree::escape(mt));
             match nc.get(mt) {
                 None => self.push(
+                    &at,
                     "media-type-removed",
                     Level::Breaking,
                     format!("{what}: media type `{mt}` removed"),
@@ -411,9 +495,17 @@ impl Differ<'_> {
                 Some(nmedia) => {
                     if let (Some(os), Some(ns)) = (omedia.get("schema"), nmedia.get("schema")) {
                         let (os, ns) = (self.old.resolve(os), self.new.resolve(ns));
-                        self.schema(os, ns, dir, &format!("{what} ({mt})"), 0);
+                        self.schema(
+                            os,
+                            ns,
+                            dir,
+                            &format!("{what} ({mt})"),
+                            &format!("{at}/schema"),
+                            0,
+                        );
                     } else if omedia.get("schema").is_some() && dir == Dir::Response {
                         self.push(
+                            &format!("{at}/schema"),
                             "response-media-type-schema-removed",
                             Level::Warn,
                             format!("{what}: schema of `{mt}` removed"),
@@ -430,6 +522,7 @@ impl Differ<'_> {
                     Level::Info
                 };
                 self.push(
+                    &format!("{ptr}/content/{}", super::policy_tree::escape(mt)),
                     "media-type-added",
                     level,
                     format!("{what}: media type `{mt}` added"),
@@ -438,44 +531,56 @@ impl Differ<'_> {
         }
     }
 
-    fn schema(&mut self, old: &Value, new: &Value, dir: Dir, at: &str, depth: usize) {
+    fn schema(&mut self, old: &Value, new: &Value, dir: Dir, at: &str, ptr: &str, depth: usize) {
         // Compare resolved schemas: the same `$ref` text may name different targets.
         let (old, new) = (self.old.resolve(old), self.new.resolve(new));
         if depth > 32 || (old == new && !has_ref(old)) {
             return;
         }
+        let kw = |k: &str| format!("{ptr}/{k}");
         let (ot, on) = types(old);
         let (nt, nn) = types(new);
-        // Nullability.
-        match (on, nn, dir) {
-            (false, true, Dir::Response) => self.push(
+        // Nullability (3.0 `nullable` or 3.1 `type: [T, "null"]`).
+        let nullability = match (on, nn, dir) {
+            (false, true, Dir::Response) => Some((
                 "response-became-nullable",
                 Level::Breaking,
                 format!("{at} may now be null"),
-            ),
-            (true, false, Dir::Request) => self.push(
+            )),
+            (true, false, Dir::Request) => Some((
                 "request-became-not-nullable",
                 Level::Breaking,
                 format!("{at} may no longer be null"),
-            ),
-            (false, true, Dir::Request) => self.push(
+            )),
+            (false, true, Dir::Request) => Some((
                 "request-became-nullable",
                 Level::Info,
                 format!("{at} may now be null"),
-            ),
-            (true, false, Dir::Response) => self.push(
+            )),
+            (true, false, Dir::Response) => Some((
                 "response-became-not-nullable",
                 Level::Info,
                 format!("{at} is no longer null"),
-            ),
-            _ => {}
+            )),
+            _ => None,
+        };
+        if ot == nt && on == nn {
+            // The same types, spelled either way (3.0 `nullable`, 3.1 lists).
+            self.claim(kw("type"));
+            self.claim(kw("nullable"));
+        }
+        if let Some((id, level, text)) = nullability {
+            self.push(&kw("nullable"), id, level, text);
+            if ot == nt {
+                self.claim(kw("type"));
+            }
         }
         // Types.
-        if !ot.is_empty() && ot != nt {
+        if ot != nt && !(ot.is_empty() && nt.is_empty()) {
             let widened = nt.is_empty()
                 || ot.is_subset(&nt)
                 || (ot.contains("integer") && nt.contains("number") && ot.len() == 1);
-            let narrowed = !nt.is_empty() && nt.is_subset(&ot)
+            let narrowed = !nt.is_empty() && (ot.is_empty() || nt.is_subset(&ot))
                 || (ot.contains("number") && nt.contains("integer") && nt.len() == 1);
             let (id, level) = match (dir, widened, narrowed) {
                 (Dir::Request, true, _) => ("request-type-widened", Level::Info),
@@ -484,58 +589,65 @@ impl Differ<'_> {
                 (Dir::Response, _, _) => ("response-type-changed", Level::Breaking),
             };
             self.push(
+                &kw("type"),
                 id,
                 level,
                 format!("{at}: type {} → {}", fmt_types(&ot), fmt_types(&nt)),
             );
+            self.claim(kw("nullable"));
         }
         // Enums.
         let oe = old.get("enum").and_then(Value::as_array);
         let ne = new.get("enum").and_then(Value::as_array);
         match (oe, ne) {
             (Some(oe), Some(ne)) => {
-                for v in oe.iter().filter(|v| !ne.contains(v) && !v.is_null()) {
-                    let level = if dir == Dir::Request {
-                        Level::Breaking
+                for v in oe.iter().filter(|v| !ne.contains(v)) {
+                    let (id, level) = if dir == Dir::Request {
+                        ("request-enum-value-removed", Level::Breaking)
                     } else {
-                        Level::Info
+                        ("response-enum-value-removed", Level::Info)
                     };
                     self.push(
-                        if dir == Dir::Request {
-                            "request-enum-value-removed"
-                        } else {
-                            "response-enum-value-removed"
-                        },
+                        &kw("enum"),
+                        id,
                         level,
                         format!("{at}: enum value {v} removed"),
                     );
                 }
-                for v in ne.iter().filter(|v| !oe.contains(v) && !v.is_null()) {
-                    let level = if dir == Dir::Request {
-                        Level::Info
+                for v in ne.iter().filter(|v| !oe.contains(v)) {
+                    let (id, level) = if dir == Dir::Request {
+                        ("request-enum-value-added", Level::Info)
                     } else {
-                        Level::Warn
+                        ("response-enum-value-added", Level::Warn)
                     };
                     self.push(
-                        if dir == Dir::Request {
-                            "request-enum-value-added"
-                        } else {
-                            "response-enum-value-added"
-                        },
+                        &kw("enum"),
+                        id,
                         level,
                         format!("{at}: enum value {v} added"),
                     );
                 }
             }
-            (None, Some(_)) if dir == Dir::Request => self.push(
-                "request-became-enum",
-                Level::Breaking,
-                format!("{at} became an enum"),
-            ),
-            _ => {}
+            (None, Some(_)) => {
+                let (id, level) = if dir == Dir::Request {
+                    ("request-became-enum", Level::Breaking)
+                } else {
+                    ("response-became-enum", Level::Info)
+                };
+                self.push(&kw("enum"), id, level, format!("{at} became an enum"));
+            }
+            (Some(_), None) => {
+                let (id, level) = if dir == Dir::Request {
+                    ("request-enum-removed", Level::Info)
+                } else {
+                    ("response-enum-removed", Level::Warn)
+                };
+                self.push(&kw("enum"), id, level, format!("{at} is no longer an enum"));
+            }
+            (None, None) => {}
         }
         // Bounds: (keyword, larger-is-looser).
-        for (kw, upper) in [
+        for (name, upper) in [
             ("maximum", true),
             ("exclusiveMaximum", true),
             ("maxLength", true),
@@ -547,71 +659,95 @@ impl Differ<'_> {
             ("minItems", false),
             ("minProperties", false),
         ] {
-            let o = bound(old, kw);
-            let n = bound(new, kw);
-            let looser = match (o, n) {
-                (Some(o), Some(n)) if (n - o).abs() > f64::EPSILON => {
-                    Some(if upper { n > o } else { n < o })
-                }
-                (Some(_), None) => Some(true),
-                (None, Some(_)) => None, // newly set
-                _ => continue,
-            };
-            match (looser, dir) {
-                (Some(false), Dir::Request) => self.push(
-                    "request-bound-tightened",
-                    Level::Breaking,
-                    format!("{at}: `{kw}` tightened"),
-                ),
-                (Some(true), Dir::Request) => self.push(
-                    "request-bound-loosened",
-                    Level::Info,
-                    format!("{at}: `{kw}` loosened"),
-                ),
-                (None, Dir::Request) => self.push(
-                    "request-bound-set",
-                    Level::Warn,
-                    format!("{at}: `{kw}` set"),
-                ),
-                (Some(true), Dir::Response) => self.push(
-                    "response-bound-loosened",
-                    Level::Breaking,
-                    format!("{at}: `{kw}` loosened"),
-                ),
-                (None, Dir::Response) | (Some(false), Dir::Response) => {}
+            let (o, n) = (old.get(name), new.get(name));
+            if o == n {
+                continue;
             }
+            // 3.0 spells exclusive bounds as booleans beside `maximum`:
+            // compared as a change of their own.
+            let looser = match (o.and_then(Value::as_f64), n.and_then(Value::as_f64)) {
+                (Some(o), Some(n)) => Some(if upper { n > o } else { n < o }),
+                _ if n.is_none() => Some(true),
+                _ if o.is_none() => None, // newly set
+                // 3.0's boolean `exclusiveMaximum`/`exclusiveMinimum`.
+                _ => Some(n != Some(&Value::Bool(true))),
+            };
+            let (id, level, verb) = match (looser, dir) {
+                (Some(false), Dir::Request) => {
+                    ("request-bound-tightened", Level::Breaking, "tightened")
+                }
+                (Some(true), Dir::Request) => ("request-bound-loosened", Level::Info, "loosened"),
+                (None, Dir::Request) => ("request-bound-set", Level::Warn, "set"),
+                (Some(true), Dir::Response) => {
+                    ("response-bound-loosened", Level::Breaking, "loosened")
+                }
+                (Some(false), Dir::Response) => {
+                    ("response-bound-tightened", Level::Info, "tightened")
+                }
+                (None, Dir::Response) => ("response-bound-set", Level::Info, "set"),
+            };
+            self.push(
+                &kw(name),
+                id,
+                level,
+                format!("{at}: `{name}` {verb} ({} → {})", shown(o), shown(n)),
+            );
         }
         match (old.get("pattern"), new.get("pattern"), dir) {
             (None, Some(_), Dir::Request) => self.push(
+                &kw("pattern"),
                 "request-pattern-added",
                 Level::Breaking,
                 format!("{at}: pattern added"),
             ),
             (Some(a), Some(b), Dir::Request) if a != b => self.push(
+                &kw("pattern"),
                 "request-pattern-changed",
                 Level::Warn,
                 format!("{at}: pattern changed"),
             ),
             (Some(_), None, Dir::Request) => self.push(
+                &kw("pattern"),
                 "request-pattern-removed",
                 Level::Info,
                 format!("{at}: pattern removed"),
             ),
             (a, b, Dir::Response) if a != b => self.push(
+                &kw("pattern"),
                 "response-pattern-changed",
                 Level::Info,
                 format!("{at}: pattern changed"),
             ),
             _ => {}
         }
-        // additionalProperties.
+        // additionalProperties (`false`; a schema there is compared below).
         let closed = |s: &Value| s.get("additionalProperties") == Some(&Value::Bool(false));
-        if dir == Dir::Request && closed(new) && !closed(old) {
-            self.push(
+        match (closed(old), closed(new), dir) {
+            (false, true, Dir::Request) => self.push(
+                &kw("additionalProperties"),
                 "request-additional-properties-forbidden",
                 Level::Breaking,
                 format!("{at}: additional properties are no longer allowed"),
-            );
+            ),
+            (false, true, Dir::Response) => self.push(
+                &kw("additionalProperties"),
+                "response-additional-properties-forbidden",
+                Level::Info,
+                format!("{at}: additional properties are no longer allowed"),
+            ),
+            (true, false, Dir::Request) => self.push(
+                &kw("additionalProperties"),
+                "request-additional-properties-allowed",
+                Level::Info,
+                format!("{at}: additional properties are now allowed"),
+            ),
+            (true, false, Dir::Response) => self.push(
+                &kw("additionalProperties"),
+                "response-additional-properties-allowed",
+                Level::Warn,
+                format!("{at}: additional properties may now be returned"),
+            ),
+            _ => {}
         }
         // Properties.
         let empty = serde_json::Map::new();
@@ -625,51 +761,67 @@ impl Differ<'_> {
             .unwrap_or(&empty);
         let oreq = required_set(old);
         let nreq = required_set(new);
+        let prop = |name: &str| format!("{ptr}/properties/{}", super::policy_tree::escape(name));
         for (name, ps) in np {
             let read_only = self.new.resolve(ps).get("readOnly") == Some(&Value::Bool(true));
             match op.get(name) {
                 None => {
                     let required = nreq.contains(name.as_str());
-                    match (dir, required && !read_only) {
-                        (Dir::Request, true) => self.push(
+                    let (id, level, text) = match (dir, required && !read_only) {
+                        (Dir::Request, true) => (
                             "new-required-request-property",
                             Level::Breaking,
                             format!("{at}: new required property `{name}`"),
                         ),
-                        (Dir::Request, false) => self.push(
+                        (Dir::Request, false) => (
                             "new-optional-request-property",
                             Level::Info,
                             format!("{at}: new optional property `{name}`"),
                         ),
-                        (Dir::Response, _) => self.push(
+                        (Dir::Response, _) => (
                             "response-property-added",
                             Level::Info,
                             format!("{at}: property `{name}` added"),
                         ),
+                    };
+                    self.push(&prop(name), id, level, text);
+                    if required {
+                        self.claim(kw("required"));
                     }
                 }
-                Some(ops) => self.schema(ops, ps, dir, &format!("{at}/{name}"), depth + 1),
+                Some(ops) => self.schema(
+                    ops,
+                    ps,
+                    dir,
+                    &format!("{at}/{name}"),
+                    &prop(name),
+                    depth + 1,
+                ),
             }
         }
         for (name, _) in op {
             if !np.contains_key(name) {
                 let was_required = oreq.contains(name.as_str());
-                match (dir, was_required) {
-                    (Dir::Response, true) => self.push(
+                let (id, level, text) = match (dir, was_required) {
+                    (Dir::Response, true) => (
                         "response-required-property-removed",
                         Level::Breaking,
                         format!("{at}: required property `{name}` removed"),
                     ),
-                    (Dir::Response, false) => self.push(
+                    (Dir::Response, false) => (
                         "response-optional-property-removed",
                         Level::Warn,
                         format!("{at}: optional property `{name}` removed"),
                     ),
-                    (Dir::Request, _) => self.push(
+                    (Dir::Request, _) => (
                         "request-property-removed",
                         Level::Warn,
                         format!("{at}: property `{name}` removed"),
                     ),
+                };
+                self.push(&prop(name), id, level, text);
+                if was_required {
+                    self.claim(kw("required"));
                 }
             }
         }
@@ -681,6 +833,7 @@ impl Differ<'_> {
                     ("response-property-became-required", Level::Info)
                 };
                 self.push(
+                    &kw("required"),
                     id,
                     level,
                     format!("{at}: property `{name}` became required"),
@@ -695,40 +848,272 @@ impl Differ<'_> {
                     ("response-property-became-optional", Level::Breaking)
                 };
                 self.push(
+                    &kw("required"),
                     id,
                     level,
                     format!("{at}: property `{name}` became optional"),
                 );
             }
         }
-        // Arrays.
-        if let (Some(oi), Some(ni)) = (old.get("items"), new.get("items")) {
-            self.schema(oi, ni, dir, &format!("{at}[]"), depth + 1);
+        // Schemas in schemas: items, a schema of additional properties.
+        for (name, suffix) in [("items", "[]"), ("additionalProperties", "{*}")] {
+            if let (Some(o), Some(n)) = (old.get(name), new.get(name)) {
+                if o.is_object() && n.is_object() {
+                    self.schema(o, n, dir, &format!("{at}{suffix}"), &kw(name), depth + 1);
+                }
+            }
         }
-        // oneOf / anyOf branch counts.
-        for kw in ["oneOf", "anyOf"] {
-            let o = old.get(kw).and_then(Value::as_array).map_or(0, Vec::len);
-            let n = new.get(kw).and_then(Value::as_array).map_or(0, Vec::len);
-            if n < o && dir == Dir::Request {
+        // Compositions: branch counts; equal counts compared branch by branch.
+        for name in ["oneOf", "anyOf", "allOf"] {
+            let o = old.get(name).and_then(Value::as_array);
+            let n = new.get(name).and_then(Value::as_array);
+            let (ol, nl) = (o.map_or(0, Vec::len), n.map_or(0, Vec::len));
+            if let (Some(o), Some(n), true) = (o, n, ol == nl) {
+                for (i, (ob, nb)) in o.iter().zip(n).enumerate() {
+                    let at = format!("{at} ({name} {})", i + 1);
+                    self.schema(ob, nb, dir, &at, &format!("{}/{i}", kw(name)), depth + 1);
+                }
+                continue;
+            }
+            if ol == nl {
+                continue;
+            }
+            let (id, level) = match (name, dir, nl < ol) {
+                ("oneOf" | "anyOf", Dir::Request, true) => {
+                    ("request-branch-removed", Level::Breaking)
+                }
+                ("oneOf" | "anyOf", Dir::Request, false) => ("request-branch-added", Level::Info),
+                ("allOf", Dir::Request, false) => ("request-allof-added", Level::Breaking),
+                ("oneOf", Dir::Response, false) => ("response-oneof-branch-added", Level::Breaking),
+                ("anyOf", Dir::Response, false) => ("response-anyof-branch-added", Level::Info),
+                ("allOf", Dir::Response, false) => ("response-allof-added", Level::Info),
+                (_, Dir::Response, true) => ("response-branch-removed", Level::Info),
+                _ => ("composition-changed", Level::Warn),
+            };
+            self.push(
+                &kw(name),
+                id,
+                level,
+                format!("{at}: {name} branches {ol} → {nl}"),
+            );
+        }
+    }
+}
+
+/// The fields a reader sees but no check enforces: a change to them alone
+/// is documentation.
+const ANNOTATIONS: [&str; 11] = [
+    "description",
+    "summary",
+    "title",
+    "example",
+    "examples",
+    "externalDocs",
+    "tags",
+    "deprecated",
+    "$comment",
+    "xml",
+    "x-",
+];
+
+fn is_annotation(ptr: &str) -> bool {
+    let last = ptr.rsplit('/').next().unwrap_or("");
+    ANNOTATIONS
+        .iter()
+        .any(|a| last == *a || (a.ends_with('-') && last.starts_with(a)))
+        // A path parameter is matched by position; its name is a label.
+        || (ptr.starts_with("/parameters/path:#") && last == "name" && ptr.matches('/').count() == 3)
+}
+
+impl Differ<'_> {
+    /// Complete the operation's changes: every field of the operation (read
+    /// with its `$ref`s inlined) that differs and that no change describes
+    /// gets a line of its own — documentation, an operation id, or a field
+    /// the classifier cannot judge — so nothing that differs goes unlisted.
+    fn unclaimed(&mut self, old_item: &Value, old_op: &Value, new_item: &Value, new_op: &Value) {
+        let o = operation_view(self.old, old_item, old_op);
+        let n = operation_view(self.new, new_item, new_op);
+        let mut fields = Vec::new();
+        differing("", Some(&o), Some(&n), &mut fields);
+        let mut docs = Vec::new();
+        for (ptr, a, b) in fields {
+            if self
+                .claimed
+                .iter()
+                .any(|c| super::policy_tree::covers(c, &ptr))
+            {
+                continue;
+            }
+            if ptr == "/operationId" {
                 self.push(
-                    "request-branch-removed",
-                    Level::Breaking,
-                    format!("{at}: {kw} branch removed"),
+                    &ptr,
+                    "operation-id-changed",
+                    Level::Warn,
+                    format!(
+                        "operationId {} → {} (limits, mode overrides and telemetry name operations by id)",
+                        shown(a.as_ref()),
+                        shown(b.as_ref())
+                    ),
                 );
-            } else if n > o && dir == Dir::Response && kw == "oneOf" {
+            } else if is_annotation(&ptr) {
+                docs.push(ptr);
+            } else {
                 self.push(
-                    "response-oneof-branch-added",
-                    Level::Breaking,
-                    format!("{at}: oneOf branch added"),
-                );
-            } else if n != o {
-                self.push(
-                    "composition-changed",
-                    Level::Info,
-                    format!("{at}: {kw} branches {o} → {n}"),
+                    &ptr,
+                    "contract-field-changed",
+                    Level::Warn,
+                    format!(
+                        "`{ptr}` changed ({} → {}); the classifier cannot tell whether this breaks clients",
+                        shown(a.as_ref()),
+                        shown(b.as_ref())
+                    ),
                 );
             }
         }
+        if !docs.is_empty() {
+            let listed: Vec<&str> = docs.iter().take(5).map(String::as_str).collect();
+            let more = docs.len().saturating_sub(listed.len());
+            let text = format!(
+                "documentation changed: {}{}",
+                listed.join(", "),
+                if more > 0 {
+                    format!(" and {more} more")
+                } else {
+                    String::new()
+                }
+            );
+            self.push("", "documentation-changed", Level::Info, text);
+            // The whole-operation pointer above claims more than
+            // documentation: only the annotations it lists are its own.
+            if let Some(last) = self.out.last_mut() {
+                last.pointer = docs[0].clone();
+            }
+        }
+    }
+}
+
+/// A value in a change's text, short.
+fn shown(v: Option<&Value>) -> String {
+    let s = super::policy_tree::spell(v);
+    if s.chars().count() > 60 {
+        format!("{}…", s.chars().take(60).collect::<String>())
+    } else {
+        s
+    }
+}
+
+/// Fields that differ between two views: objects compared key by key,
+/// anything else (arrays included) as one field; an object present on one
+/// side only is one field.
+fn differing(
+    at: &str,
+    o: Option<&Value>,
+    n: Option<&Value>,
+    out: &mut Vec<(String, Option<Value>, Option<Value>)>,
+) {
+    match (o, n) {
+        (Some(Value::Object(o)), Some(Value::Object(n))) => {
+            for (k, ov) in o {
+                differing(
+                    &format!("{at}/{}", super::policy_tree::escape(k)),
+                    Some(ov),
+                    n.get(k),
+                    out,
+                );
+            }
+            for (k, nv) in n {
+                if !o.contains_key(k) {
+                    differing(
+                        &format!("{at}/{}", super::policy_tree::escape(k)),
+                        None,
+                        Some(nv),
+                        out,
+                    );
+                }
+            }
+        }
+        // Lists of schemas or parameters, item by item when only items changed.
+        (Some(Value::Array(o)), Some(Value::Array(n)))
+            if o.len() == n.len() && o != n && o.iter().chain(n).all(Value::is_object) =>
+        {
+            for (i, (ov, nv)) in o.iter().zip(n).enumerate() {
+                differing(&format!("{at}/{i}"), Some(ov), Some(nv), out);
+            }
+        }
+        (a, b) if a == b => {}
+        (a, b) => out.push((at.to_string(), a.cloned(), b.cloned())),
+    }
+}
+
+/// Nodes inlined into one operation view at most: a document whose
+/// `$ref`s fan out beyond it is compared with the rest as references.
+const VIEW_BUDGET: usize = 100_000;
+
+/// An operation as the diff reads it: `$ref`s inlined (a cycle is left as
+/// its reference), parameters of the path item and the operation merged
+/// and keyed `in:name` (`path:#i` by position), order-free lists sorted.
+fn operation_view(doc: &Doc<'_>, item: &Value, op: &Value) -> Value {
+    let mut budget = VIEW_BUDGET;
+    let mut stack = Vec::new();
+    let mut out = serde_json::Map::new();
+    if let Some(m) = op.as_object() {
+        for (k, v) in m.iter().filter(|(k, _)| *k != "parameters") {
+            out.insert(k.clone(), inline(doc, v, &mut stack, &mut budget));
+        }
+    }
+    let mut params = serde_json::Map::new();
+    let mut path_index = 0;
+    for p in Differ::params(doc, item, op) {
+        let loc = p.get("in").and_then(Value::as_str).unwrap_or("");
+        let name = p.get("name").and_then(Value::as_str).unwrap_or("");
+        let key = if loc == "path" {
+            path_index += 1;
+            format!("path:#{}", path_index - 1)
+        } else {
+            format!("{loc}:{}", name.to_ascii_lowercase())
+        };
+        params.insert(key, inline(doc, p, &mut stack, &mut budget));
+    }
+    if !params.is_empty() {
+        out.insert("parameters".into(), Value::Object(params));
+    }
+    Value::Object(out)
+}
+
+fn inline(doc: &Doc<'_>, v: &Value, stack: &mut Vec<String>, budget: &mut usize) -> Value {
+    if *budget == 0 {
+        return v.clone();
+    }
+    *budget -= 1;
+    match v {
+        Value::Object(m) => {
+            if let Some(r) = m.get("$ref").and_then(Value::as_str) {
+                if stack.iter().any(|s| s == r) {
+                    return v.clone();
+                }
+                let target = doc.resolve(v);
+                if std::ptr::eq(target, v) {
+                    return v.clone();
+                }
+                stack.push(r.to_string());
+                let out = inline(doc, target, stack, budget);
+                stack.pop();
+                return out;
+            }
+            let mut out = serde_json::Map::new();
+            for (k, x) in m {
+                let mut x = inline(doc, x, stack, budget);
+                if matches!(k.as_str(), "required" | "enum" | "type") {
+                    if let Value::Array(a) = &mut x {
+                        a.sort_by_key(|i| i.to_string());
+                    }
+                }
+                out.insert(k.clone(), x);
+            }
+            Value::Object(out)
+        }
+        Value::Array(a) => Value::Array(a.iter().map(|x| inline(doc, x, stack, budget)).collect()),
+        other => other.clone(),
     }
 }
 
@@ -748,10 +1133,6 @@ fn required_set(s: &Value) -> BTreeSet<&str> {
         .flatten()
         .filter_map(Value::as_str)
         .collect()
-}
-
-fn bound(s: &Value, kw: &str) -> Option<f64> {
-    s.get(kw).and_then(Value::as_f64)
 }
 
 /// The schema's types (without `null`) and whether it admits null, across

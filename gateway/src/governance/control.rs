@@ -15,7 +15,7 @@ use std::time::SystemTime;
 use serde_json::{json, Value};
 
 use super::audit::{AuditLog, Entry, Record};
-use super::policy_diff::Class;
+use super::policy_diff::{Class, Side};
 use super::principals::{Principal, Principals, Role};
 use super::review::Requirement;
 use super::store::{Activation, Store, StoreError, StoredBundle};
@@ -352,7 +352,26 @@ impl Control {
                 json!({ "version": base.version }),
             ));
         }
-        let changes = super::policy_diff::diff(base, &bundle);
+        let base_files = self
+            .store
+            .bundle(&base.version)?
+            .ok_or_else(|| {
+                ControlError::Internal(format!(
+                    "the active version {} is not in the bundle store",
+                    base.short_version()
+                ))
+            })?
+            .files;
+        let changes = super::policy_diff::diff(
+            Side {
+                bundle: base,
+                files: &base_files,
+            },
+            Side {
+                bundle: &bundle,
+                files: &files,
+            },
+        );
         let mut required = base.review.required(&changes);
         let mut groups: std::collections::BTreeMap<String, Vec<String>> = required
             .iter()

@@ -7,6 +7,7 @@ pub mod contract_diff;
 pub mod control;
 pub mod follower;
 pub mod policy_diff;
+pub mod policy_tree;
 pub mod principals;
 pub mod review;
 pub mod store;

@@ -5,9 +5,10 @@
 use serde::Serialize;
 
 use super::contract_diff::{self, ContractChange, Level};
+use super::policy_tree::{self, PolicyTree};
 use crate::contract::{Mode, Undocumented};
 use crate::policy::model::AuthMode;
-use crate::policy::{App, Bundle};
+use crate::policy::{App, Bundle, SourceFile};
 
 /// Impact classes that review rules refer to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, serde::Deserialize)]
@@ -24,6 +25,10 @@ pub enum Class {
     /// A safe contract change.
     #[serde(rename = "contract.additive")]
     ContractAdditive,
+    /// A narrower response contract on an operation whose responses are
+    /// enforced: responses the app sends today may become 502s.
+    #[serde(rename = "enforcement.impact")]
+    EnforcementImpact,
     /// Less is enforced (enforce → monitor/off, undocumented allowed).
     #[serde(rename = "enforcement.loosened")]
     EnforcementLoosened,
@@ -61,9 +66,16 @@ pub enum Class {
     /// A consumer was removed.
     #[serde(rename = "consumer.removed")]
     ConsumerRemoved,
-    /// A consumer's keys, plan or apps changed.
+    /// A consumer's plan or apps changed.
     #[serde(rename = "consumer.changed")]
     ConsumerChanged,
+    /// Someone new can act as a consumer: a key added (or replacing
+    /// another), JWT subjects added.
+    #[serde(rename = "credentials.granted")]
+    CredentialsGranted,
+    /// A key or JWT subject of a consumer no longer works.
+    #[serde(rename = "credentials.revoked")]
+    CredentialsRevoked,
     /// How credentials are presented or checked changed (key header or
     /// parameter, JWT settings, signing keys).
     #[serde(rename = "auth.changed")]
@@ -88,6 +100,8 @@ impl Class {
                 | Class::AuthAdded
                 | Class::AuthChanged
                 | Class::ConsumerRemoved
+                | Class::CredentialsRevoked
+                | Class::EnforcementImpact
         )
     }
 }
@@ -104,96 +118,472 @@ pub struct Change {
     /// The contract change behind it, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub contract: Option<ContractChange>,
+    /// The settings it describes: pointers into the normalised policy
+    /// (`/apps/orders/limits/submit`; key hashes shortened when shown).
+    #[serde(
+        skip_serializing_if = "Vec::is_empty",
+        serialize_with = "shortened_pointers"
+    )]
+    pub fields: Vec<String>,
 }
 
-/// Every change from `old` to `new`, sorted by class.
-pub fn diff(old: &Bundle, new: &Bundle) -> Vec<Change> {
+fn shortened_pointers<S: serde::Serializer>(fields: &[String], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(fields.iter().map(|f| {
+        f.split('/')
+            .map(|seg| match seg.strip_prefix("sha256:") {
+                Some(hex) if hex.len() > 8 => format!("sha256:{}…", &hex[..8]),
+                _ => seg.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join("/")
+    }))
+}
+
+/// One side of a diff: a compiled bundle and the files it was compiled from.
+#[derive(Clone, Copy)]
+pub struct Side<'a> {
+    /// The compiled bundle.
+    pub bundle: &'a Bundle,
+    /// Its source files.
+    pub files: &'a [SourceFile],
+}
+
+type Push<'a> = dyn FnMut(Class, &str, String, Option<ContractChange>, Vec<String>) + 'a;
+
+fn at(segments: &[&str]) -> String {
+    policy_tree::pointer(segments)
+}
+
+/// Every change from `old` to `new`, sorted by class. Complete by
+/// construction: every setting that differs between the two normalised
+/// policies ([`policy_tree`]) is described by a typed change or listed on a
+/// line of its own — `policy.unclassified`, naming the file and field —
+/// whatever else changed.
+pub fn diff(old: Side<'_>, new: Side<'_>) -> Vec<Change> {
+    let (ot, nt) = (PolicyTree::build(old.files), PolicyTree::build(new.files));
+    let (ob, nb) = (old.bundle, new.bundle);
     let mut out = Vec::new();
-    let mut push = |class, app: &str, text: String, contract| {
+    let mut push = |class, app: &str, text: String, contract, fields: Vec<String>| {
         out.push(Change {
             class,
             app: app.to_string(),
             text,
             contract,
+            fields,
         })
     };
-    for o in &old.apps {
-        match new.apps.iter().find(|n| n.name == o.name) {
+    for o in &ob.apps {
+        match nb.apps.iter().find(|n| n.name == o.name) {
             None => push(
                 Class::RouteRemoved,
                 &o.name,
                 format!("app `{}` removed", o.name),
                 None,
+                vec![at(&["apps", &o.name])],
             ),
-            Some(n) => app_diff(old, o, new, n, &mut push),
+            Some(n) => app_diff((ob, &ot), o, (nb, &nt), n, &mut push),
         }
     }
-    for n in &new.apps {
-        if !old.apps.iter().any(|o| o.name == n.name) {
+    for n in &nb.apps {
+        if !ob.apps.iter().any(|o| o.name == n.name) {
             push(
                 Class::RouteAdded,
                 &n.name,
                 format!("app `{}` added ({} routes)", n.name, n.routes.len()),
                 None,
+                vec![at(&["apps", &n.name])],
             );
         }
     }
-    let (oc, nc) = (&old.consumers.consumers, &new.consumers.consumers);
-    for c in oc {
-        match new.consumers.by_id(&c.id).map(|i| &nc[i]) {
-            None => push(
+    consumer_diff(&ot, &nt, &mut push);
+    review_diff(&ot, &nt, &mut push);
+    document_diff(ob, nb, &mut push);
+    plan_diff(ob, &ot, nb, &nt, &mut push);
+    unread_contract_parts(ob, nb, &mut out);
+    complete(&ot, &nt, &mut out);
+    summarise_consumers(&mut out);
+    if out.is_empty() && ob.version != nb.version {
+        out.push(Change {
+            class: Class::Unclassified,
+            app: String::new(),
+            text: format!(
+                "the bundles differ ({} → {}) in a way no typed change describes; review the files",
+                ob.short_version(),
+                nb.short_version()
+            ),
+            contract: None,
+            fields: Vec::new(),
+        });
+    }
+    out.sort_by(|a, b| {
+        a.class
+            .cmp(&b.class)
+            .then(a.app.cmp(&b.app))
+            .then(a.text.cmp(&b.text))
+    });
+    out
+}
+
+/// The class of a changed setting no semantic check describes, by where
+/// it sits (`*` matches one segment; a pattern covers what is below it).
+const FIELD_CLASSES: &[(&str, Class)] = &[
+    ("apps/*/owner", Class::MetadataChanged),
+    ("apps/*/platform", Class::MetadataChanged),
+    ("apps/*/description", Class::MetadataChanged),
+    ("apps/*/contract/max_violations", Class::MetadataChanged),
+    ("apps/*/forwarded", Class::UpstreamChanged),
+    ("apps/*/strip_prefix", Class::UpstreamChanged),
+    ("apps/*/upstream/health_check", Class::UpstreamChanged),
+    ("apps/*/upstream/ejection", Class::UpstreamChanged),
+    ("apps/*/auth/api_key", Class::AuthChanged),
+    ("apps/*/auth/jwt", Class::AuthChanged),
+    ("apps/*/routes/*/request_schema", Class::ContractUndecided),
+    ("apps/*/routes/*/response_schema", Class::ContractUndecided),
+    ("consumers/*/name", Class::MetadataChanged),
+    ("consumers/*/keys/*/label", Class::MetadataChanged),
+];
+
+fn field_class(segments: &[String]) -> Option<Class> {
+    FIELD_CLASSES.iter().find_map(|(pattern, class)| {
+        let pat: Vec<&str> = pattern.split('/').collect();
+        (segments.len() >= pat.len()
+            && pat
+                .iter()
+                .zip(segments)
+                .all(|(p, s)| *p == "*" || *p == s.as_str()))
+        .then_some(*class)
+    })
+}
+
+/// List every differing setting no change describes yet: by the table
+/// above, else as `policy.unclassified` naming the file and field.
+fn complete(ot: &PolicyTree, nt: &PolicyTree, out: &mut Vec<Change>) {
+    for f in policy_tree::changed(ot, nt) {
+        if out
+            .iter()
+            .any(|c| c.fields.iter().any(|p| policy_tree::covers(p, &f.pointer)))
+        {
+            continue;
+        }
+        let segs = policy_tree::segments(&f.pointer);
+        let (section, name) = (
+            segs.first().map_or("", String::as_str),
+            segs.get(1).map_or("", String::as_str),
+        );
+        let field = segs.get(2..).map(|s| s.join(".")).unwrap_or_default();
+        let (app, owner) = match section {
+            "apps" => (name.to_string(), String::new()),
+            "consumers" => (String::new(), format!("consumer `{name}`: ")),
+            "plans" => (String::new(), format!("plan `{name}`: ")),
+            _ => (String::new(), String::new()),
+        };
+        let values = format!(
+            "{} → {}",
+            policy_tree::spell(f.old.as_ref()),
+            policy_tree::spell(f.new.as_ref())
+        );
+        let (class, text) = match field_class(&segs) {
+            Some(class) => (class, format!("{owner}{field}: {values}")),
+            None => {
+                let place = nt
+                    .origin(&f.pointer)
+                    .or_else(|| ot.origin(&f.pointer))
+                    .map(|(file, p)| format!("{file} {p}"))
+                    .unwrap_or_else(|| "the policy files".into());
+                (
+                    Class::Unclassified,
+                    format!(
+                        "{place}: `{}` {values}; no typed change describes this, review the file",
+                        f.pointer
+                    ),
+                )
+            }
+        };
+        out.push(Change {
+            class,
+            app,
+            text,
+            contract: None,
+            fields: vec![f.pointer],
+        });
+    }
+}
+
+/// Consumers added, removed, moved to another plan or set of apps, and
+/// their credentials: keys (by label or hash prefix, never the hash) and
+/// JWT subjects.
+fn consumer_diff(ot: &PolicyTree, nt: &PolicyTree, push: &mut Push<'_>) {
+    let old_ids = ot.names("consumers");
+    let new_ids: std::collections::HashSet<&str> = nt.names("consumers").into_iter().collect();
+    for id in &old_ids {
+        if !new_ids.contains(id) {
+            push(
                 Class::ConsumerRemoved,
                 "",
-                format!("consumer `{}` removed", c.id),
+                format!("consumer `{id}` removed"),
                 None,
-            ),
-            Some(n) if n.plan != c.plan || n.apps != c.apps => push(
-                Class::ConsumerChanged,
-                "",
-                format!(
-                    "consumer `{}`: plan {} → {}, apps {} → {}",
-                    c.id,
-                    c.plan.as_deref().unwrap_or("none"),
-                    n.plan.as_deref().unwrap_or("none"),
-                    c.apps.as_deref().map_or("all".into(), list),
-                    n.apps.as_deref().map_or("all".into(), list)
-                ),
-                None,
-            ),
-            Some(_) => {}
+                vec![at(&["consumers", id])],
+            );
         }
     }
-    for n in nc {
-        if old.consumers.by_id(&n.id).is_none() {
+    let old_set: std::collections::HashSet<&str> = old_ids.iter().copied().collect();
+    for id in nt.names("consumers") {
+        if !old_set.contains(id) {
             push(
                 Class::ConsumerAdded,
                 "",
-                format!("consumer `{}` added", n.id),
+                format!("consumer `{id}` added"),
                 None,
+                vec![at(&["consumers", id])],
             );
+            continue;
         }
+        let get = |t: &PolicyTree, field: &str| t.get(&at(&["consumers", id, field])).cloned();
+        for (field, what) in [("plan", "plan"), ("apps", "apps")] {
+            let (o, n) = (get(ot, field), get(nt, field));
+            if o != n {
+                let all = |v: Option<&serde_json::Value>| match v {
+                    None | Some(serde_json::Value::Null) if field == "apps" => "all".to_string(),
+                    v => policy_tree::spell(v),
+                };
+                push(
+                    Class::ConsumerChanged,
+                    "",
+                    format!(
+                        "consumer `{id}`: {what} {} → {}",
+                        all(o.as_ref()),
+                        all(n.as_ref())
+                    ),
+                    None,
+                    vec![at(&["consumers", id, field])],
+                );
+            }
+        }
+        credentials(id, ot, nt, push);
     }
-    if old.review.spec != new.review.spec {
+}
+
+fn credentials(id: &str, ot: &PolicyTree, nt: &PolicyTree, push: &mut Push<'_>) {
+    let keys = |t: &PolicyTree| -> Vec<(String, Option<String>)> {
+        t.get(&at(&["consumers", id, "keys"]))
+            .and_then(serde_json::Value::as_object)
+            .map(|m| {
+                m.iter()
+                    .map(|(h, v)| {
+                        let label = v.get("label").and_then(|l| l.as_str()).map(str::to_string);
+                        (h.clone(), label)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let name = |(hash, label): &(String, Option<String>)| {
+        let prefix: String = hash.trim_start_matches("sha256:").chars().take(8).collect();
+        match label {
+            Some(l) => format!("key `{l}` (sha256:{prefix}…)"),
+            None => format!("key sha256:{prefix}…"),
+        }
+    };
+    let (ok, nk) = (keys(ot), keys(nt));
+    let revoked: Vec<&(String, Option<String>)> = ok
+        .iter()
+        .filter(|k| !nk.iter().any(|n| n.0 == k.0))
+        .collect();
+    let granted: Vec<&(String, Option<String>)> = nk
+        .iter()
+        .filter(|k| !ok.iter().any(|o| o.0 == k.0))
+        .collect();
+    for k in &revoked {
+        push(
+            Class::CredentialsRevoked,
+            "",
+            format!("consumer `{id}`: {} revoked", name(k)),
+            None,
+            vec![at(&["consumers", id, "keys", &k.0])],
+        );
+    }
+    for k in &granted {
+        let replaces = if revoked.is_empty() {
+            String::new()
+        } else {
+            format!(
+                ", replacing {}",
+                revoked
+                    .iter()
+                    .map(|r| name(r))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
+        push(
+            Class::CredentialsGranted,
+            "",
+            format!(
+                "consumer `{id}`: {} granted{replaces} — whoever holds it acts as `{id}`",
+                name(k)
+            ),
+            None,
+            vec![at(&["consumers", id, "keys", &k.0])],
+        );
+    }
+    let subjects = |t: &PolicyTree| -> Vec<String> {
+        t.get(&at(&["consumers", id, "jwt_subjects"]))
+            .and_then(serde_json::Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let (os, ns) = (subjects(ot), subjects(nt));
+    let added: Vec<&String> = ns.iter().filter(|s| !os.contains(s)).collect();
+    let removed: Vec<&String> = os.iter().filter(|s| !ns.contains(s)).collect();
+    let field = vec![at(&["consumers", id, "jwt_subjects"])];
+    if !added.is_empty() {
+        push(
+            Class::CredentialsGranted,
+            "",
+            format!(
+                "consumer `{id}`: JWT subjects {} added — tokens for them act as `{id}`",
+                list(&added)
+            ),
+            None,
+            field.clone(),
+        );
+    }
+    if !removed.is_empty() {
+        push(
+            Class::CredentialsRevoked,
+            "",
+            format!("consumer `{id}`: JWT subjects {} removed", list(&removed)),
+            None,
+            field,
+        );
+    }
+}
+
+/// Review rules spelled out: who is in which group, what each rule asks.
+fn review_diff(ot: &PolicyTree, nt: &PolicyTree, push: &mut Push<'_>) {
+    use serde_json::Value;
+    let present = |t: &PolicyTree| t.get("/review").filter(|v| !v.is_null()).cloned();
+    let (o, n) = (present(ot), present(nt));
+    let mut say = |text: String, field: &str| {
         push(
             Class::ReviewRulesChanged,
             "",
-            "review rules changed".into(),
+            text,
             None,
-        );
+            vec![field.to_string()],
+        )
+    };
+    let (o, n) = match (o, n) {
+        (None, None) => return,
+        (Some(_), None) => {
+            say("review rules removed: every change now needs only the floor, one approval by a reviewer who is not the author".into(), "/review");
+            return;
+        }
+        (None, Some(n)) => {
+            let rules = n.get("rules").and_then(Value::as_array).map_or(0, Vec::len);
+            say(format!("review rules added ({rules} rules)"), "/review");
+            return;
+        }
+        (Some(o), Some(n)) => (o, n),
+    };
+    let empty = serde_json::Map::new();
+    let groups = |v: &Value| {
+        v.get("groups")
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_else(|| empty.clone())
+    };
+    let (og, ng) = (groups(&o), groups(&n));
+    let members = |v: Option<&Value>| -> Vec<String> {
+        v.and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|m| m.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut names: Vec<&String> = og.keys().chain(ng.keys()).collect();
+    names.sort();
+    names.dedup();
+    for g in names {
+        let (om, nm) = (members(og.get(g)), members(ng.get(g)));
+        let field = at(&["review", "groups", g]);
+        match (og.contains_key(g), ng.contains_key(g)) {
+            (true, false) => say(format!("group `{g}` removed (was {})", list(&om)), &field),
+            (false, true) => say(format!("group `{g}` added: {}", list(&nm)), &field),
+            _ if om != nm => {
+                let added: Vec<&String> = nm.iter().filter(|m| !om.contains(m)).collect();
+                let gone: Vec<&String> = om.iter().filter(|m| !nm.contains(m)).collect();
+                let mut parts = Vec::new();
+                if !added.is_empty() {
+                    parts.push(format!("{} added", list(&added)));
+                }
+                if !gone.is_empty() {
+                    parts.push(format!("{} removed", list(&gone)));
+                }
+                say(
+                    format!(
+                        "group `{g}`: {} ({} → {} members)",
+                        parts.join(", "),
+                        om.len(),
+                        nm.len()
+                    ),
+                    &field,
+                );
+            }
+            _ => {}
+        }
     }
-    if old.consumers.key_count() != new.consumers.key_count() {
-        push(
-            Class::ConsumerChanged,
-            "",
-            format!(
-                "API keys: {} → {}",
-                old.consumers.key_count(),
-                new.consumers.key_count()
+    let rule = |r: Option<&Value>| match r {
+        None => "no rule".to_string(),
+        Some(r) => format!(
+            "{} need {} approval(s) from `{}`",
+            policy_tree::spell(r.get("classes")),
+            policy_tree::spell(r.get("approvals")),
+            policy_tree::spell(r.get("group"))
+        ),
+    };
+    let rules = |v: &Value| {
+        v.get("rules")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let (or, nr) = (rules(&o), rules(&n));
+    for i in 0..or.len().max(nr.len()) {
+        let (a, b) = (or.get(i), nr.get(i));
+        if a != b {
+            say(
+                format!("rule {}: {} → {}", i + 1, rule(a), rule(b)),
+                "/review/rules",
+            );
+        }
+    }
+    let default = |v: &Value| -> String {
+        match v.get("default").filter(|d| !d.is_null()) {
+            None => "none (the floor applies)".into(),
+            Some(d) => format!(
+                "{} approval(s) from `{}`",
+                policy_tree::spell(d.get("approvals")),
+                policy_tree::spell(d.get("group"))
             ),
-            None,
+        }
+    };
+    if o.get("default") != n.get("default") {
+        say(
+            format!("default rule: {} → {}", default(&o), default(&n)),
+            "/review/default",
         );
     }
-    // Documents no contract diff looks at: per-route JSON Schemas and keys.
+}
+
+/// Documents no contract diff looks at: per-route JSON Schemas and keys.
+fn document_diff(old: &Bundle, new: &Bundle, push: &mut Push<'_>) {
     let contracts: Vec<&String> = old
         .apps
         .iter()
@@ -211,7 +601,7 @@ pub fn diff(old: &Bundle, new: &Bundle) -> Vec<Change> {
     for path in paths {
         if path.starts_with("contracts/") && !contracts.is_empty() {
             // Contract documents (and what they `$ref`) are compared resolved,
-            // per operation, by the contract diff.
+            // operation by operation, by the contract diff.
             continue;
         }
         let (o, n) = (old.documents.get(path), new.documents.get(path));
@@ -228,55 +618,169 @@ pub fn diff(old: &Bundle, new: &Bundle) -> Vec<Change> {
         } else {
             Class::ContractUndecided
         };
-        push(class, "", format!("document `{path}` {what}"), None);
+        push(
+            class,
+            "",
+            format!("document `{path}` {what}"),
+            None,
+            Vec::new(),
+        );
     }
+}
+
+/// Contract documents that differ where no operation reads (an unused
+/// component, `info`, `servers`): listed, though they change no check.
+fn unread_contract_parts(old: &Bundle, new: &Bundle, out: &mut Vec<Change>) {
+    if out.iter().any(|c| c.contract.is_some()) {
+        return;
+    }
+    let mut paths: Vec<&str> = old
+        .documents
+        .iter()
+        .chain(new.documents.iter())
+        .map(|(p, _)| p)
+        .filter(|p| p.starts_with("contracts/"))
+        .collect();
+    paths.sort_unstable();
+    paths.dedup();
+    let uses_contracts = old
+        .apps
+        .iter()
+        .chain(&new.apps)
+        .any(|a| a.contract.openapi.is_some());
+    for path in paths {
+        if uses_contracts && old.documents.get(path) != new.documents.get(path) {
+            out.push(Change {
+                class: Class::ContractAdditive,
+                app: String::new(),
+                text: format!(
+                    "document `{path}` changed where no operation reads it (no check changes)"
+                ),
+                contract: None,
+                fields: Vec::new(),
+            });
+        }
+    }
+}
+
+/// Plans: added, removed, their limits and quotas, with who is on them.
+fn plan_diff(old: &Bundle, ot: &PolicyTree, new: &Bundle, nt: &PolicyTree, push: &mut Push<'_>) {
     let mut plans: Vec<&String> = old.plans.keys().chain(new.plans.keys()).collect();
     plans.sort();
     plans.dedup();
     for name in plans {
-        let (o, n) = (old.plans.get(name), new.plans.get(name));
-        if let (None, Some(plan)) = (o, n) {
-            // Nobody is on a new plan yet: no existing caller is limited
-            // more (consumers moving onto it are `consumer.changed`).
-            push(
-                Class::PlanAdded,
+        let on_it = new
+            .consumers
+            .consumers
+            .iter()
+            .filter(|c| c.plan.as_deref() == Some(name.as_str()))
+            .count();
+        let owner = format!("plan `{name}` ({on_it} consumers on it)");
+        let field = at(&["plans", name]);
+        match (old.plans.get(name), new.plans.get(name)) {
+            (None, Some(plan)) => {
+                // Nobody is on a new plan yet: no existing caller is limited
+                // more (consumers moving onto it are `consumer.changed`).
+                push(
+                    Class::PlanAdded,
+                    "",
+                    format!(
+                        "plan `{name}` added ({} limits, {} quotas)",
+                        plan.limits.len(),
+                        plan.quotas.len()
+                    ),
+                    None,
+                    vec![field],
+                );
+            }
+            (Some(_), None) => push(
+                Class::LimitsLoosened,
                 "",
-                format!(
-                    "plan `{name}` added ({} limits, {} quotas)",
-                    plan.limits.len(),
-                    plan.quotas.len()
-                ),
+                format!("plan `{name}` removed: its limits and quotas no longer apply"),
                 None,
-            );
-            continue;
-        }
-        let ol = o.map(|p| p.limits.as_slice()).unwrap_or_default();
-        let nl = n.map(|p| p.limits.as_slice()).unwrap_or_default();
-        limit_diff(&format!("plan `{name}`"), ol, nl, "", &mut push);
-    }
-    summarise_consumers(&mut out);
-    if out.is_empty() && old.version != new.version {
-        out.push(Change {
-            class: Class::Unclassified,
-            app: String::new(),
-            text: format!(
-                "the bundles differ ({} → {}) in a way no typed change describes; review the files",
-                old.short_version(),
-                new.short_version()
+                vec![field],
             ),
-            contract: None,
-        });
+            (Some(o), Some(n)) => {
+                let scope = Scope {
+                    owner: &owner,
+                    app: "",
+                    base: at(&["plans", name, "limits"]),
+                    old: ot,
+                    new: nt,
+                };
+                limit_diff(&scope, &o.limits, &n.limits, push);
+                quota_diff(&owner, name, ot, nt, push);
+            }
+            (None, None) => {}
+        }
     }
-    out.sort_by(|a, b| {
-        a.class
-            .cmp(&b.class)
-            .then(a.app.cmp(&b.app))
-            .then(a.text.cmp(&b.text))
-    });
-    out
 }
 
-type Push<'a> = dyn FnMut(Class, &str, String, Option<ContractChange>) + 'a;
+fn quota_diff(owner: &str, plan: &str, ot: &PolicyTree, nt: &PolicyTree, push: &mut Push<'_>) {
+    let quotas = |t: &PolicyTree| {
+        t.get(&at(&["plans", plan, "quotas"]))
+            .and_then(serde_json::Value::as_object)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let (oq, nq) = (quotas(ot), quotas(nt));
+    // Requests a quota admits per day, to compare across windows.
+    let per_day = |q: &serde_json::Value| {
+        let limit = q
+            .get("limit")
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0) as f64;
+        match q.get("window").and_then(serde_json::Value::as_str) {
+            Some("minute") => limit * 1440.0,
+            Some("hour") => limit * 24.0,
+            _ => limit,
+        }
+    };
+    let spelled = |q: &serde_json::Value| {
+        format!(
+            "{}/{}",
+            policy_tree::spell(q.get("limit")),
+            policy_tree::spell(q.get("window"))
+        )
+    };
+    let mut names: Vec<&String> = oq.keys().chain(nq.keys()).collect();
+    names.sort();
+    names.dedup();
+    for q in names {
+        let field = vec![at(&["plans", plan, "quotas", q])];
+        match (oq.get(q), nq.get(q)) {
+            (Some(o), None) => push(
+                Class::LimitsLoosened,
+                "",
+                format!("{owner}: quota `{q}` ({}) removed", spelled(o)),
+                None,
+                field,
+            ),
+            (None, Some(n)) => push(
+                Class::LimitsTightened,
+                "",
+                format!("{owner}: quota `{q}` ({}) added", spelled(n)),
+                None,
+                field,
+            ),
+            (Some(o), Some(n)) if o != n => {
+                let class = if per_day(n) < per_day(o) {
+                    Class::LimitsTightened
+                } else {
+                    Class::LimitsLoosened
+                };
+                push(
+                    class,
+                    "",
+                    format!("{owner}: quota `{q}` {} → {}", spelled(o), spelled(n)),
+                    None,
+                    field,
+                );
+            }
+            _ => {}
+        }
+    }
+}
 
 /// A setting's name as the policy files spell it (`enforce`, `required`).
 fn word(v: &impl Serialize) -> String {
@@ -318,8 +822,20 @@ fn balancing(b: &crate::policy::Balancing) -> String {
     }
 }
 
-fn app_diff(old_b: &Bundle, o: &App, new_b: &Bundle, n: &App, push: &mut Push<'_>) {
+fn app_diff(
+    old: (&Bundle, &PolicyTree),
+    o: &App,
+    new: (&Bundle, &PolicyTree),
+    n: &App,
+    push: &mut Push<'_>,
+) {
+    let ((old_b, ot), (new_b, nt)) = (old, new);
     let app = o.name.as_str();
+    let f = |rest: &[&str]| {
+        let mut segs = vec!["apps", app];
+        segs.extend_from_slice(rest);
+        at(&segs)
+    };
     // Routes (by method + shape of the template).
     let key = |r: &crate::policy::Route| {
         (
@@ -336,6 +852,7 @@ fn app_diff(old_b: &Bundle, o: &App, new_b: &Bundle, n: &App, push: &mut Push<'_
                 app,
                 format!("route {} {} removed", key(r).0, r.template),
                 None,
+                vec![f(&["routes", &r.id])],
             );
         }
     }
@@ -346,6 +863,7 @@ fn app_diff(old_b: &Bundle, o: &App, new_b: &Bundle, n: &App, push: &mut Push<'_
                 app,
                 format!("route {} {} added", key(r).0, r.template),
                 None,
+                vec![f(&["routes", &r.id])],
             );
         }
     }
@@ -359,6 +877,7 @@ fn app_diff(old_b: &Bundle, o: &App, new_b: &Bundle, n: &App, push: &mut Push<'_
                 o.case_insensitive_paths, n.case_insensitive_paths
             ),
             None,
+            vec![f(&["case_insensitive_paths"])],
         );
     }
     if o.passthrough != n.passthrough {
@@ -372,6 +891,7 @@ fn app_diff(old_b: &Bundle, o: &App, new_b: &Bundle, n: &App, push: &mut Push<'_
             app,
             format!("passthrough {} → {}", o.passthrough, n.passthrough),
             None,
+            vec![f(&["passthrough"])],
         );
     }
     // Hosts and prefixes: who reaches the app.
@@ -382,12 +902,19 @@ fn app_diff(old_b: &Bundle, o: &App, new_b: &Bundle, n: &App, push: &mut Push<'_
                 app,
                 format!("host `{h}` removed"),
                 None,
+                vec![f(&["hosts"])],
             );
         }
     }
     for h in &n.hosts {
         if !o.hosts.contains(h) {
-            push(Class::RouteAdded, app, format!("host `{h}` added"), None);
+            push(
+                Class::RouteAdded,
+                app,
+                format!("host `{h}` added"),
+                None,
+                vec![f(&["hosts"])],
+            );
         }
     }
     if o.path_prefix != n.path_prefix {
@@ -399,31 +926,40 @@ fn app_diff(old_b: &Bundle, o: &App, new_b: &Bundle, n: &App, push: &mut Push<'_
                 o.path_prefix, n.path_prefix
             ),
             None,
+            vec![f(&["path_prefix"])],
         );
     }
     // Body caps.
-    let caps = std::iter::once(("app".to_string(), o.max_request_body, n.max_request_body))
-        .chain(n.routes.iter().filter_map(|r| {
-            let or = o.routes.iter().find(|x| x.id == r.id)?;
-            Some((
-                format!("route `{}`", r.id),
-                or.max_request_body,
-                r.max_request_body,
-            ))
-        }))
-        .chain([
-            (
-                "contract max_body".to_string(),
-                o.contract.max_body,
-                n.contract.max_body,
-            ),
-            (
-                "contract max_response_body".to_string(),
-                o.contract.max_response_body,
-                n.contract.max_response_body,
-            ),
-        ]);
-    for (what, a, b) in caps {
+    let caps = std::iter::once((
+        "app".to_string(),
+        o.max_request_body,
+        n.max_request_body,
+        f(&["max_request_body"]),
+    ))
+    .chain(n.routes.iter().filter_map(|r| {
+        let or = o.routes.iter().find(|x| x.id == r.id)?;
+        Some((
+            format!("route `{}`", r.id),
+            or.max_request_body,
+            r.max_request_body,
+            f(&["routes", &r.id, "max_request_body"]),
+        ))
+    }))
+    .chain([
+        (
+            "contract max_body".to_string(),
+            o.contract.max_body,
+            n.contract.max_body,
+            f(&["contract", "max_body"]),
+        ),
+        (
+            "contract max_response_body".to_string(),
+            o.contract.max_response_body,
+            n.contract.max_response_body,
+            f(&["contract", "max_response_body"]),
+        ),
+    ]);
+    for (what, a, b, field) in caps {
         if a != b {
             let class = if b < a {
                 Class::LimitsTightened
@@ -435,59 +971,8 @@ fn app_diff(old_b: &Bundle, o: &App, new_b: &Bundle, n: &App, push: &mut Push<'_
                 app,
                 format!("{what}: body cap {a} → {b} bytes"),
                 None,
+                vec![field],
             );
-        }
-    }
-    // Settings compared as a whole.
-    let settings = [
-        (
-            Class::UpstreamChanged,
-            "forwarding headers",
-            format!("{:?}", o.forwarded),
-            format!("{:?}", n.forwarded),
-        ),
-        (
-            Class::UpstreamChanged,
-            "prefix stripping",
-            o.strip_prefix.to_string(),
-            n.strip_prefix.to_string(),
-        ),
-        (
-            Class::UpstreamChanged,
-            "health checks / ejection",
-            format!("{:?} {:?}", o.upstream.health_check, o.upstream.ejection),
-            format!("{:?} {:?}", n.upstream.health_check, n.upstream.ejection),
-        ),
-        (
-            Class::EnforcementTightened,
-            "violations reported",
-            o.contract.max_violations.to_string(),
-            n.contract.max_violations.to_string(),
-        ),
-        (
-            Class::AuthChanged,
-            "credential settings",
-            auth_settings(o),
-            auth_settings(n),
-        ),
-        (
-            Class::MetadataChanged,
-            "owner / platform",
-            format!(
-                "{} ({})",
-                o.owner,
-                o.platform.as_deref().unwrap_or("no platform")
-            ),
-            format!(
-                "{} ({})",
-                n.owner,
-                n.platform.as_deref().unwrap_or("no platform")
-            ),
-        ),
-    ];
-    for (class, what, a, b) in settings {
-        if a != b {
-            push(class, app, format!("{what}: {a} → {b}"), None);
         }
     }
     // Upstream.
@@ -510,6 +995,11 @@ fn app_diff(old_b: &Bundle, o: &App, new_b: &Bundle, n: &App, push: &mut Push<'_
                 balancing(&n.upstream.balancing)
             ),
             None,
+            vec![
+                f(&["upstream", "instances"]),
+                f(&["upstream", "balancing"]),
+                f(&["upstream", "hash_header"]),
+            ],
         );
     }
     if o.timeouts.connect != n.timeouts.connect
@@ -528,10 +1018,12 @@ fn app_diff(old_b: &Bundle, o: &App, new_b: &Bundle, n: &App, push: &mut Push<'_
                 n.retries
             ),
             None,
+            vec![f(&["timeouts"]), f(&["retries"])],
         );
     }
     // Auth.
     let mode = |a: &App| a.auth.as_ref().map_or(AuthMode::None, |x| x.mode);
+    let auth_field = vec![f(&["auth", "mode"])];
     match (mode(o), mode(n)) {
         (a, b) if a == b => {}
         (AuthMode::Required, _) | (AuthMode::Optional, AuthMode::None) => push(
@@ -539,15 +1031,18 @@ fn app_diff(old_b: &Bundle, o: &App, new_b: &Bundle, n: &App, push: &mut Push<'_
             app,
             format!("authentication {} → {}", word(&mode(o)), word(&mode(n))),
             None,
+            auth_field,
         ),
         _ => push(
             Class::AuthAdded,
             app,
             format!("authentication {} → {}", word(&mode(o)), word(&mode(n))),
             None,
+            auth_field,
         ),
     }
-    // Enforcement.
+    // Enforcement: the mode each route ends up with, whichever setting
+    // (app contract, operation override, route) decided it.
     let rank = |m: Mode| match m {
         Mode::Enforce => 2,
         Mode::Monitor => 1,
@@ -559,21 +1054,25 @@ fn app_diff(old_b: &Bundle, o: &App, new_b: &Bundle, n: &App, push: &mut Push<'_
                 ("request", or.request_mode, r.request_mode),
                 ("response", or.response_mode, r.response_mode),
             ] {
-                if rank(b) < rank(a) {
-                    push(
-                        Class::EnforcementLoosened,
-                        app,
-                        format!("`{}` {what} checks {} → {}", r.id, word(&a), word(&b)),
-                        None,
-                    );
-                } else if rank(b) > rank(a) {
-                    push(
-                        Class::EnforcementTightened,
-                        app,
-                        format!("`{}` {what} checks {} → {}", r.id, word(&a), word(&b)),
-                        None,
-                    );
+                if a == b {
+                    continue;
                 }
+                let class = if rank(b) < rank(a) {
+                    Class::EnforcementLoosened
+                } else {
+                    Class::EnforcementTightened
+                };
+                push(
+                    class,
+                    app,
+                    format!("`{}` {what} checks {} → {}", r.id, word(&a), word(&b)),
+                    None,
+                    vec![
+                        f(&["contract", what]),
+                        f(&["contract", "operations", &r.id, what]),
+                        f(&["routes", &r.id, what]),
+                    ],
+                );
             }
         }
     }
@@ -582,9 +1081,14 @@ fn app_diff(old_b: &Bundle, o: &App, new_b: &Bundle, n: &App, push: &mut Push<'_
         Undocumented::Monitor => 1,
         Undocumented::Allow => 0,
     };
-    if und(n.contract.undocumented) < und(o.contract.undocumented) {
+    if n.contract.undocumented != o.contract.undocumented {
+        let class = if und(n.contract.undocumented) < und(o.contract.undocumented) {
+            Class::EnforcementLoosened
+        } else {
+            Class::EnforcementTightened
+        };
         push(
-            Class::EnforcementLoosened,
+            class,
             app,
             format!(
                 "undocumented operations {} → {}",
@@ -592,12 +1096,21 @@ fn app_diff(old_b: &Bundle, o: &App, new_b: &Bundle, n: &App, push: &mut Push<'_
                 word(&n.contract.undocumented)
             ),
             None,
+            vec![f(&["contract", "undocumented"])],
         );
     }
     // Limits.
     let ol: Vec<_> = o.limits.iter().map(|l| l.rule.clone()).collect();
     let nl: Vec<_> = n.limits.iter().map(|l| l.rule.clone()).collect();
-    limit_diff(&format!("app `{app}`"), &ol, &nl, app, push);
+    let owner = format!("app `{app}`");
+    let scope = Scope {
+        owner: &owner,
+        app,
+        base: f(&["limits"]),
+        old: ot,
+        new: nt,
+    };
+    limit_diff(&scope, &ol, &nl, push);
     // Contract documents.
     match (&o.contract.openapi, &n.contract.openapi) {
         (Some(od), Some(nd)) => {
@@ -611,18 +1124,30 @@ fn app_diff(old_b: &Bundle, o: &App, new_b: &Bundle, n: &App, push: &mut Push<'_
                     path: nd,
                 },
             );
+            let mut fields = vec![f(&["contract", "openapi"])];
+            if od != nd {
+                push(
+                    Class::MetadataChanged,
+                    app,
+                    format!("contract document `{od}` → `{nd}`"),
+                    None,
+                    std::mem::take(&mut fields),
+                );
+            }
             for c in contract_diff::diff(&old_doc, &new_doc) {
-                let class = match c.level {
+                let mut class = match c.level {
                     Level::Breaking => Class::ContractBreaking,
                     Level::Warn => Class::ContractUndecided,
                     Level::Info => Class::ContractAdditive,
                 };
-                push(
-                    class,
-                    app,
-                    format!("{} {}: {}", c.method, c.path, c.text),
-                    Some(c),
-                );
+                let mut text = format!("{} {}: {}", c.method, c.path, c.text);
+                if let Some(id) = response_enforced(n, &c).filter(|_| c.narrows_responses()) {
+                    class = Class::EnforcementImpact;
+                    text.push_str(&format!(
+                        " — `{id}` enforces its responses: one that no longer matches becomes a 502"
+                    ));
+                }
+                push(class, app, text, Some(c), Vec::new());
             }
         }
         (Some(_), None) => push(
@@ -630,14 +1155,175 @@ fn app_diff(old_b: &Bundle, o: &App, new_b: &Bundle, n: &App, push: &mut Push<'_
             app,
             "contract removed".into(),
             None,
+            vec![f(&["contract", "openapi"])],
         ),
         (None, Some(_)) => push(
             Class::EnforcementTightened,
             app,
             "contract added".into(),
             None,
+            vec![f(&["contract", "openapi"])],
         ),
         (None, None) => {}
+    }
+}
+
+/// The route of `app` that enforces the responses of the operation a
+/// contract change names, if its responses are enforced.
+fn response_enforced<'a>(app: &'a App, c: &ContractChange) -> Option<&'a str> {
+    let shape = crate::routing::PathTemplate::parse(&c.path).map(|t| t.shape());
+    app.routes
+        .iter()
+        .filter(|r| {
+            r.method.as_ref().map(|m| m.as_str()) == Some(c.method.as_str())
+                && shape.as_ref().is_ok_and(|s| *s == r.template.shape())
+        })
+        .find(|r| r.response_mode == Mode::Enforce)
+        .map(|r| r.id.as_str())
+}
+
+/// Whose limits are compared, and where they sit in the policy trees.
+struct Scope<'a> {
+    owner: &'a str,
+    app: &'a str,
+    /// Pointer of the limits (`/apps/orders/limits`).
+    base: String,
+    old: &'a PolicyTree,
+    new: &'a PolicyTree,
+}
+
+fn limit_diff(
+    scope: &Scope<'_>,
+    old: &[crate::limits::LimitRule],
+    new: &[crate::limits::LimitRule],
+    push: &mut Push<'_>,
+) {
+    let (owner, app) = (scope.owner, scope.app);
+    let field = |id: &str, rest: &str| {
+        let name = id.rsplit(':').next().unwrap_or(id);
+        format!("{}/{}{rest}", scope.base, policy_tree::escape(name))
+    };
+    let per_sec = |r: &crate::limits::LimitRule| r.rate.count as f64 / r.rate.period.as_secs_f64();
+    for o in old {
+        let Some(n) = new.iter().find(|n| n.id == o.id) else {
+            push(
+                Class::LimitsLoosened,
+                app,
+                format!("{owner}: limit `{}` removed", o.id),
+                None,
+                vec![field(&o.id, "")],
+            );
+            continue;
+        };
+        let (a, b) = (per_sec(o), per_sec(n));
+        if (b - a).abs() > f64::EPSILON || o.burst != n.burst {
+            let pct = if a > 0.0 { (b - a) / a * 100.0 } else { 0.0 };
+            let class = if b < a || n.burst < o.burst {
+                Class::LimitsTightened
+            } else {
+                Class::LimitsLoosened
+            };
+            push(
+                class,
+                app,
+                format!(
+                    "{owner}: limit `{}` {a:.3}/s (burst {}) → {b:.3}/s (burst {}), {pct:+.0}%",
+                    o.id, o.burst, n.burst
+                ),
+                None,
+                vec![field(&o.id, "/rate"), field(&o.id, "/burst")],
+            );
+        }
+        // What the limit counts by, and which routes it covers.
+        let get = |t: &PolicyTree, rest: &str| t.get(&field(&o.id, rest)).cloned();
+        let (or, nr) = (get(scope.old, "/rate"), get(scope.new, "/rate"));
+        if or != nr && (b - a).abs() <= f64::EPSILON && o.burst == n.burst {
+            push(
+                Class::MetadataChanged,
+                app,
+                format!(
+                    "{owner}: limit `{}` rate written {} → {} (the same rate and burst)",
+                    o.id,
+                    policy_tree::spell(or.as_ref()),
+                    policy_tree::spell(nr.as_ref())
+                ),
+                None,
+                vec![field(&o.id, "/rate")],
+            );
+        }
+        let keying = |t: &PolicyTree| {
+            let per = policy_tree::spell(get(t, "/per").as_ref());
+            match get(t, "/header") {
+                Some(serde_json::Value::String(h)) if per == "header" => {
+                    format!("per header `{h}`")
+                }
+                _ => format!("per {per}"),
+            }
+        };
+        let (ok, nk) = (keying(scope.old), keying(scope.new));
+        if ok != nk {
+            push(
+                Class::LimitsLoosened,
+                app,
+                format!(
+                    "{owner}: limit `{}` counted {ok} → {nk} (callers who shared one budget may each get their own)",
+                    o.id
+                ),
+                None,
+                vec![field(&o.id, "/per"), field(&o.id, "/header")],
+            );
+        }
+        let routes = |t: &PolicyTree| -> Vec<String> {
+            get(t, "/routes")
+                .and_then(|v| v.as_array().cloned())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|r| r.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let (or, nr) = (routes(scope.old), routes(scope.new));
+        if or != nr {
+            // Empty means every route.
+            let dropped = !or.is_empty() && (nr.is_empty() || !or.iter().all(|r| nr.contains(r)))
+                || or.is_empty();
+            let class = if dropped {
+                Class::LimitsLoosened
+            } else {
+                Class::LimitsTightened
+            };
+            let shown = |r: &[String]| {
+                if r.is_empty() {
+                    "every route".to_string()
+                } else {
+                    list(r)
+                }
+            };
+            push(
+                class,
+                app,
+                format!(
+                    "{owner}: limit `{}` applies to {} → {}",
+                    o.id,
+                    shown(&or),
+                    shown(&nr)
+                ),
+                None,
+                vec![field(&o.id, "/routes")],
+            );
+        }
+    }
+    for n in new {
+        if !old.iter().any(|o| o.id == n.id) {
+            push(
+                Class::LimitsTightened,
+                app,
+                format!("{owner}: limit `{}` added", n.id),
+                None,
+                vec![field(&n.id, "")],
+            );
+        }
     }
 }
 
@@ -650,6 +1336,8 @@ fn summarise_consumers(out: &mut Vec<Change>) {
         Class::ConsumerAdded,
         Class::ConsumerRemoved,
         Class::ConsumerChanged,
+        Class::CredentialsGranted,
+        Class::CredentialsRevoked,
     ] {
         let total = out.iter().filter(|c| c.class == class).count();
         if total <= CONSUMER_CHANGES_LISTED {
@@ -675,237 +1363,10 @@ fn summarise_consumers(out: &mut Vec<Change>) {
                 total - CONSUMER_CHANGES_LISTED
             ),
             contract: None,
+            fields: Vec::new(),
         });
     }
 }
 
-/// How an app takes credentials (mode aside, which has its own classes).
-fn auth_settings(a: &App) -> String {
-    match &a.auth {
-        None => "none".into(),
-        Some(x) => format!(
-            "key header {:?}, key query {:?}, jwt {:?}",
-            x.api_key_header.as_ref().map(|h| h.as_str()),
-            x.api_key_query,
-            x.jwt
-        ),
-    }
-}
-
-fn limit_diff(
-    owner: &str,
-    old: &[crate::limits::LimitRule],
-    new: &[crate::limits::LimitRule],
-    app: &str,
-    push: &mut Push<'_>,
-) {
-    let per_sec = |r: &crate::limits::LimitRule| r.rate.count as f64 / r.rate.period.as_secs_f64();
-    for o in old {
-        match new.iter().find(|n| n.id == o.id) {
-            None => push(
-                Class::LimitsLoosened,
-                app,
-                format!("{owner}: limit `{}` removed", o.id),
-                None,
-            ),
-            Some(n) => {
-                let (a, b) = (per_sec(o), per_sec(n));
-                if (b - a).abs() > f64::EPSILON || o.burst != n.burst {
-                    let pct = if a > 0.0 { (b - a) / a * 100.0 } else { 0.0 };
-                    let class = if b < a || n.burst < o.burst {
-                        Class::LimitsTightened
-                    } else {
-                        Class::LimitsLoosened
-                    };
-                    push(class, app, format!("{owner}: limit `{}` {a:.3}/s (burst {}) → {b:.3}/s (burst {}), {pct:+.0}%", o.id, o.burst, n.burst), None);
-                }
-            }
-        }
-    }
-    for n in new {
-        if !old.iter().any(|o| o.id == n.id) {
-            push(
-                Class::LimitsTightened,
-                app,
-                format!("{owner}: limit `{}` added", n.id),
-                None,
-            );
-        }
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::policy::{compile, SourceFile};
-
-    const APP: &str = "version: 1\napps:\n  - name: hr\n    owner: hr@corp.example\n    description: People data.\n    hosts: [hr.corp.example, hr.eu.corp.example]\n    path_prefix: /api/hr\n    max_request_body: 64KiB\n    upstream: { instances: [\"http://127.0.0.1:9301\"] }\n    routes:\n      - { id: dept, method: GET, path: /departments }\n";
-
-    fn bundle(text: &str) -> Bundle {
-        compile(&[SourceFile {
-            path: "apps/hr.yaml".into(),
-            text: text.into(),
-        }])
-        .expect("compiles")
-    }
-
-    fn classes(old: &str, new: &str) -> Vec<(Class, String)> {
-        diff(&bundle(old), &bundle(new))
-            .into_iter()
-            .map(|c| (c.class, c.text))
-            .collect()
-    }
-
-    #[test]
-    fn hosts_prefixes_caps_and_forwarding_are_typed() {
-        let c = classes(APP, &APP.replace(", hr.eu.corp.example", ""));
-        assert_eq!(
-            c,
-            vec![(
-                Class::RouteRemoved,
-                "host `hr.eu.corp.example` removed".into()
-            )]
-        );
-        let c = classes(APP, &APP.replace("/api/hr", "/api/people"));
-        assert_eq!(c.len(), 1);
-        assert_eq!(c[0].0, Class::RouteRemoved, "{c:?}");
-        let c = classes(APP, &APP.replace("64KiB", "16KiB"));
-        assert!(
-            c.iter().any(|(k, t)| *k == Class::LimitsTightened
-                && t.starts_with("app: body cap 65536 → 16384")),
-            "{c:?}"
-        );
-        let c = classes(
-            APP,
-            &APP.replace(
-                "    upstream:",
-                "    forwarded: { style: rfc7239 }\n    upstream:",
-            ),
-        );
-        assert_eq!(c.len(), 1);
-        assert_eq!(c[0].0, Class::UpstreamChanged, "{c:?}");
-        let c = classes(APP, &APP.replace("hr@corp", "people@corp"));
-        assert_eq!(c[0].0, Class::MetadataChanged, "{c:?}");
-    }
-
-    /// Which requests a route-scoped policy covers changes with the path
-    /// reading: a typed change a reviewer sees.
-    #[test]
-    fn case_insensitive_paths_is_a_typed_change() {
-        let c = classes(
-            APP,
-            &APP.replace(
-                "    upstream:",
-                "    case_insensitive_paths: true\n    upstream:",
-            ),
-        );
-        assert_eq!(
-            c,
-            vec![(
-                Class::EnforcementLoosened,
-                "case_insensitive_paths false → true".into()
-            )]
-        );
-    }
-
-    #[test]
-    fn many_consumer_changes_are_summarised() {
-        let consumers = |n: usize| {
-            let list: Vec<String> = (0..n)
-                .map(|i| format!("  - {{ id: c{i}, name: C{i} }}"))
-                .collect();
-            format!("version: 1\nconsumers:\n{}\n", list.join("\n"))
-        };
-        let with = |n: usize| {
-            compile(&[
-                SourceFile {
-                    path: "apps/hr.yaml".into(),
-                    text: APP.into(),
-                },
-                SourceFile {
-                    path: "consumers.yaml".into(),
-                    text: consumers(n),
-                },
-            ])
-            .expect("compiles")
-        };
-        let changes = diff(&with(1), &with(500));
-        let added: Vec<&Change> = changes
-            .iter()
-            .filter(|c| c.class == Class::ConsumerAdded)
-            .collect();
-        assert_eq!(added.len(), CONSUMER_CHANGES_LISTED + 1);
-        assert!(
-            added
-                .last()
-                .unwrap()
-                .text
-                .contains("and 449 more (499 consumer.added in all)"),
-            "{:?}",
-            added.last()
-        );
-        assert_eq!(diff(&with(1), &with(3)).len(), 2);
-    }
-
-    #[test]
-    fn changes_read_as_the_policy_files_spell_them() {
-        let old = APP.replace(
-            "    upstream:",
-            "    platform: mendix\n    timeouts: { connect: 1s, read: 5s, total: 10s }\n    upstream:",
-        );
-        let new = old
-            .replace("mendix", "outsystems")
-            .replace("read: 5s", "read: 2s");
-        let texts: Vec<String> = classes(&old, &new).into_iter().map(|(_, t)| t).collect();
-        let all = texts.join("\n");
-        assert!(
-            all.contains("hr@corp.example (mendix) → hr@corp.example (outsystems)"),
-            "{all}"
-        );
-        assert!(
-            all.contains("timeouts connect 1s, read 5s, total 10s, 2 retries → connect 1s, read 2s, total 10s, 2 retries"),
-            "{all}"
-        );
-        for debug in ["Some(", "Timeouts {", "RoundRobin", "Required"] {
-            assert!(!all.contains(debug), "{debug} in {all}");
-        }
-    }
-
-    #[test]
-    fn a_new_plan_is_additive_and_moving_onto_it_is_a_consumer_change() {
-        let plan = "plans:\n  - { name: tiny, limits: [ { name: burst, rate: 1/m, burst: 2 } ] }\n";
-        let consumer = |plan: &str| format!("consumers:\n  - {{ id: c1, name: C1{plan} }}\n");
-        let old = format!("{APP}{}", consumer(""));
-        let added = format!("{APP}{plan}{}", consumer(""));
-        let moved = format!("{APP}{plan}{}", consumer(", plan: tiny"));
-        let c = classes(&old, &added);
-        assert_eq!(c.len(), 1, "{c:?}");
-        assert_eq!(c[0].0, Class::PlanAdded);
-        assert!(!c[0].0.is_breaking(), "onboarding a plan breaks nobody");
-        let c = classes(&added, &moved);
-        assert!(
-            c.iter().any(|(class, _)| *class == Class::ConsumerChanged),
-            "{c:?}"
-        );
-        // Tightening a plan someone may be on is still a tightening.
-        let tighter = moved.replace("rate: 1/m, burst: 2", "rate: 1/m, burst: 1");
-        let c = classes(&moved, &tighter);
-        assert!(
-            c.iter().any(|(class, _)| *class == Class::LimitsTightened),
-            "{c:?}"
-        );
-    }
-
-    #[test]
-    fn a_difference_no_typed_change_describes_is_still_listed() {
-        // The description is not part of the compiled app: nothing typed
-        // covers it, yet the version differs, so it must be reviewed.
-        let c = classes(APP, &APP.replace("People data.", "All people data."));
-        assert_eq!(c.len(), 1, "{c:?}");
-        assert_eq!(c[0].0, Class::Unclassified);
-        assert!(
-            classes(APP, APP).is_empty(),
-            "identical bundles have no changes"
-        );
-    }
-}
+mod tests;

@@ -159,6 +159,7 @@ mod tests {
             app: "orders".into(),
             text: String::new(),
             contract: None,
+            fields: Vec::new(),
         }
     }
 
