@@ -382,7 +382,8 @@ enum PolicyCommand {
         #[command(flatten)]
         remote: remote::Remote,
     },
-    /// Roll back to an earlier version (default: the previous one).
+    /// Propose a rollback to an earlier version (default: the previous
+    /// one); it is reviewed and activated like any proposal.
     Rollback {
         /// Version (at least 8 hex digits).
         #[arg(long)]
@@ -390,6 +391,10 @@ enum PolicyCommand {
         /// Why (required; recorded in the audit log).
         #[arg(long)]
         reason: String,
+        /// Switch at once (incidents): flagged in the audit log, and an
+        /// incident item stays open until a reviewer signs it off.
+        #[arg(long)]
+        break_glass: bool,
         #[command(flatten)]
         remote: remote::Remote,
     },
@@ -410,6 +415,16 @@ enum PolicyCommand {
         /// Only entries after this sequence number.
         #[arg(long, default_value_t = 0)]
         after: u64,
+        /// Only entries of this principal (`anonymous`: unauthenticated calls).
+        #[arg(long)]
+        principal: Option<String>,
+        /// Only entries of this action or those under it (`proposal`,
+        /// `proposal.approve`, `bundle.rollback`).
+        #[arg(long)]
+        action: Option<String>,
+        /// Only entries since this time: RFC 3339, or a duration ago (`2h`).
+        #[arg(long)]
+        since: Option<String>,
         #[command(flatten)]
         remote: remote::Remote,
     },
@@ -491,12 +506,29 @@ fn main() -> ExitCode {
         }) => remote::review(&remote, id, approve, &comment),
         Command::Policy(PolicyCommand::Activate { id, remote }) => remote::activate(&remote, id),
         Command::Policy(PolicyCommand::Withdraw { id, remote }) => remote::withdraw(&remote, id),
-        Command::Policy(PolicyCommand::Rollback { to, reason, remote }) => {
-            remote::rollback(&remote, to.as_deref(), &reason)
-        }
+        Command::Policy(PolicyCommand::Rollback {
+            to,
+            reason,
+            break_glass,
+            remote,
+        }) => remote::rollback(&remote, to.as_deref(), &reason, break_glass),
         Command::Policy(PolicyCommand::Show { id, remote }) => remote::show(&remote, id),
         Command::Policy(PolicyCommand::Status { remote }) => remote::status(&remote),
-        Command::Policy(PolicyCommand::Log { after, remote }) => remote::log(&remote, after),
+        Command::Policy(PolicyCommand::Log {
+            after,
+            principal,
+            action,
+            since,
+            remote,
+        }) => remote::log(
+            &remote,
+            after,
+            &[
+                ("principal", principal),
+                ("action", action),
+                ("since", since),
+            ],
+        ),
         Command::Admin(AdminCommand::AddPrincipal {
             state,
             name,

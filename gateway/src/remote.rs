@@ -253,17 +253,42 @@ pub fn withdraw(remote: &Remote, id: u64) -> ExitCode {
 }
 
 /// `policy rollback [--to VERSION] --reason R`.
-pub fn rollback(remote: &Remote, to: Option<&str>, reason: &str) -> ExitCode {
+pub fn rollback(remote: &Remote, to: Option<&str>, reason: &str, break_glass: bool) -> ExitCode {
     finish(
         remote,
         call(
             remote,
             reqwest::Method::POST,
             "/v1/rollback",
-            Some(json!({ "to": to, "reason": reason })),
+            Some(json!({ "to": to, "reason": reason, "break_glass": break_glass })),
         ),
-        activation,
+        |v| {
+            match v.get("incident") {
+            Some(id) => format!(
+                "{}\nbreak-glass: incident {id} stays open until a reviewer signs it off (`gatehouse policy review {id} --approve`)",
+                activation(v)
+            ),
+            None => format!(
+                "{}\nthe rollback is proposal {}: once approved, `gatehouse policy activate {}`",
+                describe(v),
+                v["id"],
+                v["id"]
+            ),
+        }
+        },
     )
+}
+
+/// Percent-encode a query value (everything but RFC 3986's unreserved).
+fn query_escape(v: &str) -> String {
+    v.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// `policy show ID`.
@@ -326,15 +351,16 @@ pub fn status(remote: &Remote) -> ExitCode {
 }
 
 /// `policy log [--after N]`: the audit trail.
-pub fn log(remote: &Remote, after: u64) -> ExitCode {
+pub fn log(remote: &Remote, after: u64, filters: &[(&str, Option<String>)]) -> ExitCode {
+    let mut path = format!("/v1/audit?after={after}");
+    for (name, value) in filters {
+        if let Some(v) = value {
+            path.push_str(&format!("&{name}={}", query_escape(v)));
+        }
+    }
     finish(
         remote,
-        call(
-            remote,
-            reqwest::Method::GET,
-            &format!("/v1/audit?after={after}"),
-            None,
-        ),
+        call(remote, reqwest::Method::GET, &path, None),
         |v| {
             v["entries"]
                 .as_array()

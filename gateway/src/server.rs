@@ -381,6 +381,7 @@ impl BackgroundService for Admin {
             self.control.clone(),
             self.guard.clone(),
         );
+        let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "admin listener failed");
         }

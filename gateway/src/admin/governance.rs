@@ -19,11 +19,13 @@
 //! | `GET /v1/bundles/{version}` | viewer | a stored bundle's files |
 //! | `GET /v1/fleet/bundle?wait=S` | viewer | long-poll for fleet nodes (`If-None-Match`) |
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{ConnectInfo, FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -31,7 +33,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::governance::control::{Control, ControlError};
+use crate::governance::control::{AuditFilter, Control, ControlError, Rollback};
 use crate::governance::principals::{Principal, Role};
 use crate::governance::workflow::Verdict;
 use crate::policy::SourceFile;
@@ -127,10 +129,30 @@ pub(crate) fn bearer(headers: &HeaderMap) -> Option<String> {
         .then(|| token.trim().to_string())
 }
 
+/// Who calls: the bearer token and the connection's source address.
+pub(crate) struct Caller {
+    token: Option<String>,
+    source: Option<IpAddr>,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Caller {
+            token: bearer(&parts.headers),
+            source: parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0.ip()),
+        })
+    }
+}
+
 /// Run a blocking control-plane call as `role`, auditing refusals.
 async fn call<T, F>(
     control: Arc<Control>,
-    headers: &HeaderMap,
+    caller: Caller,
     role: Role,
     action: &'static str,
     subject: String,
@@ -140,11 +162,19 @@ where
     T: Send + 'static,
     F: FnOnce(&Control, &Principal) -> Result<T, ControlError> + Send + 'static,
 {
-    let token = bearer(headers);
-    tokio::task::spawn_blocking(move || control.call(token.as_deref(), role, action, &subject, f))
-        .await
-        .unwrap_or_else(|e| Err(ControlError::Internal(e.to_string())))
-        .map_err(error_response)
+    tokio::task::spawn_blocking(move || {
+        control.call(
+            caller.token.as_deref(),
+            caller.source,
+            role,
+            action,
+            &subject,
+            f,
+        )
+    })
+    .await
+    .unwrap_or_else(|e| Err(ControlError::Internal(e.to_string())))
+    .map_err(error_response)
 }
 
 /// A call's value as JSON, or its problem response.
@@ -162,11 +192,11 @@ fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ControlError> {
     })
 }
 
-async fn status(State(c): State<Arc<Control>>, headers: HeaderMap) -> Response {
+async fn status(State(c): State<Arc<Control>>, caller: Caller) -> Response {
     json(
         call(
             c,
-            &headers,
+            caller,
             Role::Viewer,
             "status.read",
             "-".into(),
@@ -176,11 +206,11 @@ async fn status(State(c): State<Arc<Control>>, headers: HeaderMap) -> Response {
     )
 }
 
-async fn list(State(c): State<Arc<Control>>, headers: HeaderMap) -> Response {
+async fn list(State(c): State<Arc<Control>>, caller: Caller) -> Response {
     json(
         call(
             c,
-            &headers,
+            caller,
             Role::Viewer,
             "proposal.list",
             "-".into(),
@@ -203,10 +233,10 @@ struct ProposeBody {
     files: Vec<SourceFile>,
 }
 
-async fn propose(State(c): State<Arc<Control>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn propose(State(c): State<Arc<Control>>, caller: Caller, body: Bytes) -> Response {
     match call(
         c,
-        &headers,
+        caller,
         Role::Author,
         "proposal.create",
         "-".into(),
@@ -223,11 +253,11 @@ async fn propose(State(c): State<Arc<Control>>, headers: HeaderMap, body: Bytes)
     }
 }
 
-async fn show(State(c): State<Arc<Control>>, headers: HeaderMap, Path(id): Path<u64>) -> Response {
+async fn show(State(c): State<Arc<Control>>, caller: Caller, Path(id): Path<u64>) -> Response {
     json(
         call(
             c,
-            &headers,
+            caller,
             Role::Viewer,
             "proposal.read",
             id.to_string(),
@@ -250,14 +280,14 @@ struct ReviewBody {
 
 async fn review(
     State(c): State<Arc<Control>>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(id): Path<u64>,
     body: Bytes,
 ) -> Response {
     json(
         call(
             c,
-            &headers,
+            caller,
             Role::Reviewer,
             "proposal.review",
             id.to_string(),
@@ -271,15 +301,11 @@ async fn review(
     )
 }
 
-async fn activate(
-    State(c): State<Arc<Control>>,
-    headers: HeaderMap,
-    Path(id): Path<u64>,
-) -> Response {
+async fn activate(State(c): State<Arc<Control>>, caller: Caller, Path(id): Path<u64>) -> Response {
     json(
         call(
             c,
-            &headers,
+            caller,
             Role::Operator,
             "proposal.activate",
             id.to_string(),
@@ -290,15 +316,11 @@ async fn activate(
     )
 }
 
-async fn withdraw(
-    State(c): State<Arc<Control>>,
-    headers: HeaderMap,
-    Path(id): Path<u64>,
-) -> Response {
+async fn withdraw(State(c): State<Arc<Control>>, caller: Caller, Path(id): Path<u64>) -> Response {
     json(
         call(
             c,
-            &headers,
+            caller,
             Role::Author,
             "proposal.withdraw",
             id.to_string(),
@@ -319,49 +341,60 @@ struct RollbackBody {
     /// Why (required: it goes into the audit log).
     #[serde(default)]
     reason: String,
-}
-
-async fn rollback(State(c): State<Arc<Control>>, headers: HeaderMap, body: Bytes) -> Response {
-    json(
-        call(
-            c,
-            &headers,
-            Role::Operator,
-            "bundle.rollback",
-            "-".into(),
-            move |c, who| {
-                let body: RollbackBody = if body.is_empty() {
-                    RollbackBody::default()
-                } else {
-                    parse(&body)?
-                };
-                c.rollback(who, body.to.as_deref(), &body.reason)
-            },
-        )
-        .await
-        .map(|a| json!({ "activated": a })),
-    )
-}
-
-#[derive(Deserialize)]
-struct AuditQuery {
+    /// Switch at once (incidents), leaving an item to sign off.
     #[serde(default)]
-    after: u64,
+    break_glass: bool,
+}
+
+/// A rollback: 201 with the proposal to approve and activate, or — break-
+/// glass — 200 with the activation and the incident item's id.
+async fn rollback(State(c): State<Arc<Control>>, caller: Caller, body: Bytes) -> Response {
+    let result = call(
+        c,
+        caller,
+        Role::Operator,
+        "bundle.rollback",
+        "-".into(),
+        move |c, who| {
+            let body: RollbackBody = if body.is_empty() {
+                RollbackBody::default()
+            } else {
+                parse(&body)?
+            };
+            Ok(
+                match c.rollback(who, body.to.as_deref(), &body.reason, body.break_glass)? {
+                    Rollback::Proposed(p) => (StatusCode::CREATED, c.describe(&p)),
+                    Rollback::BrokeGlass {
+                        activation,
+                        incident,
+                    } => (
+                        StatusCode::OK,
+                        json!({ "activated": activation, "incident": incident.id }),
+                    ),
+                },
+            )
+        },
+    )
+    .await;
+    match result {
+        Ok((status, v)) => (status, Json(v)).into_response(),
+        Err(r) => r,
+    }
 }
 
 async fn audit(
     State(c): State<Arc<Control>>,
-    headers: HeaderMap,
-    Query(q): Query<AuditQuery>,
+    caller: Caller,
+    Query(q): Query<AuditFilter>,
 ) -> Response {
     json(
         call(
             c,
-            &headers,
+            caller,
             Role::Viewer,
             "audit.read",
             "-".into(),
-            move |c, _| c.audit_entries(q.after),
+            move |c, _| c.audit_entries(&q),
         )
         .await
         .map(|v| json!({ "entries": v })),
@@ -370,14 +403,14 @@ async fn audit(
 
 async fn bundle(
     State(c): State<Arc<Control>>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(version): Path<String>,
 ) -> Response {
     let subject = version.clone();
     json(
         call(
             c,
-            &headers,
+            caller,
             Role::Viewer,
             "bundle.read",
             subject,
@@ -395,18 +428,14 @@ struct WaitQuery {
 
 async fn fleet_bundle(
     State(c): State<Arc<Control>>,
+    caller: Caller,
     headers: HeaderMap,
     Query(q): Query<WaitQuery>,
 ) -> Response {
     let control = Arc::clone(&c);
-    if let Err(r) = call(
-        c,
-        &headers,
-        Role::Viewer,
-        "fleet.poll",
-        "-".into(),
-        |_, _| Ok(()),
-    )
+    if let Err(r) = call(c, caller, Role::Viewer, "fleet.poll", "-".into(), |_, _| {
+        Ok(())
+    })
     .await
     {
         return r;

@@ -39,6 +39,10 @@ async fn require_viewer(
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     let token = governance::bearer(req.headers());
+    let source = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip());
     let path = req.uri().path().to_string();
     let allowed = match &guard {
         ReadGuard::Open => Ok(()),
@@ -58,7 +62,7 @@ async fn require_viewer(
             let c = Arc::clone(c);
             let p2 = path.clone();
             tokio::task::spawn_blocking(move || {
-                c.authorize(token.as_deref(), Role::Viewer, "node.read", &p2)
+                c.authorize(token.as_deref(), source, Role::Viewer, "node.read", &p2)
                     .map(|_| ())
             })
             .await

@@ -15,7 +15,7 @@ use std::time::SystemTime;
 use serde_json::{json, Value};
 
 use super::audit::{AuditLog, Entry, Record};
-use super::policy_diff::{Class, Side};
+use super::policy_diff::{Change, Class, Side};
 use super::principals::{Principal, Principals, Role};
 use super::review::Requirement;
 use super::store::{Activation, Store, StoreError, StoredBundle};
@@ -26,6 +26,43 @@ use crate::runtime::Shared;
 /// The group of the review floor: every principal with the reviewer role
 /// when the proposal was made.
 pub const FLOOR_GROUP: &str = "reviewers (floor)";
+
+/// The group a rollback needs one approval from when no review rule names
+/// the `rollback` class: every principal with the operator role.
+pub const OPERATORS_GROUP: &str = "operators (rollback)";
+
+/// Which audit entries to list.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditFilter {
+    /// Entries after this sequence number.
+    #[serde(default)]
+    pub after: u64,
+    /// Entries of this principal (`anonymous` for unauthenticated calls).
+    #[serde(default)]
+    pub principal: Option<String>,
+    /// Entries of this action, or of every action under it (`proposal`
+    /// matches `proposal.approve`).
+    #[serde(default)]
+    pub action: Option<String>,
+    /// Entries at or after this time: RFC 3339, or a duration ago (`2h`).
+    #[serde(default)]
+    pub since: Option<String>,
+}
+
+/// What a rollback did.
+#[derive(Debug)]
+pub enum Rollback {
+    /// It is a proposal now, to be approved and activated.
+    Proposed(Proposal),
+    /// Break-glass: switched at once; the incident item awaits sign-off.
+    BrokeGlass {
+        /// The activation.
+        activation: Activation,
+        /// The post-incident review item.
+        incident: Proposal,
+    },
+}
 
 /// Why a control-plane call failed (mapped to HTTP by the admin API).
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +128,51 @@ pub struct Control {
     shared: Arc<Shared>,
     lock: Mutex<()>,
     active_tx: tokio::sync::watch::Sender<String>,
+    refusals: RefusalSampler,
+}
+
+/// Anonymous refusals from one source address are written to the audit
+/// log at most once per interval (a flood of unauthenticated calls must
+/// not become a flood of fsynced entries).
+pub const REFUSAL_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Source addresses remembered at most; beyond, expired ones are dropped
+/// (and if none has expired, all: every source then writes once more).
+const REFUSAL_SOURCES: usize = 10_000;
+
+/// When each source's last refusal entry was written, and how many of its
+/// refusals have not been written since.
+#[derive(Debug, Default)]
+struct RefusalSampler {
+    seen: Mutex<std::collections::HashMap<Option<std::net::IpAddr>, (std::time::Instant, u64)>>,
+}
+
+impl RefusalSampler {
+    /// `Some(unwritten)` when this refusal is to be written.
+    fn note(&self, source: Option<std::net::IpAddr>, now: std::time::Instant) -> Option<u64> {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.len() >= REFUSAL_SOURCES && !seen.contains_key(&source) {
+            seen.retain(|_, (at, _)| now.duration_since(*at) < REFUSAL_INTERVAL);
+            if seen.len() >= REFUSAL_SOURCES {
+                seen.clear();
+            }
+        }
+        match seen.get_mut(&source) {
+            Some((at, n)) if now.duration_since(*at) < REFUSAL_INTERVAL => {
+                *n += 1;
+                None
+            }
+            Some((at, n)) => {
+                let unwritten = *n;
+                (*at, *n) = (now, 0);
+                Some(unwritten)
+            }
+            None => {
+                seen.insert(source, (now, 0));
+                Some(0)
+            }
+        }
+    }
 }
 
 fn now() -> String {
@@ -173,6 +255,7 @@ impl Control {
             shared,
             lock: Mutex::new(()),
             active_tx,
+            refusals: RefusalSampler::default(),
         }
     }
 
@@ -209,21 +292,32 @@ impl Control {
 
     /// Authenticate a bearer token and check a role; refusals are audited
     /// as `action` on `subject`.
+    /// Anonymous refusals are sampled: the first from a source address in
+    /// each [`REFUSAL_INTERVAL`] is written, with how many went unwritten
+    /// since the source's previous entry.
     pub fn authorize(
         &self,
         token: Option<&str>,
+        source: Option<std::net::IpAddr>,
         role: Role,
         action: &str,
         subject: &str,
     ) -> Result<Principal, ControlError> {
         let Some(principal) = token.and_then(|t| self.principals.authenticate(t)) else {
-            self.audit(
-                "anonymous",
-                action,
-                subject,
-                "refused",
-                json!({ "status": 401, "reason": if token.is_some() { "unknown token" } else { "no token" } }),
-            );
+            if let Some(unwritten) = self.refusals.note(source, std::time::Instant::now()) {
+                self.audit(
+                    "anonymous",
+                    action,
+                    subject,
+                    "refused",
+                    json!({
+                        "status": 401,
+                        "reason": if token.is_some() { "unknown token" } else { "no token" },
+                        "source": source.map_or("unknown".to_string(), |s| s.to_string()),
+                        "unwritten_since_last": unwritten,
+                    }),
+                );
+            }
             return Err(ControlError::Unauthenticated);
         };
         if !principal.has(role) {
@@ -249,12 +343,13 @@ impl Control {
     pub fn call<T>(
         &self,
         token: Option<&str>,
+        source: Option<std::net::IpAddr>,
         role: Role,
         action: &str,
         subject: &str,
         f: impl FnOnce(&Control, &Principal) -> Result<T, ControlError>,
     ) -> Result<T, ControlError> {
-        let who = self.authorize(token, role, action, subject)?;
+        let who = self.authorize(token, source, role, action, subject)?;
         let result = f(self, &who);
         if let Err(e) = &result {
             let mut detail = json!({ "error": e.kind(), "reason": e.to_string() });
@@ -280,7 +375,7 @@ impl Control {
         let proposals = self.store.proposals()?;
         let open: Vec<Value> = proposals
             .iter()
-            .filter(|p| !p.state.is_final())
+            .filter(|p| !p.state.is_final() || p.state == ProposalState::Incident)
             .map(|p| json!({ "id": p.id, "title": p.title, "author": p.author, "state": p.state }))
             .collect();
         Ok(json!({
@@ -318,11 +413,43 @@ impl Control {
             .ok_or_else(|| ControlError::NotFound(format!("no bundle {version}")))
     }
 
-    /// Audit entries after sequence `after`.
-    pub fn audit_entries(&self, after: u64) -> Result<Vec<Entry>, ControlError> {
-        super::audit::verify(&self.store.audit_path())
-            .map(|all| all.into_iter().filter(|e| e.seq > after).collect())
-            .map_err(|e| ControlError::Internal(format!("the audit log does not verify: {e}")))
+    /// Audit entries that pass `filter` (the whole log is verified first).
+    pub fn audit_entries(&self, filter: &AuditFilter) -> Result<Vec<Entry>, ControlError> {
+        let since = match filter.since.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(s) => Some(
+                humantime::parse_rfc3339_weak(s)
+                    .or_else(|_| humantime::parse_duration(s).map(|d| SystemTime::now() - d))
+                    .map_err(|_| {
+                        ControlError::conflict(
+                            format!("`since` must be an RFC 3339 time or a duration such as 2h, not `{s}`"),
+                            Value::Null,
+                        )
+                    })?,
+            ),
+        };
+        let all = super::audit::verify(&self.store.audit_path())
+            .map_err(|e| ControlError::Internal(format!("the audit log does not verify: {e}")))?;
+        Ok(all
+            .into_iter()
+            .filter(|e| e.seq > filter.after)
+            .filter(|e| {
+                filter
+                    .principal
+                    .as_ref()
+                    .is_none_or(|p| e.record.principal == *p)
+            })
+            .filter(|e| {
+                filter.action.as_ref().is_none_or(|a| {
+                    e.record.action == *a || e.record.action.starts_with(&format!("{a}."))
+                })
+            })
+            .filter(|e| {
+                since.is_none_or(|since| {
+                    humantime::parse_rfc3339_weak(&e.time).is_ok_and(|t| t >= since)
+                })
+            })
+            .collect())
     }
 
     /// Propose `files` as the next version.
@@ -392,15 +519,7 @@ impl Control {
             let mut classes: Vec<Class> = changes.iter().map(|c| c.class).collect();
             classes.sort();
             classes.dedup();
-            required = vec![Requirement {
-                group: FLOOR_GROUP.to_string(),
-                approvals: 1,
-                classes,
-            }];
-            groups.insert(
-                FLOOR_GROUP.to_string(),
-                self.principals.with_role(Role::Reviewer),
-            );
+            (required, groups) = self.floor(&classes);
         }
         // A version rejected before stays marked: its reviewers see why.
         let rejected_before = self
@@ -466,7 +585,7 @@ impl Control {
         };
         let subject = id.to_string();
         let mut p = self.proposal(id)?;
-        if p.state.is_final() {
+        if p.state.is_final() && p.state != ProposalState::Incident {
             return Err(ControlError::conflict(
                 format!(
                     "proposal {id} is {}; it takes no more reviews",
@@ -584,16 +703,28 @@ impl Control {
     }
 
     /// Roll back to `to` (default: the version active before the current
-    /// one). Only versions that were active before qualify.
+    /// one); only versions that were active before qualify, and a reason is
+    /// required. A rollback is proposed like any change: its diff is listed
+    /// beside a `rollback` change, and it needs what `review.yaml` asks of
+    /// the `rollback` class (when no rule names it: one approval from
+    /// another operator) before `activate`. With `break_glass` it switches
+    /// at once, flagged in the audit log, and leaves an `incident` item that
+    /// stays open until a reviewer other than the operator signs it off.
     pub fn rollback(
         &self,
         who: &Principal,
         to: Option<&str>,
         reason: &str,
-    ) -> Result<Activation, ControlError> {
+        break_glass: bool,
+    ) -> Result<Rollback, ControlError> {
         let _g = self.guard();
-        let action = "bundle.rollback";
-        if reason.trim().is_empty() {
+        let action = if break_glass {
+            "bundle.rollback"
+        } else {
+            "rollback.propose"
+        };
+        let reason = reason.trim();
+        if reason.is_empty() {
             return Err(ControlError::conflict(
                 "a rollback needs a reason (--reason)",
                 Value::Null,
@@ -634,16 +765,143 @@ impl Control {
                 Value::Null,
             ));
         }
-        let activation = self.switch_to(&who.name, &target, "rollback".into())?;
+        // The diff a reviewer sees: from what is active to the target.
+        let active = self.shared.active();
+        let (now_stored, then_stored) = (self.bundle(&current)?, self.bundle(&target)?);
+        let then = compile_stored(&then_stored).map_err(ControlError::Internal)?;
+        let mut changes = super::policy_diff::diff(
+            Side {
+                bundle: &active.bundle,
+                files: &now_stored.files,
+            },
+            Side {
+                bundle: &then,
+                files: &then_stored.files,
+            },
+        );
+        changes.insert(
+            0,
+            Change {
+                class: Class::Rollback,
+                app: String::new(),
+                text: format!(
+                    "roll back {} → {}{}: {reason}",
+                    &current[..12.min(current.len())],
+                    &target[..12],
+                    if break_glass { " (break-glass)" } else { "" }
+                ),
+                contract: None,
+                fields: Vec::new(),
+            },
+        );
+        let title = format!("Rollback to {}: {reason}", &target[..12]);
+        let (required, groups) = if break_glass {
+            // Signed off after the fact by any reviewer but the operator.
+            self.floor(&[Class::Rollback])
+        } else {
+            match active.bundle.review.rule_for(Class::Rollback) {
+                Some((n, group)) => (
+                    vec![Requirement {
+                        group: group.to_string(),
+                        approvals: n,
+                        classes: vec![Class::Rollback],
+                    }],
+                    [(
+                        group.to_string(),
+                        active
+                            .bundle
+                            .review
+                            .groups
+                            .get(group)
+                            .cloned()
+                            .unwrap_or_default(),
+                    )]
+                    .into(),
+                ),
+                None => (
+                    vec![Requirement {
+                        group: OPERATORS_GROUP.to_string(),
+                        approvals: 1,
+                        classes: vec![Class::Rollback],
+                    }],
+                    [(
+                        OPERATORS_GROUP.to_string(),
+                        self.principals.with_role(Role::Operator),
+                    )]
+                    .into(),
+                ),
+            }
+        };
+        let mut p = Proposal {
+            id: self.store.next_proposal_id()?,
+            title,
+            author: who.name.clone(),
+            created: now(),
+            base: current.clone(),
+            version: target.clone(),
+            state: ProposalState::Open,
+            changes: serde_json::to_value(&changes).unwrap_or(Value::Null),
+            required,
+            groups,
+            reviews: Vec::new(),
+            closed: None,
+            rejected_before: None,
+        };
+        if !break_glass {
+            self.store.put_proposal(&p)?;
+            self.audit(
+                &who.name,
+                action,
+                &p.id.to_string(),
+                "ok",
+                json!({ "from": current, "to": target, "reason": reason, "changes": changes.len(), "required": p.required }),
+            );
+            return Ok(Rollback::Proposed(p));
+        }
+        let activation = self.switch_to(&who.name, &target, "rollback (break-glass)".into())?;
+        p.state = ProposalState::Incident;
+        self.store.put_proposal(&p)?;
         let superseded = self.supersede_stale(&target)?;
         self.audit(
             &who.name,
             action,
             &target,
             "ok",
-            json!({ "from": current, "to": target, "reason": reason.trim(), "superseded": superseded }),
+            json!({ "from": current, "to": target, "reason": reason, "break_glass": true, "incident": p.id, "superseded": superseded }),
         );
-        Ok(activation)
+        tracing::warn!(
+            by = %who.name,
+            to = &target[..12],
+            incident = p.id,
+            "break-glass rollback: a reviewer must sign off incident {}",
+            p.id
+        );
+        Ok(Rollback::BrokeGlass {
+            activation,
+            incident: p,
+        })
+    }
+
+    /// The review floor: one approval from any reviewer but the author.
+    fn floor(
+        &self,
+        classes: &[Class],
+    ) -> (
+        Vec<Requirement>,
+        std::collections::BTreeMap<String, Vec<String>>,
+    ) {
+        (
+            vec![Requirement {
+                group: FLOOR_GROUP.to_string(),
+                approvals: 1,
+                classes: classes.to_vec(),
+            }],
+            [(
+                FLOOR_GROUP.to_string(),
+                self.principals.with_role(Role::Reviewer),
+            )]
+            .into(),
+        )
     }
 
     /// Compile `version`, move the pointer, swap the data plane, wake the fleet.
@@ -670,5 +928,35 @@ impl Control {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn anonymous_refusals_are_written_once_per_source_per_interval() {
+        let s = RefusalSampler::default();
+        let t0 = Instant::now();
+        let (a, b) = (
+            Some("10.0.0.1".parse().unwrap()),
+            Some("10.0.0.2".parse().unwrap()),
+        );
+        assert_eq!(s.note(a, t0), Some(0), "the first refusal is written");
+        for i in 1..=500 {
+            assert_eq!(s.note(a, t0 + Duration::from_millis(i)), None);
+        }
+        assert_eq!(s.note(b, t0), Some(0), "another source is written too");
+        assert_eq!(
+            s.note(a, t0 + REFUSAL_INTERVAL),
+            Some(500),
+            "the next interval's entry counts what was not written"
+        );
+        assert_eq!(
+            s.note(a, t0 + REFUSAL_INTERVAL + Duration::from_secs(1)),
+            None
+        );
     }
 }

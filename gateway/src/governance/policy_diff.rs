@@ -83,6 +83,9 @@ pub enum Class {
     /// Owner, platform or description changed.
     #[serde(rename = "metadata.changed")]
     MetadataChanged,
+    /// A return to an earlier version (its diff is listed beside it).
+    #[serde(rename = "rollback")]
+    Rollback,
     /// The bundles differ in a way no typed change describes (reviewed
     /// under the default rule, never silently).
     #[serde(rename = "policy.unclassified")]

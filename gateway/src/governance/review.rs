@@ -91,6 +91,14 @@ impl ReviewRules {
         out
     }
 
+    /// The rule that names `class`, if one does (approvals, group).
+    pub fn rule_for(&self, class: Class) -> Option<(u32, &str)> {
+        self.rules
+            .iter()
+            .find(|(classes, _, _)| classes.contains(&class))
+            .map(|(_, n, g)| (*n, g.as_str()))
+    }
+
     /// The approvals `changes` need under these rules.
     pub fn required(&self, changes: &[Change]) -> Vec<Requirement> {
         let mut by_group: BTreeMap<String, Requirement> = BTreeMap::new();

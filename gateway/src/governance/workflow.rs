@@ -5,7 +5,13 @@
 //! propose ─► open ──(approvals met)──► approved ──activate──► activated
 //!             │  └──────── withdraw ──────┴──► withdrawn
 //!             └── another version activated (base gone) ──► superseded
+//!
+//! break-glass rollback ─► incident ──(a reviewer signs off)──► activated
 //! ```
+//!
+//! A rollback is proposed like any change (its diff listed under a
+//! `rollback` change); only a break-glass rollback switches at once, and it
+//! leaves an `incident` item that stays open until a reviewer signs it.
 //!
 //! A proposal is judged by the review rules of the bundle that was active
 //! when it was made (its *base*); activation requires that base to still be
@@ -36,6 +42,9 @@ pub enum ProposalState {
     Superseded,
     /// Its author withdrew it (final).
     Withdrawn,
+    /// Activated by a break-glass rollback; open until a reviewer other
+    /// than the operator signs it off (then `activated`).
+    Incident,
 }
 
 impl ProposalState {
@@ -53,6 +62,7 @@ impl ProposalState {
             ProposalState::Activated => "activated",
             ProposalState::Superseded => "superseded",
             ProposalState::Withdrawn => "withdrawn",
+            ProposalState::Incident => "incident",
         }
     }
 }
@@ -230,9 +240,17 @@ impl Proposal {
             .collect()
     }
 
-    /// Record a review and move the state on (open ⇄ approved, → rejected).
+    /// Record a review and move the state on (open ⇄ approved, → rejected;
+    /// an incident is signed off by an approval that counts).
     pub fn add_review(&mut self, review: Review) {
         self.reviews.push(review);
+        if self.state == ProposalState::Incident {
+            if self.tally().met {
+                self.state = ProposalState::Activated;
+                self.closed = self.reviews.last().map(|r| r.at.clone());
+            }
+            return;
+        }
         if self.state.is_final() {
             return;
         }
