@@ -617,7 +617,7 @@ fn add_principal(
     token_file: Option<&std::path::Path>,
 ) -> ExitCode {
     let path = state.join("principals.json");
-    let token = match gatehouse::governance::principals::add(&path, name, roles, rotate) {
+    let token = match gatehouse::governance::principals::add(&path, name, roles, rotate, None) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("gatehouse: {e}");

@@ -52,6 +52,9 @@ pub fn router(control: Arc<Control>) -> Router {
         .route("/v1/proposals/{id}/withdraw", post(withdraw))
         .route("/v1/rollback", post(rollback))
         .route("/v1/audit", get(audit))
+        .route("/v1/principals", get(principals).post(create_principal))
+        .route("/v1/principals/{name}/roles", post(principal_roles))
+        .route("/v1/principals/{name}/revoke", post(revoke_principal))
         .route("/v1/bundles/{version}", get(bundle))
         .route("/v1/fleet/bundle", get(fleet_bundle))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_PROPOSAL_BYTES))
@@ -380,6 +383,118 @@ async fn rollback(State(c): State<Arc<Control>>, caller: Caller, body: Bytes) ->
         Ok((status, v)) => (status, Json(v)).into_response(),
         Err(r) => r,
     }
+}
+
+async fn principals(State(c): State<Arc<Control>>, caller: Caller) -> Response {
+    json(
+        call(
+            c,
+            caller,
+            Role::Admin,
+            "principals.read",
+            "-".into(),
+            |c, _| c.principals(),
+        )
+        .await,
+    )
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PrincipalBody {
+    name: String,
+    roles: Vec<Role>,
+    /// How long the token works (`90d`); forever when absent.
+    #[serde(default)]
+    expires_in: Option<String>,
+    /// Issue an existing principal a new token (the old one stops working).
+    #[serde(default)]
+    rotate: bool,
+}
+
+/// 201 with the new token, shown this once.
+async fn create_principal(State(c): State<Arc<Control>>, caller: Caller, body: Bytes) -> Response {
+    let result = call(
+        c,
+        caller,
+        Role::Admin,
+        "principal.create",
+        "-".into(),
+        move |c, who| {
+            let body: PrincipalBody = parse(&body)?;
+            let expires_in = match body.expires_in.as_deref() {
+                None => None,
+                Some(s) => {
+                    Some(
+                        humantime::parse_duration(s).map_err(|_| ControlError::Conflict {
+                            message: format!(
+                                "`expires_in` must be a duration such as 90d, not `{s}`"
+                            ),
+                            detail: Value::Null,
+                        })?,
+                    )
+                }
+            };
+            let token =
+                c.create_principal(who, &body.name, &body.roles, expires_in, body.rotate)?;
+            Ok(json!({ "name": body.name, "roles": body.roles, "token": token }))
+        },
+    )
+    .await;
+    match result {
+        Ok(v) => (StatusCode::CREATED, Json(v)).into_response(),
+        Err(r) => r,
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RolesBody {
+    roles: Vec<Role>,
+}
+
+async fn principal_roles(
+    State(c): State<Arc<Control>>,
+    caller: Caller,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Response {
+    json(
+        call(
+            c,
+            caller,
+            Role::Admin,
+            "principal.roles",
+            name.clone(),
+            move |c, who| {
+                let body: RolesBody = parse(&body)?;
+                c.change_principal(who, &name, Some(&body.roles))?;
+                Ok(json!({ "name": name, "roles": body.roles }))
+            },
+        )
+        .await,
+    )
+}
+
+async fn revoke_principal(
+    State(c): State<Arc<Control>>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Response {
+    json(
+        call(
+            c,
+            caller,
+            Role::Admin,
+            "principal.revoke",
+            name.clone(),
+            move |c, who| {
+                c.change_principal(who, &name, None)?;
+                Ok(json!({ "revoked": name }))
+            },
+        )
+        .await,
+    )
 }
 
 async fn audit(

@@ -129,6 +129,14 @@ pub struct Control {
     lock: Mutex<()>,
     active_tx: tokio::sync::watch::Sender<String>,
     refusals: RefusalSampler,
+    /// The principals file as last accounted for in the audit log (its
+    /// mtime and content).
+    accounted: Mutex<(Option<SystemTime>, Vec<Principal>)>,
+}
+
+/// Where the accounted principals are kept (beside the principals file).
+fn accounted_path(store: &Store) -> std::path::PathBuf {
+    store.dir().join("principals.accounted.json")
 }
 
 /// Anonymous refusals from one source address are written to the audit
@@ -248,7 +256,11 @@ impl Control {
     pub fn new(store: Store, audit: AuditLog, shared: Arc<Shared>) -> Self {
         let version = shared.active().bundle.version.clone();
         let (active_tx, _) = tokio::sync::watch::channel(version);
-        Self {
+        let known = std::fs::read(accounted_path(&store))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        let control = Self {
             principals: Principals::new(store.principals_path()),
             store,
             audit,
@@ -256,6 +268,149 @@ impl Control {
             lock: Mutex::new(()),
             active_tx,
             refusals: RefusalSampler::default(),
+            accounted: Mutex::new((None, known)),
+        };
+        control.account_principals();
+        control
+    }
+
+    /// Record in the audit log any change to the principals file made
+    /// outside the admin API (an offline `admin add-principal`, an edit):
+    /// who was added, removed, given roles or a new token. Checked at start
+    /// and before each call; only the first start's principals (the
+    /// bootstrap) are expected to arrive this way.
+    fn account_principals(&self) {
+        let path = self.store.principals_path();
+        let mtime = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+        let mut accounted = self.accounted.lock().unwrap_or_else(|p| p.into_inner());
+        if accounted.0.is_some() && accounted.0 == mtime {
+            return;
+        }
+        let Ok(now) = super::principals::list(&path) else {
+            return;
+        };
+        let changes = super::principals::outside_changes(&accounted.1, &now);
+        if !changes.is_empty() {
+            tracing::warn!(changes = ?changes, "principals changed outside the admin API");
+            self.audit(
+                "state-directory",
+                "principals.changed_outside_api",
+                "-",
+                "detected",
+                json!({ "changes": changes }),
+            );
+        }
+        self.remember_principals(&mut accounted, now, mtime);
+    }
+
+    fn remember_principals(
+        &self,
+        accounted: &mut (Option<SystemTime>, Vec<Principal>),
+        now: Vec<Principal>,
+        mtime: Option<SystemTime>,
+    ) {
+        if let Ok(bytes) = serde_json::to_vec(&now) {
+            if let Err(e) =
+                super::store::write_atomically(&accounted_path(&self.store), &bytes, 0o600)
+            {
+                tracing::error!(error = %e, "cannot record the accounted principals");
+            }
+        }
+        *accounted = (mtime, now);
+    }
+
+    /// The principals (admin): names, roles, creation and expiry; never
+    /// token hashes.
+    pub fn principals(&self) -> Result<Value, ControlError> {
+        let list = super::principals::list(&self.store.principals_path())
+            .map_err(|e| ControlError::Internal(e.to_string()))?;
+        let now = SystemTime::now();
+        Ok(json!({ "principals": list.iter().map(|p| json!({
+            "name": p.name,
+            "roles": p.roles,
+            "created": p.created,
+            "expires": p.expires,
+            "expired": p.expired(now),
+        })).collect::<Vec<_>>() }))
+    }
+
+    /// Create a principal (or, with `rotate`, issue it a new token); the
+    /// token is returned once and never stored or audited.
+    pub fn create_principal(
+        &self,
+        who: &Principal,
+        name: &str,
+        roles: &[Role],
+        expires_in: Option<std::time::Duration>,
+        rotate: bool,
+    ) -> Result<String, ControlError> {
+        let _g = self.guard();
+        self.account_principals();
+        let expires = expires_in.map(|d| SystemTime::now() + d);
+        let path = self.store.principals_path();
+        let token =
+            super::principals::add(&path, name, roles, rotate, expires).map_err(|e| match e {
+                super::principals::PrincipalError::Exists(_)
+                | super::principals::PrincipalError::BadName(_) => {
+                    ControlError::conflict(e.to_string(), Value::Null)
+                }
+                other => ControlError::Internal(other.to_string()),
+            })?;
+        self.accounted_after_api_write();
+        let action = if rotate {
+            "principal.rotate"
+        } else {
+            "principal.create"
+        };
+        self.audit(
+            &who.name,
+            action,
+            name,
+            "ok",
+            json!({ "roles": roles, "expires": expires.map(|t| humantime::format_rfc3339_seconds(t).to_string()) }),
+        );
+        Ok(token)
+    }
+
+    /// Change a principal's roles, or revoke it (`roles: None`).
+    pub fn change_principal(
+        &self,
+        who: &Principal,
+        name: &str,
+        roles: Option<&[Role]>,
+    ) -> Result<(), ControlError> {
+        let _g = self.guard();
+        self.account_principals();
+        let path = self.store.principals_path();
+        let result = match roles {
+            Some(r) => super::principals::set_roles(&path, name, r),
+            None => super::principals::revoke(&path, name),
+        };
+        result.map_err(|e| match e {
+            super::principals::PrincipalError::Unknown(_) => ControlError::NotFound(e.to_string()),
+            other => ControlError::Internal(other.to_string()),
+        })?;
+        self.accounted_after_api_write();
+        match roles {
+            Some(r) => self.audit(
+                &who.name,
+                "principal.roles",
+                name,
+                "ok",
+                json!({ "roles": r }),
+            ),
+            None => self.audit(&who.name, "principal.revoke", name, "ok", Value::Null),
+        }
+        Ok(())
+    }
+
+    /// The file as the API just wrote it is the accounted set.
+    fn accounted_after_api_write(&self) {
+        let path = self.store.principals_path();
+        let mtime = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+        if let Ok(now) = super::principals::list(&path) {
+            let mut accounted = self.accounted.lock().unwrap_or_else(|p| p.into_inner());
+            self.remember_principals(&mut accounted, now, mtime);
         }
     }
 
@@ -303,6 +458,7 @@ impl Control {
         action: &str,
         subject: &str,
     ) -> Result<Principal, ControlError> {
+        self.account_principals();
         let Some(principal) = token.and_then(|t| self.principals.authenticate(t)) else {
             if let Some(unwritten) = self.refusals.note(source, std::time::Instant::now()) {
                 self.audit(

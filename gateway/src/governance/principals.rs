@@ -69,9 +69,19 @@ pub struct Principal {
     pub token_sha256: String,
     /// When it was created (RFC 3339).
     pub created: String,
+    /// When its token stops working (RFC 3339); never when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<String>,
 }
 
 impl Principal {
+    /// Has its token expired at `now`?
+    pub fn expired(&self, now: SystemTime) -> bool {
+        self.expires
+            .as_deref()
+            .is_some_and(|e| humantime::parse_rfc3339_weak(e).map_or(true, |t| now >= t))
+    }
+
     /// May this principal act as `role`?
     pub fn has(&self, role: Role) -> bool {
         role == Role::Viewer || self.roles.contains(&role) || self.roles.contains(&Role::Admin)
@@ -101,6 +111,9 @@ pub enum PrincipalError {
     /// Invalid name.
     #[error("principal names are 1-64 characters of a-z, 0-9, `-`, `_`, `.`: `{0}`")]
     BadName(String),
+    /// No such principal.
+    #[error("no principal `{0}`")]
+    Unknown(String),
 }
 
 /// `sha256:<hex>` of a token, as stored (the same form as consumer keys).
@@ -129,6 +142,7 @@ pub fn add(
     name: &str,
     roles: &[Role],
     rotate: bool,
+    expires: Option<SystemTime>,
 ) -> Result<String, PrincipalError> {
     let valid = !name.is_empty()
         && name.len() <= 64
@@ -153,17 +167,107 @@ pub fn add(
         roles,
         token_sha256: token_hash(&token),
         created: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+        expires: expires.map(|t| humantime::format_rfc3339_seconds(t).to_string()),
     });
+    write_file(path, &mut file)?;
+    Ok(token)
+}
+
+/// Change a principal's roles (its token stays).
+pub fn set_roles(path: &Path, name: &str, roles: &[Role]) -> Result<(), PrincipalError> {
+    let mut file = read_file(path)?;
+    let p = file
+        .principals
+        .iter_mut()
+        .find(|p| p.name == name)
+        .ok_or_else(|| PrincipalError::Unknown(name.to_string()))?;
+    let mut roles = roles.to_vec();
+    roles.sort();
+    roles.dedup();
+    p.roles = roles;
+    write_file(path, &mut file)
+}
+
+/// Remove a principal: its token stops working at once.
+pub fn revoke(path: &Path, name: &str) -> Result<(), PrincipalError> {
+    let mut file = read_file(path)?;
+    let before = file.principals.len();
+    file.principals.retain(|p| p.name != name);
+    if file.principals.len() == before {
+        return Err(PrincipalError::Unknown(name.to_string()));
+    }
+    write_file(path, &mut file)
+}
+
+fn write_file(path: &Path, file: &mut PrincipalsFile) -> Result<(), PrincipalError> {
     file.principals.sort_by(|a, b| a.name.cmp(&b.name));
-    let text = serde_json::to_vec_pretty(&file).map_err(|e| PrincipalError::File {
+    let text = serde_json::to_vec_pretty(&*file).map_err(|e| PrincipalError::File {
         path: path.display().to_string(),
         reason: e.to_string(),
     })?;
     super::store::write_atomically(path, &text, 0o600).map_err(|e| PrincipalError::File {
         path: path.display().to_string(),
         reason: e.to_string(),
-    })?;
-    Ok(token)
+    })
+}
+
+/// How the principals differ from the set last accounted for (in the
+/// audit log): what someone changed in the file outside the admin API.
+pub fn outside_changes(known: &[Principal], now: &[Principal]) -> Vec<String> {
+    let mut out = Vec::new();
+    for p in now {
+        match known.iter().find(|k| k.name == p.name) {
+            None => out.push(format!(
+                "`{}` added ({})",
+                p.name,
+                p.roles
+                    .iter()
+                    .map(|r| r.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+            Some(k) => {
+                if k.roles != p.roles {
+                    out.push(format!(
+                        "`{}` roles {} → {}",
+                        p.name,
+                        k.roles
+                            .iter()
+                            .map(|r| r.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        p.roles
+                            .iter()
+                            .map(|r| r.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ));
+                }
+                if k.token_sha256 != p.token_sha256 {
+                    out.push(format!("`{}` given a new token", p.name));
+                }
+                if k.expires != p.expires {
+                    out.push(format!(
+                        "`{}` expiry {} → {}",
+                        p.name,
+                        k.expires.as_deref().unwrap_or("never"),
+                        p.expires.as_deref().unwrap_or("never")
+                    ));
+                }
+            }
+        }
+    }
+    for k in known {
+        if !now.iter().any(|p| p.name == k.name) {
+            out.push(format!("`{}` removed", k.name));
+        }
+    }
+    out
+}
+
+/// Read the principals file (for listing and accounting).
+pub fn list(path: &Path) -> Result<Vec<Principal>, PrincipalError> {
+    Ok(read_file(path)?.principals)
 }
 
 /// The principals of a state directory, re-read when the file changes.
@@ -182,9 +286,13 @@ impl Principals {
         }
     }
 
-    /// The principal holding `token`, if any.
+    /// The principal holding `token`, if any and not expired.
     pub fn authenticate(&self, token: &str) -> Option<Principal> {
-        self.current().1.get(&token_hash(token)).cloned()
+        self.current()
+            .1
+            .get(&token_hash(token))
+            .filter(|p| !p.expired(SystemTime::now()))
+            .cloned()
     }
 
     /// The names of the principals holding `role` (admins hold every
@@ -195,6 +303,7 @@ impl Principals {
             .1
             .values()
             .filter(|p| p.roles.contains(&role) || p.roles.contains(&Role::Admin))
+            .filter(|p| !p.expired(SystemTime::now()))
             .map(|p| p.name.clone())
             .collect();
         names.sort();
@@ -236,7 +345,7 @@ mod tests {
     fn tokens_are_stored_hashed_and_authenticate() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("principals.json");
-        let t = add(&path, "alice", &[Role::Reviewer, Role::Author], false).unwrap();
+        let t = add(&path, "alice", &[Role::Reviewer, Role::Author], false, None).unwrap();
         assert!(t.starts_with(TOKEN_PREFIX) && t.len() == 36);
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(!text.contains(&t), "the token itself is never stored");
@@ -246,17 +355,42 @@ mod tests {
         assert!(alice.has(Role::Reviewer) && alice.has(Role::Viewer) && !alice.has(Role::Operator));
         assert!(p.authenticate("ght_wrong").is_none());
         assert!(matches!(
-            add(&path, "alice", &[Role::Viewer], false),
+            add(&path, "alice", &[Role::Viewer], false, None),
             Err(PrincipalError::Exists(_))
         ));
-        let t2 = add(&path, "alice", &[Role::Admin], true).unwrap();
+        let t2 = add(&path, "alice", &[Role::Admin], true, None).unwrap();
         // Same-second rewrites may keep the mtime: a fresh reader sees the rotation.
         let p = Principals::new(path.clone());
         assert!(p.authenticate(&t).is_none(), "the old token stops working");
         assert!(p.authenticate(&t2).unwrap().has(Role::Operator));
         assert!(matches!(
-            add(&path, "Bad Name", &[], false),
+            add(&path, "Bad Name", &[], false, None),
             Err(PrincipalError::BadName(_))
         ));
+    }
+
+    #[test]
+    fn expired_tokens_stop_working_and_outside_changes_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("principals.json");
+        let past = SystemTime::now() - std::time::Duration::from_secs(5);
+        let t = add(&path, "temp", &[Role::Operator], false, Some(past)).unwrap();
+        let p = Principals::new(path.clone());
+        assert!(p.authenticate(&t).is_none(), "expired");
+        assert!(p.with_role(Role::Operator).is_empty());
+        let before = list(&path).unwrap();
+        add(&path, "carol", &[Role::Reviewer], false, None).unwrap();
+        set_roles(&path, "carol", &[Role::Reviewer, Role::Operator]).unwrap();
+        revoke(&path, "temp").unwrap();
+        assert!(matches!(
+            revoke(&path, "temp"),
+            Err(PrincipalError::Unknown(_))
+        ));
+        let changes = outside_changes(&before, &list(&path).unwrap());
+        assert_eq!(
+            changes,
+            ["`carol` added (reviewer, operator)", "`temp` removed"],
+            "{changes:?}"
+        );
     }
 }

@@ -1225,3 +1225,112 @@ async fn a_proposal_lists_every_material_change_beside_an_innocuous_one() {
         "{p}"
     );
 }
+
+/// Principals are managed over the admin API (admin role), every step
+/// audited; tokens can expire; a principal minted outside the API — on the
+/// state directory — is named in the audit log as such, not passed off as
+/// an ordinary principal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn principals_are_governed_through_the_api_and_outside_changes_are_recorded() {
+    let base = PolicyDir::new();
+    base.write(
+        "app.yaml",
+        &app_policy(
+            "app",
+            "app.test",
+            &["http://127.0.0.1:9".to_string()],
+            "",
+            ONE_ROUTE,
+        ),
+    );
+    let cp = Governed::start(base.path());
+    let root = cp.principal("root", "admin");
+    let bob = cp.principal("bob", "reviewer");
+    let c = client();
+    let url = |p: &str| format!("{}{p}", cp.gw.admin_url());
+    let (s, _) = get(&c, url("/v1/principals"), Some(&bob), None).await;
+    assert_eq!(s, 403, "listing principals needs the admin role");
+    let (s, p) = post(
+        &c,
+        url("/v1/principals"),
+        Some(&root),
+        Some(json!({ "name": "carol", "roles": ["reviewer"], "expires_in": "1h" })),
+    )
+    .await;
+    assert_eq!(s, 201, "{p}");
+    let carol = p["token"].as_str().unwrap().to_string();
+    let (s, _) = get(&c, url("/v1/governance/status"), Some(&carol), None).await;
+    assert_eq!(s, 200);
+    let (s, list) = get(&c, url("/v1/principals"), Some(&root), None).await;
+    assert_eq!(s, 200);
+    let carol_row = list["principals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "carol")
+        .cloned()
+        .unwrap();
+    assert_eq!(carol_row["roles"], json!(["reviewer"]));
+    assert!(carol_row["expires"].is_string(), "{list}");
+    assert!(
+        !list.to_string().contains("sha256"),
+        "no token hashes: {list}"
+    );
+    let (s, p) = post(
+        &c,
+        url("/v1/principals/carol/roles"),
+        Some(&root),
+        Some(json!({ "roles": ["reviewer", "operator"] })),
+    )
+    .await;
+    assert_eq!(s, 200, "{p}");
+    let (s, p) = post(&c, url("/v1/principals/carol/revoke"), Some(&root), None).await;
+    assert_eq!(s, 200, "{p}");
+    let (s, _) = get(&c, url("/v1/governance/status"), Some(&carol), None).await;
+    assert_eq!(s, 401, "a revoked token stops working at once");
+    let (s, _) = post(&c, url("/v1/principals/nobody/revoke"), Some(&root), None).await;
+    assert_eq!(s, 404);
+    // An expired token does not work.
+    let (s, p) = post(
+        &c,
+        url("/v1/principals"),
+        Some(&root),
+        Some(json!({ "name": "temp", "roles": ["viewer"], "expires_in": "1s" })),
+    )
+    .await;
+    assert_eq!(s, 201, "{p}");
+    let temp = p["token"].as_str().unwrap().to_string();
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let (s, _) = get(&c, url("/v1/governance/status"), Some(&temp), None).await;
+    assert_eq!(s, 401, "expired");
+    // Minted on the state directory: recorded as an outside change.
+    let _mallory = cp.principal("mallory", "operator");
+    let (s, audit) = get(&c, url("/v1/audit?action=principal"), Some(&root), None).await;
+    assert_eq!(s, 200);
+    let actions: Vec<&str> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    for a in ["principal.create", "principal.roles", "principal.revoke"] {
+        assert!(actions.contains(&a), "{a} audited: {audit}");
+    }
+    assert!(
+        !audit.to_string().contains(&carol),
+        "tokens are never audited"
+    );
+    let (_, audit) = get(
+        &c,
+        url("/v1/audit?action=principals.changed_outside_api"),
+        Some(&root),
+        None,
+    )
+    .await;
+    let text = audit.to_string();
+    assert!(text.contains("`mallory` added (operator)"), "{text}");
+    assert!(
+        !text.contains("`carol`"),
+        "API changes are not outside changes: {text}"
+    );
+}
