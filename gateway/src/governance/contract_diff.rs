@@ -982,12 +982,7 @@ impl Differ<'_> {
                     String::new()
                 }
             );
-            self.push("", "documentation-changed", Level::Info, text);
-            // The whole-operation pointer above claims more than
-            // documentation: only the annotations it lists are its own.
-            if let Some(last) = self.out.last_mut() {
-                last.pointer = docs[0].clone();
-            }
+            self.push(&docs[0], "documentation-changed", Level::Info, text);
         }
     }
 }

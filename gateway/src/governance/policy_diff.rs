@@ -261,11 +261,22 @@ fn field_class(segments: &[String]) -> Option<Class> {
 /// List every differing setting no change describes yet: by the table
 /// above, else as `policy.unclassified` naming the file and field.
 fn complete(ot: &PolicyTree, nt: &PolicyTree, out: &mut Vec<Change>) {
+    // A field is covered by itself or by a field above it: look each up
+    // with its ancestors (linear in the changes, also for a million).
+    let covered: std::collections::HashSet<String> =
+        out.iter().flat_map(|c| c.fields.iter().cloned()).collect();
     for f in policy_tree::changed(ot, nt) {
-        if out
-            .iter()
-            .any(|c| c.fields.iter().any(|p| policy_tree::covers(p, &f.pointer)))
-        {
+        let mut at = f.pointer.as_str();
+        let is_covered = loop {
+            if covered.contains(at) {
+                break true;
+            }
+            match at.rfind('/') {
+                Some(i) if i > 0 => at = &at[..i],
+                _ => break false,
+            }
+        };
+        if is_covered {
             continue;
         }
         let segs = policy_tree::segments(&f.pointer);
@@ -585,14 +596,8 @@ fn review_diff(ot: &PolicyTree, nt: &PolicyTree, push: &mut Push<'_>) {
     }
 }
 
-/// Documents no contract diff looks at: per-route JSON Schemas and keys.
-fn document_diff(old: &Bundle, new: &Bundle, push: &mut Push<'_>) {
-    let contracts: Vec<&String> = old
-        .apps
-        .iter()
-        .chain(&new.apps)
-        .filter_map(|a| a.contract.openapi.as_ref())
-        .collect();
+/// The paths of the documents of either bundle, sorted, once each.
+fn document_paths<'a>(old: &'a Bundle, new: &'a Bundle) -> Vec<&'a str> {
     let mut paths: Vec<&str> = old
         .documents
         .iter()
@@ -601,8 +606,22 @@ fn document_diff(old: &Bundle, new: &Bundle, push: &mut Push<'_>) {
         .collect();
     paths.sort_unstable();
     paths.dedup();
-    for path in paths {
-        if path.starts_with("contracts/") && !contracts.is_empty() {
+    paths
+}
+
+/// Does an app of either bundle have an OpenAPI contract?
+fn uses_contracts(old: &Bundle, new: &Bundle) -> bool {
+    old.apps
+        .iter()
+        .chain(&new.apps)
+        .any(|a| a.contract.openapi.is_some())
+}
+
+/// Documents no contract diff looks at: per-route JSON Schemas and keys.
+fn document_diff(old: &Bundle, new: &Bundle, push: &mut Push<'_>) {
+    let contracts = uses_contracts(old, new);
+    for path in document_paths(old, new) {
+        if path.starts_with("contracts/") && contracts {
             // Contract documents (and what they `$ref`) are compared resolved,
             // operation by operation, by the contract diff.
             continue;
@@ -637,22 +656,11 @@ fn unread_contract_parts(old: &Bundle, new: &Bundle, out: &mut Vec<Change>) {
     if out.iter().any(|c| c.contract.is_some()) {
         return;
     }
-    let mut paths: Vec<&str> = old
-        .documents
-        .iter()
-        .chain(new.documents.iter())
-        .map(|(p, _)| p)
-        .filter(|p| p.starts_with("contracts/"))
-        .collect();
-    paths.sort_unstable();
-    paths.dedup();
-    let uses_contracts = old
-        .apps
-        .iter()
-        .chain(&new.apps)
-        .any(|a| a.contract.openapi.is_some());
-    for path in paths {
-        if uses_contracts && old.documents.get(path) != new.documents.get(path) {
+    if !uses_contracts(old, new) {
+        return;
+    }
+    for path in document_paths(old, new) {
+        if path.starts_with("contracts/") && old.documents.get(path) != new.documents.get(path) {
             out.push(Change {
                 class: Class::ContractAdditive,
                 app: String::new(),
