@@ -164,6 +164,48 @@ enum AdminCommand {
         #[arg(long)]
         token_file: Option<PathBuf>,
     },
+    /// List the principals of a control plane (admin role).
+    Principals {
+        #[command(flatten)]
+        remote: remote::Remote,
+    },
+    /// Create a principal over the admin API (or issue it a new token);
+    /// the token is printed once, the step audited.
+    CreatePrincipal {
+        /// Name.
+        #[arg(long)]
+        name: String,
+        /// Roles (repeat or comma-separate).
+        #[arg(long = "role", value_enum, value_delimiter = ',', required = true)]
+        roles: Vec<gatehouse::governance::principals::Role>,
+        /// The token stops working after this long (`90d`).
+        #[arg(long)]
+        expires_in: Option<String>,
+        /// Issue an existing principal a new token.
+        #[arg(long)]
+        rotate: bool,
+        #[command(flatten)]
+        remote: remote::Remote,
+    },
+    /// Change a principal's roles over the admin API (its token stays).
+    SetRoles {
+        /// Name.
+        #[arg(long)]
+        name: String,
+        /// Roles (repeat or comma-separate).
+        #[arg(long = "role", value_enum, value_delimiter = ',', required = true)]
+        roles: Vec<gatehouse::governance::principals::Role>,
+        #[command(flatten)]
+        remote: remote::Remote,
+    },
+    /// Revoke a principal over the admin API: its token stops working.
+    Revoke {
+        /// Name.
+        #[arg(long)]
+        name: String,
+        #[command(flatten)]
+        remote: remote::Remote,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -536,6 +578,20 @@ fn main() -> ExitCode {
             rotate,
             token_file,
         }) => add_principal(&state, &name, &roles, rotate, token_file.as_deref()),
+        Command::Admin(AdminCommand::Principals { remote }) => remote::principals(&remote),
+        Command::Admin(AdminCommand::CreatePrincipal {
+            name,
+            roles,
+            expires_in,
+            rotate,
+            remote,
+        }) => remote::create_principal(&remote, &name, &roles, expires_in.as_deref(), rotate),
+        Command::Admin(AdminCommand::SetRoles {
+            name,
+            roles,
+            remote,
+        }) => remote::set_roles(&remote, &name, &roles),
+        Command::Admin(AdminCommand::Revoke { name, remote }) => remote::revoke(&remote, &name),
         Command::Policy(PolicyCommand::Schema) => {
             sayln!("{}", gatehouse::policy::POLICY_SCHEMA);
             ExitCode::SUCCESS

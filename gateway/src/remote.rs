@@ -391,3 +391,93 @@ pub fn log(remote: &Remote, after: u64, filters: &[(&str, Option<String>)]) -> E
         },
     )
 }
+
+/// `admin principals`.
+pub fn principals(remote: &Remote) -> ExitCode {
+    finish(
+        remote,
+        call(remote, reqwest::Method::GET, "/v1/principals", None),
+        |v| {
+            v["principals"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .map(|p| {
+                    format!(
+                        "{:<16} {:<32} created {}{}",
+                        p["name"].as_str().unwrap_or(""),
+                        gatehouse::governance::policy_tree::spell(Some(&p["roles"])),
+                        p["created"].as_str().unwrap_or(""),
+                        match (p["expires"].as_str(), p["expired"].as_bool()) {
+                            (Some(e), Some(true)) => format!(", expired {e}"),
+                            (Some(e), _) => format!(", expires {e}"),
+                            _ => String::new(),
+                        }
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+        },
+    )
+}
+
+/// `admin create-principal`: prints the token once.
+pub fn create_principal(
+    remote: &Remote,
+    name: &str,
+    roles: &[gatehouse::governance::principals::Role],
+    expires_in: Option<&str>,
+    rotate: bool,
+) -> ExitCode {
+    finish(
+        remote,
+        call(
+            remote,
+            reqwest::Method::POST,
+            "/v1/principals",
+            Some(
+                json!({ "name": name, "roles": roles, "expires_in": expires_in, "rotate": rotate }),
+            ),
+        ),
+        |v| v["token"].as_str().unwrap_or("").to_string(),
+    )
+}
+
+/// `admin set-roles`.
+pub fn set_roles(
+    remote: &Remote,
+    name: &str,
+    roles: &[gatehouse::governance::principals::Role],
+) -> ExitCode {
+    finish(
+        remote,
+        call(
+            remote,
+            reqwest::Method::POST,
+            &format!("/v1/principals/{}/roles", query_escape(name)),
+            Some(json!({ "roles": roles })),
+        ),
+        |v| {
+            format!(
+                "{}: {}",
+                v["name"].as_str().unwrap_or(""),
+                gatehouse::governance::policy_tree::spell(Some(&v["roles"]))
+            )
+        },
+    )
+}
+
+/// `admin revoke`.
+pub fn revoke(remote: &Remote, name: &str) -> ExitCode {
+    finish(
+        remote,
+        call(
+            remote,
+            reqwest::Method::POST,
+            &format!("/v1/principals/{}/revoke", query_escape(name)),
+            None,
+        ),
+        |v| format!("revoked {}", v["revoked"].as_str().unwrap_or("")),
+    )
+}

@@ -635,6 +635,7 @@ impl Control {
                 json!({ "version": base.version }),
             ));
         }
+        self.check_new_reviewers(&base.review, &bundle.review, &files)?;
         let base_files = self
             .store
             .bundle(&base.version)?
@@ -1036,6 +1037,45 @@ impl Control {
             activation,
             incident: p,
         })
+    }
+
+    /// A proposal that adds someone to a reviewer group who is not a
+    /// principal here is refused (422, at the group in the file): their
+    /// name would count as eligible, yet no one can approve as them — or
+    /// whoever is later given that name would approve at once.
+    fn check_new_reviewers(
+        &self,
+        base: &super::review::ReviewRules,
+        new: &super::review::ReviewRules,
+        files: &[SourceFile],
+    ) -> Result<(), ControlError> {
+        let known: Vec<String> = super::principals::list(&self.store.principals_path())
+            .map_err(|e| ControlError::Internal(e.to_string()))?
+            .into_iter()
+            .map(|p| p.name)
+            .collect();
+        let file = super::policy_tree::PolicyTree::build(files)
+            .origin("/review")
+            .map_or_else(|| "review.yaml".to_string(), |(f, _)| f.to_string());
+        let mut errors = Vec::new();
+        for (group, members) in &new.groups {
+            let before = base.groups.get(group);
+            for m in members {
+                let added = before.is_none_or(|b| !b.contains(m));
+                if added && !known.contains(m) {
+                    errors.push(PolicyError::new(
+                        &file,
+                        format!("/review/groups/{}", super::policy_tree::escape(group)),
+                        format!("`{m}` is not a principal of this control plane: create it (POST /v1/principals) before adding it to `{group}`"),
+                    ));
+                }
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ControlError::Invalid(errors))
+        }
     }
 
     /// The review floor: one approval from any reviewer but the author.

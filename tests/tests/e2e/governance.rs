@@ -1203,6 +1203,34 @@ async fn a_proposal_lists_every_material_change_beside_an_innocuous_one() {
             "case {i}: policy diff: {out}"
         );
     }
+    // A reviewer group may gain only principals that exist.
+    for (member, status) in [("zed", 422), ("alice", 201)] {
+        let next = shipped_copy();
+        let review = std::fs::read_to_string(next.path().join("review.yaml")).unwrap();
+        next.write(
+            "review.yaml",
+            &review.replace(
+                "security: [grace, heidi]",
+                &format!("security: [grace, heidi, {member}]"),
+            ),
+        );
+        let (s, p) = post(
+            &c,
+            url("/v1/proposals"),
+            Some(&alice),
+            Some(json!({ "title": format!("add {member} to security"), "files": files_of(next.path()) })),
+        )
+        .await;
+        assert_eq!(s, status, "{p}");
+        if status == 422 {
+            let text = p.to_string();
+            assert!(
+                text.contains("`zed` is not a principal")
+                    && text.contains("/review/groups/security"),
+                "{text}"
+            );
+        }
+    }
     // Deleting the review rules is spelled out and needs the strictest
     // quorum of the rules in force.
     let next = shipped_copy();
@@ -1303,6 +1331,52 @@ async fn principals_are_governed_through_the_api_and_outside_changes_are_recorde
     tokio::time::sleep(Duration::from_millis(2100)).await;
     let (s, _) = get(&c, url("/v1/governance/status"), Some(&temp), None).await;
     assert_eq!(s, 401, "expired");
+    // The same from the CLI.
+    let admin_url = cp.gw.admin_url();
+    let env = [
+        ("GATEHOUSE_URL", admin_url.as_str()),
+        ("GATEHOUSE_TOKEN", root.as_str()),
+    ];
+    let (code, out, err) = cli(
+        &[
+            "admin",
+            "create-principal",
+            "--name",
+            "dana",
+            "--role",
+            "reviewer,author",
+            "--expires-in",
+            "30d",
+        ],
+        &env,
+    );
+    assert_eq!(code, 0, "{err}");
+    let dana = out.trim().to_string();
+    assert!(dana.starts_with("ght_"), "{out}");
+    let (s, _) = get(&c, url("/v1/governance/status"), Some(&dana), None).await;
+    assert_eq!(s, 200);
+    let (code, out, err) = cli(&["admin", "principals"], &env);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("dana") && out.contains("author, reviewer") && out.contains("expires"),
+        "{out}"
+    );
+    let (code, _, err) = cli(
+        &["admin", "set-roles", "--name", "dana", "--role", "viewer"],
+        &env,
+    );
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = cli(&["admin", "revoke", "--name", "dana"], &env);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("revoked dana"), "{out}");
+    let (code, _, err) = cli(
+        &["admin", "principals"],
+        &[
+            ("GATEHOUSE_URL", admin_url.as_str()),
+            ("GATEHOUSE_TOKEN", bob.as_str()),
+        ],
+    );
+    assert_eq!(code, 1, "a reviewer cannot list principals: {err}");
     // Minted on the state directory: recorded as an outside change.
     let _mallory = cp.principal("mallory", "operator");
     let (s, audit) = get(&c, url("/v1/audit?action=principal"), Some(&root), None).await;
