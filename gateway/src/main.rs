@@ -218,6 +218,10 @@ struct ServeArgs {
     /// changes arrive only as reviewed proposals over the admin API.
     #[arg(long, env = "GATEHOUSE_STATE", conflicts_with = "control_plane")]
     state: Option<PathBuf>,
+    /// Governed mode: sign every audit entry with this Ed25519 key (from
+    /// `gatehouse audit keygen`), kept outside the state directory.
+    #[arg(long, env = "GATEHOUSE_AUDIT_SIGNING_KEY", requires = "state")]
+    audit_signing_key: Option<PathBuf>,
     /// Fleet mode: follow this control plane's active version.
     #[arg(
         long,
@@ -349,6 +353,23 @@ enum AuditCommand {
         /// log must still contain it.
         #[arg(long)]
         head: Option<String>,
+        /// The signing key's public half (64 hex digits, or a file holding
+        /// them): every entry from --signed-from on must carry a valid
+        /// signature.
+        #[arg(long)]
+        public_key: Option<String>,
+        /// The first signed entry (entries before signing was turned on
+        /// are unsigned).
+        #[arg(long, default_value_t = 1, requires = "public_key")]
+        signed_from: u64,
+    },
+    /// Generate an Ed25519 key for `serve --audit-signing-key`: the key
+    /// (PKCS#8, mode 0600) to FILE, its public half to FILE.pub; prints the
+    /// public key.
+    Keygen {
+        /// Where to write the key (outside the state directory).
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -517,7 +538,24 @@ fn main() -> ExitCode {
             key_file.as_deref(),
         ),
         Command::Db(cmd) => db(cmd),
-        Command::Audit(AuditCommand::Verify { file, head }) => audit_verify(&file, head.as_deref()),
+        Command::Audit(AuditCommand::Verify {
+            file,
+            head,
+            public_key,
+            signed_from,
+        }) => audit_verify(&file, head.as_deref(), public_key.as_deref(), signed_from),
+        Command::Audit(AuditCommand::Keygen { out }) => {
+            match gatehouse::governance::audit::Signer::generate(&out) {
+                Ok(public) => {
+                    sayln!("{public}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("gatehouse: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Command::Report {
             name,
             ch,
@@ -622,7 +660,12 @@ fn secret_file(path: &std::path::Path) -> std::io::Result<std::fs::File> {
         .open(path)
 }
 
-fn audit_verify(file: &std::path::Path, head: Option<&str>) -> ExitCode {
+fn audit_verify(
+    file: &std::path::Path,
+    head: Option<&str>,
+    public_key: Option<&str>,
+    signed_from: u64,
+) -> ExitCode {
     use gatehouse::governance::audit;
     let expected = match head {
         None => None,
@@ -640,17 +683,31 @@ fn audit_verify(file: &std::path::Path, head: Option<&str>) -> ExitCode {
             }
         },
     };
+    // A key given as a file holds the hex.
+    let public_key = public_key.map(|k| {
+        std::fs::read_to_string(k)
+            .map(|t| t.trim().to_string())
+            .unwrap_or_else(|_| k.to_string())
+    });
     let checked = audit::verify(file).and_then(|entries| {
         if let Some(h) = &expected {
             audit::check_head(&entries, h)?;
+        }
+        if let Some(k) = &public_key {
+            audit::verify_signatures(&entries, k, signed_from)?;
         }
         Ok(entries)
     });
     match checked {
         Ok(entries) => {
             sayln!(
-                "ok: {} entries, chain intact{}",
+                "ok: {} entries, chain intact{}{}",
                 entries.len(),
+                if public_key.is_some() {
+                    ", signatures valid"
+                } else {
+                    ""
+                },
                 entries
                     .last()
                     .map(|e| format!(", head {}:{}", e.seq, e.hash))
@@ -728,6 +785,7 @@ fn policy_source(args: &ServeArgs) -> Result<gatehouse::server::PolicySource, St
         return Ok(PolicySource::Governed {
             state: state.clone(),
             bootstrap: args.policies.clone(),
+            signing_key: args.audit_signing_key.clone(),
         });
     }
     match &args.policies {

@@ -35,6 +35,9 @@ pub enum PolicySource {
         state: PathBuf,
         /// Bundle imported as the first version when the state is empty.
         bootstrap: Option<PathBuf>,
+        /// Ed25519 key (PKCS#8) that signs every audit entry; kept outside
+        /// the state directory.
+        signing_key: Option<PathBuf>,
     },
     /// A fleet node following a control plane.
     Follower(crate::governance::follower::FollowerConfig),
@@ -128,9 +131,16 @@ pub fn run(opts: ServeOptions) -> anyhow::Result<()> {
                 );
             }
         },
-        PolicySource::Governed { state, bootstrap } => {
-            let (store, audit, bundle) =
-                crate::governance::control::open_state(state, bootstrap.as_deref())?;
+        PolicySource::Governed {
+            state,
+            bootstrap,
+            signing_key,
+        } => {
+            let (store, audit, bundle) = crate::governance::control::open_state(
+                state,
+                bootstrap.as_deref(),
+                signing_key.as_deref(),
+            )?;
             let shared = Arc::new(Shared::new(
                 bundle,
                 format!("state:{}", state.display()),

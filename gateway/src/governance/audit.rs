@@ -14,6 +14,14 @@
 //! after a crash, never leads it. Against someone who can rewrite both
 //! files, keep heads elsewhere (`audit verify` prints the head as
 //! `SEQ:HASH`) and pass a recorded one to `audit verify --head SEQ:HASH`.
+//!
+//! Two more defences against someone who can write the state directory:
+//! with a [`Signer`] (an Ed25519 key kept outside it) every entry carries a
+//! signature of its hash (`sig`, not part of the hash), which no rewrite
+//! can forge — `audit verify --public-key` checks it; and every append
+//! logs the new head (`audit head`, target `gatehouse::audit`), so the
+//! node's log, shipped elsewhere, holds the heads a truncation would need
+//! to match.
 
 use std::fs::OpenOptions;
 use std::io::{BufRead, Write};
@@ -55,6 +63,116 @@ pub struct Entry {
     pub prev: String,
     /// This entry's hash.
     pub hash: String,
+    /// Ed25519 signature of `hash` (hex), when the log is signed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sig: Option<String>,
+}
+
+/// The key that signs a log's entries: an Ed25519 key pair in PKCS#8,
+/// kept outside the state directory.
+pub struct Signer {
+    pair: ring::signature::Ed25519KeyPair,
+}
+
+impl std::fmt::Debug for Signer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Signer({})", self.public_hex())
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    let s = s.trim();
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+impl Signer {
+    /// Load a key written by [`Signer::generate`].
+    pub fn load(path: &Path) -> Result<Signer, AuditError> {
+        let der =
+            std::fs::read(path).map_err(|e| AuditError::Io(format!("{}: {e}", path.display())))?;
+        ring::signature::Ed25519KeyPair::from_pkcs8(&der)
+            .map(|pair| Signer { pair })
+            .map_err(|e| {
+                AuditError::Io(format!(
+                    "{}: not an Ed25519 PKCS#8 key ({e})",
+                    path.display()
+                ))
+            })
+    }
+
+    /// Generate a key into `path` (mode 0600) and its public half, hex,
+    /// into `<path>.pub`; returns the public key.
+    pub fn generate(path: &Path) -> Result<String, AuditError> {
+        let rng = ring::rand::SystemRandom::new();
+        let der = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng)
+            .map_err(|e| AuditError::Io(e.to_string()))?;
+        super::store::write_atomically(path, der.as_ref(), 0o600)
+            .map_err(|e| AuditError::Io(e.to_string()))?;
+        let signer = Signer::load(path)?;
+        let mut pub_path = path.as_os_str().to_os_string();
+        pub_path.push(".pub");
+        let public = signer.public_hex();
+        super::store::write_atomically(
+            Path::new(&pub_path),
+            format!("{public}\n").as_bytes(),
+            0o644,
+        )
+        .map_err(|e| AuditError::Io(e.to_string()))?;
+        Ok(public)
+    }
+
+    /// The public key, hex.
+    pub fn public_hex(&self) -> String {
+        use ring::signature::KeyPair;
+        hex(self.pair.public_key().as_ref())
+    }
+
+    fn sign(&self, hash: &str) -> String {
+        hex(self.pair.sign(hash.as_bytes()).as_ref())
+    }
+}
+
+/// Check the signature of every entry from sequence `signed_from` on
+/// against `public_key` (hex): an entry edited and re-chained by someone
+/// without the key fails here.
+pub fn verify_signatures(
+    entries: &[Entry],
+    public_key: &str,
+    signed_from: u64,
+) -> Result<(), AuditError> {
+    let key = unhex(public_key).filter(|k| k.len() == 32).ok_or_else(|| {
+        AuditError::Io("the public key is 64 hex digits (as `audit keygen` prints it)".into())
+    })?;
+    let key = ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, key);
+    for e in entries.iter().filter(|e| e.seq >= signed_from) {
+        let line = e.seq as usize;
+        let Some(sig) = e.sig.as_deref() else {
+            return Err(AuditError::Broken {
+                line,
+                reason: "the entry is not signed".into(),
+            });
+        };
+        let ok = unhex(sig).is_some_and(|s| key.verify(e.hash.as_bytes(), &s).is_ok());
+        if !ok {
+            return Err(AuditError::Broken {
+                line,
+                reason:
+                    "the signature does not match (the entry was rewritten without the signing key)"
+                        .into(),
+            });
+        }
+    }
+    Ok(())
 }
 
 #[derive(Serialize)]
@@ -101,6 +219,7 @@ pub fn head_path(path: &Path) -> PathBuf {
 pub struct AuditLog {
     path: PathBuf,
     tail: Mutex<(u64, String)>,
+    signer: Option<Signer>,
 }
 
 /// Why a log does not verify.
@@ -128,22 +247,42 @@ pub enum AuditError {
 }
 
 impl AuditLog {
-    /// Open (creating) the log, verifying what is already there.
-    pub fn open(path: &Path) -> Result<Self, AuditError> {
+    /// Open (creating) the log, verifying what is already there; with a
+    /// `signer`, the entries it signed before must verify with it, and
+    /// without one a signed log is refused (its entries would stop being
+    /// signed unnoticed).
+    pub fn open(path: &Path, signer: Option<Signer>) -> Result<Self, AuditError> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| AuditError::Io(e.to_string()))?;
         }
-        let tail = if path.exists() {
-            let entries = verify(path)?;
-            entries
-                .last()
-                .map_or((0, GENESIS.to_string()), |e| (e.seq, e.hash.clone()))
+        let entries = if path.exists() {
+            verify(path)?
         } else {
-            (0, GENESIS.to_string())
+            Vec::new()
         };
+        let first_signed = entries.iter().find(|e| e.sig.is_some()).map(|e| e.seq);
+        match (&signer, first_signed) {
+            (Some(s), Some(from)) => {
+                verify_signatures(&entries, &s.public_hex(), from).map_err(|e| {
+                    AuditError::Io(format!(
+                        "the log's signatures do not verify with this key: {e}"
+                    ))
+                })?
+            }
+            (None, Some(from)) => {
+                return Err(AuditError::Io(format!(
+                    "the log is signed from entry {from} on: start with --audit-signing-key"
+                )))
+            }
+            _ => {}
+        }
+        let tail = entries
+            .last()
+            .map_or((0, GENESIS.to_string()), |e| (e.seq, e.hash.clone()));
         Ok(Self {
             path: path.to_path_buf(),
             tail: Mutex::new(tail),
+            signer,
         })
     }
 
@@ -153,12 +292,14 @@ impl AuditLog {
         let seq = tail.0 + 1;
         let time = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
         let hash = entry_hash(seq, &time, &record, &tail.1);
+        let sig = self.signer.as_ref().map(|s| s.sign(&hash));
         let entry = Entry {
             seq,
             time,
             record,
             prev: tail.1.clone(),
             hash,
+            sig,
         };
         let mut line = serde_json::to_vec(&entry).map_err(|e| AuditError::Io(e.to_string()))?;
         line.push(b'\n');
@@ -178,6 +319,8 @@ impl AuditLog {
         .map_err(|e| AuditError::Io(e.to_string()))?;
         super::store::write_atomically(&head_path(&self.path), &head, 0o640)
             .map_err(|e| AuditError::Io(e.to_string()))?;
+        // The head, in a second place: the node's log.
+        tracing::info!(target: "gatehouse::audit", seq, hash = %entry.hash, action = %entry.record.action, "audit head");
         Ok(entry)
     }
 }
@@ -279,7 +422,7 @@ mod tests {
     fn log_with(n: u32) -> (tempfile::TempDir, PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.jsonl");
-        let log = AuditLog::open(&path).unwrap();
+        let log = AuditLog::open(&path, None).unwrap();
         for i in 0..n {
             log.append(rec(i)).unwrap();
         }
@@ -290,7 +433,7 @@ mod tests {
     fn a_clean_log_verifies_and_reopening_continues_the_chain() {
         let (_d, path) = log_with(5);
         assert_eq!(verify(&path).unwrap().len(), 5);
-        let log = AuditLog::open(&path).unwrap();
+        let log = AuditLog::open(&path, None).unwrap();
         let e = log.append(rec(9)).unwrap();
         assert_eq!(e.seq, 6);
         assert_eq!(verify(&path).unwrap().len(), 6);
@@ -338,8 +481,63 @@ mod tests {
         std::fs::write(&path, first_removed).unwrap();
         assert!(verify(&path).is_err());
         assert!(
-            AuditLog::open(&path).is_err(),
+            AuditLog::open(&path, None).is_err(),
             "a broken log is not appended to"
         );
+    }
+
+    /// Someone who can write the state directory but lacks the key can
+    /// re-chain an edited log so that the chain and head verify — the
+    /// signatures do not.
+    #[test]
+    fn a_rewritten_and_rechained_log_fails_its_signatures() {
+        let keys = tempfile::tempdir().unwrap();
+        let key = keys.path().join("audit.key");
+        let public = Signer::generate(&key).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let log = AuditLog::open(&path, Some(Signer::load(&key).unwrap())).unwrap();
+        for i in 0..4 {
+            log.append(rec(i)).unwrap();
+        }
+        let entries = verify(&path).unwrap();
+        verify_signatures(&entries, &public, 1).unwrap();
+        // A signed log refuses to go on unsigned, or with another key.
+        assert!(AuditLog::open(&path, None).is_err());
+        let other = keys.path().join("other.key");
+        Signer::generate(&other).unwrap();
+        assert!(AuditLog::open(&path, Some(Signer::load(&other).unwrap())).is_err());
+        assert!(AuditLog::open(&path, Some(Signer::load(&key).unwrap())).is_ok());
+        // Rewrite entry 2 and every hash after it, keeping the old signatures.
+        let mut prev = GENESIS.to_string();
+        let mut forged = Vec::new();
+        for mut e in entries {
+            if e.seq == 2 {
+                e.record.principal = "mallory".into();
+            }
+            e.prev = prev.clone();
+            e.hash = entry_hash(e.seq, &e.time, &e.record, &e.prev);
+            prev = e.hash.clone();
+            forged.push(e);
+        }
+        let text: String = forged
+            .iter()
+            .map(|e| serde_json::to_string(e).unwrap() + "\n")
+            .collect();
+        std::fs::write(&path, text).unwrap();
+        let last = forged.last().unwrap();
+        std::fs::write(
+            head_path(&path),
+            serde_json::to_vec(&Head {
+                seq: last.seq,
+                hash: last.hash.clone(),
+            })
+            .unwrap(),
+        )
+        .unwrap();
+        let entries = verify(&path).expect("the chain and head were forged consistently");
+        let err = verify_signatures(&entries, &public, 1).unwrap_err();
+        assert!(matches!(err, AuditError::Broken { line: 2, .. }), "{err}");
+        assert!(AuditLog::open(&path, None).is_err());
     }
 }

@@ -210,9 +210,27 @@ pub fn compile_stored(b: &StoredBundle) -> Result<Bundle, String> {
 pub fn open_state(
     dir: &Path,
     bootstrap: Option<&Path>,
+    signing_key: Option<&Path>,
 ) -> anyhow::Result<(Store, AuditLog, Bundle)> {
     let store = Store::open(dir)?;
-    let audit = AuditLog::open(&store.audit_path())
+    let signer = match signing_key {
+        None => None,
+        Some(key) => {
+            let (k, d) = (key.canonicalize()?, store.dir().canonicalize()?);
+            if k.starts_with(&d) {
+                anyhow::bail!(
+                    "the audit signing key {} is inside the state directory: keep it where whoever can write {} cannot read it",
+                    key.display(),
+                    dir.display()
+                );
+            }
+            Some(super::audit::Signer::load(key)?)
+        }
+    };
+    if let Some(s) = &signer {
+        tracing::info!(public_key = %s.public_hex(), "audit entries are signed");
+    }
+    let audit = AuditLog::open(&store.audit_path(), signer)
         .map_err(|e| anyhow::anyhow!("audit log {}: {e}", store.audit_path().display()))?;
     if let Some(current) = store.active()?.current() {
         let stored = store.bundle(&current.version)?.ok_or_else(|| {

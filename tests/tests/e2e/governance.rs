@@ -1408,3 +1408,110 @@ async fn principals_are_governed_through_the_api_and_outside_changes_are_recorde
         "API changes are not outside changes: {text}"
     );
 }
+
+/// With an audit signing key kept outside the state directory, every
+/// entry is signed and `audit verify --public-key` checks it; each head is
+/// in the node's log too; a signed log is not continued unsigned, and a key
+/// inside the state directory is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_audit_log_verifies_and_is_not_continued_unsigned() {
+    let base = PolicyDir::new();
+    base.write(
+        "app.yaml",
+        &app_policy(
+            "app",
+            "app.test",
+            &["http://127.0.0.1:9".to_string()],
+            "",
+            ONE_ROUTE,
+        ),
+    );
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("audit.key");
+    let (code, public, err) = cli(&["audit", "keygen", "--out", key.to_str().unwrap()], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(public.trim().len(), 64, "{public}");
+    let state = tempfile::tempdir().unwrap();
+    let probe = add_principal(state.path(), "probe", "viewer");
+    let alice = add_principal(state.path(), "alice", "author");
+    let args = |extra: &[&str]| -> Vec<String> {
+        let mut args = vec![
+            "--state",
+            state.path().to_str().unwrap(),
+            "--policies",
+            base.path().to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        args.into_iter().map(String::from).collect()
+    };
+    let start = |extra: &[&str]| {
+        let a = args(extra);
+        Gateway::spawn(&a.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let a = args(&["--audit-signing-key", key.to_str().unwrap()]);
+    let mut gw = Gateway::launch(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    gw.admin_token = Some(probe.clone());
+    let c = client();
+    let next = PolicyDir::new();
+    next.write(
+        "app.yaml",
+        &app_policy(
+            "app",
+            "app.test",
+            &["http://127.0.0.1:9".to_string()],
+            "",
+            TWO_ROUTES,
+        ),
+    );
+    let (s, p) = post(
+        &c,
+        format!("{}/v1/proposals", gw.admin_url()),
+        Some(&alice),
+        Some(json!({ "title": "a route", "files": files_of(next.path()) })),
+    )
+    .await;
+    assert_eq!(s, 201, "{p}");
+    let audit = state.path().join("audit.jsonl");
+    let pub_file = format!("{}.pub", key.display());
+    let (code, out, err) = cli(
+        &[
+            "audit",
+            "verify",
+            audit.to_str().unwrap(),
+            "--public-key",
+            &pub_file,
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("signatures valid"), "{out}");
+    let text = std::fs::read_to_string(&audit).unwrap();
+    assert!(
+        text.lines().all(|l| l.contains("\"sig\":")),
+        "every entry is signed: {text}"
+    );
+    assert!(
+        gw.log_text().contains("audit head"),
+        "heads go to the node's log"
+    );
+    drop(gw);
+    // Not continued unsigned; a key inside the state directory is refused.
+    let mut unsigned = start(&[]);
+    let status = unsigned.wait_exit(Duration::from_secs(10)).expect("exits");
+    assert_ne!(status.code(), Some(0));
+    assert!(
+        unsigned.log_text().contains("--audit-signing-key"),
+        "{}",
+        unsigned.log_text()
+    );
+    let inside = state.path().join("audit.key");
+    std::fs::copy(&key, &inside).unwrap();
+    let mut careless = start(&["--audit-signing-key", inside.to_str().unwrap()]);
+    let status = careless.wait_exit(Duration::from_secs(10)).expect("exits");
+    assert_ne!(status.code(), Some(0));
+    assert!(
+        careless.log_text().contains("inside the state directory"),
+        "{}",
+        careless.log_text()
+    );
+}
