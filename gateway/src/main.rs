@@ -222,6 +222,25 @@ struct ServeArgs {
     /// `gatehouse audit keygen`), kept outside the state directory.
     #[arg(long, env = "GATEHOUSE_AUDIT_SIGNING_KEY", requires = "state")]
     audit_signing_key: Option<PathBuf>,
+    /// Governed mode, single sign-on: accept the identity provider's OIDC
+    /// tokens from this issuer on the admin API (static tokens still work).
+    #[arg(long, requires_all = ["state", "admin_oidc_audience", "admin_oidc_jwks"])]
+    admin_oidc_issuer: Option<String>,
+    /// The audience the IdP's tokens must name (the gateway's client id).
+    #[arg(long, requires = "admin_oidc_issuer")]
+    admin_oidc_audience: Option<String>,
+    /// The IdP's JWKS document (a file, RS256/ES256 keys).
+    #[arg(long, requires = "admin_oidc_issuer")]
+    admin_oidc_jwks: Option<PathBuf>,
+    /// The claim naming the principal (review groups list these names).
+    #[arg(long, default_value = "preferred_username")]
+    admin_oidc_name_claim: String,
+    /// The claim listing the caller's groups.
+    #[arg(long, default_value = "groups")]
+    admin_oidc_groups_claim: String,
+    /// An IdP group's role, `GROUP=ROLE` (repeat): `gov-board=reviewer`.
+    #[arg(long = "admin-oidc-role", requires = "admin_oidc_issuer")]
+    admin_oidc_roles: Vec<String>,
     /// Fleet mode: follow this control plane's active version.
     #[arg(
         long,
@@ -786,6 +805,16 @@ fn policy_source(args: &ServeArgs) -> Result<gatehouse::server::PolicySource, St
             state: state.clone(),
             bootstrap: args.policies.clone(),
             signing_key: args.audit_signing_key.clone(),
+            sso: args.admin_oidc_issuer.as_ref().map(|issuer| {
+                gatehouse::governance::sso::SsoConfig {
+                    issuer: issuer.clone(),
+                    audience: args.admin_oidc_audience.clone().unwrap_or_default(),
+                    jwks: args.admin_oidc_jwks.clone().unwrap_or_default(),
+                    name_claim: args.admin_oidc_name_claim.clone(),
+                    groups_claim: args.admin_oidc_groups_claim.clone(),
+                    roles: args.admin_oidc_roles.clone(),
+                }
+            }),
         });
     }
     match &args.policies {

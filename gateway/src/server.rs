@@ -38,6 +38,8 @@ pub enum PolicySource {
         /// Ed25519 key (PKCS#8) that signs every audit entry; kept outside
         /// the state directory.
         signing_key: Option<PathBuf>,
+        /// Single sign-on for the admin API.
+        sso: Option<crate::governance::sso::SsoConfig>,
     },
     /// A fleet node following a control plane.
     Follower(crate::governance::follower::FollowerConfig),
@@ -135,6 +137,7 @@ pub fn run(opts: ServeOptions) -> anyhow::Result<()> {
             state,
             bootstrap,
             signing_key,
+            sso,
         } => {
             let (store, audit, bundle) = crate::governance::control::open_state(
                 state,
@@ -146,11 +149,15 @@ pub fn run(opts: ServeOptions) -> anyhow::Result<()> {
                 format!("state:{}", state.display()),
                 None,
             ));
-            control = Some(Arc::new(crate::governance::control::Control::new(
-                store,
-                audit,
-                Arc::clone(&shared),
-            )));
+            let mut c = crate::governance::control::Control::new(store, audit, Arc::clone(&shared));
+            if let Some(config) = sso {
+                let issuer = config.issuer.clone();
+                let sso = crate::governance::sso::Sso::new(config.clone(), state)
+                    .map_err(|e| anyhow::anyhow!("--admin-oidc-*: {e}"))?;
+                tracing::info!(%issuer, "admin API accepts the identity provider's tokens");
+                c = c.with_sso(sso);
+            }
+            control = Some(Arc::new(c));
             shared
         }
         PolicySource::Follower(cfg) => {

@@ -18,6 +18,7 @@ use super::audit::{AuditLog, Entry, Record};
 use super::policy_diff::{Change, Class, Side};
 use super::principals::{Principal, Principals, Role};
 use super::review::Requirement;
+use super::sso::{SignIn, Sso};
 use super::store::{Activation, Store, StoreError, StoredBundle};
 use super::workflow::{PriorRejection, Proposal, ProposalState, Review, Verdict};
 use crate::policy::{self, Bundle, PolicyError, PolicyErrors, SourceFile};
@@ -129,6 +130,8 @@ pub struct Control {
     lock: Mutex<()>,
     active_tx: tokio::sync::watch::Sender<String>,
     refusals: RefusalSampler,
+    /// Single sign-on through the enterprise identity provider, if set.
+    sso: Option<Sso>,
     /// The principals file as last accounted for in the audit log (its
     /// mtime and content).
     accounted: Mutex<(Option<SystemTime>, Vec<Principal>)>,
@@ -286,10 +289,17 @@ impl Control {
             lock: Mutex::new(()),
             active_tx,
             refusals: RefusalSampler::default(),
+            sso: None,
             accounted: Mutex::new((None, known)),
         };
         control.account_principals();
         control
+    }
+
+    /// Accept the identity provider's tokens beside the static ones.
+    pub fn with_sso(mut self, sso: Sso) -> Self {
+        self.sso = Some(sso);
+        self
     }
 
     /// Record in the audit log any change to the principals file made
@@ -343,13 +353,25 @@ impl Control {
         let list = super::principals::list(&self.store.principals_path())
             .map_err(|e| ControlError::Internal(e.to_string()))?;
         let now = SystemTime::now();
-        Ok(json!({ "principals": list.iter().map(|p| json!({
-            "name": p.name,
-            "roles": p.roles,
-            "created": p.created,
-            "expires": p.expires,
-            "expired": p.expired(now),
-        })).collect::<Vec<_>>() }))
+        let mut out: Vec<Value> = list
+            .iter()
+            .map(|p| {
+                json!({
+                    "name": p.name,
+                    "roles": p.roles,
+                    "created": p.created,
+                    "expires": p.expires,
+                    "expired": p.expired(now),
+                    "source": "token",
+                })
+            })
+            .collect();
+        if let Some(sso) = &self.sso {
+            out.extend(sso.remembered().into_iter().map(|(name, s)| {
+                json!({ "name": name, "roles": s.roles, "last_seen": s.last_seen, "source": "oidc" })
+            }));
+        }
+        Ok(json!({ "principals": out }))
     }
 
     /// Create a principal (or, with `rotate`, issue it a new token); the
@@ -463,9 +485,9 @@ impl Control {
         }
     }
 
-    /// Authenticate a bearer token and check a role; refusals are audited
-    /// as `action` on `subject`.
-    /// Anonymous refusals are sampled: the first from a source address in
+    /// Authenticate a bearer token — a static token, or with single
+    /// sign-on an IdP token — and check a role; refusals are audited as
+    /// `action` on `subject`. Anonymous refusals are sampled: the first from a source address in
     /// each [`REFUSAL_INTERVAL`] is written, with how many went unwritten
     /// since the source's previous entry.
     pub fn authorize(
@@ -477,7 +499,29 @@ impl Control {
         subject: &str,
     ) -> Result<Principal, ControlError> {
         self.account_principals();
-        let Some(principal) = token.and_then(|t| self.principals.authenticate(t)) else {
+        let mut reason = if token.is_some() {
+            "unknown token"
+        } else {
+            "no token"
+        };
+        let principal = match (token, &self.sso) {
+            (Some(t), Some(sso)) if Sso::looks_like_jwt(t) => {
+                match sso.authenticate(t, |n| self.principals.is_static(n)) {
+                    Ok((p, sign_in)) => {
+                        self.audit_sign_in(&p, sign_in);
+                        Some(p)
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "admin sign-in refused");
+                        reason = "identity provider token refused";
+                        None
+                    }
+                }
+            }
+            (Some(t), _) => self.principals.authenticate(t),
+            (None, _) => None,
+        };
+        let Some(principal) = principal else {
             if let Some(unwritten) = self.refusals.note(source, std::time::Instant::now()) {
                 self.audit(
                     "anonymous",
@@ -486,7 +530,7 @@ impl Control {
                     "refused",
                     json!({
                         "status": 401,
-                        "reason": if token.is_some() { "unknown token" } else { "no token" },
+                        "reason": reason,
                         "source": source.map_or("unknown".to_string(), |s| s.to_string()),
                         "unwritten_since_last": unwritten,
                     }),
@@ -1001,7 +1045,7 @@ impl Control {
                     }],
                     [(
                         OPERATORS_GROUP.to_string(),
-                        self.principals.with_role(Role::Operator),
+                        self.names_with_role(Role::Operator),
                     )]
                     .into(),
                 ),
@@ -1067,11 +1111,14 @@ impl Control {
         new: &super::review::ReviewRules,
         files: &[SourceFile],
     ) -> Result<(), ControlError> {
-        let known: Vec<String> = super::principals::list(&self.store.principals_path())
+        let mut known: Vec<String> = super::principals::list(&self.store.principals_path())
             .map_err(|e| ControlError::Internal(e.to_string()))?
             .into_iter()
             .map(|p| p.name)
             .collect();
+        if let Some(sso) = &self.sso {
+            known.extend(sso.remembered().into_keys());
+        }
         let file = super::policy_tree::PolicyTree::build(files)
             .origin("/review")
             .map_or_else(|| "review.yaml".to_string(), |(f, _)| f.to_string());
@@ -1096,6 +1143,29 @@ impl Control {
         }
     }
 
+    /// Principals holding `role`: static ones and those signed in through
+    /// the identity provider, sorted.
+    fn names_with_role(&self, role: Role) -> Vec<String> {
+        let mut names = self.principals.with_role(role);
+        if let Some(sso) = &self.sso {
+            names.extend(sso.with_role(role));
+        }
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    /// Audit a principal's first sign-in through the identity provider and
+    /// each change of the roles its groups give it.
+    fn audit_sign_in(&self, p: &Principal, sign_in: SignIn) {
+        let detail = match sign_in {
+            SignIn::Known => return,
+            SignIn::New => json!({ "roles": p.roles, "first": true }),
+            SignIn::RolesChanged(before) => json!({ "roles": p.roles, "before": before }),
+        };
+        self.audit(&p.name, "principal.sso_signin", &p.name, "ok", detail);
+    }
+
     /// The review floor: one approval from any reviewer but the author.
     fn floor(
         &self,
@@ -1112,7 +1182,7 @@ impl Control {
             }],
             [(
                 FLOOR_GROUP.to_string(),
-                self.principals.with_role(Role::Reviewer),
+                self.names_with_role(Role::Reviewer),
             )]
             .into(),
         )

@@ -10,5 +10,6 @@ pub mod policy_diff;
 pub mod policy_tree;
 pub mod principals;
 pub mod review;
+pub mod sso;
 pub mod store;
 pub mod workflow;

@@ -295,6 +295,11 @@ impl Principals {
             .cloned()
     }
 
+    /// Is `name` a static principal (in the file, expired or not)?
+    pub fn is_static(&self, name: &str) -> bool {
+        self.current().1.values().any(|p| p.name == name)
+    }
+
     /// The names of the principals holding `role` (admins hold every
     /// role), sorted.
     pub fn with_role(&self, role: Role) -> Vec<String> {

@@ -130,6 +130,15 @@ impl JwtVerifier {
 
     /// Verify `token`; returns the consumer claim's value.
     pub fn verify(&self, token: &str) -> Result<String, JwtError> {
+        self.verify_claims(token)?
+            .get(&self.claim)
+            .and_then(|c| c.as_str())
+            .map(str::to_string)
+            .ok_or(JwtError::NoConsumerClaim)
+    }
+
+    /// Verify `token`; returns all its claims.
+    pub fn verify_claims(&self, token: &str) -> Result<serde_json::Value, JwtError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| JwtError::Invalid)?;
         let key = match header.alg {
             Algorithm::HS256 => self.hs256_key().ok_or(JwtError::Invalid)?,
@@ -164,11 +173,7 @@ impl JwtVerifier {
                 _ => JwtError::Invalid,
             }
         })?;
-        data.claims
-            .get(&self.claim)
-            .and_then(|c| c.as_str())
-            .map(str::to_string)
-            .ok_or(JwtError::NoConsumerClaim)
+        Ok(data.claims)
     }
 }
 

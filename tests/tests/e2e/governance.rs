@@ -359,13 +359,7 @@ async fn rejected_stale_and_unauthorised_changes_never_activate_and_are_audited(
     .await;
     assert_eq!(s, 201, "{p}");
     let stale = p["id"].as_u64().unwrap();
-    let (s, _) = post(
-        &c,
-        url(&format!("/v1/proposals/{stale}/reviews")),
-        Some(&dave),
-        Some(json!({ "verdict": "approve" })),
-    )
-    .await;
+    let (s, _) = approve(&c, &url, stale, &dave).await;
     assert_eq!(s, 200);
     let (s, p) = post(
         &c,
@@ -376,13 +370,7 @@ async fn rejected_stale_and_unauthorised_changes_never_activate_and_are_audited(
     .await;
     assert_eq!(s, 200, "{p}");
     assert_ne!(cp.gw.policy_version(), v0);
-    let (s, p) = post(
-        &c,
-        url(&format!("/v1/proposals/{stale}/activate")),
-        Some(&ops),
-        None,
-    )
-    .await;
+    let (s, p) = activate(&c, &url, stale, &ops).await;
     assert_eq!(
         s, 409,
         "a proposal whose base is gone is not activated: {p}"
@@ -423,13 +411,7 @@ async fn rejected_stale_and_unauthorised_changes_never_activate_and_are_audited(
     )
     .await;
     assert_eq!(s, 403);
-    let (s, _) = post(
-        &c,
-        url(&format!("/v1/proposals/{stale}/reviews")),
-        Some(&alice),
-        Some(json!({ "verdict": "approve" })),
-    )
-    .await;
+    let (s, _) = approve(&c, &url, stale, &alice).await;
     assert_eq!(s, 403, "an author without the reviewer role cannot review");
     let (s, _) = post(&c, url("/v1/rollback"), Some(&bob), None).await;
     assert_eq!(s, 403);
@@ -753,25 +735,13 @@ async fn a_fleet_follows_activation_and_rollback_under_load_and_survives_the_con
     assert_eq!(s, 201, "{p}");
     let id = p["id"].as_u64().unwrap();
     let v2 = p["version"].as_str().unwrap().to_string();
-    let (s, _) = post(
-        &c,
-        admin(&format!("/v1/proposals/{id}/reviews")),
-        Some(&bob),
-        Some(json!({ "verdict": "approve" })),
-    )
-    .await;
+    let (s, _) = approve(&c, &admin, id, &bob).await;
     assert_eq!(s, 200);
 
     let node_urls: Vec<String> = nodes.iter().map(Gateway::url).collect();
     let load = FleetLoad::start(&node_urls, 4);
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    let (s, p) = post(
-        &c,
-        admin(&format!("/v1/proposals/{id}/activate")),
-        Some(&ops),
-        None,
-    )
-    .await;
+    let (s, p) = activate(&c, &admin, id, &ops).await;
     assert_eq!(s, 200, "{p}");
     let refs: Vec<&Gateway> = nodes.iter().collect();
     let took = converge(&refs, &v2, Duration::from_secs(1)).await;
@@ -805,37 +775,13 @@ async fn a_fleet_follows_activation_and_rollback_under_load_and_survives_the_con
         "the rollback shows its diff: {p}"
     );
     assert_eq!(p["required"][0]["group"], "operators (rollback)", "{p}");
-    let (s, p) = post(
-        &c,
-        admin(&format!("/v1/proposals/{rb}/activate")),
-        Some(&ops),
-        None,
-    )
-    .await;
+    let (s, p) = activate(&c, &admin, rb, &ops).await;
     assert_eq!(s, 409, "not before another operator approves: {p}");
-    let (s, p) = post(
-        &c,
-        admin(&format!("/v1/proposals/{rb}/reviews")),
-        Some(&ops),
-        Some(json!({ "verdict": "approve" })),
-    )
-    .await;
+    let (s, p) = approve(&c, &admin, rb, &ops).await;
     assert_eq!(s, 403, "four eyes on rollbacks too: {p}");
-    let (s, p) = post(
-        &c,
-        admin(&format!("/v1/proposals/{rb}/reviews")),
-        Some(&ops2),
-        Some(json!({ "verdict": "approve" })),
-    )
-    .await;
+    let (s, p) = approve(&c, &admin, rb, &ops2).await;
     assert_eq!(s, 200, "{p}");
-    let (s, p) = post(
-        &c,
-        admin(&format!("/v1/proposals/{rb}/activate")),
-        Some(&ops),
-        None,
-    )
-    .await;
+    let (s, p) = activate(&c, &admin, rb, &ops).await;
     assert_eq!(s, 200, "{p}");
     let took = converge(&refs, &v1, Duration::from_secs(1)).await;
     eprintln!("rollback converged on 3 nodes in {took:?}");
@@ -980,17 +926,7 @@ fn admin_principals_guard_a_nodes_policy_views_but_not_its_probes() {
 /// process (its default action).
 #[test]
 fn sighup_neither_stops_a_governed_control_plane_nor_a_fleet_node() {
-    let base = PolicyDir::new();
-    base.write(
-        "app.yaml",
-        &app_policy(
-            "app",
-            "app.test",
-            &["http://127.0.0.1:9".to_string()],
-            "",
-            ONE_ROUTE,
-        ),
-    );
+    let base = unreachable_app(ONE_ROUTE);
     base.write("review.yaml", REVIEW);
     let mut cp = Governed::start(base.path());
     let node_token = cp.principal("edge", "viewer");
@@ -1030,32 +966,12 @@ fn sighup_neither_stops_a_governed_control_plane_nor_a_fleet_node() {
 /// the floor: one approval by a reviewer who is not its author.
 #[test]
 fn without_review_rules_a_proposal_still_needs_one_reviewer() {
-    let base = PolicyDir::new();
-    base.write(
-        "app.yaml",
-        &app_policy(
-            "app",
-            "app.test",
-            &["http://127.0.0.1:9".to_string()],
-            "",
-            ONE_ROUTE,
-        ),
-    );
+    let base = unreachable_app(ONE_ROUTE);
     let cp = Governed::start(base.path());
     let alice = cp.principal("alice", "author,reviewer");
     let bob = cp.principal("bob", "reviewer");
     let ops = cp.principal("ops", "operator");
-    let next = PolicyDir::new();
-    next.write(
-        "app.yaml",
-        &app_policy(
-            "app",
-            "app.test",
-            &["http://127.0.0.1:9".to_string()],
-            "",
-            TWO_ROUTES,
-        ),
-    );
+    let next = unreachable_app(TWO_ROUTES);
     let (code, out, err) = cp.policy(
         &alice,
         &[
@@ -1260,17 +1176,7 @@ async fn a_proposal_lists_every_material_change_beside_an_innocuous_one() {
 /// an ordinary principal.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn principals_are_governed_through_the_api_and_outside_changes_are_recorded() {
-    let base = PolicyDir::new();
-    base.write(
-        "app.yaml",
-        &app_policy(
-            "app",
-            "app.test",
-            &["http://127.0.0.1:9".to_string()],
-            "",
-            ONE_ROUTE,
-        ),
-    );
+    let base = unreachable_app(ONE_ROUTE);
     let cp = Governed::start(base.path());
     let root = cp.principal("root", "admin");
     let bob = cp.principal("bob", "reviewer");
@@ -1415,17 +1321,7 @@ async fn principals_are_governed_through_the_api_and_outside_changes_are_recorde
 /// inside the state directory is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_signed_audit_log_verifies_and_is_not_continued_unsigned() {
-    let base = PolicyDir::new();
-    base.write(
-        "app.yaml",
-        &app_policy(
-            "app",
-            "app.test",
-            &["http://127.0.0.1:9".to_string()],
-            "",
-            ONE_ROUTE,
-        ),
-    );
+    let base = unreachable_app(ONE_ROUTE);
     let keys = tempfile::tempdir().unwrap();
     let key = keys.path().join("audit.key");
     let (code, public, err) = cli(&["audit", "keygen", "--out", key.to_str().unwrap()], &[]);
@@ -1452,17 +1348,7 @@ async fn a_signed_audit_log_verifies_and_is_not_continued_unsigned() {
     let mut gw = Gateway::launch(&a.iter().map(String::as_str).collect::<Vec<_>>());
     gw.admin_token = Some(probe.clone());
     let c = client();
-    let next = PolicyDir::new();
-    next.write(
-        "app.yaml",
-        &app_policy(
-            "app",
-            "app.test",
-            &["http://127.0.0.1:9".to_string()],
-            "",
-            TWO_ROUTES,
-        ),
-    );
+    let next = unreachable_app(TWO_ROUTES);
     let (s, p) = post(
         &c,
         format!("{}/v1/proposals", gw.admin_url()),
@@ -1514,4 +1400,202 @@ async fn a_signed_audit_log_verifies_and_is_not_continued_unsigned() {
         "{}",
         careless.log_text()
     );
+}
+
+fn idp_token(claims: Value) -> String {
+    let pem = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/es256.key.pem"))
+        .unwrap();
+    let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    h.kid = Some(IDP_ES256_KID.into());
+    jsonwebtoken::encode(
+        &h,
+        &claims,
+        &jsonwebtoken::EncodingKey::from_ec_pem(&pem).unwrap(),
+    )
+    .unwrap()
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Single sign-on: the identity provider's tokens stand for principals on
+/// the admin API — named by a claim (review groups list those names), roles
+/// from the groups claim — beside the static tokens for automation. A
+/// token that names a static principal, has expired, or is meant for
+/// another audience is refused; first sign-ins are audited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_identity_providers_tokens_sign_reviewers_and_operators_in() {
+    let base = unreachable_app(ONE_ROUTE);
+    base.write("review.yaml", REVIEW);
+    let state = tempfile::tempdir().unwrap();
+    let probe = add_principal(state.path(), "probe", "viewer");
+    let alice = add_principal(state.path(), "alice", "author");
+    let root = add_principal(state.path(), "root", "admin");
+    let jwks = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/idp.jwks.json");
+    let mut gw = Gateway::launch(&[
+        "--state",
+        state.path().to_str().unwrap(),
+        "--policies",
+        base.path().to_str().unwrap(),
+        "--admin-oidc-issuer",
+        "https://sso.corp.example",
+        "--admin-oidc-audience",
+        "gatehouse-admin",
+        "--admin-oidc-jwks",
+        jwks.to_str().unwrap(),
+        "--admin-oidc-role",
+        "gov-board=reviewer",
+        "--admin-oidc-role",
+        "platform=operator",
+    ]);
+    gw.admin_token = Some(probe);
+    let c = client();
+    let url = |p: &str| format!("{}{p}", gw.admin_url());
+    let claims = |name: &str, groups: &[&str]| {
+        json!({ "iss": "https://sso.corp.example", "aud": "gatehouse-admin", "preferred_username": name,
+                "groups": groups, "exp": unix_now() + 300 })
+    };
+    let bob = idp_token(claims("bob", &["gov-board"]));
+    let jane = idp_token(claims("jane", &["platform"]));
+    let next = unreachable_app(TWO_ROUTES);
+    next.write("review.yaml", REVIEW);
+    let (s, p) = post(
+        &c,
+        url("/v1/proposals"),
+        Some(&alice),
+        Some(json!({ "title": "a route", "files": files_of(next.path()) })),
+    )
+    .await;
+    assert_eq!(s, 201, "{p}");
+    let id = p["id"].as_u64().unwrap();
+    // Refused: a static principal's name, an expired token, another audience.
+    let mut as_alice = claims("alice", &["gov-board"]);
+    let (s, _) = post(
+        &c,
+        url(&format!("/v1/proposals/{id}/reviews")),
+        Some(&idp_token(as_alice.clone())),
+        Some(json!({ "verdict": "approve" })),
+    )
+    .await;
+    assert_eq!(s, 401, "the IdP cannot sign in as a static principal");
+    as_alice["preferred_username"] = json!("carol");
+    as_alice["exp"] = json!(unix_now() - 120);
+    let (s, _) = get(
+        &c,
+        url("/v1/governance/status"),
+        Some(&idp_token(as_alice.clone())),
+        None,
+    )
+    .await;
+    assert_eq!(s, 401, "expired");
+    as_alice["exp"] = json!(unix_now() + 300);
+    as_alice["aud"] = json!("hr-api");
+    let (s, _) = get(
+        &c,
+        url("/v1/governance/status"),
+        Some(&idp_token(as_alice)),
+        None,
+    )
+    .await;
+    assert_eq!(s, 401, "another audience");
+    // A board member signed in through the IdP approves; an operator activates.
+    let (s, p) = activate(&c, &url, id, &jane).await;
+    assert_eq!(s, 409, "not approved yet: {p}");
+    let (s, p) = approve(&c, &url, id, &jane).await;
+    assert_eq!(s, 403, "the platform group gives no reviewer role: {p}");
+    let (s, p) = approve(&c, &url, id, &bob).await;
+    assert_eq!(s, 200, "{p}");
+    assert_eq!(p["state"], "approved", "{p}");
+    let (s, p) = activate(&c, &url, id, &jane).await;
+    assert_eq!(s, 200, "{p}");
+    assert_eq!(p["activated"]["by"], "jane", "{p}");
+    let (_, list) = get(&c, url("/v1/principals"), Some(&root), None).await;
+    assert!(
+        list["principals"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == "bob"
+                && p["source"] == "oidc"
+                && p["roles"] == json!(["reviewer"])),
+        "{list}"
+    );
+    let (_, audit) = get(
+        &c,
+        url("/v1/audit?action=principal.sso_signin"),
+        Some(&root),
+        None,
+    )
+    .await;
+    let signins: Vec<&str> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["principal"].as_str().unwrap())
+        .collect();
+    assert_eq!(signins.len(), 2, "one entry per first sign-in: {audit}");
+    assert!(
+        signins.contains(&"bob") && signins.contains(&"jane"),
+        "{audit}"
+    );
+    assert!(
+        !audit.to_string().contains(&bob),
+        "tokens are never audited"
+    );
+}
+
+/// The key id of `fixtures/es256.key.pem` in `fixtures/idp.jwks.json`.
+const IDP_ES256_KID: &str = "es-1";
+
+/// A bundle of one app `app` (host `app.test`) whose instance nobody
+/// listens on, with `routes`: for review tests, where no request is sent.
+fn unreachable_app(routes: &str) -> PolicyDir {
+    let dir = PolicyDir::new();
+    dir.write(
+        "app.yaml",
+        &app_policy(
+            "app",
+            "app.test",
+            &["http://127.0.0.1:9".to_string()],
+            "",
+            routes,
+        ),
+    );
+    dir
+}
+
+/// Approve proposal `id` as `token` (no comment); `url` makes an admin URL.
+async fn approve(
+    c: &reqwest::Client,
+    url: &impl Fn(&str) -> String,
+    id: u64,
+    token: &str,
+) -> (u16, Value) {
+    post(
+        c,
+        url(&format!("/v1/proposals/{id}/reviews")),
+        Some(token),
+        Some(json!({ "verdict": "approve" })),
+    )
+    .await
+}
+
+/// Activate proposal `id` as `token`.
+async fn activate(
+    c: &reqwest::Client,
+    url: &impl Fn(&str) -> String,
+    id: u64,
+    token: &str,
+) -> (u16, Value) {
+    post(
+        c,
+        url(&format!("/v1/proposals/{id}/activate")),
+        Some(token),
+        None,
+    )
+    .await
 }
