@@ -381,6 +381,18 @@ enum AuditCommand {
         /// are unsigned).
         #[arg(long, default_value_t = 1, requires = "public_key")]
         signed_from: u64,
+        /// Check against the heads the control plane copied to this
+        /// ClickHouse (`audit_heads`): every exported entry must still be
+        /// in the file, unchanged.
+        #[arg(long)]
+        clickhouse: Option<String>,
+        /// ClickHouse database.
+        #[arg(long, default_value = "gatehouse", value_parser = database_name)]
+        database: String,
+        /// The log's id in ClickHouse (the hash of its first entry, as
+        /// verify prints it), when that entry itself may have been rewritten.
+        #[arg(long, requires = "clickhouse")]
+        log_id: Option<String>,
     },
     /// Generate an Ed25519 key for `serve --audit-signing-key`: the key
     /// (PKCS#8, mode 0600) to FILE, its public half to FILE.pub; prints the
@@ -562,7 +574,18 @@ fn main() -> ExitCode {
             head,
             public_key,
             signed_from,
-        }) => audit_verify(&file, head.as_deref(), public_key.as_deref(), signed_from),
+            clickhouse,
+            database,
+            log_id,
+        }) => audit_verify(
+            &file,
+            head.as_deref(),
+            public_key.as_deref(),
+            signed_from,
+            clickhouse
+                .as_deref()
+                .map(|url| (url, database.as_str(), log_id.as_deref())),
+        ),
         Command::Audit(AuditCommand::Keygen { out }) => {
             match gatehouse::governance::audit::Signer::generate(&out) {
                 Ok(public) => {
@@ -684,6 +707,7 @@ fn audit_verify(
     head: Option<&str>,
     public_key: Option<&str>,
     signed_from: u64,
+    exported: Option<(&str, &str, Option<&str>)>,
 ) -> ExitCode {
     use gatehouse::governance::audit;
     let expected = match head {
@@ -717,10 +741,31 @@ fn audit_verify(
         }
         Ok(entries)
     });
+    let exported = match (&checked, exported) {
+        (Ok(_), Some((url, db, log))) => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
+            let result = match rt {
+                Ok(rt) => rt.block_on(gatehouse::governance::audit_export::verify_against(
+                    url, db, file, log,
+                )),
+                Err(e) => Err(e.to_string()),
+            };
+            match result {
+                Ok(n) => format!(", {n} exported heads match"),
+                Err(e) => {
+                    sayln!("audit log {} is NOT intact: {e}", file.display());
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        _ => String::new(),
+    };
     match checked {
         Ok(entries) => {
             sayln!(
-                "ok: {} entries, chain intact{}{}",
+                "ok: {} entries, chain intact{}{exported}{}",
                 entries.len(),
                 if public_key.is_some() {
                     ", signatures valid"

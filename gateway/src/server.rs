@@ -296,7 +296,7 @@ pub fn run(opts: ServeOptions) -> anyhow::Result<()> {
                     crate::admin::ReadGuard::Open
                 }
             },
-            control,
+            control: control.clone(),
         },
     ));
     server.add_service(background_service(
@@ -341,6 +341,20 @@ pub fn run(opts: ServeOptions) -> anyhow::Result<()> {
     }
     if let Some(t) = telemetry_service {
         server.add_service(background_service("telemetry", t));
+    }
+    if let (Some(c), Some(t)) = (&control, &opts.telemetry) {
+        server.add_service(background_service(
+            "audit-heads",
+            AuditHeadExport {
+                export: std::sync::Mutex::new(Some(
+                    crate::governance::audit_export::HeadExport::new(
+                        &t.url,
+                        &t.database,
+                        &c.store().audit_path(),
+                    ),
+                )),
+            },
+        ));
     }
     server.add_service(background_service(
         "limit-evictor",
@@ -513,6 +527,22 @@ impl BackgroundService for PolicyWatcher {
             while rx.try_recv().is_ok() {}
             let shared = Arc::clone(&self.shared);
             let _ = tokio::task::spawn_blocking(move || reload_and_log(&shared, trigger)).await;
+        }
+    }
+}
+
+/// Copies the audit log's heads to ClickHouse (governed mode with
+/// telemetry), apart from the state directory.
+struct AuditHeadExport {
+    export: std::sync::Mutex<Option<crate::governance::audit_export::HeadExport>>,
+}
+
+#[async_trait]
+impl BackgroundService for AuditHeadExport {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        let export = self.export.lock().ok().and_then(|mut e| e.take());
+        if let Some(export) = export {
+            export.run(shutdown).await;
         }
     }
 }

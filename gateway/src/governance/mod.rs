@@ -3,6 +3,7 @@
 //! log, the control plane that ties them together, and the fleet follower.
 
 pub mod audit;
+pub mod audit_export;
 pub mod contract_diff;
 pub mod control;
 pub mod follower;

@@ -91,6 +91,20 @@ FROM {db}.requests
 GROUP BY minute, app, route, status_class",
         ],
     },
+    Migration {
+        version: 3,
+        description: "audit_heads: every audit entry's hash, kept apart from the state directory",
+        statements: &[r"CREATE TABLE IF NOT EXISTS {db}.audit_heads (
+    time DateTime,
+    log String,
+    seq UInt64,
+    hash String,
+    sig String,
+    principal String,
+    action String
+) ENGINE = MergeTree
+ORDER BY (log, seq)"],
+    },
 ];
 
 /// Columns `requests` must have, `(name, type)`, in order.

@@ -1599,3 +1599,85 @@ async fn activate(
     )
     .await
 }
+
+/// The control plane copies every audit head to ClickHouse, apart from the
+/// state directory: a log cut short and given a matching head passes the
+/// file-only check, and fails `audit verify --clickhouse`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_heads_in_clickhouse_expose_a_log_cut_short() {
+    let ch = ClickHouse::start();
+    let base = unreachable_app(ONE_ROUTE);
+    let state = tempfile::tempdir().unwrap();
+    let spool = tempfile::tempdir().unwrap();
+    let probe = add_principal(state.path(), "probe", "viewer");
+    let alice = add_principal(state.path(), "alice", "author");
+    let url = ch.url();
+    let mut gw = Gateway::launch(&[
+        "--state",
+        state.path().to_str().unwrap(),
+        "--policies",
+        base.path().to_str().unwrap(),
+        "--clickhouse",
+        &url,
+        "--clickhouse-database",
+        "ah",
+        "--migrate",
+        "--spool-dir",
+        spool.path().to_str().unwrap(),
+    ]);
+    gw.admin_token = Some(probe);
+    let c = client();
+    let next = unreachable_app(TWO_ROUTES);
+    let (s, p) = post(
+        &c,
+        format!("{}/v1/proposals", gw.admin_url()),
+        Some(&alice),
+        Some(json!({ "title": "a route", "files": files_of(next.path()) })),
+    )
+    .await;
+    assert_eq!(s, 201, "{p}");
+    let file = state.path().join("audit.jsonl");
+    let lines = || std::fs::read_to_string(&file).unwrap().lines().count();
+    let start = Instant::now();
+    loop {
+        let n: usize = ch
+            .query("SELECT count() FROM ah.audit_heads")
+            .trim()
+            .parse()
+            .unwrap_or(0);
+        if n == lines() && n >= 3 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "heads not exported: {n} of {}",
+            lines()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(gw);
+    let verify = |extra: &[&str]| {
+        let mut args = vec!["audit", "verify", file.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        cli(&args, &[])
+    };
+    let (code, out, err) = verify(&["--clickhouse", &url, "--database", "ah"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("exported heads match"), "{out}");
+    // Cut the last entry off and write a head that matches what is left.
+    let text = std::fs::read_to_string(&file).unwrap();
+    let kept: Vec<&str> = text.lines().collect();
+    let kept = &kept[..kept.len() - 1];
+    std::fs::write(&file, kept.join("\n") + "\n").unwrap();
+    let last: Value = serde_json::from_str(kept[kept.len() - 1]).unwrap();
+    std::fs::write(
+        state.path().join("audit.jsonl.head"),
+        json!({ "seq": last["seq"], "hash": last["hash"] }).to_string(),
+    )
+    .unwrap();
+    let (code, out, _) = verify(&[]);
+    assert_eq!(code, 0, "the file alone cannot tell: {out}");
+    let (code, out, _) = verify(&["--clickhouse", &url, "--database", "ah"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("entries removed from the end"), "{out}");
+}

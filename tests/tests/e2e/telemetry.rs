@@ -473,10 +473,10 @@ fn migrations_are_idempotent_and_a_wrong_schema_is_refused() {
         "{}",
         String::from_utf8_lossy(&first.stderr)
     );
-    assert!(String::from_utf8_lossy(&first.stdout).contains("applied migrations [1, 2]"));
+    assert!(String::from_utf8_lossy(&first.stdout).contains("applied migrations [1, 2, 3]"));
     let again = run(&["db", "migrate", "--clickhouse", &url, "--database", "m1"]);
     assert!(String::from_utf8_lossy(&again.stdout).contains("schema up to date"));
-    assert_eq!(ch.count("SELECT count() FROM m1.gatehouse_migrations"), 2);
+    assert_eq!(ch.count("SELECT count() FROM m1.gatehouse_migrations"), 3);
 
     // Retention drops whole days older than the cut-off, in both tables.
     ch.query("INSERT INTO m1.requests (time, request_id, app, route) VALUES (now() - 10 * 86400, 'old', 'a', 'r'), (now(), 'new', 'a', 'r')");
