@@ -120,6 +120,13 @@ fn describe(p: &Value) -> String {
         short(&p["base"]),
         short(&p["version"]),
     );
+    if let Some(names) = p.get("not_principals").and_then(Value::as_array) {
+        let names: Vec<&str> = names.iter().filter_map(Value::as_str).collect();
+        out.push_str(&format!(
+            "  note: {} named in the review groups but not principals: no approval of theirs can arrive\n",
+            names.join(", ")
+        ));
+    }
     if let Some(prior) = p.get("rejected_before").filter(|v| !v.is_null()) {
         out.push_str(&format!(
             "  rejected before, as proposal {}: {}\n",

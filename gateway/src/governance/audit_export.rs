@@ -190,11 +190,13 @@ pub async fn verify_against(
                     r.seq
                 ))
             }
-            None => return Err(format!(
+            None => {
+                return Err(format!(
                 "the log ends at entry {} but entry {} was exported (entries removed from the end)",
                 entries.len(),
                 r.seq
-            )),
+            ))
+            }
         }
     }
     Ok(rows.len())

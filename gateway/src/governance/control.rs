@@ -774,7 +774,9 @@ impl Control {
             reviews: Vec::new(),
             closed: None,
             rejected_before,
+            not_principals: Vec::new(),
         };
+        p.not_principals = self.not_principals(&p.groups)?;
         if p.tally().met {
             p.state = ProposalState::Approved;
         }
@@ -1065,7 +1067,9 @@ impl Control {
             reviews: Vec::new(),
             closed: None,
             rejected_before: None,
+            not_principals: Vec::new(),
         };
+        p.not_principals = self.not_principals(&p.groups)?;
         if !break_glass {
             self.store.put_proposal(&p)?;
             self.audit(
@@ -1111,14 +1115,7 @@ impl Control {
         new: &super::review::ReviewRules,
         files: &[SourceFile],
     ) -> Result<(), ControlError> {
-        let mut known: Vec<String> = super::principals::list(&self.store.principals_path())
-            .map_err(|e| ControlError::Internal(e.to_string()))?
-            .into_iter()
-            .map(|p| p.name)
-            .collect();
-        if let Some(sso) = &self.sso {
-            known.extend(sso.remembered().into_keys());
-        }
+        let known = self.known_names()?;
         let file = super::policy_tree::PolicyTree::build(files)
             .origin("/review")
             .map_or_else(|| "review.yaml".to_string(), |(f, _)| f.to_string());
@@ -1141,6 +1138,38 @@ impl Control {
         } else {
             Err(ControlError::Invalid(errors))
         }
+    }
+
+    /// Members of `groups` who are neither static principals nor people
+    /// who signed in through the identity provider, sorted.
+    fn not_principals(
+        &self,
+        groups: &std::collections::BTreeMap<String, Vec<String>>,
+    ) -> Result<Vec<String>, ControlError> {
+        let known = self.known_names()?;
+        let mut out: Vec<String> = groups
+            .values()
+            .flatten()
+            .filter(|m| !known.contains(*m))
+            .cloned()
+            .collect();
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+
+    /// Every principal name: static ones and those remembered from the
+    /// identity provider.
+    fn known_names(&self) -> Result<Vec<String>, ControlError> {
+        let mut known: Vec<String> = super::principals::list(&self.store.principals_path())
+            .map_err(|e| ControlError::Internal(e.to_string()))?
+            .into_iter()
+            .map(|p| p.name)
+            .collect();
+        if let Some(sso) = &self.sso {
+            known.extend(sso.remembered().into_keys());
+        }
+        Ok(known)
     }
 
     /// Principals holding `role`: static ones and those signed in through

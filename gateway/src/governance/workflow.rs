@@ -122,6 +122,10 @@ pub struct Proposal {
     /// to reviewers so a rejection is not forgotten by proposing again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rejected_before: Option<PriorRejection>,
+    /// Members of the required groups who are not principals when it was
+    /// made: named by the rules, yet no approval of theirs can arrive.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_principals: Vec<String>,
 }
 
 /// A rejection of the same version in an earlier proposal.
@@ -292,6 +296,7 @@ mod tests {
             reviews: Vec::new(),
             closed: None,
             rejected_before: None,
+            not_principals: Vec::new(),
         }
     }
 

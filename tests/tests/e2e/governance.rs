@@ -1097,6 +1097,13 @@ async fn a_proposal_lists_every_material_change_beside_an_innocuous_one() {
             !p.to_string().contains(key),
             "a key hash is never shown: {p}"
         );
+        // Only alice is a principal here: the groups' other members are
+        // pointed out.
+        let not = p["not_principals"].as_array().unwrap();
+        assert!(
+            !not.is_empty() && !not.iter().any(|n| n == "alice"),
+            "review-group members who are not principals are pointed out: {p}"
+        );
         let (code, out, err) = cli(
             &[
                 "policy",
