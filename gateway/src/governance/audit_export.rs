@@ -126,16 +126,27 @@ impl HeadExport {
         Ok(fresh.len())
     }
 
-    /// Copy every [`EXPORT_INTERVAL`] until `stop` changes.
+    /// Copy every [`EXPORT_INTERVAL`] until `stop` changes; the log is
+    /// read again only when it grew or changed since the last copy.
     pub async fn run(self, mut stop: tokio::sync::watch::Receiver<bool>) {
         let mut failing = false;
+        let mut copied: Option<(u64, std::time::SystemTime)> = None;
         loop {
-            match self.once().await {
+            let now = std::fs::metadata(&self.path)
+                .ok()
+                .and_then(|m| Some((m.len(), m.modified().ok()?)));
+            let result = if now.is_some() && now == copied {
+                Ok(0)
+            } else {
+                self.once().await
+            };
+            match result {
                 Ok(n) => {
                     if failing || n > 0 {
                         tracing::debug!(exported = n, "audit heads copied to ClickHouse");
                     }
                     failing = false;
+                    copied = now;
                 }
                 Err(e) if !failing => {
                     tracing::warn!(error = %e, "cannot copy audit heads to ClickHouse; retrying");
