@@ -21,11 +21,11 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then
-  echo "setup: cargo is missing. Install Rust 1.85 or newer (https://rustup.rs) and run again." >&2
+  echo "setup: cargo is missing. Install Rust 1.89 or newer (https://rustup.rs) and run again." >&2
   exit 1
 fi
 rust_minor=$(rustc --version | sed -E 's/rustc 1\.([0-9]+).*/\1/')
-if [ "${rust_minor:-0}" -lt 85 ]; then
-  echo "setup: Rust $(rustc --version) is too old; Gatehouse needs 1.85 or newer." >&2
+if [ "${rust_minor:-0}" -lt 89 ]; then
+  echo "setup: Rust $(rustc --version) is too old; Gatehouse needs 1.89 or newer." >&2
   exit 1
 fi

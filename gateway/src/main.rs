@@ -340,6 +340,16 @@ struct ServeArgs {
     /// Drop telemetry partitions older than this many days (hourly job).
     #[arg(long, env = "GATEHOUSE_RETENTION_DAYS")]
     retention_days: Option<u32>,
+    /// Replace the gatehouse running with the same --run-dir without
+    /// downtime: take over its listening sockets (and, governed, its state
+    /// directory) once this process is ready; it then drains and exits.
+    #[arg(long)]
+    upgrade: bool,
+    /// Where the running process records its pid and a successor started
+    /// with --upgrade meets it [default: a directory under the system's
+    /// temporary directory named after --listen].
+    #[arg(long, env = "GATEHOUSE_RUN_DIR")]
+    run_dir: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -879,6 +889,20 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let run_dir = args.run_dir.clone().unwrap_or_else(|| {
+        let name: String = args
+            .listen
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '.' {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .collect();
+        std::env::temp_dir().join(format!("gatehouse-{name}"))
+    });
     let opts = gatehouse::server::ServeOptions {
         source,
         listen: args.listen,
@@ -892,6 +916,8 @@ fn serve(args: ServeArgs) -> ExitCode {
         h2c: args.h2c,
         http1_engine: args.http1_engine,
         admin_principals: args.admin_principals,
+        upgrade: args.upgrade,
+        run_dir,
         telemetry: args
             .clickhouse
             .map(|url| gatehouse::server::TelemetryOptions {

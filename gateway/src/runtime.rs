@@ -169,6 +169,11 @@ pub struct Shared {
     pub last_reload_errors: Mutex<Vec<String>>,
     /// Requests being served now.
     pub in_flight: AtomicUsize,
+    /// Client connections open now (every listener and engine).
+    pub connections: AtomicUsize,
+    /// Told by the drain monitor when the last connection has closed: the
+    /// telemetry sink then flushes once and reports `flushed`.
+    pub telemetry_finish: tokio::sync::Notify,
     /// The proxy listener accepts connections.
     pub proxy_listening: AtomicBool,
     /// Graceful shutdown has begun.
@@ -206,6 +211,8 @@ impl Shared {
             reloads_failed: AtomicU64::new(0),
             last_reload_errors: Mutex::new(Vec::new()),
             in_flight: AtomicUsize::new(0),
+            connections: AtomicUsize::new(0),
+            telemetry_finish: tokio::sync::Notify::new(),
             proxy_listening: AtomicBool::new(false),
             shutting_down: AtomicBool::new(false),
         }
@@ -278,6 +285,24 @@ impl Shared {
     pub fn enter(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight(Arc::clone(self))
+    }
+}
+
+impl Shared {
+    /// Count a client connection open until the guard drops.
+    pub fn connection(self: &Arc<Self>) -> OpenConnection {
+        self.connections.fetch_add(1, Ordering::Relaxed);
+        OpenConnection(Arc::clone(self))
+    }
+}
+
+/// Counts one open client connection; decrements on drop.
+#[derive(Debug)]
+pub struct OpenConnection(Arc<Shared>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

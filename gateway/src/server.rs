@@ -79,6 +79,12 @@ pub struct ServeOptions {
     /// Principals allowed to read `/v1/policy` and `/v1/apps` (governed
     /// mode uses the state directory's own).
     pub admin_principals: Option<PathBuf>,
+    /// Take the listeners (and, governed, the state directory) over from
+    /// the gatehouse recorded in `run_dir`, which then drains and exits.
+    pub upgrade: bool,
+    /// Where this process records its pid and a successor's upgrade
+    /// socket lives.
+    pub run_dir: PathBuf,
 }
 
 /// What carries HTTP/1.1 on the plain listener.
@@ -116,12 +122,19 @@ pub struct TelemetryOptions {
     pub retention_days: Option<u32>,
 }
 
-/// Run the gateway until SIGTERM/SIGINT.
-pub fn run(opts: ServeOptions) -> anyhow::Result<()> {
-    let mut control = None;
-    let shared = match &opts.source {
+/// The policy a node serves, and the control plane in governed mode.
+type Policy = (
+    Arc<Shared>,
+    Option<Arc<crate::governance::control::Control>>,
+);
+
+/// Load (compile) the policy to serve. In governed mode the state
+/// directory's lock is taken, waiting up to `lock_wait` for a predecessor
+/// to hand it over.
+fn load_policy(source: &PolicySource, lock_wait: Duration) -> anyhow::Result<Policy> {
+    Ok(match source {
         PolicySource::Files { dir, .. } => match Shared::load(dir) {
-            Ok(s) => Arc::new(s),
+            Ok(s) => (Arc::new(s), None),
             Err(errors) => {
                 for e in &errors.0 {
                     tracing::error!("{e}");
@@ -139,6 +152,7 @@ pub fn run(opts: ServeOptions) -> anyhow::Result<()> {
             signing_key,
             sso,
         } => {
+            let lock = crate::governance::control::StateLock::acquire(state, lock_wait)?;
             let (store, audit, bundle) = crate::governance::control::open_state(
                 state,
                 bootstrap.as_deref(),
@@ -149,7 +163,8 @@ pub fn run(opts: ServeOptions) -> anyhow::Result<()> {
                 format!("state:{}", state.display()),
                 None,
             ));
-            let mut c = crate::governance::control::Control::new(store, audit, Arc::clone(&shared));
+            let mut c = crate::governance::control::Control::new(store, audit, Arc::clone(&shared))
+                .holding(lock);
             if let Some(config) = sso {
                 let issuer = config.issuer.clone();
                 let sso = crate::governance::sso::Sso::new(config.clone(), state)
@@ -157,13 +172,128 @@ pub fn run(opts: ServeOptions) -> anyhow::Result<()> {
                 tracing::info!(%issuer, "admin API accepts the identity provider's tokens");
                 c = c.with_sso(sso);
             }
-            control = Some(Arc::new(c));
-            shared
+            (shared, Some(Arc::new(c)))
         }
         PolicySource::Follower(cfg) => {
             let (bundle, source) = crate::governance::follower::initial_bundle(cfg)?;
-            Arc::new(Shared::new(bundle, source, None))
+            (Arc::new(Shared::new(bundle, source, None)), None)
         }
+    })
+}
+
+/// The process id in `pid_file`, if that process is alive.
+fn running_gatehouse(pid_file: &Path) -> anyhow::Result<nix::unistd::Pid> {
+    let text = std::fs::read_to_string(pid_file).with_context(|| {
+        format!(
+            "--upgrade: no running gatehouse recorded in {} (is --run-dir the one it was started with?)",
+            pid_file.display()
+        )
+    })?;
+    let pid: i32 = text
+        .trim()
+        .parse()
+        .with_context(|| format!("--upgrade: {} holds no process id", pid_file.display()))?;
+    let pid = nix::unistd::Pid::from_raw(pid);
+    nix::sys::signal::kill(pid, None).with_context(|| {
+        format!(
+            "--upgrade: the gatehouse recorded in {} (pid {pid}) is not running",
+            pid_file.display()
+        )
+    })?;
+    Ok(pid)
+}
+
+/// Once this process waits on `socket` for the listening sockets, ask the
+/// running gatehouse `pid` (SIGQUIT) to send them and drain.
+fn ask_to_hand_over(pid: nix::unistd::Pid, socket: PathBuf) {
+    let _ = std::fs::remove_file(&socket);
+    std::thread::spawn(move || {
+        for _ in 0..3000 {
+            if socket.exists() {
+                match nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGQUIT) {
+                    Ok(()) => {
+                        tracing::info!(%pid, "asked the running gatehouse to hand over its listeners")
+                    }
+                    Err(e) => {
+                        tracing::error!(%pid, error = %e, "cannot signal the running gatehouse")
+                    }
+                }
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        tracing::error!(socket = %socket.display(), "the upgrade socket never appeared");
+    });
+}
+
+/// Record this process as the one a later `--upgrade` takes over from.
+fn write_pid(pid_file: &Path) -> std::io::Result<()> {
+    let tmp = pid_file.with_extension("pid.tmp");
+    std::fs::write(&tmp, format!("{}\n", std::process::id()))?;
+    std::fs::rename(&tmp, pid_file)
+}
+
+/// Run the gateway until SIGTERM/SIGINT (or, after SIGQUIT, until a
+/// successor started with `--upgrade` has taken the listeners over).
+pub fn run(opts: ServeOptions) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&opts.run_dir)
+        .with_context(|| format!("cannot create --run-dir {}", opts.run_dir.display()))?;
+    let pid_file = opts.run_dir.join("gatehouse.pid");
+    let upgrade_sock = opts.run_dir.join("upgrade.sock");
+    let predecessor = match opts.upgrade {
+        true => Some(running_gatehouse(&pid_file)?),
+        false => None,
+    };
+    // A governed successor takes the state directory only once its
+    // predecessor has handed it over (after the listeners); it checks
+    // beforehand that the state opens and its active version compiles, so
+    // a successor that cannot serve never takes the listeners.
+    let state_after_handover =
+        predecessor.is_some() && matches!(opts.source, PolicySource::Governed { .. });
+    let policy = if state_after_handover {
+        if let PolicySource::Governed {
+            state, signing_key, ..
+        } = &opts.source
+        {
+            crate::governance::control::open_state(state, None, signing_key.as_deref())?;
+        }
+        None
+    } else {
+        Some(load_policy(&opts.source, Duration::ZERO)?)
+    };
+    let admin_addr: SocketAddr = opts
+        .admin_listen
+        .parse()
+        .context("--admin-listen must be IP:PORT")?;
+    let listen_addr: SocketAddr = opts.listen.parse().context("--listen must be IP:PORT")?;
+
+    let conf = ServerConf {
+        threads: opts.threads.max(1),
+        work_stealing: false,
+        grace_period_seconds: Some(opts.drain_timeout.as_secs().max(1)),
+        graceful_shutdown_timeout_seconds: Some(1),
+        max_retries: 11,
+        pid_file: pid_file.display().to_string(),
+        upgrade_sock: upgrade_sock.display().to_string(),
+        ..ServerConf::default()
+    };
+    let pingora_opt = pingora::server::configuration::Opt {
+        upgrade: predecessor.is_some(),
+        ..Default::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(Some(pingora_opt), conf);
+    let phases = server.watch_execution_phase();
+    if let Some(pid) = predecessor {
+        ask_to_hand_over(pid, upgrade_sock.clone());
+    }
+    server.bootstrap();
+    if predecessor.is_some() {
+        tracing::info!("listeners taken over from the running gatehouse");
+    }
+    write_pid(&pid_file).with_context(|| format!("cannot write {}", pid_file.display()))?;
+    let (shared, control) = match policy {
+        Some(p) => p,
+        None => load_policy(&opts.source, Duration::from_secs(30))?,
     };
     {
         let active = shared.active();
@@ -174,30 +304,11 @@ pub fn run(opts: ServeOptions) -> anyhow::Result<()> {
             "policy bundle active"
         );
     }
-    let admin_addr: SocketAddr = opts
-        .admin_listen
-        .parse()
-        .context("--admin-listen must be IP:PORT")?;
-    let listen_addr: SocketAddr = opts.listen.parse().context("--listen must be IP:PORT")?;
-
-    let run_dir = std::env::temp_dir().join(format!("gatehouse-{}", std::process::id()));
-    let conf = ServerConf {
-        threads: opts.threads.max(1),
-        work_stealing: false,
-        grace_period_seconds: Some(opts.drain_timeout.as_secs().max(1)),
-        graceful_shutdown_timeout_seconds: Some(1),
-        max_retries: 11,
-        pid_file: run_dir.join("gatehouse.pid").display().to_string(),
-        upgrade_sock: run_dir.join("upgrade.sock").display().to_string(),
-        ..ServerConf::default()
-    };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
-    server.bootstrap();
 
     let mut telemetry = None;
     let mut telemetry_service = None;
     if let Some(t) = &opts.telemetry {
-        prepare_clickhouse(t)?;
+        let connected = prepare_clickhouse(t)?;
         let (producer, sink) = crate::telemetry::sink::channel(crate::telemetry::SinkConfig {
             url: t.url.clone(),
             database: t.database.clone(),
@@ -206,8 +317,10 @@ pub fn run(opts: ServeOptions) -> anyhow::Result<()> {
             queue_capacity: t.queue_capacity,
             spool_dir: t.spool_dir.clone(),
             spool_cap_bytes: t.spool_max_bytes,
+            migrate: t.migrate,
         })
         .with_context(|| format!("cannot open the telemetry spool {}", t.spool_dir.display()))?;
+        producer.stats.connected.store(connected, Ordering::Relaxed);
         let _ = shared.telemetry.set(Arc::clone(&producer.stats));
         telemetry = Some((producer, t.instance.clone()));
         telemetry_service = Some(TelemetryService {
@@ -249,7 +362,7 @@ pub fn run(opts: ServeOptions) -> anyhow::Result<()> {
     pingora_proxy.server_options = server_options.clone();
     let mut proxy = pingora::services::listening::Service::new(
         "gatehouse-proxy".to_string(),
-        crate::proxy::front::Front::new(pingora_proxy, opts.client_timeout),
+        crate::proxy::front::Front::new(pingora_proxy, opts.client_timeout, Arc::clone(&shared)),
     );
     match opts.http1_engine {
         Http1Engine::Pingora => proxy.add_tcp(&opts.listen),
@@ -280,23 +393,31 @@ pub fn run(opts: ServeOptions) -> anyhow::Result<()> {
     if opts.http1_engine == Http1Engine::Pingora || opts.tls_listen.is_some() {
         server.add_service(proxy);
     }
+    let guard = match (&control, &opts.admin_principals) {
+        (Some(c), _) => crate::admin::ReadGuard::Control(Arc::clone(c)),
+        (None, Some(path)) => crate::admin::ReadGuard::Principals(Arc::new(
+            crate::governance::principals::Principals::new(path.clone()),
+        )),
+        (None, None) => {
+            tracing::warn!(
+                "no --admin-principals: /v1/policy and /v1/apps are readable without a token"
+            );
+            crate::admin::ReadGuard::Open
+        }
+    };
+    let admin_router = crate::admin::router(Arc::clone(&shared), control.clone(), guard);
+    let mut admin = pingora::services::listening::Service::new(
+        "gatehouse-admin".to_string(),
+        crate::admin::listener::AdminApp::new(admin_router.clone()),
+    );
+    admin.add_tcp(&admin_addr.to_string());
+    admin.threads = Some(1);
+    server.add_service(admin);
     server.add_service(background_service(
-        "admin",
-        Admin {
+        "readiness",
+        Readiness {
             shared: Arc::clone(&shared),
-            addr: admin_addr,
             proxy: listen_addr,
-            guard: match (&control, &opts.admin_principals) {
-                (Some(c), _) => crate::admin::ReadGuard::Control(Arc::clone(c)),
-                (None, Some(path)) => crate::admin::ReadGuard::Principals(Arc::new(
-                    crate::governance::principals::Principals::new(path.clone()),
-                )),
-                (None, None) => {
-                    tracing::warn!("no --admin-principals: /v1/policy and /v1/apps are readable without a token");
-                    crate::admin::ReadGuard::Open
-                }
-            },
-            control: control.clone(),
         },
     ));
     server.add_service(background_service(
@@ -367,55 +488,70 @@ pub fn run(opts: ServeOptions) -> anyhow::Result<()> {
         DrainMonitor {
             shared: Arc::clone(&shared),
             deadline: opts.drain_timeout,
+            admin: (admin_addr, admin_router),
         },
     ));
+    if let Some(c) = &control {
+        server.add_service(background_service(
+            "handover",
+            Handover {
+                phases: std::sync::Mutex::new(Some(phases)),
+                control: Arc::clone(c),
+            },
+        ));
+    }
     tracing::info!(listen = %opts.listen, admin = %opts.admin_listen, tls = ?opts.tls_listen, "gatehouse starting");
     server.run_forever()
 }
 
-struct Admin {
-    shared: Arc<Shared>,
-    addr: SocketAddr,
-    proxy: SocketAddr,
-    control: Option<Arc<crate::governance::control::Control>>,
-    guard: crate::admin::ReadGuard,
+/// In governed mode: when a successor asks for the listeners (SIGQUIT),
+/// hands it the state directory too (see [`Control::hand_over`]).
+///
+/// [`Control::hand_over`]: crate::governance::control::Control::hand_over
+struct Handover {
+    phases:
+        std::sync::Mutex<Option<tokio::sync::broadcast::Receiver<pingora::server::ExecutionPhase>>>,
+    control: Arc<crate::governance::control::Control>,
 }
 
 #[async_trait]
-impl BackgroundService for Admin {
+impl BackgroundService for Handover {
     async fn start(&self, _shutdown: ShutdownWatch) {
-        // The admin listener outlives the shutdown signal on purpose: while
-        // in-flight requests drain, /readyz answers 503 "shutting down".
-        let listener = match tokio::net::TcpListener::bind(self.addr).await {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::error!(addr = %self.addr, error = %e, "cannot bind the admin listener; exiting");
-                std::process::exit(2);
-            }
+        let Some(mut phases) = self.phases.lock().ok().and_then(|mut p| p.take()) else {
+            return;
         };
-        // Ready once the proxy listener accepts connections.
-        let shared = Arc::clone(&self.shared);
-        let proxy = self.proxy;
-        tokio::spawn(async move {
-            for _ in 0..600 {
-                if tokio::net::TcpStream::connect(proxy).await.is_ok() {
-                    shared.proxy_listening.store(true, Ordering::Relaxed);
-                    tracing::info!(%proxy, "proxy listener accepting");
+        loop {
+            match phases.recv().await {
+                Ok(pingora::server::ExecutionPhase::GracefulUpgradeTransferringFds) => {
+                    let control = Arc::clone(&self.control);
+                    let _ = tokio::task::spawn_blocking(move || control.hand_over()).await;
                     return;
                 }
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
             }
-            tracing::error!(%proxy, "proxy listener never accepted a connection");
-        });
-        let app = crate::admin::router(
-            Arc::clone(&self.shared),
-            self.control.clone(),
-            self.guard.clone(),
-        );
-        let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "admin listener failed");
         }
+    }
+}
+
+/// Marks the node ready once the proxy listener accepts connections.
+struct Readiness {
+    shared: Arc<Shared>,
+    proxy: SocketAddr,
+}
+
+#[async_trait]
+impl BackgroundService for Readiness {
+    async fn start(&self, _shutdown: ShutdownWatch) {
+        for _ in 0..600 {
+            if tokio::net::TcpStream::connect(self.proxy).await.is_ok() {
+                self.shared.proxy_listening.store(true, Ordering::Relaxed);
+                tracing::info!(proxy = %self.proxy, "proxy listener accepting");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tracing::error!(proxy = %self.proxy, "proxy listener never accepted a connection");
     }
 }
 
@@ -616,27 +752,51 @@ impl BackgroundService for LimitEvictor {
     }
 }
 
-/// Check (or migrate) the ClickHouse schema before serving.
-fn prepare_clickhouse(t: &TelemetryOptions) -> anyhow::Result<()> {
+/// Check (or migrate) the ClickHouse schema before serving. `Ok(false)`:
+/// ClickHouse does not answer, and the gateway starts with telemetry
+/// degraded (spooled; the sink checks or migrates once it answers). A
+/// ClickHouse that answers with a schema that does not fit stops the start:
+/// that is a configuration error, not an outage.
+fn prepare_clickhouse(t: &TelemetryOptions) -> anyhow::Result<bool> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    rt.block_on(async {
-        let client = crate::telemetry::sink::client(&t.url, "default");
-        if t.migrate {
-            let applied = crate::telemetry::schema::migrate(&client, &t.url, &t.database).await?;
-            if !applied.is_empty() {
-                tracing::info!(?applied, database = %t.database, "ClickHouse migrations applied");
+    let prepared = rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(5), async {
+            let client = crate::telemetry::sink::client(&t.url, "default");
+            if t.migrate {
+                let applied =
+                    crate::telemetry::schema::migrate(&client, &t.url, &t.database).await?;
+                if !applied.is_empty() {
+                    tracing::info!(?applied, database = %t.database, "ClickHouse migrations applied");
+                }
             }
+            crate::telemetry::schema::check(&client, &t.url, &t.database).await
+        })
+        .await
+    });
+    match prepared {
+        Ok(Ok(())) => Ok(true),
+        Ok(Err(e)) if !e.is_unreachable() => Err(anyhow::anyhow!("{e}")),
+        outage => {
+            let error = match outage {
+                Ok(Err(e)) => e.to_string(),
+                _ => format!("ClickHouse at {}: no answer in 5 s", t.url),
+            };
+            tracing::warn!(
+                %error,
+                spool = %t.spool_dir.display(),
+                "telemetry degraded: serving without ClickHouse; events go to the spool and are sent when it answers{}",
+                if t.migrate { " (migrations run then)" } else { "" }
+            );
+            Ok(false)
         }
-        crate::telemetry::schema::check(&client, &t.url, &t.database).await?;
-        Ok::<(), crate::telemetry::schema::SchemaError>(())
-    })
-    .map_err(|e| anyhow::anyhow!("{e}"))
+    }
 }
 
 /// Runs the telemetry sink (batches, inserts, spool replay) and the
-/// retention job; on shutdown it flushes once the last requests logged.
+/// retention job; after shutdown it flushes once the drain monitor says the
+/// last connection has closed.
 struct TelemetryService {
     sink: std::sync::Mutex<Option<crate::telemetry::sink::Sink>>,
     shared: Arc<Shared>,
@@ -645,7 +805,7 @@ struct TelemetryService {
 
 #[async_trait]
 impl BackgroundService for TelemetryService {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
+    async fn start(&self, shutdown: ShutdownWatch) {
         let Some(sink) = self.sink.lock().ok().and_then(|mut s| s.take()) else {
             return;
         };
@@ -671,18 +831,43 @@ impl BackgroundService for TelemetryService {
             });
         }
         let shared = Arc::clone(&self.shared);
-        let stop = Box::pin(async move {
-            let _ = shutdown.changed().await;
-        });
-        sink.run(stop, move || shared.in_flight.load(Ordering::Relaxed))
-            .await;
+        let finish = Box::pin(async move { shared.telemetry_finish.notified().await });
+        sink.run(finish).await;
     }
 }
 
+/// After the shutdown signal: waits until no request is in flight and no
+/// client connection is open (idle kept-alive ones close themselves, see
+/// the HTTP/1 engine), or until shortly before the drain deadline; then has
+/// the telemetry sink flush the last events (insert or spool) and exits.
 struct DrainMonitor {
     shared: Arc<Shared>,
     deadline: Duration,
+    /// The admin address and router, answered again while draining.
+    admin: (SocketAddr, axum::Router),
 }
+
+/// Pingora closes the admin listener with the others at shutdown. After a
+/// SIGTERM its address is free again: bind it and answer the admin API
+/// (`/readyz` says "shutting down") until the process exits, so load
+/// balancers see the drain. After a graceful upgrade the new process holds
+/// the address, the bind fails, and the new process answers.
+async fn answer_while_draining(addr: SocketAddr, router: axum::Router) {
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if let Ok(listener) = tokio::net::TcpListener::bind(addr).await {
+            tracing::info!(%addr, "admin listener answers while draining");
+            let app = router.into_make_service_with_connect_info::<SocketAddr>();
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::warn!(error = %e, "admin listener failed while draining");
+            }
+            return;
+        }
+    }
+}
+
+/// Time kept at the end of the drain deadline for the final telemetry flush.
+const FLUSH_RESERVE: Duration = Duration::from_millis(2500);
 
 #[async_trait]
 impl BackgroundService for DrainMonitor {
@@ -693,29 +878,43 @@ impl BackgroundService for DrainMonitor {
             deadline_s = self.deadline.as_secs(),
             "graceful shutdown: listeners closed, draining in-flight requests"
         );
+        tokio::spawn(answer_while_draining(self.admin.0, self.admin.1.clone()));
         let start = tokio::time::Instant::now();
+        let give_up = self.deadline.saturating_sub(FLUSH_RESERVE);
         let mut idle_since: Option<tokio::time::Instant> = None;
         loop {
             tokio::time::sleep(Duration::from_millis(25)).await;
-            let n = self.shared.in_flight.load(Ordering::Relaxed);
-            let flushed = self
-                .shared
-                .telemetry
-                .get()
-                .is_none_or(|t| t.flushed.load(Ordering::Relaxed));
-            if n == 0 && flushed {
+            let requests = self.shared.in_flight.load(Ordering::Relaxed);
+            let connections = self.shared.connections.load(Ordering::Relaxed);
+            if requests == 0 && connections == 0 {
                 let since = *idle_since.get_or_insert_with(tokio::time::Instant::now);
-                if since.elapsed() >= Duration::from_millis(150) {
-                    tracing::info!(
-                        drained_in_ms = start.elapsed().as_millis() as u64,
-                        "drained; exiting"
-                    );
-                    std::process::exit(0);
+                if since.elapsed() >= Duration::from_millis(100) {
+                    break;
                 }
             } else {
                 idle_since = None;
             }
-            // Past the deadline Pingora's grace period ends and the runtimes stop.
+            if start.elapsed() >= give_up {
+                tracing::warn!(
+                    requests,
+                    connections,
+                    "drain deadline near: flushing telemetry and exiting with requests unfinished"
+                );
+                break;
+            }
         }
+        if let Some(stats) = self.shared.telemetry.get() {
+            self.shared.telemetry_finish.notify_one();
+            let flush_started = tokio::time::Instant::now();
+            while !stats.flushed.load(Ordering::Relaxed) && flush_started.elapsed() < FLUSH_RESERVE
+            {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        tracing::info!(
+            drained_in_ms = start.elapsed().as_millis() as u64,
+            "drained; exiting"
+        );
+        std::process::exit(0);
     }
 }

@@ -5,6 +5,8 @@
 //! run `cargo build --workspace --bins` first (the README's test command
 //! does).
 
+pub mod drill;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -130,10 +132,40 @@ impl Gateway {
 
     /// Start `gatehouse serve ARGS` without waiting for it.
     pub fn spawn(args: &[&str]) -> Gateway {
-        let port = free_port();
-        let admin_port = free_port();
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-        let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().expect("addr");
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        Gateway::spawn_on(addr, admin, args)
+    }
+
+    /// Start `gatehouse serve --upgrade ARGS` on this gateway's listeners:
+    /// it takes them over, and this one drains and exits. Waits until the
+    /// successor is ready.
+    pub fn successor(&self, args: &[&str]) -> Gateway {
+        let mut all = vec!["--upgrade"];
+        all.extend_from_slice(args);
+        let next = Gateway::spawn_on(self.addr, self.admin, &all);
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(30) {
+            if next.log_text().contains("listeners taken over") {
+                next.wait_ready(Duration::from_secs(30));
+                return next;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "the successor did not take over; its log:\n{}",
+            next.log_text()
+        );
+    }
+
+    /// Start `gatehouse serve ARGS` on the given listeners; waits for `/readyz`.
+    pub fn launch_on(addr: SocketAddr, admin: SocketAddr, args: &[&str]) -> Gateway {
+        let gw = Gateway::spawn_on(addr, admin, args);
+        gw.wait_ready(Duration::from_secs(30));
+        gw
+    }
+
+    fn spawn_on(addr: SocketAddr, admin: SocketAddr, args: &[&str]) -> Gateway {
         let logdir = tempfile::tempdir().expect("tempdir");
         let log = logdir.path().join("gatehouse.log");
         let logfile = std::fs::File::create(&log).expect("log file");
@@ -222,6 +254,11 @@ impl Gateway {
             .status()
             .expect("kill");
         assert!(status.success());
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Wait for the process to exit; `None` on timeout.
@@ -680,6 +717,25 @@ impl ClickHouse {
     pub fn restart(&mut self) {
         self.stop();
         self.spawn();
+    }
+
+    /// Kill the server at once (SIGKILL): an outage without the wait of a
+    /// clean stop; what it acknowledged stays on disk.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Start again after [`ClickHouse::stop`] or [`ClickHouse::kill`].
+    pub fn start_again(&mut self) {
+        self.spawn();
+    }
+
+    /// The server's process id (while it runs).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// Freeze (`STOP`) or thaw (`CONT`) the server process.

@@ -4,6 +4,7 @@ mod e2e {
     mod balancing;
     mod conformance;
     mod contracts;
+    mod drills;
     mod governance;
     mod h2;
     mod http1;

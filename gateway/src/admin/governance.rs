@@ -111,6 +111,19 @@ pub fn error_response(e: ControlError) -> Response {
             text,
             json!({ "explanation": detail }),
         ),
+        ControlError::HandedOver => {
+            let mut resp = problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "handed-over",
+                text,
+                Value::Null,
+            );
+            resp.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            );
+            resp
+        }
         ControlError::Internal(_) => {
             tracing::error!(error = %text, "control plane failure");
             problem(

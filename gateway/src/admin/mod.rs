@@ -4,6 +4,7 @@
 //! token and a role.
 
 pub mod governance;
+pub mod listener;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -212,6 +213,12 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
         &[("", shared.in_flight.load(Ordering::Relaxed) as u64)],
     );
     counter(
+        "gatehouse_client_connections",
+        "Client connections open on the proxy listeners.",
+        "gauge",
+        &[("", shared.connections.load(Ordering::Relaxed) as u64)],
+    );
+    counter(
         "gatehouse_policy_reloads_total",
         "Policy reloads by result.",
         "counter",
@@ -305,6 +312,12 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
             "Bytes waiting in the telemetry spool.",
             "gauge",
             &[("", t.spool_bytes.load(Ordering::Relaxed))],
+        );
+        counter(
+            "gatehouse_telemetry_degraded",
+            "1 while ClickHouse does not answer (or its schema does not fit) and events go to the spool.",
+            "gauge",
+            &[("", u64::from(!t.connected.load(Ordering::Relaxed)))],
         );
     }
     (

@@ -86,7 +86,7 @@ fn hex(bytes: &[u8]) -> String {
 
 fn unhex(s: &str) -> Option<Vec<u8>> {
     let s = s.trim();
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len())
@@ -410,7 +410,7 @@ mod tests {
             principal: "alice".into(),
             action: "proposal.review".into(),
             subject: format!("p-{i}"),
-            outcome: if i % 2 == 0 {
+            outcome: if i.is_multiple_of(2) {
                 "ok".into()
             } else {
                 "refused".into()

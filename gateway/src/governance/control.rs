@@ -91,6 +91,10 @@ pub enum ControlError {
     /// The state directory failed (500).
     #[error("{0}")]
     Internal(String),
+    /// This process handed the state directory to a new one in a graceful
+    /// upgrade (503: the caller retries and reaches the new process).
+    #[error("this control plane is handing over to a new process; retry")]
+    HandedOver,
 }
 
 impl From<StoreError> for ControlError {
@@ -116,6 +120,7 @@ impl ControlError {
             ControlError::Invalid(_) => "invalid",
             ControlError::Conflict { .. } => "conflict",
             ControlError::Internal(_) => "internal",
+            ControlError::HandedOver => "handed_over",
         }
     }
 }
@@ -135,6 +140,45 @@ pub struct Control {
     /// The principals file as last accounted for in the audit log (its
     /// mtime and content).
     accounted: Mutex<(Option<SystemTime>, Vec<Principal>)>,
+    /// The state directory's lock, held while this process may change it.
+    state_lock: Mutex<Option<StateLock>>,
+    /// Handed over in a graceful upgrade: nothing is written any more.
+    handed_over: std::sync::atomic::AtomicBool,
+}
+
+/// One process at a time changes a state directory: it holds an advisory
+/// lock on `.lock` in it (dropped with the process, or at a hand-over).
+#[derive(Debug)]
+pub struct StateLock(#[allow(dead_code)] std::fs::File);
+
+impl StateLock {
+    /// Take the lock of `dir`, waiting up to `wait` for another process to
+    /// let it go (a graceful upgrade's old process hands it over).
+    pub fn acquire(dir: &Path, wait: std::time::Duration) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join(".lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)?;
+        let start = std::time::Instant::now();
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(Self(file)),
+                Err(std::fs::TryLockError::WouldBlock) if start.elapsed() < wait => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+                    "the state directory {} is in use by another gatehouse process (to replace it without downtime, start the new one with --upgrade)",
+                    dir.display()
+                ),
+                Err(std::fs::TryLockError::Error(e)) => {
+                    anyhow::bail!("cannot lock {}: {e}", path.display())
+                }
+            }
+        }
+    }
 }
 
 /// Where the accounted principals are kept (beside the principals file).
@@ -291,9 +335,35 @@ impl Control {
             refusals: RefusalSampler::default(),
             sso: None,
             accounted: Mutex::new((None, known)),
+            state_lock: Mutex::new(None),
+            handed_over: std::sync::atomic::AtomicBool::new(false),
         };
         control.account_principals();
         control
+    }
+
+    /// Hold the state directory's lock for as long as this process serves.
+    pub fn holding(self, lock: StateLock) -> Self {
+        *self.state_lock.lock().unwrap_or_else(|p| p.into_inner()) = Some(lock);
+        self
+    }
+
+    /// Hand the state directory to the process taking over in a graceful
+    /// upgrade: wait for the change being made (if any), stop writing (every
+    /// later call gets [`ControlError::HandedOver`]) and let the lock go.
+    pub fn hand_over(&self) {
+        let _serial = self.guard();
+        self.handed_over
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.state_lock
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        tracing::info!("control plane handed the state directory over to the new process");
+    }
+
+    fn is_handed_over(&self) -> bool {
+        self.handed_over.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Accept the identity provider's tokens beside the static ones.
@@ -474,6 +544,15 @@ impl Control {
         outcome: &str,
         detail: Value,
     ) {
+        if self.is_handed_over() {
+            tracing::warn!(
+                action,
+                subject,
+                outcome,
+                "not audited here: the state directory was handed over"
+            );
+            return;
+        }
         if let Err(e) = self.audit.append(Record {
             principal: principal.to_string(),
             action: action.to_string(),
@@ -498,6 +577,9 @@ impl Control {
         action: &str,
         subject: &str,
     ) -> Result<Principal, ControlError> {
+        if self.is_handed_over() {
+            return Err(ControlError::HandedOver);
+        }
         self.account_principals();
         let mut reason = if token.is_some() {
             "unknown token"

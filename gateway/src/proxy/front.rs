@@ -46,16 +46,23 @@ const KEEPALIVE_SECS: u64 = 60;
 pub struct Front {
     proxy: Arc<HttpProxy<Gateway>>,
     client_timeout: Duration,
+    shared: Arc<crate::runtime::Shared>,
 }
 
 impl Front {
     /// A front for `proxy` (its HTTP/2 settings are [`super::h2::options`])
     /// giving each HTTP/1.x head `client_timeout`.
-    pub fn new(mut proxy: HttpProxy<Gateway>, client_timeout: Duration) -> Self {
+    /// Its connections count in `shared`'s open connections.
+    pub fn new(
+        mut proxy: HttpProxy<Gateway>,
+        client_timeout: Duration,
+        shared: Arc<crate::runtime::Shared>,
+    ) -> Self {
         proxy.h2_options = Some(super::h2::options());
         Self {
             proxy: Arc::new(proxy),
             client_timeout,
+            shared,
         }
     }
 
@@ -111,6 +118,7 @@ impl ServerApp for Front {
         mut stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        let _open = self.shared.connection();
         let h2 = if stream.get_ssl_digest().is_some() {
             matches!(stream.selected_alpn_proto(), Some(ALPN::H2))
         } else if self.proxy.server_options().is_some_and(|o| o.h2c) {

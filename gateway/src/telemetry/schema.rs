@@ -178,6 +178,20 @@ pub enum SchemaError {
     },
 }
 
+impl SchemaError {
+    /// ClickHouse did not answer (connection refused, reset, timed out): an
+    /// outage to wait out, unlike a schema that does not fit.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(
+            self,
+            Self::Unreachable {
+                source: clickhouse::error::Error::Network(_) | clickhouse::error::Error::TimedOut,
+                ..
+            }
+        )
+    }
+}
+
 #[derive(Debug, Deserialize, clickhouse::Row)]
 struct Column {
     name: String,

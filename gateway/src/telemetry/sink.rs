@@ -5,6 +5,18 @@
 //! Order: while anything is spooled, new batches join the spool behind it
 //! and the spool is replayed oldest first, so rows arrive in order.
 //!
+//! Degraded mode: until ClickHouse answers and its schema fits (checked, or
+//! migrated when `--migrate` asked for it), no insert is tried; batches go
+//! to the spool, and the schema is tried again at most once a second. A
+//! gateway therefore starts and serves while ClickHouse is away, and a
+//! failed insert puts it back in this mode until the schema answers again.
+//!
+//! Lifecycle: the sink does not stop with the shutdown signal. It keeps
+//! taking events while the last requests drain, and flushes once when the
+//! drain monitor says every connection is done (see [`Sink::run`]); what
+//! ClickHouse does not take at once goes to the spool, which the next
+//! process replays.
+//!
 //! Exactly once, as far as ClickHouse can tell us: an insert that fails may
 //! still have been stored (the connection dropped after the body was sent).
 //! Retries and spool replays therefore first look up which of the batch's
@@ -40,6 +52,9 @@ pub struct SinkConfig {
     pub spool_dir: std::path::PathBuf,
     /// Spool cap in bytes.
     pub spool_cap_bytes: u64,
+    /// Create or upgrade the schema (instead of only checking it) when
+    /// ClickHouse answers after an outage.
+    pub migrate: bool,
 }
 
 /// Counters of the telemetry pipeline (exported on the admin listener).
@@ -61,6 +76,9 @@ pub struct SinkStats {
     pub spool_bytes: AtomicU64,
     /// Everything accepted so far has been inserted or spooled (set at shutdown).
     pub flushed: AtomicBool,
+    /// ClickHouse answers and its schema fits, so rows are inserted; when
+    /// `false` telemetry is degraded: every batch goes to the spool.
+    pub connected: AtomicBool,
 }
 
 /// The producer side, cheap to clone into the proxy.
@@ -95,6 +113,9 @@ pub struct Sink {
     spool: std::sync::Mutex<Spool>,
     stats: Arc<SinkStats>,
     replay_failures: std::sync::atomic::AtomicU32,
+    /// When the schema was last tried while degraded, and the error then
+    /// (logged when it changes, not every second).
+    schema_tried: std::sync::Mutex<(Option<std::time::Instant>, String)>,
 }
 
 /// Build the pair.
@@ -116,6 +137,7 @@ pub fn channel(config: SinkConfig) -> std::io::Result<(Telemetry, Sink)> {
             spool: std::sync::Mutex::new(spool),
             stats,
             replay_failures: std::sync::atomic::AtomicU32::new(0),
+            schema_tried: std::sync::Mutex::new((None, String::new())),
         },
     ))
 }
@@ -130,15 +152,17 @@ pub fn client(url: &str, database: &str) -> clickhouse::Client {
 
 /// How often the sink takes what the proxy queued.
 const DRAIN_TICK: Duration = Duration::from_millis(10);
+/// How often a degraded sink asks ClickHouse for its schema again.
+const SCHEMA_RETRY: Duration = Duration::from_secs(1);
+/// Longest wait for each insert of the final flush before spooling it.
+const FINAL_INSERT: Duration = Duration::from_secs(2);
 
 impl Sink {
-    /// Run until `stop` resolves, then flush what is queued (after
-    /// `in_flight` reaches zero, so the last requests are included).
-    pub async fn run(
-        mut self,
-        mut stop: impl std::future::Future<Output = ()> + Unpin,
-        in_flight: impl Fn() -> usize,
-    ) {
+    /// Run until `finish` resolves, then flush what is queued once. The
+    /// server resolves `finish` after shutdown, once every connection has
+    /// closed (or the drain deadline is near), so that the events of the
+    /// last requests are in the queue by then.
+    pub async fn run(mut self, mut finish: impl std::future::Future<Output = ()> + Unpin) {
         let Some(mut rx) = self.rx.take() else {
             return;
         };
@@ -178,24 +202,12 @@ impl Sink {
                     self.draining(self.replay(), &mut rx, &mut held).await;
                     batch.append(&mut held);
                 }
-                _ = &mut stop => break,
+                _ = &mut finish => break,
             }
         }
-        // Shutdown: wait for in-flight requests to log, then drain and flush once.
-        for _ in 0..200 {
-            if in_flight() == 0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        while let Ok(ev) = rx.try_recv() {
-            batch.push(ev);
-            if batch.len() >= self.config.batch_size {
-                self.flush_once(&mut batch).await;
-            }
-        }
-        if !batch.is_empty() {
-            self.flush_once(&mut batch).await;
+        take_queued(&mut rx, &mut batch);
+        for chunk in batch.chunks(self.config.batch_size) {
+            self.flush_once(chunk).await;
         }
         self.stats.flushed.store(true, Ordering::Relaxed);
         tracing::info!(spooled_bytes = self.spool().bytes(), "telemetry flushed");
@@ -299,12 +311,75 @@ impl Sink {
         Ok(fresh.len())
     }
 
+    /// Whether rows may be inserted: ClickHouse answered and its schema
+    /// fits. While degraded, asks again (migrating when configured) at most
+    /// once a second.
+    async fn schema_ready(&self) -> bool {
+        if self.stats.connected.load(Ordering::Relaxed) {
+            return true;
+        }
+        {
+            let mut tried = self.schema_tried.lock().unwrap_or_else(|e| e.into_inner());
+            if tried.0.is_some_and(|t| t.elapsed() < SCHEMA_RETRY) {
+                return false;
+            }
+            tried.0 = Some(std::time::Instant::now());
+        }
+        let (url, db) = (&self.config.url, &self.config.database);
+        let client = client(url, "default");
+        let prepared = tokio::time::timeout(SCHEMA_RETRY * 5, async {
+            if self.config.migrate {
+                let applied = super::schema::migrate(&client, url, db).await?;
+                if !applied.is_empty() {
+                    tracing::info!(?applied, database = %db, "ClickHouse migrations applied");
+                }
+            }
+            super::schema::check(&client, url, db).await
+        })
+        .await;
+        let error = match prepared {
+            Ok(Ok(())) => {
+                tracing::info!(url = %url, spooled_bytes = self.spool().bytes(), "ClickHouse answers and its schema fits: telemetry connected");
+                self.stats.connected.store(true, Ordering::Relaxed);
+                return true;
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("ClickHouse at {url}: no answer in {:?}", SCHEMA_RETRY * 5),
+        };
+        let mut tried = self.schema_tried.lock().unwrap_or_else(|e| e.into_inner());
+        if tried.1 != error {
+            tracing::warn!(%error, "telemetry degraded: batches go to the spool until ClickHouse answers");
+            tried.1 = error;
+        }
+        false
+    }
+
+    /// Note a failed insert: degraded until the schema answers again.
+    fn disconnected(&self) {
+        if self.stats.connected.swap(false, Ordering::Relaxed) {
+            let mut tried = self.schema_tried.lock().unwrap_or_else(|e| e.into_inner());
+            *tried = (Some(std::time::Instant::now()), String::new());
+        }
+    }
+
+    /// Does the spool hold batches that new ones must queue behind? Only
+    /// for its owner: another process (the old one during an upgrade)
+    /// replays its own backlog, so this one inserts directly.
+    fn backlog(&self) -> bool {
+        let spool = self.spool();
+        spool.is_owner() && !spool.is_empty()
+    }
+
     /// Insert with retries; spool when ClickHouse stays away.
     async fn flush(&self, batch: &mut Vec<RequestEvent>) {
-        if !self.spool().is_empty() {
+        if !self.schema_ready().await {
+            self.spool_batch(batch);
+            return;
+        }
+        if self.backlog() {
             self.replay().await;
         }
-        if self.spool().is_empty() {
+        if !self.backlog() {
             for (attempt, backoff) in [0u64, 100, 400].into_iter().enumerate() {
                 if backoff > 0 {
                     tokio::time::sleep(Duration::from_millis(backoff)).await;
@@ -327,25 +402,38 @@ impl Sink {
                     }
                 }
             }
+            self.disconnected();
         }
         self.spool_batch(batch);
     }
 
-    /// One attempt, then spool (shutdown path: never wait long).
-    async fn flush_once(&self, batch: &mut Vec<RequestEvent>) {
-        if self.spool().is_empty() {
-            if let Ok(()) = self.insert(batch).await {
-                self.stats
-                    .inserted
-                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
-                batch.clear();
-                return;
+    /// One bounded attempt, then spool (shutdown path: never wait long).
+    async fn flush_once(&self, batch: &[RequestEvent]) {
+        if self.stats.connected.load(Ordering::Relaxed) && !self.backlog() {
+            match tokio::time::timeout(FINAL_INSERT, self.insert(batch)).await {
+                Ok(Ok(())) => {
+                    self.stats
+                        .inserted
+                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    return;
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(rows = batch.len(), error = %e, "final telemetry insert failed; spooling")
+                }
+                Err(_) => {
+                    tracing::warn!(rows = batch.len(), "final telemetry insert took too long; spooling (the replay skips rows it stored)")
+                }
             }
         }
-        self.spool_batch(batch);
+        self.spool_slice(batch);
     }
 
     fn spool_batch(&self, batch: &mut Vec<RequestEvent>) {
+        self.spool_slice(batch);
+        batch.clear();
+    }
+
+    fn spool_slice(&self, batch: &[RequestEvent]) {
         let n = batch.len() as u64;
         let mut spool = self.spool();
         match spool.push(batch) {
@@ -360,11 +448,22 @@ impl Sink {
         self.stats
             .spool_bytes
             .store(spool.bytes(), Ordering::Relaxed);
-        batch.clear();
     }
 
-    /// Insert spooled batches oldest first until one fails.
+    /// Insert spooled batches oldest first until one fails (the owner of
+    /// the spool only, and only while ClickHouse is connected).
     async fn replay(&self) {
+        match self.spool().try_own() {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot take over the telemetry spool");
+                return;
+            }
+        }
+        if self.spool().is_empty() || !self.schema_ready().await {
+            return;
+        }
         let Ok(files) = self.spool().files() else {
             return;
         };
@@ -389,6 +488,12 @@ impl Sink {
                     tracing::info!(rows = rows.len(), "replayed a spooled telemetry batch");
                 }
                 Err(e) => {
+                    if matches!(
+                        e,
+                        clickhouse::error::Error::Network(_) | clickhouse::error::Error::TimedOut
+                    ) {
+                        self.disconnected();
+                    }
                     let failures = self.replay_failures.fetch_add(1, Ordering::Relaxed) + 1;
                     // ClickHouse answers but refuses the rows (e.g. a schema
                     // error): do not retry forever, keep them aside.

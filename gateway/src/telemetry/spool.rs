@@ -1,14 +1,22 @@
 //! The on-disk spool: batches that could not be inserted wait here, in
 //! order, until ClickHouse is back.
 //!
-//! Format: one file per batch, `<sequence, 20 digits>.jsonl`, one
+//! Format: one file per batch, `<sequence, 20 digits>-<writer>.jsonl`, one
 //! [`RequestEvent`] per line. Invariants:
 //!
 //! - a file is complete or absent: it is written as `.tmp`, fsynced, then
 //!   renamed (and the directory fsynced), so a crash never leaves half a
 //!   batch;
 //! - sequence numbers only grow (the next one is one past the largest file
-//!   found at start), so replay in file-name order is oldest first;
+//!   found at start), so replay in file-name order is oldest first; the
+//!   writer's id in the name (random per opened spool) keeps two processes
+//!   sharing the directory (the old and the new one during an upgrade)
+//!   from ever writing the same file;
+//! - one process at a time *owns* the spool (an advisory lock on
+//!   `.owner`): only the owner replays and removes batches and discards
+//!   `.tmp` leftovers. Another process only adds batches; it takes over
+//!   when the owner exits (a graceful upgrade, or a crash: the kernel
+//!   drops the lock with the process);
 //! - the spool never exceeds its byte cap: a batch that would not fit is
 //!   dropped whole, counted and logged — the only way events are lost;
 //! - a file is deleted only after its events were inserted; a crash between
@@ -28,7 +36,13 @@ pub struct Spool {
     dir: PathBuf,
     cap_bytes: u64,
     next_seq: u64,
+    /// Bytes of every batch in the directory (whoever wrote them), as of
+    /// the last scan plus what this process added and removed since.
     bytes: u64,
+    /// The lock file, once this process owns the spool.
+    owner: Option<fs::File>,
+    /// This writer's id in file names.
+    writer: u32,
 }
 
 /// Why a batch was not spooled.
@@ -50,7 +64,8 @@ pub enum SpoolError {
 }
 
 impl Spool {
-    /// Open (creating) `dir`, finding batches left by an earlier run.
+    /// Open (creating) `dir`, finding batches left by an earlier run, and
+    /// take ownership unless another process holds it.
     pub fn open(dir: &Path, cap_bytes: u64) -> std::io::Result<Self> {
         fs::create_dir_all(dir)?;
         let mut spool = Self {
@@ -58,17 +73,56 @@ impl Spool {
             cap_bytes,
             next_seq: 0,
             bytes: 0,
+            owner: None,
+            writer: rand::random(),
         };
-        for (seq, path) in spool.files()? {
-            spool.next_seq = spool.next_seq.max(seq + 1);
-            spool.bytes += fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        spool.rescan()?;
+        spool.try_own()?;
+        Ok(spool)
+    }
+
+    /// Count what the directory holds and move the next sequence number
+    /// past it.
+    fn rescan(&mut self) -> std::io::Result<()> {
+        self.bytes = 0;
+        for (seq, path) in self.files()? {
+            self.next_seq = self.next_seq.max(seq + 1);
+            self.bytes += fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         }
-        for entry in fs::read_dir(dir)?.flatten() {
+        Ok(())
+    }
+
+    /// Does this process own the spool (replay, remove)?
+    pub fn is_owner(&self) -> bool {
+        self.owner.is_some()
+    }
+
+    /// Take ownership when no other process holds it (cheap: one
+    /// non-blocking lock attempt). Returns whether this process owns it.
+    /// On taking over, the batches other processes left are counted and
+    /// their half-written `.tmp` files discarded.
+    pub fn try_own(&mut self) -> std::io::Result<bool> {
+        if self.owner.is_some() {
+            return Ok(true);
+        }
+        let lock = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.dir.join(".owner"))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => return Ok(false),
+            Err(fs::TryLockError::Error(e)) => return Err(e),
+        }
+        self.owner = Some(lock);
+        for entry in fs::read_dir(&self.dir)?.flatten() {
             if entry.path().extension().is_some_and(|e| e == "tmp") {
                 let _ = fs::remove_file(entry.path());
             }
         }
-        Ok(spool)
+        self.rescan()?;
+        Ok(true)
     }
 
     /// Spooled batches, oldest first.
@@ -77,12 +131,9 @@ impl Spool {
             .flatten()
             .filter_map(|e| {
                 let p = e.path();
-                let seq = p
-                    .file_name()?
-                    .to_str()?
-                    .strip_suffix(".jsonl")?
-                    .parse()
-                    .ok()?;
+                let stem = p.file_name()?.to_str()?.strip_suffix(".jsonl")?;
+                let seq = stem.split_once('-').map_or(stem, |(seq, _pid)| seq);
+                let seq = seq.parse().ok()?;
                 Some((seq, p))
             })
             .collect();
@@ -114,7 +165,7 @@ impl Spool {
                 events: batch.len(),
             });
         }
-        let name = format!("{:020}.jsonl", self.next_seq);
+        let name = format!("{:020}-{:08x}.jsonl", self.next_seq, self.writer);
         let tmp = self.dir.join(format!("{name}.tmp"));
         let mut f = fs::File::create(&tmp)?;
         f.write_all(&buf)?;
@@ -203,6 +254,7 @@ mod tests {
         s.push(&[event(1), event(2)]).unwrap();
         s.push(&[event(3)]).unwrap();
         std::fs::write(dir.path().join("junk.jsonl.tmp"), "half").unwrap();
+        drop(s);
         let mut s = Spool::open(dir.path(), 1 << 20).unwrap();
         let files = s.files().unwrap();
         assert_eq!(files.len(), 2);
@@ -222,11 +274,52 @@ mod tests {
         }
         assert!(s.is_empty());
 
+        drop(s);
+
         let mut tiny = Spool::open(&dir.path().join("tiny"), 600).unwrap();
         tiny.push(&[event(1)]).unwrap();
         assert!(matches!(
             tiny.push(&[event(2), event(3)]),
             Err(SpoolError::Full { events: 2, .. })
         ));
+    }
+
+    #[test]
+    fn two_processes_share_a_spool_and_one_owns_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut old = Spool::open(dir.path(), 1 << 20).unwrap();
+        assert!(old.is_owner());
+        old.push(&[event(1)]).unwrap();
+        // A second writer (a new process during an upgrade) adds batches
+        // but neither replays nor discards.
+        let mut new = Spool::open(dir.path(), 1 << 20).unwrap();
+        assert!(!new.is_owner());
+        assert!(!new.try_own().unwrap());
+        std::fs::write(dir.path().join("x.jsonl.tmp"), "being written").unwrap();
+        new.push(&[event(2)]).unwrap();
+        old.push(&[event(3)]).unwrap();
+        let names: std::collections::HashSet<_> =
+            old.files().unwrap().into_iter().map(|(_, p)| p).collect();
+        assert_eq!(names.len(), 3, "no batch overwrote another: {names:?}");
+        assert!(dir.path().join("x.jsonl.tmp").exists());
+        // The owner leaves: the other takes over and counts every batch.
+        drop(old);
+        assert!(new.try_own().unwrap());
+        assert!(!dir.path().join("x.jsonl.tmp").exists());
+        let mut events: Vec<_> = new
+            .files()
+            .unwrap()
+            .iter()
+            .flat_map(|(_, p)| Spool::read(p).unwrap())
+            .collect();
+        events.sort_by_key(|e| e.time_us);
+        assert_eq!(events, vec![event(1), event(2), event(3)]);
+        let on_disk: u64 = new
+            .files()
+            .unwrap()
+            .iter()
+            .map(|(_, p)| std::fs::metadata(p).unwrap().len())
+            .sum();
+        assert_eq!(new.bytes(), on_disk);
     }
 }

@@ -59,6 +59,9 @@ use request::{Parsed, Request, RequestHead, SpareHeaders};
 const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
 /// How long a client may take to accept response bytes.
 const CLIENT_WRITE: Duration = Duration::from_secs(30);
+/// How long an idle kept-alive connection stays open once shutdown has
+/// begun (see [`Engine::serve`]).
+const DRAIN_IDLE: Duration = Duration::from_millis(500);
 /// The HTTP/2 connection preface's first bytes (h2c prior knowledge).
 const H2_PREFACE_START: &[u8] = b"PRI * HTTP/2.0";
 
@@ -120,6 +123,7 @@ impl ServerApp for Engine {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        let _open = self.shared.connection();
         self.serve(stream, shutdown).await;
         None
     }
@@ -196,6 +200,17 @@ impl Engine {
         let mut first = true;
         let mut last_active = Instant::now();
         let mut idle = Box::pin(tokio::time::sleep(KEEPALIVE_IDLE));
+        // Once shutdown begins, an idle connection closes after
+        // `DRAIN_IDLE` without a request: a client using it is answered
+        // `Connection: close` (and so closes it itself, with no request
+        // lost to the race of a close against a send); one not using it
+        // is closed.
+        // (One waiter per connection, pinned across its requests.)
+        let mut watch = shutdown.clone();
+        let mut draining = *watch.borrow();
+        let mut drain_begins = Box::pin(async move {
+            let _ = watch.changed().await;
+        });
         // When the head being read must be complete.
         let mut head_by: Option<Instant> = None;
         loop {
@@ -219,6 +234,7 @@ impl Engine {
                 if buf.is_empty() {
                     // Between requests: one timer per connection, moved on
                     // only when it fires, instead of one per request.
+                    let limit = if draining { DRAIN_IDLE } else { KEEPALIVE_IDLE };
                     tokio::select! {
                         biased;
                         read = read_more(&mut client, &mut buf) => match read {
@@ -227,10 +243,18 @@ impl Engine {
                         },
                         () = &mut idle => {
                             let since = last_active.elapsed();
-                            if since >= KEEPALIVE_IDLE {
+                            if since >= limit {
                                 return;
                             }
-                            idle.as_mut().reset((Instant::now() + (KEEPALIVE_IDLE - since)).into());
+                            idle.as_mut().reset((Instant::now() + (limit - since)).into());
+                        }
+                        () = &mut drain_begins, if !draining => {
+                            draining = true;
+                            let since = last_active.elapsed();
+                            if since >= DRAIN_IDLE {
+                                return;
+                            }
+                            idle.as_mut().reset((Instant::now() + (DRAIN_IDLE - since)).into());
                         }
                     }
                 } else {

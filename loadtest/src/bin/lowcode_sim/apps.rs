@@ -223,7 +223,7 @@ fn customer(id: u64, ctx: &Ctx) -> Value {
         "email": format!("customer{id}@example.com"),
         "segment": pick(&["smb", "enterprise", "public"], id),
         "country": pick(&["NL", "BE", "DE", "FR"], id),
-        "active": id % 11 != 0,
+        "active": !id.is_multiple_of(11),
     });
     if ctx.drift {
         let m = v.as_object_mut().expect("object literal");
@@ -242,7 +242,7 @@ fn employee(id: u64, ctx: &Ctx) -> Value {
         "department": pick(&DEPARTMENTS, id),
         "manager_id": if id > 1 { Value::String(format!("E{:05}", id / 2)) } else { Value::Null },
         "start_date": date(id),
-        "fte": if id % 4 == 0 { 0.8 } else { 1.0 },
+        "fte": if id.is_multiple_of(4) { 0.8 } else { 1.0 },
     });
     if ctx.drift {
         let m = v.as_object_mut().expect("object literal");
@@ -391,7 +391,7 @@ fn submit_order(req: &Req, ctx: &Ctx) -> Reply {
     (202, o)
 }
 fn product(n: u64, ctx: &Ctx) -> Value {
-    let mut v = json!({ "sku": format!("SKU-{n:05}"), "name": format!("Product {n}"), "price": (n % 500) as f64 + 0.95, "in_stock": n % 7 != 0 });
+    let mut v = json!({ "sku": format!("SKU-{n:05}"), "name": format!("Product {n}"), "price": (n % 500) as f64 + 0.95, "in_stock": !n.is_multiple_of(7) });
     pad(&mut v, ctx);
     v
 }

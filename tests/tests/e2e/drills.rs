@@ -1,0 +1,501 @@
+//! Fault drills under an open-loop load, each counting failed requests
+//! and the answered requests missing from ClickHouse (by request id):
+//! an instance killed, reloads every second, a graceful upgrade (file and
+//! governed mode), a ClickHouse outage with the gateway replaced inside it,
+//! the control plane away while a fleet node serves, and `kill -9`.
+//!
+//! `GATEHOUSE_DRILL_SECS` and `GATEHOUSE_DRILL_RATE` set the length and
+//! rate (`loadtest/drills.sh` runs them at full length); each prints its
+//! line of the results table.
+
+use std::time::{Duration, Instant};
+
+use gatehouse_e2e::drill::{self, open_load, Tally};
+use gatehouse_e2e::*;
+use serde_json::{json, Value};
+
+const DB: &str = "drills";
+const ROUTE: &str = "      - { method: GET, path: \"/approvals/{id}\" }";
+const TWO_ROUTES: &str =
+    "      - { method: GET, path: \"/approvals/{id}\" }\n      - { method: GET, path: /workflows }";
+/// Health checks, ejection and retries, as an estate would run them.
+const RESILIENT: &str = "      health_check: { path: /health, interval: 200ms, timeout: 100ms, healthy_threshold: 1, unhealthy_threshold: 1 }\n      ejection: { consecutive_failures: 1, duration: 5s }\n    retries: 2";
+
+fn path(i: u64) -> String {
+    format!("/approvals/{}", i % 900 + 1)
+}
+
+/// Telemetry arguments: the drill database, migrated, a short flush.
+fn telemetry(ch: &ClickHouse, spool: &tempfile::TempDir) -> Vec<String> {
+    [
+        "--clickhouse",
+        &ch.url(),
+        "--clickhouse-database",
+        DB,
+        "--migrate",
+        "--spool-dir",
+        spool.path().to_str().unwrap(),
+        "--telemetry-flush-ms",
+        "200",
+        "--drain-timeout",
+        "20",
+    ]
+    .map(str::to_string)
+    .to_vec()
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+/// `part` of the drill's length.
+fn at(part: f64) -> Duration {
+    Duration::from_secs_f64(drill::seconds() as f64 * part)
+}
+
+/// Assert no request failed and every answered one is a row, and print
+/// the drill's line.
+fn judge(name: &str, ch: &ClickHouse, tag: &str, t: &Tally) {
+    let missing = drill::missing_rows(ch, DB, t, tag, Duration::from_secs(30));
+    let rows = drill::rows(ch, DB, tag);
+    drill::report(name, t, Some((missing.len(), rows)));
+    assert!(
+        t.sent as f64 >= drill::seconds() as f64 * drill::rate() as f64 * 0.8,
+        "the load ran: {t:?}"
+    );
+    assert_eq!(
+        t.failed(),
+        0,
+        "{name}: failed requests: {:?} {:?}",
+        t.failed_status,
+        t.failed_error
+    );
+    assert!(
+        missing.is_empty(),
+        "{name}: {} answered requests have no row, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
+    assert_eq!(
+        rows,
+        t.answered.len() as u64,
+        "{name}: each request is one row"
+    );
+}
+
+/// One app behind a gateway sending telemetry to a fresh ClickHouse: the
+/// usual drill estate.
+struct Estate {
+    ch: ClickHouse,
+    gw: Gateway,
+    args: Vec<String>,
+    dir: PolicyDir,
+    _keep: (Sim, tempfile::TempDir),
+}
+
+fn estate() -> Estate {
+    let ch = ClickHouse::start();
+    let spool = tempfile::tempdir().unwrap();
+    let sim = Sim::one("approvals");
+    let dir = PolicyDir::new();
+    app(&dir, &[sim.url(0)], ROUTE);
+    let args = telemetry(&ch, &spool);
+    let gw = Gateway::start(dir.path(), &strs(&args));
+    Estate {
+        ch,
+        gw,
+        args,
+        dir,
+        _keep: (sim, spool),
+    }
+}
+
+impl Estate {
+    /// A gateway with the same policy and telemetry, taking over with
+    /// `--upgrade`.
+    fn successor(&self) -> Gateway {
+        let mut all = vec![
+            "--policies".to_string(),
+            self.dir.path().display().to_string(),
+        ];
+        all.extend(self.args.iter().cloned());
+        self.gw.successor(&strs(&all))
+    }
+}
+
+/// One app on `instances`, resilient.
+fn app(dir: &PolicyDir, instances: &[String], routes: &str) {
+    dir.write(
+        "a.yaml",
+        &app_policy("app", "app.test", instances, RESILIENT, routes),
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drill_an_instance_killed_and_restarted() {
+    let ch = ClickHouse::start();
+    let spool = tempfile::tempdir().unwrap();
+    let a = Sim::one("approvals");
+    let c3 = Sim::one("approvals");
+    let port = free_port();
+    let b_addr = format!("127.0.0.1:{port}");
+    let mut b = Sim::start(&[("approvals", &b_addr)], &[]);
+    let dir = PolicyDir::new();
+    app(&dir, &[a.url(0), b.url(0), c3.url(0)], ROUTE);
+    let gw = Gateway::start(dir.path(), &strs(&telemetry(&ch, &spool)));
+    let load = open_load(gw.url(), "app.test", path, drill::rate(), "kill");
+    tokio::time::sleep(at(0.3)).await;
+    b.kill();
+    tokio::time::sleep(at(0.3)).await;
+    b = Sim::start(&[("approvals", &b_addr)], &[]);
+    let back = b.requests(0);
+    tokio::time::sleep(at(0.4)).await;
+    let t = load.finish().await;
+    judge("instance killed and restarted", &ch, "kill", &t);
+    assert!(b.requests(0) > back, "the restarted instance serves again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drill_a_reload_every_second() {
+    let ch = ClickHouse::start();
+    let spool = tempfile::tempdir().unwrap();
+    let sim = Sim::start(
+        &[("approvals", "127.0.0.1:0"), ("approvals", "127.0.0.1:0")],
+        &[],
+    );
+    let urls = vec![sim.url(0), sim.url(1)];
+    let dir = PolicyDir::new();
+    app(&dir, &urls, ROUTE);
+    let gw = Gateway::start(dir.path(), &strs(&telemetry(&ch, &spool)));
+    let load = open_load(gw.url(), "app.test", path, drill::rate(), "reload");
+    let start = Instant::now();
+    let mut edits = 0;
+    while start.elapsed() < at(1.0) {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        edits += 1;
+        app(&dir, &urls, if edits % 2 == 1 { TWO_ROUTES } else { ROUTE });
+    }
+    let t = load.finish().await;
+    judge("reload every second", &ch, "reload", &t);
+    let reloads = gw.admin_json("/v1/policy")["reloads"]["activated"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        reloads + 1 >= edits,
+        "{reloads} activations for {edits} edits"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drill_a_graceful_upgrade() {
+    let mut e = estate();
+    let load = open_load(e.gw.url(), "app.test", path, drill::rate(), "upgrade");
+    tokio::time::sleep(at(0.3)).await;
+    let new = e.successor();
+    let (ch, old) = (&e.ch, &mut e.gw);
+    let exited = old
+        .wait_exit(Duration::from_secs(25))
+        .expect("the old process exits once drained");
+    assert!(exited.success(), "{exited:?}");
+    assert!(
+        old.log_text().contains("telemetry flushed"),
+        "{}",
+        old.log_text()
+    );
+    tokio::time::sleep(at(0.4)).await;
+    let t = load.finish().await;
+    judge("graceful upgrade", ch, "upgrade", &t);
+    assert_ne!(new.pid(), old.pid());
+    let served_by_new = ch.count(&format!(
+        "SELECT count() FROM {DB}.requests WHERE request_id LIKE 'upgrade-%' AND time >= now() - 3600"
+    ));
+    assert!(served_by_new > 0);
+}
+
+/// The ClickHouse outage drill: ClickHouse stops, the gateway is replaced
+/// during the outage (the new process starts without ClickHouse), and
+/// ClickHouse returns: no request fails and every event arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drill_clickhouse_away_while_the_gateway_is_replaced() {
+    let mut e = estate();
+    let load = open_load(e.gw.url(), "app.test", path, drill::rate(), "outage");
+    tokio::time::sleep(at(0.2)).await;
+    e.ch.kill();
+    tokio::time::sleep(at(0.2)).await;
+    let new = e.successor();
+    let (ch, old) = (&mut e.ch, &mut e.gw);
+    assert!(
+        new.log_text().contains("telemetry degraded"),
+        "{}",
+        new.log_text()
+    );
+    let metrics = http_get(new.admin, "/metrics", "admin");
+    assert!(
+        metrics.contains("gatehouse_telemetry_degraded 1"),
+        "{metrics}"
+    );
+    let exited = old
+        .wait_exit(Duration::from_secs(25))
+        .expect("the old process exits");
+    assert!(exited.success());
+    tokio::time::sleep(at(0.2)).await;
+    ch.start_again();
+    tokio::time::sleep(at(0.4)).await;
+    let t = load.finish().await;
+    judge(
+        "ClickHouse away, gateway replaced inside the outage",
+        ch,
+        "outage",
+        &t,
+    );
+    let metrics = http_get(new.admin, "/metrics", "admin");
+    assert!(
+        metrics.contains("gatehouse_telemetry_degraded 0"),
+        "{metrics}"
+    );
+}
+
+/// A gateway starts while ClickHouse is down and has never been migrated:
+/// it serves, and once ClickHouse answers it migrates and sends everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_starts_without_clickhouse_and_migrates_when_it_answers() {
+    let mut ch = ClickHouse::start();
+    ch.stop();
+    let spool = tempfile::tempdir().unwrap();
+    let sim = Sim::one("approvals");
+    let dir = PolicyDir::new();
+    app(&dir, &[sim.url(0)], ROUTE);
+    let gw = Gateway::start(dir.path(), &strs(&telemetry(&ch, &spool)));
+    let ready = try_http_get(gw.admin, "/readyz", "admin").map(|r| r.0);
+    assert_eq!(ready, Some(200), "ready without ClickHouse");
+    let load = open_load(gw.url(), "app.test", path, drill::rate(), "cold");
+    tokio::time::sleep(at(0.4)).await;
+    ch.start_again();
+    tokio::time::sleep(at(0.6)).await;
+    let t = load.finish().await;
+    judge("gateway started while ClickHouse was down", &ch, "cold", &t);
+    assert!(
+        gw.log_text().contains("ClickHouse migrations applied"),
+        "{}",
+        gw.log_text()
+    );
+}
+
+/// POST to the control-plane API as `token`.
+async fn post(c: &reqwest::Client, url: String, token: &str, body: Option<Value>) -> (u16, Value) {
+    let mut req = c.post(url).bearer_auth(token);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.expect("control plane reachable");
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap_or_default();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+/// Propose `dir` as `author`, approve as `reviewer`, activate as `operator`;
+/// returns the new version.
+async fn govern(
+    c: &reqwest::Client,
+    admin: &str,
+    dir: &PolicyDir,
+    tokens: (&str, &str, &str),
+) -> String {
+    let mut files = Vec::new();
+    for e in std::fs::read_dir(dir.path()).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        files.push(json!({ "path": name, "text": std::fs::read_to_string(e.path()).unwrap() }));
+    }
+    let (s, p) = post(
+        c,
+        format!("{admin}/v1/proposals"),
+        tokens.0,
+        Some(json!({ "title": "drill", "files": files })),
+    )
+    .await;
+    assert_eq!(s, 201, "{p}");
+    let id = p["id"].as_u64().unwrap();
+    let version = p["version"].as_str().unwrap().to_string();
+    let (s, p) = post(
+        c,
+        format!("{admin}/v1/proposals/{id}/reviews"),
+        tokens.1,
+        Some(json!({ "verdict": "approve" })),
+    )
+    .await;
+    assert_eq!(s, 200, "{p}");
+    let (s, p) = post(
+        c,
+        format!("{admin}/v1/proposals/{id}/activate"),
+        tokens.2,
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{p}");
+    version
+}
+
+/// A governed control plane is upgraded: the state directory passes to
+/// the new process with the listeners, which then takes proposals, and the
+/// audit log stays one chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_governed_control_plane_is_upgraded_without_forking_its_state() {
+    let sim = Sim::one("approvals");
+    let base = PolicyDir::new();
+    app(&base, &[sim.url(0)], ROUTE);
+    let state = tempfile::tempdir().unwrap();
+    let alice = add_principal(state.path(), "alice", "author");
+    let bob = add_principal(state.path(), "bob", "reviewer");
+    let ops = add_principal(state.path(), "ops", "operator");
+    let st = state.path().display().to_string();
+    let mut old = Gateway::launch(&["--state", &st, "--policies", base.path().to_str().unwrap()]);
+    // A second process on the same state is refused while the first runs.
+    let mut rival = Gateway::spawn(&["--state", &st]);
+    let status = rival
+        .wait_exit(Duration::from_secs(10))
+        .expect("a rival exits");
+    assert_eq!(status.code(), Some(2));
+    assert!(
+        rival.log_text().contains("in use by another gatehouse"),
+        "{}",
+        rival.log_text()
+    );
+
+    let load = open_load(old.url(), "app.test", path, drill::rate(), "governed");
+    tokio::time::sleep(at(0.3)).await;
+    let new = old.successor(&["--state", &st]);
+    let exited = old
+        .wait_exit(Duration::from_secs(25))
+        .expect("the old process exits");
+    assert!(exited.success());
+    assert!(
+        old.log_text().contains("handed the state directory over"),
+        "{}",
+        old.log_text()
+    );
+    let c = client();
+    let next = PolicyDir::new();
+    app(&next, &[sim.url(0)], TWO_ROUTES);
+    let v2 = govern(&c, &new.admin_url(), &next, (&alice, &bob, &ops)).await;
+    tokio::time::sleep(at(0.3)).await;
+    let t = load.finish().await;
+    drill::report("governed control plane upgraded", &t, None);
+    assert_eq!(t.failed(), 0, "{t:?}");
+    let r = c
+        .get(format!("{}/workflows", new.url()))
+        .header("host", "app.test")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        200,
+        "the version activated after the upgrade serves"
+    );
+    assert!(v2.len() > 12);
+    let audit = state.path().join("audit.jsonl");
+    let (code, out, err) = cli(&["audit", "verify", audit.to_str().unwrap()], &[]);
+    assert_eq!(code, 0, "one unbroken chain: {out}{err}");
+    let log = std::fs::read_to_string(&audit).unwrap();
+    assert!(log.contains(&v2), "the new process audited the activation");
+}
+
+/// The control plane is away while a fleet node serves; a version
+/// activated after it returns reaches the node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drill_the_control_plane_away_while_a_fleet_node_serves() {
+    let ch = ClickHouse::start();
+    let spool = tempfile::tempdir().unwrap();
+    let sim = Sim::one("approvals");
+    let base = PolicyDir::new();
+    app(&base, &[sim.url(0)], ROUTE);
+    let state = tempfile::tempdir().unwrap();
+    let alice = add_principal(state.path(), "alice", "author");
+    let bob = add_principal(state.path(), "bob", "reviewer");
+    let ops = add_principal(state.path(), "ops", "operator");
+    let edge = add_principal(state.path(), "edge", "viewer");
+    let st = state.path().display().to_string();
+    let mut cp = Gateway::launch(&["--state", &st, "--policies", base.path().to_str().unwrap()]);
+    let (cp_addr, cp_admin) = (cp.addr, cp.admin);
+    let cache = tempfile::tempdir().unwrap();
+    let token = cache.path().join("token");
+    std::fs::write(&token, &edge).unwrap();
+    let mut node_args = vec![
+        "--control-plane".to_string(),
+        cp.admin_url(),
+        "--cache".into(),
+        cache.path().join("bundle").display().to_string(),
+        "--token-file".into(),
+        token.display().to_string(),
+    ];
+    node_args.extend(telemetry(&ch, &spool));
+    let node = Gateway::launch(&strs(&node_args));
+    let load = open_load(node.url(), "app.test", path, drill::rate(), "fleet");
+    tokio::time::sleep(at(0.2)).await;
+    cp.signal("KILL");
+    cp.wait_exit(Duration::from_secs(5)).expect("killed");
+    tokio::time::sleep(at(0.4)).await;
+    let cp = Gateway::launch_on(cp_addr, cp_admin, &["--state", &st]);
+    let next = PolicyDir::new();
+    app(&next, &[sim.url(0)], TWO_ROUTES);
+    let v2 = govern(&client(), &cp.admin_url(), &next, (&alice, &bob, &ops)).await;
+    let picked_up = eventually(Duration::from_secs(15), || node.policy_version() == v2);
+    tokio::time::sleep(at(0.2)).await;
+    let t = load.finish().await;
+    judge(
+        "control plane away while a fleet node serves",
+        &ch,
+        "fleet",
+        &t,
+    );
+    assert!(
+        picked_up,
+        "the node follows the version activated after the control plane returned"
+    );
+}
+
+/// `kill -9` loses at most the events of the last flush interval (the
+/// in-memory queue and batch), and the next start replays the spool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drill_kill_9_loses_at_most_the_unflushed_interval() {
+    let mut e = estate();
+    let (ch, gw, dir, args) = (&mut e.ch, &mut e.gw, &e.dir, &e.args);
+    // Answered requests before the kill; ClickHouse is away for the second
+    // half, so the spool holds those events.
+    let load = open_load(gw.url(), "app.test", path, drill::rate(), "kill9");
+    tokio::time::sleep(at(0.4)).await;
+    ch.kill();
+    tokio::time::sleep(at(0.4)).await;
+    let t_kill = Instant::now();
+    gw.signal("KILL");
+    gw.wait_exit(Duration::from_secs(5)).expect("killed");
+    let t = load.finish().await;
+    // Only requests answered before the kill count.
+    ch.start_again();
+    let next = Gateway::start(dir.path(), &strs(args));
+    let missing = drill::missing_rows(ch, DB, &t, "kill9", Duration::from_secs(30));
+    let rows = drill::rows(ch, DB, "kill9");
+    drill::report("kill -9 (ClickHouse away)", &t, Some((missing.len(), rows)));
+    // The bound: one flush interval (200 ms) and a drain tick of events at
+    // the drill's rate, with room for the requests answered as the kill landed.
+    let bound = (f64::from(drill::rate()) * 0.25) as usize + 20;
+    assert!(
+        missing.len() <= bound,
+        "{} events lost, bound {bound}",
+        missing.len()
+    );
+    assert!(
+        rows as usize + missing.len() >= t.answered.len(),
+        "the spool was replayed by the next start"
+    );
+    assert!(
+        next.log_text()
+            .contains("replayed a spooled telemetry batch"),
+        "{}",
+        next.log_text()
+    );
+    assert!(t_kill.elapsed() < Duration::from_secs(60));
+}
