@@ -260,7 +260,7 @@ async fn drill_clickhouse_away_while_the_gateway_is_replaced() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_starts_without_clickhouse_and_migrates_when_it_answers() {
     let mut ch = ClickHouse::start();
-    ch.stop();
+    ch.kill();
     let spool = tempfile::tempdir().unwrap();
     let sim = Sim::one("approvals");
     let dir = PolicyDir::new();
@@ -498,4 +498,32 @@ async fn drill_kill_9_loses_at_most_the_unflushed_interval() {
         next.log_text()
     );
     assert!(t_kill.elapsed() < Duration::from_secs(60));
+}
+
+/// SIGTERM under load: requests stop being accepted, but every request the
+/// gateway answered — those finishing during the drain included — is a
+/// row, flushed after the last connection closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drill_sigterm_records_every_answered_request() {
+    let mut e = estate();
+    let load = open_load(e.gw.url(), "app.test", path, drill::rate(), "term");
+    tokio::time::sleep(at(0.5)).await;
+    e.gw.signal("TERM");
+    let exited =
+        e.gw.wait_exit(Duration::from_secs(25))
+            .expect("exits once drained");
+    assert!(exited.success(), "{exited:?}");
+    let t = load.finish().await;
+    let missing = drill::missing_rows(&e.ch, DB, &t, "term", Duration::from_secs(10));
+    let rows = drill::rows(&e.ch, DB, "term");
+    drill::report(
+        "SIGTERM (no successor: later requests are refused)",
+        &t,
+        Some((missing.len(), rows)),
+    );
+    assert!(
+        missing.is_empty(),
+        "{} answered requests have no row",
+        missing.len()
+    );
 }
