@@ -266,6 +266,11 @@ pub fn run(opts: ServeOptions) -> anyhow::Result<()> {
         .parse()
         .context("--admin-listen must be IP:PORT")?;
     let listen_addr: SocketAddr = opts.listen.parse().context("--listen must be IP:PORT")?;
+    // Before taking any listener: a schema that does not fit stops here.
+    let clickhouse_answers = match &opts.telemetry {
+        Some(t) => prepare_clickhouse(t)?,
+        None => false,
+    };
 
     let conf = ServerConf {
         threads: opts.threads.max(1),
@@ -308,7 +313,6 @@ pub fn run(opts: ServeOptions) -> anyhow::Result<()> {
     let mut telemetry = None;
     let mut telemetry_service = None;
     if let Some(t) = &opts.telemetry {
-        let connected = prepare_clickhouse(t)?;
         let (producer, sink) = crate::telemetry::sink::channel(crate::telemetry::SinkConfig {
             url: t.url.clone(),
             database: t.database.clone(),
@@ -320,7 +324,10 @@ pub fn run(opts: ServeOptions) -> anyhow::Result<()> {
             migrate: t.migrate,
         })
         .with_context(|| format!("cannot open the telemetry spool {}", t.spool_dir.display()))?;
-        producer.stats.connected.store(connected, Ordering::Relaxed);
+        producer
+            .stats
+            .connected
+            .store(clickhouse_answers, Ordering::Relaxed);
         let _ = shared.telemetry.set(Arc::clone(&producer.stats));
         telemetry = Some((producer, t.instance.clone()));
         telemetry_service = Some(TelemetryService {

@@ -229,15 +229,15 @@ async fn drill_clickhouse_away_while_the_gateway_is_replaced() {
         "{}",
         new.log_text()
     );
+    let exited = old
+        .wait_exit(Duration::from_secs(25))
+        .expect("the old process exits");
+    assert!(exited.success());
     let metrics = http_get(new.admin, "/metrics", "admin");
     assert!(
         metrics.contains("gatehouse_telemetry_degraded 1"),
         "{metrics}"
     );
-    let exited = old
-        .wait_exit(Duration::from_secs(25))
-        .expect("the old process exits");
-    assert!(exited.success());
     tokio::time::sleep(at(0.2)).await;
     ch.start_again();
     tokio::time::sleep(at(0.4)).await;

@@ -245,3 +245,56 @@ async fn sigterm_drains_in_flight_requests_then_exits() {
         signalled.elapsed()
     );
 }
+
+#[tokio::test]
+async fn an_upgrade_that_cannot_serve_leaves_the_running_gateway_in_place() {
+    let sim = Sim::one("approvals");
+    let dir = PolicyDir::new();
+    dir.write(
+        "a.yaml",
+        &app_policy("app", "app.test", &[sim.url(0)], "", ONE_ROUTE),
+    );
+    let gw = Gateway::start(dir.path(), &[]);
+    let v1 = gw.policy_version();
+    // A successor whose policy does not compile never asks for the listeners.
+    let broken = PolicyDir::new();
+    broken.write("a.yaml", "version: 1\napps: [ { name: x } ]\n");
+    let (code, _, err) = cli(
+        &[
+            "serve",
+            "--policies",
+            broken.path().to_str().unwrap(),
+            "--listen",
+            &gw.addr.to_string(),
+            "--admin-listen",
+            &gw.admin.to_string(),
+            "--upgrade",
+        ],
+        &[],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("does not compile"), "{err}");
+    assert_eq!(gw.policy_version(), v1, "the running gateway still serves");
+    let r = client()
+        .get(format!("{}/approvals/1", gw.url()))
+        .header("host", "app.test")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // Nothing to take over from: said plainly.
+    let lonely = format!("127.0.0.1:{}", free_port());
+    let (code, _, err) = cli(
+        &[
+            "serve",
+            "--policies",
+            dir.path().to_str().unwrap(),
+            "--listen",
+            &lonely,
+            "--upgrade",
+        ],
+        &[],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("no running gatehouse recorded"), "{err}");
+}
