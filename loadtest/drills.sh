@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 
 seconds=60
 rate=800
-filter=drill
+filter=e2e::drills::
 while [ $# -gt 0 ]; do
   case "$1" in
     --seconds) seconds="$2"; shift 2 ;;

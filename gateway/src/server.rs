@@ -181,6 +181,27 @@ fn load_policy(source: &PolicySource, lock_wait: Duration) -> anyhow::Result<Pol
     })
 }
 
+/// Create `dir` (mode 0700) or check that it is this user's alone: a
+/// successor signals the pid recorded there and takes listening sockets
+/// from the socket there, so nobody else may write in it.
+fn private_run_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("cannot create --run-dir {}", dir.display()))?;
+    let meta = std::fs::symlink_metadata(dir)
+        .with_context(|| format!("cannot read --run-dir {}", dir.display()))?;
+    if !meta.is_dir() || meta.uid() != nix::unistd::geteuid().as_raw() || meta.mode() & 0o022 != 0 {
+        anyhow::bail!(
+            "--run-dir {} must be a directory owned by this user that no one else can write (a successor signals the pid recorded there and takes the listeners from a socket there)",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
 /// The process id in `pid_file`, if that process is alive.
 fn running_gatehouse(pid_file: &Path) -> anyhow::Result<nix::unistd::Pid> {
     let text = std::fs::read_to_string(pid_file).with_context(|| {
@@ -236,8 +257,7 @@ fn write_pid(pid_file: &Path) -> std::io::Result<()> {
 /// Run the gateway until SIGTERM/SIGINT (or, after SIGQUIT, until a
 /// successor started with `--upgrade` has taken the listeners over).
 pub fn run(opts: ServeOptions) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&opts.run_dir)
-        .with_context(|| format!("cannot create --run-dir {}", opts.run_dir.display()))?;
+    private_run_dir(&opts.run_dir)?;
     let pid_file = opts.run_dir.join("gatehouse.pid");
     let upgrade_sock = opts.run_dir.join("upgrade.sock");
     let predecessor = match opts.upgrade {
@@ -923,5 +943,34 @@ impl BackgroundService for DrainMonitor {
             "drained; exiting"
         );
         std::process::exit(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn the_run_dir_is_private_or_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let fresh = tmp.path().join("a/run");
+        private_run_dir(&fresh).unwrap();
+        let mode = std::fs::metadata(&fresh).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        private_run_dir(&fresh).unwrap();
+
+        let shared = tmp.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = private_run_dir(&shared).unwrap_err().to_string();
+        assert!(e.contains("no one else can write"), "{e}");
+
+        let link = tmp.path().join("link");
+        std::os::unix::fs::symlink(&fresh, &link).unwrap();
+        assert!(
+            private_run_dir(&link).is_err(),
+            "a planted symlink is refused"
+        );
     }
 }

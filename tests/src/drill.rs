@@ -206,12 +206,13 @@ pub fn rows(ch: &ClickHouse, db: &str, tag: &str) -> u64 {
     ))
 }
 
-/// Print the drill's line of the results table.
+/// Print the drill's line of the results table (on a line of its own,
+/// also after the test harness's `test NAME ...`).
 pub fn report(drill: &str, t: &Tally, rows: Option<(usize, u64)>) {
     let missing = rows.map_or("-".to_string(), |(m, _)| m.to_string());
     let stored = rows.map_or("-".to_string(), |(_, r)| r.to_string());
     println!(
-        "| {drill} | {:.0} s | {} | {} | {} (status {:?}, error {:?}) | {} | {} | {} | {missing} | {:.2} s |",
+        "\n| {drill} | {:.0} s | {} | {} | {} (status {:?}, error {:?}) | {} | {} | {} | {missing} | {:.2} s |",
         t.elapsed.as_secs_f64(),
         t.sent,
         t.answered.len(),

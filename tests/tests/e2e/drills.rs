@@ -60,7 +60,7 @@ fn judge(name: &str, ch: &ClickHouse, tag: &str, t: &Tally) {
     let rows = drill::rows(ch, DB, tag);
     drill::report(name, t, Some((missing.len(), rows)));
     assert!(
-        t.sent as f64 >= drill::seconds() as f64 * drill::rate() as f64 * 0.8,
+        t.sent as f64 >= t.elapsed.as_secs_f64() * f64::from(drill::rate()) * 0.8,
         "the load ran: {t:?}"
     );
     assert_eq!(
