@@ -346,8 +346,9 @@ struct ServeArgs {
     #[arg(long)]
     upgrade: bool,
     /// Where the running process records its pid and a successor started
-    /// with --upgrade meets it [default: a directory under the system's
-    /// temporary directory named after --listen].
+    /// with --upgrade meets it; this user's alone (mode 0700) [default:
+    /// `gatehouse-<listen>` in $XDG_RUNTIME_DIR, else in the temporary
+    /// directory].
     #[arg(long, env = "GATEHOUSE_RUN_DIR")]
     run_dir: Option<PathBuf>,
 }
@@ -901,7 +902,11 @@ fn serve(args: ServeArgs) -> ExitCode {
                 }
             })
             .collect();
-        std::env::temp_dir().join(format!("gatehouse-{name}"))
+        std::env::var_os("XDG_RUNTIME_DIR")
+            .map(PathBuf::from)
+            .filter(|d| d.is_dir())
+            .unwrap_or_else(std::env::temp_dir)
+            .join(format!("gatehouse-{name}"))
     });
     let opts = gatehouse::server::ServeOptions {
         source,

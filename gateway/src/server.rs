@@ -193,17 +193,30 @@ fn private_run_dir(dir: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create --run-dir {}", dir.display()))?;
     let meta = std::fs::symlink_metadata(dir)
         .with_context(|| format!("cannot read --run-dir {}", dir.display()))?;
-    if !meta.is_dir() || meta.uid() != nix::unistd::geteuid().as_raw() || meta.mode() & 0o022 != 0 {
+    if !meta.is_dir() || meta.uid() != nix::unistd::geteuid().as_raw() || meta.mode() & 0o077 != 0 {
         anyhow::bail!(
-            "--run-dir {} must be a directory owned by this user that no one else can write (a successor signals the pid recorded there and takes the listeners from a socket there)",
+            "--run-dir {} must be a directory owned by this user that no one else can use (mode 0700; a successor signals the pid recorded there and takes the listeners from a socket there)",
             dir.display()
         );
     }
     Ok(())
 }
 
-/// The process id in `pid_file`, if that process is alive.
+/// The process id in `pid_file`, if the gatehouse that wrote it still
+/// runs (it holds the file's lock for its life).
 fn running_gatehouse(pid_file: &Path) -> anyhow::Result<nix::unistd::Pid> {
+    let file = std::fs::File::open(pid_file).with_context(|| {
+        format!(
+            "--upgrade: no running gatehouse recorded in {} (is --run-dir the one it was started with?)",
+            pid_file.display()
+        )
+    })?;
+    if file.try_lock_shared().is_ok() {
+        anyhow::bail!(
+            "--upgrade: the gatehouse recorded in {} is not running any more",
+            pid_file.display()
+        );
+    }
     let text = std::fs::read_to_string(pid_file).with_context(|| {
         format!(
             "--upgrade: no running gatehouse recorded in {} (is --run-dir the one it was started with?)",
@@ -247,11 +260,70 @@ fn ask_to_hand_over(pid: nix::unistd::Pid, socket: PathBuf) {
     });
 }
 
-/// Record this process as the one a later `--upgrade` takes over from.
-fn write_pid(pid_file: &Path) -> std::io::Result<()> {
-    let tmp = pid_file.with_extension("pid.tmp");
-    std::fs::write(&tmp, format!("{}\n", std::process::id()))?;
-    std::fs::rename(&tmp, pid_file)
+/// Until Pingora watches for SIGQUIT (the hand-over request), its default
+/// action would end the process: handle it (doing nothing) from the start.
+/// A SIGQUIT before Pingora runs is thus ignored (the pid file that a
+/// successor reads is written only once Pingora runs), never fatal.
+fn ignore_sigquit_until_pingora_runs() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
+    if let Ok(rt) = rt {
+        // The handler stays installed for the process's life; the stream
+        // is not needed.
+        let installed = rt.block_on(async {
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::quit()).map(drop)
+        });
+        if let Err(e) = installed {
+            tracing::warn!(error = %e, "cannot handle SIGQUIT before start-up completes");
+        }
+    }
+}
+
+/// Records this process in the pid file, once Pingora runs (and handles
+/// SIGQUIT): the one a later `--upgrade` takes over from. The file stays
+/// locked while the process lives, so a successor never signals a stale pid.
+struct PidFile {
+    phases:
+        std::sync::Mutex<Option<tokio::sync::broadcast::Receiver<pingora::server::ExecutionPhase>>>,
+    path: PathBuf,
+    held: std::sync::Mutex<Option<std::fs::File>>,
+}
+
+impl PidFile {
+    fn write(&self) -> std::io::Result<()> {
+        let tmp = self.path.with_extension("pid.tmp");
+        let mut file = std::fs::File::create(&tmp)?;
+        file.lock()?;
+        std::io::Write::write_all(&mut file, format!("{}\n", std::process::id()).as_bytes())?;
+        std::fs::rename(&tmp, &self.path)?;
+        *self.held.lock().unwrap_or_else(|p| p.into_inner()) = Some(file);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl BackgroundService for PidFile {
+    async fn start(&self, _shutdown: ShutdownWatch) {
+        let Some(mut phases) = self.phases.lock().ok().and_then(|mut p| p.take()) else {
+            return;
+        };
+        loop {
+            match phases.recv().await {
+                Ok(pingora::server::ExecutionPhase::Running) => break,
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+        // Pingora installs its signal handlers right after announcing
+        // `Running`, on its own thread.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if let Err(e) = self.write() {
+            tracing::error!(path = %self.path.display(), error = %e, "cannot write the pid file; --upgrade cannot take over from this process");
+        }
+        // Keep the task (and the lock) until the runtime stops.
+        std::future::pending::<()>().await;
+    }
 }
 
 /// Run the gateway until SIGTERM/SIGINT (or, after SIGQUIT, until a
@@ -298,6 +370,8 @@ pub fn run(opts: ServeOptions) -> anyhow::Result<()> {
         grace_period_seconds: Some(opts.drain_timeout.as_secs().max(1)),
         graceful_shutdown_timeout_seconds: Some(1),
         max_retries: 11,
+        // How long a successor waits for the sockets (about a second each).
+        upgrade_sock_connect_accept_max_retries: Some(30),
         pid_file: pid_file.display().to_string(),
         upgrade_sock: upgrade_sock.display().to_string(),
         ..ServerConf::default()
@@ -306,32 +380,10 @@ pub fn run(opts: ServeOptions) -> anyhow::Result<()> {
         upgrade: predecessor.is_some(),
         ..Default::default()
     };
-    let mut server = Server::new_with_opt_and_conf(Some(pingora_opt), conf);
-    let phases = server.watch_execution_phase();
-    if let Some(pid) = predecessor {
-        ask_to_hand_over(pid, upgrade_sock.clone());
-    }
-    server.bootstrap();
-    if predecessor.is_some() {
-        tracing::info!("listeners taken over from the running gatehouse");
-    }
-    write_pid(&pid_file).with_context(|| format!("cannot write {}", pid_file.display()))?;
-    let (shared, control) = match policy {
-        Some(p) => p,
-        None => load_policy(&opts.source, Duration::from_secs(30))?,
-    };
-    {
-        let active = shared.active();
-        tracing::info!(
-            version = active.bundle.short_version(),
-            apps = active.bundle.apps.len(),
-            routes = active.bundle.route_count(),
-            "policy bundle active"
-        );
-    }
-
+    // Everything that can fail is done before the listeners are taken:
+    // after that, the predecessor drains whatever happens here.
     let mut telemetry = None;
-    let mut telemetry_service = None;
+    let mut sink_parts = None;
     if let Some(t) = &opts.telemetry {
         let (producer, sink) = crate::telemetry::sink::channel(crate::telemetry::SinkConfig {
             url: t.url.clone(),
@@ -348,26 +400,9 @@ pub fn run(opts: ServeOptions) -> anyhow::Result<()> {
             .stats
             .connected
             .store(clickhouse_answers, Ordering::Relaxed);
-        let _ = shared.telemetry.set(Arc::clone(&producer.stats));
         telemetry = Some((producer, t.instance.clone()));
-        telemetry_service = Some(TelemetryService {
-            sink: std::sync::Mutex::new(Some(sink)),
-            shared: Arc::clone(&shared),
-            options: t.clone(),
-        });
+        sink_parts = Some((sink, t.clone()));
     }
-    let gateway = || {
-        let g = Gateway::new(Arc::clone(&shared));
-        match &telemetry {
-            Some((producer, instance)) => g.with_telemetry(producer.clone(), instance.clone()),
-            None => g,
-        }
-    };
-    let server_options = opts.h2c.then(|| {
-        let mut options = pingora::apps::HttpServerOptions::default();
-        options.h2c = true;
-        options
-    });
     let tls_settings = match &opts.tls_listen {
         Some(_) => {
             let (Some(cert), Some(key)) = (&opts.tls_cert, &opts.tls_key) else {
@@ -383,6 +418,53 @@ pub fn run(opts: ServeOptions) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let mut server = Server::new_with_opt_and_conf(Some(pingora_opt), conf);
+    let phases = server.watch_execution_phase();
+    ignore_sigquit_until_pingora_runs();
+    if let Some(pid) = predecessor {
+        ask_to_hand_over(pid, upgrade_sock.clone());
+    }
+    server.bootstrap();
+    if predecessor.is_some() {
+        tracing::info!("listeners taken over from the running gatehouse");
+    }
+    let (shared, control) = match policy {
+        Some(p) => p,
+        None => load_policy(&opts.source, Duration::from_secs(30))?,
+    };
+    let mut telemetry_service = None;
+    if let Some((producer, _)) = &telemetry {
+        let _ = shared.telemetry.set(Arc::clone(&producer.stats));
+    }
+    if let Some((sink, options)) = sink_parts {
+        telemetry_service = Some(TelemetryService {
+            sink: std::sync::Mutex::new(Some(sink)),
+            shared: Arc::clone(&shared),
+            options,
+        });
+    }
+    {
+        let active = shared.active();
+        tracing::info!(
+            version = active.bundle.short_version(),
+            apps = active.bundle.apps.len(),
+            routes = active.bundle.route_count(),
+            "policy bundle active"
+        );
+    }
+
+    let gateway = || {
+        let g = Gateway::new(Arc::clone(&shared));
+        match &telemetry {
+            Some((producer, instance)) => g.with_telemetry(producer.clone(), instance.clone()),
+            None => g,
+        }
+    };
+    let server_options = opts.h2c.then(|| {
+        let mut options = pingora::apps::HttpServerOptions::default();
+        options.h2c = true;
+        options
+    });
     // Pingora's proxy behind Gatehouse's HTTP/2 front (`proxy::h2`): the
     // TLS listener, and the plain one with `--http1-engine pingora`.
     let mut pingora_proxy = pingora::proxy::http_proxy(&server.configuration, gateway());
@@ -516,6 +598,15 @@ pub fn run(opts: ServeOptions) -> anyhow::Result<()> {
             shared: Arc::clone(&shared),
             deadline: opts.drain_timeout,
             admin: (admin_addr, admin_router),
+            control: control.clone(),
+        },
+    ));
+    server.add_service(background_service(
+        "pid-file",
+        PidFile {
+            phases: std::sync::Mutex::new(Some(server.watch_execution_phase())),
+            path: pid_file,
+            held: std::sync::Mutex::new(None),
         },
     ));
     if let Some(c) = &control {
@@ -872,6 +963,9 @@ struct DrainMonitor {
     deadline: Duration,
     /// The admin address and router, answered again while draining.
     admin: (SocketAddr, axum::Router),
+    /// The control plane, stopped before the exit so that no change to
+    /// the state directory is cut in half.
+    control: Option<Arc<crate::governance::control::Control>>,
 }
 
 /// Pingora closes the admin listener with the others at shutdown. After a
@@ -907,7 +1001,10 @@ impl BackgroundService for DrainMonitor {
         );
         tokio::spawn(answer_while_draining(self.admin.0, self.admin.1.clone()));
         let start = tokio::time::Instant::now();
-        let give_up = self.deadline.saturating_sub(FLUSH_RESERVE);
+        let give_up = self
+            .deadline
+            .saturating_sub(FLUSH_RESERVE)
+            .max(self.deadline / 2);
         let mut idle_since: Option<tokio::time::Instant> = None;
         loop {
             tokio::time::sleep(Duration::from_millis(25)).await;
@@ -938,6 +1035,9 @@ impl BackgroundService for DrainMonitor {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }
+        if let Some(control) = self.control.clone() {
+            let _ = tokio::task::spawn_blocking(move || control.quiesce()).await;
+        }
         tracing::info!(
             drained_in_ms = start.elapsed().as_millis() as u64,
             "drained; exiting"
@@ -964,7 +1064,12 @@ mod tests {
         std::fs::create_dir(&shared).unwrap();
         std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
         let e = private_run_dir(&shared).unwrap_err().to_string();
-        assert!(e.contains("no one else can write"), "{e}");
+        assert!(e.contains("no one else can use"), "{e}");
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(
+            private_run_dir(&shared).is_err(),
+            "readable by others is refused too"
+        );
 
         let link = tmp.path().join("link");
         std::os::unix::fs::symlink(&fresh, &link).unwrap();

@@ -220,6 +220,8 @@ pub struct AuditLog {
     path: PathBuf,
     tail: Mutex<(u64, String)>,
     signer: Option<Signer>,
+    /// Set under the tail's lock by [`AuditLog::seal`]: no entry follows.
+    sealed: std::sync::atomic::AtomicBool,
 }
 
 /// Why a log does not verify.
@@ -282,13 +284,26 @@ impl AuditLog {
         Ok(Self {
             path: path.to_path_buf(),
             tail: Mutex::new(tail),
+            sealed: std::sync::atomic::AtomicBool::new(false),
             signer,
         })
+    }
+
+    /// Append no more entries (another process continues the log): waits
+    /// for an append under way, and every later one fails.
+    pub fn seal(&self) {
+        let _tail = self.tail.lock().unwrap_or_else(|p| p.into_inner());
+        self.sealed.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Append a record; returns the entry written.
     pub fn append(&self, record: Record) -> Result<Entry, AuditError> {
         let mut tail = self.tail.lock().unwrap_or_else(|p| p.into_inner());
+        if self.sealed.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(AuditError::Io(
+                "the log was handed to another process; this one appends no more".into(),
+            ));
+        }
         let seq = tail.0 + 1;
         let time = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
         let hash = entry_hash(seq, &time, &record, &tail.1);

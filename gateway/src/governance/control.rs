@@ -352,14 +352,24 @@ impl Control {
     /// upgrade: wait for the change being made (if any), stop writing (every
     /// later call gets [`ControlError::HandedOver`]) and let the lock go.
     pub fn hand_over(&self) {
-        let _serial = self.guard();
-        self.handed_over
-            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.quiesce();
         self.state_lock
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
         tracing::info!("control plane handed the state directory over to the new process");
+    }
+
+    /// Stop changing the state directory: wait for the change under way
+    /// (if any) and the audit entry being written, then refuse every later
+    /// change ([`ControlError::HandedOver`]) and append nothing more. Done
+    /// at a hand-over and before the process exits, so that no change is
+    /// cut in half.
+    pub fn quiesce(&self) {
+        let _serial = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.handed_over
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.audit.seal();
     }
 
     fn is_handed_over(&self) -> bool {
@@ -454,7 +464,7 @@ impl Control {
         expires_in: Option<std::time::Duration>,
         rotate: bool,
     ) -> Result<String, ControlError> {
-        let _g = self.guard();
+        let _g = self.guard()?;
         self.account_principals();
         let expires = expires_in.map(|d| SystemTime::now() + d);
         let path = self.store.principals_path();
@@ -489,7 +499,7 @@ impl Control {
         name: &str,
         roles: Option<&[Role]>,
     ) -> Result<(), ControlError> {
-        let _g = self.guard();
+        let _g = self.guard()?;
         self.account_principals();
         let path = self.store.principals_path();
         let result = match roles {
@@ -665,8 +675,13 @@ impl Control {
         result
     }
 
-    fn guard(&self) -> std::sync::MutexGuard<'_, ()> {
-        self.lock.lock().unwrap_or_else(|p| p.into_inner())
+    /// Serialise a change to the state, unless it was handed over.
+    fn guard(&self) -> Result<std::sync::MutexGuard<'_, ()>, ControlError> {
+        let guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        if self.is_handed_over() {
+            return Err(ControlError::HandedOver);
+        }
+        Ok(guard)
     }
 
     /// The active version, its history and the open proposals.
@@ -759,7 +774,7 @@ impl Control {
         title: &str,
         files: Vec<SourceFile>,
     ) -> Result<Proposal, ControlError> {
-        let _g = self.guard();
+        let _g = self.guard()?;
         let action = "proposal.create";
         if title.trim().is_empty() {
             return Err(ControlError::conflict(
@@ -881,7 +896,7 @@ impl Control {
         verdict: Verdict,
         comment: &str,
     ) -> Result<Proposal, ControlError> {
-        let _g = self.guard();
+        let _g = self.guard()?;
         let action = match verdict {
             Verdict::Approve => "proposal.approve",
             Verdict::Reject => "proposal.reject",
@@ -928,7 +943,7 @@ impl Control {
 
     /// Withdraw a proposal (its author or an admin).
     pub fn withdraw(&self, who: &Principal, id: u64) -> Result<Proposal, ControlError> {
-        let _g = self.guard();
+        let _g = self.guard()?;
         let (action, subject) = ("proposal.withdraw", id.to_string());
         let mut p = self.proposal(id)?;
         if p.author != who.name && !who.has(Role::Admin) {
@@ -951,7 +966,7 @@ impl Control {
 
     /// Activate an approved proposal whose base is still active.
     pub fn activate(&self, who: &Principal, id: u64) -> Result<Activation, ControlError> {
-        let _g = self.guard();
+        let _g = self.guard()?;
         let (action, subject) = ("proposal.activate", id.to_string());
         let mut p = self.proposal(id)?;
         match p.state {
@@ -1020,7 +1035,7 @@ impl Control {
         reason: &str,
         break_glass: bool,
     ) -> Result<Rollback, ControlError> {
-        let _g = self.guard();
+        let _g = self.guard()?;
         let action = if break_glass {
             "bundle.rollback"
         } else {

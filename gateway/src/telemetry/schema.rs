@@ -182,13 +182,13 @@ impl SchemaError {
     /// ClickHouse did not answer (connection refused, reset, timed out): an
     /// outage to wait out, unlike a schema that does not fit.
     pub fn is_unreachable(&self) -> bool {
-        matches!(
-            self,
-            Self::Unreachable {
-                source: clickhouse::error::Error::Network(_) | clickhouse::error::Error::TimedOut,
-                ..
+        use clickhouse::error::Error;
+        match self {
+            Self::Unreachable { source, .. } | Self::Migration { source, .. } => {
+                matches!(source, Error::Network(_) | Error::TimedOut)
             }
-        )
+            _ => false,
+        }
     }
 }
 

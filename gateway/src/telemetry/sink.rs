@@ -154,8 +154,11 @@ pub fn client(url: &str, database: &str) -> clickhouse::Client {
 const DRAIN_TICK: Duration = Duration::from_millis(10);
 /// How often a degraded sink asks ClickHouse for its schema again.
 const SCHEMA_RETRY: Duration = Duration::from_secs(1);
-/// Longest wait for each insert of the final flush before spooling it.
-const FINAL_INSERT: Duration = Duration::from_secs(2);
+/// Longest time the final flush inserts before spooling what is left
+/// (the drain monitor keeps 2.5 s for it).
+const FINAL_BUDGET: Duration = Duration::from_millis(1500);
+/// Longest time one insert may take before it counts as failed.
+const INSERT_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Sink {
     /// Run until `finish` resolves, then flush what is queued once. The
@@ -183,34 +186,78 @@ impl Sink {
         let mut drain = tokio::time::interval(DRAIN_TICK.min(self.config.flush_interval));
         drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut closed = false;
-        while !closed {
+        // Set when `finish` resolved in the middle of an insert or a
+        // replay, which was then abandoned (it may or may not have stored
+        // its rows).
+        let mut interrupted = false;
+        'run: while !closed {
             tokio::select! {
                 _ = drain.tick() => {
                     closed = take_queued(&mut rx, &mut batch);
                     while batch.len() >= self.config.batch_size {
-                        let rest = batch.split_off(self.config.batch_size);
-                        self.draining(self.flush(&mut batch), &mut rx, &mut held).await;
-                        batch = rest;
+                        let mut rest = batch.split_off(self.config.batch_size);
+                        let done = self.draining(self.flush(&mut batch), &mut rx, &mut held, &mut finish).await;
+                        batch.append(&mut rest);
                         batch.append(&mut held);
+                        if done.is_none() {
+                            interrupted = true;
+                            break 'run;
+                        }
                     }
                 }
                 _ = tick.tick() => {
                     if !batch.is_empty() {
-                        self.draining(self.flush(&mut batch), &mut rx, &mut held).await;
+                        let done = self.draining(self.flush(&mut batch), &mut rx, &mut held, &mut finish).await;
                         batch.append(&mut held);
+                        if done.is_none() {
+                            interrupted = true;
+                            break 'run;
+                        }
                     }
-                    self.draining(self.replay(), &mut rx, &mut held).await;
+                    let done = self.draining(self.replay(), &mut rx, &mut held, &mut finish).await;
                     batch.append(&mut held);
+                    if done.is_none() {
+                        break 'run;
+                    }
                 }
                 _ = &mut finish => break,
             }
         }
         take_queued(&mut rx, &mut batch);
-        for chunk in batch.chunks(self.config.batch_size) {
-            self.flush_once(chunk).await;
-        }
+        self.final_flush(&batch, interrupted).await;
         self.stats.flushed.store(true, Ordering::Relaxed);
         tracing::info!(spooled_bytes = self.spool().bytes(), "telemetry flushed");
+    }
+
+    /// The last flush, within [`FINAL_BUDGET`]: insert while ClickHouse
+    /// takes the rows in time, spool the rest (the spool is on disk at
+    /// once; the next process replays it, skipping rows already stored).
+    /// After an interrupted insert everything is spooled: the replay then
+    /// stores each row once whatever that insert did.
+    async fn final_flush(&self, rows: &[RequestEvent], interrupted: bool) {
+        let deadline = tokio::time::Instant::now() + FINAL_BUDGET;
+        let mut inserting =
+            !interrupted && self.stats.connected.load(Ordering::Relaxed) && !self.backlog();
+        for chunk in rows.chunks(self.config.batch_size.max(1)) {
+            if inserting {
+                match tokio::time::timeout_at(deadline, self.insert(chunk)).await {
+                    Ok(Ok(())) => {
+                        self.stats
+                            .inserted
+                            .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                        continue;
+                    }
+                    Ok(Err(e)) => {
+                        tracing::warn!(rows = chunk.len(), error = %e, "final telemetry insert failed; spooling the rest")
+                    }
+                    Err(_) => {
+                        tracing::warn!(rows = chunk.len(), "final telemetry insert took too long; spooling the rest (the replay skips rows it stored)")
+                    }
+                }
+                inserting = false;
+            }
+            self.spool_slice(chunk);
+        }
     }
 
     fn spool(&self) -> std::sync::MutexGuard<'_, Spool> {
@@ -222,19 +269,23 @@ impl Sink {
     /// whole batch pile up there, it goes to the spool. A slow ClickHouse
     /// thus never fills the queue (which would drop events); the spool is
     /// replayed once inserts go through again.
+    ///
+    /// `None` when `finish` resolved first: the work is abandoned.
     async fn draining<F: std::future::Future>(
         &self,
         work: F,
         rx: &mut mpsc::Receiver<RequestEvent>,
         held: &mut Vec<RequestEvent>,
-    ) -> F::Output {
+        finish: &mut (impl std::future::Future<Output = ()> + Unpin),
+    ) -> Option<F::Output> {
         tokio::pin!(work);
         let mut drain = tokio::time::interval(DRAIN_TICK.min(self.config.flush_interval));
         drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         drain.tick().await;
         loop {
             tokio::select! {
-                out = &mut work => return out,
+                out = &mut work => return Some(out),
+                _ = &mut *finish => return None,
                 _ = drain.tick() => {
                     take_queued(rx, held);
                     if held.len() >= self.config.batch_size {
@@ -246,6 +297,12 @@ impl Sink {
     }
 
     async fn insert(&self, rows: &[RequestEvent]) -> Result<(), clickhouse::error::Error> {
+        tokio::time::timeout(INSERT_TIMEOUT, self.insert_rows(rows))
+            .await
+            .unwrap_or(Err(clickhouse::error::Error::TimedOut))
+    }
+
+    async fn insert_rows(&self, rows: &[RequestEvent]) -> Result<(), clickhouse::error::Error> {
         let mut insert = self.client.insert::<RequestEvent>("requests").await?;
         for (i, row) in rows.iter().enumerate() {
             insert.write(row).await?;
@@ -407,27 +464,6 @@ impl Sink {
         self.spool_batch(batch);
     }
 
-    /// One bounded attempt, then spool (shutdown path: never wait long).
-    async fn flush_once(&self, batch: &[RequestEvent]) {
-        if self.stats.connected.load(Ordering::Relaxed) && !self.backlog() {
-            match tokio::time::timeout(FINAL_INSERT, self.insert(batch)).await {
-                Ok(Ok(())) => {
-                    self.stats
-                        .inserted
-                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
-                    return;
-                }
-                Ok(Err(e)) => {
-                    tracing::warn!(rows = batch.len(), error = %e, "final telemetry insert failed; spooling")
-                }
-                Err(_) => {
-                    tracing::warn!(rows = batch.len(), "final telemetry insert took too long; spooling (the replay skips rows it stored)")
-                }
-            }
-        }
-        self.spool_slice(batch);
-    }
-
     fn spool_batch(&self, batch: &mut Vec<RequestEvent>) {
         self.spool_slice(batch);
         batch.clear();
@@ -460,6 +496,10 @@ impl Sink {
                 tracing::warn!(error = %e, "cannot take over the telemetry spool");
                 return;
             }
+        }
+        // Other writers (a predecessor, a successor) add batches too.
+        if let Err(e) = self.spool().rescan() {
+            tracing::warn!(error = %e, "cannot read the telemetry spool");
         }
         if self.spool().is_empty() || !self.schema_ready().await {
             return;

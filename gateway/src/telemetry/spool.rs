@@ -81,9 +81,9 @@ impl Spool {
         Ok(spool)
     }
 
-    /// Count what the directory holds and move the next sequence number
-    /// past it.
-    fn rescan(&mut self) -> std::io::Result<()> {
+    /// Count what the directory holds (every writer's batches) and move
+    /// the next sequence number past it.
+    pub fn rescan(&mut self) -> std::io::Result<()> {
         self.bytes = 0;
         for (seq, path) in self.files()? {
             self.next_seq = self.next_seq.max(seq + 1);
@@ -151,8 +151,9 @@ impl Spool {
         self.bytes
     }
 
-    /// Append a batch.
+    /// Append a batch (the cap counts every writer's batches, read afresh).
     pub fn push(&mut self, batch: &[RequestEvent]) -> Result<(), SpoolError> {
+        self.rescan()?;
         let mut buf = Vec::with_capacity(batch.len() * 512);
         for ev in batch {
             serde_json::to_writer(&mut buf, ev).map_err(std::io::Error::other)?;
