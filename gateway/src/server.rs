@@ -181,9 +181,9 @@ fn load_policy(source: &PolicySource, lock_wait: Duration) -> anyhow::Result<Pol
     })
 }
 
-/// Create `dir` (mode 0700) or check that it is this user's alone: a
-/// successor signals the pid recorded there and takes listening sockets
-/// from the socket there, so nobody else may write in it.
+/// Create `dir` (mode 0700), or check that it is this user's directory and
+/// make it 0700: a successor signals the pid recorded there and takes
+/// listening sockets from the socket there, so nobody else may use it.
 fn private_run_dir(dir: &Path) -> anyhow::Result<()> {
     use std::os::unix::fs::{DirBuilderExt, MetadataExt};
     std::fs::DirBuilder::new()
@@ -193,7 +193,14 @@ fn private_run_dir(dir: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create --run-dir {}", dir.display()))?;
     let meta = std::fs::symlink_metadata(dir)
         .with_context(|| format!("cannot read --run-dir {}", dir.display()))?;
-    if !meta.is_dir() || meta.uid() != nix::unistd::geteuid().as_raw() || meta.mode() & 0o077 != 0 {
+    let ours = meta.is_dir() && meta.uid() == nix::unistd::geteuid().as_raw();
+    if ours && meta.mode() & 0o077 != 0 {
+        // Ours, but open to others (made by hand, or by an older release):
+        // only we can have written in it, so close it.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot make --run-dir {} private", dir.display()))?;
+    } else if !ours {
         anyhow::bail!(
             "--run-dir {} must be a directory owned by this user that no one else can use (mode 0700; a successor signals the pid recorded there and takes the listeners from a socket there)",
             dir.display()
@@ -1062,14 +1069,14 @@ mod tests {
 
         let shared = tmp.path().join("shared");
         std::fs::create_dir(&shared).unwrap();
-        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
-        let e = private_run_dir(&shared).unwrap_err().to_string();
-        assert!(e.contains("no one else can use"), "{e}");
         std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o755)).unwrap();
-        assert!(
-            private_run_dir(&shared).is_err(),
-            "readable by others is refused too"
-        );
+        private_run_dir(&shared).unwrap();
+        let mode = std::fs::metadata(&shared).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700, "our own directory is made private");
+
+        let file = tmp.path().join("file");
+        std::fs::write(&file, "").unwrap();
+        assert!(private_run_dir(&file).is_err(), "a file is refused");
 
         let link = tmp.path().join("link");
         std::os::unix::fs::symlink(&fresh, &link).unwrap();

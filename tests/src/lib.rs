@@ -112,6 +112,8 @@ pub struct Gateway {
     pub log: PathBuf,
     /// Bearer token sent with admin reads (governed mode needs one).
     pub admin_token: Option<String>,
+    /// Its `--run-dir` (pid file, upgrade socket), in its temporary directory.
+    pub run_dir: PathBuf,
     _logdir: tempfile::TempDir,
 }
 
@@ -143,7 +145,15 @@ impl Gateway {
     pub fn successor(&self, args: &[&str]) -> Gateway {
         let mut all = vec!["--upgrade"];
         all.extend_from_slice(args);
-        let next = Gateway::spawn_on(self.addr, self.admin, &all);
+        // The pid file is written once the running process handles SIGQUIT.
+        assert!(
+            eventually(Duration::from_secs(10), || self
+                .run_dir
+                .join("gatehouse.pid")
+                .exists()),
+            "the running gateway recorded no pid"
+        );
+        let next = Gateway::spawn_in(self.addr, self.admin, &self.run_dir, &all);
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(30) {
             if next.log_text().contains("listeners taken over") {
@@ -167,6 +177,23 @@ impl Gateway {
 
     fn spawn_on(addr: SocketAddr, admin: SocketAddr, args: &[&str]) -> Gateway {
         let logdir = tempfile::tempdir().expect("tempdir");
+        let run_dir = logdir.path().join("run");
+        Gateway::spawn_with(addr, admin, logdir, run_dir, args)
+    }
+
+    /// A successor's process: a run dir shared with its predecessor.
+    fn spawn_in(addr: SocketAddr, admin: SocketAddr, run_dir: &Path, args: &[&str]) -> Gateway {
+        let logdir = tempfile::tempdir().expect("tempdir");
+        Gateway::spawn_with(addr, admin, logdir, run_dir.to_path_buf(), args)
+    }
+
+    fn spawn_with(
+        addr: SocketAddr,
+        admin: SocketAddr,
+        logdir: tempfile::TempDir,
+        run_dir: PathBuf,
+        args: &[&str],
+    ) -> Gateway {
         let log = logdir.path().join("gatehouse.log");
         let logfile = std::fs::File::create(&log).expect("log file");
         let child = Command::new(bin("gatehouse"))
@@ -178,6 +205,8 @@ impl Gateway {
                 &admin.to_string(),
                 "--threads",
                 "2",
+                "--run-dir",
+                run_dir.to_str().expect("utf-8 path"),
             ])
             .args(args)
             .env("RUST_LOG", "info,pingora_core::connectors=off")
@@ -192,6 +221,7 @@ impl Gateway {
             admin,
             log,
             admin_token: None,
+            run_dir,
             _logdir: logdir,
         }
     }

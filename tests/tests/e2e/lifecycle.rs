@@ -256,6 +256,10 @@ async fn an_upgrade_that_cannot_serve_leaves_the_running_gateway_in_place() {
     );
     let gw = Gateway::start(dir.path(), &[]);
     let v1 = gw.policy_version();
+    assert!(eventually(Duration::from_secs(5), || gw
+        .run_dir
+        .join("gatehouse.pid")
+        .exists()));
     // A successor whose policy does not compile never asks for the listeners.
     let broken = PolicyDir::new();
     broken.write("a.yaml", "version: 1\napps: [ { name: x } ]\n");
@@ -268,6 +272,8 @@ async fn an_upgrade_that_cannot_serve_leaves_the_running_gateway_in_place() {
             &gw.addr.to_string(),
             "--admin-listen",
             &gw.admin.to_string(),
+            "--run-dir",
+            gw.run_dir.to_str().unwrap(),
             "--upgrade",
         ],
         &[],
@@ -284,6 +290,7 @@ async fn an_upgrade_that_cannot_serve_leaves_the_running_gateway_in_place() {
     assert_eq!(r.status(), 200);
     // Nothing to take over from: said plainly.
     let lonely = format!("127.0.0.1:{}", free_port());
+    let empty = tempfile::tempdir().unwrap();
     let (code, _, err) = cli(
         &[
             "serve",
@@ -291,6 +298,8 @@ async fn an_upgrade_that_cannot_serve_leaves_the_running_gateway_in_place() {
             dir.path().to_str().unwrap(),
             "--listen",
             &lonely,
+            "--run-dir",
+            empty.path().to_str().unwrap(),
             "--upgrade",
         ],
         &[],
