@@ -152,6 +152,10 @@ pub fn client(url: &str, database: &str) -> clickhouse::Client {
 
 /// How often the sink takes what the proxy queued.
 const DRAIN_TICK: Duration = Duration::from_millis(10);
+/// Request ids per lookup of the rows ClickHouse holds already: a request
+/// id is at most 200 bytes (400 quoted), so the query text stays below
+/// ClickHouse's 256 KiB `max_query_size`.
+const LOOKUP_IDS: usize = 500;
 /// How often a degraded sink asks ClickHouse for its schema again.
 const SCHEMA_RETRY: Duration = Duration::from_secs(1);
 /// Longest time the final flush inserts before spooling what is left
@@ -333,24 +337,27 @@ impl Sink {
         struct Seen {
             request_id: String,
         }
-        let (lo, hi) = rows
-            .iter()
-            .fold((u32::MAX, 0), |(l, h), r| (l.min(r.time), h.max(r.time)));
-        let ids: Vec<&str> = rows.iter().map(|r| r.request_id.as_str()).collect();
-        let seen: std::collections::HashSet<String> = self
-            .client
-            .query(
-                "SELECT request_id FROM requests WHERE time >= toDateTime(?) AND time <= toDateTime(?) \
-                 AND request_id IN (SELECT arrayJoin(?))",
-            )
-            .bind(lo)
-            .bind(hi)
-            .bind(ids)
-            .fetch_all::<Seen>()
-            .await?
-            .into_iter()
-            .map(|s| s.request_id)
-            .collect();
+        // The ids go into the query text, which ClickHouse caps
+        // (`max_query_size`, 256 KiB by default): ask in chunks.
+        let mut seen = std::collections::HashSet::new();
+        for chunk in rows.chunks(LOOKUP_IDS) {
+            let (lo, hi) = chunk
+                .iter()
+                .fold((u32::MAX, 0), |(l, h), r| (l.min(r.time), h.max(r.time)));
+            let ids: Vec<&str> = chunk.iter().map(|r| r.request_id.as_str()).collect();
+            let found = self
+                .client
+                .query(
+                    "SELECT request_id FROM requests WHERE time >= toDateTime(?) AND time <= toDateTime(?) \
+                     AND request_id IN (SELECT arrayJoin(?))",
+                )
+                .bind(lo)
+                .bind(hi)
+                .bind(ids)
+                .fetch_all::<Seen>()
+                .await?;
+            seen.extend(found.into_iter().map(|s| s.request_id));
+        }
         let fresh: Vec<RequestEvent> = rows
             .iter()
             .filter(|r| !seen.contains(&r.request_id))

@@ -425,6 +425,75 @@ async fn a_spool_left_by_a_stopped_gateway_is_replayed_by_the_next() {
     );
 }
 
+/// A spooled batch is replayed whole however long its request ids: the
+/// lookup of the rows ClickHouse already holds is asked in chunks that
+/// stay under ClickHouse's query size cap (one query for 2 000 ids of 200
+/// bytes was refused, and the batch moved aside as dead).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_spooled_batch_of_long_request_ids_is_replayed_whole() {
+    let mut ch = ClickHouse::start();
+    let sim = Sim::one("approvals");
+    let dir = PolicyDir::new();
+    policy(&dir, &[sim.url(0)], "");
+    let spool = tempfile::tempdir().unwrap();
+    let spool_path = spool.path().to_str().unwrap().to_string();
+    let url = ch.url();
+    let mut args = telemetry_args(&url, &spool_path);
+    // One batch for the whole burst.
+    args.retain(|a| *a != "100");
+    args.retain(|a| *a != "--telemetry-flush-ms");
+    args.extend(["--telemetry-flush-ms", "4000"]);
+    let gw = Gateway::start(dir.path(), &args);
+    ch.kill();
+    let c = client();
+    let n = 2000;
+    let mut sends = Vec::new();
+    for i in 0..n {
+        // 200 bytes, with quotes that the query must escape.
+        let id = format!("long-'{i}-{}", "x".repeat(200))[..200].to_string();
+        let (c, url) = (c.clone(), gw.url());
+        sends.push(tokio::spawn(async move {
+            c.get(format!("{url}/approvals/{}", i % 90 + 1))
+                .header("host", "app.test")
+                .header("x-request-id", id)
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        }));
+        if sends.len() >= 64 {
+            for s in sends.drain(..) {
+                assert_eq!(s.await.unwrap().unwrap(), 200);
+            }
+        }
+    }
+    for s in sends {
+        assert_eq!(s.await.unwrap().unwrap(), 200);
+    }
+    let spooled = || {
+        std::fs::read_dir(spool.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .any(|e| e.path().extension().is_some_and(|x| x == "jsonl"))
+    };
+    assert!(eventually(Duration::from_secs(15), spooled), "spooled");
+    ch.start_again();
+    let rows = || {
+        ch.count(&format!(
+            "SELECT uniqExact(request_id) FROM {DB}.requests WHERE request_id LIKE 'long-%'"
+        ))
+    };
+    assert!(
+        eventually(Duration::from_secs(30), || rows() == n),
+        "{} of {n} rows; log:\n{}",
+        rows(),
+        gw.log_text()
+    );
+    assert!(
+        !spool.path().join("dead").exists(),
+        "no batch was moved aside"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_drops_events_and_counts_them() {
     // One slot: the sink takes events every 10 ms, so two requests within
