@@ -426,6 +426,7 @@ async fn a_governed_control_plane_is_upgraded_without_forking_its_state() {
     let t = load.finish().await;
     drill::report("governed control plane upgraded", &t, None);
     assert_eq!(t.failed(), 0, "{t:?}");
+    assert_eq!(t.retried, 0, "no connection closed under a request");
     let r = c
         .get(format!("{}/workflows", new.url()))
         .header("host", "app.test")
