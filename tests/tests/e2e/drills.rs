@@ -447,7 +447,8 @@ async fn a_governed_control_plane_is_upgraded_without_forking_its_state() {
 }
 
 /// The control plane is away while a fleet node serves; a version
-/// activated after it returns reaches the node.
+/// activated after it returns reaches the node; then the node is upgraded
+/// in place.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drill_the_control_plane_away_while_a_fleet_node_serves() {
     let ch = ClickHouse::start();
@@ -486,10 +487,18 @@ async fn drill_the_control_plane_away_while_a_fleet_node_serves() {
     app(&next, &[sim.url(0)], TWO_ROUTES);
     let v2 = govern(&client(), &cp.admin_url(), &next, (&alice, &bob, &ops)).await;
     let picked_up = eventually(Duration::from_secs(15), || node.policy_version() == v2);
+    // The node itself is upgraded in place, under the same load.
+    let mut node = node;
+    let successor = node.successor(&strs(&node_args));
+    let exited = node
+        .wait_exit(Duration::from_secs(25))
+        .expect("the old node exits");
+    assert!(exited.success());
+    assert_eq!(successor.policy_version(), v2, "the successor follows too");
     tokio::time::sleep(at(0.2)).await;
     let t = load.finish().await;
     judge(
-        "control plane away while a fleet node serves",
+        "control plane away while a fleet node serves, then the node upgraded",
         &ch,
         "fleet",
         &t,
