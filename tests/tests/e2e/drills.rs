@@ -351,18 +351,27 @@ async fn govern(
     version
 }
 
+/// One app's bundle, and a state directory with an author, a reviewer and
+/// an operator (their tokens).
+fn governed_state() -> (Sim, PolicyDir, tempfile::TempDir, [String; 3]) {
+    let sim = Sim::one("approvals");
+    let base = PolicyDir::new();
+    app(&base, &[sim.url(0)], ROUTE);
+    let state = tempfile::tempdir().unwrap();
+    let tokens = [
+        add_principal(state.path(), "alice", "author"),
+        add_principal(state.path(), "bob", "reviewer"),
+        add_principal(state.path(), "ops", "operator"),
+    ];
+    (sim, base, state, tokens)
+}
+
 /// A governed control plane is upgraded: the state directory passes to
 /// the new process with the listeners, which then takes proposals, and the
 /// audit log stays one chain.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_governed_control_plane_is_upgraded_without_forking_its_state() {
-    let sim = Sim::one("approvals");
-    let base = PolicyDir::new();
-    app(&base, &[sim.url(0)], ROUTE);
-    let state = tempfile::tempdir().unwrap();
-    let alice = add_principal(state.path(), "alice", "author");
-    let bob = add_principal(state.path(), "bob", "reviewer");
-    let ops = add_principal(state.path(), "ops", "operator");
+    let (sim, base, state, [alice, bob, ops]) = governed_state();
     let st = state.path().display().to_string();
     let mut old = Gateway::launch(&["--state", &st, "--policies", base.path().to_str().unwrap()]);
     // A second process on the same state is refused while the first runs.
@@ -453,13 +462,7 @@ async fn a_governed_control_plane_is_upgraded_without_forking_its_state() {
 async fn drill_the_control_plane_away_while_a_fleet_node_serves() {
     let ch = ClickHouse::start();
     let spool = tempfile::tempdir().unwrap();
-    let sim = Sim::one("approvals");
-    let base = PolicyDir::new();
-    app(&base, &[sim.url(0)], ROUTE);
-    let state = tempfile::tempdir().unwrap();
-    let alice = add_principal(state.path(), "alice", "author");
-    let bob = add_principal(state.path(), "bob", "reviewer");
-    let ops = add_principal(state.path(), "ops", "operator");
+    let (sim, base, state, [alice, bob, ops]) = governed_state();
     let edge = add_principal(state.path(), "edge", "viewer");
     let st = state.path().display().to_string();
     let mut cp = Gateway::launch(&["--state", &st, "--policies", base.path().to_str().unwrap()]);
