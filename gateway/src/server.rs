@@ -336,13 +336,30 @@ impl BackgroundService for PidFile {
 /// Run the gateway until SIGTERM/SIGINT (or, after SIGQUIT, until a
 /// successor started with `--upgrade` has taken the listeners over).
 pub fn run(opts: ServeOptions) -> anyhow::Result<()> {
-    private_run_dir(&opts.run_dir)?;
+    // Without --upgrade the run directory only serves a later upgrade: a
+    // start never fails for it (a read-only file system, say).
+    let run_dir_usable = match private_run_dir(&opts.run_dir) {
+        Ok(()) => true,
+        Err(e) if !opts.upgrade => {
+            tracing::warn!(error = %format!("{e:#}"), "no pid file: a later --upgrade cannot take over from this process");
+            false
+        }
+        Err(e) => return Err(e),
+    };
     let pid_file = opts.run_dir.join("gatehouse.pid");
     let upgrade_sock = opts.run_dir.join("upgrade.sock");
     let predecessor = match opts.upgrade {
         true => Some(running_gatehouse(&pid_file)?),
         false => None,
     };
+    if !opts.upgrade && run_dir_usable {
+        if let Ok(pid) = running_gatehouse(&pid_file) {
+            anyhow::bail!(
+                "a gatehouse (pid {pid}) runs with --run-dir {}: replace it with --upgrade, or give this one its own --listen/--run-dir",
+                opts.run_dir.display()
+            );
+        }
+    }
     // A governed successor takes the state directory only once its
     // predecessor has handed it over (after the listeners); it checks
     // beforehand that the state opens and its active version compiles, so
@@ -351,10 +368,17 @@ pub fn run(opts: ServeOptions) -> anyhow::Result<()> {
         predecessor.is_some() && matches!(opts.source, PolicySource::Governed { .. });
     let policy = if state_after_handover {
         if let PolicySource::Governed {
-            state, signing_key, ..
+            state,
+            signing_key,
+            sso,
+            ..
         } = &opts.source
         {
             crate::governance::control::open_state(state, None, signing_key.as_deref())?;
+            if let Some(config) = sso {
+                crate::governance::sso::Sso::new(config.clone(), state)
+                    .map_err(|e| anyhow::anyhow!("--admin-oidc-*: {e}"))?;
+            }
         }
         None
     } else {
@@ -374,7 +398,9 @@ pub fn run(opts: ServeOptions) -> anyhow::Result<()> {
     let conf = ServerConf {
         threads: opts.threads.max(1),
         work_stealing: false,
-        grace_period_seconds: Some(opts.drain_timeout.as_secs().max(1)),
+        // A backstop: the drain monitor exits by itself within
+        // --drain-timeout, its final flush included.
+        grace_period_seconds: Some(opts.drain_timeout.as_secs() + 4),
         graceful_shutdown_timeout_seconds: Some(1),
         max_retries: 11,
         // How long a successor waits for the sockets (about a second each).
@@ -608,14 +634,16 @@ pub fn run(opts: ServeOptions) -> anyhow::Result<()> {
             control: control.clone(),
         },
     ));
-    server.add_service(background_service(
-        "pid-file",
-        PidFile {
-            phases: std::sync::Mutex::new(Some(server.watch_execution_phase())),
-            path: pid_file,
-            held: std::sync::Mutex::new(None),
-        },
-    ));
+    if run_dir_usable {
+        server.add_service(background_service(
+            "pid-file",
+            PidFile {
+                phases: std::sync::Mutex::new(Some(server.watch_execution_phase())),
+                path: pid_file,
+                held: std::sync::Mutex::new(None),
+            },
+        ));
+    }
     if let Some(c) = &control {
         server.add_service(background_service(
             "handover",
@@ -1045,6 +1073,9 @@ impl BackgroundService for DrainMonitor {
         if let Some(control) = self.control.clone() {
             let _ = tokio::task::spawn_blocking(move || control.quiesce()).await;
         }
+        // Two of the sink's ticks: events of requests answered during the
+        // flush reach the spool.
+        tokio::time::sleep(Duration::from_millis(25)).await;
         tracing::info!(
             drained_in_ms = start.elapsed().as_millis() as u64,
             "drained; exiting"

@@ -136,6 +136,9 @@ impl ServerApp for Front {
     }
 
     async fn cleanup(&self) {
+        // As the lean engine: a grace before Pingora closes its idle
+        // kept-alive connections.
+        tokio::time::sleep(super::http1::DRAIN_IDLE).await;
         self.proxy.http_cleanup().await;
     }
 }

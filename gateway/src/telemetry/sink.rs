@@ -231,6 +231,19 @@ impl Sink {
         self.final_flush(&batch, interrupted).await;
         self.stats.flushed.store(true, Ordering::Relaxed);
         tracing::info!(spooled_bytes = self.spool().bytes(), "telemetry flushed");
+        // Until the process exits: a request that finishes now (a
+        // connection outlived the drain deadline) still has its event kept,
+        // in the spool, for the next process to replay.
+        batch.clear();
+        loop {
+            tokio::time::sleep(DRAIN_TICK).await;
+            if take_queued(&mut rx, &mut batch) {
+                return;
+            }
+            if !batch.is_empty() {
+                self.spool_batch(&mut batch);
+            }
+        }
     }
 
     /// The last flush, within [`FINAL_BUDGET`]: insert while ClickHouse

@@ -288,6 +288,22 @@ async fn an_upgrade_that_cannot_serve_leaves_the_running_gateway_in_place() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+    // A second plain start on the same run dir is refused, pointing at
+    // --upgrade (it would otherwise fail to bind, and record its pid).
+    let (code, _, err) = cli(
+        &[
+            "serve",
+            "--policies",
+            dir.path().to_str().unwrap(),
+            "--listen",
+            &gw.addr.to_string(),
+            "--run-dir",
+            gw.run_dir.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("replace it with --upgrade"), "{err}");
     // Nothing to take over from: said plainly.
     let lonely = format!("127.0.0.1:{}", free_port());
     let empty = tempfile::tempdir().unwrap();

@@ -61,7 +61,7 @@ const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
 const CLIENT_WRITE: Duration = Duration::from_secs(30);
 /// How long an idle kept-alive connection stays open once shutdown has
 /// begun (see [`Engine::serve`]).
-const DRAIN_IDLE: Duration = Duration::from_millis(500);
+pub const DRAIN_IDLE: Duration = Duration::from_millis(500);
 /// The HTTP/2 connection preface's first bytes (h2c prior knowledge).
 const H2_PREFACE_START: &[u8] = b"PRI * HTTP/2.0";
 
@@ -129,6 +129,9 @@ impl ServerApp for Engine {
     }
 
     async fn cleanup(&self) {
+        // Pingora closes its idle kept-alive connections at once here: let
+        // a client about to reuse one be answered (`Connection: close`).
+        tokio::time::sleep(DRAIN_IDLE).await;
         self.pingora.http_cleanup().await;
     }
 }
@@ -294,8 +297,12 @@ impl Engine {
             };
             last_active = finished;
             match next {
-                Next::KeepAlive if !*shutdown.borrow() => {}
-                Next::KeepAlive | Next::Close => return,
+                // Also while draining: a response that went out without
+                // `Connection: close` (the drain began during its exchange)
+                // leaves the client free to reuse the connection, so it
+                // gets the drain's idle grace, not a close under its feet.
+                Next::KeepAlive => {}
+                Next::Close => return,
                 Next::Pingora => {
                     counters::PINGORA.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let Some(rewound) = put_back(client, &buf) else {
