@@ -312,15 +312,12 @@ impl PidFile {
 #[async_trait]
 impl BackgroundService for PidFile {
     async fn start(&self, _shutdown: ShutdownWatch) {
-        let Some(mut phases) = self.phases.lock().ok().and_then(|mut p| p.take()) else {
+        if !reaches(&self.phases, |p| {
+            matches!(p, pingora::server::ExecutionPhase::Running)
+        })
+        .await
+        {
             return;
-        };
-        loop {
-            match phases.recv().await {
-                Ok(pingora::server::ExecutionPhase::Running) => break,
-                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-            }
         }
         // Pingora installs its signal handlers right after announcing
         // `Running`, on its own thread.
@@ -657,6 +654,28 @@ pub fn run(opts: ServeOptions) -> anyhow::Result<()> {
     server.run_forever()
 }
 
+/// Pingora's execution phases, as a service receives them (taken once).
+type Phases =
+    std::sync::Mutex<Option<tokio::sync::broadcast::Receiver<pingora::server::ExecutionPhase>>>;
+
+/// Wait until Pingora announces a phase that `wanted` accepts; `false`
+/// when it never will (the announcements ended, or were taken already).
+async fn reaches(
+    phases: &Phases,
+    wanted: impl Fn(&pingora::server::ExecutionPhase) -> bool,
+) -> bool {
+    let Some(mut phases) = phases.lock().ok().and_then(|mut p| p.take()) else {
+        return false;
+    };
+    loop {
+        match phases.recv().await {
+            Ok(phase) if wanted(&phase) => return true,
+            Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return false,
+        }
+    }
+}
+
 /// In governed mode: when a successor asks for the listeners (SIGQUIT),
 /// hands it the state directory too (see [`Control::hand_over`]).
 ///
@@ -670,19 +689,16 @@ struct Handover {
 #[async_trait]
 impl BackgroundService for Handover {
     async fn start(&self, _shutdown: ShutdownWatch) {
-        let Some(mut phases) = self.phases.lock().ok().and_then(|mut p| p.take()) else {
-            return;
-        };
-        loop {
-            match phases.recv().await {
-                Ok(pingora::server::ExecutionPhase::GracefulUpgradeTransferringFds) => {
-                    let control = Arc::clone(&self.control);
-                    let _ = tokio::task::spawn_blocking(move || control.hand_over()).await;
-                    return;
-                }
-                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-            }
+        if reaches(&self.phases, |p| {
+            matches!(
+                p,
+                pingora::server::ExecutionPhase::GracefulUpgradeTransferringFds
+            )
+        })
+        .await
+        {
+            let control = Arc::clone(&self.control);
+            let _ = tokio::task::spawn_blocking(move || control.hand_over()).await;
         }
     }
 }
@@ -914,30 +930,18 @@ fn prepare_clickhouse(t: &TelemetryOptions) -> anyhow::Result<bool> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let prepared = rt.block_on(async {
-        tokio::time::timeout(Duration::from_secs(5), async {
-            let client = crate::telemetry::sink::client(&t.url, "default");
-            if t.migrate {
-                let applied =
-                    crate::telemetry::schema::migrate(&client, &t.url, &t.database).await?;
-                if !applied.is_empty() {
-                    tracing::info!(?applied, database = %t.database, "ClickHouse migrations applied");
-                }
-            }
-            crate::telemetry::schema::check(&client, &t.url, &t.database).await
-        })
-        .await
-    });
+    let prepared = rt.block_on(crate::telemetry::schema::prepare(
+        &t.url,
+        &t.database,
+        t.migrate,
+        Duration::from_secs(5),
+    ));
     match prepared {
-        Ok(Ok(())) => Ok(true),
-        Ok(Err(e)) if !e.is_unreachable() => Err(anyhow::anyhow!("{e}")),
-        outage => {
-            let error = match outage {
-                Ok(Err(e)) => e.to_string(),
-                _ => format!("ClickHouse at {}: no answer in 5 s", t.url),
-            };
+        Ok(()) => Ok(true),
+        Err(e) if !e.is_unreachable() => Err(anyhow::anyhow!("{e}")),
+        Err(e) => {
             tracing::warn!(
-                %error,
+                error = %e,
                 spool = %t.spool_dir.display(),
                 "telemetry degraded: serving without ClickHouse; events go to the spool and are sent when it answers{}",
                 if t.migrate { " (migrations run then)" } else { "" }

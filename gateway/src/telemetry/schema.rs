@@ -263,6 +263,35 @@ pub async fn migrate(
     Ok(applied)
 }
 
+/// Make the schema ready for inserts: migrate when `migrate` asks for it
+/// (logging what was applied), then check it; all within `within`, or
+/// ClickHouse counts as unreachable. The one preparation of both the
+/// start-up and a degraded sink.
+pub async fn prepare(
+    url: &str,
+    db: &str,
+    migrate: bool,
+    within: std::time::Duration,
+) -> Result<(), SchemaError> {
+    let client = super::sink::client(url, "default");
+    let prepared = tokio::time::timeout(within, async {
+        if migrate {
+            let applied = self::migrate(&client, url, db).await?;
+            if !applied.is_empty() {
+                tracing::info!(?applied, database = %db, "ClickHouse migrations applied");
+            }
+        }
+        check(&client, url, db).await
+    })
+    .await;
+    prepared.unwrap_or_else(|_| {
+        Err(SchemaError::Unreachable {
+            url: url.to_string(),
+            source: clickhouse::error::Error::TimedOut,
+        })
+    })
+}
+
 /// Check `requests` against what this version writes.
 pub async fn check(client: &clickhouse::Client, url: &str, db: &str) -> Result<(), SchemaError> {
     let columns: Vec<Column> = client

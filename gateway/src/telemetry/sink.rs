@@ -402,26 +402,21 @@ impl Sink {
             }
             tried.0 = Some(std::time::Instant::now());
         }
-        let (url, db) = (&self.config.url, &self.config.database);
-        let client = client(url, "default");
-        let prepared = tokio::time::timeout(SCHEMA_RETRY * 5, async {
-            if self.config.migrate {
-                let applied = super::schema::migrate(&client, url, db).await?;
-                if !applied.is_empty() {
-                    tracing::info!(?applied, database = %db, "ClickHouse migrations applied");
-                }
-            }
-            super::schema::check(&client, url, db).await
-        })
+        let url = &self.config.url;
+        let prepared = super::schema::prepare(
+            url,
+            &self.config.database,
+            self.config.migrate,
+            SCHEMA_RETRY * 5,
+        )
         .await;
         let error = match prepared {
-            Ok(Ok(())) => {
+            Ok(()) => {
                 tracing::info!(url = %url, spooled_bytes = self.spool().bytes(), "ClickHouse answers and its schema fits: telemetry connected");
                 self.stats.connected.store(true, Ordering::Relaxed);
                 return true;
             }
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => format!("ClickHouse at {url}: no answer in {:?}", SCHEMA_RETRY * 5),
+            Err(e) => e.to_string(),
         };
         let mut tried = self.schema_tried.lock().unwrap_or_else(|e| e.into_inner());
         if tried.1 != error {
