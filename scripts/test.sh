@@ -10,3 +10,8 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 # The end-to-end tests start the gatehouse and lowcode-sim binaries.
 cargo build --workspace --bins --locked
 cargo test --workspace --locked
+# The request-path suites once more with Pingora's proxy carrying plain
+# HTTP/1.1 (the lean engine carried them above): one set of tests holds
+# both engines to the same behaviour.
+GATEHOUSE_E2E_ENGINE=pingora cargo test --locked -p gatehouse-e2e --test e2e -- \
+  routing:: identity:: limits_and_errors:: contracts:: telemetry:: balancing:: parity::

@@ -213,6 +213,120 @@ impl GatewayError {
         }
     }
 
+    /// The telemetry `outcome` column: a small fixed vocabulary analysts
+    /// group by.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            Self::NoApp | Self::NoRoute | Self::MethodNotAllowed { .. } => "not_found",
+            Self::BadPath
+            | Self::BadRequest
+            | Self::AmbiguousRequest { .. }
+            | Self::RequestTimeout => "bad_request",
+            Self::BodyTooLarge { .. } | Self::HeadTooLarge => "too_large",
+            Self::UpstreamUnreachable | Self::UpstreamFailed => "upstream_error",
+            Self::NoHealthyInstance => "no_healthy_instance",
+            Self::UpstreamTimeout => "upstream_timeout",
+            Self::Internal => "internal_error",
+            Self::ContractViolation { .. }
+            | Self::MalformedJson { .. }
+            | Self::UnsupportedMediaType { .. } => "contract_violation",
+            Self::UpstreamContractViolation { .. } => "upstream_contract_violation",
+            Self::Unauthenticated { .. } => "unauthenticated",
+            Self::Forbidden => "forbidden",
+            Self::RateLimited { .. } => "rate_limited",
+        }
+    }
+
+    /// The direction of contract violation a refusal counts as on
+    /// `/metrics` (`gatehouse_contract_violations_total`), if it is one.
+    /// (A withheld response is counted where it is judged.)
+    pub fn violation_counted(&self) -> Option<&'static str> {
+        match self {
+            Self::ContractViolation { .. }
+            | Self::MalformedJson { .. }
+            | Self::UnsupportedMediaType { .. } => Some("request"),
+            Self::NoApp
+            | Self::NoRoute
+            | Self::MethodNotAllowed { .. }
+            | Self::BadPath
+            | Self::AmbiguousRequest { .. }
+            | Self::HeadTooLarge
+            | Self::RequestTimeout
+            | Self::BodyTooLarge { .. }
+            | Self::UpstreamUnreachable
+            | Self::NoHealthyInstance
+            | Self::UpstreamTimeout
+            | Self::UpstreamFailed
+            | Self::BadRequest
+            | Self::Internal
+            | Self::UpstreamContractViolation { .. }
+            | Self::Unauthenticated { .. }
+            | Self::Forbidden
+            | Self::RateLimited { .. } => None,
+        }
+    }
+
+    /// The headers a problem response carries besides its content headers
+    /// and the request id (`Allow`, `Accept`, `WWW-Authenticate`,
+    /// `Retry-After` and `RateLimit-*`).
+    pub fn problem_headers(&self) -> Vec<(http::HeaderName, String)> {
+        use http::header;
+        match self {
+            Self::MethodNotAllowed { allow } => vec![(header::ALLOW, allow.clone())],
+            Self::UnsupportedMediaType { expected } => vec![(header::ACCEPT, expected.join(", "))],
+            Self::Unauthenticated { challenge, .. } => {
+                vec![(header::WWW_AUTHENTICATE, challenge.clone())]
+            }
+            Self::RateLimited {
+                retry_after,
+                policy,
+                state,
+            } => vec![
+                (header::RETRY_AFTER, retry_after.to_string()),
+                (
+                    http::HeaderName::from_static("ratelimit-policy"),
+                    policy.clone(),
+                ),
+                (http::HeaderName::from_static("ratelimit"), state.clone()),
+            ],
+            Self::NoApp
+            | Self::NoRoute
+            | Self::BadPath
+            | Self::AmbiguousRequest { .. }
+            | Self::HeadTooLarge
+            | Self::RequestTimeout
+            | Self::BodyTooLarge { .. }
+            | Self::UpstreamUnreachable
+            | Self::NoHealthyInstance
+            | Self::UpstreamTimeout
+            | Self::UpstreamFailed
+            | Self::BadRequest
+            | Self::Internal
+            | Self::ContractViolation { .. }
+            | Self::MalformedJson { .. }
+            | Self::UpstreamContractViolation { .. }
+            | Self::Forbidden => Vec::new(),
+        }
+    }
+
+    /// A Pingora error that carries this decision to `fail_to_proxy` (see
+    /// [`GatewayError::of_pingora`]); never retried.
+    pub fn into_pingora(self) -> Box<Error> {
+        let status = self.status();
+        let mut e = Error::because(ErrorType::HTTPStatus(status), "gateway decision", self);
+        e.set_retry(false);
+        e
+    }
+
+    /// The decision a Pingora error carries ([`GatewayError::into_pingora`]),
+    /// else its classification ([`GatewayError::from_pingora`]).
+    pub fn of_pingora(e: &Error) -> Self {
+        match e.root_cause().downcast_ref::<Self>() {
+            Some(decided) => decided.clone(),
+            None => Self::from_pingora(e),
+        }
+    }
+
     /// The problem document.
     pub fn problem_json(&self, request_id: &str, instance: &str) -> Bytes {
         let problem = Problem {
@@ -278,6 +392,14 @@ impl GatewayError {
         }
     }
 }
+
+impl std::fmt::Display for GatewayError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.title(), self.status())
+    }
+}
+
+impl std::error::Error for GatewayError {}
 
 /// The RFC 9457 body, serialized straight from borrowed parts. Members are
 /// declared in alphabetical order, the order a `serde_json::Value` map
@@ -356,6 +478,19 @@ mod tests {
         assert_eq!(v["status"], 413);
         assert_eq!(v["request_id"], "rid-1");
         assert!(v["detail"].as_str().unwrap().contains("1024"));
+    }
+
+    #[test]
+    fn a_decision_survives_the_trip_through_pingora() {
+        let decided = GatewayError::BodyTooLarge { limit: 77 };
+        let e = decided.clone().into_pingora();
+        assert!(!e.retry());
+        assert_eq!(GatewayError::of_pingora(&e), decided);
+        let classified = Error::new_up(ErrorType::ConnectRefused);
+        assert_eq!(
+            GatewayError::of_pingora(&classified),
+            GatewayError::UpstreamUnreachable
+        );
     }
 
     #[test]

@@ -9,15 +9,15 @@
 
 pub mod admin;
 pub mod contract;
-pub mod ctx;
 pub mod error;
 pub mod governance;
 pub mod identity;
 pub mod limits;
+pub mod pipeline;
 pub mod policy;
 pub mod proxy;
-pub mod request;
 pub mod routing;
 pub mod runtime;
 pub mod server;
+pub mod source;
 pub mod telemetry;

@@ -26,6 +26,19 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// The engine the suite's gateways carry plain HTTP/1.1 with, unless a
+/// test names one: `GATEHOUSE_E2E_ENGINE` (`lean`, the default, or
+/// `pingora`). The test command runs the request-path suites once with
+/// each, so both engines are held to the same tests.
+pub fn engine() -> String {
+    match std::env::var("GATEHOUSE_E2E_ENGINE") {
+        Ok(e) if e == "pingora" => e,
+        Ok(e) if e == "lean" || e.is_empty() => "lean".into(),
+        Ok(other) => panic!("GATEHOUSE_E2E_ENGINE={other}: expected lean or pingora"),
+        Err(_) => "lean".into(),
+    }
+}
+
 /// A loopback port that was free a moment ago.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -196,8 +209,13 @@ impl Gateway {
     ) -> Gateway {
         let log = logdir.path().join("gatehouse.log");
         let logfile = std::fs::File::create(&log).expect("log file");
-        let child = Command::new(bin("gatehouse"))
-            .arg("serve")
+        let engine = engine();
+        let mut command = Command::new(bin("gatehouse"));
+        command.arg("serve");
+        if !args.contains(&"--http1-engine") {
+            command.args(["--http1-engine", &engine]);
+        }
+        let child = command
             .args([
                 "--listen",
                 &addr.to_string(),

@@ -8,7 +8,7 @@
 
 use std::sync::{Arc, OnceLock};
 
-use gatehouse::contract::borrowed::BodySchema;
+use gatehouse::contract::body_schema::BodySchema;
 use gatehouse::contract::openapi::SchemaCompiler;
 use gatehouse::contract::operation::check_json_body;
 use gatehouse::contract::{BundleDocuments, ViolationLocation};

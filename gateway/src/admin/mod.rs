@@ -286,7 +286,7 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
         "gatehouse_failure_log_lines_suppressed_total",
         "Lines about failed requests left out of the log to keep it within its rate (every request is still a telemetry event).",
         "counter",
-        &[("", crate::proxy::failure_log::suppressed_total())],
+        &[("", crate::pipeline::failure_log::suppressed_total())],
     );
     if let Some(t) = shared.telemetry.get() {
         counter(

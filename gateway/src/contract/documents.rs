@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use crate::policy::{PolicyError, SourceFile};
+use crate::source::{PolicyError, SourceFile};
 
 /// URI scheme + authority under which bundle documents are addressed.
 pub const BASE_URI: &str = "gatehouse://bundle/";

@@ -8,7 +8,7 @@
 //!   paths × methods ─► Operation { params, body, responses }   (jsonschema Validators)
 //! ```
 //!
-//! A body schema is compiled three ways ([`borrowed::BodySchema`]):
+//! A body schema is compiled three ways ([`body_schema::BodySchema`]):
 //! a [`single_pass::SinglePass`] program when its keywords allow (checked
 //! while the body is read once), `jsonschema` over a `simd-json` tape
 //! otherwise, and `jsonschema` over a `serde_json::Value` for the
@@ -18,7 +18,7 @@
 //! and a [`documents::BundleRetriever`] serves those files from memory: no
 //! file or network access happens while compiling or validating.
 
-pub mod borrowed;
+pub mod body_schema;
 pub mod dialect;
 pub mod documents;
 pub mod formats;
@@ -27,6 +27,8 @@ pub mod openapi;
 pub mod operation;
 pub mod params;
 pub mod single_pass;
+pub mod tape;
+pub mod violation;
 
 pub use documents::BundleDocuments;
 pub use operation::{BodyCheck, Operation, ResponseChecks, Violation, ViolationLocation};

@@ -1,7 +1,8 @@
 //! OpenAPI 3.0 / 3.1 documents → operations with compiled validators.
 
-use super::borrowed::{BodySchema, Borrowed};
+use super::body_schema::BodySchema;
 use super::single_pass::SinglePass;
+use super::tape::Borrowed;
 use std::sync::Arc;
 
 use jsonschema::{Draft, Validator};
@@ -10,8 +11,8 @@ use serde_json::{json, Value};
 use super::documents::{BundleDocuments, BundleRetriever, BASE_URI};
 use super::operation::{BodyCheck, Operation, ResponseChecks};
 use super::params::{ParamCheck, ParamIn, Scalar, Shape};
-use crate::policy::PolicyError;
 use crate::routing::{PathTemplate, Segment};
+use crate::source::PolicyError;
 
 const METHODS: [&str; 8] = [
     "get", "put", "post", "delete", "options", "head", "patch", "trace",

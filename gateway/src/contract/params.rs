@@ -8,8 +8,8 @@ use std::sync::Arc;
 use jsonschema::Validator;
 use serde_json::Value;
 
-use super::operation::{validate_json, Violation, ViolationLocation};
-use crate::request::RequestView;
+use super::violation::{validate_json, Violation, ViolationLocation};
+use crate::pipeline::RequestView;
 
 /// Where a parameter lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -12,7 +12,7 @@ use super::bundle::{
     Upstream,
 };
 use super::model::{AppSpec, BalancingSpec, PolicyFile};
-use super::{access, PolicyError, PolicyErrors, SourceFile};
+use super::{consumers, PolicyError, PolicyErrors, SourceFile};
 use crate::contract::{BundleDocuments, Undocumented};
 use crate::routing::{Router, MAX_INSTANCES};
 
@@ -136,21 +136,21 @@ pub fn compile(sources: &[SourceFile]) -> Result<Bundle, PolicyErrors> {
     let mut consumer_decls = Vec::new();
     for (src, file) in &parsed {
         for (index, spec) in file.plans.iter().enumerate() {
-            plan_decls.push(access::Declared {
+            plan_decls.push(consumers::Declared {
                 file: &src.path,
                 index,
                 spec,
             });
         }
         for (index, spec) in file.consumers.iter().enumerate() {
-            consumer_decls.push(access::Declared {
+            consumer_decls.push(consumers::Declared {
                 file: &src.path,
                 index,
                 spec,
             });
         }
     }
-    let plans = access::compile_plans(&plan_decls, &mut errors);
+    let plans = consumers::compile_plans(&plan_decls, &mut errors);
     let mut review = crate::governance::review::ReviewRules::default();
     let mut review_file: Option<&str> = None;
     for (src, file) in &parsed {
@@ -173,7 +173,7 @@ pub fn compile(sources: &[SourceFile]) -> Result<Bundle, PolicyErrors> {
         }
     }
     let app_names: Vec<&str> = apps.iter().map(|(_, a)| a.name.as_str()).collect();
-    let consumers = access::compile_consumers(&consumer_decls, &app_names, &plans, &mut errors);
+    let consumers = consumers::compile_consumers(&consumer_decls, &app_names, &plans, &mut errors);
 
     if !errors.is_empty() {
         return Err(PolicyErrors(errors));
@@ -250,11 +250,11 @@ fn compile_app(
         .max_request_body
         .map_or(DEFAULT_MAX_REQUEST_BODY, |b| b.0);
     let contract = contract_settings(spec);
-    let auth = access::compile_auth(file, at, spec, docs, errors);
+    let auth = consumers::compile_auth(file, at, spec, docs, errors);
     let routes =
         super::routes::compile_routes(file, at, spec, &contract, docs, app_body_cap, errors);
     let route_ids: Vec<&str> = routes.iter().map(|r| r.id.as_str()).collect();
-    let limits = access::compile_limits(file, at, spec, &route_ids, errors);
+    let limits = consumers::compile_limits(file, at, spec, &route_ids, errors);
 
     let up = &spec.upstream;
     let mut instances = Vec::new();

@@ -7,7 +7,9 @@
 //! upstream sees a byte), and enforced response contracts (a violating
 //! response is replaced by a 502 problem). Instance choice, retries on
 //! connect failure, timeouts and headers are the proxy loop's own
-//! ([`super::upstream`]), so both paths behave alike.
+//! ([`crate::pipeline::upstream`]), so every path behaves alike.
+
+use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use pingora::connectors::http::Connector;
@@ -15,12 +17,10 @@ use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use pingora::Result;
 
-use super::contract::{record, response_violations};
+use super::peer::{prepare_upstream_request, select_peer, strip_hop_by_hop};
 use super::respond::write_problem;
-use super::upstream::{deadline_passed, on_connect_failure, prepare_upstream_request, select_peer};
-use crate::contract::{Mode, Verdict};
-use crate::ctx::RequestCtx;
 use crate::error::GatewayError;
+use crate::pipeline::{self, upstream, RequestCtx};
 
 /// Forward the request with `body`; always answers the client (`Ok(true)`).
 pub async fn forward(
@@ -29,19 +29,17 @@ pub async fn forward(
     ctx: &mut RequestCtx,
     body: Bytes,
 ) -> Result<bool> {
-    let outcome = exchange(connector, session, ctx, &body).await;
-    match outcome {
-        Ok(()) => Ok(true),
-        Err(err) => {
-            if session.response_written().is_none() {
-                session.set_keepalive(None);
-                write_problem(session, ctx, &err).await?;
-            }
-            ctx.status = err.status();
-            ctx.error = Some(err);
-            Ok(true)
+    if let Err(err) = exchange(connector, session, ctx, &body).await {
+        let method = session.req_header().method.as_str().to_owned();
+        if session.response_written().is_none() {
+            session.set_keepalive(None);
+            write_problem(session, ctx, &err).await?;
+            pipeline::refused(ctx, &method, err, None);
+        } else {
+            pipeline::failed_mid_response(ctx, &method, err);
         }
     }
+    Ok(true)
 }
 
 async fn exchange(
@@ -50,41 +48,25 @@ async fn exchange(
     ctx: &mut RequestCtx,
     body: &Bytes,
 ) -> Result<(), GatewayError> {
-    let (Some(active), Some(app_idx)) = (ctx.active.clone(), ctx.app) else {
+    let Some(cap) = ctx.app().map(|a| a.contract.max_response_body) else {
         return Err(GatewayError::Internal);
     };
-    let app = &active.bundle.apps[app_idx];
-    let route = ctx.route.and_then(|r| app.routes.get(r));
-    let idempotent = session.req_header().method.is_idempotent();
     loop {
         if super::h2::client_reset(session, ctx) {
             // Nobody to answer: the app is not asked either.
             return Ok(());
         }
-        let peer = match select_peer(session, ctx) {
-            Ok(p) => p,
-            Err(_) => {
-                return Err(ctx
-                    .error
-                    .take()
-                    .unwrap_or(GatewayError::UpstreamUnreachable))
-            }
-        };
+        let peer = select_peer(session, ctx)?;
         let mut up = match connector.get_http_session(&*peer).await {
-            Ok((s, _reused)) => s,
+            Ok((s, reused)) => {
+                upstream::connected(ctx, reused, Instant::now());
+                s
+            }
             Err(e) => {
-                if on_connect_failure(ctx, GatewayError::from_pingora(&e)) {
-                    continue;
-                }
-                return Err(ctx
-                    .error
-                    .take()
-                    .unwrap_or(GatewayError::UpstreamUnreachable));
+                upstream::connect_failed(ctx, GatewayError::from_pingora(&e))?;
+                continue;
             }
         };
-        if let Some(lease) = &ctx.lease {
-            lease.instance().record_connect_success();
-        }
         up.set_read_timeout(peer.options.read_timeout);
         up.set_write_timeout(peer.options.write_timeout);
         let mut req = session.req_header().clone();
@@ -94,7 +76,7 @@ async fn exchange(
             req.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())
                 .map_err(|_| GatewayError::Internal)?;
         }
-        super::upstream::strip_hop_by_hop(&mut req);
+        strip_hop_by_hop(&mut req);
         prepare_upstream_request(session, &mut req, ctx).map_err(|_| GatewayError::Internal)?;
         let sent = async {
             up.write_request_header(Box::new(req)).await?;
@@ -106,22 +88,15 @@ async fn exchange(
         }
         .await;
         if let Err(e) = sent {
-            let err = GatewayError::from_pingora(&e);
-            let retries = app.retries;
-            let timed_out = err == GatewayError::UpstreamTimeout;
-            if idempotent && !timed_out && ctx.attempts <= retries && !deadline_passed(ctx) {
-                ctx.error = Some(err);
-                continue;
-            }
-            return Err(err);
+            // Nothing has gone to the client, and the whole body is here.
+            let method = &session.req_header().method;
+            upstream::exchange_failed(ctx, method, GatewayError::from_pingora(&e), true)?;
+            continue;
         }
-        if let Some(t) = ctx.timings.attempt_start {
-            ctx.timings.upstream_ttfb_us = crate::ctx::micros_since(t);
-        }
-        let Some(head) = up.response_header().cloned() else {
+        upstream::first_byte(ctx, Instant::now());
+        let Some(mut head) = up.response_header().cloned() else {
             return Err(GatewayError::UpstreamFailed);
         };
-        let cap = app.contract.max_response_body;
         let mut buf = BytesMut::new();
         let mut overflow = false;
         while !overflow {
@@ -135,43 +110,21 @@ async fn exchange(
                 Ok(None) => break,
                 Err(e) => return Err(GatewayError::from_pingora(&e)),
             }
-            if deadline_passed(ctx) {
+            if upstream::deadline_passed(ctx) {
                 return Err(GatewayError::UpstreamTimeout);
-            }
-        }
-        ctx.timings.upstream_end = Some(std::time::Instant::now());
-        let mut head = head;
-        if let (Some(route), false) = (route, overflow) {
-            if let (Some(op), Mode::Enforce | Mode::Monitor) =
-                (&route.operation, route.response_mode)
-            {
-                let (verdict, violations) = response_violations(
-                    op,
-                    head.status.as_u16(),
-                    &head.headers,
-                    Some(&buf),
-                    app.contract.max_violations,
-                );
-                ctx.response_verdict = verdict;
-                if verdict == Verdict::Invalid {
-                    let count = violations.len();
-                    for v in &violations {
-                        super::failure_log::response_violation(ctx, &v.pointer, &v.keyword);
-                    }
-                    if route.response_mode == Mode::Enforce {
-                        crate::contract::count_violation("response");
-                        connector
-                            .release_http_session(up, &*peer, peer.options.idle_timeout)
-                            .await;
-                        return Err(GatewayError::UpstreamContractViolation { count });
-                    }
-                    record(ctx, violations, "response");
-                }
             }
         }
         if !overflow {
             // The whole response is read: the instance is free.
-            ctx.lease = None;
+            upstream::finished(ctx, Instant::now());
+            let judged =
+                pipeline::judge_whole_response(ctx, head.status.as_u16(), &head.headers, &buf);
+            if let Err(err) = judged {
+                connector
+                    .release_http_session(up, &*peer, peer.options.idle_timeout)
+                    .await;
+                return Err(err);
+            }
         }
         write_response(
             session,
@@ -181,7 +134,9 @@ async fn exchange(
             overflow.then_some(&mut up),
         )
         .await?;
-        if !overflow {
+        if overflow {
+            upstream::finished(ctx, Instant::now());
+        } else {
             connector
                 .release_http_session(up, &*peer, peer.options.idle_timeout)
                 .await;

@@ -41,7 +41,7 @@ use pingora::proxy::{HttpProxy, Session};
 use pingora::server::ShutdownWatch;
 
 use super::Gateway;
-use crate::ctx::RequestCtx;
+use crate::pipeline::RequestCtx;
 
 /// `SETTINGS_MAX_CONCURRENT_STREAMS`: streams a client may have open at once.
 pub const MAX_CONCURRENT_STREAMS: u32 = 100;

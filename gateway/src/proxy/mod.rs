@@ -1,34 +1,32 @@
-//! The data plane: Gatehouse's [`ProxyHttp`] implementation.
+//! The engines: Pingora's proxy ([`Gateway`], its [`ProxyHttp`] phases,
+//! for HTTP/2, TLS and what the lean loop hands over), the lean HTTP/1.1
+//! loop ([`http1`]) and the plain listener's front ([`front`]). Each phase
+//! here moves bytes and calls the [`crate::pipeline`] for every decision.
 //!
-//! Phase chart (each phase does one thing and delegates the logic):
-//!
-//! | phase                      | what Gatehouse does                                          |
-//! |----------------------------|--------------------------------------------------------------|
-//! | `new_ctx`                  | count the request in flight                                   |
-//! | `request_filter`           | request id; take the bundle once; path safety; route (404/405); body cap (413); identity (401/403) and limits (429) ([`access`]); request contract ([`contract`]); hand enforced-response and large enforced-body requests to the [`forward`]er |
-//! | `upstream_peer`            | pick an instance (balancing, health, ejection; 503 when none) |
-//! | `connected_to_upstream`    | reset the instance's connect-failure streak                   |
-//! | `fail_to_connect`          | count the failure (passive ejection); retry on another instance |
-//! | `error_while_proxy`        | retry idempotent requests that got no response yet            |
-//! | `upstream_request_filter`  | `X-Request-Id`, `X-Forwarded-*`, prefix stripping             |
-//! | `request_body_filter`      | body cap on streamed bodies; monitor-mode request contract    |
-//! | `response_filter`          | `X-Request-Id`; monitor-mode response contract (head)         |
-//! | `response_body_filter`     | monitor-mode response contract (body)                         |
-//! | `upstream_response_body_filter` | the app's total timeout                                 |
-//! | `fail_to_proxy`            | render the error as `application/problem+json` ([`GatewayError`]); log 5xx at a bounded rate ([`failure_log`]) |
-//! | `logging`                  | build the wide event and `try_send` it to telemetry ([`log`]) |
+//! | Pingora phase                   | pipeline phase it calls                                  |
+//! |---------------------------------|----------------------------------------------------------|
+//! | `new_ctx`                       | count the request in flight                              |
+//! | `request_filter`                | id; canonical target; [`pipeline::route`]; [`pipeline::admit`]; request contract ([`body`]); hand enforced-response and large enforced-body requests to the [`forward`]er |
+//! | `upstream_peer`                 | [`upstream::choose_instance`] ([`peer`] builds the peer)  |
+//! | `connected_to_upstream`         | [`upstream::connected`]                                  |
+//! | `fail_to_connect`               | [`upstream::connect_failed`]                             |
+//! | `error_while_proxy`             | [`upstream::exchange_failed`] (the retry rule)           |
+//! | `upstream_request_filter`       | `X-Request-Id`, forwarding headers, prefix stripping     |
+//! | `request_body_filter`           | body cap and deadline on streamed bodies; [`pipeline::finish_request_check`] |
+//! | `upstream_response_filter`      | the response head's framing; [`upstream::first_byte`]   |
+//! | `response_filter`               | `X-Request-Id`, `RateLimit-*`; [`pipeline::start_response_check`] |
+//! | `response_body_filter`          | [`pipeline::finish_response_check`]                      |
+//! | `upstream_response_body_filter` | [`upstream::finished`]; the deadline                     |
+//! | `fail_to_proxy`                 | write the problem; [`pipeline::refused`]                 |
+//! | `logging`                       | [`pipeline::wide_event`], `try_send` to telemetry        |
 
-mod access;
-mod contract;
-pub mod failure_log;
+mod body;
 mod forward;
 pub mod front;
 pub mod h2;
-pub(crate) mod head_rules;
 pub mod http1;
-mod log;
+mod peer;
 mod respond;
-mod upstream;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -41,59 +39,14 @@ use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, Session};
 use pingora::{Error, ErrorType, Result};
 
-use crate::contract::Mode;
-use crate::ctx::RequestCtx;
 use crate::error::GatewayError;
-use crate::request::RequestView;
-use crate::routing::{self, RouteMatch};
+use crate::pipeline::{self, upstream, RequestCtx};
+use crate::routing;
 use crate::runtime::Shared;
-use contract::RequestCheck;
-use respond::{allowed_methods, request_id, respond, write_problem};
+use body::RequestCheck;
+use respond::{respond, write_problem};
 
-pub use contract::REPLAY_LIMIT;
-
-/// The head rules ([`head_rules`]) and the route match for a request head
-/// whose path the engine has made canonical ([`routing::canonical_path`]):
-/// the app and route (`None`: a passthrough app), or the refusal with the
-/// app it concerns. Shared by every engine.
-fn route_request(
-    active: &crate::runtime::Active,
-    req: &impl RequestView,
-) -> std::result::Result<(usize, Option<usize>), (Option<usize>, GatewayError)> {
-    let facts = head_rules::check_head(req).map_err(|e| (None, e))?;
-    let path = req.path();
-    // Every engine forwards the path routing sees, made canonical first
-    // (the conformance suite holds both engines to it).
-    debug_assert!(matches!(
-        routing::canonical_path(path),
-        Ok(std::borrow::Cow::Borrowed(_))
-    ));
-    let apps = &active.bundle.apps;
-    let judged = |app: usize, route: Option<usize>| {
-        let a = &apps[app];
-        head_rules::check_judged_once(req, a, facts).map_err(|e| (Some(app), e))?;
-        if facts.connection {
-            head_rules::check_connection_for(req, a, route.map(|r| &a.routes[r]))
-                .map_err(|e| (Some(app), e))?;
-        }
-        Ok((app, route))
-    };
-    match active
-        .bundle
-        .router
-        .route(apps, req.host(), req.method(), path)
-    {
-        RouteMatch::Route { app, route } => judged(app, Some(route)),
-        RouteMatch::Passthrough { app } => judged(app, None),
-        RouteMatch::MethodNotAllowed { app } => {
-            let allow = allowed_methods(&active.bundle.apps[app], path);
-            Err((Some(app), GatewayError::MethodNotAllowed { allow }))
-        }
-        RouteMatch::NoRoute { app } => Err((Some(app), GatewayError::NoRoute)),
-        RouteMatch::BadPath { app } => Err((Some(app), GatewayError::BadPath)),
-        RouteMatch::NoApp => Err((None, GatewayError::NoApp)),
-    }
-}
+pub use body::REPLAY_LIMIT;
 
 /// Make the request's target the one reading that every phase judges and
 /// the app gets: the canonical path ([`routing::canonical_path`]) and the
@@ -143,7 +96,7 @@ fn canonical_target(req: &mut RequestHeader) -> std::result::Result<(), GatewayE
         let host = req.headers.get(http::header::HOST).map(|h| h.as_bytes());
         match host {
             Some(h) => {
-                if !head_rules::same_host(h, authority.as_str()) {
+                if !pipeline::head_rules::same_host(h, authority.as_str()) {
                     return Err(GatewayError::AmbiguousRequest {
                         reason: "its Host header and its target name different hosts",
                     });
@@ -268,7 +221,7 @@ impl ProxyHttp for Gateway {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         front::head_read();
-        respond::assign_request_id(session.req_header(), ctx);
+        pipeline::request_id::assign_request_id(session.req_header(), ctx);
         ctx.request_id_header = http::HeaderValue::from_str(&ctx.request_id).ok();
         if let Some(addr) = session.client_addr().and_then(|a| a.as_inet()) {
             use std::fmt::Write as _;
@@ -277,64 +230,25 @@ impl ProxyHttp for Gateway {
         if let Err(err) = canonical_target(session.req_header_mut()) {
             return respond(session, ctx, err).await;
         }
-        let active = self.shared.active();
-        let (app_idx, route_idx) = match route_request(&active, session.req_header()) {
-            Ok(found) => found,
-            Err((app, err)) => {
-                if app.is_some() {
-                    ctx.app = app;
-                    ctx.active = Some(active);
-                }
-                return respond(session, ctx, err).await;
-            }
-        };
-        let app = &active.bundle.apps[app_idx];
-        ctx.body_cap = route_idx.map_or(app.max_request_body, |r| app.routes[r].max_request_body);
-        ctx.deadline = Some(Instant::now() + app.timeouts.total);
-        ctx.app = Some(app_idx);
-        ctx.route = route_idx;
-        ctx.active = Some(Arc::clone(&active));
-
         let declared = session
             .req_header()
             .headers
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|len| len > ctx.body_cap) {
-            let limit = ctx.body_cap;
-            return respond(session, ctx, GatewayError::BodyTooLarge { limit }).await;
+        let active = self.shared.active();
+        if let Err(err) = pipeline::route(&active, session.req_header(), ctx, declared) {
+            return respond(session, ctx, err).await;
         }
-
-        if access::check(
-            session,
-            ctx,
-            &active,
-            app,
-            route_idx.map(|r| &app.routes[r]),
-        )
-        .await?
-        {
-            return Ok(true);
+        if let Err(err) = pipeline::admit(session.req_header(), ctx) {
+            return respond(session, ctx, err).await;
         }
-
-        if let Some(route) = route_idx.map(|r| &app.routes[r]) {
-            if let Some(op) = &route.operation {
-                let started = Instant::now();
-                let checked = contract::check_request(session, ctx, app, route, op).await;
-                ctx.timings.request_validation_us = crate::ctx::micros_since(started);
-                match checked? {
-                    RequestCheck::Continue => {}
-                    RequestCheck::Responded => return Ok(true),
-                    RequestCheck::Forward(body) => {
-                        return forward::forward(&self.connector, session, ctx, body).await;
-                    }
-                }
+        match body::check_request(session, ctx).await? {
+            RequestCheck::Continue => {}
+            RequestCheck::Responded => return Ok(true),
+            RequestCheck::Forward(body) => {
+                return forward::forward(&self.connector, session, ctx, body).await;
             }
-        } else if app.contract.undocumented == crate::contract::Undocumented::Monitor
-            && app.contract.openapi.is_some()
-        {
-            contract::record_undocumented(ctx);
         }
 
         // A chunked body is read now when the cap is small enough to replay,
@@ -351,7 +265,7 @@ impl ProxyHttp for Gateway {
             Some(len) => h2 && len <= REPLAY_LIMIT as u64,
         };
         if small && !session.is_body_empty() && !session.is_body_done() {
-            if contract::read_body(session, ctx.body_cap).await?.is_none() {
+            if body::read_body(session, ctx.body_cap).await?.is_none() {
                 let limit = ctx.body_cap;
                 return respond(session, ctx, GatewayError::BodyTooLarge { limit }).await;
             }
@@ -372,7 +286,7 @@ impl ProxyHttp for Gateway {
                     .into_down(),
             );
         }
-        upstream::select_peer(session, ctx)
+        peer::select_peer(session, ctx).map_err(GatewayError::into_pingora)
     }
 
     async fn connected_to_upstream(
@@ -385,13 +299,7 @@ impl ProxyHttp for Gateway {
         _digest: Option<&pingora::protocols::Digest>,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if let Some(lease) = &ctx.lease {
-            lease.instance().record_connect_success();
-        }
-        ctx.timings.upstream_connect_us = match (reused, ctx.timings.attempt_start) {
-            (false, Some(t)) => crate::ctx::micros_since(t),
-            _ => 0,
-        };
+        upstream::connected(ctx, reused, Instant::now());
         Ok(())
     }
 
@@ -401,20 +309,28 @@ impl ProxyHttp for Gateway {
         response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if let Err(e) = upstream::check_response_head(session.req_header(), response) {
-            ctx.error = Some(GatewayError::UpstreamFailed);
-            return Err(e);
-        }
-        if let Some(t) = ctx.timings.attempt_start {
-            ctx.timings.upstream_ttfb_us =
-                crate::ctx::micros_since(t).saturating_sub(ctx.timings.upstream_connect_us);
-        }
+        peer::check_response_head(session.req_header(), response)?;
+        upstream::first_byte(ctx, Instant::now());
         Ok(())
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         if let Some(t) = &self.telemetry {
-            t.record(log::event(session, e, ctx, &self.instance));
+            let exchange = pipeline::Exchange {
+                status: session
+                    .response_written()
+                    .map_or(ctx.status, |r| r.status.as_u16()),
+                failed: e.is_some(),
+                bytes_in: session.body_bytes_read() as u64,
+                bytes_out: session.body_bytes_sent() as u64,
+                finished: Instant::now(),
+            };
+            t.record(pipeline::wide_event(
+                session.req_header(),
+                &exchange,
+                ctx,
+                &self.instance,
+            ));
         }
     }
 
@@ -425,7 +341,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        let retry = upstream::on_connect_failure(ctx, GatewayError::from_pingora(&e));
+        let retry = upstream::connect_failed(ctx, GatewayError::from_pingora(&e)).is_ok();
         e.set_retry(retry);
         e
     }
@@ -438,20 +354,17 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
         _client_reused: bool,
     ) -> Box<Error> {
-        let retries = ctx.app().map_or(0, |a| a.retries);
-        let timed_out = matches!(
-            e.etype(),
-            ErrorType::ReadTimedout | ErrorType::WriteTimedout
-        );
-        // Never again for a client that has gone (a reset HTTP/2 stream).
-        let retry = session.req_header().method.is_idempotent()
-            && !matches!(e.esource(), pingora::ErrorSource::Downstream)
+        // Replayable: the client is still there (not a reset HTTP/2
+        // stream), the body is all in the retry buffer, and nothing of the
+        // response has gone out.
+        let replayable = !matches!(e.esource(), pingora::ErrorSource::Downstream)
             && !session.as_ref().retry_buffer_truncated()
-            && session.response_written().is_none()
-            && !timed_out
-            && ctx.attempts <= retries
-            && !upstream::deadline_passed(ctx);
-        ctx.error = Some(GatewayError::from_pingora(&e));
+            && session.response_written().is_none();
+        let method = &session.req_header().method;
+        // Not retried, the failure is the answer: `fail_to_proxy` reads the
+        // same classification from `e`.
+        let err = GatewayError::of_pingora(&e);
+        let retry = upstream::exchange_failed(ctx, method, err, replayable).is_ok();
         e.set_retry(retry);
         e
     }
@@ -462,7 +375,7 @@ impl ProxyHttp for Gateway {
         upstream: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        upstream::prepare_upstream_request(session, upstream, ctx)
+        peer::prepare_upstream_request(session, upstream, ctx)
     }
 
     async fn request_body_filter(
@@ -474,24 +387,20 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         // The whole body by the app's deadline, however slowly it comes.
         if !end_of_stream && upstream::deadline_passed(ctx) {
-            ctx.error = Some(GatewayError::RequestTimeout);
-            return Error::e_explain(ErrorType::HTTPStatus(408), "request body too slow");
+            return Err(GatewayError::RequestTimeout.into_pingora());
         }
         if let Some(b) = body {
             ctx.body_bytes += b.len() as u64;
             if ctx.body_bytes > ctx.body_cap {
-                ctx.error = Some(GatewayError::BodyTooLarge {
-                    limit: ctx.body_cap,
-                });
-                return Error::e_explain(ErrorType::HTTPStatus(413), "request body over the cap");
+                let limit = ctx.body_cap;
+                return Err(GatewayError::BodyTooLarge { limit }.into_pingora());
             }
             if let Some(tee) = &mut ctx.request_tee {
                 tee.push(b);
             }
         }
-        if end_of_stream && ctx.request_tee.is_some() {
-            let max = ctx.app().map_or(20, |a| a.contract.max_violations);
-            contract::finish_request_tee(ctx, max);
+        if end_of_stream {
+            pipeline::finish_request_check(ctx);
         }
         Ok(())
     }
@@ -503,22 +412,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         respond::add_gateway_headers(response, ctx)?;
-        if let (Some(active), Some(app), Some(route)) = (ctx.active.clone(), ctx.app, ctx.route) {
-            let app = &active.bundle.apps[app];
-            let route = &app.routes[route];
-            if let (Some(op), Mode::Monitor) = (&route.operation, route.response_mode) {
-                let started = Instant::now();
-                contract::start_response_check(
-                    ctx,
-                    op,
-                    response.status.as_u16(),
-                    &response.headers,
-                    app.contract.max_violations,
-                    app.contract.max_response_body,
-                );
-                ctx.timings.response_validation_us += crate::ctx::micros_since(started);
-            }
-        }
+        pipeline::start_response_check(ctx, response.status.as_u16(), &response.headers);
         Ok(())
     }
 
@@ -532,11 +426,8 @@ impl ProxyHttp for Gateway {
         if let (Some(tee), Some(b)) = (&mut ctx.response_tee, body.as_ref()) {
             tee.push(b);
         }
-        if end_of_stream && ctx.response_tee.is_some() {
-            let started = Instant::now();
-            let max = ctx.app().map_or(20, |a| a.contract.max_violations);
-            contract::finish_response_tee(ctx, max);
-            ctx.timings.response_validation_us += crate::ctx::micros_since(started);
+        if end_of_stream {
+            pipeline::finish_response_check(ctx);
         }
         Ok(None)
     }
@@ -549,26 +440,25 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<Option<Duration>> {
         if end_of_stream {
-            ctx.timings.upstream_end = Some(Instant::now());
-            // The instance is done with this request: least-connections
-            // sees it free now, not after the response reaches the client.
-            ctx.lease = None;
+            upstream::finished(ctx, Instant::now());
         } else if upstream::deadline_passed(ctx) {
-            ctx.error = Some(GatewayError::UpstreamTimeout);
-            return Error::e_explain(ErrorType::ReadTimedout, "total upstream timeout");
+            let mut e = GatewayError::UpstreamTimeout.into_pingora();
+            e.etype = ErrorType::ReadTimedout;
+            return Err(e);
         }
         Ok(None)
     }
 
     /// Pingora's own line per failed request is replaced by
-    /// [`failure_log`]'s, which is rate-limited and leaves the query out.
+    /// [`pipeline::failure_log`]'s, which is rate-limited and leaves the
+    /// query out.
     fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, _error: &Error) -> bool {
         true
     }
 
     /// A failed attempt that is retried is not logged: the upstream's
-    /// health ([`upstream`]) counts it, and the request's final failure, if
-    /// any, is logged by `fail_to_proxy`.
+    /// health counts it, and the request's final failure, if any, is
+    /// logged by `fail_to_proxy`.
     fn suppress_proxy_warn_log(
         &self,
         _session: &Session,
@@ -585,15 +475,12 @@ impl ProxyHttp for Gateway {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
-        let mut err = ctx
-            .error
-            .take()
-            .unwrap_or_else(|| GatewayError::from_pingora(e));
+        let mut err = GatewayError::of_pingora(e);
         if let GatewayError::BodyTooLarge { limit } = &mut err {
             *limit = ctx.body_cap;
         }
         if ctx.request_id.is_empty() {
-            ctx.request_id = request_id(session.req_header());
+            pipeline::request_id::assign_request_id(session.req_header(), ctx);
         }
         let downstream_gone = matches!(e.esource(), pingora::ErrorSource::Downstream)
             && matches!(
@@ -604,29 +491,33 @@ impl ProxyHttp for Gateway {
                     | ErrorType::H2Error
             );
         if downstream_gone {
+            // Nobody to answer: the outcome is the client's leaving.
             h2::note_reset_in_flight(session, ctx);
-        }
-        if downstream_gone || session.response_written().is_some() {
-            if !downstream_gone {
-                let method = session.req_header().method.as_str();
-                failure_log::request_failed(ctx, method, &err, Some(&failure_log::MID_RESPONSE));
-            }
             return FailToProxy {
-                error_code: if downstream_gone { 0 } else { err.status() },
+                error_code: 0,
                 can_reuse_downstream: false,
             };
         }
-        // A status the gateway chose itself says nothing beyond `err`.
-        let cause =
-            (!matches!(e.etype(), ErrorType::HTTPStatus(_))).then_some(e as &dyn std::fmt::Display);
-        failure_log::request_failed(ctx, session.req_header().method.as_str(), &err, cause);
+        let method = session.req_header().method.as_str();
+        if session.response_written().is_some() {
+            let status = err.status();
+            pipeline::failed_mid_response(ctx, method, err);
+            return FailToProxy {
+                error_code: status,
+                can_reuse_downstream: false,
+            };
+        }
         session.set_keepalive(None);
         if let Err(write_err) = write_problem(session, ctx, &err).await {
             tracing::debug!(request_id = %ctx.request_id, error = %write_err, "could not write the error response");
         }
-        ctx.status = err.status();
+        // A status the gateway chose itself says nothing beyond `err`.
+        let cause =
+            (!matches!(e.etype(), ErrorType::HTTPStatus(_))).then_some(e as &dyn std::fmt::Display);
+        let status = err.status();
+        pipeline::refused(ctx, session.req_header().method.as_str(), err, cause);
         FailToProxy {
-            error_code: err.status(),
+            error_code: status,
             can_reuse_downstream: false,
         }
     }

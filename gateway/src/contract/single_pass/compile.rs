@@ -6,7 +6,7 @@ use jsonschema::Validator;
 use serde_json::{Map, Value};
 
 use super::{types, Node, NodeId, Num, Pattern, Property, Scalar, Words, MAX_PROPERTIES};
-use crate::contract::borrowed::Borrowed;
+use crate::contract::tape::Borrowed;
 
 /// Keywords that only annotate: no effect on a verdict.
 const ANNOTATIONS: [&str; 14] = [

@@ -1,6 +1,6 @@
 //! The yes/no body check in one pass over the bytes, with no tape and no tree.
 //!
-//! The tape walk of [`super::borrowed`] parses a body into a `simd-json`
+//! The tape walk of [`super::tape`] parses a body into a `simd-json`
 //! tape and lets `jsonschema` walk it: three passes (stage 1, tape,
 //! walk) and about half of a validated request's instructions. Most
 //! contract schemas use a small set of keywords, so a schema made only of
@@ -43,7 +43,7 @@ use jsonschema::Validator;
 use serde_json::Value;
 use simd_json::{Node as TapeNode, StaticNode};
 
-use super::borrowed::{Borrowed, Doc};
+use super::tape::{Borrowed, Doc};
 
 mod compile;
 mod pattern;

@@ -7,28 +7,15 @@ use std::mem::MaybeUninit;
 
 use http::header::{self, HeaderValue};
 
-use crate::ctx::RequestCtx;
+use crate::pipeline::head_rules::parse_content_length;
+
+use crate::pipeline::RequestCtx;
 
 /// Longest request head read (the lean engine answers 431 above it, and
 /// Pingora's engine refuses the same), and longest upstream response head.
 pub const MAX_HEAD: usize = 32 * 1024;
 /// Most header lines read in one head.
 pub const MAX_HEADERS: usize = 100;
-
-/// A `Content-Length` value: digits only (RFC 9110 §8.6; no sign, which
-/// an upstream may read differently), at most 19 of them.
-pub(crate) fn parse_content_length(value: &[u8]) -> Option<u64> {
-    let digits = value.trim_ascii();
-    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    // At most 19 digits: below 10^19, which `u64` holds.
-    Some(
-        digits
-            .iter()
-            .fold(0u64, |n, d| n * 10 + u64::from(d - b'0')),
-    )
-}
 
 /// Write the header line `name: value`.
 pub(super) fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
@@ -307,7 +294,7 @@ pub fn write_problem(
         body.len()
     );
     push_header(out, b"x-request-id", ctx.request_id.as_bytes());
-    for (name, value) in super::super::respond::problem_headers(err) {
+    for (name, value) in err.problem_headers() {
         push_header(out, name.as_str().as_bytes(), value.as_bytes());
     }
     if close {

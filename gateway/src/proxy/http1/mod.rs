@@ -22,7 +22,6 @@ mod guard;
 mod head;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod oracle;
-pub(crate) use head::parse_content_length;
 pub use head::{MAX_HEAD, MAX_HEADERS};
 mod pool;
 mod request;
@@ -41,14 +40,11 @@ use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::log::{wide_event, Exchange};
-use super::{contract, respond, upstream, Gateway};
+use super::Gateway;
 use crate::contract::Mode;
-use crate::ctx::{micros_since, RequestCtx};
 use crate::error::GatewayError;
+use crate::pipeline::{self, upstream, wide_event, Exchange, RequestCtx, RequestView};
 use crate::policy::Balancing;
-use crate::request::RequestView;
-use crate::routing::InstanceLease;
 use crate::runtime::Shared;
 use chunked::ChunkedScanner;
 use guard::Guard;
@@ -353,9 +349,9 @@ impl Engine {
         let canonical = crate::routing::canonical_path(head.path());
         let req = head.view(buf, canonical.as_deref().unwrap_or(head.path()));
         if head.has_request_id {
-            respond::assign_request_id(&req, &mut ctx);
+            pipeline::request_id::assign_request_id(&req, &mut ctx);
         } else {
-            respond::new_request_id_into(&mut ctx);
+            pipeline::request_id::new_request_id_into(&mut ctx);
         }
         let close = head.close || closing;
         let outcome = match canonical {
@@ -398,9 +394,11 @@ impl Engine {
     /// connection to be closed. No phase saw it, so no wide event records
     /// it; the refusal counters do.
     async fn refuse_head(&self, client: &mut Stream, bufs: &mut Buffers, err: GatewayError) {
-        respond::count_refusal(&err);
+        if let Some(direction) = err.violation_counted() {
+            crate::contract::count_violation(direction);
+        }
         let mut ctx = RequestCtx::new(self.shared.enter());
-        respond::new_request_id_into(&mut ctx);
+        pipeline::request_id::new_request_id_into(&mut ctx);
         let out = &mut bufs.out;
         out.clear();
         head::write_problem(out, &err, &ctx, "", false, true);
@@ -417,14 +415,11 @@ impl Engine {
         close: bool,
         bufs: &mut Buffers,
     ) -> Next {
-        respond::count_refusal(&err);
-        super::failure_log::request_failed(ctx, req.method().as_str(), &err, None);
         let out = &mut bufs.out;
         out.clear();
         let head_request = *req.method() == http::Method::HEAD;
         head::write_problem(out, &err, ctx, req.path(), head_request, close);
-        ctx.status = err.status();
-        ctx.error = Some(err);
+        pipeline::refused(ctx, req.method().as_str(), err, None);
         match write_client(client, &mut bufs.client_io, out).await {
             Ok(()) if !close => Next::KeepAlive,
             _ => Next::Close,
@@ -451,16 +446,11 @@ impl Engine {
         } = bufs;
         let head = req.head();
         let active = self.shared.active();
-        ctx.active = Some(Arc::clone(&active));
-        let (app_idx, route_idx) = match super::route_request(&active, req) {
-            Ok(found) => found,
-            Err((app, err)) => {
-                ctx.app = app;
-                return Err(err);
-            }
-        };
-        let app = &active.bundle.apps[app_idx];
-        let route = route_idx.map(|r| &app.routes[r]);
+        let routed = pipeline::route(&active, req, ctx, Some(head.content_length))?;
+        let app = &active.bundle.apps[routed.app];
+        let route = routed.route.map(|r| &app.routes[r]);
+        // Enforced responses and TLS upstreams are the buffered
+        // forwarder's and Pingora's: nothing was decided yet but the route.
         let enforced_response = route.is_some_and(|r| {
             r.response_mode == Mode::Enforce
                 && r.operation
@@ -468,38 +458,16 @@ impl Engine {
                     .is_some_and(|op| !op.responses.is_empty())
         });
         if enforced_response
-            || active.upstreams.groups[app_idx]
+            || active.upstreams.groups[routed.app]
                 .instances
                 .iter()
                 .any(|i| i.addr.tls)
         {
             return Ok(None);
         }
-        ctx.body_cap = route.map_or(app.max_request_body, |r| r.max_request_body);
-        ctx.deadline = Some(ctx.started + app.timeouts.total);
-        ctx.app = Some(app_idx);
-        ctx.route = route_idx;
-        if head.content_length > ctx.body_cap {
-            return Err(GatewayError::BodyTooLarge {
-                limit: ctx.body_cap,
-            });
-        }
-        if let Some(err) = super::access::admit(req, ctx, &active, app, route) {
-            return Err(err);
-        }
+        pipeline::admit(req, ctx)?;
         let body = req.body();
-        if let Some((route, op)) = route.and_then(|r| r.operation.as_ref().map(|op| (r, op))) {
-            // Identity and limits' last reading starts the check.
-            let started = ctx.clock_mark.take().unwrap_or_else(Instant::now);
-            let checked = check_request(req, body, ctx, app, route, op);
-            ctx.timings.request_validation_us = micros_since(started);
-            checked?;
-        } else if route.is_none()
-            && app.contract.undocumented == crate::contract::Undocumented::Monitor
-            && app.contract.openapi.is_some()
-        {
-            contract::record_undocumented(ctx);
-        }
+        pipeline::check_buffered_request(req, body, ctx)?;
 
         out.clear();
         request::write_upstream_head(out, req, ctx, app);
@@ -514,26 +482,23 @@ impl Engine {
         let (mut upstream, response) = loop {
             // One reading for the attempt's start, balancing and the pool.
             let now = Instant::now();
-            let (instance, socket, remaining) = upstream::choose_instance(ctx, hash_key, now)?;
-            ctx.lease = Some(InstanceLease::new(Arc::clone(&instance)));
+            let upstream::Chosen {
+                socket, remaining, ..
+            } = upstream::choose_instance(ctx, hash_key, now)?;
             let t = &app.timeouts;
             let mut fresh_retry = true;
             let attempt = loop {
                 let (mut conn, reused) = match pool::take(socket, now) {
                     Some(conn) => (conn, true),
                     None => match connect(socket, upstream_io, t.connect.min(remaining)).await {
-                        Ok(conn) => {
-                            instance.record_connect_success();
-                            ctx.timings.upstream_connect_us =
-                                ctx.timings.attempt_start.map_or(0, micros_since);
-                            (conn, false)
-                        }
+                        Ok(conn) => (conn, false),
                         Err(err) => break Err(Attempt::Connect(err)),
                     },
                 };
                 // The head must arrive within the read limit (or by the
                 // request's deadline, if sooner) of sending the request.
                 let sent_at = if reused { now } else { Instant::now() };
+                upstream::connected(ctx, reused, sent_at);
                 let read_by = (sent_at + t.read).min(now + remaining);
                 let own_rate_headers = ctx.rate_headers.is_some();
                 match send(
@@ -562,45 +527,16 @@ impl Engine {
             };
             match attempt {
                 Ok(done) => break done,
-                Err(Attempt::Connect(err)) => {
-                    if !upstream::on_connect_failure(ctx, err) {
-                        return Err(ctx
-                            .error
-                            .take()
-                            .unwrap_or(GatewayError::UpstreamUnreachable));
-                    }
-                }
+                Err(Attempt::Connect(err)) => upstream::connect_failed(ctx, err)?,
+                // Nothing came back: the request may be sent again.
                 Err(Attempt::Exchange(err, nothing_received)) => {
-                    ctx.lease = None;
-                    let retry = nothing_received
-                        && req.method().is_idempotent()
-                        && !matches!(err, GatewayError::UpstreamTimeout)
-                        && ctx.attempts <= app.retries
-                        && !upstream::deadline_passed(ctx);
-                    if !retry {
-                        return Err(err);
-                    }
-                    ctx.error = Some(err);
+                    upstream::exchange_failed(ctx, req.method(), err, nothing_received)?
                 }
             }
         };
-        if let Some(t) = ctx.timings.attempt_start {
-            ctx.timings.upstream_ttfb_us =
-                micros_since(t).saturating_sub(ctx.timings.upstream_connect_us);
-        }
-        if let (Some(route), Some(op)) = (route, route.and_then(|r| r.operation.as_ref())) {
-            if route.response_mode == Mode::Monitor {
-                let started = Instant::now();
-                contract::start_response_check(
-                    ctx,
-                    op,
-                    response.status,
-                    &response.content,
-                    app.contract.max_violations,
-                    app.contract.max_response_body,
-                );
-                ctx.timings.response_validation_us += micros_since(started);
-            }
+        upstream::first_byte(ctx, Instant::now());
+        if monitor_response {
+            pipeline::start_response_check(ctx, response.status, &response.content);
         }
         let close_client = close || response.framing == Framing::UntilClose;
         head::finish_client_head(client_out, ctx, close_client);
@@ -616,13 +552,8 @@ impl Engine {
         )
         .await;
         let end = Instant::now();
-        ctx.timings.upstream_end = Some(end);
-        ctx.lease = None;
-        if ctx.response_tee.is_some() {
-            let started = Instant::now();
-            contract::finish_response_tee(ctx, app.contract.max_violations);
-            ctx.timings.response_validation_us += micros_since(started);
-        }
+        upstream::finished(ctx, end);
+        pipeline::finish_response_check(ctx);
         ctx.status = response.status;
         Ok(Some(match relayed {
             Ok((bytes_out, reusable)) => {
@@ -639,43 +570,12 @@ impl Engine {
                 (response.status, false, bytes_out, next)
             }
             Err(Relay::Upstream(err, bytes_out)) => {
-                let mid_response: &dyn std::fmt::Display = &super::failure_log::MID_RESPONSE;
-                super::failure_log::request_failed(
-                    ctx,
-                    req.method().as_str(),
-                    &err,
-                    Some(mid_response),
-                );
-                ctx.error = Some(err);
+                pipeline::failed_mid_response(ctx, req.method().as_str(), err);
                 (response.status, true, bytes_out, Next::Close)
             }
             Err(Relay::Client(bytes_out)) => (response.status, true, bytes_out, Next::Close),
         }))
     }
-}
-
-/// The request contract for a buffered body: parameters, media type and
-/// the JSON body, judged before the upstream sees anything.
-fn check_request(
-    req: &Request<'_>,
-    body: &[u8],
-    ctx: &mut RequestCtx,
-    app: &crate::policy::App,
-    route: &crate::policy::Route,
-    op: &crate::contract::Operation,
-) -> Result<(), GatewayError> {
-    let plan = contract::plan_request(req, !body.is_empty(), ctx, app, route, op)?;
-    let over = body.len() as u64 > plan.body_limit;
-    if over && plan.read_body {
-        return Err(GatewayError::BodyTooLarge {
-            limit: plan.body_limit,
-        });
-    }
-    // Over the contract's body cap in monitor mode: the body is not judged.
-    let judged = (!body.is_empty() && !over).then_some(body);
-    contract::judge_request(plan, judged, ctx, app, route.request_mode)?;
-    ctx.request_tee = None;
-    Ok(())
 }
 
 /// Put bytes already read back in front of the connection's next read, for
@@ -852,9 +752,7 @@ async fn relay(
         }
         ubuf.clear();
         start = 0;
-        let left = ctx.deadline.map_or(read, |d| {
-            d.saturating_duration_since(Instant::now()).min(read)
-        });
+        let left = upstream::read_limit(ctx, read);
         match upstream_io.limit(left, read_more(upstream, ubuf)).await {
             Ok(Ok(0)) if response.framing == Framing::UntilClose => return Ok((sent, false)),
             Ok(Ok(n)) if n > 0 => {}

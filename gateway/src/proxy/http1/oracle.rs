@@ -9,9 +9,9 @@
 use std::sync::{Arc, OnceLock};
 
 use super::request::{parse_request, write_upstream_head, Parsed, SpareHeaders};
-use crate::ctx::RequestCtx;
+use crate::pipeline::RequestCtx;
+use crate::pipeline::RequestView;
 use crate::policy::{compile, SourceFile};
-use crate::request::RequestView;
 use crate::runtime::Shared;
 
 /// The conformance corpus's requests (`tests/conformance/requests.json`),
@@ -60,7 +60,7 @@ pub fn forwarded_as_judged(bytes: &[u8]) -> Result<(), String> {
         return Ok(());
     };
     let req = head.view(bytes, &path);
-    if crate::proxy::head_rules::check_head(&req).is_err() {
+    if crate::pipeline::head_rules::check_head(&req).is_err() {
         return Ok(());
     }
     let active = shared().active();

@@ -8,11 +8,12 @@ use std::mem::MaybeUninit;
 
 use http::Method;
 
-use super::head::{offset_in, parse_content_length, push_header, Lines, MAX_HEAD, MAX_HEADERS};
-use crate::ctx::RequestCtx;
+use super::head::{offset_in, push_header, Lines, MAX_HEAD, MAX_HEADERS};
+use crate::pipeline::head_rules::parse_content_length;
+use crate::pipeline::RequestCtx;
+use crate::pipeline::RequestView;
 use crate::policy::model::ForwardedStyle;
 use crate::policy::App;
-use crate::request::RequestView;
 
 /// Request bodies up to this size are read whole before the upstream is
 /// chosen; larger ones go to Pingora, which streams them.
@@ -500,7 +501,7 @@ fn connection_options(req: &Request<'_>) -> Vec<String> {
         .iter()
         .filter(|h| h.kind == Kind::Connection)
     {
-        crate::proxy::head_rules::each_option(h.value.of(req.text.as_bytes()), &mut |o| {
+        crate::pipeline::head_rules::each_option(h.value.of(req.text.as_bytes()), &mut |o| {
             options.push(String::from_utf8_lossy(o).into_owned());
         });
     }
@@ -524,9 +525,9 @@ pub fn write_upstream_head(out: &mut Vec<u8>, req: &Request<'_>, ctx: &RequestCt
     };
     let key_param = app.auth.as_ref().and_then(|a| a.api_key_query.as_deref());
     match (req.query, key_param) {
-        (Some(q), Some(k)) if super::super::upstream::names_param(q, k) => {
+        (Some(q), Some(k)) if crate::pipeline::upstream::names_param(q, k) => {
             out.extend_from_slice(
-                super::super::upstream::path_without_param(path, q, k).as_bytes(),
+                crate::pipeline::upstream::path_without_param(path, q, k).as_bytes(),
             );
         }
         (Some(q), _) => {
@@ -627,7 +628,7 @@ pub fn write_upstream_head(out: &mut Vec<u8>, req: &Request<'_>, ctx: &RequestCt
                 element.push_str(prev);
                 element.push_str(", ");
             }
-            super::super::upstream::forwarded_element(
+            crate::pipeline::upstream::forwarded_element(
                 &mut element,
                 client_ip,
                 false,

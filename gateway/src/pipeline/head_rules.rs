@@ -7,9 +7,9 @@
 
 use http::Version;
 
+use super::view::RequestView;
 use crate::error::GatewayError;
 use crate::policy::{App, Balancing, Route};
-use crate::request::RequestView;
 
 /// Headers that no `Connection` option may name: the framing and routing
 /// headers, the ones identity and the contract read, and the ones the
@@ -125,7 +125,7 @@ pub fn check_head(req: &impl RequestView) -> Result<HeadFacts, GatewayError> {
             }
             14 if name.eq_ignore_ascii_case(b"content-length") => {
                 lengths += 1;
-                length_ok &= super::http1::parse_content_length(value).is_some();
+                length_ok &= parse_content_length(value).is_some();
             }
             17 if name.eq_ignore_ascii_case(b"transfer-encoding") => {
                 codings += 1;
@@ -201,7 +201,7 @@ pub fn check_head(req: &impl RequestView) -> Result<HeadFacts, GatewayError> {
 
 /// Whether a `Host` value and a target's authority name the same host
 /// (any case, ports and a trailing dot left out).
-pub(super) fn same_host(host: &[u8], authority: &str) -> bool {
+pub fn same_host(host: &[u8], authority: &str) -> bool {
     let host = crate::routing::normalize_host(std::str::from_utf8(host).unwrap_or(""));
     host.eq_ignore_ascii_case(&crate::routing::normalize_host(authority))
 }
@@ -292,7 +292,7 @@ pub fn check_judged_once(
 
 /// Call `f` with each option of a `Connection` value, in lowercase,
 /// leaving out `close` and `keep-alive`.
-pub(super) fn each_option(value: &[u8], f: &mut dyn FnMut(&[u8])) {
+pub fn each_option(value: &[u8], f: &mut dyn FnMut(&[u8])) {
     for token in value.split(|b| *b == b',') {
         let token = token.trim_ascii();
         if token.is_empty()
@@ -363,6 +363,21 @@ pub fn valid_host(value: &[u8]) -> bool {
     let port_ok =
         port.is_none_or(|p| (1..=5).contains(&p.len()) && p.iter().all(u8::is_ascii_digit));
     name_ok && port_ok
+}
+
+/// A `Content-Length` value: digits only (RFC 9110 §8.6; no sign, which
+/// an upstream may read differently), at most 19 of them.
+pub fn parse_content_length(value: &[u8]) -> Option<u64> {
+    let digits = value.trim_ascii();
+    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    // At most 19 digits: below 10^19, which `u64` holds.
+    Some(
+        digits
+            .iter()
+            .fold(0u64, |n, d| n * 10 + u64::from(d - b'0')),
+    )
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
-//! Choosing an instance and preparing what is sent to it; shared by the
-//! Pingora proxy loop and the buffered forwarder.
+//! What Pingora's proxy loop and the buffered forwarder send upstream: the
+//! peer for an attempt (the instance is the pipeline's choice), the
+//! upstream request's headers, and the check of the response head.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pingora::http::RequestHeader;
@@ -9,30 +9,27 @@ use pingora::prelude::HttpPeer;
 use pingora::proxy::Session;
 use pingora::{Error, ErrorType, Result};
 
-use super::respond::fail;
-use crate::ctx::RequestCtx;
 use crate::error::GatewayError;
+use crate::pipeline::upstream::{
+    choose_instance, forwarded_element, names_param, path_without_param,
+};
+use crate::pipeline::RequestCtx;
 use crate::policy::model::ForwardedStyle;
 use crate::policy::Balancing;
-use crate::routing::{self, ms_at, now_ms, InstanceLease, Pick};
-use std::fmt::Write as _;
+use crate::routing;
 
-/// Pick an instance for the next attempt and build its peer. On failure the
-/// reason is in `ctx.error`.
-pub fn select_peer(session: &Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+/// Choose the instance for the next attempt ([`choose_instance`]) and
+/// build its peer, with the app's timeouts cut to the time left.
+pub fn select_peer(session: &Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>, GatewayError> {
     let hash_key = match ctx.app().map(|a| &a.upstream.balancing) {
         Some(Balancing::ConsistentHash(h)) => session.req_header().headers.get(h).cloned(),
         _ => None,
     };
-    let (instance, socket, remaining) =
-        match choose_instance(ctx, hash_key.as_ref().map(|v| v.as_bytes()), Instant::now()) {
-            Ok(chosen) => chosen,
-            Err(err) => return fail(ctx, err),
-        };
-    let Some(app) = ctx.app() else {
-        return fail(ctx, GatewayError::Internal);
-    };
-    let mut peer = HttpPeer::new(socket, instance.addr.tls, instance.addr.host.clone());
+    let chosen = choose_instance(ctx, hash_key.as_ref().map(|v| v.as_bytes()), Instant::now())?;
+    let app = ctx.app().ok_or(GatewayError::Internal)?;
+    let instance = &chosen.instance;
+    let remaining = chosen.remaining;
+    let mut peer = HttpPeer::new(chosen.socket, instance.addr.tls, instance.addr.host.clone());
     let t = &app.timeouts;
     peer.options.connection_timeout = Some(t.connect.min(remaining));
     peer.options.total_connection_timeout = Some(t.connect.min(remaining));
@@ -45,134 +42,7 @@ pub fn select_peer(session: &Session, ctx: &mut RequestCtx) -> Result<Box<HttpPe
     // itself.
     peer.options.http_upstream_request_policy =
         pingora::upstreams::peer::HttpUpstreamRequestPolicy::deny_upgrades();
-    ctx.lease = Some(InstanceLease::new(instance));
     Ok(Box::new(peer))
-}
-
-/// Append one RFC 7239 `Forwarded` element for this hop to `out`.
-pub fn forwarded_element(out: &mut String, client_ip: &str, tls: bool, host: Option<&str>) {
-    match client_ip {
-        "" => out.push_str("for=unknown"),
-        ip if ip.contains(':') => {
-            let _ = write!(out, "for=\"[{ip}]\"");
-        }
-        ip => {
-            let _ = write!(out, "for={ip}");
-        }
-    }
-    out.push_str(if tls { ";proto=https" } else { ";proto=http" });
-    if let Some(h) = host {
-        let _ = write!(out, ";host=\"{h}\"");
-    }
-}
-
-/// Whether `query` holds a parameter named `name` as identity reads it
-/// (names percent-decoded, `api%5Fkey` is `api_key`), so that
-/// [`path_without_param`] rebuilds the query only when it removes one.
-pub fn names_param(query: &str, name: &str) -> bool {
-    let spelled = query.contains(name) || query.contains('%') || query.contains('+');
-    spelled
-        && query.split('&').any(|p| {
-            let key = p.split('=').next().unwrap_or("");
-            crate::contract::params::percent_decode(key, true) == name
-        })
-}
-
-/// Whether a parameter of `query` other than `name` itself reads as `name`
-/// on servers that fold parameter names (PHP takes `.`, ` ` and `[` for
-/// `_`): the gateway would judge one and forward the other.
-pub fn aliases_param(query: &str, name: &str) -> bool {
-    let folded = |c: char| if matches!(c, '.' | ' ' | '[') { '_' } else { c };
-    let target: String = name.chars().map(folded).collect();
-    query.split('&').any(|p| {
-        let key = crate::contract::params::percent_decode(p.split('=').next().unwrap_or(""), true);
-        key != name && key.chars().map(folded).eq(target.chars())
-    })
-}
-
-/// `path?query` without the query parameter `name` (the API key), every
-/// occurrence, its name read percent-decoded as identity reads it.
-pub fn path_without_param(path: &str, query: &str, name: &str) -> String {
-    let kept: Vec<&str> = query
-        .split('&')
-        .filter(|p| {
-            p.split('=')
-                .next()
-                .map(|k| crate::contract::params::percent_decode(k, true))
-                != Some(name.into())
-        })
-        .collect();
-    if kept.is_empty() {
-        path.to_string()
-    } else {
-        format!("{path}?{}", kept.join("&"))
-    }
-}
-
-/// Pick the instance for the next attempt (balancing, health, ejection,
-/// instances already tried): the instance, its socket address and the time
-/// left before the app's total deadline. Records the attempt, started at
-/// `now`, in `ctx`; the caller takes the lease.
-pub fn choose_instance(
-    ctx: &mut RequestCtx,
-    hash_key: Option<&[u8]>,
-    now: Instant,
-) -> Result<
-    (
-        Arc<crate::routing::Instance>,
-        std::net::SocketAddr,
-        Duration,
-    ),
-    GatewayError,
-> {
-    let (Some(active), Some(app_idx)) = (ctx.active.clone(), ctx.app) else {
-        return Err(GatewayError::Internal);
-    };
-    let app = &active.bundle.apps[app_idx];
-    let remaining = ctx
-        .deadline
-        .map_or(app.timeouts.total, |d| d.saturating_duration_since(now));
-    if remaining.is_zero() {
-        return Err(GatewayError::UpstreamTimeout);
-    }
-    let group = &active.upstreams.groups[app_idx];
-    let idx = match group.pick(ctx.tried, hash_key, ms_at(now)) {
-        Pick::Instance(i) => i,
-        Pick::NoneAvailable if ctx.attempts == 0 => return Err(GatewayError::NoHealthyInstance),
-        Pick::NoneAvailable | Pick::Exhausted => {
-            return Err(ctx
-                .error
-                .take()
-                .unwrap_or(GatewayError::UpstreamUnreachable));
-        }
-    };
-    ctx.error = None;
-    ctx.tried |= 1 << idx;
-    ctx.attempts += 1;
-    let instance = Arc::clone(&group.instances[idx]);
-    ctx.timings.upstream_start.get_or_insert(now);
-    ctx.timings.attempt_start = Some(now);
-    ctx.last_instance = Some(Arc::clone(&instance));
-    match instance.socket {
-        Some(socket) => Ok((instance, socket, remaining)),
-        None => Err(GatewayError::UpstreamUnreachable),
-    }
-}
-
-/// A connection attempt failed: count it (passive ejection) and say whether
-/// to try another instance. Nothing reached the upstream, so any method may.
-pub fn on_connect_failure(ctx: &mut RequestCtx, err: GatewayError) -> bool {
-    let Some(app) = ctx.app() else { return false };
-    let (ejection, retries, name) = (app.upstream.ejection.clone(), app.retries, app.name.clone());
-    if let Some(lease) = ctx.lease.take() {
-        let inst = lease.instance();
-        if inst.record_connect_failure(&ejection, now_ms()) {
-            tracing::warn!(app = %name, instance = %inst.addr.url, for_ms = ejection.duration.as_millis() as u64,
-                "instance ejected after consecutive connect failures");
-        }
-    }
-    ctx.error = Some(err);
-    ctx.attempts <= retries && !deadline_passed(ctx)
 }
 
 /// Refuse (502) an upstream response head a client could read in more than
@@ -191,7 +61,7 @@ pub fn check_response_head(
     let mut numeric = true;
     for v in lengths.iter() {
         count += 1;
-        numeric &= super::http1::parse_content_length(v.as_bytes()).is_some();
+        numeric &= crate::pipeline::head_rules::parse_content_length(v.as_bytes()).is_some();
     }
     let refuse = |why: &'static str| {
         Err(Error::create(
@@ -222,11 +92,6 @@ pub fn check_response_head(
         return refuse("an upstream Content-Length that is repeated or not a number");
     }
     Ok(())
-}
-
-/// Has the app's total timeout run out?
-pub fn deadline_passed(ctx: &RequestCtx) -> bool {
-    ctx.deadline.is_some_and(|d| Instant::now() >= d)
 }
 
 /// The value of list header `name` with one more element written by `add`.
@@ -269,7 +134,7 @@ const HOP_BY_HOP: &[&str] = &[
 pub fn strip_hop_by_hop(upstream: &mut RequestHeader) {
     let mut named: Vec<String> = Vec::new();
     for value in upstream.headers.get_all(http::header::CONNECTION) {
-        super::head_rules::each_option(value.as_bytes(), &mut |option| {
+        crate::pipeline::head_rules::each_option(value.as_bytes(), &mut |option| {
             if let Ok(name) = std::str::from_utf8(option) {
                 named.push(name.to_owned());
             }

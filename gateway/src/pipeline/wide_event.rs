@@ -1,16 +1,13 @@
-//! The `logging` phase: turn the request context into the wide event.
+//! The wide event: one row per request, built from what the phases
+//! recorded in the [`RequestCtx`] and what the engine saw of the exchange.
 
 use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use pingora::proxy::Session;
-use pingora::Error;
-
+use super::context::RequestCtx;
+use super::view::RequestView;
 use crate::contract::Verdict;
-use crate::ctx::RequestCtx;
-use crate::error::GatewayError;
-use crate::request::RequestView;
 use crate::telemetry::event::no_name;
 use crate::telemetry::RequestEvent;
 
@@ -25,53 +22,14 @@ fn verdict(v: Verdict) -> &'static str {
     }
 }
 
-/// The outcome column: a small fixed vocabulary analysts group by.
+/// The outcome column: the gateway's answer's ([`GatewayError::outcome`]),
+/// else `client_closed` when the client got no (whole) answer, else `ok`.
 pub fn outcome(ctx: &RequestCtx, status: u16, failed: bool) -> &'static str {
-    match &ctx.error {
-        Some(err) => match err {
-            GatewayError::NoApp | GatewayError::NoRoute | GatewayError::MethodNotAllowed { .. } => {
-                "not_found"
-            }
-            GatewayError::BadPath
-            | GatewayError::BadRequest
-            | GatewayError::AmbiguousRequest { .. }
-            | GatewayError::RequestTimeout => "bad_request",
-            GatewayError::BodyTooLarge { .. } | GatewayError::HeadTooLarge => "too_large",
-            GatewayError::UpstreamUnreachable | GatewayError::UpstreamFailed => "upstream_error",
-            GatewayError::NoHealthyInstance => "no_healthy_instance",
-            GatewayError::UpstreamTimeout => "upstream_timeout",
-            GatewayError::Internal => "internal_error",
-            GatewayError::ContractViolation { .. }
-            | GatewayError::MalformedJson { .. }
-            | GatewayError::UnsupportedMediaType { .. } => "contract_violation",
-            GatewayError::UpstreamContractViolation { .. } => "upstream_contract_violation",
-            GatewayError::Unauthenticated { .. } => "unauthenticated",
-            GatewayError::Forbidden => "forbidden",
-            GatewayError::RateLimited { .. } => "rate_limited",
-        },
+    match &ctx.refusal {
+        Some(err) => err.outcome(),
         None if status == 0 || failed => "client_closed",
         None => "ok",
     }
-}
-
-/// Build the event for a Pingora session's finished request.
-pub fn event(
-    session: &Session,
-    e: Option<&Error>,
-    ctx: &mut RequestCtx,
-    instance: &Arc<str>,
-) -> RequestEvent {
-    let status = session
-        .response_written()
-        .map_or(ctx.status, |r| r.status.as_u16());
-    let exchange = Exchange {
-        status,
-        failed: e.is_some(),
-        bytes_in: session.body_bytes_read() as u64,
-        bytes_out: session.body_bytes_sent() as u64,
-        finished: Instant::now(),
-    };
-    wide_event(session.req_header(), &exchange, ctx, instance)
 }
 
 /// What the engine that carried a request saw of it.
@@ -114,7 +72,7 @@ pub fn wide_event(
         (Some(s), Some(end)) => {
             u32::try_from(end.saturating_duration_since(s).as_micros()).unwrap_or(u32::MAX)
         }
-        (Some(s), None) => crate::ctx::micros_since(s),
+        (Some(s), None) => crate::pipeline::micros_since(s),
         _ => 0,
     };
     let trace_id = req
@@ -130,7 +88,7 @@ pub fn wide_event(
                 Some((app, routes)) => {
                     let route = match ctx.route {
                         Some(r) => routes.get(r).cloned().unwrap_or_else(no_name),
-                        None if ctx.error.is_some() => no_name(),
+                        None if ctx.refusal.is_some() => no_name(),
                         None => names.passthrough.clone(),
                     };
                     (app.clone(), route)

@@ -1,4 +1,4 @@
-//! Per-request state carried through the proxy phases.
+//! Per-request state carried through the pipeline's phases.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -15,7 +15,7 @@ use crate::runtime::{Active, InFlight};
 pub struct RequestCtx {
     /// When the request was first seen.
     pub started: Instant,
-    /// The policy the request is served under (taken once, in `request_filter`).
+    /// The policy the request is served under (taken once, by [`super::route`]).
     pub active: Option<Arc<Active>>,
     /// `X-Request-Id`, kept from the client or generated.
     pub request_id: String,
@@ -42,8 +42,12 @@ pub struct RequestCtx {
     pub lease: Option<InstanceLease>,
     /// When the upstream exchange must be over (the app's total timeout).
     pub deadline: Option<Instant>,
-    /// A decision that ends the request, rendered by `fail_to_proxy`.
-    pub error: Option<GatewayError>,
+    /// The answer the gateway gave instead of the app's (recorded once, by
+    /// [`super::refused`]); the wide event's outcome.
+    pub refusal: Option<GatewayError>,
+    /// Why the last upstream attempt failed: the answer when no instance
+    /// is left to try ([`super::upstream`]).
+    pub attempt_error: Option<GatewayError>,
     /// Status sent by the gateway itself (0 = the upstream's).
     pub status: u16,
     /// Request contract verdict.
@@ -97,7 +101,8 @@ impl RequestCtx {
             attempts: 0,
             lease: None,
             deadline: None,
-            error: None,
+            refusal: None,
+            attempt_error: None,
             status: 0,
             request_verdict: Verdict::Unchecked,
             response_verdict: Verdict::Unchecked,
@@ -138,7 +143,7 @@ impl RequestCtx {
 #[derive(Debug)]
 pub struct BodyTee {
     /// What the body must satisfy.
-    pub validator: std::sync::Arc<crate::contract::borrowed::BodySchema>,
+    pub validator: std::sync::Arc<crate::contract::body_schema::BodySchema>,
     /// The copy so far.
     pub buf: BytesMut,
     /// Most bytes kept; beyond it the body goes unchecked.
@@ -149,7 +154,10 @@ pub struct BodyTee {
 
 impl BodyTee {
     /// An empty copy.
-    pub fn new(validator: std::sync::Arc<crate::contract::borrowed::BodySchema>, cap: u64) -> Self {
+    pub fn new(
+        validator: std::sync::Arc<crate::contract::body_schema::BodySchema>,
+        cap: u64,
+    ) -> Self {
         Self {
             validator,
             buf: BytesMut::new(),

@@ -1,34 +1,16 @@
-//! Contract checks on the request path (what touches the Pingora session);
-//! the validation itself lives in [`crate::contract`].
+//! The contract phases: the request's plan (from its head) and verdict
+//! (with its body), the monitor-mode copies of streamed bodies, and the
+//! response check. The validation itself lives in [`crate::contract`].
 
-use bytes::{Bytes, BytesMut};
-use pingora::proxy::Session;
-use pingora::Result;
-
-use super::respond::respond;
+use super::context::{BodyTee, RequestCtx};
+use super::view::RequestView;
 use crate::contract::openapi::is_json;
 use crate::contract::operation::{check_json_body, Expectation};
 use crate::contract::params::RequestParts;
 use crate::contract::{Mode, Operation, Verdict, Violation, ViolationLocation};
-use crate::ctx::{BodyTee, RequestCtx};
 use crate::error::GatewayError;
 use crate::policy::{App, Route};
-use crate::request::RequestView;
 use crate::routing::strip_app_prefix;
-
-/// Pingora replays a request body it buffered only up to this size.
-pub const REPLAY_LIMIT: usize = 64 * 1024;
-
-/// What `request_filter` does after the contract check.
-#[derive(Debug)]
-pub enum RequestCheck {
-    /// Let Pingora proxy the request (the body, if read, is replayed).
-    Continue,
-    /// A response was written.
-    Responded,
-    /// Forward with this complete body through the buffered forwarder.
-    Forward(Bytes),
-}
 
 /// The media type of a `Content-Type` value: lowercase, parameters dropped.
 pub fn media_type(headers: &http::HeaderMap) -> String {
@@ -85,25 +67,11 @@ fn media_accepted(accepted: &[String], media: &str) -> bool {
         })
 }
 
-/// Read the whole request body, keeping it for Pingora's replay; `None`
-/// when it is longer than `limit`.
-pub async fn read_body(session: &mut Session, limit: u64) -> Result<Option<Bytes>> {
-    session.enable_retry_buffering();
-    let mut buf = BytesMut::new();
-    while let Some(chunk) = session.read_request_body().await? {
-        if (buf.len() + chunk.len()) as u64 > limit {
-            return Ok(None);
-        }
-        buf.extend_from_slice(&chunk);
-    }
-    Ok(Some(buf.freeze()))
-}
-
 /// The contract's needs for one request, decided from its head.
 #[derive(Debug)]
 pub struct RequestPlan {
     violations: Vec<Violation>,
-    json_check: Option<std::sync::Arc<crate::contract::borrowed::BodySchema>>,
+    json_check: Option<std::sync::Arc<crate::contract::body_schema::BodySchema>>,
     enforce: bool,
     enforce_response: bool,
     /// The body must be read (up to `body_limit`) before the upstream sees anything.
@@ -237,48 +205,6 @@ pub fn judge_request(
     Ok(())
 }
 
-/// Check the request against `op`. In enforce mode a violating request is
-/// answered here, before any byte reaches the upstream.
-pub async fn check_request(
-    session: &mut Session,
-    ctx: &mut RequestCtx,
-    app: &App,
-    route: &Route,
-    op: &Operation,
-) -> Result<RequestCheck> {
-    let has_body = !session.is_body_empty();
-    let plan = match plan_request(session.req_header(), has_body, ctx, app, route, op) {
-        Ok(plan) => plan,
-        Err(err) => {
-            respond(session, ctx, err).await?;
-            return Ok(RequestCheck::Responded);
-        }
-    };
-    let enforce_response = plan.enforces_response();
-    // Read the body now when it must be judged before the upstream sees it,
-    // or when the response is enforced (the forwarder sends it itself).
-    let mut body_bytes = None;
-    if plan.read_body {
-        match read_body(session, plan.body_limit).await? {
-            Some(b) => body_bytes = Some(b),
-            None => {
-                let limit = plan.body_limit;
-                respond(session, ctx, GatewayError::BodyTooLarge { limit }).await?;
-                return Ok(RequestCheck::Responded);
-            }
-        }
-    }
-    if let Err(err) = judge_request(plan, body_bytes.as_deref(), ctx, app, route.request_mode) {
-        respond(session, ctx, err).await?;
-        return Ok(RequestCheck::Responded);
-    }
-    Ok(match body_bytes {
-        Some(b) if enforce_response || b.len() > REPLAY_LIMIT => RequestCheck::Forward(b),
-        None if enforce_response => RequestCheck::Forward(Bytes::new()),
-        _ => RequestCheck::Continue,
-    })
-}
-
 fn malformed(e: &serde_json::Error) -> Violation {
     Violation {
         location: ViolationLocation::Body,
@@ -353,7 +279,7 @@ pub fn response_violations(
 
 /// Parse and validate a complete JSON body: the verdict and its violations.
 fn judge(
-    validator: &crate::contract::borrowed::BodySchema,
+    validator: &crate::contract::body_schema::BodySchema,
     body: &[u8],
     location: ViolationLocation,
     max: usize,

@@ -1,8 +1,9 @@
-//! Reading a bundle directory into memory (the only I/O of the policy module).
+//! A policy bundle's sources: its directory read into memory (the only
+//! I/O of compiling a bundle), and the problems found in them, located as
+//! `file: /json/pointer`. Shared by [`crate::policy`] and [`crate::contract`].
 
+use std::fmt;
 use std::path::Path;
-
-use super::{PolicyError, PolicyErrors};
 
 /// Is this bundle file a document that policy files refer to (an OpenAPI
 /// contract or a JSON Schema) rather than a policy file?
@@ -114,6 +115,57 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<SourceFile>, errors: &mut Vec<Pol
         }
     }
 }
+
+/// One problem in a policy bundle, located as `file: /json/pointer`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PolicyError {
+    /// File path relative to the bundle directory.
+    pub file: String,
+    /// JSON pointer into the file (`""` for the whole file).
+    pub pointer: String,
+    /// What is wrong, for a human.
+    pub message: String,
+}
+
+impl PolicyError {
+    /// Build an error.
+    pub fn new(file: &str, pointer: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            file: file.to_string(),
+            pointer: pointer.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for PolicyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let pointer = if self.pointer.is_empty() {
+            "/"
+        } else {
+            &self.pointer
+        };
+        write!(f, "{}: {}: {}", self.file, pointer, self.message)
+    }
+}
+
+/// All problems found in a bundle (never empty when returned as an error).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyErrors(pub Vec<PolicyError>);
+
+impl fmt::Display for PolicyErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for PolicyErrors {}
 
 #[cfg(test)]
 mod tests {

@@ -1,4 +1,5 @@
-//! The yes/no body check over a `simd-json` tape, with no tree built.
+//! A `simd-json` tape as a `jsonschema` document: the yes/no body check
+//! with no tree built.
 //!
 //! Parsing a request body into a `serde_json::Value` allocates a `String`
 //! per key and per string and a map node per member; it was the largest
@@ -16,14 +17,11 @@
 //! `serde_json` keeps the last value) goes to the `serde_json` path.
 
 use std::borrow::Cow;
-use std::fmt;
 
 use jsonschema::json::{Array, Json, JsonNumber, Node, NodeIdentity, Object};
-use jsonschema::{JsonType, Validator};
+use jsonschema::JsonType;
 use serde_json::{Number, Value};
 use simd_json::{Node as TapeNode, StaticNode};
-
-use super::single_pass::{Check, SinglePass};
 
 /// Objects wider than this go to the `serde_json::Value` path (repeated
 /// keys are found by a linear scan here).
@@ -76,7 +74,7 @@ fn check(nodes: &[TapeNode<'_>]) -> Option<()> {
 
 /// Parse `body` with `simd-json` and hand its checked root to `f`; `None`
 /// when the body is not JSON or is left to `serde_json`.
-fn with_doc<T>(body: &[u8], f: impl FnOnce(Doc<'_>) -> T) -> Option<T> {
+pub(crate) fn with_doc<T>(body: &[u8], f: impl FnOnce(Doc<'_>) -> T) -> Option<T> {
     // `simd-json` does not hold escaped surrogates to their pairing, reads
     // `-0` as the integer 0 where `serde_json` keeps a float, keeps no
     // number's text to tell whether its double says all of it, and reads
@@ -108,59 +106,6 @@ thread_local! {
 /// The `jsonschema` representation of a checked `simd-json` tape.
 #[derive(Debug)]
 pub struct Borrowed;
-
-/// A compiled body schema: the validator over `serde_json::Value` (used for
-/// error details), the same schema over the tape (the fast yes/no), and,
-/// when the schema's keywords allow, the single-pass program (faster still).
-pub struct BodySchema {
-    /// Over `serde_json::Value`.
-    pub value: Validator,
-    fast: Validator<Borrowed>,
-    single: Option<SinglePass>,
-}
-
-impl fmt::Debug for BodySchema {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("BodySchema").finish_non_exhaustive()
-    }
-}
-
-impl BodySchema {
-    /// The validators of one schema.
-    pub fn new(value: Validator, fast: Validator<Borrowed>, single: Option<SinglePass>) -> Self {
-        Self {
-            value,
-            fast,
-            single,
-        }
-    }
-
-    /// Whether the single-pass program judges this schema.
-    pub fn is_single_pass(&self) -> bool {
-        self.single.is_some()
-    }
-
-    /// For a schema whose applicators recurse so that `jsonschema` would
-    /// read a nested value exponentially often ([`SinglePass::rereads`]):
-    /// the verdict of the single-pass program alone, in time bounded by
-    /// body × schema. `None` for every other schema.
-    pub fn bounded_verdict(&self, body: &[u8]) -> Option<Result<Check, serde_json::Error>> {
-        let single = self.single.as_ref().filter(|s| s.rereads())?;
-        Some(single.check_normalised(body))
-    }
-
-    /// `Some(true)` when `body` parses and is valid; `None` when the fast
-    /// path cannot say (malformed, too wide, a repeated key, or invalid —
-    /// the caller then finds out which over a `serde_json::Value`).
-    pub fn accepts(&self, body: &[u8]) -> Option<bool> {
-        match self.single.as_ref().map(|s| s.check(body)) {
-            Some(Check::Valid) => return Some(true),
-            Some(Check::Invalid) => return None,
-            Some(Check::Unsure) | None => {}
-        }
-        with_doc(body, |doc| self.fast.is_valid(doc))?.then_some(true)
-    }
-}
 
 impl Json for Borrowed {
     type Node<'a> = Doc<'a>;
@@ -414,6 +359,7 @@ impl<'a> Array<'a, Borrowed> for Elements<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::contract::body_schema::BodySchema;
     use serde_json::json;
 
     fn both(schema: &Value) -> BodySchema {

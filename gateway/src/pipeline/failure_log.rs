@@ -16,7 +16,7 @@ use std::fmt::Display;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::ctx::RequestCtx;
+use super::context::RequestCtx;
 use crate::error::GatewayError;
 
 /// Most failure lines written in one second (per process).

@@ -6,40 +6,18 @@
 use std::borrow::Cow;
 use std::time::Duration;
 
-use pingora::proxy::Session;
-use pingora::Result;
-
-use super::respond::respond;
+use super::context::RequestCtx;
+use super::view::RequestView;
 use crate::contract::params::query_values;
-use crate::ctx::RequestCtx;
 use crate::error::GatewayError;
 use crate::limits::{key_hash, push_header_item, LimitKey};
 use crate::policy::model::AuthMode;
 use crate::policy::{App, Auth, Route};
-use crate::request::RequestView;
 use crate::runtime::Active;
-
-/// Identify the consumer and check limits; `Ok(true)` when a response
-/// (401/403/429) was written.
-pub async fn check(
-    session: &mut Session,
-    ctx: &mut RequestCtx,
-    active: &Active,
-    app: &App,
-    route: Option<&Route>,
-) -> Result<bool> {
-    match admit(session.req_header(), ctx, active, app, route) {
-        Some(err) => {
-            respond(session, ctx, err).await?;
-            Ok(true)
-        }
-        None => Ok(false),
-    }
-}
 
 /// Identify the consumer (401/403) and check limits (429) for a request
 /// head; the refusal, if any. Records the consumer, timings and the
-/// `RateLimit-*` header values in `ctx`. Shared by both HTTP/1.1 engines.
+/// `RateLimit-*` header values in `ctx`. Called through [`super::admit`].
 pub fn admit(
     req: &impl RequestView,
     ctx: &mut RequestCtx,
@@ -53,7 +31,7 @@ pub fn admit(
         let started = std::time::Instant::now();
         let identified = identify(req, active, auth);
         let done = std::time::Instant::now();
-        ctx.timings.auth_us = crate::ctx::micros_between(started, done);
+        ctx.timings.auth_us = crate::pipeline::micros_between(started, done);
         identified_at = Some(done);
         match identified {
             Ok(Some(idx)) => {
@@ -74,7 +52,7 @@ pub fn admit(
     let started = identified_at.unwrap_or_else(std::time::Instant::now);
     let refused = limit(req, ctx, active, app, route);
     let done = std::time::Instant::now();
-    ctx.timings.limits_us = crate::ctx::micros_between(started, done);
+    ctx.timings.limits_us = crate::pipeline::micros_between(started, done);
     ctx.clock_mark = Some(done);
     refused
 }
@@ -145,7 +123,7 @@ fn identify(
         .as_ref()
         .and_then(|h| req.header(h.as_str()))
         // A key that is not text matches no consumer: 401, not anonymous.
-        .map(|v| Cow::Borrowed(crate::request::ascii_text(v).unwrap_or("")))
+        .map(|v| Cow::Borrowed(crate::pipeline::view::ascii_text(v).unwrap_or("")))
         .or_else(|| query_keys.pop());
     // With JWT, `Authorization` is the gateway's to judge: a value it
     // cannot verify is refused, never forwarded as if it had been checked.

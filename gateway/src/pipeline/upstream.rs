@@ -1,0 +1,231 @@
+//! The upstream phase, engine-neutral: which instance an attempt goes to,
+//! what its connect and first byte cost, whether a failed attempt is tried
+//! again (the one retry rule), and the request's deadline. The engines do
+//! the connecting and the bytes; every one of them calls these.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::context::{micros_between, RequestCtx};
+use crate::error::GatewayError;
+use crate::routing::{ms_at, now_ms, Instance, InstanceLease, Pick};
+use std::fmt::Write as _;
+
+/// The instance an attempt goes to.
+#[derive(Debug)]
+pub struct Chosen {
+    /// The instance (its lease is already in the context).
+    pub instance: Arc<Instance>,
+    /// Its socket address.
+    pub socket: std::net::SocketAddr,
+    /// Time left before the request's deadline, when the attempt began.
+    pub remaining: Duration,
+}
+
+/// Pick the instance for the next attempt (balancing, health, ejection,
+/// instances already tried) and take its in-flight lease. Records the
+/// attempt, started at `now`. Refused: the deadline has passed (504), no
+/// instance is healthy (503), or every instance was tried (the last
+/// attempt's failure).
+pub fn choose_instance(
+    ctx: &mut RequestCtx,
+    hash_key: Option<&[u8]>,
+    now: Instant,
+) -> Result<Chosen, GatewayError> {
+    let (Some(active), Some(app_idx)) = (ctx.active.clone(), ctx.app) else {
+        return Err(GatewayError::Internal);
+    };
+    let app = &active.bundle.apps[app_idx];
+    let remaining = ctx
+        .deadline
+        .map_or(app.timeouts.total, |d| d.saturating_duration_since(now));
+    if remaining.is_zero() {
+        return Err(GatewayError::UpstreamTimeout);
+    }
+    let group = &active.upstreams.groups[app_idx];
+    let idx = match group.pick(ctx.tried, hash_key, ms_at(now)) {
+        Pick::Instance(i) => i,
+        Pick::NoneAvailable if ctx.attempts == 0 => return Err(GatewayError::NoHealthyInstance),
+        Pick::NoneAvailable | Pick::Exhausted => {
+            return Err(ctx
+                .attempt_error
+                .take()
+                .unwrap_or(GatewayError::UpstreamUnreachable));
+        }
+    };
+    ctx.attempt_error = None;
+    ctx.tried |= 1 << idx;
+    ctx.attempts += 1;
+    let instance = Arc::clone(&group.instances[idx]);
+    ctx.timings.upstream_start.get_or_insert(now);
+    ctx.timings.attempt_start = Some(now);
+    ctx.last_instance = Some(Arc::clone(&instance));
+    ctx.lease = Some(InstanceLease::new(Arc::clone(&instance)));
+    match instance.socket {
+        Some(socket) => Ok(Chosen {
+            instance,
+            socket,
+            remaining,
+        }),
+        None => Err(GatewayError::UpstreamUnreachable),
+    }
+}
+
+/// The attempt has its connection at `at`: a new one ends the instance's
+/// connect-failure streak and its time is the attempt's connect time; a
+/// reused one cost none.
+pub fn connected(ctx: &mut RequestCtx, reused: bool, at: Instant) {
+    if reused {
+        ctx.timings.upstream_connect_us = 0;
+        return;
+    }
+    if let Some(lease) = &ctx.lease {
+        lease.instance().record_connect_success();
+    }
+    ctx.timings.upstream_connect_us = ctx
+        .timings
+        .attempt_start
+        .map_or(0, |t| micros_between(t, at));
+}
+
+/// The response head arrived at `at`: time to first byte is from the
+/// attempt's start, its connect time left out.
+pub fn first_byte(ctx: &mut RequestCtx, at: Instant) {
+    if let Some(t) = ctx.timings.attempt_start {
+        ctx.timings.upstream_ttfb_us =
+            micros_between(t, at).saturating_sub(ctx.timings.upstream_connect_us);
+    }
+}
+
+/// The upstream sent the last byte of its response at `at`: the instance
+/// is free (least-connections sees it so now, not once the client has it).
+pub fn finished(ctx: &mut RequestCtx, at: Instant) {
+    ctx.timings.upstream_end = Some(at);
+    ctx.lease = None;
+}
+
+/// A connection attempt failed: count it against the instance (passive
+/// ejection). `Ok`: try another instance (nothing reached the upstream, so
+/// any method may); `Err`: the request's answer.
+pub fn connect_failed(ctx: &mut RequestCtx, err: GatewayError) -> Result<(), GatewayError> {
+    let Some(app) = ctx.app() else {
+        return Err(err);
+    };
+    let (ejection, name) = (app.upstream.ejection.clone(), app.name.clone());
+    if let Some(lease) = ctx.lease.take() {
+        let inst = lease.instance();
+        if inst.record_connect_failure(&ejection, now_ms()) {
+            tracing::warn!(app = %name, instance = %inst.addr.url, for_ms = ejection.duration.as_millis() as u64,
+                "instance ejected after consecutive connect failures");
+        }
+    }
+    if attempts_left(ctx) {
+        ctx.attempt_error = Some(err);
+        Ok(())
+    } else {
+        Err(err)
+    }
+}
+
+/// An exchange failed after its connection was made. The retry rule: an
+/// idempotent request is sent again to another instance when the engine
+/// can replay it with nothing yet sent to the client (`replayable`), the
+/// failure was not a timeout (the app may still be working on it), and
+/// attempts and time are left. `Ok`: try again; `Err`: the answer.
+pub fn exchange_failed(
+    ctx: &mut RequestCtx,
+    method: &http::Method,
+    err: GatewayError,
+    replayable: bool,
+) -> Result<(), GatewayError> {
+    ctx.lease = None;
+    let retry = replayable
+        && method.is_idempotent()
+        && err != GatewayError::UpstreamTimeout
+        && attempts_left(ctx);
+    if retry {
+        ctx.attempt_error = Some(err);
+        Ok(())
+    } else {
+        Err(err)
+    }
+}
+
+/// The app allows another attempt, and its deadline has not passed.
+fn attempts_left(ctx: &RequestCtx) -> bool {
+    ctx.attempts <= ctx.app().map_or(0, |a| a.retries) && !deadline_passed(ctx)
+}
+
+/// Has the request's deadline (its app's total timeout, from when the
+/// request was first seen) passed?
+pub fn deadline_passed(ctx: &RequestCtx) -> bool {
+    ctx.deadline.is_some_and(|d| Instant::now() >= d)
+}
+
+/// The most an upstream read may wait: `read`, or less when the deadline
+/// is nearer.
+pub fn read_limit(ctx: &RequestCtx, read: Duration) -> Duration {
+    ctx.deadline.map_or(read, |d| {
+        d.saturating_duration_since(Instant::now()).min(read)
+    })
+}
+
+/// Append one RFC 7239 `Forwarded` element for this hop to `out`.
+pub fn forwarded_element(out: &mut String, client_ip: &str, tls: bool, host: Option<&str>) {
+    match client_ip {
+        "" => out.push_str("for=unknown"),
+        ip if ip.contains(':') => {
+            let _ = write!(out, "for=\"[{ip}]\"");
+        }
+        ip => {
+            let _ = write!(out, "for={ip}");
+        }
+    }
+    out.push_str(if tls { ";proto=https" } else { ";proto=http" });
+    if let Some(h) = host {
+        let _ = write!(out, ";host=\"{h}\"");
+    }
+}
+
+/// Whether `query` holds a parameter named `name` as identity reads it
+/// (names percent-decoded, `api%5Fkey` is `api_key`), so that
+/// [`path_without_param`] rebuilds the query only when it removes one.
+pub fn names_param(query: &str, name: &str) -> bool {
+    let spelled = query.contains(name) || query.contains('%') || query.contains('+');
+    spelled
+        && query.split('&').any(|p| {
+            let key = p.split('=').next().unwrap_or("");
+            crate::contract::params::percent_decode(key, true) == name
+        })
+}
+
+/// Whether a parameter of `query` other than `name` itself reads as `name`
+/// on servers that fold parameter names (PHP takes `.`, ` ` and `[` for
+/// `_`): the gateway would judge one and forward the other.
+pub fn aliases_param(query: &str, name: &str) -> bool {
+    let folded = |c: char| if matches!(c, '.' | ' ' | '[') { '_' } else { c };
+    let target: String = name.chars().map(folded).collect();
+    query.split('&').any(|p| {
+        let key = crate::contract::params::percent_decode(p.split('=').next().unwrap_or(""), true);
+        key != name && key.chars().map(folded).eq(target.chars())
+    })
+}
+
+/// `path?query` without the query parameter `name` (the API key), every
+/// occurrence, its name read percent-decoded as identity reads it.
+pub fn path_without_param(path: &str, query: &str, name: &str) -> String {
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|p| {
+            p.split('=')
+                .next()
+                .map(|k| crate::contract::params::percent_decode(k, true))
+                != Some(name.into())
+        })
+        .collect();
+    if kept.is_empty() {
+        path.to_string()
+    } else {
+        format!("{path}?{}", kept.join("&"))
+    }
+}
