@@ -12,6 +12,7 @@ mod e2e {
     mod lifecycle;
     mod limits_and_errors;
     mod lint;
+    mod parity;
     mod resilience;
     mod routing;
     mod telemetry;

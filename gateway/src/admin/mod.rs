@@ -328,3 +328,6 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
         out,
     )
 }
+
+#[cfg(test)]
+mod tests;

@@ -28,8 +28,10 @@ pub struct RequestCtx {
     pub client_ip: String,
     /// Index of the app in `active.bundle.apps`.
     pub app: Option<usize>,
-    /// Index of the matched route, `None` for passthrough.
+    /// Index of the matched route (`None`: not routed, or passthrough).
     pub route: Option<usize>,
+    /// Routed to a passthrough app (no route of its own).
+    pub passthrough: bool,
     /// Body cap for this request.
     pub body_cap: u64,
     /// Body bytes seen so far.
@@ -95,6 +97,7 @@ impl RequestCtx {
             client_ip: String::new(),
             app: None,
             route: None,
+            passthrough: false,
             body_cap: u64::MAX,
             body_bytes: 0,
             tried: 0,

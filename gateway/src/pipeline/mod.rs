@@ -77,6 +77,7 @@ pub fn route(
     let app = &active.bundle.apps[app_idx];
     ctx.app = Some(app_idx);
     ctx.route = route_idx;
+    ctx.passthrough = route_idx.is_none();
     ctx.body_cap = route_idx.map_or(app.max_request_body, |r| app.routes[r].max_request_body);
     ctx.deadline = Some(ctx.started + app.timeouts.total);
     if declared_len.is_some_and(|len| len > ctx.body_cap) {
@@ -322,3 +323,6 @@ pub fn failed_mid_response(ctx: &mut RequestCtx, method: &str, err: GatewayError
     failure_log::request_failed(ctx, method, &err, Some(&failure_log::MID_RESPONSE));
     ctx.refusal = Some(err);
 }
+
+#[cfg(test)]
+mod tests;

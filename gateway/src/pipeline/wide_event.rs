@@ -88,8 +88,8 @@ pub fn wide_event(
                 Some((app, routes)) => {
                     let route = match ctx.route {
                         Some(r) => routes.get(r).cloned().unwrap_or_else(no_name),
-                        None if ctx.refusal.is_some() => no_name(),
-                        None => names.passthrough.clone(),
+                        None if ctx.passthrough => names.passthrough.clone(),
+                        None => no_name(),
                     };
                     (app.clone(), route)
                 }

@@ -282,7 +282,7 @@ pub fn write_problem(
     path: &str,
     head_request: bool,
     close: bool,
-) {
+) -> u64 {
     let body = err.problem_json(&ctx.request_id, path);
     let status =
         http::StatusCode::from_u16(err.status()).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
@@ -301,9 +301,11 @@ pub fn write_problem(
         push_header(out, b"connection", b"close");
     }
     out.extend_from_slice(b"\r\n");
-    if !head_request {
-        out.extend_from_slice(&body);
+    if head_request {
+        return 0;
     }
+    out.extend_from_slice(&body);
+    body.len() as u64
 }
 
 #[cfg(test)]

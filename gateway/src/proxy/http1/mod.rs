@@ -365,9 +365,9 @@ impl Engine {
             Ok(Some(done)) => done,
             Ok(None) => return (Next::Pingora, Instant::now()),
             Err(err) => {
-                let next = self.refuse(client, &mut ctx, &req, err, close, bufs).await;
+                let (next, bytes_out) = self.refuse(client, &mut ctx, &req, err, close, bufs).await;
                 let failed = matches!(next, Next::Close) && !close;
-                (ctx.status, failed, 0, next)
+                (ctx.status, failed, bytes_out, next)
             }
         };
         counters::LEAN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -401,11 +401,12 @@ impl Engine {
         pipeline::request_id::new_request_id_into(&mut ctx);
         let out = &mut bufs.out;
         out.clear();
-        head::write_problem(out, &err, &ctx, "", false, true);
+        let _ = head::write_problem(out, &err, &ctx, "", false, true);
         let _ = write_client(client, &mut bufs.client_io, out).await;
     }
 
-    /// Write a gateway-generated problem response.
+    /// Write a gateway-generated problem response: what the connection
+    /// does next, and the body bytes sent.
     async fn refuse(
         &self,
         client: &mut Stream,
@@ -414,15 +415,16 @@ impl Engine {
         err: GatewayError,
         close: bool,
         bufs: &mut Buffers,
-    ) -> Next {
+    ) -> (Next, u64) {
         let out = &mut bufs.out;
         out.clear();
         let head_request = *req.method() == http::Method::HEAD;
-        head::write_problem(out, &err, ctx, req.path(), head_request, close);
+        let body = head::write_problem(out, &err, ctx, req.path(), head_request, close);
         pipeline::refused(ctx, req.method().as_str(), err, None);
         match write_client(client, &mut bufs.client_io, out).await {
-            Ok(()) if !close => Next::KeepAlive,
-            _ => Next::Close,
+            Ok(()) if !close => (Next::KeepAlive, body),
+            Ok(()) => (Next::Close, body),
+            Err(_) => (Next::Close, 0),
         }
     }
 
