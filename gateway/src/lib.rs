@@ -1,11 +1,23 @@
 //! Gatehouse: a governance and observability gateway for estates of
-//! low-code apps, built on Pingora.
+//! low-code apps, built on Pingora. `docs/architecture.md` describes the
+//! whole; the modules, by domain:
 //!
-//! The crate is organised by domain (see `DESIGN.md`): [`policy`] turns the
-//! board's files into an immutable [`policy::Bundle`]; [`routing`] finds the
-//! app, route and instance; [`proxy`] is the Pingora glue; [`runtime`] holds
-//! the active bundle behind `arc-swap`; [`admin`] is the admin listener;
-//! [`error`] is the one mapping from gateway errors to problem responses.
+//! - [`pipeline`]: the request path, every phase and decision, whichever
+//!   engine carries a request; [`proxy`]: the engines (Pingora's proxy,
+//!   the lean HTTP/1.1 loop, HTTP/2, the buffered forwarder), which only
+//!   move bytes;
+//! - [`error`]: the gateway's own answers and every mapping of them;
+//! - [`source`] and [`policy`]: the board's files, compiled into an
+//!   immutable [`policy::Bundle`]; [`runtime`]: the active bundle behind
+//!   `arc-swap`;
+//! - [`routing`], [`identity`], [`limits`], [`contract`]: what the phases
+//!   consult (routes and instances, consumers, limits and quotas, API
+//!   contracts);
+//! - [`telemetry`]: the wide event, the ClickHouse sink and spool, the
+//!   schema and reports;
+//! - [`governance`]: diff, review, audit, the control plane and the fleet
+//!   follower; [`admin`]: the admin listener;
+//! - [`server`]: the process and its services.
 
 pub mod admin;
 pub mod contract;

@@ -1,5 +1,5 @@
 //! OpenAPI contract diff: every change between two documents, classified by
-//! the direction rule (`shared/openapi-diff-checklist.md`): a change that
+//! the direction rule (`docs/architecture.md` §7): a change that
 //! makes a previously valid *request* invalid, or lets a *response* carry
 //! something an old client did not expect, is breaking.
 //!

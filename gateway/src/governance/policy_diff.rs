@@ -1,5 +1,5 @@
 //! Semantic diff of two policy bundles: typed changes with impact classes
-//! (DESIGN.md §5), the contract diff of every app's OpenAPI document
+//! (`docs/architecture.md` §7), the contract diff of every app's OpenAPI document
 //! included. `gatehouse policy diff OLD NEW` prints it.
 
 use serde::Serialize;

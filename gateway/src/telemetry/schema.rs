@@ -1,7 +1,7 @@
 //! The ClickHouse schema: versioned, idempotent migrations and the start-up
 //! check against `system.columns`.
 //!
-//! Compatibility (DESIGN.md §6): only types and statements ClickHouse 18.16
+//! Compatibility (`docs/architecture.md` §6): only types and statements ClickHouse 18.16
 //! understands — `DateTime` plus a `UInt64` microsecond column, no
 //! `DateTime64`/`LowCardinality`/`Map`/TTL/codecs, no settings sent. The
 //! `requests` table is a plain `MergeTree` partitioned by day, so Replicated
