@@ -22,6 +22,25 @@ struct Answer {
     body: String,
 }
 
+/// A header value with the part that depends on when it was sent left out:
+/// the tokens a rate limit has left (`r=` of `RateLimit`) refill with time.
+fn refilled(name: &str, value: &str) -> String {
+    if name != "ratelimit" {
+        return value.to_string();
+    }
+    value
+        .split(';')
+        .map(|item| {
+            if item.starts_with("r=") {
+                "r=…"
+            } else {
+                item
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(";")
+}
+
 /// Send `raw` on a new connection and read the whole answer.
 fn exchange(addr: SocketAddr, raw: &str) -> Answer {
     let mut s = TcpStream::connect(addr).expect("connect");
@@ -228,7 +247,7 @@ fn every_engine_answers_forwards_and_records_a_request_alike() {
                             && n != "x-sim-instance"
                             && (problem || n != "content-length")
                     })
-                    .map(|(n, v)| format!("{n}: {v}"))
+                    .map(|(n, v)| format!("{n}: {}", refilled(n, v)))
                     .collect::<Vec<_>>()
             };
             assert_eq!(
