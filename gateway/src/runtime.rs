@@ -99,9 +99,11 @@ impl Active {
         source: String,
     ) -> Active {
         let upstreams = UpstreamSet::build(
-            &bundle,
-            previous.map(|p| &p.upstreams),
-            previous.map(|p| &*p.bundle),
+            bundle.apps.iter().map(|a| (a.name.as_str(), &a.upstream)),
+            previous.map(|p| {
+                let names = p.bundle.apps.iter().map(|a| a.name.as_str()).collect();
+                (&p.upstreams, names)
+            }),
         );
         let mut limit_stores = FxHashMap::default();
         let mut quota_stores = FxHashMap::default();

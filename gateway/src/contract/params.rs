@@ -9,7 +9,6 @@ use jsonschema::Validator;
 use serde_json::Value;
 
 use super::violation::{validate_json, Violation, ViolationLocation};
-use crate::pipeline::RequestView;
 
 /// Where a parameter lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +65,13 @@ pub struct ParamCheck {
     pub segment: Option<usize>,
 }
 
+/// A request's header fields as the parameter checks read them (every
+/// request view of the pipeline is one).
+pub trait HeaderFields {
+    /// Every value of header `name` (given in lowercase), in order.
+    fn each_header(&self, name: &str, f: &mut dyn FnMut(&[u8]));
+}
+
 /// The parts of a request that parameters are read from.
 pub struct RequestParts<'a> {
     /// Path below the app prefix.
@@ -73,7 +79,7 @@ pub struct RequestParts<'a> {
     /// Raw query string.
     pub query: Option<&'a str>,
     /// Headers.
-    pub headers: &'a dyn RequestView,
+    pub headers: &'a dyn HeaderFields,
 }
 
 impl std::fmt::Debug for RequestParts<'_> {

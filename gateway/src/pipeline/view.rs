@@ -47,6 +47,12 @@ pub trait RequestView {
     }
 }
 
+impl<T: RequestView> crate::contract::params::HeaderFields for T {
+    fn each_header(&self, name: &str, f: &mut dyn FnMut(&[u8])) {
+        RequestView::each_header(self, name, f);
+    }
+}
+
 /// `value` as text when it is ASCII. Header values never hold control
 /// bytes other than tab, nor DEL (`httparse` and `http::HeaderValue` both
 /// refuse them), so ASCII values are visible ASCII.

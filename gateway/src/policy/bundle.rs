@@ -14,6 +14,7 @@ use crate::identity::jwt::JwtVerifier;
 use crate::identity::ConsumerDirectory;
 use crate::limits::{LimitRule, QuotaRule};
 
+pub use crate::routing::upstream::{Balancing, Ejection, HealthCheck, InstanceAddr, Upstream};
 use crate::routing::{PathTemplate, Router};
 
 /// A compiled policy bundle: everything the data plane needs, read-only.
@@ -155,6 +156,34 @@ pub struct Route {
     pub response_mode: Mode,
 }
 
+impl crate::routing::RoutedApp for App {
+    type Route = Route;
+    fn hosts(&self) -> &[String] {
+        &self.hosts
+    }
+    fn path_prefix(&self) -> &str {
+        &self.path_prefix
+    }
+    fn case_insensitive_paths(&self) -> bool {
+        self.case_insensitive_paths
+    }
+    fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+    fn passthrough(&self) -> bool {
+        self.passthrough
+    }
+}
+
+impl crate::routing::RoutedRoute for Route {
+    fn template(&self) -> &PathTemplate {
+        &self.template
+    }
+    fn accepts(&self, method: &Method) -> bool {
+        Route::accepts(self, method)
+    }
+}
+
 impl Route {
     /// Does this route accept `method`? `HEAD` is served by `GET` routes.
     pub fn accepts(&self, method: &Method) -> bool {
@@ -163,79 +192,6 @@ impl Route {
             Some(m) => m == method || (method == Method::HEAD && m == Method::GET),
         }
     }
-}
-
-/// Compiled upstream settings.
-#[derive(Debug)]
-pub struct Upstream {
-    /// Instances in declaration order.
-    pub instances: Vec<InstanceAddr>,
-    /// Algorithm.
-    pub balancing: Balancing,
-    /// Active health check.
-    pub health_check: Option<HealthCheck>,
-    /// Passive ejection.
-    pub ejection: Ejection,
-}
-
-/// A parsed instance URL.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct InstanceAddr {
-    /// The URL as written (normalised), the instance's identity (shared
-    /// with every wide event that names the instance).
-    pub url: Arc<str>,
-    /// Host name or IP literal (without brackets).
-    pub host: String,
-    /// Port.
-    pub port: u16,
-    /// `https`.
-    pub tls: bool,
-}
-
-impl InstanceAddr {
-    /// `host:port` for socket resolution (IPv6 literals bracketed).
-    pub fn authority(&self) -> String {
-        if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port)
-        } else {
-            format!("{}:{}", self.host, self.port)
-        }
-    }
-}
-
-/// Balancing algorithm.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Balancing {
-    /// In turn.
-    RoundRobin,
-    /// Fewest in flight.
-    LeastConnections,
-    /// Rendezvous hash of a header.
-    ConsistentHash(HeaderName),
-}
-
-/// Active health check.
-#[derive(Debug, Clone)]
-pub struct HealthCheck {
-    /// Path to GET.
-    pub path: String,
-    /// Between checks.
-    pub interval: Duration,
-    /// Per check.
-    pub timeout: Duration,
-    /// Successes to become healthy.
-    pub healthy_threshold: u32,
-    /// Failures to become unhealthy.
-    pub unhealthy_threshold: u32,
-}
-
-/// Passive ejection.
-#[derive(Debug, Clone)]
-pub struct Ejection {
-    /// Consecutive connect failures (0 = off).
-    pub consecutive_failures: u32,
-    /// Ejection time.
-    pub duration: Duration,
 }
 
 /// Timeouts.

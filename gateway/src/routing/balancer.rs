@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering}
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use crate::policy::{Balancing, Bundle, Ejection, HealthCheck, InstanceAddr};
+use super::upstream::{Balancing, Ejection, HealthCheck, InstanceAddr, Upstream};
 
 /// Most instances one app may have (tried instances are tracked in a `u64`).
 pub const MAX_INSTANCES: usize = 64;
@@ -252,36 +252,33 @@ pub struct UpstreamSet {
 }
 
 impl UpstreamSet {
-    /// Build the groups for `bundle`, keeping the live state of instances that
-    /// `previous` already had. Resolves instance host names (blocking: call
-    /// off the request path).
-    pub fn build(
-        bundle: &Bundle,
-        previous: Option<&UpstreamSet>,
-        previous_bundle: Option<&Bundle>,
+    /// Build the groups for `apps` (name and upstream settings, in the
+    /// bundle's order), keeping the live state of the instances `previous`
+    /// had under `previous_apps` (its apps' names, in its order). Resolves
+    /// instance host names (blocking: call off the request path).
+    pub fn build<'a>(
+        apps: impl Iterator<Item = (&'a str, &'a Upstream)>,
+        previous: Option<(&UpstreamSet, Vec<&str>)>,
     ) -> Self {
         let mut known: HashMap<(&str, &str), &Arc<Instance>> = HashMap::new();
-        if let (Some(prev), Some(pb)) = (previous, previous_bundle) {
-            for (app, group) in pb.apps.iter().zip(&prev.groups) {
+        if let Some((prev, names)) = &previous {
+            for (app, group) in names.iter().zip(&prev.groups) {
                 for inst in &group.instances {
-                    known.insert((app.name.as_str(), &*inst.addr.url), inst);
+                    known.insert((app, &*inst.addr.url), inst);
                 }
             }
         }
-        let groups = bundle
-            .apps
-            .iter()
-            .map(|app| {
-                let instances = app
-                    .upstream
+        let groups = apps
+            .map(|(name, upstream)| {
+                let instances = upstream
                     .instances
                     .iter()
-                    .map(|addr| match known.get(&(app.name.as_str(), &*addr.url)) {
+                    .map(|addr| match known.get(&(name, &*addr.url)) {
                         Some(inst) => Arc::clone(inst),
                         None => Arc::new(Instance::new(addr.clone(), resolve(addr))),
                     })
                     .collect();
-                UpstreamGroup::new(instances, app.upstream.balancing.clone())
+                UpstreamGroup::new(instances, upstream.balancing.clone())
             })
             .collect();
         Self { groups }

@@ -7,6 +7,7 @@
 mod balancer;
 pub mod health;
 mod template;
+pub mod upstream;
 
 pub use balancer::{
     ms_at, now_ms, Instance, InstanceLease, Pick, UpstreamGroup, UpstreamSet, MAX_INSTANCES,
@@ -19,7 +20,30 @@ use rustc_hash::FxHashMap;
 
 use http::Method;
 
-use crate::policy::App;
+/// What the router reads of an app: its hosts, path prefix and routes
+/// (the policy's compiled app implements it).
+pub trait RoutedApp {
+    /// A route of the app.
+    type Route: RoutedRoute;
+    /// Hosts, exact or `*.suffix`, lowercase.
+    fn hosts(&self) -> &[String];
+    /// The path prefix (`""` for none).
+    fn path_prefix(&self) -> &str;
+    /// Paths are matched regardless of case.
+    fn case_insensitive_paths(&self) -> bool;
+    /// Routes, most specific first.
+    fn routes(&self) -> &[Self::Route];
+    /// Paths no route matches are forwarded.
+    fn passthrough(&self) -> bool;
+}
+
+/// What the router reads of a route.
+pub trait RoutedRoute {
+    /// Its path template.
+    fn template(&self) -> &PathTemplate;
+    /// Does it accept `method`?
+    fn accepts(&self, method: &Method) -> bool;
+}
 
 /// Host/prefix index over a bundle's apps.
 #[derive(Debug, Default)]
@@ -73,13 +97,13 @@ pub enum RouteMatch {
 
 impl Router {
     /// Index `apps` (already validated: no duplicate host + prefix).
-    pub fn build(apps: &[App]) -> Self {
+    pub fn build<A: RoutedApp>(apps: &[A]) -> Self {
         let mut exact: FxHashMap<String, Vec<PrefixEntry>> = FxHashMap::default();
         let mut wildcard: HashMap<String, Vec<PrefixEntry>> = HashMap::new();
         for (i, app) in apps.iter().enumerate() {
-            for host in &app.hosts {
+            for host in app.hosts() {
                 let entry = PrefixEntry {
-                    prefix: app.path_prefix.clone(),
+                    prefix: app.path_prefix().to_string(),
                     app: i,
                 };
                 match host.strip_prefix('*') {
@@ -125,15 +149,21 @@ impl Router {
 
     /// Route a request: `host` as sent (any case, optional port), `path`
     /// without the query string.
-    pub fn route(&self, apps: &[App], host: &str, method: &Method, path: &str) -> RouteMatch {
+    pub fn route<A: RoutedApp>(
+        &self,
+        apps: &[A],
+        host: &str,
+        method: &Method,
+        path: &str,
+    ) -> RouteMatch {
         let host = normalize_host(host);
         let Some(app_idx) = self.find_app(&host, path) else {
             return RouteMatch::NoApp;
         };
         let app = &apps[app_idx];
-        let sub = strip_app_prefix(&app.path_prefix, path);
+        let sub = strip_app_prefix(app.path_prefix(), path);
         let folded;
-        let sub = if app.case_insensitive_paths {
+        let sub = if app.case_insensitive_paths() {
             match case_insensitive_key(sub) {
                 Some(key) => {
                     folded = key;
@@ -145,8 +175,8 @@ impl Router {
             sub
         };
         let mut path_known = false;
-        for (i, r) in app.routes.iter().enumerate() {
-            if r.template.matches(sub) {
+        for (i, r) in app.routes().iter().enumerate() {
+            if r.template().matches(sub) {
                 if r.accepts(method) {
                     return RouteMatch::Route {
                         app: app_idx,
@@ -156,7 +186,7 @@ impl Router {
                 path_known = true;
             }
         }
-        if app.passthrough {
+        if app.passthrough() {
             RouteMatch::Passthrough { app: app_idx }
         } else if path_known {
             RouteMatch::MethodNotAllowed { app: app_idx }
