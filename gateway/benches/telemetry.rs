@@ -70,7 +70,7 @@ fn bench_encoding(c: &mut Criterion) {
         .build()
         .expect("runtime");
     let url = black_hole(&rt);
-    let client = gatehouse::telemetry::sink::client(&url, "gatehouse");
+    let client = gatehouse::telemetry::client(&url, "gatehouse");
     let ev = event();
 
     let mut g = c.benchmark_group("event_encoding");

@@ -970,7 +970,7 @@ impl BackgroundService for TelemetryService {
             let (url, db) = (self.options.url.clone(), self.options.database.clone());
             let mut stop = shutdown.clone();
             tokio::spawn(async move {
-                let client = crate::telemetry::sink::client(&url, "default");
+                let client = crate::telemetry::client(&url, "default");
                 let mut tick = tokio::time::interval(Duration::from_secs(3600));
                 loop {
                     tokio::select! {

@@ -27,11 +27,11 @@ pub(crate) enum DbCommand {
 }
 
 pub(crate) fn db(cmd: DbCommand) -> ExitCode {
-    use gatehouse::telemetry::{schema, sink};
+    use gatehouse::telemetry::schema;
     let result = block_on(async {
         match cmd {
             DbCommand::Migrate(ch) => {
-                let client = sink::client(&ch.clickhouse, "default");
+                let client = gatehouse::telemetry::client(&ch.clickhouse, "default");
                 let applied = schema::migrate(&client, &ch.clickhouse, &ch.database).await?;
                 schema::check(&client, &ch.clickhouse, &ch.database).await?;
                 if applied.is_empty() {
@@ -42,13 +42,13 @@ pub(crate) fn db(cmd: DbCommand) -> ExitCode {
                 Ok(())
             }
             DbCommand::Check(ch) => {
-                let client = sink::client(&ch.clickhouse, "default");
+                let client = gatehouse::telemetry::client(&ch.clickhouse, "default");
                 schema::check(&client, &ch.clickhouse, &ch.database).await?;
                 sayln!("{}: schema matches", ch.database);
                 Ok(())
             }
             DbCommand::Retention { ch, days } => {
-                let client = sink::client(&ch.clickhouse, "default");
+                let client = gatehouse::telemetry::client(&ch.clickhouse, "default");
                 let dropped =
                     schema::retention(&client, &ch.clickhouse, &ch.database, days).await?;
                 sayln!(

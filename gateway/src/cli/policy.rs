@@ -238,7 +238,7 @@ pub(crate) fn policy_diff(
     );
     let breaking = changes.iter().filter(|c| c.class.is_breaking()).count();
     // The rules of the bundle in service judge the change.
-    let needed = a.review.required(&changes);
+    let needed = gatehouse::governance::review::required(&a.review, &changes);
     match format {
         OutputFormat::Json => sayln!(
             "{}",

@@ -67,7 +67,7 @@ pub(crate) fn report(
         return ExitCode::from(2);
     };
     let sql = r.render(&ch.database, since, app, limit);
-    let client = gatehouse::telemetry::sink::client(&ch.clickhouse, "default");
+    let client = gatehouse::telemetry::client(&ch.clickhouse, "default");
     match block_on(report::run(&client, &sql)) {
         Some(Ok((header, rows))) => {
             let f = match format {

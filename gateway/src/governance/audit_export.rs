@@ -79,7 +79,7 @@ impl HeadExport {
     /// check: `db migrate` creates `audit_heads`).
     pub fn new(url: &str, database: &str, path: &Path) -> Self {
         Self {
-            client: crate::telemetry::sink::client(url, database),
+            client: crate::telemetry::client(url, database),
             path: path.to_path_buf(),
             database: database.to_string(),
         }
@@ -178,7 +178,7 @@ pub async fn verify_against(
         Some(l) => return Err(format!("`{l}` is not a log id (hex)")),
         None => log_id(&entries).ok_or("the log is empty")?.to_string(),
     };
-    let client = crate::telemetry::sink::client(url, database);
+    let client = crate::telemetry::client(url, database);
     let rows = client
         .query(&format!(
             "SELECT time, log, seq, hash, sig, principal, action FROM {database}.audit_heads WHERE log = '{log}' ORDER BY seq"

@@ -815,7 +815,7 @@ impl Control {
                 files: &files,
             },
         );
-        let mut required = base.review.required(&changes);
+        let mut required = super::review::required(&base.review, &changes);
         let mut groups: std::collections::BTreeMap<String, Vec<String>> = required
             .iter()
             .map(|r| {

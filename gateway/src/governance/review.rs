@@ -12,8 +12,6 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use super::policy_diff::{Change, Class};
-use crate::policy::model::ReviewSpec;
-use crate::policy::PolicyError;
 
 /// Approvals needed from one group.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -26,131 +24,61 @@ pub struct Requirement {
     pub classes: Vec<Class>,
 }
 
-/// Compiled review rules.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ReviewRules {
-    /// Group → members.
-    pub groups: BTreeMap<String, Vec<String>>,
-    rules: Vec<(Vec<Class>, u32, String)>,
-    default: Option<(u32, String)>,
-    /// The source, for change detection.
-    pub spec: Option<ReviewSpec>,
-}
+pub use crate::policy::review_rules::ReviewRules;
 
-impl ReviewRules {
-    /// Compile a `review` section, collecting errors at `file` `/review/...`.
-    pub fn compile(file: &str, spec: &ReviewSpec, errors: &mut Vec<PolicyError>) -> ReviewRules {
-        let mut out = ReviewRules {
-            groups: spec.groups.clone(),
-            spec: Some(spec.clone()),
-            ..Default::default()
-        };
-        let check_group = |ptr: String,
-                           group: &str,
-                           approvals: u32,
-                           errors: &mut Vec<PolicyError>| {
-            match spec.groups.get(group) {
-                None => errors.push(PolicyError::new(file, ptr, format!("unknown reviewer group `{group}`"))),
-                Some(members) if approvals == 0 || approvals as usize > members.len() => errors.push(PolicyError::new(
-                    file,
-                    ptr,
-                    format!("{approvals} approvals from `{group}` can never be met: it has {} member(s)", members.len()),
-                )),
-                Some(_) => {}
-            }
-        };
-        for (i, r) in spec.rules.iter().enumerate() {
-            check_group(
-                format!("/review/rules/{i}/group"),
-                &r.group,
-                r.approvals,
-                errors,
-            );
-            let mut classes = Vec::new();
-            for (k, c) in r.classes.iter().enumerate() {
-                match serde_json::from_value::<Class>(serde_json::Value::String(c.clone())) {
-                    Ok(class) => classes.push(class),
-                    Err(_) => errors.push(PolicyError::new(
-                        file,
-                        format!("/review/rules/{i}/classes/{k}"),
-                        format!("unknown change class `{c}`"),
-                    )),
-                }
-            }
-            out.rules.push((classes, r.approvals, r.group.clone()));
+/// The approvals `changes` need under `rules` (the rules of the bundle in
+/// service).
+pub fn required(rules: &ReviewRules, changes: &[Change]) -> Vec<Requirement> {
+    let mut by_group: BTreeMap<String, Requirement> = BTreeMap::new();
+    let mut add = |group: &str, approvals: u32, class: Class| {
+        let r = by_group
+            .entry(group.to_string())
+            .or_insert_with(|| Requirement {
+                group: group.to_string(),
+                approvals: 0,
+                classes: Vec::new(),
+            });
+        r.approvals = r.approvals.max(approvals);
+        if !r.classes.contains(&class) {
+            r.classes.push(class);
         }
-        if let Some(d) = &spec.default {
-            check_group(
-                "/review/default/group".into(),
-                &d.group,
-                d.approvals,
-                errors,
-            );
-            out.default = Some((d.approvals, d.group.clone()));
-        }
-        out
-    }
-
-    /// The rule that names `class`, if one does (approvals, group).
-    pub fn rule_for(&self, class: Class) -> Option<(u32, &str)> {
-        self.rules
-            .iter()
-            .find(|(classes, _, _)| classes.contains(&class))
-            .map(|(_, n, g)| (*n, g.as_str()))
-    }
-
-    /// The approvals `changes` need under these rules.
-    pub fn required(&self, changes: &[Change]) -> Vec<Requirement> {
-        let mut by_group: BTreeMap<String, Requirement> = BTreeMap::new();
-        let mut add = |group: &str, approvals: u32, class: Class| {
-            let r = by_group
-                .entry(group.to_string())
-                .or_insert_with(|| Requirement {
-                    group: group.to_string(),
-                    approvals: 0,
-                    classes: Vec::new(),
-                });
-            r.approvals = r.approvals.max(approvals);
-            if !r.classes.contains(&class) {
-                r.classes.push(class);
-            }
-        };
-        for c in changes {
-            if c.class == Class::ReviewRulesChanged {
-                let all: Vec<(u32, &String)> = self
-                    .rules
-                    .iter()
-                    .map(|(_, n, g)| (*n, g))
-                    .chain(self.default.iter().map(|(n, g)| (*n, g)))
-                    .collect();
-                let strictest = all.iter().map(|(n, _)| *n).max();
-                for (n, g) in all {
-                    if Some(n) == strictest {
-                        add(g, n, c.class);
-                    }
-                }
-                continue;
-            }
-            match self
+    };
+    for c in changes {
+        if c.class == Class::ReviewRulesChanged {
+            let all: Vec<(u32, &String)> = rules
                 .rules
                 .iter()
-                .find(|(classes, _, _)| classes.contains(&c.class))
-            {
-                Some((_, n, g)) => add(g, *n, c.class),
-                None => {
-                    if let Some((n, g)) = &self.default {
-                        add(g, *n, c.class);
-                    }
+                .map(|(_, n, g)| (*n, g))
+                .chain(rules.default.iter().map(|(n, g)| (*n, g)))
+                .collect();
+            let strictest = all.iter().map(|(n, _)| *n).max();
+            for (n, g) in all {
+                if Some(n) == strictest {
+                    add(g, n, c.class);
+                }
+            }
+            continue;
+        }
+        match rules
+            .rules
+            .iter()
+            .find(|(classes, _, _)| classes.contains(&c.class))
+        {
+            Some((_, n, g)) => add(g, *n, c.class),
+            None => {
+                if let Some((n, g)) = &rules.default {
+                    add(g, *n, c.class);
                 }
             }
         }
-        by_group.into_values().collect()
     }
+    by_group.into_values().collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::model::ReviewSpec;
 
     fn spec() -> ReviewSpec {
         serde_yaml::from_str(
@@ -176,12 +104,15 @@ mod tests {
         let mut errors = Vec::new();
         let rules = ReviewRules::compile("review.yaml", &spec(), &mut errors);
         assert!(errors.is_empty(), "{errors:?}");
-        let req = rules.required(&[
-            change(Class::ContractBreaking),
-            change(Class::AuthRemoved),
-            change(Class::LimitsLoosened),
-            change(Class::RouteAdded),
-        ]);
+        let req = required(
+            &rules,
+            &[
+                change(Class::ContractBreaking),
+                change(Class::AuthRemoved),
+                change(Class::LimitsLoosened),
+                change(Class::RouteAdded),
+            ],
+        );
         assert_eq!(req.len(), 2);
         assert_eq!(
             (req[0].group.as_str(), req[0].approvals),
@@ -192,14 +123,14 @@ mod tests {
             vec![Class::ContractBreaking, Class::AuthRemoved]
         );
         assert_eq!((req[1].group.as_str(), req[1].approvals), ("platform", 1));
-        assert!(rules.required(&[]).is_empty());
+        assert!(required(&rules, &[]).is_empty());
     }
 
     #[test]
     fn changing_the_rules_needs_the_strictest_quorum() {
         let mut errors = Vec::new();
         let rules = ReviewRules::compile("review.yaml", &spec(), &mut errors);
-        let req = rules.required(&[change(Class::ReviewRulesChanged)]);
+        let req = required(&rules, &[change(Class::ReviewRulesChanged)]);
         assert_eq!(
             req,
             vec![Requirement {

@@ -35,7 +35,7 @@ pub struct Bundle {
     /// The documents (contracts, schemas, keys) the bundle was built with.
     pub documents: crate::contract::BundleDocuments,
     /// Who must approve which changes to this bundle.
-    pub review: crate::governance::review::ReviewRules,
+    pub review: super::review_rules::ReviewRules,
 }
 
 /// A compiled plan.

@@ -151,7 +151,7 @@ pub fn compile(sources: &[SourceFile]) -> Result<Bundle, PolicyErrors> {
         }
     }
     let plans = consumers::compile_plans(&plan_decls, &mut errors);
-    let mut review = crate::governance::review::ReviewRules::default();
+    let mut review = super::review_rules::ReviewRules::default();
     let mut review_file: Option<&str> = None;
     for (src, file) in &parsed {
         if let Some(spec) = &file.review {
@@ -163,11 +163,8 @@ pub fn compile(sources: &[SourceFile]) -> Result<Bundle, PolicyErrors> {
                 )),
                 None => {
                     review_file = Some(&src.path);
-                    review = crate::governance::review::ReviewRules::compile(
-                        &src.path,
-                        spec,
-                        &mut errors,
-                    );
+                    review =
+                        super::review_rules::ReviewRules::compile(&src.path, spec, &mut errors);
                 }
             }
         }

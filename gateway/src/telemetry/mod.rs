@@ -10,3 +10,13 @@ pub mod spool;
 
 pub use event::RequestEvent;
 pub use sink::{SinkConfig, SinkStats, Telemetry};
+
+/// A ClickHouse client with the settings that work on 18.16 and current
+/// releases (no row validation: the schema is checked against
+/// `system.columns` instead).
+pub fn client(url: &str, database: &str) -> clickhouse::Client {
+    clickhouse::Client::default()
+        .with_url(url)
+        .with_database(database)
+        .with_validation(false)
+}

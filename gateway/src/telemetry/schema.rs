@@ -273,7 +273,7 @@ pub async fn prepare(
     migrate: bool,
     within: std::time::Duration,
 ) -> Result<(), SchemaError> {
-    let client = super::sink::client(url, "default");
+    let client = super::client(url, "default");
     let prepared = tokio::time::timeout(within, async {
         if migrate {
             let applied = self::migrate(&client, url, db).await?;

@@ -124,7 +124,7 @@ pub fn channel(config: SinkConfig) -> std::io::Result<(Telemetry, Sink)> {
     let stats = Arc::new(SinkStats::default());
     let spool = Spool::open(&config.spool_dir, config.spool_cap_bytes)?;
     stats.spool_bytes.store(spool.bytes(), Ordering::Relaxed);
-    let client = client(&config.url, &config.database);
+    let client = super::client(&config.url, &config.database);
     Ok((
         Telemetry {
             tx,
@@ -140,14 +140,6 @@ pub fn channel(config: SinkConfig) -> std::io::Result<(Telemetry, Sink)> {
             schema_tried: std::sync::Mutex::new((None, String::new())),
         },
     ))
-}
-
-/// A ClickHouse client with the settings that work on 18.16 and current releases.
-pub fn client(url: &str, database: &str) -> clickhouse::Client {
-    clickhouse::Client::default()
-        .with_url(url)
-        .with_database(database)
-        .with_validation(false)
 }
 
 /// How often the sink takes what the proxy queued.
