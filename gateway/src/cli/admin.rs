@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::Subcommand;
 
 use super::remote;
-use super::*;
+use super::secret_file;
 
 /// Run a `gatehouse admin` command.
 pub(crate) fn run(cmd: AdminCommand) -> ExitCode {

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Subcommand;
 
-use super::*;
+use super::database_name;
 
 /// Run a `gatehouse audit` command.
 pub(crate) fn run(cmd: AuditCommand) -> ExitCode {

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Subcommand;
 
-use super::*;
+use super::secret_file;
 
 /// Run a `gatehouse consumer` command.
 pub(crate) fn run(cmd: ConsumerCommand) -> ExitCode {

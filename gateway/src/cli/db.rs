@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Subcommand;
 
-use super::*;
+use super::{block_on, ClickHouseArgs};
 
 /// Run a `gatehouse db` command.
 pub(crate) fn run(cmd: DbCommand) -> ExitCode {

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::Subcommand;
 
 use super::remote;
-use super::*;
+use super::OutputFormat;
 
 /// Run a `gatehouse policy` command.
 pub(crate) fn run(cmd: PolicyCommand) -> ExitCode {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::ValueEnum;
 
-use super::*;
+use super::{block_on, ClickHouseArgs};
 
 /// `gatehouse report [NAME]`.
 #[derive(clap::Args, Debug)]

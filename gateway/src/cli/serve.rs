@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use super::*;
+use super::{database_name, host_name};
 
 /// Run `gatehouse serve`.
 pub(crate) fn run(args: ServeArgs) -> ExitCode {
