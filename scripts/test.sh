@@ -14,4 +14,5 @@ cargo test --workspace --locked
 # HTTP/1.1 (the lean engine carried them above): one set of tests holds
 # both engines to the same behaviour.
 GATEHOUSE_E2E_ENGINE=pingora cargo test --locked -p gatehouse-e2e --test e2e -- \
-  routing:: identity:: limits_and_errors:: contracts:: telemetry:: balancing:: parity::
+  routing:: identity:: limits_and_errors:: contracts:: telemetry:: balancing:: parity:: \
+  resilience::a_post_the_app

@@ -310,7 +310,8 @@ impl GatewayError {
     }
 
     /// A Pingora error that carries this decision to `fail_to_proxy` (see
-    /// [`GatewayError::of_pingora`]); never retried.
+    /// [`GatewayError::of_pingora`]); never retried (`error_while_proxy`
+    /// keeps it so).
     pub fn into_pingora(self) -> Box<Error> {
         let status = self.status();
         let mut e = Error::because(ErrorType::HTTPStatus(status), "gateway decision", self);

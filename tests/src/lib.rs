@@ -215,14 +215,15 @@ impl Gateway {
         if !args.contains(&"--http1-engine") {
             command.args(["--http1-engine", &engine]);
         }
+        if !args.contains(&"--threads") {
+            command.args(["--threads", "2"]);
+        }
         let child = command
             .args([
                 "--listen",
                 &addr.to_string(),
                 "--admin-listen",
                 &admin.to_string(),
-                "--threads",
-                "2",
                 "--run-dir",
                 run_dir.to_str().expect("utf-8 path"),
             ])

@@ -169,6 +169,12 @@ impl BodyTee {
         }
     }
 
+    /// Start the copy again (the body is sent again from its start).
+    pub fn restart(&mut self) {
+        self.buf.clear();
+        self.overflow = false;
+    }
+
     /// Append a chunk (or give up past the cap).
     pub fn push(&mut self, chunk: &[u8]) {
         if self.overflow {

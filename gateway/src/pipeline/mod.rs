@@ -57,38 +57,48 @@ pub struct Routed {
 
 /// Phase 2: take the policy snapshot the request is served under, apply
 /// the head rules and route it; set its body cap and its deadline (the
-/// app's total timeout from when the request was first seen). A declared
-/// body length over the cap is refused here. `req`'s path must be canonical
-/// ([`crate::routing::canonical_path`]).
+/// app's total timeout from when the request was first seen). A refusal
+/// keeps the app and route it concerns, for the wide event. `req`'s path
+/// must be canonical ([`crate::routing::canonical_path`]).
 pub fn route(
     active: &Arc<Active>,
     req: &impl RequestView,
     ctx: &mut RequestCtx,
-    declared_len: Option<u64>,
 ) -> Result<Routed, GatewayError> {
     ctx.active = Some(Arc::clone(active));
-    let (app_idx, route_idx) = match routes::route_request(active, req) {
-        Ok(found) => found,
-        Err((app, err)) => {
-            ctx.app = app;
-            return Err(err);
-        }
+    let (found, refusal) = match routes::route_request(active, req) {
+        Ok(found) => (found, None),
+        Err(refused) => (refused.found, Some(refused.error)),
+    };
+    ctx.app = found.app;
+    ctx.route = found.route;
+    ctx.passthrough = found.passthrough;
+    if let Some(err) = refusal {
+        return Err(err);
+    }
+    let Some(app_idx) = found.app else {
+        return Err(GatewayError::Internal);
     };
     let app = &active.bundle.apps[app_idx];
-    ctx.app = Some(app_idx);
-    ctx.route = route_idx;
-    ctx.passthrough = route_idx.is_none();
-    ctx.body_cap = route_idx.map_or(app.max_request_body, |r| app.routes[r].max_request_body);
+    ctx.body_cap = found
+        .route
+        .map_or(app.max_request_body, |r| app.routes[r].max_request_body);
     ctx.deadline = Some(ctx.started + app.timeouts.total);
-    if declared_len.is_some_and(|len| len > ctx.body_cap) {
-        return Err(GatewayError::BodyTooLarge {
-            limit: ctx.body_cap,
-        });
-    }
     Ok(Routed {
         app: app_idx,
-        route: route_idx,
+        route: found.route,
     })
+}
+
+/// Phase 2, for a request that declares its body's length: over the
+/// route's cap is refused (413) before any byte of the body is read.
+pub fn check_declared_length(ctx: &RequestCtx, declared: Option<u64>) -> Result<(), GatewayError> {
+    match declared {
+        Some(len) if len > ctx.body_cap => Err(GatewayError::BodyTooLarge {
+            limit: ctx.body_cap,
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// Phase 3: identify the consumer and check limits and quotas
@@ -185,8 +195,14 @@ pub fn check_buffered_request(
     ctx: &mut RequestCtx,
 ) -> Result<(), GatewayError> {
     let started = ctx.clock_mark.take();
-    let Some(plan) = plan(req, !body.is_empty(), ctx)? else {
-        return Ok(());
+    let planned = plan(req, !body.is_empty(), ctx);
+    let plan = match planned {
+        Ok(Some(plan)) => plan,
+        Ok(None) => return Ok(()),
+        Err(err) => {
+            ctx.timings.request_validation_us = started.map_or(0, micros_since);
+            return Err(err);
+        }
     };
     let started = started.unwrap_or_else(Instant::now);
     let over = body.len() as u64 > plan.body_limit;

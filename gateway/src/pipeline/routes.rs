@@ -7,13 +7,31 @@ use crate::error::GatewayError;
 use crate::routing::{self, RouteMatch};
 use crate::runtime::Active;
 
-/// The head rules ([`head_rules`]) and the route match: the app and route
-/// (`None`: a passthrough app), or the refusal with the app it concerns.
-pub fn route_request(
-    active: &Active,
-    req: &impl RequestView,
-) -> Result<(usize, Option<usize>), (Option<usize>, GatewayError)> {
-    let facts = head_rules::check_head(req).map_err(|e| (None, e))?;
+/// Where routing got to: the app, the route (`None` with `passthrough`: a
+/// passthrough app), as far as they were found.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Found {
+    /// The app.
+    pub app: Option<usize>,
+    /// The route.
+    pub route: Option<usize>,
+    /// The app forwards paths no route matches, and this is one.
+    pub passthrough: bool,
+}
+
+/// A request routing refused, and where it got to.
+#[derive(Debug)]
+pub struct Refused {
+    /// What was found before the refusal.
+    pub found: Found,
+    /// The refusal.
+    pub error: GatewayError,
+}
+
+/// The head rules ([`head_rules`]) and the route match.
+pub fn route_request(active: &Active, req: &impl RequestView) -> Result<Found, Refused> {
+    let refuse = |found: Found, error: GatewayError| Refused { found, error };
+    let facts = head_rules::check_head(req).map_err(|e| refuse(Found::default(), e))?;
     let path = req.path();
     // Every engine forwards the path routing sees, made canonical first
     // (the conformance suite holds both engines to it).
@@ -23,13 +41,22 @@ pub fn route_request(
     ));
     let apps = &active.bundle.apps;
     let judged = |app: usize, route: Option<usize>| {
+        let found = Found {
+            app: Some(app),
+            route,
+            passthrough: route.is_none(),
+        };
         let a = &apps[app];
-        head_rules::check_judged_once(req, a, facts).map_err(|e| (Some(app), e))?;
+        head_rules::check_judged_once(req, a, facts).map_err(|e| refuse(found, e))?;
         if facts.connection {
             head_rules::check_connection_for(req, a, route.map(|r| &a.routes[r]))
-                .map_err(|e| (Some(app), e))?;
+                .map_err(|e| refuse(found, e))?;
         }
-        Ok((app, route))
+        Ok(found)
+    };
+    let at = |app: usize| Found {
+        app: Some(app),
+        ..Found::default()
     };
     match active
         .bundle
@@ -40,11 +67,11 @@ pub fn route_request(
         RouteMatch::Passthrough { app } => judged(app, None),
         RouteMatch::MethodNotAllowed { app } => {
             let allow = allowed_methods(&active.bundle.apps[app], path);
-            Err((Some(app), GatewayError::MethodNotAllowed { allow }))
+            Err(refuse(at(app), GatewayError::MethodNotAllowed { allow }))
         }
-        RouteMatch::NoRoute { app } => Err((Some(app), GatewayError::NoRoute)),
-        RouteMatch::BadPath { app } => Err((Some(app), GatewayError::BadPath)),
-        RouteMatch::NoApp => Err((None, GatewayError::NoApp)),
+        RouteMatch::NoRoute { app } => Err(refuse(at(app), GatewayError::NoRoute)),
+        RouteMatch::BadPath { app } => Err(refuse(at(app), GatewayError::BadPath)),
+        RouteMatch::NoApp => Err(refuse(Found::default(), GatewayError::NoApp)),
     }
 }
 

@@ -65,7 +65,7 @@ fn request(method: &str, target: &str, headers: &[(&str, &str)]) -> http::reques
 /// A fresh context routed and admitted for `req`.
 fn admitted(shared: &Arc<Shared>, req: &http::request::Parts) -> RequestCtx {
     let mut ctx = RequestCtx::new(shared.enter());
-    route(&shared.active(), req, &mut ctx, None).expect("routed");
+    route(&shared.active(), req, &mut ctx).expect("routed");
     admit(req, &mut ctx).expect("admitted");
     ctx
 }
@@ -80,7 +80,8 @@ fn a_request_goes_through_every_phase_and_becomes_one_row() {
     );
     let mut ctx = RequestCtx::new(shared.enter());
     request_id::assign_request_id(&req, &mut ctx);
-    let routed = route(&shared.active(), &req, &mut ctx, Some(16)).expect("routed");
+    let routed = route(&shared.active(), &req, &mut ctx).expect("routed");
+    check_declared_length(&ctx, Some(16)).expect("under the cap");
     assert_eq!(
         routed,
         Routed {
@@ -139,8 +140,9 @@ fn each_phase_refuses_with_its_own_answer() {
     let active = shared.active();
     let refusal = |req: &http::request::Parts, declared: Option<u64>| {
         let mut ctx = RequestCtx::new(shared.enter());
-        route(&active, req, &mut ctx, declared)
-            .and_then(|_| admit(req, &mut ctx))
+        route(&active, req, &mut ctx)
+            .and_then(|_| check_declared_length(&ctx, declared))
+            .and_then(|()| admit(req, &mut ctx))
             .and_then(|()| check_buffered_request(req, br#"{"customer":"x"}"#, &mut ctx))
             .err()
             .map(|e| e.status())
@@ -178,7 +180,7 @@ fn each_phase_refuses_with_its_own_answer() {
     let get = request("GET", "/orders", &keyed);
     drop(admitted(&shared, &get));
     let mut ctx = RequestCtx::new(shared.enter());
-    route(&active, &get, &mut ctx, None).expect("routed");
+    route(&active, &get, &mut ctx).expect("routed");
     let err = admit(&get, &mut ctx).expect_err("the limit");
     assert_eq!(err.status(), 429);
     assert!(err
@@ -205,7 +207,7 @@ fn the_retry_rule_is_idempotent_replayable_untimed_and_bounded() {
     let shared = shared();
     let get = request("GET", "/orders", &[("x-api-key", "unknown")]);
     let mut ctx = RequestCtx::new(shared.enter());
-    route(&shared.active(), &get, &mut ctx, None).expect("routed");
+    route(&shared.active(), &get, &mut ctx).expect("routed");
     let now = Instant::now();
     let first = upstream::choose_instance(&mut ctx, None, now).expect("a first instance");
 
@@ -249,7 +251,7 @@ fn the_retry_rule_is_idempotent_replayable_untimed_and_bounded() {
     // A connection that never opened may be tried elsewhere, whatever the method.
     let post = request("POST", "/orders", &[]);
     let mut ctx = RequestCtx::new(shared.enter());
-    route(&shared.active(), &post, &mut ctx, None).expect("routed");
+    route(&shared.active(), &post, &mut ctx).expect("routed");
     upstream::choose_instance(&mut ctx, None, now).expect("an instance");
     assert_eq!(
         upstream::connect_failed(&mut ctx, GatewayError::UpstreamUnreachable),
@@ -272,7 +274,7 @@ fn the_retry_rule_is_idempotent_replayable_untimed_and_bounded() {
 
 fn admitted_past_deadline(shared: &Arc<Shared>, req: &http::request::Parts) -> RequestCtx {
     let mut ctx = RequestCtx::new(shared.enter());
-    route(&shared.active(), req, &mut ctx, None).expect("routed");
+    route(&shared.active(), req, &mut ctx).expect("routed");
     ctx.deadline = Some(Instant::now() - Duration::from_millis(1));
     ctx
 }
@@ -288,4 +290,52 @@ fn a_monitored_response_is_judged_from_its_head_and_body() {
     finish_response_check(&mut ctx);
     assert_eq!(ctx.response_verdict, Verdict::Unchecked);
     assert!(judge_whole_response(&mut ctx, 200, &http::HeaderMap::new(), b"{}").is_ok());
+}
+
+#[test]
+fn a_pooled_connection_is_written_again_only_when_nothing_can_have_reached_the_app() {
+    let (get, post) = (http::Method::GET, http::Method::POST);
+    let failed = GatewayError::UpstreamFailed;
+    let resend = upstream::resend_on_new_connection;
+    assert!(
+        resend(&post, &failed, false, true),
+        "the write itself failed"
+    );
+    assert!(
+        !resend(&post, &failed, true, true),
+        "a POST the app may have acted on"
+    );
+    assert!(
+        resend(&get, &failed, true, true),
+        "closed before any byte came back"
+    );
+    assert!(
+        !resend(&get, &GatewayError::UpstreamTimeout, true, true),
+        "the app may be at it"
+    );
+    assert!(
+        !resend(&get, &failed, true, false),
+        "part of a response came back"
+    );
+}
+
+#[test]
+fn a_refusal_at_routing_is_recorded_under_the_route_it_concerns() {
+    let shared = shared();
+    let twice = request("GET", "/orders", &[("x-api-key", KEY), ("x-api-key", KEY)]);
+    let mut ctx = RequestCtx::new(shared.enter());
+    let err = route(&shared.active(), &twice, &mut ctx).expect_err("a second key");
+    assert_eq!(err.status(), 400);
+    assert_eq!((ctx.app, ctx.route), (Some(0), Some(0)));
+    refused(&mut ctx, "GET", err, None);
+    let exchange = Exchange {
+        status: 400,
+        failed: false,
+        bytes_in: 0,
+        bytes_out: 0,
+        finished: Instant::now(),
+    };
+    let event = wide_event(&twice, &exchange, &mut ctx, &Arc::from("node"));
+    assert_eq!((&*event.app, &*event.route), ("orders", "list"));
+    assert_eq!(event.outcome.as_ref(), "bad_request");
 }

@@ -151,6 +151,23 @@ pub fn exchange_failed(
     }
 }
 
+/// A reused (pooled) connection failed before any response byte came back:
+/// the app may have closed it while it sat idle. The request is sent once
+/// more on a new connection to the same instance (the same attempt) when
+/// nothing can have reached the app (the write itself failed) or, for an
+/// idempotent method, when the connection ended before any response byte;
+/// never after a timeout (the app may still be working on it).
+pub fn resend_on_new_connection(
+    method: &http::Method,
+    err: &GatewayError,
+    written: bool,
+    nothing_received: bool,
+) -> bool {
+    nothing_received
+        && *err != GatewayError::UpstreamTimeout
+        && (!written || method.is_idempotent())
+}
+
 /// The app allows another attempt, and its deadline has not passed.
 fn attempts_left(ctx: &RequestCtx) -> bool {
     ctx.attempts <= ctx.app().map_or(0, |a| a.retries) && !deadline_passed(ctx)
@@ -162,11 +179,11 @@ pub fn deadline_passed(ctx: &RequestCtx) -> bool {
     ctx.deadline.is_some_and(|d| Instant::now() >= d)
 }
 
-/// The most an upstream read may wait: `read`, or less when the deadline
-/// is nearer.
-pub fn read_limit(ctx: &RequestCtx, read: Duration) -> Duration {
-    ctx.deadline.map_or(read, |d| {
-        d.saturating_duration_since(Instant::now()).min(read)
+/// The most an upstream connect or read may wait: `limit`, or less when the
+/// deadline is nearer.
+pub fn within_deadline(ctx: &RequestCtx, limit: Duration) -> Duration {
+    ctx.deadline.map_or(limit, |d| {
+        d.saturating_duration_since(Instant::now()).min(limit)
     })
 }
 

@@ -22,24 +22,45 @@ use super::respond::write_problem;
 use crate::error::GatewayError;
 use crate::pipeline::{self, upstream, RequestCtx};
 
-/// Forward the request with `body`; always answers the client (`Ok(true)`).
+/// How a forwarded exchange ended early.
+enum Ended {
+    /// The gateway's answer (or, once the response has begun, why it broke off).
+    Refused(GatewayError),
+    /// The client went away while its response was written.
+    ClientGone(Box<pingora::Error>),
+}
+
+impl From<GatewayError> for Ended {
+    fn from(err: GatewayError) -> Self {
+        Self::Refused(err)
+    }
+}
+
+/// Forward the request with `body`; answers the client (`Ok(true)`), or
+/// says it went away (a downstream error, its exchange failed).
 pub async fn forward(
     connector: &Connector,
     session: &mut Session,
     ctx: &mut RequestCtx,
     body: Bytes,
 ) -> Result<bool> {
-    if let Err(err) = exchange(connector, session, ctx, &body).await {
-        let method = session.req_header().method.as_str().to_owned();
-        if session.response_written().is_none() {
-            session.set_keepalive(None);
-            write_problem(session, ctx, &err).await?;
-            pipeline::refused(ctx, &method, err, None);
-        } else {
-            pipeline::failed_mid_response(ctx, &method, err);
+    match exchange(connector, session, ctx, &body).await {
+        Ok(()) => Ok(true),
+        Err(Ended::ClientGone(e)) => Err(e.into_down()),
+        Err(Ended::Refused(err)) => {
+            let method = session.req_header().method.as_str().to_owned();
+            if session.response_written().is_none() {
+                session.set_keepalive(None);
+                write_problem(session, ctx, &err)
+                    .await
+                    .map_err(|e| e.into_down())?;
+                pipeline::refused(ctx, &method, err, None);
+            } else {
+                pipeline::failed_mid_response(ctx, &method, err);
+            }
+            Ok(true)
         }
     }
-    Ok(true)
 }
 
 async fn exchange(
@@ -47,9 +68,9 @@ async fn exchange(
     session: &mut Session,
     ctx: &mut RequestCtx,
     body: &Bytes,
-) -> Result<(), GatewayError> {
+) -> Result<(), Ended> {
     let Some(cap) = ctx.app().map(|a| a.contract.max_response_body) else {
-        return Err(GatewayError::Internal);
+        return Err(GatewayError::Internal.into());
     };
     loop {
         if super::h2::client_reset(session, ctx) {
@@ -95,7 +116,7 @@ async fn exchange(
         }
         upstream::first_byte(ctx, Instant::now());
         let Some(mut head) = up.response_header().cloned() else {
-            return Err(GatewayError::UpstreamFailed);
+            return Err(GatewayError::UpstreamFailed.into());
         };
         let mut buf = BytesMut::new();
         let mut overflow = false;
@@ -108,10 +129,10 @@ async fn exchange(
                     buf.extend_from_slice(&chunk);
                 }
                 Ok(None) => break,
-                Err(e) => return Err(GatewayError::from_pingora(&e)),
+                Err(e) => return Err(GatewayError::from_pingora(&e).into()),
             }
             if upstream::deadline_passed(ctx) {
-                return Err(GatewayError::UpstreamTimeout);
+                return Err(GatewayError::UpstreamTimeout.into());
             }
         }
         if !overflow {
@@ -123,7 +144,7 @@ async fn exchange(
                 connector
                     .release_http_session(up, &*peer, peer.options.idle_timeout)
                     .await;
-                return Err(err);
+                return Err(err.into());
             }
         }
         write_response(
@@ -153,8 +174,8 @@ async fn write_response(
     head: &mut ResponseHeader,
     buffered: Bytes,
     rest: Option<&mut pingora::protocols::http::client::HttpSession>,
-) -> Result<(), GatewayError> {
-    let io = |_| GatewayError::UpstreamFailed;
+) -> Result<(), Ended> {
+    let io = Ended::ClientGone;
     super::respond::add_gateway_headers(head, ctx).map_err(|_| GatewayError::Internal)?;
     if rest.is_none() {
         head.remove_header(&http::header::TRANSFER_ENCODING);
@@ -184,7 +205,7 @@ async fn write_response(
             while let Some(chunk) = up
                 .read_response_body()
                 .await
-                .map_err(|e| GatewayError::from_pingora(&e))?
+                .map_err(|e| Ended::Refused(GatewayError::from_pingora(&e)))?
             {
                 session
                     .write_response_body(Some(chunk), false)

@@ -237,7 +237,9 @@ impl ProxyHttp for Gateway {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         let active = self.shared.active();
-        if let Err(err) = pipeline::route(&active, session.req_header(), ctx, declared) {
+        let routed = pipeline::route(&active, session.req_header(), ctx)
+            .and_then(|_| pipeline::check_declared_length(ctx, declared));
+        if let Err(err) = routed {
             return respond(session, ctx, err).await;
         }
         if let Err(err) = pipeline::admit(session.req_header(), ctx) {
@@ -285,6 +287,14 @@ impl ProxyHttp for Gateway {
                 Error::explain(ErrorType::ConnectionClosed, "the client reset the stream")
                     .into_down(),
             );
+        }
+        if ctx.attempts > 0 {
+            // A retry: Pingora replays the buffered body through
+            // `request_body_filter` from its start.
+            ctx.body_bytes = 0;
+            if let Some(tee) = &mut ctx.request_tee {
+                tee.restart();
+            }
         }
         peer::select_peer(session, ctx).map_err(GatewayError::into_pingora)
     }
@@ -357,7 +367,11 @@ impl ProxyHttp for Gateway {
         // Replayable: the client is still there (not a reset HTTP/2
         // stream), the body is all in the retry buffer, and nothing of the
         // response has gone out.
-        let replayable = !matches!(e.esource(), pingora::ErrorSource::Downstream)
+        // A decision of the gateway's own (a body over the cap, too slow)
+        // is the answer, never a reason to try another instance.
+        let decided = e.root_cause().downcast_ref::<GatewayError>().is_some();
+        let replayable = !decided
+            && !matches!(e.esource(), pingora::ErrorSource::Downstream)
             && !session.as_ref().retry_buffer_truncated()
             && session.response_written().is_none();
         let method = &session.req_header().method;

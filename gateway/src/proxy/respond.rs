@@ -32,7 +32,10 @@ pub async fn respond(
         // The request body is not (fully) read: the connection cannot be reused.
         session.set_keepalive(None);
     }
-    write_problem(session, ctx, &err).await?;
+    // A problem that cannot be written: the client has gone.
+    write_problem(session, ctx, &err)
+        .await
+        .map_err(|e| e.into_down())?;
     pipeline::refused(ctx, session.req_header().method.as_str(), err, None);
     Ok(true)
 }

@@ -318,8 +318,9 @@ fn upstream_framing_is_relayed_and_dead_pooled_connections_are_replaced() {
     assert_eq!(body.len(), 1 << 20);
     assert!(body.iter().all(|b| *b == b'x'));
 
-    // Non-idempotent requests over pooled connections the upstream closed:
-    // each is sent again on a new connection, never twice to the app.
+    // Non-idempotent requests after the upstream closed the pooled
+    // connection: the closed connection is found before anything is
+    // written to it, and each POST goes once, on a new connection.
     let before = upstream_requests.load(Ordering::SeqCst);
     for i in 0..4 {
         s.write_all(b"POST /once HTTP/1.1\r\nHost: raw.test\r\nContent-Length: 1\r\n\r\nx")

@@ -396,3 +396,81 @@ async fn an_upstream_failing_mid_response_cuts_the_response_and_is_logged() {
         gw.log_text()
     );
 }
+
+/// An app that answers each GET (keeping the connection open) and, for a
+/// POST, reads it, counts it and closes the connection without a word, as
+/// an app that crashed after acting on it would.
+fn app_that_dies_on_post() -> (std::net::SocketAddr, Arc<AtomicU64>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let posts = Arc::new(AtomicU64::new(0));
+    let seen = Arc::clone(&posts);
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let seen = Arc::clone(&seen);
+            std::thread::spawn(move || {
+                let mut out = conn.try_clone().expect("clone");
+                let mut reader = BufReader::new(conn);
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let post = line.starts_with("POST");
+                    let mut length = 0usize;
+                    loop {
+                        let mut header = String::new();
+                        if reader.read_line(&mut header).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if header == "\r\n" {
+                            break;
+                        }
+                        if let Some(v) = header.to_ascii_lowercase().strip_prefix("content-length:")
+                        {
+                            length = v.trim().parse().unwrap_or(0);
+                        }
+                    }
+                    let mut body = vec![0; length];
+                    if reader.read_exact(&mut body).is_err() {
+                        return;
+                    }
+                    if post {
+                        seen.fetch_add(1, Ordering::SeqCst);
+                        return; // closed, unanswered
+                    }
+                    let _ = out.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}");
+                }
+            });
+        }
+    });
+    (addr, posts)
+}
+
+#[test]
+fn a_post_the_app_may_have_acted_on_is_never_sent_twice() {
+    let (app, posts) = app_that_dies_on_post();
+    let dir = PolicyDir::new();
+    dir.write(
+        "a.yaml",
+        &format!(
+            "version: 1\napps:\n  - name: flaky\n    owner: o\n    hosts: [flaky.test]\n    upstream: {{ instances: [\"http://{app}\"], ejection: {{ consecutive_failures: 0 }} }}\n    retries: 2\n    passthrough: true\n"
+        ),
+    );
+    // One proxy thread: the POST goes over the connection the GET left in
+    // the pool (the case where a stale connection is written to again).
+    let gw = Gateway::start(dir.path(), &["--threads", "1"]);
+    let get = raw_http(
+        gw.addr,
+        b"GET /x HTTP/1.1\r\nHost: flaky.test\r\nConnection: close\r\n\r\n",
+    );
+    assert!(get.starts_with("HTTP/1.1 200"), "{get}");
+    let post = raw_http(
+        gw.addr,
+        b"POST /orders HTTP/1.1\r\nHost: flaky.test\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
+    );
+    assert!(post.starts_with("HTTP/1.1 502"), "{post}");
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(posts.load(Ordering::SeqCst), 1, "the app got the POST once");
+}

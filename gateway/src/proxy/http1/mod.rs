@@ -184,6 +184,8 @@ struct UpstreamFailure {
     error: GatewayError,
     /// Nothing came back: the request may be sent again.
     nothing_received: bool,
+    /// The whole request was written (it may have reached the app).
+    written: bool,
 }
 
 impl Engine {
@@ -448,7 +450,7 @@ impl Engine {
         } = bufs;
         let head = req.head();
         let active = self.shared.active();
-        let routed = pipeline::route(&active, req, ctx, Some(head.content_length))?;
+        let routed = pipeline::route(&active, req, ctx)?;
         let app = &active.bundle.apps[routed.app];
         let route = routed.route.map(|r| &app.routes[r]);
         // Enforced responses and TLS upstreams are the buffered
@@ -467,6 +469,7 @@ impl Engine {
         {
             return Ok(None);
         }
+        pipeline::check_declared_length(ctx, Some(head.content_length))?;
         pipeline::admit(req, ctx)?;
         let body = req.body();
         pipeline::check_buffered_request(req, body, ctx)?;
@@ -479,6 +482,7 @@ impl Engine {
             _ => None,
         };
         let head_request = *req.method() == http::Method::HEAD;
+        let idempotent = req.method().is_idempotent();
         let monitor_response =
             route.is_some_and(|r| r.response_mode == Mode::Monitor && r.operation.is_some());
         let (mut upstream, response) = loop {
@@ -490,9 +494,15 @@ impl Engine {
             let t = &app.timeouts;
             let mut fresh_retry = true;
             let attempt = loop {
-                let (mut conn, reused) = match pool::take(socket, now) {
+                let (mut conn, reused) = match pool::take(socket, now, idempotent) {
                     Some(conn) => (conn, true),
-                    None => match connect(socket, upstream_io, t.connect.min(remaining)).await {
+                    None => match connect(
+                        socket,
+                        upstream_io,
+                        upstream::within_deadline(ctx, t.connect.min(remaining)),
+                    )
+                    .await
+                    {
                         Ok(conn) => (conn, false),
                         Err(err) => break Err(Attempt::Connect(err)),
                     },
@@ -521,7 +531,16 @@ impl Engine {
                     Ok(response) => break Ok((conn, response)),
                     // A pooled connection the upstream had closed: once
                     // more on a new one, the same instance, not a new attempt.
-                    Err(f) if reused && f.nothing_received && fresh_retry => {
+                    Err(f)
+                        if reused
+                            && fresh_retry
+                            && upstream::resend_on_new_connection(
+                                req.method(),
+                                &f.error,
+                                f.written,
+                                f.nothing_received,
+                            ) =>
+                    {
                         fresh_retry = false;
                     }
                     Err(f) => break Err(Attempt::Exchange(f.error, f.nothing_received)),
@@ -648,21 +667,22 @@ async fn send(
         own_rate_headers,
         want_content,
     } = needs;
-    let failed = |error, nothing_received| UpstreamFailure {
+    let failed = |error, nothing_received, written| UpstreamFailure {
         error,
         nothing_received,
+        written,
     };
     match guard.until(read_by, conn.write_all(request)).await {
         Ok(Ok(())) => {}
-        Ok(Err(_)) => return Err(failed(GatewayError::UpstreamFailed, true)),
-        Err(_) => return Err(failed(GatewayError::UpstreamTimeout, true)),
+        Ok(Err(_)) => return Err(failed(GatewayError::UpstreamFailed, true, false)),
+        Err(_) => return Err(failed(GatewayError::UpstreamTimeout, true, false)),
     }
     ubuf.clear();
     loop {
         match guard.until(read_by, read_more(conn, ubuf)).await {
             Ok(Ok(n)) if n > 0 => {}
-            Ok(_) => return Err(failed(GatewayError::UpstreamFailed, ubuf.is_empty())),
-            Err(_) => return Err(failed(GatewayError::UpstreamTimeout, ubuf.is_empty())),
+            Ok(_) => return Err(failed(GatewayError::UpstreamFailed, ubuf.is_empty(), true)),
+            Err(_) => return Err(failed(GatewayError::UpstreamTimeout, ubuf.is_empty(), true)),
         }
         // Interim responses (100, 103), however many, are not relayed:
         // each is dropped and the next head read.
@@ -680,7 +700,7 @@ async fn send(
                 Ok(r) => return Ok(r),
                 Err(head::BadResponse::Partial) => break,
                 Err(head::BadResponse::Invalid) => {
-                    return Err(failed(GatewayError::UpstreamFailed, false))
+                    return Err(failed(GatewayError::UpstreamFailed, false, true))
                 }
             }
         }
@@ -754,7 +774,7 @@ async fn relay(
         }
         ubuf.clear();
         start = 0;
-        let left = upstream::read_limit(ctx, read);
+        let left = upstream::within_deadline(ctx, read);
         match upstream_io.limit(left, read_more(upstream, ubuf)).await {
             Ok(Ok(0)) if response.framing == Framing::UntilClose => return Ok((sent, false)),
             Ok(Ok(n)) if n > 0 => {}

@@ -4,7 +4,10 @@
 //! pool needs no lock and keeps a connection on the reactor that registered
 //! it. Taking a connection checks it is still open without a system call
 //! in the common case (the reactor already knows whether the upstream
-//! closed it); the most recently used connection is taken first.
+//! closed it); the most recently used connection is taken first. For a
+//! request that may not be sent twice the check is always made, since a
+//! connection that then fails cannot be told from an app that failed
+//! after acting on the request.
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
@@ -15,9 +18,10 @@ use tokio::net::TcpStream;
 /// Idle connections older than this are closed instead of reused (below the
 /// usual upstream keep-alive timeouts, so the upstream rarely closes first).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(50);
-/// Connections idle for less than this are taken without the open check:
-/// upstreams close idle connections after seconds, and a connection that
-/// fails before any response byte is retried once on a new one.
+/// Connections idle for less than this are taken without the open check
+/// for a request that may be sent again: upstreams close idle connections
+/// after seconds, and a connection that fails before any response byte is
+/// replaced once by a new one (`pipeline::upstream::resend_on_new_connection`).
 pub const CHECK_AFTER: Duration = Duration::from_secs(2);
 /// Most idle connections kept per instance and thread.
 pub const MAX_IDLE: usize = 256;
@@ -34,9 +38,16 @@ thread_local! {
 }
 
 /// An idle, still-open connection to `addr`, if there is one (`now`: a
-/// clock reading the caller has).
-pub fn take(addr: SocketAddr, now: Instant) -> Option<TcpStream> {
-    take_checking_after(addr, CHECK_AFTER, now)
+/// clock reading the caller has). `resendable`: the request may be sent
+/// again on a new connection should this one turn out dead; when it may
+/// not, every connection is checked before it is handed out.
+pub fn take(addr: SocketAddr, now: Instant, resendable: bool) -> Option<TcpStream> {
+    let check_after = if resendable {
+        CHECK_AFTER
+    } else {
+        Duration::ZERO
+    };
+    take_checking_after(addr, check_after, now)
 }
 
 fn take_checking_after(addr: SocketAddr, check_after: Duration, now: Instant) -> Option<TcpStream> {
@@ -92,7 +103,7 @@ mod tests {
     async fn reuses_open_connections_and_drops_closed_ones() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        assert!(take(addr, Instant::now()).is_none());
+        assert!(take(addr, Instant::now(), true).is_none());
         let a = TcpStream::connect(addr).await.unwrap();
         let (mut server_a, _) = listener.accept().await.unwrap();
         let b = TcpStream::connect(addr).await.unwrap();
@@ -101,14 +112,14 @@ mod tests {
         give(addr, a, Instant::now());
         give(addr, b, Instant::now());
         // The most recent first.
-        let got = take(addr, Instant::now()).unwrap();
+        let got = take(addr, Instant::now(), true).unwrap();
         assert_eq!(got.local_addr().unwrap().port(), b_port);
         // The upstream closes `a` while it idles: it is not handed out.
         server_a.shutdown().await.unwrap();
         drop(server_a);
         tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(take_checking_after(addr, Duration::ZERO, Instant::now()).is_none());
+        assert!(take(addr, Instant::now(), false).is_none());
         give(addr, got, Instant::now());
-        assert!(take_checking_after(addr, Duration::ZERO, Instant::now()).is_some());
+        assert!(take(addr, Instant::now(), false).is_some());
     }
 }
