@@ -83,7 +83,7 @@ fn stands_for(name: &[u8], field: &str) -> bool {
 /// `chunked`, once, on HTTP/1.1; at most one `Content-Length`, of digits);
 /// exactly one valid `Host` on HTTP/1.1 (or, without it, a target with an
 /// authority, as HTTP/2 sends it), agreeing with the target's authority
-/// when both are sent; no `Connection` option naming a [`PROTECTED`]
+/// when both are sent; no `Connection` option naming a `PROTECTED`
 /// header.
 pub fn check_head(req: &impl RequestView) -> Result<HeadFacts, GatewayError> {
     if req
@@ -258,7 +258,7 @@ fn each_judged_header(app: &App, f: &mut dyn FnMut(&http::HeaderName)) {
 }
 
 /// The rule that depends on the app: each header its policy reads on
-/// every route ([`each_judged_header`]) comes at most once, so the value
+/// every route (`each_judged_header`) comes at most once, so the value
 /// judged is the only one the app can read, and no other name stands for
 /// it with `_` for `-` (when `facts` saw a name with `_`). (Header
 /// parameters of an operation are the contract's: a second value of a

@@ -16,7 +16,7 @@
 //! | 5 | upstream | [`upstream::choose_instance`], [`upstream::connected`], [`upstream::first_byte`], [`upstream::finished`]; on failure [`upstream::connect_failed`] / [`upstream::exchange_failed`] (the retry rule) | instance (balancing, health, ejection; 503), timings, retries, the deadline (504) |
 //! | 6 | response contract | [`start_response_check`] + [`finish_response_check`] (streamed, monitor), [`judge_whole_response`] (buffered, enforce) | the response's status, media type and body |
 //! | 7 | refusal | [`refused`], [`failed_mid_response`] | the answer the gateway gave: counted, logged at a bounded rate ([`failure_log`]), the outcome |
-//! | 8 | the wide event | [`wide_event`] | one row per request for ClickHouse |
+//! | 8 | the wide event | [`wide_event()`] | one row per request for ClickHouse |
 //!
 //! Every phase returns `Result<_, GatewayError>`; the engine writes the
 //! refusal its own way and records it with [`refused`]. What a phase

@@ -22,7 +22,7 @@ fn verdict(v: Verdict) -> &'static str {
     }
 }
 
-/// The outcome column: the gateway's answer's ([`GatewayError::outcome`]),
+/// The outcome column: the gateway's answer's ([`crate::error::GatewayError::outcome`]),
 /// else `client_closed` when the client got no (whole) answer, else `ok`.
 pub fn outcome(ctx: &RequestCtx, status: u16, failed: bool) -> &'static str {
     match &ctx.refusal {

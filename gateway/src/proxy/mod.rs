@@ -6,8 +6,8 @@
 //! | Pingora phase                   | pipeline phase it calls                                  |
 //! |---------------------------------|----------------------------------------------------------|
 //! | `new_ctx`                       | count the request in flight                              |
-//! | `request_filter`                | id; canonical target; [`pipeline::route`]; [`pipeline::admit`]; request contract ([`body`]); hand enforced-response and large enforced-body requests to the [`forward`]er |
-//! | `upstream_peer`                 | [`upstream::choose_instance`] ([`peer`] builds the peer)  |
+//! | `request_filter`                | id; canonical target; [`pipeline::route`]; [`pipeline::admit`]; request contract (`body.rs`); hand enforced-response and large enforced-body requests to the buffered forwarder (`forward.rs`) |
+//! | `upstream_peer`                 | [`upstream::choose_instance`] (`peer.rs` builds the peer)  |
 //! | `connected_to_upstream`         | [`upstream::connected`]                                  |
 //! | `fail_to_connect`               | [`upstream::connect_failed`]                             |
 //! | `error_while_proxy`             | [`upstream::exchange_failed`] (the retry rule)           |
@@ -18,7 +18,7 @@
 //! | `response_body_filter`          | [`pipeline::finish_response_check`]                      |
 //! | `upstream_response_body_filter` | [`upstream::finished`]; the deadline                     |
 //! | `fail_to_proxy`                 | write the problem; [`pipeline::refused`]                 |
-//! | `logging`                       | [`pipeline::wide_event`], `try_send` to telemetry        |
+//! | `logging`                       | [`pipeline::wide_event()`], `try_send` to telemetry      |
 
 mod body;
 mod forward;

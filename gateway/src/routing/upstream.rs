@@ -1,6 +1,6 @@
 //! An app's upstream settings as compiled from its policy: instances,
 //! balancing, health checks and ejection. The live state built from them
-//! is in [`super::balancer`].
+//! is in `balancer.rs`.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -25,7 +25,7 @@
 //!   `serde_json` would, or does not read at all: malformed JSON, a repeated
 //!   key under a schema (`serde_json` keeps the last value), an escaped
 //!   member name, an escaped UTF-16 surrogate, nesting deeper than
-//!   [`MAX_DEPTH`], an integer beyond 2^53 compared with a fractional bound.
+//!   `MAX_DEPTH`, an integer beyond 2^53 compared with a fractional bound.
 //!   The caller then falls back to the tape walk and `serde_json`.
 //! - **[`Check::Invalid`]** is exact too (so `not` and `oneOf` can use it),
 //!   but the caller still asks the `serde_json::Value` validator, which

@@ -3,10 +3,10 @@
 //! fallback for everything else on the same connection.
 //!
 //! Per request it reads the head (`httparse`) and a declared body of up to
-//! 64 KiB, runs the same phases as the Pingora path (request id, route,
-//! identity and limits, request contract, balancing with health and
-//! ejection, forwarding headers, response contract in monitor mode, the
-//! wide event), writes the upstream request in one buffer over a pooled
+//! 64 KiB, calls the request pipeline's phases ([`crate::pipeline`]: id,
+//! route, admit, request contract, instance and retries, response contract,
+//! refusal, the wide event) as every engine does, writes the upstream
+//! request (its forwarding headers included) in one buffer over a pooled
 //! connection and relays the response. What it does not carry — HTTP/1.0,
 //! chunked or larger request bodies, upgrades, `Expect`, h2c, apps with TLS
 //! upstreams or enforced response contracts — is handed to Pingora's
@@ -56,7 +56,7 @@ const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
 /// How long a client may take to accept response bytes.
 const CLIENT_WRITE: Duration = Duration::from_secs(30);
 /// How long an idle kept-alive connection stays open once shutdown has
-/// begun (see [`Engine::serve`]).
+/// begun (see `Engine::serve`).
 pub const DRAIN_IDLE: Duration = Duration::from_millis(500);
 /// The HTTP/2 connection preface's first bytes (h2c prior knowledge).
 const H2_PREFACE_START: &[u8] = b"PRI * HTTP/2.0";
