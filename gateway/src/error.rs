@@ -94,6 +94,13 @@ pub enum GatewayError {
         /// How many violations were found (details are logged, not sent).
         count: usize,
     },
+    /// The app has as many requests in flight as it may: shed.
+    Shed,
+    /// The app (or route) failed too often: its breaker is open.
+    BreakerOpen {
+        /// Seconds until the app is tried again.
+        retry_after: u64,
+    },
 }
 
 impl GatewayError {
@@ -114,7 +121,7 @@ impl GatewayError {
             Self::UpstreamContractViolation { .. } => 502,
             Self::BodyTooLarge { .. } => 413,
             Self::UpstreamUnreachable | Self::UpstreamFailed => 502,
-            Self::NoHealthyInstance => 503,
+            Self::NoHealthyInstance | Self::Shed | Self::BreakerOpen { .. } => 503,
             Self::UpstreamTimeout => 504,
             Self::Internal => 500,
             Self::HeadTooLarge => 431,
@@ -146,6 +153,8 @@ impl GatewayError {
             Self::Unauthenticated { .. } => "unauthenticated",
             Self::Forbidden => "forbidden",
             Self::RateLimited { .. } => "rate-limited",
+            Self::Shed => "shed",
+            Self::BreakerOpen { .. } => "breaker-open",
         }
     }
 
@@ -172,6 +181,8 @@ impl GatewayError {
             Self::Unauthenticated { .. } => "Authentication required",
             Self::Forbidden => "Not allowed",
             Self::RateLimited { .. } => "Too many requests",
+            Self::Shed => "App at capacity",
+            Self::BreakerOpen { .. } => "App failing",
         }
     }
 
@@ -210,6 +221,10 @@ impl GatewayError {
             Self::UpstreamContractViolation { count } => format!(
                 "The app answered with a response that breaks its API contract ({count} violation(s)); it was withheld."
             ),
+            Self::Shed => "The app has as many requests in progress as it may take; retry shortly.".into(),
+            Self::BreakerOpen { retry_after } => format!(
+                "The app is failing and is given time to recover; retry after {retry_after} second(s)."
+            ),
         }
     }
 
@@ -234,6 +249,8 @@ impl GatewayError {
             Self::Unauthenticated { .. } => "unauthenticated",
             Self::Forbidden => "forbidden",
             Self::RateLimited { .. } => "rate_limited",
+            Self::Shed => "shed",
+            Self::BreakerOpen { .. } => "breaker_open",
         }
     }
 
@@ -262,7 +279,9 @@ impl GatewayError {
             | Self::UpstreamContractViolation { .. }
             | Self::Unauthenticated { .. }
             | Self::Forbidden
-            | Self::RateLimited { .. } => None,
+            | Self::RateLimited { .. }
+            | Self::Shed
+            | Self::BreakerOpen { .. } => None,
         }
     }
 
@@ -289,6 +308,10 @@ impl GatewayError {
                 ),
                 (http::HeaderName::from_static("ratelimit"), state.clone()),
             ],
+            Self::Shed => vec![(header::RETRY_AFTER, "1".into())],
+            Self::BreakerOpen { retry_after } => {
+                vec![(header::RETRY_AFTER, retry_after.to_string())]
+            }
             Self::NoApp
             | Self::NoRoute
             | Self::BadPath

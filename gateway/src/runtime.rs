@@ -27,6 +27,10 @@ pub struct Active {
     pub bundle: Arc<Bundle>,
     /// Upstream groups, indexed like `bundle.apps`.
     pub upstreams: UpstreamSet,
+    /// Each app's fence (concurrency cap, breakers, retry budget), indexed
+    /// like `bundle.apps`; an app whose routes did not change keeps its
+    /// fence, and so its breakers' state, across activations.
+    pub fences: Vec<Arc<crate::pipeline::fence::AppFence>>,
     /// When it was activated.
     pub activated_at: SystemTime,
     /// Where it came from (directory path).
@@ -131,10 +135,37 @@ impl Active {
             .cloned()
             .collect();
         limits.retain(&ids);
+        let fences = bundle
+            .apps
+            .iter()
+            .map(|app| {
+                let kept = previous.and_then(|p| {
+                    let at = p.bundle.apps.iter().position(|a| a.name == app.name)?;
+                    let before = &p.bundle.apps[at];
+                    let same = before.routes.len() == app.routes.len()
+                        && before
+                            .routes
+                            .iter()
+                            .zip(&app.routes)
+                            .all(|(a, b)| a.id == b.id)
+                        && before.resilience.max_in_flight == app.resilience.max_in_flight
+                        && before.resilience.breaker == app.resilience.breaker;
+                    same.then(|| Arc::clone(&p.fences[at]))
+                });
+                kept.unwrap_or_else(|| {
+                    Arc::new(crate::pipeline::fence::AppFence::with(
+                        app.routes.len(),
+                        app.resilience.max_in_flight,
+                        app.resilience.breaker,
+                    ))
+                })
+            })
+            .collect();
         Active {
             names: EventNames::new(&bundle),
             bundle,
             upstreams,
+            fences,
             activated_at: SystemTime::now(),
             source,
             limit_stores,

@@ -288,6 +288,56 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
         "counter",
         &[("", crate::pipeline::failure_log::suppressed_total())],
     );
+    // Each app's fence: one sample per app (names are bounded by the
+    // bundle), breakers summed over the app's routes.
+    let active = shared.active();
+    let fenced: Vec<(String, &crate::pipeline::fence::AppFence)> = active
+        .bundle
+        .apps
+        .iter()
+        .zip(&active.fences)
+        .map(|(app, fence)| (format!("app=\"{}\"", app.name), &**fence))
+        .collect();
+    let per_app = |f: &dyn Fn(&crate::pipeline::fence::AppFence) -> u64| {
+        fenced
+            .iter()
+            .map(|(labels, fence)| (labels.as_str(), f(fence)))
+            .collect::<Vec<_>>()
+    };
+    counter(
+        "gatehouse_app_requests_in_flight",
+        "Requests in flight to each app (its concurrency cap is gatehouse_app_requests_in_flight_limit).",
+        "gauge",
+        &per_app(&|f| u64::from(f.in_flight())),
+    );
+    counter(
+        "gatehouse_app_requests_in_flight_limit",
+        "Most requests in flight to each app before more are shed.",
+        "gauge",
+        &per_app(&|f| u64::from(f.max_in_flight)),
+    );
+    counter(
+        "gatehouse_app_requests_shed_total",
+        "Requests answered 503 because their app was at its concurrency cap.",
+        "counter",
+        &per_app(&|f| f.shed()),
+    );
+    counter(
+        "gatehouse_app_breakers_open",
+        "Circuit breakers of each app (one per route, one for its passthrough paths) not closed now.",
+        "gauge",
+        &per_app(&|f| {
+            f.breakers()
+                .filter(|b| b.state() != crate::pipeline::fence::BreakerState::Closed)
+                .count() as u64
+        }),
+    );
+    counter(
+        "gatehouse_app_breaker_openings_total",
+        "Times a circuit breaker of each app opened.",
+        "counter",
+        &per_app(&|f| f.breakers().map(|b| b.openings()).sum()),
+    );
     if let Some(t) = shared.telemetry.get() {
         counter(
             "gatehouse_telemetry_events_total",

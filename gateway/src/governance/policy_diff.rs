@@ -935,6 +935,23 @@ fn app_diff(
             vec![f(&["timeouts"]), f(&["retries"])],
         );
     }
+    let (ro, rn) = (&o.resilience, &n.resilience);
+    if ro.max_in_flight != rn.max_in_flight || ro.breaker != rn.breaker {
+        let on = |b: bool| if b { "on" } else { "off" };
+        push(
+            Class::UpstreamChanged,
+            app,
+            format!(
+                "concurrency cap {} → {}, circuit breakers {} → {}",
+                ro.max_in_flight,
+                rn.max_in_flight,
+                on(ro.breaker),
+                on(rn.breaker)
+            ),
+            None,
+            vec![f(&["resilience"])],
+        );
+    }
     // Auth.
     let mode = |a: &App| a.auth.as_ref().map_or(AuthMode::None, |x| x.mode);
     let auth_field = vec![f(&["auth", "mode"])];

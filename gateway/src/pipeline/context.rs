@@ -42,6 +42,9 @@ pub struct RequestCtx {
     pub attempts: u32,
     /// The in-flight slot on the current instance.
     pub lease: Option<InstanceLease>,
+    /// The request's place inside its app's fence (cap slot and breaker),
+    /// from its first attempt until the app answered or failed to.
+    pub fence: Option<super::fence::Fenced>,
     /// When the upstream exchange must be over (the app's total timeout).
     pub deadline: Option<Instant>,
     /// The answer the gateway gave instead of the app's (recorded once, by
@@ -103,6 +106,7 @@ impl RequestCtx {
             tried: 0,
             attempts: 0,
             lease: None,
+            fence: None,
             deadline: None,
             refusal: None,
             attempt_error: None,

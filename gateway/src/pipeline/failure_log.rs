@@ -119,7 +119,9 @@ pub fn request_failed(
     err: &GatewayError,
     cause: Option<&dyn Display>,
 ) {
-    if err.status() < 500 {
+    // 4xx are the client's; a shed or an open breaker is the gateway
+    // protecting the app (its breaker's changes are logged instead).
+    if err.status() < 500 || matches!(err, GatewayError::Shed | GatewayError::BreakerOpen { .. }) {
         return;
     }
     let Some(suppressed) = BUDGET.admit(now_second()) else {

@@ -27,6 +27,7 @@ pub mod admission;
 pub mod context;
 pub mod contract;
 pub mod failure_log;
+pub mod fence;
 pub mod head_rules;
 pub mod request_id;
 pub mod routes;
@@ -328,6 +329,7 @@ pub fn refused(
     if let Some(direction) = err.violation_counted() {
         crate::contract::count_violation(direction);
     }
+    upstream::ended(ctx, &err);
     failure_log::request_failed(ctx, method, &err, cause);
     ctx.status = err.status();
     ctx.refusal = Some(err);
@@ -336,6 +338,7 @@ pub fn refused(
 /// Phase 7, after the app's response head went out: the exchange failed
 /// mid-response (logged, the outcome); the status stays the app's.
 pub fn failed_mid_response(ctx: &mut RequestCtx, method: &str, err: GatewayError) {
+    upstream::ended(ctx, &err);
     failure_log::request_failed(ctx, method, &err, Some(&failure_log::MID_RESPONSE));
     ctx.refusal = Some(err);
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::context::{micros_between, RequestCtx};
+use super::fence::{BreakerState, Fenced};
 use crate::error::GatewayError;
 use crate::routing::{ms_at, now_ms, Instance, InstanceLease, Pick};
 use std::fmt::Write as _;
@@ -41,6 +42,16 @@ pub fn choose_instance(
         .map_or(app.timeouts.total, |d| d.saturating_duration_since(now));
     if remaining.is_zero() {
         return Err(GatewayError::UpstreamTimeout);
+    }
+    if ctx.attempts == 0 && ctx.fence.is_none() {
+        // The first attempt enters the app's fence: its breaker, then its
+        // concurrency cap.
+        let fence = &active.fences[app_idx];
+        match Fenced::enter(fence, ctx.route, ms_at(now)) {
+            Ok(fenced) => ctx.fence = Some(fenced),
+            Err(Some(retry_after)) => return Err(GatewayError::BreakerOpen { retry_after }),
+            Err(None) => return Err(GatewayError::Shed),
+        }
     }
     let group = &active.upstreams.groups[app_idx];
     let idx = match group.pick(ctx.tried, hash_key, ms_at(now)) {
@@ -89,11 +100,17 @@ pub fn connected(ctx: &mut RequestCtx, reused: bool, at: Instant) {
 }
 
 /// The response head arrived at `at`: time to first byte is from the
-/// attempt's start, its connect time left out.
+/// attempt's start, its connect time left out. The app has answered
+/// (whatever the status): its breaker counts a success and the request's
+/// slot under the app's concurrency cap is free.
 pub fn first_byte(ctx: &mut RequestCtx, at: Instant) {
     if let Some(t) = ctx.timings.attempt_start {
         ctx.timings.upstream_ttfb_us =
             micros_between(t, at).saturating_sub(ctx.timings.upstream_connect_us);
+    }
+    if let Some(fenced) = ctx.fence.take() {
+        let change = fenced.finish(false, ms_at(at));
+        note_breaker(ctx, change);
     }
 }
 
@@ -102,6 +119,47 @@ pub fn first_byte(ctx: &mut RequestCtx, at: Instant) {
 pub fn finished(ctx: &mut RequestCtx, at: Instant) {
     ctx.timings.upstream_end = Some(at);
     ctx.lease = None;
+}
+
+/// The request ended with `err` after entering its app's fence: a failure
+/// of the app to answer (unreachable, broken off, timed out) counts
+/// against its breaker; the slot is freed either way.
+pub fn ended(ctx: &mut RequestCtx, err: &GatewayError) {
+    let Some(fenced) = ctx.fence.take() else {
+        return;
+    };
+    let failed = matches!(
+        err,
+        GatewayError::UpstreamUnreachable
+            | GatewayError::UpstreamFailed
+            | GatewayError::UpstreamTimeout
+    );
+    if failed {
+        let change = fenced.finish(true, now_ms());
+        note_breaker(ctx, change);
+    }
+}
+
+/// Log a breaker's change of state.
+fn note_breaker(ctx: &RequestCtx, change: Option<BreakerState>) {
+    let Some(state) = change else { return };
+    let app = ctx.app().map_or("", |a| a.name.as_str());
+    let route = ctx
+        .app()
+        .and_then(|a| a.routes.get(ctx.route?))
+        .map_or("", |r| r.id.as_str());
+    match state {
+        BreakerState::Open => tracing::warn!(
+            app,
+            route,
+            cool_down_ms = super::fence::COOL_DOWN_MS,
+            "circuit breaker opened: the app is answered for with 503 until it is tried again"
+        ),
+        BreakerState::Closed => {
+            tracing::info!(app, route, "circuit breaker closed: the app answers again")
+        }
+        BreakerState::HalfOpen => {}
+    }
 }
 
 /// A connection attempt failed: count it against the instance (passive
@@ -168,9 +226,12 @@ pub fn resend_on_new_connection(
         && (!written || method.is_idempotent())
 }
 
-/// The app allows another attempt, and its deadline has not passed.
+/// The app allows another attempt, its deadline has not passed, and its
+/// retry budget has room (a retry is counted against it when so).
 fn attempts_left(ctx: &RequestCtx) -> bool {
-    ctx.attempts <= ctx.app().map_or(0, |a| a.retries) && !deadline_passed(ctx)
+    ctx.attempts <= ctx.app().map_or(0, |a| a.retries)
+        && !deadline_passed(ctx)
+        && ctx.fence.as_ref().is_none_or(|f| f.may_retry(now_ms()))
 }
 
 /// Has the request's deadline (its app's total timeout, from when the

@@ -112,6 +112,8 @@ pub struct App {
     pub timeouts: Timeouts,
     /// Extra attempts on other instances.
     pub retries: u32,
+    /// How the app is fenced off (concurrency cap, breakers).
+    pub resilience: super::model::ResilienceSpec,
     /// Body cap in bytes.
     pub max_request_body: u64,
     /// Contract settings (defaults when the app has no contract).

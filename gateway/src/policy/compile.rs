@@ -365,6 +365,7 @@ fn compile_app(
             total: t.total.get(),
         },
         retries: spec.retries,
+        resilience: spec.resilience.clone(),
         max_request_body: app_body_cap,
         contract,
         auth,

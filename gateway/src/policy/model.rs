@@ -299,6 +299,9 @@ pub struct AppSpec {
     /// How many other instances a failed attempt may be retried on.
     #[serde(default = "default_retries")]
     pub retries: u32,
+    /// How the app is fenced off when it fails or is overloaded.
+    #[serde(default)]
+    pub resilience: ResilienceSpec,
     /// Largest request body accepted, e.g. `1MiB` (413 above it).
     #[serde(default)]
     pub max_request_body: Option<ByteSize>,
@@ -503,6 +506,36 @@ fn default_three() -> u32 {
 }
 fn default_ejection() -> Duration {
     Duration::from_millis(10_000)
+}
+
+/// How an app is fenced off: on by default, without any of it written.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResilienceSpec {
+    /// Most requests in flight to the app; more are answered 503 at once.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: u32,
+    /// Circuit breakers (one per route, one for passthrough paths): a
+    /// route whose requests fail is answered 503 for a cool-down.
+    #[serde(default = "default_breaker")]
+    pub breaker: bool,
+}
+
+impl Default for ResilienceSpec {
+    fn default() -> Self {
+        Self {
+            max_in_flight: default_max_in_flight(),
+            breaker: default_breaker(),
+        }
+    }
+}
+
+fn default_max_in_flight() -> u32 {
+    crate::pipeline::fence::MAX_IN_FLIGHT
+}
+
+fn default_breaker() -> bool {
+    true
 }
 
 /// Timeouts of one app.

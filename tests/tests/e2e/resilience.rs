@@ -203,7 +203,18 @@ async fn unreachable_and_unhealthy_upstreams_give_502_and_503() {
 /// counted as left out, and no line holds the query string.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_upstreams_failures_are_logged_at_a_bounded_rate() {
-    let dir = dead_app(&format!("http://127.0.0.1:{}", free_port()));
+    // Its breaker off: every request goes to the dead app and fails.
+    let dir = PolicyDir::new();
+    dir.write(
+        "a.yaml",
+        &app_policy(
+            "dead",
+            "dead.test",
+            &[format!("http://127.0.0.1:{}", free_port())],
+            "      ejection: { consecutive_failures: 0 }\n    resilience: { breaker: false }",
+            ROUTE,
+        ),
+    );
     let gw = Gateway::start(dir.path(), &["--h2c"]);
     let h2 = h2c_client("dead.test", gw.addr);
     let h1 = client();
@@ -473,4 +484,85 @@ fn a_post_the_app_may_have_acted_on_is_never_sent_twice() {
     assert!(post.starts_with("HTTP/1.1 502"), "{post}");
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(posts.load(Ordering::SeqCst), 1, "the app got the POST once");
+}
+
+/// A route whose app stops answering in time: after 20 requests, half of
+/// them failed, its breaker opens and the route is answered 503 at once
+/// (with `Retry-After`) instead of holding a connection to the app; the
+/// app's other routes are served; once the app answers again the breaker's
+/// probes close it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_route_is_fenced_off_at_once_and_let_back_in_when_it_heals() {
+    let sim = Sim::one("approvals");
+    let dir = PolicyDir::new();
+    dir.write(
+        "a.yaml",
+        &format!(
+            "version: 1\napps:\n  - name: wf\n    owner: o\n    hosts: [wf.test]\n    upstream: {{ instances: [\"{}\"], ejection: {{ consecutive_failures: 0 }} }}\n    timeouts: {{ connect: 1s, read: 300ms, total: 1s }}\n    retries: 0\n    routes:\n      - {{ id: get, method: GET, path: \"/approvals/{{id}}\" }}\n      - {{ id: list, method: GET, path: /approvals }}\n",
+            sim.url(0)
+        ),
+    );
+    let gw = Gateway::start(dir.path(), &[]);
+    let c = client();
+    // `x-sim-delay-ms` makes the app take that long over a request.
+    let get = |path: &'static str, delay_ms: u64| {
+        let (c, url) = (c.clone(), gw.url());
+        async move {
+            let started = std::time::Instant::now();
+            let r = c
+                .get(format!("{url}{path}"))
+                .header("host", "wf.test")
+                .header("x-sim-delay-ms", delay_ms.to_string())
+                .send()
+                .await
+                .unwrap();
+            let retry_after = r
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().to_string());
+            let body: Value = r.json().await.unwrap_or(Value::Null);
+            (
+                body["status"].as_u64(),
+                retry_after,
+                body,
+                started.elapsed(),
+            )
+        }
+    };
+    // The app hangs on one route's requests.
+    let mut timed_out = 0;
+    for _ in 0..20 {
+        let (status, _, body, _) = get("/approvals/7", 2000).await;
+        if status == Some(504) {
+            timed_out += 1;
+        } else {
+            panic!("expected 504 while the app hangs: {body}");
+        }
+    }
+    assert_eq!(timed_out, 20);
+    // Open: answered at once, with the time to wait.
+    let (status, retry_after, body, took) = get("/approvals/7", 0).await;
+    assert_eq!(status, Some(503), "{body}");
+    assert_eq!(body["type"], "https://gatehouse.dev/problems/breaker-open");
+    assert!(retry_after.is_some_and(|s| s.parse::<u64>().unwrap() >= 1));
+    assert!(took < Duration::from_millis(100), "{took:?}");
+    // The app's other route still goes to it.
+    let (status, _, body, _) = get("/approvals", 0).await;
+    assert_eq!(status, None, "the list is the app's own answer: {body}");
+    let metrics = try_http_get(gw.admin, "/metrics", "admin").unwrap().1;
+    assert!(
+        metrics.contains("gatehouse_app_breakers_open{app=\"wf\"} 1"),
+        "{metrics}"
+    );
+    // The app heals; after the cool-down the probes find it and close it.
+    tokio::time::sleep(Duration::from_millis(5_100)).await;
+    for _ in 0..3 {
+        let (status, _, body, _) = get("/approvals/7", 0).await;
+        assert_eq!(status, None, "a probe reaches the healed app: {body}");
+    }
+    let (status, _, body, _) = get("/approvals/7", 0).await;
+    assert_eq!(status, None, "closed again: {body}");
+    let log = strip_ansi(&gw.log_text());
+    assert!(log.contains("circuit breaker opened"), "{log}");
+    assert!(log.contains("circuit breaker closed"), "{log}");
 }
