@@ -157,7 +157,8 @@ async fn apps(State(shared): State<Arc<Shared>>) -> Json<Value> {
         .apps
         .iter()
         .zip(&active.upstreams.groups)
-        .map(|(app, group)| {
+        .zip(&active.fences)
+        .map(|((app, group), fence)| {
             let balancing = match &app.upstream.balancing {
                 Balancing::RoundRobin => json!("round_robin"),
                 Balancing::LeastConnections => json!("least_connections"),
@@ -171,11 +172,19 @@ async fn apps(State(shared): State<Arc<Shared>>) -> Json<Value> {
                 "path_prefix": if app.path_prefix.is_empty() { "/" } else { app.path_prefix.as_str() },
                 "passthrough": app.passthrough,
                 "balancing": balancing,
-                "routes": app.routes.iter().map(|r| json!({
+                "routes": app.routes.iter().zip(&fence.routes).map(|(r, b)| json!({
                     "id": r.id,
                     "method": r.method.as_ref().map_or("ANY", |m| m.as_str()),
                     "path": r.template.as_str(),
+                    "breaker": breaker_view(b),
                 })).collect::<Vec<_>>(),
+                "fence": {
+                    "in_flight": fence.in_flight(),
+                    "max_in_flight": fence.max_in_flight,
+                    "shed": fence.shed(),
+                    "breakers": fence.breaking,
+                    "passthrough_breaker": breaker_view(&fence.breaker),
+                },
                 "instances": group.instances.iter().map(|i| json!({
                     "url": i.addr.url,
                     "resolved": i.socket.map(|s| s.to_string()),
@@ -190,6 +199,17 @@ async fn apps(State(shared): State<Arc<Shared>>) -> Json<Value> {
         })
         .collect();
     Json(json!({ "policy_version": active.bundle.version, "apps": apps }))
+}
+
+/// A breaker as the app view shows it.
+fn breaker_view(b: &crate::pipeline::fence::Breaker) -> Value {
+    use crate::pipeline::fence::BreakerState;
+    let state = match b.state() {
+        BreakerState::Closed => "closed",
+        BreakerState::Open => "open",
+        BreakerState::HalfOpen => "half_open",
+    };
+    json!({ "state": state, "openings": b.openings() })
 }
 
 /// Prometheus text exposition: bounded labels only (no paths, no consumers).

@@ -554,6 +554,19 @@ async fn a_failing_route_is_fenced_off_at_once_and_let_back_in_when_it_heals() {
         metrics.contains("gatehouse_app_breakers_open{app=\"wf\"} 1"),
         "{metrics}"
     );
+    let view = gw.admin_json("/v1/apps");
+    let wf = &view["apps"][0];
+    let breaker = |id: &str| {
+        wf["routes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["id"] == id)
+            .map(|r| r["breaker"]["state"].clone())
+    };
+    assert_eq!(breaker("get"), Some(Value::from("open")), "{wf}");
+    assert_eq!(breaker("list"), Some(Value::from("closed")), "{wf}");
+    assert_eq!(wf["fence"]["max_in_flight"], 512, "{wf}");
     // The app heals; after the cool-down the probes find it and close it.
     tokio::time::sleep(Duration::from_millis(5_100)).await;
     for _ in 0..3 {
