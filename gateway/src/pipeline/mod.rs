@@ -102,15 +102,23 @@ pub fn check_declared_length(ctx: &RequestCtx, declared: Option<u64>) -> Result<
     }
 }
 
+/// The policy snapshot a routed request is served under and its app's
+/// index, held apart from `ctx` so that a phase can read the policy while
+/// it records what it decided (`Internal` for a request not routed yet).
+fn served(ctx: &RequestCtx) -> Result<(Arc<Active>, usize), GatewayError> {
+    match (&ctx.active, ctx.app) {
+        (Some(active), Some(app)) if app < active.bundle.apps.len() => {
+            Ok((Arc::clone(active), app))
+        }
+        _ => Err(GatewayError::Internal),
+    }
+}
+
 /// Phase 3: identify the consumer and check limits and quotas
 /// ([`admission`]).
 pub fn admit(req: &impl RequestView, ctx: &mut RequestCtx) -> Result<(), GatewayError> {
-    let Some(active) = ctx.active.clone() else {
-        return Err(GatewayError::Internal);
-    };
-    let Some(app) = ctx.app.and_then(|a| active.bundle.apps.get(a)) else {
-        return Err(GatewayError::Internal);
-    };
+    let (active, app) = served(ctx)?;
+    let app = &active.bundle.apps[app];
     let route = ctx.route.and_then(|r| app.routes.get(r));
     match admission::admit(req, ctx, &active, app, route) {
         Some(err) => Err(err),
@@ -141,12 +149,8 @@ fn plan(
     has_body: bool,
     ctx: &mut RequestCtx,
 ) -> Result<Option<RequestPlan>, GatewayError> {
-    let Some(active) = ctx.active.clone() else {
-        return Err(GatewayError::Internal);
-    };
-    let Some(app) = ctx.app.and_then(|a| active.bundle.apps.get(a)) else {
-        return Err(GatewayError::Internal);
-    };
+    let (active, app) = served(ctx)?;
+    let app = &active.bundle.apps[app];
     let Some(route) = ctx.route.and_then(|r| app.routes.get(r)) else {
         if app.contract.undocumented == Undocumented::Monitor && app.contract.openapi.is_some() {
             contract::record_undocumented(ctx);
@@ -174,16 +178,12 @@ pub fn judge_request(
 }
 
 fn judge(plan: RequestPlan, body: Option<&[u8]>, ctx: &mut RequestCtx) -> Result<(), GatewayError> {
-    let Some(active) = ctx.active.clone() else {
-        return Err(GatewayError::Internal);
-    };
-    let Some((app, route)) = ctx
-        .app
-        .and_then(|a| active.bundle.apps.get(a))
-        .and_then(|a| Some((a, a.routes.get(ctx.route?)?)))
-    else {
-        return Err(GatewayError::Internal);
-    };
+    let (active, app) = served(ctx)?;
+    let app = &active.bundle.apps[app];
+    let route = ctx
+        .route
+        .and_then(|r| app.routes.get(r))
+        .ok_or(GatewayError::Internal)?;
     contract::judge_request(plan, body, ctx, app, route.request_mode)
 }
 
@@ -230,22 +230,17 @@ pub fn finish_request_check(ctx: &mut RequestCtx) {
     }
 }
 
-/// The operation a monitored response is checked against, if any.
-fn monitored_operation(ctx: &RequestCtx) -> Option<(Arc<Active>, usize, usize)> {
-    let active = ctx.active.clone()?;
-    let (app, route) = (ctx.app?, ctx.route?);
-    let r = active.bundle.apps.get(app)?.routes.get(route)?;
-    (r.operation.is_some() && r.response_mode == Mode::Monitor).then_some((active, app, route))
-}
-
 /// Phase 6, at a streamed response's head (monitor mode): judge its status
 /// and media type, and copy its body when that is to be judged too.
 pub fn start_response_check(ctx: &mut RequestCtx, status: u16, headers: &http::HeaderMap) {
-    let Some((active, app, route)) = monitored_operation(ctx) else {
+    let Ok((active, app)) = served(ctx) else {
         return;
     };
     let app = &active.bundle.apps[app];
-    let Some(op) = &app.routes[route].operation else {
+    let Some(route) = ctx.route.and_then(|r| app.routes.get(r)) else {
+        return;
+    };
+    let (Some(op), Mode::Monitor) = (&route.operation, route.response_mode) else {
         return;
     };
     let started = Instant::now();
@@ -279,14 +274,11 @@ pub fn judge_whole_response(
     headers: &http::HeaderMap,
     body: &[u8],
 ) -> Result<(), GatewayError> {
-    let Some(active) = ctx.active.clone() else {
+    let Ok((active, app)) = served(ctx) else {
         return Ok(());
     };
-    let Some((app, route)) = ctx
-        .app
-        .and_then(|a| active.bundle.apps.get(a))
-        .and_then(|a| Some((a, a.routes.get(ctx.route?)?)))
-    else {
+    let app = &active.bundle.apps[app];
+    let Some(route) = ctx.route.and_then(|r| app.routes.get(r)) else {
         return Ok(());
     };
     let (Some(op), Mode::Enforce | Mode::Monitor) = (&route.operation, route.response_mode) else {
