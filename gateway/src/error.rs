@@ -96,6 +96,8 @@ pub enum GatewayError {
     },
     /// The app has as many requests in flight as it may: shed.
     Shed,
+    /// An attempt failed and the app's retry budget allows no retry.
+    RetryBudgetSpent,
     /// The app (or route) failed too often: its breaker is open.
     BreakerOpen {
         /// Seconds until the app is tried again.
@@ -121,7 +123,10 @@ impl GatewayError {
             Self::UpstreamContractViolation { .. } => 502,
             Self::BodyTooLarge { .. } => 413,
             Self::UpstreamUnreachable | Self::UpstreamFailed => 502,
-            Self::NoHealthyInstance | Self::Shed | Self::BreakerOpen { .. } => 503,
+            Self::NoHealthyInstance
+            | Self::Shed
+            | Self::BreakerOpen { .. }
+            | Self::RetryBudgetSpent => 503,
             Self::UpstreamTimeout => 504,
             Self::Internal => 500,
             Self::HeadTooLarge => 431,
@@ -154,6 +159,7 @@ impl GatewayError {
             Self::Forbidden => "forbidden",
             Self::RateLimited { .. } => "rate-limited",
             Self::Shed => "shed",
+            Self::RetryBudgetSpent => "retry-budget",
             Self::BreakerOpen { .. } => "breaker-open",
         }
     }
@@ -182,6 +188,7 @@ impl GatewayError {
             Self::Forbidden => "Not allowed",
             Self::RateLimited { .. } => "Too many requests",
             Self::Shed => "App at capacity",
+            Self::RetryBudgetSpent => "App failing, not retried",
             Self::BreakerOpen { .. } => "App failing",
         }
     }
@@ -222,6 +229,7 @@ impl GatewayError {
                 "The app answered with a response that breaks its API contract ({count} violation(s)); it was withheld."
             ),
             Self::Shed => "The app has as many requests in progress as it may take; retry shortly.".into(),
+            Self::RetryBudgetSpent => "The app failed to answer, and so many of its requests are being retried that this one was not; retry shortly.".into(),
             Self::BreakerOpen { retry_after } => format!(
                 "The app is failing and is given time to recover; retry after {retry_after} second(s)."
             ),
@@ -250,6 +258,7 @@ impl GatewayError {
             Self::Forbidden => "forbidden",
             Self::RateLimited { .. } => "rate_limited",
             Self::Shed => "shed",
+            Self::RetryBudgetSpent => "retry_budget",
             Self::BreakerOpen { .. } => "breaker_open",
         }
     }
@@ -281,6 +290,7 @@ impl GatewayError {
             | Self::Forbidden
             | Self::RateLimited { .. }
             | Self::Shed
+            | Self::RetryBudgetSpent
             | Self::BreakerOpen { .. } => None,
         }
     }
@@ -308,7 +318,7 @@ impl GatewayError {
                 ),
                 (http::HeaderName::from_static("ratelimit"), state.clone()),
             ],
-            Self::Shed => vec![(header::RETRY_AFTER, "1".into())],
+            Self::Shed | Self::RetryBudgetSpent => vec![(header::RETRY_AFTER, "1".into())],
             Self::BreakerOpen { retry_after } => {
                 vec![(header::RETRY_AFTER, retry_after.to_string())]
             }

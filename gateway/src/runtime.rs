@@ -148,15 +148,13 @@ impl Active {
                             .iter()
                             .zip(&app.routes)
                             .all(|(a, b)| a.id == b.id)
-                        && before.resilience.max_in_flight == app.resilience.max_in_flight
-                        && before.resilience.breaker == app.resilience.breaker;
+                        && before.resilience == app.resilience;
                     same.then(|| Arc::clone(&p.fences[at]))
                 });
                 kept.unwrap_or_else(|| {
                     Arc::new(crate::pipeline::fence::AppFence::with(
-                        app.routes.len(),
-                        app.resilience.max_in_flight,
-                        app.resilience.breaker,
+                        app.routes.iter().map(|r| r.id.as_str()),
+                        &app.resilience,
                     ))
                 })
             })

@@ -172,16 +172,22 @@ async fn apps(State(shared): State<Arc<Shared>>) -> Json<Value> {
                 "path_prefix": if app.path_prefix.is_empty() { "/" } else { app.path_prefix.as_str() },
                 "passthrough": app.passthrough,
                 "balancing": balancing,
-                "routes": app.routes.iter().zip(&fence.routes).map(|(r, b)| json!({
+                "routes": app.routes.iter().zip(&fence.routes).map(|(r, f)| json!({
                     "id": r.id,
                     "method": r.method.as_ref().map_or("ANY", |m| m.as_str()),
                     "path": r.template.as_str(),
-                    "breaker": breaker_view(b),
+                    "breaker": breaker_view(&f.breaker),
+                    "cap": f.cap.as_ref().map(|c| json!({
+                        "in_flight": c.in_flight(),
+                        "max_in_flight": c.limit,
+                        "shed": c.shed(),
+                    })),
                 })).collect::<Vec<_>>(),
                 "fence": {
                     "in_flight": fence.in_flight(),
-                    "max_in_flight": fence.max_in_flight,
+                    "max_in_flight": fence.cap.limit,
                     "shed": fence.shed(),
+                    "retries_refused": fence.retries.refused(),
                     "breakers": fence.breaking,
                     "passthrough_breaker": breaker_view(&fence.breaker),
                 },
@@ -203,13 +209,7 @@ async fn apps(State(shared): State<Arc<Shared>>) -> Json<Value> {
 
 /// A breaker as the app view shows it.
 fn breaker_view(b: &crate::pipeline::fence::Breaker) -> Value {
-    use crate::pipeline::fence::BreakerState;
-    let state = match b.state() {
-        BreakerState::Closed => "closed",
-        BreakerState::Open => "open",
-        BreakerState::HalfOpen => "half_open",
-    };
-    json!({ "state": state, "openings": b.openings() })
+    json!({ "state": b.state().as_str(), "openings": b.openings() })
 }
 
 /// Prometheus text exposition: bounded labels only (no paths, no consumers).
@@ -334,13 +334,19 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
         "gatehouse_app_requests_in_flight_limit",
         "Most requests in flight to each app before more are shed.",
         "gauge",
-        &per_app(&|f| u64::from(f.max_in_flight)),
+        &per_app(&|f| u64::from(f.cap.limit)),
     );
     counter(
         "gatehouse_app_requests_shed_total",
-        "Requests answered 503 because their app was at its concurrency cap.",
+        "Requests answered 503 because their app (or route) was at its concurrency cap.",
         "counter",
         &per_app(&|f| f.shed()),
+    );
+    counter(
+        "gatehouse_app_retries_refused_total",
+        "Retries not made because the app's retry budget was spent.",
+        "counter",
+        &per_app(&|f| f.retries.refused()),
     );
     counter(
         "gatehouse_app_breakers_open",

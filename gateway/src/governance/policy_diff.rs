@@ -935,19 +935,12 @@ fn app_diff(
             vec![f(&["timeouts"]), f(&["retries"])],
         );
     }
-    let (ro, rn) = (&o.resilience, &n.resilience);
-    if ro.max_in_flight != rn.max_in_flight || ro.breaker != rn.breaker {
-        let on = |b: bool| if b { "on" } else { "off" };
+    let resilience = o.resilience.changes_to(&n.resilience);
+    if !resilience.is_empty() {
         push(
             Class::UpstreamChanged,
             app,
-            format!(
-                "concurrency cap {} → {}, circuit breakers {} → {}",
-                ro.max_in_flight,
-                rn.max_in_flight,
-                on(ro.breaker),
-                on(rn.breaker)
-            ),
+            resilience.join("; "),
             None,
             vec![f(&["resilience"])],
         );

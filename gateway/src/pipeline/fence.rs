@@ -1,43 +1,36 @@
-//! Fencing off a failing app: a concurrency cap per app (bulkhead), a
-//! circuit breaker per route (per app for a passthrough app), and a retry
-//! budget per app. On by default, without any policy written.
+//! Fencing off a failing app: a concurrency cap per app and per route
+//! (bulkhead), a circuit breaker per route (per app for its passthrough
+//! paths), and a retry budget per app. On by default, without any policy
+//! written; the settings are the policy's `resilience` section.
 //!
 //! All of it is lock-free: counters are atomics, the breaker's state one
-//! atomic word, its window ten one-second buckets. Time is the caller's
-//! (milliseconds), so the state machines are tested with a fake clock.
+//! atomic word, its window ten buckets. Time is the caller's (milliseconds),
+//! so the state machines are tested with a fake clock.
 //!
 //! What counts as a failure is what the gateway itself observes of the app:
 //! a connection refused or reset, an exchange broken off, a timeout, after
-//! the request's retries. An app's own 5xx answers are answers, not
-//! failures of the app to answer. A request that succeeded on a retry is a
-//! success: passive ejection (`routing::balancer`) deals with one bad
-//! instance; the breaker with an app (or one of its routes) that fails.
+//! the request's retries (and the app's 5xx answers where the policy says
+//! so). A request that succeeded on a retry is a success: passive ejection
+//! (`routing::balancer`) deals with one bad instance; the breaker with an
+//! app (or one of its routes) that fails.
+//!
+//! A hanging app fails no request until the requests time out, which may be
+//! tens of seconds. So the breaker also opens on a **stall**: at least
+//! `min_requests` requests are waiting and the app has answered nothing for
+//! the stall time (or ten times its usual time to answer, when longer).
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
-/// Requests in flight to one app before more are shed (503).
-pub const MAX_IN_FLIGHT: u32 = 512;
-/// The breaker's window.
-pub const WINDOW_MS: u64 = 10_000;
-/// Fewest requests in the window before the breaker judges the ratio.
-pub const MIN_REQUESTS: u32 = 20;
-/// Share of failed requests in the window that opens the breaker.
-pub const FAILURE_RATIO: f64 = 0.5;
-/// How long an open breaker answers for the app before it tries again.
-pub const COOL_DOWN_MS: u64 = 5_000;
-/// Requests let through to try a half-open breaker's app; all must succeed
-/// to close it.
-pub const PROBES: u32 = 3;
-/// Share of requests that may be retried (over the window).
-pub const RETRY_RATIO: f64 = 0.2;
-/// Retries always allowed per window, so a quiet app can still retry.
-pub const MIN_RETRIES: u32 = 10;
+use crate::policy::resilience::{BreakerSpec, ResilienceSpec, RetryBudgetSpec};
 
 const BUCKETS: usize = 10;
-const BUCKET_MS: u64 = WINDOW_MS / BUCKETS as u64;
+/// The retry budget's window.
+const RETRY_WINDOW_MS: u64 = 10_000;
+/// A stall is this many times the app's usual time to answer, at least.
+const STALL_FACTOR: u64 = 10;
 
-/// Two counts over a sliding window of one-second buckets.
+/// Two counts over a sliding window of ten buckets.
 #[derive(Debug, Default)]
 struct Window {
     buckets: [Bucket; BUCKETS],
@@ -45,22 +38,22 @@ struct Window {
 
 #[derive(Debug, Default)]
 struct Bucket {
-    /// The bucket's second (`now_ms / BUCKET_MS`); stale buckets are reset
+    /// The bucket's slot (`now_ms / bucket_ms`); stale buckets are reset
     /// by whoever writes to them first.
-    second: AtomicU64,
+    slot: AtomicU64,
     a: AtomicU32,
     b: AtomicU32,
 }
 
 impl Window {
-    fn add(&self, now_ms: u64, a: u32, b: u32) {
-        let second = now_ms / BUCKET_MS;
-        let bucket = &self.buckets[(second % BUCKETS as u64) as usize];
-        let seen = bucket.second.load(Ordering::Acquire);
-        if seen != second
+    fn add(&self, bucket_ms: u64, now_ms: u64, a: u32, b: u32) {
+        let slot = now_ms / bucket_ms;
+        let bucket = &self.buckets[(slot % BUCKETS as u64) as usize];
+        let seen = bucket.slot.load(Ordering::Acquire);
+        if seen != slot
             && bucket
-                .second
-                .compare_exchange(seen, second, Ordering::AcqRel, Ordering::Acquire)
+                .slot
+                .compare_exchange(seen, slot, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
         {
             bucket.a.store(0, Ordering::Relaxed);
@@ -75,13 +68,13 @@ impl Window {
     }
 
     /// The sums over the window ending at `now_ms`.
-    fn sums(&self, now_ms: u64) -> (u32, u32) {
-        let second = now_ms / BUCKET_MS;
-        let oldest = second.saturating_sub(BUCKETS as u64 - 1);
+    fn sums(&self, bucket_ms: u64, now_ms: u64) -> (u32, u32) {
+        let slot = now_ms / bucket_ms;
+        let oldest = slot.saturating_sub(BUCKETS as u64 - 1);
         let (mut a, mut b) = (0u32, 0u32);
         for bucket in &self.buckets {
-            let s = bucket.second.load(Ordering::Acquire);
-            if (oldest..=second).contains(&s) {
+            let s = bucket.slot.load(Ordering::Acquire);
+            if (oldest..=slot).contains(&s) {
                 a = a.saturating_add(bucket.a.load(Ordering::Relaxed));
                 b = b.saturating_add(bucket.b.load(Ordering::Relaxed));
             }
@@ -108,13 +101,99 @@ pub enum BreakerState {
     HalfOpen,
 }
 
+impl BreakerState {
+    /// The state's name in events and the admin API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Closed => "closed",
+            Self::Open => "open",
+            Self::HalfOpen => "half_open",
+        }
+    }
+}
+
+/// Why a breaker changed state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// `failed` of the window's `of` requests failed.
+    Failures {
+        /// Failed requests in the window.
+        failed: u32,
+        /// Requests in the window.
+        of: u32,
+    },
+    /// `waiting` requests had no answer for `for_ms`.
+    Stalled {
+        /// Requests waiting.
+        waiting: u32,
+        /// Milliseconds since the app last answered (or the first waited).
+        for_ms: u64,
+    },
+    /// A probe failed.
+    ProbeFailed,
+    /// Every probe succeeded.
+    Probed,
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Failures { failed, of } => write!(f, "{failed} of {of} requests failed"),
+            Self::Stalled { waiting, for_ms } => {
+                write!(f, "{waiting} requests unanswered for {for_ms} ms")
+            }
+            Self::ProbeFailed => f.write_str("a probe failed"),
+            Self::Probed => f.write_str("the probes succeeded"),
+        }
+    }
+}
+
+/// A breaker's change of state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transition {
+    /// The state left.
+    pub from: BreakerState,
+    /// The state entered.
+    pub to: BreakerState,
+    /// Why.
+    pub reason: Reason,
+}
+
+/// A breaker's settings, in milliseconds.
+#[derive(Debug, Clone, Copy)]
+struct Tuning {
+    failure_ratio: f64,
+    min_requests: u32,
+    bucket_ms: u64,
+    cool_down_ms: u64,
+    probes: u32,
+    stall_ms: u64,
+}
+
+impl From<&BreakerSpec> for Tuning {
+    fn from(s: &BreakerSpec) -> Self {
+        Self {
+            failure_ratio: s.failure_ratio,
+            min_requests: s.min_requests.max(1),
+            bucket_ms: (s.window.get().as_millis() as u64 / BUCKETS as u64).max(1),
+            cool_down_ms: s.cool_down.get().as_millis() as u64,
+            probes: s.probes.max(1),
+            stall_ms: s.stall.get().as_millis() as u64,
+        }
+    }
+}
+
 const CLOSED: u64 = 0;
 const OPEN: u64 = 1;
 const HALF_OPEN: u64 = 2;
+/// Bits of the waiting word that hold the count.
+const COUNT_BITS: u32 = 24;
+const COUNT_MASK: u64 = (1 << COUNT_BITS) - 1;
 
 /// A circuit breaker over the requests of one route (or app).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Breaker {
+    tuning: Tuning,
     /// State in the low two bits, the time it was entered (ms) above them.
     state: AtomicU64,
     /// Successes (`a`) and failures (`b`) while closed.
@@ -125,19 +204,54 @@ pub struct Breaker {
     probes_ok: AtomicU32,
     /// Times it opened.
     openings: AtomicU64,
+    /// Requests let through since the app last answered: the time the
+    /// first of them was let through (ms) above [`COUNT_BITS`], their
+    /// number below.
+    waiting: AtomicU64,
+    /// The app's usual time to answer (moving average, ms).
+    usual_ms: AtomicU64,
+}
+
+impl Default for Breaker {
+    fn default() -> Self {
+        Self::new(&BreakerSpec::default())
+    }
+}
+
+/// Why a request was not let through an open breaker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refusal {
+    /// Seconds until the app is tried again.
+    pub retry_after: u64,
+    /// The breaker opened on this request (a stall).
+    pub opened: Option<Transition>,
 }
 
 /// Let a request through a breaker: `Ok` (with whether it is a probe), or
-/// the seconds until the app is tried again.
-pub type Admission = Result<bool, u64>;
+/// why not.
+pub type Admission = Result<bool, Refusal>;
 
 impl Breaker {
+    /// A closed breaker with these settings.
+    pub fn new(spec: &BreakerSpec) -> Self {
+        Self {
+            tuning: Tuning::from(spec),
+            state: AtomicU64::new(CLOSED),
+            window: Window::default(),
+            probes: AtomicU32::new(0),
+            probes_ok: AtomicU32::new(0),
+            openings: AtomicU64::new(0),
+            waiting: AtomicU64::new(0),
+            usual_ms: AtomicU64::new(0),
+        }
+    }
+
     fn load(&self) -> (u64, u64) {
         let word = self.state.load(Ordering::Acquire);
         (word & 3, word >> 2)
     }
 
-    /// The state at `now_ms`.
+    /// The state now.
     pub fn state(&self) -> BreakerState {
         match self.load().0 {
             OPEN => BreakerState::Open,
@@ -162,16 +276,72 @@ impl Breaker {
             .is_ok()
     }
 
+    /// How long the app may leave requests unanswered before it stalls
+    /// (`None`: stalls are not judged).
+    fn stall_after(&self) -> Option<u64> {
+        let floor = self.tuning.stall_ms;
+        (floor > 0).then(|| floor.max(STALL_FACTOR * self.usual_ms.load(Ordering::Relaxed)))
+    }
+
+    fn open(&self, from: u64, since: u64, now_ms: u64, reason: Reason) -> Option<Transition> {
+        if !self.enter(from, since, OPEN, now_ms) {
+            return None;
+        }
+        self.openings.fetch_add(1, Ordering::Relaxed);
+        self.waiting.store(0, Ordering::Relaxed);
+        Some(Transition {
+            from: if from == HALF_OPEN {
+                BreakerState::HalfOpen
+            } else {
+                BreakerState::Closed
+            },
+            to: BreakerState::Open,
+            reason,
+        })
+    }
+
+    fn refusal(&self, until: u64, now_ms: u64, opened: Option<Transition>) -> Refusal {
+        Refusal {
+            retry_after: until.saturating_sub(now_ms).div_ceil(1000).max(1),
+            opened,
+        }
+    }
+
     /// May a request go to the app at `now_ms`?
     pub fn admit(&self, now_ms: u64) -> Admission {
         loop {
             let (state, since) = self.load();
             match state {
-                CLOSED => return Ok(false),
+                CLOSED => {
+                    // One more request waits for the app.
+                    let before = self
+                        .waiting
+                        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+                            Some(if w & COUNT_MASK == 0 {
+                                (now_ms << COUNT_BITS) | 1
+                            } else {
+                                w + u64::from(w & COUNT_MASK < COUNT_MASK)
+                            })
+                        })
+                        .unwrap_or(0);
+                    let (count, first) = (before & COUNT_MASK, before >> COUNT_BITS);
+                    let waited = now_ms.saturating_sub(first);
+                    let stalled = count >= u64::from(self.tuning.min_requests)
+                        && self.stall_after().is_some_and(|after| waited >= after);
+                    if !stalled {
+                        return Ok(false);
+                    }
+                    let reason = Reason::Stalled {
+                        waiting: count as u32,
+                        for_ms: waited,
+                    };
+                    let opened = self.open(CLOSED, since, now_ms, reason);
+                    return Err(self.refusal(now_ms + self.tuning.cool_down_ms, now_ms, opened));
+                }
                 OPEN => {
-                    let until = since + COOL_DOWN_MS;
+                    let until = since + self.tuning.cool_down_ms;
                     if now_ms < until {
-                        return Err((until - now_ms).div_ceil(1000).max(1));
+                        return Err(self.refusal(until, now_ms, None));
                     }
                     if self.enter(OPEN, since, HALF_OPEN, now_ms) {
                         self.probes.store(0, Ordering::Relaxed);
@@ -179,59 +349,84 @@ impl Breaker {
                     }
                 }
                 _ => {
-                    // Probes that never reported (their clients left) do
-                    // not keep the breaker half-open: after a cool-down
-                    // without a verdict, a new round of probes starts.
-                    if now_ms >= since + COOL_DOWN_MS
-                        && self.enter(HALF_OPEN, since, HALF_OPEN, now_ms)
+                    // Probes that bring no verdict within a stall (at most a
+                    // cool-down) do not keep
+                    // the breaker half-open: a new round of probes starts.
+                    // A hanging probe fails on its timeout and opens the
+                    // breaker again; meanwhile an app that healed is found
+                    // by the next round.
+                    let cool_down = self.tuning.cool_down_ms;
+                    let patience = self.stall_after().map_or(cool_down, |s| s.min(cool_down));
+                    if now_ms >= since + patience && self.enter(HALF_OPEN, since, HALF_OPEN, now_ms)
                     {
                         self.probes.store(0, Ordering::Relaxed);
                         self.probes_ok.store(0, Ordering::Relaxed);
                         continue;
                     }
-                    return if self.probes.fetch_add(1, Ordering::AcqRel) < PROBES {
+                    return if self.probes.fetch_add(1, Ordering::AcqRel) < self.tuning.probes {
                         Ok(true)
                     } else {
-                        Err(1)
+                        Err(self.refusal(now_ms + 1, now_ms, None))
                     };
                 }
             }
         }
     }
 
-    /// The outcome of a request the breaker let through. Returns the state
-    /// entered, if this outcome changed it.
-    pub fn record(&self, failed: bool, now_ms: u64) -> Option<BreakerState> {
+    /// The outcome of a request let through at `since_ms`: answered, or
+    /// not (`failed`), at `now_ms`. Returns the breaker's change of state,
+    /// if this outcome made one.
+    pub fn record(&self, failed: bool, since_ms: u64, now_ms: u64) -> Option<Transition> {
+        self.waiting.store(0, Ordering::Relaxed);
+        if !failed {
+            // The usual time to answer: a moving average over about eight
+            // answers, of every answer (a probe's too, so that an app that
+            // became slow but answers is learnt, not judged stalled again).
+            let took = now_ms.saturating_sub(since_ms);
+            let usual = self.usual_ms.load(Ordering::Relaxed);
+            let next = if usual == 0 {
+                took
+            } else {
+                (usual * 7 + took) / 8
+            };
+            self.usual_ms.store(next, Ordering::Relaxed);
+        }
         let (state, since) = self.load();
+        let t = &self.tuning;
         match state {
             CLOSED => {
                 self.window
-                    .add(now_ms, u32::from(!failed), u32::from(failed));
+                    .add(t.bucket_ms, now_ms, u32::from(!failed), u32::from(failed));
                 if !failed {
                     return None;
                 }
-                let (ok, bad) = self.window.sums(now_ms);
+                let (ok, bad) = self.window.sums(t.bucket_ms, now_ms);
                 let total = ok + bad;
                 let tripped =
-                    total >= MIN_REQUESTS && f64::from(bad) >= FAILURE_RATIO * f64::from(total);
-                if tripped && self.enter(CLOSED, since, OPEN, now_ms) {
-                    self.openings.fetch_add(1, Ordering::Relaxed);
-                    return Some(BreakerState::Open);
+                    total >= t.min_requests && f64::from(bad) >= t.failure_ratio * f64::from(total);
+                if tripped {
+                    return self.open(
+                        CLOSED,
+                        since,
+                        now_ms,
+                        Reason::Failures {
+                            failed: bad,
+                            of: total,
+                        },
+                    );
                 }
                 None
             }
-            HALF_OPEN if failed => {
-                if self.enter(HALF_OPEN, since, OPEN, now_ms) {
-                    self.openings.fetch_add(1, Ordering::Relaxed);
-                    return Some(BreakerState::Open);
-                }
-                None
-            }
+            HALF_OPEN if failed => self.open(HALF_OPEN, since, now_ms, Reason::ProbeFailed),
             HALF_OPEN => {
                 let ok = self.probes_ok.fetch_add(1, Ordering::AcqRel) + 1;
-                if ok >= PROBES && self.enter(HALF_OPEN, since, CLOSED, now_ms) {
+                if ok >= t.probes && self.enter(HALF_OPEN, since, CLOSED, now_ms) {
                     self.window.clear();
-                    return Some(BreakerState::Closed);
+                    return Some(Transition {
+                        from: BreakerState::HalfOpen,
+                        to: BreakerState::Closed,
+                        reason: Reason::Probed,
+                    });
                 }
                 None
             }
@@ -243,65 +438,148 @@ impl Breaker {
 }
 
 /// How much of an app's traffic may be retries.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct RetryBudget {
+    ratio: f64,
+    min_retries: u32,
     /// Requests (`a`) and retries (`b`) over the window.
     window: Window,
+    /// Retries refused.
+    refused: AtomicU64,
+}
+
+impl Default for RetryBudget {
+    fn default() -> Self {
+        Self::new(&RetryBudgetSpec::default())
+    }
 }
 
 impl RetryBudget {
+    /// A budget with these settings.
+    pub fn new(spec: &RetryBudgetSpec) -> Self {
+        Self {
+            ratio: spec.ratio,
+            min_retries: spec.min_retries,
+            window: Window::default(),
+            refused: AtomicU64::new(0),
+        }
+    }
+
     /// A request began.
     pub fn request(&self, now_ms: u64) {
-        self.window.add(now_ms, 1, 0);
+        self.window
+            .add(RETRY_WINDOW_MS / BUCKETS as u64, now_ms, 1, 0);
     }
 
     /// May one more retry be made at `now_ms`? Counts it when so.
     pub fn retry(&self, now_ms: u64) -> bool {
-        let (requests, retries) = self.window.sums(now_ms);
-        let allowed = (RETRY_RATIO * f64::from(requests)) as u32;
-        if retries >= allowed.max(MIN_RETRIES) {
+        let bucket_ms = RETRY_WINDOW_MS / BUCKETS as u64;
+        let (requests, retries) = self.window.sums(bucket_ms, now_ms);
+        let allowed = (self.ratio * f64::from(requests)) as u32;
+        if retries >= allowed.max(self.min_retries) {
+            self.refused.fetch_add(1, Ordering::Relaxed);
             return false;
         }
-        self.window.add(now_ms, 0, 1);
+        self.window.add(bucket_ms, now_ms, 0, 1);
         true
     }
+
+    /// Retries refused since the budget was made.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+}
+
+/// A concurrency cap: requests in flight and the most allowed.
+#[derive(Debug)]
+pub struct Cap {
+    in_flight: AtomicU32,
+    /// Most requests in flight.
+    pub limit: u32,
+    /// Requests shed at the cap.
+    shed: AtomicU64,
+}
+
+impl Cap {
+    fn new(limit: u32) -> Self {
+        Self {
+            in_flight: AtomicU32::new(0),
+            limit,
+            shed: AtomicU64::new(0),
+        }
+    }
+
+    fn take(&self) -> bool {
+        let before = self.in_flight.fetch_add(1, Ordering::AcqRel);
+        if before >= self.limit {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            self.shed.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    fn give_back(&self) {
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Requests in flight now.
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Requests shed at the cap since it was made.
+    pub fn shed(&self) -> u64 {
+        self.shed.load(Ordering::Relaxed)
+    }
+}
+
+/// One route's fences: its breaker and, where the policy sets one, its cap.
+#[derive(Debug)]
+pub struct RouteFence {
+    /// The route's breaker.
+    pub breaker: Breaker,
+    /// The route's own cap (within the app's).
+    pub cap: Option<Cap>,
 }
 
 /// One app's fences.
 #[derive(Debug)]
 pub struct AppFence {
-    /// Requests in flight to the app.
-    in_flight: AtomicU32,
-    /// Most requests in flight.
-    pub max_in_flight: u32,
+    /// The app's cap.
+    pub cap: Cap,
     /// The breakers judge requests (off: they stay closed).
     pub breaking: bool,
+    /// The app's 5xx answers count as failures.
+    pub count_5xx: bool,
     /// The app's breaker (its passthrough paths).
     pub breaker: Breaker,
-    /// One breaker per declared route, by route index.
-    pub routes: Vec<Breaker>,
+    /// One fence per declared route, by route index.
+    pub routes: Vec<RouteFence>,
     /// The app's retry budget.
     pub retries: RetryBudget,
-    /// Requests shed at the cap.
-    shed: AtomicU64,
 }
 
 impl AppFence {
-    /// Fences for an app with `routes` declared routes, with the defaults.
-    pub fn new(routes: usize) -> Self {
-        Self::with(routes, MAX_IN_FLIGHT, true)
+    /// Fences for an app whose routes have `route_ids`, with the defaults.
+    pub fn new<'a>(route_ids: impl Iterator<Item = &'a str>) -> Self {
+        Self::with(route_ids, &ResilienceSpec::default())
     }
 
-    /// Fences with a cap of `max_in_flight` and breakers on or off.
-    pub fn with(routes: usize, max_in_flight: u32, breaking: bool) -> Self {
+    /// Fences for an app whose routes have `route_ids`, set by `spec`.
+    pub fn with<'a>(route_ids: impl Iterator<Item = &'a str>, spec: &ResilienceSpec) -> Self {
         Self {
-            in_flight: AtomicU32::new(0),
-            max_in_flight,
-            breaking,
-            breaker: Breaker::default(),
-            routes: (0..routes).map(|_| Breaker::default()).collect(),
-            retries: RetryBudget::default(),
-            shed: AtomicU64::new(0),
+            cap: Cap::new(spec.max_in_flight),
+            breaking: spec.breaker.enabled,
+            count_5xx: spec.breaker.count_5xx,
+            breaker: Breaker::new(&spec.breaker),
+            routes: route_ids
+                .map(|id| RouteFence {
+                    breaker: Breaker::new(&spec.breaker),
+                    cap: spec.routes.get(id).map(|r| Cap::new(r.max_in_flight)),
+                })
+                .collect(),
+            retries: RetryBudget::new(&spec.retry_budget),
         }
     }
 
@@ -309,76 +587,116 @@ impl AppFence {
     pub fn breaker(&self, route: Option<usize>) -> &Breaker {
         route
             .and_then(|r| self.routes.get(r))
-            .unwrap_or(&self.breaker)
+            .map_or(&self.breaker, |r| &r.breaker)
+    }
+
+    fn route_cap(&self, route: Option<usize>) -> Option<&Cap> {
+        self.routes.get(route?)?.cap.as_ref()
     }
 
     /// Every breaker of the app: its passthrough paths', then its routes'.
     pub fn breakers(&self) -> impl Iterator<Item = &Breaker> {
-        std::iter::once(&self.breaker).chain(self.routes.iter())
+        std::iter::once(&self.breaker).chain(self.routes.iter().map(|r| &r.breaker))
     }
 
     /// Requests in flight to the app now.
     pub fn in_flight(&self) -> u32 {
-        self.in_flight.load(Ordering::Relaxed)
+        self.cap.in_flight()
     }
 
-    /// Requests shed at the cap since the fence was made.
+    /// Requests shed at the app's cap and its routes' since the fence was
+    /// made.
     pub fn shed(&self) -> u64 {
-        self.shed.load(Ordering::Relaxed)
+        self.cap.shed()
+            + self
+                .routes
+                .iter()
+                .filter_map(|r| r.cap.as_ref())
+                .map(Cap::shed)
+                .sum::<u64>()
     }
 }
 
-/// A request's place inside its app's fence: its slot under the cap, and
-/// the breaker that let it through. Dropping it frees the slot.
+/// Why a request was not let into its app's fence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kept {
+    /// The breaker is open.
+    Open(Refusal),
+    /// The app (or the route) has as many requests in flight as it may.
+    Full,
+}
+
+/// A request's place inside its app's fence: its slots under the caps, and
+/// the breaker that let it through. Dropping it frees the slots.
 #[derive(Debug)]
 pub struct Fenced {
     fence: Arc<AppFence>,
     route: Option<usize>,
+    since_ms: u64,
 }
 
 impl Fenced {
     /// Let a request for `route` through `fence` at `now_ms`: the breaker
-    /// first (`Err(Some(seconds))`: open), then the cap (`Err(None)`: full).
-    pub fn enter(
-        fence: &Arc<AppFence>,
-        route: Option<usize>,
-        now_ms: u64,
-    ) -> Result<Self, Option<u64>> {
+    /// first, then the route's cap, then the app's.
+    pub fn enter(fence: &Arc<AppFence>, route: Option<usize>, now_ms: u64) -> Result<Self, Kept> {
         if fence.breaking {
-            fence.breaker(route).admit(now_ms).map_err(Some)?;
+            fence.breaker(route).admit(now_ms).map_err(Kept::Open)?;
         }
-        let before = fence.in_flight.fetch_add(1, Ordering::AcqRel);
-        if before >= fence.max_in_flight {
-            fence.in_flight.fetch_sub(1, Ordering::AcqRel);
-            fence.shed.fetch_add(1, Ordering::Relaxed);
-            return Err(None);
+        let route_cap = fence.route_cap(route);
+        if route_cap.is_some_and(|c| !c.take()) {
+            return Err(Kept::Full);
+        }
+        if !fence.cap.take() {
+            if let Some(c) = route_cap {
+                c.give_back();
+            }
+            return Err(Kept::Full);
         }
         fence.retries.request(now_ms);
         Ok(Self {
             fence: Arc::clone(fence),
             route,
+            since_ms: now_ms,
         })
     }
 
-    /// The app answered, or failed to (`failed`), at `now_ms`: tell the
-    /// breaker and free the slot. Returns the breaker's new state, if it
-    /// changed.
-    pub fn finish(self, failed: bool, now_ms: u64) -> Option<BreakerState> {
+    /// The app answered with `status`, or failed to answer (`None`), at
+    /// `now_ms`: tell the breaker and free the slots. Returns the breaker's
+    /// change of state, if any.
+    pub fn finish(self, status: Option<u16>, now_ms: u64) -> Option<Transition> {
         if !self.fence.breaking {
             return None;
         }
-        self.fence.breaker(self.route).record(failed, now_ms)
+        let failed = match status {
+            None => true,
+            Some(s) => self.fence.count_5xx && s >= 500,
+        };
+        self.fence
+            .breaker(self.route)
+            .record(failed, self.since_ms, now_ms)
     }
 
-    /// May the request be tried again (the app's retry budget)?
-    pub fn may_retry(&self, now_ms: u64) -> bool {
-        self.fence.retries.retry(now_ms)
+    /// May the request be tried again: its breaker is not open, and the
+    /// app's retry budget has room (a retry is counted against it when so)?
+    /// `Err(true)`: the budget is spent.
+    pub fn may_retry(&self, now_ms: u64) -> Result<(), bool> {
+        if self.fence.breaking && self.fence.breaker(self.route).state() == BreakerState::Open {
+            return Err(false);
+        }
+        if self.fence.retries.retry(now_ms) {
+            Ok(())
+        } else {
+            Err(true)
+        }
     }
 }
 
 impl Drop for Fenced {
     fn drop(&mut self) {
-        self.fence.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.fence.cap.give_back();
+        if let Some(c) = self.fence.route_cap(self.route) {
+            c.give_back();
+        }
     }
 }
 
@@ -387,14 +705,28 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn fail_n(b: &Breaker, n: u32, failed: bool, at: u64) -> Option<BreakerState> {
+    const MIN_REQUESTS: u32 = 20;
+    const COOL_DOWN_MS: u64 = 5_000;
+    const PROBES: u32 = 3;
+    const BUCKET_MS: u64 = 1_000;
+    const WINDOW_MS: u64 = 10_000;
+
+    fn fail_n(b: &Breaker, n: u32, failed: bool, at: u64) -> Option<Transition> {
         let mut last = None;
         for _ in 0..n {
-            if let Some(s) = b.record(failed, at) {
+            if let Some(s) = b.record(failed, at, at) {
                 last = Some(s);
             }
         }
         last
+    }
+
+    fn opened(t: Option<Transition>) -> bool {
+        t.is_some_and(|t| t.to == BreakerState::Open)
+    }
+
+    fn retry_after(a: Admission) -> Option<u64> {
+        a.err().map(|r| r.retry_after)
     }
 
     #[test]
@@ -405,19 +737,29 @@ mod tests {
         assert_eq!(fail_n(&b, MIN_REQUESTS - 1, true, t), None);
         assert_eq!(b.admit(t), Ok(false));
         // The twentieth, half failed: open.
-        assert_eq!(fail_n(&b, 1, true, t), Some(BreakerState::Open));
+        let change = fail_n(&b, 1, true, t).expect("a change");
+        assert_eq!(change.to, BreakerState::Open);
+        assert_eq!(change.reason, Reason::Failures { failed: 20, of: 20 });
         assert_eq!(b.state(), BreakerState::Open);
-        assert_eq!(b.admit(t + 100), Err(5), "seconds until it tries again");
-        assert_eq!(b.admit(t + COOL_DOWN_MS - 1), Err(1));
+        assert_eq!(
+            retry_after(b.admit(t + 100)),
+            Some(5),
+            "seconds until it tries again"
+        );
+        assert_eq!(retry_after(b.admit(t + COOL_DOWN_MS - 1)), Some(1));
         // After the cool-down: three probes, no more.
         let after = t + COOL_DOWN_MS;
         for _ in 0..PROBES {
             assert_eq!(b.admit(after), Ok(true));
         }
-        assert_eq!(b.admit(after), Err(1));
+        assert!(b.admit(after).is_err());
         assert_eq!(b.state(), BreakerState::HalfOpen);
         // All succeed: closed, with a clean window.
-        assert_eq!(fail_n(&b, PROBES, false, after), Some(BreakerState::Closed));
+        let closed = fail_n(&b, PROBES, false, after).expect("closed");
+        assert_eq!(
+            (closed.to, closed.reason),
+            (BreakerState::Closed, Reason::Probed)
+        );
         assert_eq!(b.admit(after), Ok(false));
         assert_eq!(fail_n(&b, MIN_REQUESTS - 1, true, after), None);
         assert_eq!(b.openings(), 1);
@@ -429,7 +771,11 @@ mod tests {
         fail_n(&b, MIN_REQUESTS, true, 0);
         let after = COOL_DOWN_MS;
         assert_eq!(b.admit(after), Ok(true));
-        assert_eq!(b.record(true, after + 10), Some(BreakerState::Open));
+        let change = b.record(true, after, after + 10).expect("opened");
+        assert_eq!(
+            (change.from, change.reason),
+            (BreakerState::HalfOpen, Reason::ProbeFailed)
+        );
         assert!(b.admit(after + 20).is_err());
         assert_eq!(b.openings(), 2);
     }
@@ -446,54 +792,192 @@ mod tests {
     }
 
     #[test]
-    fn probes_that_never_report_are_replaced_after_a_cool_down() {
+    fn probes_that_bring_no_verdict_are_replaced_after_a_stall() {
         let b = Breaker::default();
         fail_n(&b, MIN_REQUESTS, true, 0);
         let half = COOL_DOWN_MS;
         for _ in 0..PROBES {
             assert_eq!(b.admit(half), Ok(true));
         }
-        assert!(b.admit(half + COOL_DOWN_MS - 1).is_err());
-        assert_eq!(b.admit(half + COOL_DOWN_MS), Ok(true), "a new probe");
+        assert!(b.admit(half + 1_999).is_err());
+        assert_eq!(b.admit(half + 2_000), Ok(true), "a new probe");
+    }
+
+    #[test]
+    fn a_hanging_app_opens_the_breaker_on_a_stall_before_any_timeout() {
+        let b = Breaker::default();
+        // The app answers in 5 ms for a while.
+        for i in 0..50 {
+            assert_eq!(b.admit(i * 10), Ok(false));
+            assert_eq!(b.record(false, i * 10, i * 10 + 5), None);
+        }
+        // It hangs at 1 000: requests keep coming, none is answered.
+        let mut t = 1_000;
+        while t < 2_999 {
+            assert_eq!(b.admit(t), Ok(false), "not yet stalled at {t}");
+            t += 5;
+        }
+        let refused = b.admit(3_000).expect_err("stalled");
+        let change = refused.opened.expect("opened on this request");
+        assert_eq!(change.to, BreakerState::Open);
+        assert!(
+            matches!(change.reason, Reason::Stalled { waiting, for_ms: 2_000 } if waiting >= 300),
+            "{change:?}"
+        );
+        assert_eq!(refused.retry_after, 5);
+    }
+
+    #[test]
+    fn a_quiet_app_that_answers_slowly_is_not_stalled() {
+        let b = Breaker::default();
+        // Nineteen requests waiting for minutes are too few to judge.
+        for _ in 0..MIN_REQUESTS - 1 {
+            assert_eq!(b.admit(0), Ok(false));
+        }
+        assert_eq!(b.admit(300_000), Ok(false));
+        // An answer starts the count again.
+        b.record(false, 0, 300_001);
+        for i in 0..MIN_REQUESTS * 2 {
+            assert_eq!(b.admit(300_002 + u64::from(i)), Ok(false));
+        }
+    }
+
+    #[test]
+    fn an_app_that_became_slow_but_answers_is_learnt_through_its_probes() {
+        let b = Breaker::default();
+        for i in 0..50 {
+            assert_eq!(b.admit(i), Ok(false));
+            b.record(false, i, i + 5);
+        }
+        // Now every answer takes 3 s: the first stall opens the breaker.
+        for i in 0..100 {
+            let _ = b.admit(1_000 + i);
+        }
+        assert!(opened(b.admit(3_100).err().and_then(|r| r.opened)));
+        // Its probes take 3 s too; a new round starts at the stall, and
+        // the first round's answers close it.
+        let half = 3_100 + COOL_DOWN_MS;
+        for _ in 0..PROBES {
+            assert_eq!(b.admit(half), Ok(true));
+        }
+        assert_eq!(b.admit(half + 2_000), Ok(true), "a second round");
+        let mut closed = None;
+        for _ in 0..PROBES {
+            closed = closed.or(b.record(false, half, half + 3_000));
+        }
+        assert_eq!(closed.map(|c| c.to), Some(BreakerState::Closed));
+        // It has learnt that answers take seconds: 3 s of waiting is no stall.
+        for i in 0..200 {
+            assert_eq!(b.admit(half + 3_000 + i * 20), Ok(false));
+        }
+    }
+
+    #[test]
+    fn stalls_are_not_judged_when_switched_off() {
+        let spec = BreakerSpec {
+            stall: crate::policy::model::Duration::from_millis(0),
+            ..BreakerSpec::default()
+        };
+        let b = Breaker::new(&spec);
+        for t in 0..1_000 {
+            assert_eq!(b.admit(t * 100), Ok(false));
+        }
     }
 
     #[test]
     fn the_retry_budget_is_a_share_of_requests_with_a_floor() {
         let budget = RetryBudget::default();
         let granted = (0..50).filter(|_| budget.retry(0)).count();
-        assert_eq!(granted, MIN_RETRIES as usize, "a quiet app still retries");
+        assert_eq!(granted, 10, "a quiet app still retries");
+        assert_eq!(budget.refused(), 40);
         for _ in 0..200 {
             budget.request(1);
         }
         let more = (0..100).filter(|_| budget.retry(1)).count();
-        assert_eq!(more, 40 - MIN_RETRIES as usize, "20 % of 200 in all");
+        assert_eq!(more, 40 - 10, "20 % of 200 in all");
+    }
+
+    fn spec(yaml: &str) -> ResilienceSpec {
+        serde_yaml::from_str(yaml).expect("a resilience section")
     }
 
     #[test]
     fn the_cap_sheds_and_a_finished_request_frees_its_slot() {
-        let mut fence = AppFence::new(0);
-        fence.max_in_flight = 2;
-        let fence = Arc::new(fence);
+        let fence = Arc::new(AppFence::with(
+            std::iter::empty(),
+            &spec("max_in_flight: 2"),
+        ));
         let a = Fenced::enter(&fence, None, 0).expect("a slot");
         let b = Fenced::enter(&fence, None, 0).expect("a slot");
-        assert_eq!(Fenced::enter(&fence, None, 0).err(), Some(None), "shed");
+        assert_eq!(
+            Fenced::enter(&fence, None, 0).err(),
+            Some(Kept::Full),
+            "shed"
+        );
         assert_eq!(fence.shed(), 1);
-        assert_eq!(a.finish(false, 1), None);
+        assert_eq!(a.finish(Some(200), 1), None);
         assert_eq!(fence.in_flight(), 1);
         drop(b);
         assert_eq!(fence.in_flight(), 0);
     }
 
     #[test]
+    fn a_route_cap_fences_one_route_within_the_app() {
+        let fence = Arc::new(AppFence::with(
+            ["export", "list"].into_iter(),
+            &spec("max_in_flight: 3\nroutes: { export: { max_in_flight: 1 } }"),
+        ));
+        let export = Fenced::enter(&fence, Some(0), 0).expect("a slot");
+        assert_eq!(Fenced::enter(&fence, Some(0), 0).err(), Some(Kept::Full));
+        let l1 = Fenced::enter(&fence, Some(1), 0).expect("other routes go on");
+        let _l2 = Fenced::enter(&fence, Some(1), 0).expect("other routes go on");
+        assert_eq!(
+            Fenced::enter(&fence, Some(1), 0).err(),
+            Some(Kept::Full),
+            "the app's cap"
+        );
+        drop(export);
+        drop(l1);
+        assert_eq!(fence.in_flight(), 1);
+        let _again = Fenced::enter(&fence, Some(0), 0).expect("the route's slot is free");
+        assert_eq!(fence.shed(), 2);
+    }
+
+    #[test]
     fn one_route_failing_leaves_the_others_open() {
-        let fence = Arc::new(AppFence::new(2));
+        let fence = Arc::new(AppFence::new(["a", "b"].into_iter()));
         for _ in 0..MIN_REQUESTS {
             let f = Fenced::enter(&fence, Some(0), 0).expect("admitted");
-            f.finish(true, 0);
+            f.finish(None, 0);
         }
         assert!(Fenced::enter(&fence, Some(0), 1).is_err());
         assert!(Fenced::enter(&fence, Some(1), 1).is_ok());
         assert!(Fenced::enter(&fence, None, 1).is_ok());
+    }
+
+    #[test]
+    fn app_5xx_answers_count_only_where_the_policy_says_so() {
+        for (yaml, opens) in [("{}", false), ("breaker: { count_5xx: true }", true)] {
+            let fence = Arc::new(AppFence::with(std::iter::empty(), &spec(yaml)));
+            for _ in 0..MIN_REQUESTS {
+                let f = Fenced::enter(&fence, None, 0).expect("admitted");
+                f.finish(Some(503), 1);
+            }
+            assert_eq!(Fenced::enter(&fence, None, 2).is_err(), opens, "{yaml}");
+        }
+    }
+
+    #[test]
+    fn no_retry_once_the_breaker_is_open_or_the_budget_is_spent() {
+        let fence = Arc::new(AppFence::with(
+            std::iter::empty(),
+            &spec("retry_budget: { ratio: 0, min_retries: 1 }"),
+        ));
+        let f = Fenced::enter(&fence, None, 0).expect("admitted");
+        assert_eq!(f.may_retry(0), Ok(()));
+        assert_eq!(f.may_retry(0), Err(true), "the budget is spent");
+        fail_n(&fence.breaker, MIN_REQUESTS, true, 0);
+        assert_eq!(f.may_retry(0), Err(false), "the breaker is open");
     }
 
     proptest! {
@@ -510,12 +994,20 @@ mod tests {
                 if admit {
                     let _ = b.admit(now);
                 } else {
-                    b.record(failed, now);
+                    b.record(failed, now.saturating_sub(step), now);
                 }
             }
-            // However it got here: within two cool-downs, a probe goes through.
+            // However it got here: within two cool-downs a request goes
+            // through, or a stall opens the breaker on it, and one more
+            // cool-down on a probe does.
             let later = now + 2 * COOL_DOWN_MS;
-            prop_assert!(b.admit(later).is_ok());
+            match b.admit(later) {
+                Ok(_) => {}
+                Err(refused) => {
+                    prop_assert!(refused.opened.is_some(), "refused without opening: {refused:?}");
+                    prop_assert_eq!(b.admit(later + COOL_DOWN_MS), Ok(true));
+                }
+            }
         }
     }
 }

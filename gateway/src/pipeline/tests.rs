@@ -108,7 +108,7 @@ fn a_request_goes_through_every_phase_and_becomes_one_row() {
         Duration::from_secs(5).saturating_sub(start - ctx.started)
     );
     upstream::connected(&mut ctx, false, start + Duration::from_micros(300));
-    upstream::first_byte(&mut ctx, start + Duration::from_micros(1_000));
+    upstream::first_byte(&mut ctx, 200, start + Duration::from_micros(1_000));
     upstream::finished(&mut ctx, start + Duration::from_micros(1_500));
     assert!(
         ctx.lease.is_none(),

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::context::{micros_between, RequestCtx};
-use super::fence::{BreakerState, Fenced};
+use super::fence::{BreakerState, Fenced, Kept, Transition};
 use crate::error::GatewayError;
 use crate::routing::{ms_at, now_ms, Instance, InstanceLease, Pick};
 use std::fmt::Write as _;
@@ -26,8 +26,9 @@ pub struct Chosen {
 /// Pick the instance for the next attempt (balancing, health, ejection,
 /// instances already tried) and take its in-flight lease. Records the
 /// attempt, started at `now`. Refused: the deadline has passed (504), no
-/// instance is healthy (503), or every instance was tried (the last
-/// attempt's failure).
+/// instance is healthy (503), every instance was tried or the breaker
+/// opened meanwhile (the last attempt's failure), or a retry is over the
+/// app's retry budget (503 `retry-budget`).
 pub fn choose_instance(
     ctx: &mut RequestCtx,
     hash_key: Option<&[u8]>,
@@ -49,8 +50,13 @@ pub fn choose_instance(
         let fence = &active.fences[app_idx];
         match Fenced::enter(fence, ctx.route, ms_at(now)) {
             Ok(fenced) => ctx.fence = Some(fenced),
-            Err(Some(retry_after)) => return Err(GatewayError::BreakerOpen { retry_after }),
-            Err(None) => return Err(GatewayError::Shed),
+            Err(Kept::Open(refusal)) => {
+                note_breaker(ctx, refusal.opened);
+                return Err(GatewayError::BreakerOpen {
+                    retry_after: refusal.retry_after,
+                });
+            }
+            Err(Kept::Full) => return Err(GatewayError::Shed),
         }
     }
     let group = &active.upstreams.groups[app_idx];
@@ -64,6 +70,24 @@ pub fn choose_instance(
                 .unwrap_or(GatewayError::UpstreamUnreachable));
         }
     };
+    if ctx.attempts > 0 {
+        // A retry: not once the breaker has opened meanwhile, and only
+        // within the app's retry budget (which counts it).
+        match ctx
+            .fence
+            .as_ref()
+            .map_or(Ok(()), |f| f.may_retry(ms_at(now)))
+        {
+            Ok(()) => {}
+            Err(true) => return Err(GatewayError::RetryBudgetSpent),
+            Err(false) => {
+                return Err(ctx
+                    .attempt_error
+                    .take()
+                    .unwrap_or(GatewayError::UpstreamUnreachable))
+            }
+        }
+    }
     ctx.attempt_error = None;
     ctx.tried |= 1 << idx;
     ctx.attempts += 1;
@@ -99,17 +123,17 @@ pub fn connected(ctx: &mut RequestCtx, reused: bool, at: Instant) {
         .map_or(0, |t| micros_between(t, at));
 }
 
-/// The response head arrived at `at`: time to first byte is from the
-/// attempt's start, its connect time left out. The app has answered
-/// (whatever the status): its breaker counts a success and the request's
-/// slot under the app's concurrency cap is free.
-pub fn first_byte(ctx: &mut RequestCtx, at: Instant) {
+/// The response head (`status`) arrived at `at`: time to first byte is
+/// from the attempt's start, its connect time left out. The app has
+/// answered: its breaker counts a success (a failure for a 5xx where the
+/// policy says so) and the request's slots under the caps are free.
+pub fn first_byte(ctx: &mut RequestCtx, status: u16, at: Instant) {
     if let Some(t) = ctx.timings.attempt_start {
         ctx.timings.upstream_ttfb_us =
             micros_between(t, at).saturating_sub(ctx.timings.upstream_connect_us);
     }
     if let Some(fenced) = ctx.fence.take() {
-        let change = fenced.finish(false, ms_at(at));
+        let change = fenced.finish(Some(status), ms_at(at));
         note_breaker(ctx, change);
     }
 }
@@ -133,30 +157,38 @@ pub fn ended(ctx: &mut RequestCtx, err: &GatewayError) {
         GatewayError::UpstreamUnreachable
             | GatewayError::UpstreamFailed
             | GatewayError::UpstreamTimeout
+            | GatewayError::RetryBudgetSpent
     );
     if failed {
-        let change = fenced.finish(true, now_ms());
+        let change = fenced.finish(None, now_ms());
         note_breaker(ctx, change);
     }
 }
 
 /// Log a breaker's change of state.
-fn note_breaker(ctx: &RequestCtx, change: Option<BreakerState>) {
-    let Some(state) = change else { return };
+fn note_breaker(ctx: &RequestCtx, change: Option<Transition>) {
+    let Some(change) = change else { return };
     let app = ctx.app().map_or("", |a| a.name.as_str());
     let route = ctx
         .app()
         .and_then(|a| a.routes.get(ctx.route?))
         .map_or("", |r| r.id.as_str());
-    match state {
+    let reason = change.reason.to_string();
+    match change.to {
         BreakerState::Open => tracing::warn!(
             app,
             route,
-            cool_down_ms = super::fence::COOL_DOWN_MS,
+            from = change.from.as_str(),
+            reason,
             "circuit breaker opened: the app is answered for with 503 until it is tried again"
         ),
         BreakerState::Closed => {
-            tracing::info!(app, route, "circuit breaker closed: the app answers again")
+            tracing::info!(
+                app,
+                route,
+                reason,
+                "circuit breaker closed: the app answers again"
+            )
         }
         BreakerState::HalfOpen => {}
     }
@@ -177,12 +209,7 @@ pub fn connect_failed(ctx: &mut RequestCtx, err: GatewayError) -> Result<(), Gat
                 "instance ejected after consecutive connect failures");
         }
     }
-    if attempts_left(ctx) {
-        ctx.attempt_error = Some(err);
-        Ok(())
-    } else {
-        Err(err)
-    }
+    attempt_again(ctx, err)
 }
 
 /// An exchange failed after its connection was made. The retry rule: an
@@ -197,13 +224,8 @@ pub fn exchange_failed(
     replayable: bool,
 ) -> Result<(), GatewayError> {
     ctx.lease = None;
-    let retry = replayable
-        && method.is_idempotent()
-        && err != GatewayError::UpstreamTimeout
-        && attempts_left(ctx);
-    if retry {
-        ctx.attempt_error = Some(err);
-        Ok(())
+    if replayable && method.is_idempotent() && err != GatewayError::UpstreamTimeout {
+        attempt_again(ctx, err)
     } else {
         Err(err)
     }
@@ -226,12 +248,15 @@ pub fn resend_on_new_connection(
         && (!written || method.is_idempotent())
 }
 
-/// The app allows another attempt, its deadline has not passed, and its
-/// retry budget has room (a retry is counted against it when so).
-fn attempts_left(ctx: &RequestCtx) -> bool {
-    ctx.attempts <= ctx.app().map_or(0, |a| a.retries)
-        && !deadline_passed(ctx)
-        && ctx.fence.as_ref().is_none_or(|f| f.may_retry(now_ms()))
+/// Try once more after `err` when the app allows another attempt and the
+/// deadline has not passed ([`choose_instance`] then asks the breaker and
+/// the retry budget, once it has an instance to try).
+fn attempt_again(ctx: &mut RequestCtx, err: GatewayError) -> Result<(), GatewayError> {
+    if ctx.attempts > ctx.app().map_or(0, |a| a.retries) || deadline_passed(ctx) {
+        return Err(err);
+    }
+    ctx.attempt_error = Some(err);
+    Ok(())
 }
 
 /// Has the request's deadline (its app's total timeout, from when the

@@ -334,6 +334,12 @@ fn compile_app(
             "read timeout is longer than the total timeout",
         );
     }
+    for problem in spec
+        .resilience
+        .problems(routes.iter().map(|r| r.id.as_str()))
+    {
+        err!(format!("{at}/resilience"), problem);
+    }
 
     if errors.len() > start {
         return None;

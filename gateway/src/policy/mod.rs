@@ -18,6 +18,7 @@ mod bundle;
 mod compile;
 mod consumers;
 pub mod model;
+pub mod resilience;
 pub mod review_rules;
 mod routes;
 

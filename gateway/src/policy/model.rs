@@ -7,6 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use super::resilience::ResilienceSpec;
 pub use crate::contract::{Mode, Undocumented};
 
 /// One policy file.
@@ -508,36 +509,6 @@ fn default_ejection() -> Duration {
     Duration::from_millis(10_000)
 }
 
-/// How an app is fenced off: on by default, without any of it written.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct ResilienceSpec {
-    /// Most requests in flight to the app; more are answered 503 at once.
-    #[serde(default = "default_max_in_flight")]
-    pub max_in_flight: u32,
-    /// Circuit breakers (one per route, one for passthrough paths): a
-    /// route whose requests fail is answered 503 for a cool-down.
-    #[serde(default = "default_breaker")]
-    pub breaker: bool,
-}
-
-impl Default for ResilienceSpec {
-    fn default() -> Self {
-        Self {
-            max_in_flight: default_max_in_flight(),
-            breaker: default_breaker(),
-        }
-    }
-}
-
-fn default_max_in_flight() -> u32 {
-    crate::pipeline::fence::MAX_IN_FLIGHT
-}
-
-fn default_breaker() -> bool {
-    true
-}
-
 /// Timeouts of one app.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -609,6 +580,17 @@ impl TryFrom<String> for Duration {
 impl From<Duration> for String {
     fn from(d: Duration) -> String {
         format!("{}ms", d.0.as_millis())
+    }
+}
+
+impl std::fmt::Display for Duration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ms = self.0.as_millis();
+        if ms.is_multiple_of(1000) {
+            write!(f, "{}s", ms / 1000)
+        } else {
+            write!(f, "{ms}ms")
+        }
     }
 }
 

@@ -114,10 +114,10 @@ async fn exchange(
             upstream::exchange_failed(ctx, method, GatewayError::from_pingora(&e), true)?;
             continue;
         }
-        upstream::first_byte(ctx, Instant::now());
         let Some(mut head) = up.response_header().cloned() else {
             return Err(GatewayError::UpstreamFailed.into());
         };
+        upstream::first_byte(ctx, head.status.as_u16(), Instant::now());
         let mut buf = BytesMut::new();
         let mut overflow = false;
         while !overflow {

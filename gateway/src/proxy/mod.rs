@@ -320,7 +320,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         peer::check_response_head(session.req_header(), response)?;
-        upstream::first_byte(ctx, Instant::now());
+        upstream::first_byte(ctx, response.status.as_u16(), Instant::now());
         Ok(())
     }
 

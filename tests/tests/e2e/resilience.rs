@@ -504,31 +504,7 @@ async fn a_failing_route_is_fenced_off_at_once_and_let_back_in_when_it_heals() {
     );
     let gw = Gateway::start(dir.path(), &[]);
     let c = client();
-    // `x-sim-delay-ms` makes the app take that long over a request.
-    let get = |path: &'static str, delay_ms: u64| {
-        let (c, url) = (c.clone(), gw.url());
-        async move {
-            let started = std::time::Instant::now();
-            let r = c
-                .get(format!("{url}{path}"))
-                .header("host", "wf.test")
-                .header("x-sim-delay-ms", delay_ms.to_string())
-                .send()
-                .await
-                .unwrap();
-            let retry_after = r
-                .headers()
-                .get("retry-after")
-                .map(|v| v.to_str().unwrap().to_string());
-            let body: Value = r.json().await.unwrap_or(Value::Null);
-            (
-                body["status"].as_u64(),
-                retry_after,
-                body,
-                started.elapsed(),
-            )
-        }
-    };
+    let get = |path: &'static str, delay_ms: u64| wf_get(c.clone(), gw.url(), path, delay_ms);
     // The app hangs on one route's requests.
     let mut timed_out = 0;
     for _ in 0..20 {
@@ -578,4 +554,95 @@ async fn a_failing_route_is_fenced_off_at_once_and_let_back_in_when_it_heals() {
     let log = strip_ansi(&gw.log_text());
     assert!(log.contains("circuit breaker opened"), "{log}");
     assert!(log.contains("circuit breaker closed"), "{log}");
+}
+
+/// A hanging app fails no request until the requests time out. Its breaker
+/// opens on the stall instead: enough requests waiting, and no answer for
+/// two seconds. A route's own cap keeps it from taking the whole app's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_route_is_fenced_off_on_its_stall_long_before_its_timeouts() {
+    let sim = Sim::one("approvals");
+    let dir = PolicyDir::new();
+    dir.write(
+        "a.yaml",
+        &format!(
+            "version: 1\napps:\n  - name: wf\n    owner: o\n    hosts: [wf.test]\n    upstream: {{ instances: [\"{}\"] }}\n    timeouts: {{ connect: 1s, read: 20s, total: 30s }}\n    resilience: {{ routes: {{ get: {{ max_in_flight: 24 }} }} }}\n    routes:\n      - {{ id: get, method: GET, path: \"/approvals/{{id}}\" }}\n      - {{ id: list, method: GET, path: /approvals }}\n",
+            sim.url(0)
+        ),
+    );
+    let gw = Gateway::start(dir.path(), &[]);
+    let c = client();
+    let get = |path: &'static str, delay_ms: u64| {
+        let answer = wf_get(c.clone(), gw.url(), path, delay_ms);
+        async move { answer.await.2 }
+    };
+    // Thirty requests to a route that hangs: its cap lets 24 in, and
+    // sheds the rest at once.
+    let started = std::time::Instant::now();
+    let hanging: Vec<_> = (0..30)
+        .map(|_| tokio::spawn(get("/approvals/7", 15_000)))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let view = gw.admin_json("/v1/apps");
+    let route = &view["apps"][0]["routes"];
+    let get_route = route
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == "get")
+        .unwrap();
+    assert_eq!(get_route["cap"]["in_flight"], 24, "{route}");
+    assert_eq!(get_route["cap"]["shed"], 6, "{route}");
+    // Two seconds without an answer: the next request opens the breaker.
+    tokio::time::sleep(Duration::from_millis(1_700)).await;
+    let body = get("/approvals/7", 0).await;
+    assert_eq!(
+        body["type"], "https://gatehouse.dev/problems/breaker-open",
+        "{body}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "opened long before the 20 s read timeout"
+    );
+    // The app's other route is not fenced.
+    let body = get("/approvals", 0).await;
+    assert!(body.get("type").is_none(), "{body}");
+    let log = strip_ansi(&gw.log_text());
+    assert!(
+        log.contains("circuit breaker opened") && log.contains("requests unanswered for"),
+        "{log}"
+    );
+    for h in hanging {
+        h.abort();
+    }
+}
+
+/// GET `path` of the `wf.test` app, which takes `delay_ms` over it
+/// (`x-sim-delay-ms`): the problem's status (`None`: the app's own
+/// answer), `Retry-After`, the body, and the time it took.
+async fn wf_get(
+    c: reqwest::Client,
+    url: String,
+    path: &'static str,
+    delay_ms: u64,
+) -> (Option<u64>, Option<String>, Value, Duration) {
+    let started = std::time::Instant::now();
+    let r = c
+        .get(format!("{url}{path}"))
+        .header("host", "wf.test")
+        .header("x-sim-delay-ms", delay_ms.to_string())
+        .send()
+        .await
+        .unwrap();
+    let retry_after = r
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_string());
+    let body: Value = r.json().await.unwrap_or(Value::Null);
+    (
+        body["status"].as_u64(),
+        retry_after,
+        body,
+        started.elapsed(),
+    )
 }

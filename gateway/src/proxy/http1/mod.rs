@@ -555,7 +555,7 @@ impl Engine {
                 }
             }
         };
-        upstream::first_byte(ctx, Instant::now());
+        upstream::first_byte(ctx, response.status, Instant::now());
         if monitor_response {
             pipeline::start_response_check(ctx, response.status, &response.content);
         }
