@@ -98,6 +98,9 @@ pub enum GatewayError {
     Shed,
     /// An attempt failed and the app's retry budget allows no retry.
     RetryBudgetSpent,
+    /// The gateway has as many requests in flight (or client connections)
+    /// as its descriptors allow.
+    Overloaded,
     /// The app (or route) failed too often: its breaker is open.
     BreakerOpen {
         /// Seconds until the app is tried again.
@@ -126,7 +129,8 @@ impl GatewayError {
             Self::NoHealthyInstance
             | Self::Shed
             | Self::BreakerOpen { .. }
-            | Self::RetryBudgetSpent => 503,
+            | Self::RetryBudgetSpent
+            | Self::Overloaded => 503,
             Self::UpstreamTimeout => 504,
             Self::Internal => 500,
             Self::HeadTooLarge => 431,
@@ -160,6 +164,7 @@ impl GatewayError {
             Self::RateLimited { .. } => "rate-limited",
             Self::Shed => "shed",
             Self::RetryBudgetSpent => "retry-budget",
+            Self::Overloaded => "overloaded",
             Self::BreakerOpen { .. } => "breaker-open",
         }
     }
@@ -189,6 +194,7 @@ impl GatewayError {
             Self::RateLimited { .. } => "Too many requests",
             Self::Shed => "App at capacity",
             Self::RetryBudgetSpent => "App failing, not retried",
+            Self::Overloaded => "Gateway at capacity",
             Self::BreakerOpen { .. } => "App failing",
         }
     }
@@ -230,6 +236,7 @@ impl GatewayError {
             ),
             Self::Shed => "The app has as many requests in progress as it may take; retry shortly.".into(),
             Self::RetryBudgetSpent => "The app failed to answer, and so many of its requests are being retried that this one was not; retry shortly.".into(),
+            Self::Overloaded => "The gateway is serving as much as it can take; retry shortly.".into(),
             Self::BreakerOpen { retry_after } => format!(
                 "The app is failing and is given time to recover; retry after {retry_after} second(s)."
             ),
@@ -259,6 +266,7 @@ impl GatewayError {
             Self::RateLimited { .. } => "rate_limited",
             Self::Shed => "shed",
             Self::RetryBudgetSpent => "retry_budget",
+            Self::Overloaded => "overloaded",
             Self::BreakerOpen { .. } => "breaker_open",
         }
     }
@@ -291,6 +299,7 @@ impl GatewayError {
             | Self::RateLimited { .. }
             | Self::Shed
             | Self::RetryBudgetSpent
+            | Self::Overloaded
             | Self::BreakerOpen { .. } => None,
         }
     }
@@ -318,7 +327,9 @@ impl GatewayError {
                 ),
                 (http::HeaderName::from_static("ratelimit"), state.clone()),
             ],
-            Self::Shed | Self::RetryBudgetSpent => vec![(header::RETRY_AFTER, "1".into())],
+            Self::Shed | Self::RetryBudgetSpent | Self::Overloaded => {
+                vec![(header::RETRY_AFTER, "1".into())]
+            }
             Self::BreakerOpen { retry_after } => {
                 vec![(header::RETRY_AFTER, retry_after.to_string())]
             }

@@ -20,6 +20,7 @@
 //! - [`server`]: the process and its services.
 
 pub mod admin;
+pub mod capacity;
 pub mod contract;
 pub mod error;
 pub mod governance;

@@ -202,6 +202,8 @@ pub struct Shared {
     pub in_flight: AtomicUsize,
     /// Client connections open now (every listener and engine).
     pub connections: AtomicUsize,
+    /// Client connections refused (answered 503) at the gateway's cap.
+    pub connections_refused: AtomicU64,
     /// Told by the drain monitor when the last connection has closed: the
     /// telemetry sink then flushes once and reports `flushed`.
     pub telemetry_finish: tokio::sync::Notify,
@@ -243,6 +245,7 @@ impl Shared {
             last_reload_errors: Mutex::new(Vec::new()),
             in_flight: AtomicUsize::new(0),
             connections: AtomicUsize::new(0),
+            connections_refused: AtomicU64::new(0),
             telemetry_finish: tokio::sync::Notify::new(),
             proxy_listening: AtomicBool::new(false),
             shutting_down: AtomicBool::new(false),
@@ -320,10 +323,17 @@ impl Shared {
 }
 
 impl Shared {
-    /// Count a client connection open until the guard drops.
-    pub fn connection(self: &Arc<Self>) -> OpenConnection {
-        self.connections.fetch_add(1, Ordering::Relaxed);
-        OpenConnection(Arc::clone(self))
+    /// Count a client connection open until the guard drops; `None` when
+    /// as many are open as the gateway's descriptors allow
+    /// (`crate::capacity`), counted as refused.
+    pub fn connection(self: &Arc<Self>) -> Option<OpenConnection> {
+        let before = self.connections.fetch_add(1, Ordering::Relaxed);
+        if before >= crate::capacity::client_connections() {
+            self.connections.fetch_sub(1, Ordering::Relaxed);
+            self.connections_refused.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(OpenConnection(Arc::clone(self)))
     }
 }
 

@@ -333,6 +333,21 @@ impl BackgroundService for PidFile {
 /// Run the gateway until SIGTERM/SIGINT (or, after SIGQUIT, until a
 /// successor started with `--upgrade` has taken the listeners over).
 pub fn run(opts: ServeOptions) -> anyhow::Result<()> {
+    // The gateway's own capacity, from its descriptor limit, before the
+    // first bundle sizes its apps' fences.
+    match crate::capacity::Capacity::of_process() {
+        Some(c) => {
+            c.apply();
+            tracing::info!(
+                descriptors = c.descriptors,
+                client_connections = c.client_connections,
+                in_flight = c.in_flight,
+                idle_upstream = c.idle_upstream,
+                "capacity set from the descriptor limit"
+            );
+        }
+        None => tracing::warn!("the descriptor limit cannot be read: no capacity limits are set"),
+    }
     // Without --upgrade the run directory only serves a later upgrade: a
     // start never fails for it (a read-only file system, say).
     let run_dir_usable = match private_run_dir(&opts.run_dir) {

@@ -138,6 +138,20 @@ impl Gateway {
         Gateway::launch(&args)
     }
 
+    /// Start a gateway on `policies` under a descriptor limit of `nofile`
+    /// (`ulimit -n`); waits for `/readyz`.
+    pub fn start_limited(policies: &Path, nofile: u64, extra: &[&str]) -> Gateway {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let logdir = tempfile::tempdir().expect("tempdir");
+        let run_dir = logdir.path().join("run");
+        let mut args = vec!["--policies", policies.to_str().expect("utf-8 path")];
+        args.extend_from_slice(extra);
+        let gw = Gateway::spawn_limited(addr, admin, logdir, run_dir, &args, Some(nofile));
+        gw.wait_ready(Duration::from_secs(30));
+        gw
+    }
+
     /// Start `gatehouse serve ARGS` (listeners on free ports); waits for `/readyz`.
     pub fn launch(args: &[&str]) -> Gateway {
         let gw = Gateway::spawn(args);
@@ -207,10 +221,29 @@ impl Gateway {
         run_dir: PathBuf,
         args: &[&str],
     ) -> Gateway {
+        Gateway::spawn_limited(addr, admin, logdir, run_dir, args, None)
+    }
+
+    fn spawn_limited(
+        addr: SocketAddr,
+        admin: SocketAddr,
+        logdir: tempfile::TempDir,
+        run_dir: PathBuf,
+        args: &[&str],
+        nofile: Option<u64>,
+    ) -> Gateway {
         let log = logdir.path().join("gatehouse.log");
         let logfile = std::fs::File::create(&log).expect("log file");
         let engine = engine();
-        let mut command = Command::new(bin("gatehouse"));
+        let mut command = match nofile {
+            None => Command::new(bin("gatehouse")),
+            Some(n) => {
+                let mut sh = Command::new("sh");
+                sh.args(["-c", &format!("ulimit -n {n} && exec \"$0\" \"$@\"")])
+                    .arg(bin("gatehouse"));
+                sh
+            }
+        };
         command.arg("serve");
         if !args.contains(&"--http1-engine") {
             command.args(["--http1-engine", &engine]);

@@ -239,6 +239,31 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
         &[("", shared.connections.load(Ordering::Relaxed) as u64)],
     );
     counter(
+        "gatehouse_client_connections_limit",
+        "Most client connections open at once (from the descriptor limit); more are answered 503.",
+        "gauge",
+        &[("", crate::capacity::client_connections() as u64)],
+    );
+    counter(
+        "gatehouse_client_connections_refused_total",
+        "Client connections answered 503 and closed because as many were open as the gateway may hold.",
+        "counter",
+        &[("", shared.connections_refused.load(Ordering::Relaxed))],
+    );
+    let (upstream_in_flight, upstream_limit) = crate::capacity::in_flight();
+    counter(
+        "gatehouse_upstream_requests_in_flight",
+        "Requests in flight to apps, all apps (their limit is gatehouse_upstream_requests_in_flight_limit).",
+        "gauge",
+        &[("", u64::from(upstream_in_flight))],
+    );
+    counter(
+        "gatehouse_upstream_requests_in_flight_limit",
+        "Most requests in flight to apps at once (from the descriptor limit); more are answered 503.",
+        "gauge",
+        &[("", u64::from(upstream_limit))],
+    );
+    counter(
         "gatehouse_policy_reloads_total",
         "Policy reloads by result.",
         "counter",

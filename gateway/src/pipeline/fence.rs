@@ -14,8 +14,11 @@
 //! (`routing::balancer`) deals with one bad instance; the breaker with an
 //! app (or one of its routes) that fails.
 //!
-//! A hanging app fails no request until the requests time out, which may be
-//! tens of seconds. So the breaker also opens on a **stall**: at least
+//! A breaker opens on a share of failures over its window, or on as many
+//! failures in a row as the window needs requests (an app that breaks after
+//! a good spell is fenced at once, not once its successes age out of the
+//! window). A hanging app fails no request until the requests time out,
+//! which may be tens of seconds. So the breaker also opens on a **stall**: at least
 //! `min_requests` requests are waiting and the app has answered nothing for
 //! the stall time (or ten times its usual time to answer, when longer).
 
@@ -122,6 +125,11 @@ pub enum Reason {
         /// Requests in the window.
         of: u32,
     },
+    /// `failed` requests failed in a row.
+    InARow {
+        /// Failures since the last success.
+        failed: u32,
+    },
     /// `waiting` requests had no answer for `for_ms`.
     Stalled {
         /// Requests waiting.
@@ -139,6 +147,7 @@ impl std::fmt::Display for Reason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Failures { failed, of } => write!(f, "{failed} of {of} requests failed"),
+            Self::InARow { failed } => write!(f, "{failed} requests failed in a row"),
             Self::Stalled { waiting, for_ms } => {
                 write!(f, "{waiting} requests unanswered for {for_ms} ms")
             }
@@ -210,6 +219,8 @@ pub struct Breaker {
     waiting: AtomicU64,
     /// The app's usual time to answer (moving average, ms).
     usual_ms: AtomicU64,
+    /// Failures since the last success, while closed.
+    in_a_row: AtomicU32,
 }
 
 impl Default for Breaker {
@@ -243,6 +254,7 @@ impl Breaker {
             openings: AtomicU64::new(0),
             waiting: AtomicU64::new(0),
             usual_ms: AtomicU64::new(0),
+            in_a_row: AtomicU32::new(0),
         }
     }
 
@@ -289,6 +301,7 @@ impl Breaker {
         }
         self.openings.fetch_add(1, Ordering::Relaxed);
         self.waiting.store(0, Ordering::Relaxed);
+        self.in_a_row.store(0, Ordering::Relaxed);
         Some(Transition {
             from: if from == HALF_OPEN {
                 BreakerState::HalfOpen
@@ -398,8 +411,12 @@ impl Breaker {
                 self.window
                     .add(t.bucket_ms, now_ms, u32::from(!failed), u32::from(failed));
                 if !failed {
+                    if self.in_a_row.load(Ordering::Relaxed) != 0 {
+                        self.in_a_row.store(0, Ordering::Relaxed);
+                    }
                     return None;
                 }
+                let in_a_row = self.in_a_row.fetch_add(1, Ordering::AcqRel) + 1;
                 let (ok, bad) = self.window.sums(t.bucket_ms, now_ms);
                 let total = ok + bad;
                 let tripped =
@@ -414,6 +431,11 @@ impl Breaker {
                             of: total,
                         },
                     );
+                }
+                // As many failures in a row as the window needs requests:
+                // the app broke just now, however well it did before.
+                if in_a_row >= t.min_requests {
+                    return self.open(CLOSED, since, now_ms, Reason::InARow { failed: in_a_row });
                 }
                 None
             }
@@ -569,7 +591,9 @@ impl AppFence {
     /// Fences for an app whose routes have `route_ids`, set by `spec`.
     pub fn with<'a>(route_ids: impl Iterator<Item = &'a str>, spec: &ResilienceSpec) -> Self {
         Self {
-            cap: Cap::new(spec.max_in_flight),
+            // One app holds at most half the gateway's share of requests
+            // in flight (`crate::capacity`).
+            cap: Cap::new(spec.max_in_flight.min(crate::capacity::per_app_in_flight())),
             breaking: spec.breaker.enabled,
             count_5xx: spec.breaker.count_5xx,
             breaker: Breaker::new(&spec.breaker),
@@ -624,6 +648,8 @@ pub enum Kept {
     Open(Refusal),
     /// The app (or the route) has as many requests in flight as it may.
     Full,
+    /// The gateway has as many requests in flight as it may.
+    Overloaded,
 }
 
 /// A request's place inside its app's fence: its slots under the caps, and
@@ -633,11 +659,12 @@ pub struct Fenced {
     fence: Arc<AppFence>,
     route: Option<usize>,
     since_ms: u64,
+    _gateway: crate::capacity::InFlightSlot,
 }
 
 impl Fenced {
     /// Let a request for `route` through `fence` at `now_ms`: the breaker
-    /// first, then the route's cap, then the app's.
+    /// first, then the route's cap, the app's, and the gateway's.
     pub fn enter(fence: &Arc<AppFence>, route: Option<usize>, now_ms: u64) -> Result<Self, Kept> {
         if fence.breaking {
             fence.breaker(route).admit(now_ms).map_err(Kept::Open)?;
@@ -652,11 +679,19 @@ impl Fenced {
             }
             return Err(Kept::Full);
         }
+        let Some(slot) = crate::capacity::InFlightSlot::take() else {
+            fence.cap.give_back();
+            if let Some(c) = route_cap {
+                c.give_back();
+            }
+            return Err(Kept::Overloaded);
+        };
         fence.retries.request(now_ms);
         Ok(Self {
             fence: Arc::clone(fence),
             route,
             since_ms: now_ms,
+            _gateway: slot,
         })
     }
 
@@ -766,6 +801,26 @@ mod tests {
     }
 
     #[test]
+    fn failures_in_a_row_open_the_breaker_however_well_the_app_did_before() {
+        let b = Breaker::default();
+        fail_n(&b, 1_000, false, 0);
+        assert_eq!(fail_n(&b, MIN_REQUESTS - 1, true, 1), None);
+        fail_n(&b, 1, false, 1);
+        assert_eq!(
+            fail_n(&b, MIN_REQUESTS - 1, true, 1),
+            None,
+            "a success breaks the row"
+        );
+        let change = fail_n(&b, 1, true, 1).expect("opened");
+        assert_eq!(
+            change.reason,
+            Reason::InARow {
+                failed: MIN_REQUESTS
+            }
+        );
+    }
+
+    #[test]
     fn a_failed_probe_opens_the_breaker_again() {
         let b = Breaker::default();
         fail_n(&b, MIN_REQUESTS, true, 0);
@@ -787,7 +842,8 @@ mod tests {
         assert_eq!(fail_n(&b, 14, true, 0), None, "14 of 29 is under half");
         // Ten seconds on, the old requests are out of the window.
         let later = WINDOW_MS + BUCKET_MS;
-        assert_eq!(fail_n(&b, MIN_REQUESTS - 1, true, later), None);
+        fail_n(&b, 1, false, later);
+        assert_eq!(fail_n(&b, MIN_REQUESTS - 2, true, later), None);
         assert_eq!(b.state(), BreakerState::Closed);
     }
 

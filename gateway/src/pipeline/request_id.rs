@@ -30,7 +30,7 @@ pub fn new_request_id_into(ctx: &mut RequestCtx) {
 /// `Uuid::now_v7` takes a process-wide lock to count within a millisecond;
 /// ids made here are unique by their random bits and sort by millisecond,
 /// which is what a request id needs, without the lock.
-fn new_request_id() -> uuid::Uuid {
+pub fn new_request_id() -> uuid::Uuid {
     new_request_id_at(std::time::SystemTime::now())
 }
 

@@ -57,6 +57,7 @@ pub fn choose_instance(
                 });
             }
             Err(Kept::Full) => return Err(GatewayError::Shed),
+            Err(Kept::Overloaded) => return Err(GatewayError::Overloaded),
         }
     }
     let group = &active.upstreams.groups[app_idx];

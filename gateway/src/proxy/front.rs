@@ -118,7 +118,10 @@ impl ServerApp for Front {
         mut stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let _open = self.shared.connection();
+        let Some(_open) = self.shared.connection() else {
+            super::respond::refuse_connection(stream).await;
+            return None;
+        };
         let h2 = if stream.get_ssl_digest().is_some() {
             matches!(stream.selected_alpn_proto(), Some(ALPN::H2))
         } else if self.proxy.server_options().is_some_and(|o| o.h2c) {

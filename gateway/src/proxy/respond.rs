@@ -64,3 +64,30 @@ pub async fn write_problem(
     }
     Ok(())
 }
+
+/// Answer a client connection over the gateway's cap (`crate::capacity`):
+/// `503 overloaded`, after up to 100 ms for its request head so that the
+/// answer is not lost to a reset, then close it. A TLS connection is closed
+/// without an answer (it may speak HTTP/2).
+pub async fn refuse_connection(mut stream: pingora::protocols::Stream) {
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    if stream.get_ssl_digest().is_some() {
+        return;
+    }
+    let mut head = [0u8; 4096];
+    let _ = tokio::time::timeout(Duration::from_millis(100), stream.read(&mut head)).await;
+    let id = crate::pipeline::request_id::new_request_id().to_string();
+    let body = GatewayError::Overloaded.problem_json(&id, "/");
+    let head = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/problem+json\r\ncontent-length: {}\r\nretry-after: 1\r\ncache-control: no-store\r\nx-request-id: {}\r\nconnection: close\r\n\r\n",
+        body.len(),
+        id
+    );
+    let _ = tokio::time::timeout(Duration::from_millis(500), async {
+        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(&body).await?;
+        stream.shutdown().await
+    })
+    .await;
+}

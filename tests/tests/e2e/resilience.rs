@@ -646,3 +646,77 @@ async fn wf_get(
         started.elapsed(),
     )
 }
+
+/// Under a low descriptor limit the gateway sheds what it cannot hold with
+/// a 503 instead of running out of descriptors: a client connection over
+/// its share is answered `overloaded` and closed, an app may hold half its
+/// share of requests in flight, and it goes on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_a_low_descriptor_limit_the_gateway_sheds_instead_of_running_out() {
+    let sim = Sim::one("approvals");
+    let dir = PolicyDir::new();
+    dir.write(
+        "a.yaml",
+        &format!(
+            "version: 1\napps:\n  - name: wf\n    owner: o\n    hosts: [wf.test]\n    upstream: {{ instances: [\"{}\"] }}\n    routes:\n      - {{ id: get, method: GET, path: \"/approvals/{{id}}\" }}\n      - {{ id: list, method: GET, path: /approvals }}\n",
+            sim.url(0)
+        ),
+    );
+    // 300 descriptors: 128 + 15 kept back, 157 shared out: 78 client
+    // connections, 39 requests in flight to apps, 19 to one app.
+    let gw = Gateway::start_limited(dir.path(), 300, &[]);
+    let metrics = || try_http_get(gw.admin, "/metrics", "admin").unwrap().1;
+    let m = metrics();
+    assert!(m.contains("gatehouse_client_connections_limit 78"), "{m}");
+    assert!(
+        m.contains("gatehouse_upstream_requests_in_flight_limit 39"),
+        "{m}"
+    );
+    assert!(
+        m.contains("gatehouse_app_requests_in_flight_limit{app=\"wf\"} 19"),
+        "{m}"
+    );
+    // Its share of client connections, held open.
+    let held: Vec<std::net::TcpStream> = (0..78)
+        .map(|_| std::net::TcpStream::connect(gw.addr).unwrap())
+        .collect();
+    assert!(
+        eventually(Duration::from_secs(5), || metrics()
+            .contains("gatehouse_client_connections 78")),
+        "{}",
+        metrics()
+    );
+    let answer = raw_http(gw.addr, b"GET /approvals HTTP/1.1\r\nHost: wf.test\r\n\r\n");
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(
+        answer.contains("problems/overloaded") && answer.contains("connection: close"),
+        "{answer}"
+    );
+    assert!(metrics().contains("gatehouse_client_connections_refused_total 1"));
+    drop(held);
+    assert!(eventually(Duration::from_secs(5), || metrics()
+        .contains("gatehouse_client_connections 0")));
+    // Thirty slow requests at once: the app's share takes 19, the rest are
+    // shed at once.
+    let c = client();
+    let slow: Vec<_> = (0..30)
+        .map(|_| tokio::spawn(wf_get(c.clone(), gw.url(), "/approvals/1", 1_000)))
+        .collect();
+    let mut shed = 0;
+    let mut served = 0;
+    for s in slow {
+        match s.await.unwrap() {
+            (None, ..) => served += 1,
+            (Some(503), _, body, took) => {
+                assert_eq!(
+                    body["type"], "https://gatehouse.dev/problems/shed",
+                    "{body}"
+                );
+                assert!(took < Duration::from_millis(500), "{took:?}");
+                shed += 1;
+            }
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+    assert_eq!((served, shed), (19, 11));
+}

@@ -119,7 +119,10 @@ impl ServerApp for Engine {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let _open = self.shared.connection();
+        let Some(_open) = self.shared.connection() else {
+            super::respond::refuse_connection(stream).await;
+            return None;
+        };
         self.serve(stream, shutdown).await;
         None
     }

@@ -55,6 +55,7 @@ fn take_checking_after(addr: SocketAddr, check_after: Duration, now: Instant) ->
         let mut pool = pool.borrow_mut();
         let idle = &mut pool.iter_mut().find(|(a, _)| *a == addr)?.1;
         while let Some(conn) = idle.pop() {
+            crate::capacity::idle_gone(1);
             let idle = now.duration_since(conn.since);
             if idle < check_after || (idle < IDLE_TIMEOUT && open(&conn.stream)) {
                 return Some(conn.stream);
@@ -64,7 +65,9 @@ fn take_checking_after(addr: SocketAddr, check_after: Duration, now: Instant) ->
     })
 }
 
-/// Keep `stream` (which just finished a response cleanly, at `now`) for reuse.
+/// Keep `stream` (which just finished a response cleanly, at `now`) for
+/// reuse, while the gateway's share of idle upstream connections
+/// (`crate::capacity`) has room.
 pub fn give(addr: SocketAddr, stream: TcpStream, now: Instant) {
     IDLE.with(|pool| {
         let mut pool = pool.borrow_mut();
@@ -83,7 +86,12 @@ pub fn give(addr: SocketAddr, stream: TcpStream, now: Instant) {
             .count();
         let over = (idle.len() - expired + 1).saturating_sub(MAX_IDLE);
         idle.drain(..expired + over);
-        idle.push(Idle { stream, since: now });
+        crate::capacity::idle_gone(expired + over);
+        // Within the gateway's share of idle upstream connections, else
+        // closed.
+        if crate::capacity::keep_idle() {
+            idle.push(Idle { stream, since: now });
+        }
     });
 }
 
