@@ -445,6 +445,7 @@ pub fn run(opts: ServeOptions) -> anyhow::Result<()> {
             .stats
             .connected
             .store(clickhouse_answers, Ordering::Relaxed);
+        crate::telemetry::fence_events::set_instance(&t.instance);
         telemetry = Some((producer, t.instance.clone()));
         sink_parts = Some((sink, t.clone()));
     }

@@ -166,9 +166,19 @@ pub fn ended(ctx: &mut RequestCtx, err: &GatewayError) {
     }
 }
 
-/// Log a breaker's change of state.
+/// Log a breaker's change of state, and record it for `fence_events`.
 fn note_breaker(ctx: &RequestCtx, change: Option<Transition>) {
     let Some(change) = change else { return };
+    if let (Some(active), Some(app)) = (&ctx.active, ctx.app) {
+        let names = &active.names;
+        if let Some((app_name, routes)) = names.apps.get(app) {
+            let route = ctx
+                .route
+                .and_then(|r| routes.get(r))
+                .unwrap_or(&names.passthrough);
+            crate::telemetry::fence_events::record(&names.version, app_name, route, &change);
+        }
+    }
     let app = ctx.app().map_or("", |a| a.name.as_str());
     let route = ctx
         .app()

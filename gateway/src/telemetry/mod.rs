@@ -3,6 +3,7 @@
 //! and its migrations, and the analysts' report library.
 
 pub mod event;
+pub mod fence_events;
 pub mod report;
 pub mod schema;
 pub mod sink;

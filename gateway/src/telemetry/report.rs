@@ -32,6 +32,8 @@ pub const REPORTS: &[Report] = &[
     report!("rate_limited_consumers"),
     report!("heaviest_consumers"),
     report!("policy_change"),
+    report!("fences"),
+    report!("breaker_events"),
 ];
 
 impl Report {

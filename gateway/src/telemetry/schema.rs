@@ -105,6 +105,23 @@ GROUP BY minute, app, route, status_class",
 ) ENGINE = MergeTree
 ORDER BY (log, seq)"],
     },
+    Migration {
+        version: 4,
+        description: "fence_events: when a circuit breaker opened or closed, and why",
+        statements: &[r"CREATE TABLE IF NOT EXISTS {db}.fence_events (
+    time DateTime,
+    time_us UInt64,
+    instance String,
+    policy_version String,
+    app String,
+    route String,
+    from_state String,
+    to_state String,
+    reason String
+) ENGINE = MergeTree
+PARTITION BY toYYYYMMDD(time)
+ORDER BY (app, time)"],
+    },
 ];
 
 /// Columns `requests` must have, `(name, type)`, in order.
@@ -327,7 +344,8 @@ pub async fn check(client: &clickhouse::Client, url: &str, db: &str) -> Result<(
     Ok(())
 }
 
-/// Drop daily partitions of `requests` and `requests_1m` older than `days`;
+/// Drop daily partitions of `requests`, `requests_1m` and `fence_events`
+/// older than `days`;
 /// returns the partitions dropped.
 pub async fn retention(
     client: &clickhouse::Client,
@@ -346,7 +364,7 @@ pub async fn retention(
     };
     let parts: Vec<Part> = client
         .query(&format!(
-            "SELECT DISTINCT table, partition FROM system.parts WHERE database = '{}' AND table IN ('requests', 'requests_1m') AND active \
+            "SELECT DISTINCT table, partition FROM system.parts WHERE database = '{}' AND table IN ('requests', 'requests_1m', 'fence_events') AND active \
              AND toUInt32(partition) < toUInt32(toYYYYMMDD(today() - {days}))",
             db.replace('\'', "")
         ))

@@ -108,6 +108,8 @@ impl Telemetry {
 /// The consumer side, run by a background service.
 pub struct Sink {
     rx: Option<mpsc::Receiver<RequestEvent>>,
+    /// Breaker changes (`super::fence_events`).
+    fences: Option<mpsc::Receiver<super::fence_events::FenceEvent>>,
     client: clickhouse::Client,
     config: SinkConfig,
     spool: std::sync::Mutex<Spool>,
@@ -132,6 +134,7 @@ pub fn channel(config: SinkConfig) -> std::io::Result<(Telemetry, Sink)> {
         },
         Sink {
             rx: Some(rx),
+            fences: super::fence_events::receiver(),
             client,
             config,
             spool: std::sync::Mutex::new(spool),
@@ -140,6 +143,21 @@ pub fn channel(config: SinkConfig) -> std::io::Result<(Telemetry, Sink)> {
             schema_tried: std::sync::Mutex::new((None, String::new())),
         },
     ))
+}
+
+/// Take the breaker changes queued into `rows`, keeping the newest
+/// [`super::fence_events::KEPT`].
+fn take_fence_events(
+    rx: &mut Option<mpsc::Receiver<super::fence_events::FenceEvent>>,
+    rows: &mut Vec<super::fence_events::FenceEvent>,
+) {
+    if let Some(rx) = rx {
+        while let Ok(e) = rx.try_recv() {
+            rows.push(e);
+        }
+    }
+    let over = rows.len().saturating_sub(super::fence_events::KEPT);
+    rows.drain(..over);
 }
 
 /// How often the sink takes what the proxy queued.
@@ -165,6 +183,8 @@ impl Sink {
         let Some(mut rx) = self.rx.take() else {
             return;
         };
+        let mut fences = self.fences.take();
+        let mut fence_rows = Vec::new();
         let mut batch = Vec::with_capacity(self.config.batch_size);
         // Events taken off the queue while an insert or a replay is under
         // way; sized like a batch so it is not regrown (and copied) per flush.
@@ -215,12 +235,34 @@ impl Sink {
                     if done.is_none() {
                         break 'run;
                     }
+                    take_fence_events(&mut fences, &mut fence_rows);
+                    if !fence_rows.is_empty() && self.stats.connected.load(Ordering::Relaxed) {
+                        let done = self.draining(self.insert_fences(&fence_rows), &mut rx, &mut held, &mut finish).await;
+                        batch.append(&mut held);
+                        match done {
+                            None => break 'run,
+                            Some(Ok(())) => fence_rows.clear(),
+                            Some(Err(e)) => tracing::debug!(error = %e, rows = fence_rows.len(), "breaker changes not stored yet; trying again"),
+                        }
+                    }
                 }
                 _ = &mut finish => break,
             }
         }
         take_queued(&mut rx, &mut batch);
         self.final_flush(&batch, interrupted).await;
+        take_fence_events(&mut fences, &mut fence_rows);
+        if !fence_rows.is_empty() {
+            let stored =
+                tokio::time::timeout(Duration::from_millis(500), self.insert_fences(&fence_rows))
+                    .await;
+            if !matches!(stored, Ok(Ok(()))) {
+                tracing::warn!(
+                    rows = fence_rows.len(),
+                    "breaker changes not stored in ClickHouse before exit (each is in the log)"
+                );
+            }
+        }
         self.stats.flushed.store(true, Ordering::Relaxed);
         tracing::info!(spooled_bytes = self.spool().bytes(), "telemetry flushed");
         // Until the process exits: a request that finishes now (a
@@ -303,6 +345,25 @@ impl Sink {
                 }
             }
         }
+    }
+
+    async fn insert_fences(
+        &self,
+        rows: &[super::fence_events::FenceEvent],
+    ) -> Result<(), clickhouse::error::Error> {
+        let insert = async {
+            let mut insert = self
+                .client
+                .insert::<super::fence_events::FenceEvent>("fence_events")
+                .await?;
+            for row in rows {
+                insert.write(row).await?;
+            }
+            insert.end().await
+        };
+        tokio::time::timeout(INSERT_TIMEOUT, insert)
+            .await
+            .unwrap_or(Err(clickhouse::error::Error::TimedOut))
     }
 
     async fn insert(&self, rows: &[RequestEvent]) -> Result<(), clickhouse::error::Error> {

@@ -56,10 +56,15 @@ struct Estate {
 }
 
 fn estate(extra: &[&str]) -> Estate {
+    estate_with("", extra)
+}
+
+/// [`estate`] with `app_extra` added to the app's policy.
+fn estate_with(app_extra: &str, extra: &[&str]) -> Estate {
     let ch = ClickHouse::start();
     let sim = Sim::one("approvals");
     let dir = PolicyDir::new();
-    policy(&dir, &[sim.url(0)], "");
+    policy(&dir, &[sim.url(0)], app_extra);
     let spool = tempfile::tempdir().unwrap();
     let url = ch.url();
     let mut args = telemetry_args(&url, spool.path().to_str().unwrap());
@@ -542,10 +547,10 @@ fn migrations_are_idempotent_and_a_wrong_schema_is_refused() {
         "{}",
         String::from_utf8_lossy(&first.stderr)
     );
-    assert!(String::from_utf8_lossy(&first.stdout).contains("applied migrations [1, 2, 3]"));
+    assert!(String::from_utf8_lossy(&first.stdout).contains("applied migrations [1, 2, 3, 4]"));
     let again = run(&["db", "migrate", "--clickhouse", &url, "--database", "m1"]);
     assert!(String::from_utf8_lossy(&again.stdout).contains("schema up to date"));
-    assert_eq!(ch.count("SELECT count() FROM m1.gatehouse_migrations"), 3);
+    assert_eq!(ch.count("SELECT count() FROM m1.gatehouse_migrations"), 4);
 
     // Retention drops whole days older than the cut-off, in both tables.
     ch.query("INSERT INTO m1.requests (time, request_id, app, route) VALUES (now() - 10 * 86400, 'old', 'a', 'r'), (now(), 'new', 'a', 'r')");
@@ -685,4 +690,68 @@ async fn a_stalled_clickhouse_fills_the_spool_not_the_queue() {
         sent,
         "no duplicates"
     );
+}
+
+/// A breaker that opens and closes again is two rows of `fence_events`
+/// (with why), the requests it answered for are `breaker_open` events, and
+/// the `fences` and `breaker_events` reports show both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn breaker_changes_and_fenced_requests_reach_clickhouse_and_the_reports() {
+    let Estate { ch, gw, _keep } = estate_with(
+        "    timeouts: { connect: 1s, read: 200ms, total: 1s }\n    retries: 0\n    resilience: { breaker: { cool_down: 1s } }\n",
+        &[],
+    );
+    let c = client();
+    let get = |delay_ms: u64| {
+        c.get(format!("{}/approvals/1", gw.url()))
+            .header("host", "app.test")
+            .header("x-sim-delay-ms", delay_ms.to_string())
+            .send()
+    };
+    // Twenty requests time out: the route's breaker opens.
+    let hung: Vec<_> = (0..20).map(|_| tokio::spawn(get(1_000))).collect();
+    for r in hung {
+        assert_eq!(r.await.unwrap().unwrap().status(), 504);
+    }
+    let refused = get(0).await.unwrap();
+    assert_eq!(refused.status(), 503);
+    // After the cool-down, the probes find the app well: closed again.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    for _ in 0..3 {
+        assert_eq!(get(0).await.unwrap().status(), 200);
+    }
+    assert!(
+        eventually(Duration::from_secs(10), || ch
+            .count(&format!("SELECT count() FROM {DB}.fence_events"))
+            == 2),
+        "{}",
+        ch.query(&format!("SELECT * FROM {DB}.fence_events FORMAT TSV"))
+    );
+    let rows = ch.query(&format!(
+        "SELECT instance, app, route, from_state, to_state, reason FROM {DB}.fence_events ORDER BY time_us FORMAT TSV"
+    ));
+    let lines: Vec<&str> = rows.lines().collect();
+    assert!(
+        lines[0].starts_with("node-1\tapp\tget-approval\tclosed\topen\t20 ")
+            && lines[0].contains("failed"),
+        "{rows}"
+    );
+    assert!(
+        lines[1].starts_with("node-1\tapp\tget-approval\thalf_open\tclosed\tthe probes succeeded"),
+        "{rows}"
+    );
+    assert!(eventually(Duration::from_secs(10), || ch.count(&format!(
+        "SELECT count() FROM {DB}.requests WHERE outcome = 'breaker_open'"
+    )) == 1));
+    let fences = report(&ch, "fences");
+    assert_eq!(fences.len(), 1, "{fences:?}");
+    assert_eq!(fences[0]["app"], "app");
+    assert_eq!(
+        fences[0]["breaker_openings"].to_string().trim_matches('"'),
+        "1"
+    );
+    assert_eq!(fences[0]["breaker_open"].to_string().trim_matches('"'), "1");
+    let events = report(&ch, "breaker_events");
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!(events[0]["to_state"], "closed", "newest first");
 }

@@ -153,8 +153,10 @@ fn main() -> anyhow::Result<()> {
             "cascade drill: fast and slow apps at {} requests/s each, {} s per phase, gateway under `ulimit -n {}`, default fences",
             cli.rate, cli.phase_secs, cli.nofile
         );
+        let cap = phases::slow_cap(&target.admin).await;
+        println!("the slow app's concurrency cap, as the gateway set it: {cap}");
         let results = phases::run(&cli, &target).await?;
-        let failed = report::print(&cli, &results);
+        let failed = report::print(&cli, cap, &results);
         println!("gateway log: {}", log.display());
         if failed > 0 {
             bail!("{failed} requirement(s) not met");

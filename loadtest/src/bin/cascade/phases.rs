@@ -186,6 +186,17 @@ async fn received(target: &Target) -> anyhow::Result<u64> {
     Ok(total)
 }
 
+/// The slow app's concurrency cap as the gateway set it (`/metrics`).
+pub async fn slow_cap(admin: &str) -> u32 {
+    let Some((_, text)) = get_text(admin, "/metrics").await else {
+        return 0;
+    };
+    text.lines()
+        .find_map(|l| l.strip_prefix("gatehouse_app_requests_in_flight_limit{app=\"slow\"} "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// A sample of `/metrics` for the slow app: requests in flight and breaker
 /// openings.
 async fn metrics(admin: &str) -> (u32, u64) {

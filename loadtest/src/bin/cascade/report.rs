@@ -6,9 +6,6 @@ use std::time::Duration;
 use super::phases::{Kind, PhaseResult, Rec};
 use super::Cli;
 
-/// The default concurrency cap of one app (the drill writes no policy for it).
-const CAP: u32 = 512;
-
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -119,7 +116,7 @@ fn secs(d: Option<Duration>) -> String {
 }
 
 /// Print the table and the checks; the number of requirements not met.
-pub fn print(cli: &Cli, results: &[PhaseResult]) -> usize {
+pub fn print(cli: &Cli, cap: u32, results: &[PhaseResult]) -> usize {
     let m: Vec<Measured> = results.iter().map(measure).collect();
     println!();
     println!("| slow app is | fast p50 / p99 | fast errors | slow: 200 / app 5xx / shed / breaker-open / retry-budget / 504 / other / no answer | slow answered < 50 ms | slow 200 p50 | sockets gateway→slow (max) | slow in flight (max) | requests the slow app received per client request | breaker opened after | full service after |");
@@ -160,10 +157,10 @@ pub fn print(cli: &Cli, results: &[PhaseResult]) -> usize {
         ));
         checks.push((
             format!(
-                "{name}: sockets to the slow app {} ≤ its cap {CAP}",
+                "{name}: sockets to the slow app {} ≤ its cap {cap}",
                 x.sockets_max
             ),
-            x.sockets_max <= CAP,
+            x.sockets_max <= cap,
         ));
         checks.push((
             format!(
