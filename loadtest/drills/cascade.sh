@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The failure-isolation drill: two apps behind Gatehouse with its default
 # fences, the gateway under `ulimit -n 2048`, open-loop load on both while
-# one app goes healthy → slow (3 s) → recovered → hanging → failing (500)
-# → healed → a 1 200 requests/s spike while it hangs. Prints one line per
-# phase and each requirement with PASS/FAIL; exits 1 when one fails.
-# Loopback only; about four minutes.
+# one app goes healthy → slow (3 s) → healed → hanging → healed → failing
+# (500 every time) → a 1 200 requests/s spike while it hangs. Prints one
+# line per phase and each requirement with PASS/FAIL; exits 1 when one
+# fails. Loopback only; about four minutes.
 #
 #   loadtest/drills/cascade.sh [--phase-secs 30] [--rate 300] [--spike-rate 1200] [--nofile 2048]
 set -euo pipefail

@@ -615,6 +615,25 @@ fn plan_diff(old: &Bundle, ot: &PolicyTree, new: &Bundle, nt: &PolicyTree, push:
                 vec![field],
             ),
             (Some(o), Some(n)) => {
+                if o.priority != n.priority {
+                    // A higher priority is shed later: more room for the
+                    // plan's consumers, less for everyone else's.
+                    push(
+                        if n.priority > o.priority {
+                            Class::LimitsLoosened
+                        } else {
+                            Class::LimitsTightened
+                        },
+                        "",
+                        format!(
+                            "{owner}: shedding priority {} → {}",
+                            o.priority.as_str(),
+                            n.priority.as_str()
+                        ),
+                        None,
+                        vec![at(&["plans", name, "priority"])],
+                    );
+                }
                 let scope = Scope {
                     owner: &owner,
                     app: "",

@@ -3,6 +3,7 @@
 //! app's limits admit the request (429). Everything here reads the request's
 //! bundle snapshot; no locks.
 
+use crate::policy::resilience::Priority;
 use std::borrow::Cow;
 use std::time::Duration;
 
@@ -259,6 +260,9 @@ fn limit(
     let plan = consumer
         .and_then(|c| c.plan.as_ref())
         .and_then(|p| active.bundle.plans.get(&**p));
+    if consumer.is_some() {
+        ctx.priority = plan.map_or(Priority::Normal, |p| p.priority);
+    }
     if plan.is_none() && app.limits.is_empty() {
         return None;
     }

@@ -67,6 +67,9 @@ pub struct RequestCtx {
     pub response_tee: Option<BodyTee>,
     /// The identified consumer (index into the bundle's consumers).
     pub consumer: Option<usize>,
+    /// Who is shed first near an app's cap: the consumer's plan's
+    /// priority, `Low` for anonymous callers.
+    pub priority: crate::policy::resilience::Priority,
     /// Id of the limit or quota that refused the request.
     pub rejected_by: Option<String>,
     /// `RateLimit-Policy` and `RateLimit` for the response.
@@ -117,6 +120,7 @@ impl RequestCtx {
             request_tee: None,
             response_tee: None,
             consumer: None,
+            priority: crate::policy::resilience::Priority::Low,
             rejected_by: None,
             rate_headers: None,
             timings: Timings::default(),

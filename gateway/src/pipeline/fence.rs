@@ -25,7 +25,7 @@
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use crate::policy::resilience::{BreakerSpec, ResilienceSpec, RetryBudgetSpec};
+use crate::policy::resilience::{BreakerSpec, Priority, ResilienceSpec, RetryBudgetSpec};
 
 const BUCKETS: usize = 10;
 /// The retry budget's window.
@@ -386,6 +386,23 @@ impl Breaker {
         }
     }
 
+    /// A request [`Breaker::admit`] let through (as a probe: `probe`) was
+    /// not sent after all (a cap refused it): it is not waiting for the
+    /// app, and the probe is free for another request.
+    pub fn release(&self, probe: bool) {
+        if probe {
+            let _ = self
+                .probes
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+        } else {
+            let _ = self
+                .waiting
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+                    (w & COUNT_MASK > 0).then(|| w - 1)
+                });
+        }
+    }
+
     /// The outcome of a request let through at `since_ms`: answered, or
     /// not (`failed`), at `now_ms`. Returns the breaker's change of state,
     /// if this outcome made one.
@@ -531,9 +548,10 @@ impl Cap {
         }
     }
 
-    fn take(&self) -> bool {
+    /// A slot, while fewer than `limit` (at most the cap) are in flight.
+    fn take(&self, limit: u32) -> bool {
         let before = self.in_flight.fetch_add(1, Ordering::AcqRel);
-        if before >= self.limit {
+        if before >= limit {
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
             self.shed.fetch_add(1, Ordering::Relaxed);
             return false;
@@ -580,6 +598,22 @@ pub struct AppFence {
     pub routes: Vec<RouteFence>,
     /// The app's retry budget.
     pub retries: RetryBudget,
+    /// Idle connections to the app kept for reuse.
+    idle: AtomicU32,
+    /// Requests in flight per consumer slot.
+    consumers: [AtomicU32; CONSUMER_SLOTS],
+}
+
+/// An idle connection to an app, kept for reuse: counted against the app's
+/// cap and the gateway's share of idle connections while it lives.
+#[derive(Debug)]
+pub struct IdleSlot(Arc<AppFence>);
+
+impl Drop for IdleSlot {
+    fn drop(&mut self) {
+        self.0.idle.fetch_sub(1, Ordering::AcqRel);
+        crate::capacity::idle_gone(1);
+    }
 }
 
 impl AppFence {
@@ -604,7 +638,22 @@ impl AppFence {
                 })
                 .collect(),
             retries: RetryBudget::new(&spec.retry_budget),
+            idle: AtomicU32::new(0),
+            consumers: std::array::from_fn(|_| AtomicU32::new(0)),
         }
+    }
+
+    /// May one more idle connection to the app be kept? Only while its
+    /// requests in flight and idle connections together stay under its cap
+    /// (so the sockets to an app stay within it) and the gateway's share
+    /// of idle connections has room.
+    pub fn keep_idle(self: &Arc<Self>) -> Option<IdleSlot> {
+        let idle = self.idle.fetch_add(1, Ordering::AcqRel);
+        if self.cap.in_flight() + idle >= self.cap.limit || !crate::capacity::keep_idle() {
+            self.idle.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(IdleSlot(Arc::clone(self)))
     }
 
     /// The breaker of `route` (the app's for passthrough).
@@ -641,6 +690,28 @@ impl AppFence {
     }
 }
 
+/// Who a request is from, as the fence sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caller {
+    /// The consumer's plan's priority (`Low` when anonymous).
+    pub priority: Priority,
+    /// The consumer (its index in the bundle), when identified.
+    pub consumer: Option<usize>,
+}
+
+impl Caller {
+    /// An anonymous caller.
+    pub const ANONYMOUS: Caller = Caller {
+        priority: Priority::Low,
+        consumer: None,
+    };
+}
+
+/// Fair-share counters per app: a consumer's requests in flight are
+/// counted in slot `index % CONSUMER_SLOTS` (two consumers sharing a slot
+/// share its half of the cap).
+const CONSUMER_SLOTS: usize = 64;
+
 /// Why a request was not let into its app's fence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kept {
@@ -652,54 +723,101 @@ pub enum Kept {
     Overloaded,
 }
 
-/// A request's place inside its app's fence: its slots under the caps, and
-/// the breaker that let it through. Dropping it frees the slots.
+/// A request's place inside its app's fence: its slots under the caps
+/// (held while it has a socket to the app, until its response is read),
+/// and the breaker that let it through (told once, when the app answers or
+/// fails to). Dropping it frees the slots.
 #[derive(Debug)]
 pub struct Fenced {
     fence: Arc<AppFence>,
     route: Option<usize>,
     since_ms: u64,
+    judged: bool,
+    /// The consumer's slot of the app's fair-share counters.
+    consumer: Option<usize>,
     _gateway: crate::capacity::InFlightSlot,
 }
 
 impl Fenced {
-    /// Let a request for `route` through `fence` at `now_ms`: the breaker
-    /// first, then the route's cap, the app's, and the gateway's.
-    pub fn enter(fence: &Arc<AppFence>, route: Option<usize>, now_ms: u64) -> Result<Self, Kept> {
-        if fence.breaking {
-            fence.breaker(route).admit(now_ms).map_err(Kept::Open)?;
-        }
-        let route_cap = fence.route_cap(route);
-        if route_cap.is_some_and(|c| !c.take()) {
-            return Err(Kept::Full);
-        }
-        if !fence.cap.take() {
-            if let Some(c) = route_cap {
-                c.give_back();
-            }
-            return Err(Kept::Full);
-        }
-        let Some(slot) = crate::capacity::InFlightSlot::take() else {
-            fence.cap.give_back();
-            if let Some(c) = route_cap {
-                c.give_back();
-            }
-            return Err(Kept::Overloaded);
+    /// Let a request of `caller` for `route` through `fence` at `now_ms`:
+    /// the breaker first, then the route's cap, the app's (the share the
+    /// caller's priority allows, and at most half of it for one consumer),
+    /// and the gateway's.
+    pub fn enter(
+        fence: &Arc<AppFence>,
+        route: Option<usize>,
+        caller: Caller,
+        now_ms: u64,
+    ) -> Result<Self, Kept> {
+        let probe = if fence.breaking {
+            Some(fence.breaker(route).admit(now_ms).map_err(Kept::Open)?)
+        } else {
+            None
         };
-        fence.retries.request(now_ms);
-        Ok(Self {
-            fence: Arc::clone(fence),
-            route,
-            since_ms: now_ms,
-            _gateway: slot,
-        })
+        // Each step taken is undone when a later one refuses.
+        let route_cap = fence.route_cap(route);
+        let consumer = caller.consumer.map(|c| c % CONSUMER_SLOTS);
+        let mut taken = 0;
+        let kept = 'steps: {
+            if route_cap.is_some_and(|c| !c.take(c.limit)) {
+                break 'steps Some(Kept::Full);
+            }
+            taken = 1;
+            // One consumer holds at most half the app's cap.
+            if let Some(slot) = consumer {
+                let before = fence.consumers[slot].fetch_add(1, Ordering::AcqRel);
+                taken = 2;
+                if before >= (fence.cap.limit / 2).max(1) {
+                    fence.cap.shed.fetch_add(1, Ordering::Relaxed);
+                    break 'steps Some(Kept::Full);
+                }
+            }
+            // A caller fills at most the share its priority allows.
+            if !fence.cap.take(caller.priority.of_cap(fence.cap.limit)) {
+                break 'steps Some(Kept::Full);
+            }
+            taken = 3;
+            match crate::capacity::InFlightSlot::take() {
+                Some(slot) => {
+                    fence.retries.request(now_ms);
+                    return Ok(Self {
+                        fence: Arc::clone(fence),
+                        route,
+                        since_ms: now_ms,
+                        judged: false,
+                        consumer,
+                        _gateway: slot,
+                    });
+                }
+                None => Some(Kept::Overloaded),
+            }
+        };
+        if taken >= 3 {
+            fence.cap.give_back();
+        }
+        if taken >= 2 {
+            if let Some(slot) = consumer {
+                fence.consumers[slot].fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        if taken >= 1 {
+            if let Some(c) = route_cap {
+                c.give_back();
+            }
+        }
+        // The breaker let through a request that never went: it does not
+        // count as waiting, nor use up a probe.
+        if let Some(probe) = probe {
+            fence.breaker(route).release(probe);
+        }
+        Err(kept.unwrap_or(Kept::Full))
     }
 
     /// The app answered with `status`, or failed to answer (`None`), at
-    /// `now_ms`: tell the breaker and free the slots. Returns the breaker's
-    /// change of state, if any.
-    pub fn finish(self, status: Option<u16>, now_ms: u64) -> Option<Transition> {
-        if !self.fence.breaking {
+    /// `now_ms`: tell the breaker, the first time only. Returns the
+    /// breaker's change of state, if any.
+    pub fn judge(&mut self, status: Option<u16>, now_ms: u64) -> Option<Transition> {
+        if !self.fence.breaking || std::mem::replace(&mut self.judged, true) {
             return None;
         }
         let failed = match status {
@@ -729,6 +847,9 @@ impl Fenced {
 impl Drop for Fenced {
     fn drop(&mut self) {
         self.fence.cap.give_back();
+        if let Some(slot) = self.consumer {
+            self.fence.consumers[slot].fetch_sub(1, Ordering::AcqRel);
+        }
         if let Some(c) = self.fence.route_cap(self.route) {
             c.give_back();
         }
@@ -953,28 +1074,60 @@ mod tests {
         assert_eq!(more, 40 - 10, "20 % of 200 in all");
     }
 
+    /// A caller that may fill the whole cap.
+    const HIGH: Caller = Caller {
+        priority: Priority::High,
+        consumer: None,
+    };
+
     fn spec(yaml: &str) -> ResilienceSpec {
         serde_yaml::from_str(yaml).expect("a resilience section")
     }
 
     #[test]
-    fn the_cap_sheds_and_a_finished_request_frees_its_slot() {
+    fn the_cap_sheds_and_a_request_holds_its_slot_until_it_is_done() {
         let fence = Arc::new(AppFence::with(
             std::iter::empty(),
             &spec("max_in_flight: 2"),
         ));
-        let a = Fenced::enter(&fence, None, 0).expect("a slot");
-        let b = Fenced::enter(&fence, None, 0).expect("a slot");
+        let mut a = Fenced::enter(&fence, None, HIGH, 0).expect("a slot");
+        let b = Fenced::enter(&fence, None, HIGH, 0).expect("a slot");
         assert_eq!(
-            Fenced::enter(&fence, None, 0).err(),
+            Fenced::enter(&fence, None, HIGH, 0).err(),
             Some(Kept::Full),
             "shed"
         );
         assert_eq!(fence.shed(), 1);
-        assert_eq!(a.finish(Some(200), 1), None);
+        // Answered: judged once, the slot held until the response is read.
+        assert_eq!(a.judge(Some(200), 1), None);
+        assert_eq!(a.judge(None, 2), None, "judged once");
+        assert_eq!(fence.in_flight(), 2);
+        drop(a);
         assert_eq!(fence.in_flight(), 1);
         drop(b);
         assert_eq!(fence.in_flight(), 0);
+    }
+
+    #[test]
+    fn idle_connections_and_requests_in_flight_share_the_apps_cap() {
+        let fence = Arc::new(AppFence::with(
+            std::iter::empty(),
+            &spec("max_in_flight: 3"),
+        ));
+        let busy = Fenced::enter(&fence, None, HIGH, 0).expect("a slot");
+        let a = fence.keep_idle().expect("1 in flight + 0 idle < 3");
+        let _b = fence.keep_idle().expect("1 + 1 < 3");
+        assert!(
+            fence.keep_idle().is_none(),
+            "1 + 2 is the cap: closed instead"
+        );
+        drop(busy);
+        let _c = fence.keep_idle().expect("0 + 2 < 3");
+        drop(a);
+        assert!(
+            fence.keep_idle().is_some(),
+            "a slot freed when an idle one goes"
+        );
     }
 
     #[test]
@@ -983,32 +1136,97 @@ mod tests {
             ["export", "list"].into_iter(),
             &spec("max_in_flight: 3\nroutes: { export: { max_in_flight: 1 } }"),
         ));
-        let export = Fenced::enter(&fence, Some(0), 0).expect("a slot");
-        assert_eq!(Fenced::enter(&fence, Some(0), 0).err(), Some(Kept::Full));
-        let l1 = Fenced::enter(&fence, Some(1), 0).expect("other routes go on");
-        let _l2 = Fenced::enter(&fence, Some(1), 0).expect("other routes go on");
+        let export = Fenced::enter(&fence, Some(0), HIGH, 0).expect("a slot");
         assert_eq!(
-            Fenced::enter(&fence, Some(1), 0).err(),
+            Fenced::enter(&fence, Some(0), HIGH, 0).err(),
+            Some(Kept::Full)
+        );
+        let l1 = Fenced::enter(&fence, Some(1), HIGH, 0).expect("other routes go on");
+        let _l2 = Fenced::enter(&fence, Some(1), HIGH, 0).expect("other routes go on");
+        assert_eq!(
+            Fenced::enter(&fence, Some(1), HIGH, 0).err(),
             Some(Kept::Full),
             "the app's cap"
         );
         drop(export);
         drop(l1);
         assert_eq!(fence.in_flight(), 1);
-        let _again = Fenced::enter(&fence, Some(0), 0).expect("the route's slot is free");
+        let _again = Fenced::enter(&fence, Some(0), HIGH, 0).expect("the route's slot is free");
         assert_eq!(fence.shed(), 2);
+    }
+
+    #[test]
+    fn lower_priorities_are_shed_first_and_one_consumer_holds_at_most_half() {
+        let fence = Arc::new(AppFence::with(
+            std::iter::empty(),
+            &spec("max_in_flight: 20"),
+        ));
+        let caller = |priority, consumer| Caller { priority, consumer };
+        let mut held = Vec::new();
+        // Anonymous callers fill 15 of 20.
+        while let Ok(f) = Fenced::enter(&fence, None, Caller::ANONYMOUS, 0) {
+            held.push(f);
+        }
+        assert_eq!(held.len(), 15);
+        // A consumer on a normal plan gets 3 more (90 %), on a high one the rest.
+        let normal: Vec<_> = (0..5)
+            .filter_map(|_| Fenced::enter(&fence, None, caller(Priority::Normal, Some(1)), 0).ok())
+            .collect();
+        assert_eq!(normal.len(), 3);
+        let high = (0..5)
+            .filter_map(|_| Fenced::enter(&fence, None, caller(Priority::High, Some(2)), 0).ok())
+            .collect::<Vec<_>>();
+        assert_eq!(high.len(), 2);
+        drop((held, normal, high));
+        // One consumer alone holds at most half the cap.
+        let mine: Vec<_> = (0..20)
+            .filter_map(|_| Fenced::enter(&fence, None, caller(Priority::High, Some(7)), 0).ok())
+            .collect();
+        assert_eq!(mine.len(), 10);
+        assert!(
+            Fenced::enter(&fence, None, caller(Priority::High, Some(8)), 0).is_ok(),
+            "another consumer still gets in"
+        );
+        assert!(fence.shed() >= 10 + 2 + 3);
+    }
+
+    #[test]
+    fn a_probe_a_cap_refused_is_free_for_the_next_request() {
+        let fence = Arc::new(AppFence::with(
+            std::iter::empty(),
+            &spec("max_in_flight: 4"),
+        ));
+        fail_n(&fence.breaker, MIN_REQUESTS, true, 0);
+        let half = COOL_DOWN_MS;
+        // The cap is full (requests let through before the breaker opened).
+        for _ in 0..4 {
+            assert!(fence.cap.take(4));
+        }
+        for _ in 0..10 {
+            assert_eq!(
+                Fenced::enter(&fence, None, HIGH, half).err(),
+                Some(Kept::Full)
+            );
+        }
+        for _ in 0..4 {
+            fence.cap.give_back();
+        }
+        // The probes were given back: the next requests probe at once.
+        for _ in 0..PROBES {
+            assert!(Fenced::enter(&fence, None, HIGH, half + 1).is_ok());
+        }
     }
 
     #[test]
     fn one_route_failing_leaves_the_others_open() {
         let fence = Arc::new(AppFence::new(["a", "b"].into_iter()));
         for _ in 0..MIN_REQUESTS {
-            let f = Fenced::enter(&fence, Some(0), 0).expect("admitted");
-            f.finish(None, 0);
+            let mut f = Fenced::enter(&fence, Some(0), Caller::ANONYMOUS, 0).expect("admitted");
+            f.judge(None, 0);
         }
-        assert!(Fenced::enter(&fence, Some(0), 1).is_err());
-        assert!(Fenced::enter(&fence, Some(1), 1).is_ok());
-        assert!(Fenced::enter(&fence, None, 1).is_ok());
+        assert!(Fenced::enter(&fence, Some(0), Caller::ANONYMOUS, 1).is_err());
+        assert!(Fenced::enter(&fence, Some(1), Caller::ANONYMOUS, 1).is_ok());
+        assert!(Fenced::enter(&fence, None, Caller::ANONYMOUS, 1).is_ok());
     }
 
     #[test]
@@ -1016,10 +1234,14 @@ mod tests {
         for (yaml, opens) in [("{}", false), ("breaker: { count_5xx: true }", true)] {
             let fence = Arc::new(AppFence::with(std::iter::empty(), &spec(yaml)));
             for _ in 0..MIN_REQUESTS {
-                let f = Fenced::enter(&fence, None, 0).expect("admitted");
-                f.finish(Some(503), 1);
+                let mut f = Fenced::enter(&fence, None, Caller::ANONYMOUS, 0).expect("admitted");
+                f.judge(Some(503), 1);
             }
-            assert_eq!(Fenced::enter(&fence, None, 2).is_err(), opens, "{yaml}");
+            assert_eq!(
+                Fenced::enter(&fence, None, Caller::ANONYMOUS, 2).is_err(),
+                opens,
+                "{yaml}"
+            );
         }
     }
 
@@ -1029,7 +1251,7 @@ mod tests {
             std::iter::empty(),
             &spec("retry_budget: { ratio: 0, min_retries: 1 }"),
         ));
-        let f = Fenced::enter(&fence, None, 0).expect("admitted");
+        let f = Fenced::enter(&fence, None, Caller::ANONYMOUS, 0).expect("admitted");
         assert_eq!(f.may_retry(0), Ok(()));
         assert_eq!(f.may_retry(0), Err(true), "the budget is spent");
         fail_n(&fence.breaker, MIN_REQUESTS, true, 0);

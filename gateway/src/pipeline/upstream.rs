@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::context::{micros_between, RequestCtx};
-use super::fence::{BreakerState, Fenced, Kept, Transition};
+use super::fence::{BreakerState, Caller, Fenced, Kept, Transition};
 use crate::error::GatewayError;
 use crate::routing::{ms_at, now_ms, Instance, InstanceLease, Pick};
 use std::fmt::Write as _;
@@ -48,7 +48,11 @@ pub fn choose_instance(
         // The first attempt enters the app's fence: its breaker, then its
         // concurrency cap.
         let fence = &active.fences[app_idx];
-        match Fenced::enter(fence, ctx.route, ms_at(now)) {
+        let caller = Caller {
+            priority: ctx.priority,
+            consumer: ctx.consumer,
+        };
+        match Fenced::enter(fence, ctx.route, caller, ms_at(now)) {
             Ok(fenced) => ctx.fence = Some(fenced),
             Err(Kept::Open(refusal)) => {
                 note_breaker(ctx, refusal.opened);
@@ -127,30 +131,34 @@ pub fn connected(ctx: &mut RequestCtx, reused: bool, at: Instant) {
 /// The response head (`status`) arrived at `at`: time to first byte is
 /// from the attempt's start, its connect time left out. The app has
 /// answered: its breaker counts a success (a failure for a 5xx where the
-/// policy says so) and the request's slots under the caps are free.
+/// policy says so).
 pub fn first_byte(ctx: &mut RequestCtx, status: u16, at: Instant) {
     if let Some(t) = ctx.timings.attempt_start {
         ctx.timings.upstream_ttfb_us =
             micros_between(t, at).saturating_sub(ctx.timings.upstream_connect_us);
     }
-    if let Some(fenced) = ctx.fence.take() {
-        let change = fenced.finish(Some(status), ms_at(at));
-        note_breaker(ctx, change);
-    }
+    let change = ctx
+        .fence
+        .as_mut()
+        .and_then(|f| f.judge(Some(status), ms_at(at)));
+    note_breaker(ctx, change);
 }
 
 /// The upstream sent the last byte of its response at `at`: the instance
-/// is free (least-connections sees it so now, not once the client has it).
+/// is free (least-connections sees it so now, not once the client has it),
+/// and so are the request's slots under its app's caps.
 pub fn finished(ctx: &mut RequestCtx, at: Instant) {
     ctx.timings.upstream_end = Some(at);
     ctx.lease = None;
+    ctx.fence = None;
 }
 
 /// The request ended with `err` after entering its app's fence: a failure
 /// of the app to answer (unreachable, broken off, timed out) counts
-/// against its breaker; the slot is freed either way.
+/// against its breaker, unless it had answered; the slots are freed either
+/// way.
 pub fn ended(ctx: &mut RequestCtx, err: &GatewayError) {
-    let Some(fenced) = ctx.fence.take() else {
+    let Some(mut fenced) = ctx.fence.take() else {
         return;
     };
     let failed = matches!(
@@ -161,7 +169,7 @@ pub fn ended(ctx: &mut RequestCtx, err: &GatewayError) {
             | GatewayError::RetryBudgetSpent
     );
     if failed {
-        let change = fenced.finish(None, now_ms());
+        let change = fenced.judge(None, now_ms());
         note_breaker(ctx, change);
     }
 }

@@ -43,6 +43,8 @@ pub struct Bundle {
 pub struct Plan {
     /// Name.
     pub name: String,
+    /// Who is shed first when an app nears its concurrency cap.
+    pub priority: super::resilience::Priority,
     /// Per-consumer rate limits.
     pub limits: Vec<LimitRule>,
     /// Per-consumer quotas.

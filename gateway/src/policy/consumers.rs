@@ -84,6 +84,7 @@ pub fn compile_plans(
             p.name.clone(),
             Plan {
                 name: p.name.clone(),
+                priority: p.priority,
                 limits,
                 quotas,
             },

@@ -105,6 +105,9 @@ pub struct KeySpec {
 pub struct PlanSpec {
     /// Unique name.
     pub name: String,
+    /// Who is shed first when an app nears its concurrency cap.
+    #[serde(default)]
+    pub priority: super::resilience::Priority,
     /// Rate limits, keyed by consumer.
     #[serde(default)]
     pub limits: Vec<PlanLimitSpec>,

@@ -46,6 +46,41 @@ fn default_max_in_flight() -> u32 {
     MAX_IN_FLIGHT
 }
 
+/// A caller's priority when an app nears its concurrency cap: lower ones
+/// are shed first. Anonymous callers are `Low`; identified consumers have
+/// their plan's (`Normal` without a plan).
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum Priority {
+    /// Shed once the app has 75 % of its cap in flight.
+    Low,
+    /// Shed once the app has 90 % of its cap in flight.
+    #[default]
+    Normal,
+    /// Shed only at the cap.
+    High,
+}
+
+impl Priority {
+    /// The share of an app's cap a caller of this priority may fill.
+    pub fn of_cap(self, cap: u32) -> u32 {
+        match self {
+            Self::Low => (cap * 3 / 4).max(1),
+            Self::Normal => (cap * 9 / 10).max(1),
+            Self::High => cap,
+        }
+    }
+
+    /// Its name in the policy.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Low => "low",
+            Self::Normal => "normal",
+            Self::High => "high",
+        }
+    }
+}
+
 /// The fences of one route.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]

@@ -582,8 +582,14 @@ impl Engine {
         Ok(Some(match relayed {
             Ok((bytes_out, reusable)) => {
                 if reusable {
-                    if let Some(socket) = ctx.last_instance.as_ref().and_then(|i| i.socket) {
-                        pool::give(socket, upstream, end);
+                    let socket = ctx.last_instance.as_ref().and_then(|i| i.socket);
+                    let fence = ctx
+                        .active
+                        .as_ref()
+                        .zip(ctx.app)
+                        .and_then(|(a, i)| a.fences.get(i));
+                    if let (Some(socket), Some(fence)) = (socket, fence) {
+                        pool::give(socket, upstream, end, fence);
                     }
                 }
                 let next = if close_client {

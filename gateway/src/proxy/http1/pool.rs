@@ -11,9 +11,12 @@
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
+
+use crate::pipeline::fence::{AppFence, IdleSlot};
 
 /// Idle connections older than this are closed instead of reused (below the
 /// usual upstream keep-alive timeouts, so the upstream rarely closes first).
@@ -29,6 +32,8 @@ pub const MAX_IDLE: usize = 256;
 struct Idle {
     stream: TcpStream,
     since: Instant,
+    /// Counts the connection against its app's cap while it is idle.
+    _slot: IdleSlot,
 }
 
 thread_local! {
@@ -55,7 +60,6 @@ fn take_checking_after(addr: SocketAddr, check_after: Duration, now: Instant) ->
         let mut pool = pool.borrow_mut();
         let idle = &mut pool.iter_mut().find(|(a, _)| *a == addr)?.1;
         while let Some(conn) = idle.pop() {
-            crate::capacity::idle_gone(1);
             let idle = now.duration_since(conn.since);
             if idle < check_after || (idle < IDLE_TIMEOUT && open(&conn.stream)) {
                 return Some(conn.stream);
@@ -66,9 +70,8 @@ fn take_checking_after(addr: SocketAddr, check_after: Duration, now: Instant) ->
 }
 
 /// Keep `stream` (which just finished a response cleanly, at `now`) for
-/// reuse, while the gateway's share of idle upstream connections
-/// (`crate::capacity`) has room.
-pub fn give(addr: SocketAddr, stream: TcpStream, now: Instant) {
+/// reuse, while its app's fence ([`AppFence::keep_idle`]) allows it.
+pub fn give(addr: SocketAddr, stream: TcpStream, now: Instant, fence: &Arc<AppFence>) {
     IDLE.with(|pool| {
         let mut pool = pool.borrow_mut();
         let at = match pool.iter().position(|(a, _)| *a == addr) {
@@ -86,11 +89,14 @@ pub fn give(addr: SocketAddr, stream: TcpStream, now: Instant) {
             .count();
         let over = (idle.len() - expired + 1).saturating_sub(MAX_IDLE);
         idle.drain(..expired + over);
-        crate::capacity::idle_gone(expired + over);
-        // Within the gateway's share of idle upstream connections, else
-        // closed.
-        if crate::capacity::keep_idle() {
-            idle.push(Idle { stream, since: now });
+        // Within the app's cap and the gateway's share of idle upstream
+        // connections, else closed.
+        if let Some(slot) = fence.keep_idle() {
+            idle.push(Idle {
+                stream,
+                since: now,
+                _slot: slot,
+            });
         }
     });
 }
@@ -111,14 +117,15 @@ mod tests {
     async fn reuses_open_connections_and_drops_closed_ones() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let fence = Arc::new(AppFence::new(std::iter::empty()));
         assert!(take(addr, Instant::now(), true).is_none());
         let a = TcpStream::connect(addr).await.unwrap();
         let (mut server_a, _) = listener.accept().await.unwrap();
         let b = TcpStream::connect(addr).await.unwrap();
         let (_server_b, _) = listener.accept().await.unwrap();
         let b_port = b.local_addr().unwrap().port();
-        give(addr, a, Instant::now());
-        give(addr, b, Instant::now());
+        give(addr, a, Instant::now(), &fence);
+        give(addr, b, Instant::now(), &fence);
         // The most recent first.
         let got = take(addr, Instant::now(), true).unwrap();
         assert_eq!(got.local_addr().unwrap().port(), b_port);
@@ -127,7 +134,7 @@ mod tests {
         drop(server_a);
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(take(addr, Instant::now(), false).is_none());
-        give(addr, got, Instant::now());
+        give(addr, got, Instant::now(), &fence);
         assert!(take(addr, Instant::now(), false).is_some());
     }
 }

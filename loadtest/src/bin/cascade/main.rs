@@ -2,9 +2,9 @@
 //! and `slow`, two lowcode-sim instances each, behind a Gatehouse with the
 //! default fences (no `resilience` written) and a low descriptor limit.
 //! Open-loop load on both apps while `slow` goes through the phases an
-//! overloaded low-code app goes through: healthy, slow, hanging, failing,
-//! healed, and a spike while it hangs. One line per phase, then each
-//! requirement checked; the exit status is 1 when one fails.
+//! overloaded low-code app goes through: healthy, slow, healed, hanging,
+//! healed, failing, and a spike while it hangs. One line per phase, then
+//! each requirement checked; the exit status is 1 when one fails.
 //!
 //! Loopback only; the gateway and the simulators are this drill's own
 //! children, stopped when it ends. `loadtest/drills/cascade.sh` builds the
@@ -123,7 +123,7 @@ fn main() -> anyhow::Result<()> {
     if let Some(t) = cli.threads {
         serve.push_str(&format!(" --threads {t}"));
     }
-    let _gateway = Proc(
+    let gateway = Proc(
         Command::new("sh")
             .args(["-c", &serve])
             .arg(&cli.gatehouse)
@@ -137,6 +137,8 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let target = phases::Target {
+        // `sh` execs the gateway: the same process.
+        pid: gateway.0.id(),
         proxy: format!("127.0.0.1:{proxy}"),
         admin: format!("127.0.0.1:{admin}"),
         slow: slow.clone(),

@@ -12,6 +12,8 @@ use super::Cli;
 
 /// Where the drill sends its requests.
 pub struct Target {
+    /// The gateway's process id.
+    pub pid: u32,
     /// The gateway's proxy listener.
     pub proxy: String,
     /// The gateway's admin listener.
@@ -34,7 +36,9 @@ pub struct Phase {
     pub spike: bool,
 }
 
-/// The phases, in order.
+/// The phases, in order. Each failure begins from a healthy app (a hang
+/// that follows a 3-second slowness cannot be told from it until 3 s have
+/// passed), and each is followed by healing, timed to full service.
 pub const PHASES: [Phase; 7] = [
     Phase {
         name: "healthy (5 ms)",
@@ -50,13 +54,11 @@ pub const PHASES: [Phase; 7] = [
         healing: false,
         spike: false,
     },
-    // Each failure begins from a healthy app: a hang that follows a
-    // 3-second slowness cannot be told from it until 3 s have passed.
     Phase {
-        name: "recovered (5 ms)",
+        name: "healed after slow",
         behaviour: r#"{"latency":"5"}"#,
         hanging: false,
-        healing: false,
+        healing: true,
         spike: false,
     },
     Phase {
@@ -67,17 +69,17 @@ pub const PHASES: [Phase; 7] = [
         spike: false,
     },
     Phase {
+        name: "healed after hanging",
+        behaviour: r#"{"latency":"5"}"#,
+        hanging: false,
+        healing: true,
+        spike: false,
+    },
+    Phase {
         name: "failing (500)",
         behaviour: r#"{"latency":"5","error_rate":1.0}"#,
         hanging: false,
         healing: false,
-        spike: false,
-    },
-    Phase {
-        name: "healed (5 ms)",
-        behaviour: r#"{"latency":"5"}"#,
-        hanging: false,
-        healing: true,
         spike: false,
     },
     Phase {
@@ -215,9 +217,26 @@ async fn metrics(admin: &str) -> (u32, u64) {
     )
 }
 
-/// Sockets open from anyone on this host to the slow app's ports (the
-/// gateway is its only client), TIME_WAIT and listeners left out.
-fn sockets_to(ports: &[u16]) -> u32 {
+/// The socket inodes process `pid` holds.
+fn socket_inodes(pid: u32) -> std::collections::HashSet<String> {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Default::default();
+    };
+    fds.filter_map(|fd| {
+        let link = std::fs::read_link(fd.ok()?.path()).ok()?;
+        let link = link.to_str()?;
+        Some(
+            link.strip_prefix("socket:[")?
+                .strip_suffix(']')?
+                .to_string(),
+        )
+    })
+    .collect()
+}
+
+/// Sockets the gateway (process `pid`) holds to the slow app's ports.
+fn sockets_to(pid: u32, ports: &[u16]) -> u32 {
+    let held = socket_inodes(pid);
     let mut n = 0;
     for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
         let Ok(text) = std::fs::read_to_string(file) else {
@@ -225,14 +244,14 @@ fn sockets_to(ports: &[u16]) -> u32 {
         };
         for line in text.lines().skip(1) {
             let cols: Vec<&str> = line.split_whitespace().collect();
-            let (Some(remote), Some(state)) = (cols.get(2), cols.get(3)) else {
+            let (Some(remote), Some(inode)) = (cols.get(2), cols.get(9)) else {
                 continue;
             };
             let port = remote
                 .rsplit(':')
                 .next()
                 .and_then(|p| u16::from_str_radix(p, 16).ok());
-            if port.is_some_and(|p| ports.contains(&p)) && *state != "06" && *state != "0A" {
+            if port.is_some_and(|p| ports.contains(&p)) && held.contains(*inode) {
                 n += 1;
             }
         }
@@ -333,11 +352,11 @@ pub async fn run(cli: &Cli, target: &Target) -> anyhow::Result<Vec<PhaseResult>>
         },
     ));
     let sampler = {
-        let (shared, admin) = (Arc::clone(&shared), target.admin.clone());
+        let (shared, admin, pid) = (Arc::clone(&shared), target.admin.clone(), target.pid);
         tokio::spawn(async move {
             while !shared.stop.load(Ordering::Acquire) {
                 let (phase, at) = shared.now_in_phase();
-                let sockets = sockets_to(&ports);
+                let sockets = sockets_to(pid, &ports);
                 let (in_flight, openings) = metrics(&admin).await;
                 if let Ok(mut s) = shared.samples.lock() {
                     s[phase].push(Sample {
