@@ -1,4 +1,4 @@
--- Fenced apps: per app, how often its breakers opened and how many requests the fences answered for it (shed at the cap, breaker open, retry budget spent, gateway overloaded).
+-- Fenced apps: per app, how often its breakers opened from closed (the incidents) and how many requests the fences answered for it (shed at the cap, breaker open, retry budget spent, gateway overloaded).
 -- Params: {db}, {since}, {app_filter}, {limit}.
 SELECT
     app,
@@ -19,7 +19,7 @@ FROM
         toUInt64(0) AS overloaded,
         max(time) AS last_opened
     FROM {db}.fence_events
-    WHERE time >= now() - {since} AND to_state = 'open' {app_filter}
+    WHERE time >= now() - {since} AND from_state = 'closed' AND to_state = 'open' {app_filter}
     GROUP BY app
     UNION ALL
     SELECT

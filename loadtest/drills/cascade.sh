@@ -4,7 +4,8 @@
 # one app goes healthy → slow (3 s) → healed → hanging → healed → failing
 # (500 every time) → a 1 200 requests/s spike while it hangs. Prints one
 # line per phase and each requirement with PASS/FAIL; exits 1 when one
-# fails. Loopback only; about four minutes.
+# fails. Loopback only; Linux (it counts sockets in /proc); about four
+# minutes.
 #
 #   loadtest/drills/cascade.sh [--phase-secs 30] [--rate 300] [--spike-rate 1200] [--nofile 2048]
 set -euo pipefail

@@ -385,7 +385,7 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     );
     counter(
         "gatehouse_app_breaker_openings_total",
-        "Times a circuit breaker of each app opened.",
+        "Times a circuit breaker of each app opened (a reopening after a failed probe included).",
         "counter",
         &per_app(&|f| f.breakers().map(|b| b.openings()).sum()),
     );

@@ -954,15 +954,21 @@ fn app_diff(
             vec![f(&["timeouts"]), f(&["retries"])],
         );
     }
+    // Fences: what protects the app less, and what may refuse callers
+    // sooner, each one change.
     let resilience = o.resilience.changes_to(&n.resilience);
-    if !resilience.is_empty() {
-        push(
-            Class::UpstreamChanged,
-            app,
-            resilience.join("; "),
-            None,
-            vec![f(&["resilience"])],
-        );
+    for (tighter, class) in [
+        (false, Class::ResilienceLoosened),
+        (true, Class::ResilienceTightened),
+    ] {
+        let texts: Vec<&str> = resilience
+            .iter()
+            .filter(|(t, _)| *t == tighter)
+            .map(|(_, text)| text.as_str())
+            .collect();
+        if !texts.is_empty() {
+            push(class, app, texts.join("; "), None, vec![f(&["resilience"])]);
+        }
     }
     // Auth.
     let mode = |a: &App| a.auth.as_ref().map_or(AuthMode::None, |x| x.mode);

@@ -44,6 +44,10 @@ pub fn admit(
             Ok(None) => {}
             Err(err) => return Some(err),
         }
+    } else {
+        // An app without authentication: every caller is anonymous, and
+        // every one may fill its whole cap.
+        ctx.priority = Priority::High;
     }
     // No consumer means no plan: with no app limits either, nothing to time.
     if ctx.consumer.is_none() && app.limits.is_empty() {

@@ -65,6 +65,9 @@ pub struct RequestCtx {
     pub request_tee: Option<BodyTee>,
     /// Monitor mode: a copy of the streamed response body, validated at its end.
     pub response_tee: Option<BodyTee>,
+    /// The client is still sending a streamed request body (the app
+    /// cannot be blamed for not answering yet).
+    pub body_streaming: bool,
     /// The identified consumer (index into the bundle's consumers).
     pub consumer: Option<usize>,
     /// Who is shed first near an app's cap: the consumer's plan's
@@ -119,6 +122,7 @@ impl RequestCtx {
             violations: Vec::new(),
             request_tee: None,
             response_tee: None,
+            body_streaming: false,
             consumer: None,
             priority: crate::policy::resilience::Priority::Low,
             rejected_by: None,

@@ -133,6 +133,10 @@ pub fn connected(ctx: &mut RequestCtx, reused: bool, at: Instant) {
 /// answered: its breaker counts a success (a failure for a 5xx where the
 /// policy says so).
 pub fn first_byte(ctx: &mut RequestCtx, status: u16, at: Instant) {
+    if status < 200 && status != 101 {
+        // `100 Continue` and other interim heads: the answer is to come.
+        return;
+    }
     if let Some(t) = ctx.timings.attempt_start {
         ctx.timings.upstream_ttfb_us =
             micros_between(t, at).saturating_sub(ctx.timings.upstream_connect_us);
@@ -155,8 +159,8 @@ pub fn finished(ctx: &mut RequestCtx, at: Instant) {
 
 /// The request ended with `err` after entering its app's fence: a failure
 /// of the app to answer (unreachable, broken off, timed out) counts
-/// against its breaker, unless it had answered; the slots are freed either
-/// way.
+/// against its breaker, unless it had answered or the client was still
+/// sending the body; the slots are freed either way.
 pub fn ended(ctx: &mut RequestCtx, err: &GatewayError) {
     let Some(mut fenced) = ctx.fence.take() else {
         return;
@@ -168,9 +172,11 @@ pub fn ended(ctx: &mut RequestCtx, err: &GatewayError) {
             | GatewayError::UpstreamTimeout
             | GatewayError::RetryBudgetSpent
     );
-    if failed {
+    if failed && !ctx.body_streaming {
         let change = fenced.judge(None, now_ms());
         note_breaker(ctx, change);
+    } else {
+        fenced.abandon();
     }
 }
 

@@ -47,8 +47,9 @@ fn default_max_in_flight() -> u32 {
 }
 
 /// A caller's priority when an app nears its concurrency cap: lower ones
-/// are shed first. Anonymous callers are `Low`; identified consumers have
-/// their plan's (`Normal` without a plan).
+/// are shed first. Anonymous callers of an app with authentication are
+/// `Low` (of one without, `High`: all its callers are alike); identified
+/// consumers have their plan's (`Normal` without a plan).
 #[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq, PartialOrd, Ord)]
 #[serde(rename_all = "snake_case")]
 pub enum Priority {
@@ -64,9 +65,10 @@ pub enum Priority {
 impl Priority {
     /// The share of an app's cap a caller of this priority may fill.
     pub fn of_cap(self, cap: u32) -> u32 {
+        let share = |num: u64, den: u64| (u64::from(cap) * num / den).max(1) as u32;
         match self {
-            Self::Low => (cap * 3 / 4).max(1),
-            Self::Normal => (cap * 9 / 10).max(1),
+            Self::Low => share(3, 4),
+            Self::Normal => share(9, 10),
             Self::High => cap,
         }
     }
@@ -216,65 +218,97 @@ fn default_min_retries() -> u32 {
 }
 
 impl ResilienceSpec {
-    /// Each setting that differs in `new`, as `what old → new`.
-    pub fn changes_to(&self, new: &Self) -> Vec<String> {
+    /// Each setting that differs in `new`, as `what old → new`, with
+    /// whether it protects the app (and so may refuse callers) more
+    /// (`true`: tightened) or less (`false`: loosened). A change whose
+    /// direction is not clear-cut (the window) counts as tightened.
+    pub fn changes_to(&self, new: &Self) -> Vec<(bool, String)> {
         let mut out = Vec::new();
-        let mut note = |what: &str, a: String, b: String| {
+        let mut note = |tighter: bool, what: &str, a: String, b: String| {
             if a != b {
-                out.push(format!("{what} {a} → {b}"));
+                out.push((tighter, format!("{what} {a} → {b}")));
             }
         };
         note(
+            new.max_in_flight < self.max_in_flight,
             "concurrency cap",
             self.max_in_flight.to_string(),
             new.max_in_flight.to_string(),
         );
         let on = |b: bool| if b { "on" } else { "off" }.to_string();
         let (a, b) = (&self.breaker, &new.breaker);
-        note("circuit breakers", on(a.enabled), on(b.enabled));
+        note(b.enabled, "circuit breakers", on(a.enabled), on(b.enabled));
         note(
-            "breaker opens at",
-            format!(
-                "{}% of ≥{} requests in {}",
-                a.failure_ratio * 100.0,
-                a.min_requests,
-                a.window
-            ),
-            format!(
-                "{}% of ≥{} requests in {}",
-                b.failure_ratio * 100.0,
-                b.min_requests,
-                b.window
-            ),
+            b.failure_ratio < a.failure_ratio,
+            "breaker failure ratio",
+            format!("{}%", a.failure_ratio * 100.0),
+            format!("{}%", b.failure_ratio * 100.0),
         );
         note(
+            b.min_requests < a.min_requests,
+            "breaker minimum requests",
+            a.min_requests.to_string(),
+            b.min_requests.to_string(),
+        );
+        note(
+            true,
+            "breaker window",
+            a.window.to_string(),
+            b.window.to_string(),
+        );
+        note(
+            b.cool_down.get() > a.cool_down.get(),
             "breaker cool-down",
             a.cool_down.to_string(),
             b.cool_down.to_string(),
         );
-        note("breaker probes", a.probes.to_string(), b.probes.to_string());
-        note("breaker stall", a.stall.to_string(), b.stall.to_string());
         note(
+            b.probes > a.probes,
+            "breaker probes",
+            a.probes.to_string(),
+            b.probes.to_string(),
+        );
+        let stall = |d: Duration| {
+            if d.get().is_zero() {
+                "off".to_string()
+            } else {
+                d.to_string()
+            }
+        };
+        note(
+            !b.stall.get().is_zero() && (a.stall.get().is_zero() || b.stall.get() < a.stall.get()),
+            "breaker stall",
+            stall(a.stall),
+            stall(b.stall),
+        );
+        note(
+            b.count_5xx,
             "app 5xx counted as failures",
             on(a.count_5xx),
             on(b.count_5xx),
         );
+        let (ra, rb) = (&self.retry_budget, &new.retry_budget);
         let budget =
             |r: &RetryBudgetSpec| format!("{}% (at least {})", r.ratio * 100.0, r.min_retries);
         note(
+            rb.ratio < ra.ratio || rb.min_retries < ra.min_retries,
             "retry budget",
-            budget(&self.retry_budget),
-            budget(&new.retry_budget),
+            budget(ra),
+            budget(rb),
         );
-        let cap = |s: &Self, id: &str| {
-            s.routes
-                .get(id)
-                .map_or("none".into(), |r| r.max_in_flight.to_string())
-        };
         let ids: std::collections::BTreeSet<&String> =
             self.routes.keys().chain(new.routes.keys()).collect();
         for id in ids {
-            note(&format!("route {id} cap"), cap(self, id), cap(new, id));
+            let (x, y) = (self.routes.get(id), new.routes.get(id));
+            let cap = |r: Option<&RouteResilienceSpec>| {
+                r.map_or("none".into(), |r| r.max_in_flight.to_string())
+            };
+            let tighter = match (x, y) {
+                (None, Some(_)) => true,
+                (Some(x), Some(y)) => y.max_in_flight < x.max_in_flight,
+                _ => false,
+            };
+            note(tighter, &format!("route {id} cap"), cap(x), cap(y));
         }
         out
     }
@@ -329,6 +363,38 @@ mod tests {
         let err = serde_yaml::from_str::<ResilienceSpec>("breaker: { probs: 5 }")
             .expect_err("unknown field");
         assert!(err.to_string().contains("probs"), "{err}");
+    }
+
+    #[test]
+    fn each_change_says_whether_the_app_is_fenced_more_or_less() {
+        let spec = |y: &str| serde_yaml::from_str::<ResilienceSpec>(y).expect("parses");
+        let base = spec("{}");
+        let changes = base.changes_to(&spec(
+            "max_in_flight: 100\nbreaker: { enabled: false, stall: 0s }\nretry_budget: { ratio: 0.5 }\nroutes: { export: { max_in_flight: 5 } }",
+        ));
+        let tight: Vec<&str> = changes
+            .iter()
+            .filter(|c| c.0)
+            .map(|c| c.1.as_str())
+            .collect();
+        let loose: Vec<&str> = changes
+            .iter()
+            .filter(|c| !c.0)
+            .map(|c| c.1.as_str())
+            .collect();
+        assert_eq!(
+            tight,
+            ["concurrency cap 512 → 100", "route export cap none → 5"]
+        );
+        assert_eq!(
+            loose,
+            [
+                "circuit breakers on → off",
+                "breaker stall 2s → off",
+                "retry budget 20% (at least 10) → 50% (at least 10)"
+            ]
+        );
+        assert!(base.changes_to(&base).is_empty());
     }
 
     #[test]

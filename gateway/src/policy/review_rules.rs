@@ -57,6 +57,13 @@ pub enum Class {
     /// Instances, balancing or timeouts changed.
     #[serde(rename = "upstream.changed")]
     UpstreamChanged,
+    /// An app is fenced less: higher caps, breakers or stall detection
+    /// off, a larger retry budget, its 5xx no longer counted.
+    #[serde(rename = "resilience.loosened")]
+    ResilienceLoosened,
+    /// An app is fenced more: callers may be shed or answered for sooner.
+    #[serde(rename = "resilience.tightened")]
+    ResilienceTightened,
     /// A consumer was added.
     #[serde(rename = "consumer.added")]
     ConsumerAdded,
@@ -101,6 +108,7 @@ impl Class {
             Class::ContractBreaking
                 | Class::RouteRemoved
                 | Class::LimitsTightened
+                | Class::ResilienceTightened
                 | Class::AuthAdded
                 | Class::AuthChanged
                 | Class::ConsumerRemoved

@@ -403,6 +403,19 @@ impl ProxyHttp for Gateway {
         if !end_of_stream && upstream::deadline_passed(ctx) {
             return Err(GatewayError::RequestTimeout.into_pingora());
         }
+        // While the client streams the body, the app cannot answer: the
+        // request is not counted as waiting for it, nor its timeout
+        // against it.
+        if end_of_stream == ctx.body_streaming {
+            ctx.body_streaming = !end_of_stream;
+            if let Some(fenced) = &mut ctx.fence {
+                if end_of_stream {
+                    fenced.resume_waiting(crate::routing::now_ms());
+                } else {
+                    fenced.pause_waiting();
+                }
+            }
+        }
         if let Some(b) = body {
             ctx.body_bytes += b.len() as u64;
             if ctx.body_bytes > ctx.body_cap {

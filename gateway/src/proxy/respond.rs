@@ -65,16 +65,34 @@ pub async fn write_problem(
     Ok(())
 }
 
+/// Connections over the cap answered at once; more are closed unanswered.
+const MAX_REFUSING: usize = 64;
+
 /// Answer a client connection over the gateway's cap (`crate::capacity`):
 /// `503 overloaded`, after up to 100 ms for its request head so that the
 /// answer is not lost to a reset, then close it. A TLS connection is closed
-/// without an answer (it may speak HTTP/2).
+/// without an answer (it may speak HTTP/2), and so is any connection while
+/// [`MAX_REFUSING`] others are being answered (a flood at the cap must not
+/// hold descriptors the cap does not count).
 pub async fn refuse_connection(mut stream: pingora::protocols::Stream) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    static REFUSING: AtomicUsize = AtomicUsize::new(0);
+    struct Refusing;
+    impl Drop for Refusing {
+        fn drop(&mut self) {
+            REFUSING.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
     if stream.get_ssl_digest().is_some() {
         return;
     }
+    if REFUSING.fetch_add(1, Ordering::Relaxed) >= MAX_REFUSING {
+        REFUSING.fetch_sub(1, Ordering::Relaxed);
+        return;
+    }
+    let _refusing = Refusing;
     let mut head = [0u8; 4096];
     let _ = tokio::time::timeout(Duration::from_millis(100), stream.read(&mut head)).await;
     let id = crate::pipeline::request_id::new_request_id().to_string();

@@ -215,7 +215,11 @@ mod tests {
         for r in REPORTS {
             let sql = r.render("gh", Duration::from_secs(3600), Some("o'rders"), 10);
             assert!(!sql.contains('{'), "{}: {sql}", r.name);
-            assert!(sql.contains("gh.requests"));
+            assert!(
+                sql.contains("gh.requests") || sql.contains("gh.fence_events"),
+                "{}",
+                r.name
+            );
             assert!(sql.contains("AND app = 'o\\'rders'"), "{}", r.name);
             assert!(!r.summary().is_empty());
         }

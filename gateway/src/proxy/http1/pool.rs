@@ -33,13 +33,42 @@ struct Idle {
     stream: TcpStream,
     since: Instant,
     /// Counts the connection against its app's cap while it is idle.
-    _slot: IdleSlot,
+    slot: IdleSlot,
 }
 
 thread_local! {
     /// Per instance address, its idle connections (oldest first). A thread
     /// talks to a handful of instances, so a scan beats hashing.
     static IDLE: RefCell<Vec<(SocketAddr, Vec<Idle>)>> = const { RefCell::new(Vec::new()) };
+    /// When this thread's pool was last swept.
+    static SWEPT: std::cell::Cell<Option<Instant>> = const { std::cell::Cell::new(None) };
+}
+
+/// How often a thread sweeps its whole pool.
+const SWEEP_EVERY: Duration = Duration::from_millis(100);
+
+/// At most every [`SWEEP_EVERY`]: close this thread's idle connections that
+/// expired (those to instances no longer in the bundle among them), and
+/// those of an app whose requests in flight and idle connections have
+/// grown over its cap (connections idle here while another thread opened
+/// new ones).
+fn sweep(pool: &mut Vec<(SocketAddr, Vec<Idle>)>, now: Instant) {
+    let due = SWEPT.with(|s| {
+        let due = s
+            .get()
+            .is_none_or(|t| now.saturating_duration_since(t) >= SWEEP_EVERY);
+        if due {
+            s.set(Some(now));
+        }
+        due
+    });
+    if !due {
+        return;
+    }
+    for (_, idle) in pool.iter_mut() {
+        idle.retain(|c| now.saturating_duration_since(c.since) < IDLE_TIMEOUT && !c.slot.over());
+    }
+    pool.retain(|(_, idle)| !idle.is_empty());
 }
 
 /// An idle, still-open connection to `addr`, if there is one (`now`: a
@@ -58,6 +87,7 @@ pub fn take(addr: SocketAddr, now: Instant, resendable: bool) -> Option<TcpStrea
 fn take_checking_after(addr: SocketAddr, check_after: Duration, now: Instant) -> Option<TcpStream> {
     IDLE.with(|pool| {
         let mut pool = pool.borrow_mut();
+        sweep(&mut pool, now);
         let idle = &mut pool.iter_mut().find(|(a, _)| *a == addr)?.1;
         while let Some(conn) = idle.pop() {
             let idle = now.duration_since(conn.since);
@@ -74,6 +104,7 @@ fn take_checking_after(addr: SocketAddr, check_after: Duration, now: Instant) ->
 pub fn give(addr: SocketAddr, stream: TcpStream, now: Instant, fence: &Arc<AppFence>) {
     IDLE.with(|pool| {
         let mut pool = pool.borrow_mut();
+        sweep(&mut pool, now);
         let at = match pool.iter().position(|(a, _)| *a == addr) {
             Some(at) => at,
             None => {
@@ -95,7 +126,7 @@ pub fn give(addr: SocketAddr, stream: TcpStream, now: Instant, fence: &Arc<AppFe
             idle.push(Idle {
                 stream,
                 since: now,
-                _slot: slot,
+                slot,
             });
         }
     });

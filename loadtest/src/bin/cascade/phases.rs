@@ -286,8 +286,10 @@ async fn load(shared: Arc<Shared>, pool: Arc<Pool>, slow: bool, rate: impl Fn(us
         let (phase, _) = shared.now_in_phase();
         next += Duration::from_secs_f64(1.0 / rate(phase).max(1) as f64);
         tokio::time::sleep_until(next).await;
+        // Timed from when the request was due, not from when this loop got
+        // to it: a generator running late is charged to the latency.
+        let due = next.into_std();
         let (phase, sent) = shared.now_in_phase();
-        let due = Instant::now();
         n += 1;
         let path = format!("/rest/orders/v1/orders/{}", n % 5000 + 1);
         let (shared, pool) = (Arc::clone(&shared), Arc::clone(&pool));
@@ -356,7 +358,10 @@ pub async fn run(cli: &Cli, target: &Target) -> anyhow::Result<Vec<PhaseResult>>
         tokio::spawn(async move {
             while !shared.stop.load(Ordering::Acquire) {
                 let (phase, at) = shared.now_in_phase();
-                let sockets = sockets_to(pid, &ports);
+                let ports = ports.clone();
+                let sockets = tokio::task::spawn_blocking(move || sockets_to(pid, &ports))
+                    .await
+                    .unwrap_or(0);
                 let (in_flight, openings) = metrics(&admin).await;
                 if let Ok(mut s) = shared.samples.lock() {
                     s[phase].push(Sample {

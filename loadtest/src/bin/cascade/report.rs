@@ -145,6 +145,15 @@ pub fn print(cli: &Cli, cap: u32, results: &[PhaseResult]) -> usize {
     let healthy_p99 = m[0].fast_p99;
     let p99_bound = healthy_p99.mul_f64(1.2) + Duration::from_millis(2);
     let mut checks: Vec<(String, bool)> = Vec::new();
+    // Sockets are read from /proc: a reading of none while the app is
+    // healthy and busy means they could not be, not that there were none.
+    checks.push((
+        format!(
+            "the gateway's sockets to the slow app can be counted (healthy: {})",
+            m[0].sockets_max
+        ),
+        m[0].sockets_max > 0,
+    ));
     for (r, x) in results.iter().zip(&m) {
         let name = r.phase.name;
         checks.push((
