@@ -660,8 +660,12 @@ impl IdleSlot {
     /// The app's requests in flight and idle connections are over its cap:
     /// this connection should go.
     pub fn over(&self) -> bool {
-        let f = &self.0;
-        f.cap.in_flight() + f.idle.load(Ordering::Acquire) > f.cap.limit
+        self.0.sockets_over()
+    }
+
+    /// Is this the connection of `fence`'s app?
+    pub fn of(&self, fence: &Arc<AppFence>) -> bool {
+        Arc::ptr_eq(&self.0, fence)
     }
 }
 
@@ -697,6 +701,14 @@ impl AppFence {
             idle: AtomicU32::new(0),
             consumers: std::array::from_fn(|_| AtomicU32::new(0)),
         }
+    }
+
+    /// Are the app's requests in flight (each holding a socket, or about
+    /// to) and its idle connections over its cap? A request of the app
+    /// that needs a new connection then opens one only in place of an idle
+    /// one it closes.
+    pub fn sockets_over(&self) -> bool {
+        self.cap.in_flight() + self.idle.load(Ordering::Acquire) > self.cap.limit
     }
 
     /// May one more idle connection to the app be kept? Only while its
@@ -926,6 +938,17 @@ impl Fenced {
             self.judged = true;
             self.fence.breaker(self.route).release(pass.probe);
         }
+    }
+
+    /// Its app's fence.
+    pub fn fence(&self) -> &Arc<AppFence> {
+        &self.fence
+    }
+
+    /// The request needed a new connection and none could be made within
+    /// the app's cap: counted as shed.
+    pub fn shed_for_sockets(&self) {
+        self.fence.cap.shed.fetch_add(1, Ordering::Relaxed);
     }
 
     /// May the request be tried again: its breaker is not open, and the
@@ -1266,6 +1289,13 @@ mod tests {
             fence.keep_idle().is_none(),
             "1 + 2 is the cap: closed instead"
         );
+        assert!(!fence.sockets_over(), "1 + 2 is not over 3");
+        let extra = Fenced::enter(&fence, None, HIGH, 0).expect("a slot: 2 < 3 in flight");
+        assert!(
+            fence.sockets_over(),
+            "2 in flight + 2 idle: a new connection must replace an idle one"
+        );
+        drop(extra);
         drop(busy);
         let _c = fence.keep_idle().expect("0 + 2 < 3");
         drop(a);

@@ -135,6 +135,22 @@ impl ServerApp for Engine {
     }
 }
 
+/// May the request open a new connection to its app? Not when the app's
+/// requests in flight and idle connections are over its cap, unless an
+/// idle one of this thread is closed in its place (one idle on another
+/// thread is closed by that thread's next sweep). Counted as shed when not.
+fn room_for_connection(ctx: &RequestCtx) -> bool {
+    let Some(fenced) = &ctx.fence else {
+        return true;
+    };
+    let fence = fenced.fence();
+    if !fence.sockets_over() || pool::evict_one(fence) {
+        return true;
+    }
+    fenced.shed_for_sockets();
+    false
+}
+
 /// What the connection does after an exchange.
 enum Next {
     /// Read the next request.
@@ -499,6 +515,7 @@ impl Engine {
             let attempt = loop {
                 let (mut conn, reused) = match pool::take(socket, now, idempotent) {
                     Some(conn) => (conn, true),
+                    None if !room_for_connection(ctx) => return Err(GatewayError::Shed),
                     None => match connect(
                         socket,
                         upstream_io,

@@ -99,6 +99,21 @@ fn take_checking_after(addr: SocketAddr, check_after: Duration, now: Instant) ->
     })
 }
 
+/// Close one of this thread's idle connections to `fence`'s app, if it
+/// has one: room for a new connection within the app's cap.
+pub fn evict_one(fence: &Arc<AppFence>) -> bool {
+    IDLE.with(|pool| {
+        let mut pool = pool.borrow_mut();
+        for (_, idle) in pool.iter_mut() {
+            if let Some(at) = idle.iter().position(|c| c.slot.of(fence)) {
+                idle.remove(at);
+                return true;
+            }
+        }
+        false
+    })
+}
+
 /// Keep `stream` (which just finished a response cleanly, at `now`) for
 /// reuse, while its app's fence ([`AppFence::keep_idle`]) allows it.
 pub fn give(addr: SocketAddr, stream: TcpStream, now: Instant, fence: &Arc<AppFence>) {
