@@ -223,6 +223,7 @@ pub struct Breaker {
     in_a_row: AtomicU32,
 }
 
+#[cfg(test)]
 impl Default for Breaker {
     fn default() -> Self {
         Self::new(&BreakerSpec::default())
@@ -435,6 +436,7 @@ impl Breaker {
     }
 
     /// The state word now (what [`Pass::epoch`] is compared with).
+    #[cfg(test)]
     pub fn epoch(&self) -> u64 {
         self.state.load(Ordering::Acquire)
     }
@@ -534,6 +536,7 @@ pub struct RetryBudget {
     refused: AtomicU64,
 }
 
+#[cfg(test)]
 impl Default for RetryBudget {
     fn default() -> Self {
         Self::new(&RetryBudgetSpec::default())
@@ -678,6 +681,7 @@ impl Drop for IdleSlot {
 
 impl AppFence {
     /// Fences for an app whose routes have `route_ids`, with the defaults.
+    #[cfg(test)]
     pub fn new<'a>(route_ids: impl Iterator<Item = &'a str>) -> Self {
         Self::with(route_ids, &ResilienceSpec::default())
     }
@@ -767,6 +771,7 @@ pub struct Caller {
     pub consumer: Option<usize>,
 }
 
+#[cfg(test)]
 impl Caller {
     /// An anonymous caller.
     pub const ANONYMOUS: Caller = Caller {

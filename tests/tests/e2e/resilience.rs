@@ -495,12 +495,11 @@ fn a_post_the_app_may_have_acted_on_is_never_sent_twice() {
 async fn a_failing_route_is_fenced_off_at_once_and_let_back_in_when_it_heals() {
     let sim = Sim::one("approvals");
     let dir = PolicyDir::new();
-    dir.write(
-        "a.yaml",
-        &format!(
-            "version: 1\napps:\n  - name: wf\n    owner: o\n    hosts: [wf.test]\n    upstream: {{ instances: [\"{}\"], ejection: {{ consecutive_failures: 0 }} }}\n    timeouts: {{ connect: 1s, read: 300ms, total: 1s }}\n    retries: 0\n    routes:\n      - {{ id: get, method: GET, path: \"/approvals/{{id}}\" }}\n      - {{ id: list, method: GET, path: /approvals }}\n",
-            sim.url(0)
-        ),
+    wf_policy(
+        &dir,
+        &sim.url(0),
+        ", ejection: { consecutive_failures: 0 }",
+        "    timeouts: { connect: 1s, read: 300ms, total: 1s }\n    retries: 0\n",
     );
     let gw = Gateway::start(dir.path(), &[]);
     let c = client();
@@ -563,12 +562,11 @@ async fn a_failing_route_is_fenced_off_at_once_and_let_back_in_when_it_heals() {
 async fn a_hanging_route_is_fenced_off_on_its_stall_long_before_its_timeouts() {
     let sim = Sim::one("approvals");
     let dir = PolicyDir::new();
-    dir.write(
-        "a.yaml",
-        &format!(
-            "version: 1\napps:\n  - name: wf\n    owner: o\n    hosts: [wf.test]\n    upstream: {{ instances: [\"{}\"] }}\n    timeouts: {{ connect: 1s, read: 20s, total: 30s }}\n    resilience: {{ routes: {{ get: {{ max_in_flight: 24 }} }} }}\n    routes:\n      - {{ id: get, method: GET, path: \"/approvals/{{id}}\" }}\n      - {{ id: list, method: GET, path: /approvals }}\n",
-            sim.url(0)
-        ),
+    wf_policy(
+        &dir,
+        &sim.url(0),
+        "",
+        "    timeouts: { connect: 1s, read: 20s, total: 30s }\n    resilience: { routes: { get: { max_in_flight: 24 } } }\n",
     );
     let gw = Gateway::start(dir.path(), &[]);
     let c = client();
@@ -655,13 +653,7 @@ async fn wf_get(
 async fn under_a_low_descriptor_limit_the_gateway_sheds_instead_of_running_out() {
     let sim = Sim::one("approvals");
     let dir = PolicyDir::new();
-    dir.write(
-        "a.yaml",
-        &format!(
-            "version: 1\napps:\n  - name: wf\n    owner: o\n    hosts: [wf.test]\n    upstream: {{ instances: [\"{}\"] }}\n    routes:\n      - {{ id: get, method: GET, path: \"/approvals/{{id}}\" }}\n      - {{ id: list, method: GET, path: /approvals }}\n",
-            sim.url(0)
-        ),
-    );
+    wf_policy(&dir, &sim.url(0), "", "");
     // 300 descriptors: 128 + 15 kept back, 157 shared out: 78 client
     // connections, 39 requests in flight to apps, 19 to one app.
     let gw = Gateway::start_limited(dir.path(), 300, &[]);
@@ -720,4 +712,17 @@ async fn under_a_low_descriptor_limit_the_gateway_sheds_instead_of_running_out()
         }
     }
     assert_eq!((served, shed), (19, 11));
+}
+
+/// The `wf` app (host `wf.test`) on `instance`, with routes `get`
+/// (`GET /approvals/{id}`) and `list` (`GET /approvals`); `upstream_extra`
+/// goes inside its `upstream` map, `app_lines` (indented, each ending in a
+/// newline) among its settings.
+fn wf_policy(dir: &PolicyDir, instance: &str, upstream_extra: &str, app_lines: &str) {
+    dir.write(
+        "a.yaml",
+        &format!(
+            "version: 1\napps:\n  - name: wf\n    owner: o\n    hosts: [wf.test]\n    upstream: {{ instances: [\"{instance}\"]{upstream_extra} }}\n{app_lines}    routes:\n      - {{ id: get, method: GET, path: \"/approvals/{{id}}\" }}\n      - {{ id: list, method: GET, path: /approvals }}\n"
+        ),
+    );
 }
