@@ -15,4 +15,4 @@ cargo test --workspace --locked
 # both engines to the same behaviour.
 GATEHOUSE_E2E_ENGINE=pingora cargo test --locked -p gatehouse-e2e --test e2e -- \
   routing:: identity:: limits_and_errors:: contracts:: telemetry:: balancing:: parity:: \
-  resilience::a_post_the_app resilience::a_failing_route resilience::a_hanging_route resilience::under_a_low
+  resilience::a_post_the_app resilience::a_failing_route resilience::a_hanging_route resilience::under_a_low resilience::over_its_cap

@@ -135,27 +135,37 @@ impl Active {
             .cloned()
             .collect();
         limits.retain(&ids);
+        // An app kept with the same routes and settings keeps its fences;
+        // one whose routes or settings changed gets new ones that take over
+        // from the old (what is in flight, the breakers' states).
+        let now_ms = crate::routing::now_ms();
         let fences = bundle
             .apps
             .iter()
             .map(|app| {
-                let kept = previous.and_then(|p| {
+                let before = previous.and_then(|p| {
                     let at = p.bundle.apps.iter().position(|a| a.name == app.name)?;
-                    let before = &p.bundle.apps[at];
-                    let same = before.routes.len() == app.routes.len()
-                        && before
+                    Some((&p.bundle.apps[at], &p.fences[at]))
+                });
+                if let Some((old, fence)) = before {
+                    let same = old.routes.len() == app.routes.len()
+                        && old
                             .routes
                             .iter()
                             .zip(&app.routes)
                             .all(|(a, b)| a.id == b.id)
-                        && before.resilience == app.resilience;
-                    same.then(|| Arc::clone(&p.fences[at]))
-                });
-                kept.unwrap_or_else(|| {
-                    Arc::new(crate::pipeline::fence::AppFence::with(
-                        app.routes.iter().map(|r| r.id.as_str()),
-                        &app.resilience,
-                    ))
+                        && old.resilience == app.resilience;
+                    if same {
+                        return Arc::clone(fence);
+                    }
+                }
+                let fresh = crate::pipeline::fence::AppFence::with(
+                    app.routes.iter().map(|r| r.id.as_str()),
+                    &app.resilience,
+                );
+                Arc::new(match before {
+                    Some((_, fence)) => fresh.succeeding(fence, now_ms),
+                    None => fresh,
                 })
             })
             .collect();

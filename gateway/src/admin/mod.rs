@@ -187,6 +187,11 @@ async fn apps(State(shared): State<Arc<Shared>>) -> Json<Value> {
                     "in_flight": fence.in_flight(),
                     "max_in_flight": fence.cap.limit,
                     "shed": fence.shed(),
+                    "queued": fence.queued(),
+                    "queue": fence.queue().map(|(size, wait_ms)| json!({
+                        "size": size,
+                        "max_wait_ms": wait_ms,
+                    })),
                     "retries_refused": fence.retries.refused(),
                     "breakers": fence.breaking,
                     "passthrough_breaker": breaker_view(&fence.breaker),
@@ -360,6 +365,12 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
         "Most requests in flight to each app before more are shed.",
         "gauge",
         &per_app(&|f| u64::from(f.cap.limit)),
+    );
+    counter(
+        "gatehouse_app_requests_queued",
+        "Requests waiting for a slot under their app's cap (in apps with a wait queue).",
+        "gauge",
+        &per_app(&|f| u64::from(f.queued())),
     );
     counter(
         "gatehouse_app_requests_shed_total",

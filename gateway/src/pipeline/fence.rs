@@ -85,6 +85,15 @@ impl Window {
         (a, b)
     }
 
+    fn copy_from(&self, other: &Window) {
+        for (to, from) in self.buckets.iter().zip(&other.buckets) {
+            to.slot
+                .store(from.slot.load(Ordering::Acquire), Ordering::Relaxed);
+            to.a.store(from.a.load(Ordering::Relaxed), Ordering::Relaxed);
+            to.b.store(from.b.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+    }
+
     fn clear(&self) {
         for bucket in &self.buckets {
             bucket.a.store(0, Ordering::Relaxed);
@@ -137,6 +146,8 @@ pub enum Reason {
         /// Milliseconds since the app last answered (or the first waited).
         for_ms: u64,
     },
+    /// The cool-down passed: probes go to the app.
+    CooledDown,
     /// A probe failed.
     ProbeFailed,
     /// Every probe succeeded.
@@ -151,6 +162,7 @@ impl std::fmt::Display for Reason {
             Self::Stalled { waiting, for_ms } => {
                 write!(f, "{waiting} requests unanswered for {for_ms} ms")
             }
+            Self::CooledDown => f.write_str("the cool-down passed; probing the app"),
             Self::ProbeFailed => f.write_str("a probe failed"),
             Self::Probed => f.write_str("the probes succeeded"),
         }
@@ -235,8 +247,8 @@ impl Default for Breaker {
 pub struct Refusal {
     /// Seconds until the app is tried again.
     pub retry_after: u64,
-    /// The breaker opened on this request (a stall).
-    pub opened: Option<Transition>,
+    /// The breaker changed state on this request (it opened on a stall).
+    pub changed: Option<Transition>,
 }
 
 /// A request a breaker let through.
@@ -249,6 +261,8 @@ pub struct Pass {
     /// through before the breaker opened, or in an earlier round of
     /// probes, has no say in the present one).
     pub epoch: u64,
+    /// The breaker changed state on this request (it went half-open).
+    pub changed: Option<Transition>,
 }
 
 /// Let a request through a breaker, or why not.
@@ -325,15 +339,16 @@ impl Breaker {
         })
     }
 
-    fn refusal(&self, until: u64, now_ms: u64, opened: Option<Transition>) -> Refusal {
+    fn refusal(&self, until: u64, now_ms: u64, changed: Option<Transition>) -> Refusal {
         Refusal {
             retry_after: until.saturating_sub(now_ms).div_ceil(1000).max(1),
-            opened,
+            changed,
         }
     }
 
     /// May a request go to the app at `now_ms`?
     pub fn admit(&self, now_ms: u64) -> Admission {
+        let mut changed = None;
         loop {
             let (state, since) = self.load();
             match state {
@@ -347,6 +362,7 @@ impl Breaker {
                         return Ok(Pass {
                             probe: false,
                             epoch: CLOSED | (since << 2),
+                            changed: None,
                         });
                     }
                     let reason = Reason::Stalled {
@@ -364,6 +380,11 @@ impl Breaker {
                     if self.enter(OPEN, since, HALF_OPEN, now_ms) {
                         self.probes.store(0, Ordering::Relaxed);
                         self.probes_ok.store(0, Ordering::Relaxed);
+                        changed = Some(Transition {
+                            from: BreakerState::Open,
+                            to: BreakerState::HalfOpen,
+                            reason: Reason::CooledDown,
+                        });
                     }
                 }
                 _ => {
@@ -395,9 +416,10 @@ impl Breaker {
                         Ok(Pass {
                             probe: true,
                             epoch: HALF_OPEN | (since << 2),
+                            changed,
                         })
                     } else {
-                        Err(self.refusal(now_ms + 1, now_ms, None))
+                        Err(self.refusal(now_ms + 1, now_ms, changed))
                     };
                 }
             }
@@ -432,6 +454,32 @@ impl Breaker {
                 .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
                     (w & COUNT_MASK > 0).then(|| w - 1)
                 });
+        }
+    }
+
+    /// Take over what `before` (the same route's breaker under the policy
+    /// version this one replaces) knows of the app at `now_ms`: an open
+    /// breaker stays open for the rest of its cool-down, a half-open one
+    /// probes again at once (its probes answer to the breaker they were
+    /// let through), a closed one keeps its window (when its buckets are
+    /// as long), its failures in a row and the app's usual time.
+    fn carry(&self, before: &Breaker, now_ms: u64) {
+        let (state, since) = before.load();
+        let word = match state {
+            OPEN => OPEN | (since << 2),
+            HALF_OPEN => OPEN | (now_ms.saturating_sub(self.tuning.cool_down_ms) << 2),
+            _ => CLOSED,
+        };
+        self.state.store(word, Ordering::Release);
+        self.openings.store(before.openings(), Ordering::Relaxed);
+        self.usual_ms
+            .store(before.usual_ms.load(Ordering::Relaxed), Ordering::Relaxed);
+        if state == CLOSED {
+            self.in_a_row
+                .store(before.in_a_row.load(Ordering::Relaxed), Ordering::Relaxed);
+            if self.tuning.bucket_ms == before.tuning.bucket_ms {
+                self.window.copy_from(&before.window);
+            }
         }
     }
 
@@ -579,54 +627,78 @@ impl RetryBudget {
     }
 }
 
+/// What is in flight under a cap, and what it shed: shared by the caps of
+/// successive policy versions that keep the app (or route), so a request
+/// let in under one version and one under the next count against the same
+/// cap.
+#[derive(Debug, Default)]
+struct Load {
+    in_flight: AtomicU32,
+    shed: AtomicU64,
+}
+
 /// A concurrency cap: requests in flight and the most allowed.
 #[derive(Debug)]
 pub struct Cap {
-    in_flight: AtomicU32,
-    /// Most requests in flight.
+    load: Arc<Load>,
+    /// Most requests allowed in flight.
     pub limit: u32,
-    /// Requests shed at the cap.
-    shed: AtomicU64,
 }
 
 impl Cap {
     fn new(limit: u32) -> Self {
         Self {
-            in_flight: AtomicU32::new(0),
+            load: Arc::default(),
             limit,
-            shed: AtomicU64::new(0),
         }
     }
 
-    /// A slot, while fewer than `limit` (at most the cap) are in flight.
-    fn take(&self, limit: u32) -> bool {
-        let before = self.in_flight.fetch_add(1, Ordering::AcqRel);
+    /// A cap of `limit` over what `before` has in flight.
+    fn sharing(before: &Cap, limit: u32) -> Self {
+        Self {
+            load: Arc::clone(&before.load),
+            limit,
+        }
+    }
+
+    /// A slot, while fewer than `limit` (at most the cap) are in flight;
+    /// a refusal counts as shed when `count`.
+    fn take(&self, limit: u32, count: bool) -> bool {
+        let before = self.load.in_flight.fetch_add(1, Ordering::AcqRel);
         if before >= limit {
-            self.in_flight.fetch_sub(1, Ordering::AcqRel);
-            self.shed.fetch_add(1, Ordering::Relaxed);
+            self.load.in_flight.fetch_sub(1, Ordering::AcqRel);
+            if count {
+                self.note_shed();
+            }
             return false;
         }
         true
     }
 
     fn give_back(&self) {
-        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.load.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    fn note_shed(&self) {
+        self.load.shed.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Requests in flight now.
     pub fn in_flight(&self) -> u32 {
-        self.in_flight.load(Ordering::Relaxed)
+        self.load.in_flight.load(Ordering::Relaxed)
     }
 
-    /// Requests shed at the cap since it was made.
+    /// Requests shed at the cap since the app (or route) got it.
     pub fn shed(&self) -> u64 {
-        self.shed.load(Ordering::Relaxed)
+        self.load.shed.load(Ordering::Relaxed)
     }
 }
 
 /// One route's fences: its breaker and, where the policy sets one, its cap.
 #[derive(Debug)]
 pub struct RouteFence {
+    /// The route's id.
+    id: String,
     /// The route's breaker.
     pub breaker: Breaker,
     /// The route's own cap (within the app's).
@@ -648,10 +720,38 @@ pub struct AppFence {
     pub routes: Vec<RouteFence>,
     /// The app's retry budget.
     pub retries: RetryBudget,
+    /// Most requests waiting for a slot (0: none wait).
+    queue_size: u32,
+    /// Longest a request waits for a slot, in milliseconds.
+    queue_wait_ms: u64,
+    /// What the app holds beyond its cap's count, shared like it.
+    held: Arc<Held>,
+}
+
+/// What an app holds beyond its requests in flight: idle connections, its
+/// consumers' shares, its queue. Shared by the fences of successive policy
+/// versions that keep the app.
+#[derive(Debug)]
+struct Held {
     /// Idle connections to the app kept for reuse.
     idle: AtomicU32,
     /// Requests in flight per consumer slot.
     consumers: [AtomicU32; CONSUMER_SLOTS],
+    /// Requests waiting for a slot.
+    queued: AtomicU32,
+    /// Woken when a slot is freed while requests wait.
+    freed: tokio::sync::Notify,
+}
+
+impl Default for Held {
+    fn default() -> Self {
+        Self {
+            idle: AtomicU32::new(0),
+            consumers: std::array::from_fn(|_| AtomicU32::new(0)),
+            queued: AtomicU32::new(0),
+            freed: tokio::sync::Notify::new(),
+        }
+    }
 }
 
 /// An idle connection to an app, kept for reuse: counted against the app's
@@ -668,13 +768,13 @@ impl IdleSlot {
 
     /// Is this the connection of `fence`'s app?
     pub fn of(&self, fence: &Arc<AppFence>) -> bool {
-        Arc::ptr_eq(&self.0, fence)
+        Arc::ptr_eq(&self.0.held, &fence.held)
     }
 }
 
 impl Drop for IdleSlot {
     fn drop(&mut self) {
-        self.0.idle.fetch_sub(1, Ordering::AcqRel);
+        self.0.held.idle.fetch_sub(1, Ordering::AcqRel);
         crate::capacity::idle_gone(1);
     }
 }
@@ -697,14 +797,40 @@ impl AppFence {
             breaker: Breaker::new(&spec.breaker),
             routes: route_ids
                 .map(|id| RouteFence {
+                    id: id.to_string(),
                     breaker: Breaker::new(&spec.breaker),
                     cap: spec.routes.get(id).map(|r| Cap::new(r.max_in_flight)),
                 })
                 .collect(),
             retries: RetryBudget::new(&spec.retry_budget),
-            idle: AtomicU32::new(0),
-            consumers: std::array::from_fn(|_| AtomicU32::new(0)),
+            queue_size: spec.queue.size,
+            queue_wait_ms: spec.queue.max_wait.get().as_millis() as u64,
+            held: Arc::default(),
         }
+    }
+
+    /// These fences, taking over from `before` (the same app's under the
+    /// policy version they replace) at `now_ms`: the requests it has in
+    /// flight, its idle connections and queue count against these caps,
+    /// and each breaker of a route kept (by id) goes on from where it was,
+    /// so editing an app's settings never closes an open breaker.
+    pub fn succeeding(mut self, before: &AppFence, now_ms: u64) -> Self {
+        self.cap = Cap::sharing(&before.cap, self.cap.limit);
+        self.held = Arc::clone(&before.held);
+        self.breaker.carry(&before.breaker, now_ms);
+        for route in &mut self.routes {
+            let Some(old) = before.routes.iter().find(|r| r.id == route.id) else {
+                continue;
+            };
+            route.breaker.carry(&old.breaker, now_ms);
+            if let (Some(cap), Some(old_cap)) = (&route.cap, &old.cap) {
+                route.cap = Some(Cap::sharing(old_cap, cap.limit));
+            }
+        }
+        self.retries
+            .refused
+            .store(before.retries.refused(), Ordering::Relaxed);
+        self
     }
 
     /// Are the app's requests in flight (each holding a socket, or about
@@ -712,7 +838,7 @@ impl AppFence {
     /// that needs a new connection then opens one only in place of an idle
     /// one it closes.
     pub fn sockets_over(&self) -> bool {
-        self.cap.in_flight() + self.idle.load(Ordering::Acquire) > self.cap.limit
+        self.cap.in_flight() + self.held.idle.load(Ordering::Acquire) > self.cap.limit
     }
 
     /// May one more idle connection to the app be kept? Only while its
@@ -720,9 +846,9 @@ impl AppFence {
     /// (so the sockets to an app stay within it) and the gateway's share
     /// of idle connections has room.
     pub fn keep_idle(self: &Arc<Self>) -> Option<IdleSlot> {
-        let idle = self.idle.fetch_add(1, Ordering::AcqRel);
+        let idle = self.held.idle.fetch_add(1, Ordering::AcqRel);
         if self.cap.in_flight() + idle >= self.cap.limit || !crate::capacity::keep_idle() {
-            self.idle.fetch_sub(1, Ordering::AcqRel);
+            self.held.idle.fetch_sub(1, Ordering::AcqRel);
             return None;
         }
         Some(IdleSlot(Arc::clone(self)))
@@ -747,6 +873,39 @@ impl AppFence {
     /// Requests in flight to the app now.
     pub fn in_flight(&self) -> u32 {
         self.cap.in_flight()
+    }
+
+    /// A request gave up waiting for a slot: counted as shed at the app's
+    /// cap.
+    pub fn note_shed(&self) {
+        self.cap.note_shed();
+    }
+
+    /// Requests waiting for a slot now.
+    pub fn queued(&self) -> u32 {
+        self.held.queued.load(Ordering::Relaxed)
+    }
+
+    /// The app's queue: its size and longest wait (ms); `None`: no queue.
+    pub fn queue(&self) -> Option<(u32, u64)> {
+        (self.queue_size > 0).then_some((self.queue_size, self.queue_wait_ms))
+    }
+
+    /// A place in the app's queue, while it has room.
+    pub fn join_queue(&self) -> Option<Queued> {
+        self.held
+            .queued
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.queue_size).then_some(n + 1)
+            })
+            .ok()?;
+        Some(Queued(Arc::clone(&self.held)))
+    }
+
+    /// A future that completes when a slot of the app is freed after it
+    /// was made (enable it, then try for a slot, then await it).
+    pub fn slot_freed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.held.freed.notified()
     }
 
     /// Requests shed at the app's cap and its routes' since the fence was
@@ -825,12 +984,34 @@ impl Fenced {
     /// Let a request of `caller` for `route` through `fence` at `now_ms`:
     /// the breaker first, then the route's cap, the app's (the share the
     /// caller's priority allows, and at most half of it for one consumer),
-    /// and the gateway's.
+    /// and the gateway's. A refusal at a cap counts as shed.
     pub fn enter(
         fence: &Arc<AppFence>,
         route: Option<usize>,
         caller: Caller,
         now_ms: u64,
+    ) -> Result<Self, Kept> {
+        Self::try_enter(fence, route, caller, now_ms, true)
+    }
+
+    /// [`Fenced::enter`] for a request in the app's queue: a refusal at a
+    /// cap is not counted (the request tries again when a slot is freed;
+    /// it is counted once, if it gives up: [`AppFence::note_shed`]).
+    pub fn enter_queued(
+        fence: &Arc<AppFence>,
+        route: Option<usize>,
+        caller: Caller,
+        now_ms: u64,
+    ) -> Result<Self, Kept> {
+        Self::try_enter(fence, route, caller, now_ms, false)
+    }
+
+    fn try_enter(
+        fence: &Arc<AppFence>,
+        route: Option<usize>,
+        caller: Caller,
+        now_ms: u64,
+        count: bool,
     ) -> Result<Self, Kept> {
         let pass = if fence.breaking {
             Some(fence.breaker(route).admit(now_ms).map_err(Kept::Open)?)
@@ -842,7 +1023,7 @@ impl Fenced {
         let consumer = caller.consumer.map(consumer_slot);
         let mut taken = 0;
         let kept = 'steps: {
-            if route_cap.is_some_and(|c| !c.take(c.limit)) {
+            if route_cap.is_some_and(|c| !c.take(c.limit, count)) {
                 break 'steps Some(Kept::Full);
             }
             taken = 1;
@@ -850,16 +1031,21 @@ impl Fenced {
             // is half full (before, a consumer sharing a slot with a busy
             // one is not held back).
             if let Some(slot) = consumer {
-                let before = fence.consumers[slot].fetch_add(1, Ordering::AcqRel);
+                let before = fence.held.consumers[slot].fetch_add(1, Ordering::AcqRel);
                 taken = 2;
                 let half = (fence.cap.limit / 2).max(1);
                 if before >= half && fence.cap.in_flight() >= half {
-                    fence.cap.shed.fetch_add(1, Ordering::Relaxed);
+                    if count {
+                        fence.cap.note_shed();
+                    }
                     break 'steps Some(Kept::Full);
                 }
             }
             // A caller fills at most the share its priority allows.
-            if !fence.cap.take(caller.priority.of_cap(fence.cap.limit)) {
+            if !fence
+                .cap
+                .take(caller.priority.of_cap(fence.cap.limit), count)
+            {
                 break 'steps Some(Kept::Full);
             }
             taken = 3;
@@ -885,7 +1071,7 @@ impl Fenced {
         }
         if taken >= 2 {
             if let Some(slot) = consumer {
-                fence.consumers[slot].fetch_sub(1, Ordering::AcqRel);
+                fence.held.consumers[slot].fetch_sub(1, Ordering::AcqRel);
             }
         }
         if taken >= 1 {
@@ -945,15 +1131,15 @@ impl Fenced {
         }
     }
 
+    /// The breaker's change of state on letting the request through (it
+    /// went half-open), once.
+    pub fn take_change(&mut self) -> Option<Transition> {
+        self.pass.as_mut().and_then(|p| p.changed.take())
+    }
+
     /// Its app's fence.
     pub fn fence(&self) -> &Arc<AppFence> {
         &self.fence
-    }
-
-    /// The request needed a new connection and none could be made within
-    /// the app's cap: counted as shed.
-    pub fn shed_for_sockets(&self) {
-        self.fence.cap.shed.fetch_add(1, Ordering::Relaxed);
     }
 
     /// May the request be tried again: its breaker is not open, and the
@@ -974,12 +1160,29 @@ impl Fenced {
 impl Drop for Fenced {
     fn drop(&mut self) {
         self.fence.cap.give_back();
+        let held = &self.fence.held;
         if let Some(slot) = self.consumer {
-            self.fence.consumers[slot].fetch_sub(1, Ordering::AcqRel);
+            held.consumers[slot].fetch_sub(1, Ordering::AcqRel);
         }
         if let Some(c) = self.fence.route_cap(self.route) {
             c.give_back();
         }
+        if held.queued.load(Ordering::Acquire) > 0 {
+            // Every waiter tries again (a queue is small): the slot may fit
+            // one the first woken cannot use (its priority's share, its
+            // consumer's).
+            held.freed.notify_waiters();
+        }
+    }
+}
+
+/// A request's place in its app's queue; leaving it (dropping) makes room.
+#[derive(Debug)]
+pub struct Queued(Arc<Held>);
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        self.0.queued.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -999,6 +1202,7 @@ mod tests {
         Pass {
             probe: false,
             epoch: b.epoch(),
+            changed: None,
         }
     }
 
@@ -1168,7 +1372,7 @@ mod tests {
             t += 5;
         }
         let refused = b.admit(3_000).expect_err("stalled");
-        let change = refused.opened.expect("opened on this request");
+        let change = refused.changed.expect("opened on this request");
         assert_eq!(change.to, BreakerState::Open);
         assert!(
             matches!(change.reason, Reason::Stalled { waiting, for_ms: 2_000 } if waiting >= 300),
@@ -1203,7 +1407,7 @@ mod tests {
         for i in 0..100 {
             let _ = b.admit(1_000 + i);
         }
-        assert!(opened(b.admit(3_100).err().and_then(|r| r.opened)));
+        assert!(opened(b.admit(3_100).err().and_then(|r| r.changed)));
         // Its probes take 3 s too; a new round starts at the stall, and
         // the first round's answers close it.
         let half = 3_100 + COOL_DOWN_MS;
@@ -1380,7 +1584,7 @@ mod tests {
         let half = COOL_DOWN_MS;
         // The cap is full (requests let through before the breaker opened).
         for _ in 0..4 {
-            assert!(fence.cap.take(4));
+            assert!(fence.cap.take(4, true));
         }
         for _ in 0..10 {
             assert_eq!(
@@ -1438,6 +1642,108 @@ mod tests {
         assert_eq!(f.may_retry(0), Err(false), "the breaker is open");
     }
 
+    #[test]
+    fn going_half_open_is_a_change_reported_once() {
+        let b = Breaker::default();
+        assert!(opened(fail_n(&b, MIN_REQUESTS, true, 0)));
+        let first = b.admit(COOL_DOWN_MS).expect("a probe");
+        assert_eq!(
+            first.changed,
+            Some(Transition {
+                from: BreakerState::Open,
+                to: BreakerState::HalfOpen,
+                reason: Reason::CooledDown,
+            })
+        );
+        assert_eq!(b.admit(COOL_DOWN_MS).expect("a probe").changed, None);
+    }
+
+    #[test]
+    fn new_settings_take_over_the_breakers_and_what_is_in_flight() {
+        let before = Arc::new(AppFence::with(
+            ["list", "gone"].into_iter(),
+            &spec("routes: { list: { max_in_flight: 4 } }"),
+        ));
+        let held = Fenced::enter(&before, Some(0), HIGH, 0).expect("a slot");
+        let idle = before.keep_idle().expect("room to keep one idle");
+        assert!(opened(fail_n(
+            before.breaker(Some(0)),
+            MIN_REQUESTS,
+            true,
+            10
+        )));
+        Fenced::enter(&before, None, HIGH, 10).expect("a slot");
+        let after = Arc::new(
+            AppFence::with(
+                ["new", "list"].into_iter(),
+                &spec("max_in_flight: 3\nroutes: { list: { max_in_flight: 1 } }\nbreaker: { cool_down: 9s }"),
+            )
+            .succeeding(&before, 20),
+        );
+        // The open breaker stays open (the route kept, by id), the new
+        // route's is closed.
+        assert_eq!(after.breaker(Some(1)).state(), BreakerState::Open);
+        assert_eq!(after.breaker(Some(0)).state(), BreakerState::Closed);
+        assert_eq!(after.breaker(Some(1)).openings(), 1);
+        assert!(after.breaker(Some(1)).admit(100).is_err());
+        assert!(passes(after.breaker(Some(1)).admit(10 + 9_000), true));
+        // The request in flight under the old settings counts against the
+        // new caps, app and route, and so does the idle connection.
+        assert_eq!(after.in_flight(), 1);
+        assert_eq!(
+            Fenced::enter(&after, Some(1), HIGH, 20_000).err(),
+            Some(Kept::Full),
+            "the route's new cap of 1 is taken"
+        );
+        let other = Fenced::enter(&after, None, HIGH, 20_000).expect("app cap 3: the second");
+        assert!(
+            !after.sockets_over(),
+            "2 in flight + 1 idle (kept before): at 3"
+        );
+        let third = Fenced::enter(&after, None, HIGH, 20_000).expect("the third");
+        assert!(after.sockets_over(), "3 in flight + the idle one");
+        assert!(
+            Fenced::enter(&after, None, HIGH, 20_000).is_err(),
+            "3 taken"
+        );
+        drop((held, idle, other, third));
+        assert_eq!(after.in_flight(), 0);
+        assert_eq!(before.in_flight(), 0);
+        assert_eq!(after.shed(), 2, "the shed counts go on too");
+    }
+
+    #[tokio::test]
+    async fn the_queue_is_bounded_and_a_freed_slot_wakes_its_waiters() {
+        let fence = Arc::new(AppFence::with(
+            std::iter::empty(),
+            &spec("max_in_flight: 1\nqueue: { size: 2, max_wait: 1s }"),
+        ));
+        assert_eq!(fence.queue(), Some((2, 1_000)));
+        let busy = Fenced::enter(&fence, None, HIGH, 0).expect("a slot");
+        let freed = fence.slot_freed();
+        tokio::pin!(freed);
+        freed.as_mut().enable();
+        assert_eq!(
+            Fenced::enter_queued(&fence, None, HIGH, 0).err(),
+            Some(Kept::Full)
+        );
+        assert_eq!(fence.shed(), 0, "a queued try is not counted");
+        let a = fence.join_queue().expect("room");
+        let b = fence.join_queue().expect("room");
+        assert!(fence.join_queue().is_none(), "two wait at most");
+        assert_eq!(fence.queued(), 2);
+        drop(busy);
+        tokio::time::timeout(std::time::Duration::from_secs(5), freed)
+            .await
+            .expect("woken by the freed slot");
+        Fenced::enter_queued(&fence, None, HIGH, 1).expect("the freed slot");
+        drop((a, b));
+        assert_eq!(fence.queued(), 0);
+        let none = AppFence::with(std::iter::empty(), &spec("{}"));
+        assert_eq!(none.queue(), None);
+        assert!(none.join_queue().is_none(), "no queue by default");
+    }
+
     proptest! {
         /// Whatever happens, once an open breaker's cool-down has passed a
         /// request is let through to probe the app.
@@ -1462,7 +1768,7 @@ mod tests {
             match b.admit(later) {
                 Ok(_) => {}
                 Err(refused) => {
-                    prop_assert!(refused.opened.is_some(), "refused without opening: {refused:?}");
+                    prop_assert!(refused.changed.is_some(), "refused without opening: {refused:?}");
                     prop_assert!(passes(b.admit(later + COOL_DOWN_MS), true));
                 }
             }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::context::{micros_between, RequestCtx};
-use super::fence::{BreakerState, Caller, Fenced, Kept, Transition};
+use super::fence::{AppFence, BreakerState, Caller, Fenced, Kept, Transition};
 use crate::error::GatewayError;
 use crate::routing::{ms_at, now_ms, Instance, InstanceLease, Pick};
 use std::fmt::Write as _;
@@ -45,24 +45,9 @@ pub fn choose_instance(
         return Err(GatewayError::UpstreamTimeout);
     }
     if ctx.attempts == 0 && ctx.fence.is_none() {
-        // The first attempt enters the app's fence: its breaker, then its
-        // concurrency cap.
-        let fence = &active.fences[app_idx];
-        let caller = Caller {
-            priority: ctx.priority,
-            consumer: ctx.consumer,
-        };
-        match Fenced::enter(fence, ctx.route, caller, ms_at(now)) {
-            Ok(fenced) => ctx.fence = Some(fenced),
-            Err(Kept::Open(refusal)) => {
-                note_breaker(ctx, refusal.opened);
-                return Err(GatewayError::BreakerOpen {
-                    retry_after: refusal.retry_after,
-                });
-            }
-            Err(Kept::Full) => return Err(GatewayError::Shed),
-            Err(Kept::Overloaded) => return Err(GatewayError::Overloaded),
-        }
+        // The first attempt enters the app's fence (unless it waited in
+        // the app's queue for it: `wait_for_fence`).
+        enter_fence(ctx, &active.fences[app_idx], now, true).map_err(kept_error)?;
     }
     let group = &active.upstreams.groups[app_idx];
     let idx = match group.pick(ctx.tried, hash_key, ms_at(now)) {
@@ -108,6 +93,98 @@ pub fn choose_instance(
             remaining,
         }),
         None => Err(GatewayError::UpstreamUnreachable),
+    }
+}
+
+/// Enter `fence` (the request's app's) at `now`: its breaker, then its
+/// caps; a refusal at a cap counts as shed when `count`. A change of the
+/// breaker's state is logged and recorded.
+fn enter_fence(
+    ctx: &mut RequestCtx,
+    fence: &Arc<AppFence>,
+    now: Instant,
+    count: bool,
+) -> Result<(), Kept> {
+    let caller = Caller {
+        priority: ctx.priority,
+        consumer: ctx.consumer,
+    };
+    let entered = if count {
+        Fenced::enter(fence, ctx.route, caller, ms_at(now))
+    } else {
+        Fenced::enter_queued(fence, ctx.route, caller, ms_at(now))
+    };
+    match entered {
+        Ok(mut fenced) => {
+            let change = fenced.take_change();
+            ctx.fence = Some(fenced);
+            note_breaker(ctx, change);
+            Ok(())
+        }
+        Err(Kept::Open(refusal)) => {
+            note_breaker(ctx, refusal.changed);
+            Err(Kept::Open(refusal))
+        }
+        Err(kept) => Err(kept),
+    }
+}
+
+/// The answer to a request its app's fence kept out.
+fn kept_error(kept: Kept) -> GatewayError {
+    match kept {
+        Kept::Open(refusal) => GatewayError::BreakerOpen {
+            retry_after: refusal.retry_after,
+        },
+        Kept::Full => GatewayError::Shed,
+        Kept::Overloaded => GatewayError::Overloaded,
+    }
+}
+
+/// Before the first attempt, where the app has a wait queue: enter its
+/// fence, waiting for a slot when it is at its cap — in the queue while it
+/// has room, each time a slot is freed, for at most the queue's longest
+/// wait and never past the request's deadline; then shed (`503`). Without
+/// a queue this does nothing ([`choose_instance`] enters the fence).
+/// Engines call it before their first [`choose_instance`].
+pub async fn wait_for_fence(ctx: &mut RequestCtx) -> Result<(), GatewayError> {
+    if ctx.attempts > 0 || ctx.fence.is_some() {
+        return Ok(());
+    }
+    let Some(fence) = ctx
+        .active
+        .as_ref()
+        .zip(ctx.app)
+        .and_then(|(active, app)| active.fences.get(app).cloned())
+    else {
+        return Ok(());
+    };
+    let Some((_, wait_ms)) = fence.queue() else {
+        return Ok(());
+    };
+    let start = Instant::now();
+    let mut until = start + Duration::from_millis(wait_ms);
+    if let Some(deadline) = ctx.deadline {
+        until = until.min(deadline);
+    }
+    let mut place = None;
+    loop {
+        // Listen before trying, so a slot freed between the try and the
+        // wait is not missed.
+        let freed = fence.slot_freed();
+        tokio::pin!(freed);
+        freed.as_mut().enable();
+        match enter_fence(ctx, &fence, Instant::now(), false) {
+            Ok(()) => return Ok(()),
+            Err(Kept::Full) => {}
+            Err(kept) => return Err(kept_error(kept)),
+        }
+        if place.is_none() {
+            place = fence.join_queue();
+        }
+        if place.is_none() || tokio::time::timeout_at(until.into(), freed).await.is_err() {
+            fence.note_shed();
+            return Err(GatewayError::Shed);
+        }
     }
 }
 

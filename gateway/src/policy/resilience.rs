@@ -26,6 +26,10 @@ pub struct ResilienceSpec {
     /// How many of the app's requests may be retried.
     #[serde(default)]
     pub retry_budget: RetryBudgetSpec,
+    /// Requests that may wait for a slot when the app is at its cap
+    /// (default: none wait; over the cap is shed at once).
+    #[serde(default)]
+    pub queue: QueueSpec,
     /// Settings of single routes, by route id.
     #[serde(default)]
     pub routes: BTreeMap<String, RouteResilienceSpec>,
@@ -37,6 +41,7 @@ impl Default for ResilienceSpec {
             max_in_flight: MAX_IN_FLIGHT,
             breaker: BreakerSpec::default(),
             retry_budget: RetryBudgetSpec::default(),
+            queue: QueueSpec::default(),
             routes: BTreeMap::new(),
         }
     }
@@ -82,6 +87,35 @@ impl Priority {
         }
     }
 }
+
+/// A bounded wait for a slot under an app's cap.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct QueueSpec {
+    /// Most requests waiting at once (`0`: no queue).
+    #[serde(default)]
+    pub size: u32,
+    /// Longest a request waits (within its own deadline) before it is shed.
+    #[serde(default = "default_max_wait")]
+    pub max_wait: Duration,
+}
+
+impl Default for QueueSpec {
+    fn default() -> Self {
+        Self {
+            size: 0,
+            max_wait: default_max_wait(),
+        }
+    }
+}
+
+fn default_max_wait() -> Duration {
+    Duration::from_millis(250)
+}
+
+/// The longest wait a queue may have: past it, queued clients hold the
+/// gateway's connections as a hanging app would.
+const MAX_QUEUE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The fences of one route.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -296,6 +330,20 @@ impl ResilienceSpec {
             budget(ra),
             budget(rb),
         );
+        let (qa, qb) = (&self.queue, &new.queue);
+        let queue = |q: &QueueSpec| {
+            if q.size == 0 {
+                "none".to_string()
+            } else {
+                format!("{} waiting for up to {}", q.size, q.max_wait)
+            }
+        };
+        note(
+            qb.size < qa.size || (qb.size > 0 && qb.max_wait.get() < qa.max_wait.get()),
+            "wait queue",
+            queue(qa),
+            queue(qb),
+        );
         let ids: std::collections::BTreeSet<&String> =
             self.routes.keys().chain(new.routes.keys()).collect();
         for id in ids {
@@ -340,6 +388,13 @@ impl ResilienceSpec {
         if !(0.0..=1.0).contains(&self.retry_budget.ratio) {
             out.push("resilience.retry_budget.ratio must be between 0 and 1".into());
         }
+        let q = &self.queue;
+        if q.size > 0 && (q.max_wait.get().is_zero() || q.max_wait.get() > MAX_QUEUE_WAIT) {
+            out.push("resilience.queue.max_wait must be above 0s and at most 10s".into());
+        }
+        if q.size > 10_000 {
+            out.push("resilience.queue.size must be at most 10000".into());
+        }
         out
     }
 }
@@ -370,7 +425,7 @@ mod tests {
         let spec = |y: &str| serde_yaml::from_str::<ResilienceSpec>(y).expect("parses");
         let base = spec("{}");
         let changes = base.changes_to(&spec(
-            "max_in_flight: 100\nbreaker: { enabled: false, stall: 0s }\nretry_budget: { ratio: 0.5 }\nroutes: { export: { max_in_flight: 5 } }",
+            "max_in_flight: 100\nbreaker: { enabled: false, stall: 0s }\nretry_budget: { ratio: 0.5 }\nqueue: { size: 50 }\nroutes: { export: { max_in_flight: 5 } }",
         ));
         let tight: Vec<&str> = changes
             .iter()
@@ -391,7 +446,8 @@ mod tests {
             [
                 "circuit breakers on → off",
                 "breaker stall 2s → off",
-                "retry budget 20% (at least 10) → 50% (at least 10)"
+                "retry budget 20% (at least 10) → 50% (at least 10)",
+                "wait queue none → 50 waiting for up to 250ms"
             ]
         );
         assert!(base.changes_to(&base).is_empty());
@@ -400,11 +456,12 @@ mod tests {
     #[test]
     fn settings_that_cannot_work_are_named() {
         let spec: ResilienceSpec = serde_yaml::from_str(
-            "breaker: { window: 500ms, failure_ratio: 0 }\nroutes: { nope: { max_in_flight: 5 } }",
+            "breaker: { window: 500ms, failure_ratio: 0 }\nqueue: { size: 10, max_wait: 30s }\nroutes: { nope: { max_in_flight: 5 } }",
         )
         .expect("parses");
         let problems = spec.problems(["listOrders"].into_iter());
-        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert_eq!(problems.len(), 4, "{problems:?}");
+        assert!(problems[3].contains("queue.max_wait"), "{problems:?}");
         assert!(problems[0].contains("`nope`"));
     }
 }

@@ -77,6 +77,7 @@ async fn exchange(
             // Nobody to answer: the app is not asked either.
             return Ok(());
         }
+        upstream::wait_for_fence(ctx).await?;
         let peer = select_peer(session, ctx)?;
         let mut up = match connector.get_http_session(&*peer).await {
             Ok((s, reused)) => {

@@ -296,6 +296,9 @@ impl ProxyHttp for Gateway {
                 tee.restart();
             }
         }
+        upstream::wait_for_fence(ctx)
+            .await
+            .map_err(GatewayError::into_pingora)?;
         peer::select_peer(session, ctx).map_err(GatewayError::into_pingora)
     }
 

@@ -542,6 +542,19 @@ async fn a_failing_route_is_fenced_off_at_once_and_let_back_in_when_it_heals() {
     assert_eq!(breaker("get"), Some(Value::from("open")), "{wf}");
     assert_eq!(breaker("list"), Some(Value::from("closed")), "{wf}");
     assert_eq!(wf["fence"]["max_in_flight"], 512, "{wf}");
+    // An edit of the app's settings does not close the open breaker.
+    let v1 = gw.policy_version();
+    wf_policy(
+        &dir,
+        &sim.url(0),
+        ", ejection: { consecutive_failures: 0 }",
+        "    timeouts: { connect: 1s, read: 300ms, total: 1s }\n    retries: 0\n    resilience: { max_in_flight: 100 }\n",
+    );
+    assert!(eventually(Duration::from_secs(10), || gw.policy_version() != v1));
+    let view = gw.admin_json("/v1/apps");
+    assert_eq!(view["apps"][0]["fence"]["max_in_flight"], 100, "{view}");
+    let (status, _, body, _) = get("/approvals/7", 0).await;
+    assert_eq!(status, Some(503), "still open after the edit: {body}");
     // The app heals; after the cool-down the probes find it and close it.
     tokio::time::sleep(Duration::from_millis(5_100)).await;
     for _ in 0..3 {
@@ -712,6 +725,87 @@ async fn under_a_low_descriptor_limit_the_gateway_sheds_instead_of_running_out()
         }
     }
     assert_eq!((served, shed), (19, 11));
+}
+
+/// An app with a wait queue: requests over its cap wait for a slot (in
+/// turn, as slots are freed) while the queue has room, and are shed once
+/// it is full or when they have waited the longest wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_its_cap_a_request_waits_in_the_apps_queue_for_a_bounded_time() {
+    let sim = Sim::one("approvals");
+    let dir = PolicyDir::new();
+    wf_policy(
+        &dir,
+        &sim.url(0),
+        "",
+        "    resilience: { max_in_flight: 2, queue: { size: 4, max_wait: 1s } }\n",
+    );
+    let gw = Gateway::start(dir.path(), &[]);
+    let c = client();
+    let burst = |n: usize, delay_ms: u64| {
+        let all: Vec<_> = (0..n)
+            .map(|_| tokio::spawn(wf_get(c.clone(), gw.url(), "/approvals/1", delay_ms)))
+            .collect();
+        async move {
+            let mut answers = Vec::new();
+            for a in all {
+                answers.push(a.await.unwrap());
+            }
+            answers
+        }
+    };
+    let is_shed = |body: &Value| body["type"] == "https://gatehouse.dev/problems/shed";
+    // Eight at once to an app answering in 300 ms: two go, four wait and
+    // are served as slots are freed, two find the queue full.
+    let answers = burst(8, 300).await;
+    let served: Vec<Duration> = answers
+        .iter()
+        .filter(|a| a.0.is_none())
+        .map(|a| a.3)
+        .collect();
+    let shed: Vec<Duration> = answers
+        .iter()
+        .filter(|a| a.0 == Some(503) && is_shed(&a.2))
+        .map(|a| a.3)
+        .collect();
+    assert_eq!((served.len(), shed.len()), (6, 2), "{answers:?}");
+    assert!(
+        served
+            .iter()
+            .filter(|t| **t >= Duration::from_millis(550))
+            .count()
+            >= 2,
+        "the last served waited for two turns: {served:?}"
+    );
+    assert!(
+        shed.iter().all(|t| *t < Duration::from_millis(250)),
+        "{shed:?}"
+    );
+    // Four at once to an app answering in 3 s: two go, two wait the
+    // longest wait (1 s), then are shed.
+    let answers = burst(4, 3_000).await;
+    let waited: Vec<Duration> = answers
+        .iter()
+        .filter(|a| a.0 == Some(503) && is_shed(&a.2))
+        .map(|a| a.3)
+        .collect();
+    assert_eq!(waited.len(), 2, "{answers:?}");
+    assert!(
+        waited
+            .iter()
+            .all(|t| *t >= Duration::from_millis(950) && *t < Duration::from_millis(2_500)),
+        "{waited:?}"
+    );
+    let view = gw.admin_json("/v1/apps");
+    let fence = &view["apps"][0]["fence"];
+    assert_eq!(fence["queue"]["size"], 4, "{fence}");
+    assert_eq!(fence["queued"], 0, "{fence}");
+    assert_eq!(fence["shed"], 4, "each shed request counted once: {fence}");
+    let metrics = try_http_get(gw.admin, "/metrics", "admin").unwrap().1;
+    assert!(
+        metrics.contains("gatehouse_app_requests_queued{app=\"wf\"} 0"),
+        "{metrics}"
+    );
 }
 
 /// The `wf` app (host `wf.test`) on `instance`, with routes `get`

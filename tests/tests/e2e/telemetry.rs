@@ -692,7 +692,7 @@ async fn a_stalled_clickhouse_fills_the_spool_not_the_queue() {
     );
 }
 
-/// A breaker that opens and closes again is two rows of `fence_events`
+/// A breaker that opens, probes and closes again is three rows of `fence_events`
 /// (with why), the requests it answered for are `breaker_open` events, and
 /// the `fences` and `breaker_events` reports show both.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -723,7 +723,7 @@ async fn breaker_changes_and_fenced_requests_reach_clickhouse_and_the_reports() 
     assert!(
         eventually(Duration::from_secs(10), || ch
             .count(&format!("SELECT count() FROM {DB}.fence_events"))
-            == 2),
+            == 3),
         "{}",
         ch.query(&format!("SELECT * FROM {DB}.fence_events FORMAT TSV"))
     );
@@ -737,7 +737,11 @@ async fn breaker_changes_and_fenced_requests_reach_clickhouse_and_the_reports() 
         "{rows}"
     );
     assert!(
-        lines[1].starts_with("node-1\tapp\tget-approval\thalf_open\tclosed\tthe probes succeeded"),
+        lines[1].starts_with("node-1\tapp\tget-approval\topen\thalf_open\tthe cool-down passed"),
+        "{rows}"
+    );
+    assert!(
+        lines[2].starts_with("node-1\tapp\tget-approval\thalf_open\tclosed\tthe probes succeeded"),
         "{rows}"
     );
     assert!(eventually(Duration::from_secs(10), || ch.count(&format!(
@@ -752,6 +756,6 @@ async fn breaker_changes_and_fenced_requests_reach_clickhouse_and_the_reports() 
     );
     assert_eq!(fences[0]["breaker_open"].to_string().trim_matches('"'), "1");
     let events = report(&ch, "breaker_events");
-    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!(events.len(), 3, "{events:?}");
     assert_eq!(events[0]["to_state"], "closed", "newest first");
 }

@@ -135,20 +135,24 @@ impl ServerApp for Engine {
     }
 }
 
-/// May the request open a new connection to its app? Not when the app's
-/// requests in flight and idle connections are over its cap, unless an
-/// idle one of this thread is closed in its place (one idle on another
-/// thread is closed by that thread's next sweep). Counted as shed when not.
-fn room_for_connection(ctx: &RequestCtx) -> bool {
+/// Make room for a new connection to the request's app, within its cap:
+/// when the app's requests in flight and idle connections are over it,
+/// close an idle one of this thread in its place. One idle on another
+/// thread is closed by that thread's next sweep, which the request waits
+/// for (two sweeps at most) before it connects anyway: it holds a slot
+/// under the cap, so the app's sockets exceed it only by idle connections
+/// about to close.
+async fn make_room_for_connection(ctx: &RequestCtx) {
     let Some(fenced) = &ctx.fence else {
-        return true;
+        return;
     };
     let fence = fenced.fence();
-    if !fence.sockets_over() || pool::evict_one(fence) {
-        return true;
+    for _ in 0..8 {
+        if !fence.sockets_over() || pool::evict_one(fence) {
+            return;
+        }
+        tokio::time::sleep(pool::SWEEP_EVERY / 4).await;
     }
-    fenced.shed_for_sockets();
-    false
 }
 
 /// What the connection does after an exchange.
@@ -504,6 +508,7 @@ impl Engine {
         let idempotent = req.method().is_idempotent();
         let monitor_response =
             route.is_some_and(|r| r.response_mode == Mode::Monitor && r.operation.is_some());
+        upstream::wait_for_fence(ctx).await?;
         let (mut upstream, response) = loop {
             // One reading for the attempt's start, balancing and the pool.
             let now = Instant::now();
@@ -515,17 +520,14 @@ impl Engine {
             let attempt = loop {
                 let (mut conn, reused) = match pool::take(socket, now, idempotent) {
                     Some(conn) => (conn, true),
-                    None if !room_for_connection(ctx) => return Err(GatewayError::Shed),
-                    None => match connect(
-                        socket,
-                        upstream_io,
-                        upstream::within_deadline(ctx, t.connect.min(remaining)),
-                    )
-                    .await
-                    {
-                        Ok(conn) => (conn, false),
-                        Err(err) => break Err(Attempt::Connect(err)),
-                    },
+                    None => {
+                        make_room_for_connection(ctx).await;
+                        let limit = upstream::within_deadline(ctx, t.connect.min(remaining));
+                        match connect(socket, upstream_io, limit).await {
+                            Ok(conn) => (conn, false),
+                            Err(err) => break Err(Attempt::Connect(err)),
+                        }
+                    }
                 };
                 // The head must arrive within the read limit (or by the
                 // request's deadline, if sooner) of sending the request.

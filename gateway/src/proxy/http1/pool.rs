@@ -45,7 +45,7 @@ thread_local! {
 }
 
 /// How often a thread sweeps its whole pool.
-const SWEEP_EVERY: Duration = Duration::from_millis(20);
+pub const SWEEP_EVERY: Duration = Duration::from_millis(20);
 
 /// At most every [`SWEEP_EVERY`]: close this thread's idle connections that
 /// expired (those to instances no longer in the bundle among them), and
