@@ -1,63 +1,214 @@
 //! The documents of a bundle that policy files refer to (`contracts/`,
 //! `schemas/`), parsed once, with `$ref` resolution over them.
+//!
+//! A [`Document`] is immutable once parsed, so compiles share it: a bundle
+//! holds its documents by `Arc`, and so do the retrievers its validators
+//! are built with (one per OpenAPI dialect, made once per bundle), so the
+//! cost of a contract does not depend on how many others the bundle has.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, OnceLock};
 
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 
 use crate::source::{PolicyError, SourceFile};
 
 /// URI scheme + authority under which bundle documents are addressed.
 pub const BASE_URI: &str = "gatehouse://bundle/";
 
+/// One parsed document: its value, its OpenAPI 3.0 form (made on first
+/// need, for contracts), the documents its `$ref`s name, and the digest
+/// of its text.
+#[derive(Debug)]
+pub struct Document {
+    value: Arc<Value>,
+    contract: bool,
+    converted: OnceLock<Arc<Value>>,
+    refs: Vec<String>,
+    digest: [u8; 32],
+}
+
+impl Document {
+    /// Parse the document at `path` (YAML or JSON by extension).
+    pub fn parse(path: &str, text: &str) -> Result<Self, PolicyError> {
+        let value = parse_text(path, text)?;
+        Ok(Self::with_digest(path, value, Sha256::digest(text).into()))
+    }
+
+    /// The document at `path` whose text has `digest` (its SHA-256).
+    pub fn with_digest(path: &str, value: Value, digest: [u8; 32]) -> Self {
+        let mut refs = BTreeSet::new();
+        named_documents(path, &value, &mut refs);
+        Self {
+            value: Arc::new(value),
+            contract: path.starts_with("contracts/"),
+            converted: OnceLock::new(),
+            refs: refs.into_iter().collect(),
+            digest,
+        }
+    }
+
+    /// The parsed value.
+    pub fn value(&self) -> &Value {
+        &self.value
+    }
+
+    /// The value as validators read it: a contract in the OpenAPI 3.0
+    /// dialect converted (`convert_30`), anything else as it is.
+    fn for_validators(&self, convert_30: bool) -> Arc<Value> {
+        if !(convert_30 && self.contract) {
+            return Arc::clone(&self.value);
+        }
+        Arc::clone(self.converted.get_or_init(|| {
+            let mut v = (*self.value).clone();
+            super::dialect::convert_30(&mut v);
+            Arc::new(v)
+        }))
+    }
+
+    /// The bundle paths its `$ref`s name (other documents), sorted.
+    pub fn refs(&self) -> &[String] {
+        &self.refs
+    }
+
+    /// SHA-256 of its text.
+    pub fn digest(&self) -> &[u8; 32] {
+        &self.digest
+    }
+}
+
+/// Collect the documents `$ref`s in `value` (found in the document at
+/// `path`) name.
+fn named_documents(path: &str, value: &Value, out: &mut BTreeSet<String>) {
+    match value {
+        Value::Object(map) => {
+            if let Some(Value::String(r)) = map.get("$ref") {
+                let file = r.split('#').next().unwrap_or("");
+                if !file.is_empty() {
+                    if let Ok(target) = join(path, file) {
+                        out.insert(target);
+                    }
+                }
+            }
+            for v in map.values() {
+                named_documents(path, v, out);
+            }
+        }
+        Value::Array(items) => {
+            for v in items {
+                named_documents(path, v, out);
+            }
+        }
+        _ => {}
+    }
+}
+
 /// Parsed documents, by bundle-relative path.
 #[derive(Debug, Default, Clone)]
 pub struct BundleDocuments {
-    raw: BTreeMap<String, Value>,
+    docs: BTreeMap<String, Arc<Document>>,
+    /// The retrievers, for 3.1 and for 3.0 documents, made on first need.
+    retrievers: Arc<[OnceLock<BundleRetriever>; 2]>,
+    /// Validators compiled while the bundle compiles, per dialect.
+    compiled: Arc<[Compiled; 2]>,
+}
+
+/// Validators compiled from a bundle's documents, by the place of their
+/// schema (document, JSON pointer): a schema many operations or apps
+/// refer to (a shared error response) is compiled once.
+#[derive(Debug, Default)]
+pub struct Compiled {
+    /// Plain validators.
+    pub validators: std::sync::Mutex<std::collections::HashMap<(String, String), Arc<jsonschema::Validator>>>,
+    /// Body schemas.
+    pub bodies: std::sync::Mutex<
+        std::collections::HashMap<(String, String), Arc<super::body_schema::BodySchema>>,
+    >,
 }
 
 impl BundleDocuments {
     /// Parse every document; parse errors are returned, not fatal.
     pub fn parse(files: &[&SourceFile], errors: &mut Vec<PolicyError>) -> Self {
-        let mut raw = BTreeMap::new();
+        let mut docs = BTreeMap::new();
         for f in files {
-            match parse_text(&f.path, &f.text) {
-                Ok(v) => {
-                    raw.insert(f.path.clone(), v);
+            match Document::parse(&f.path, &f.text) {
+                Ok(d) => {
+                    docs.insert(f.path.clone(), Arc::new(d));
                 }
                 Err(e) => errors.push(e),
             }
         }
-        Self { raw }
+        Self::of(docs)
+    }
+
+    /// These documents, by bundle-relative path.
+    pub fn of(docs: BTreeMap<String, Arc<Document>>) -> Self {
+        Self {
+            docs,
+            retrievers: Arc::default(),
+            compiled: Arc::default(),
+        }
+    }
+
+    /// The validators compiled from these documents so far, for the
+    /// dialect (`convert_30`).
+    pub fn compiled(&self, convert_30: bool) -> &Compiled {
+        &self.compiled[usize::from(convert_30)]
+    }
+
+    /// The bundle is compiled: the validators are its apps' now.
+    pub fn compiled_all(&self) {
+        for c in self.compiled.iter() {
+            lock(&c.validators).clear();
+            lock(&c.bodies).clear();
+        }
     }
 
     /// A document by bundle-relative path.
     pub fn get(&self, path: &str) -> Option<&Value> {
-        self.raw.get(path)
+        self.docs.get(path).map(|d| d.value())
+    }
+
+    /// A parsed document by bundle-relative path.
+    pub fn document(&self, path: &str) -> Option<&Arc<Document>> {
+        self.docs.get(path)
     }
 
     /// Every document, by path.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &Value)> {
-        self.raw.iter().map(|(k, v)| (k.as_str(), v))
+        self.docs.iter().map(|(k, d)| (k.as_str(), d.value()))
     }
 
-    /// All documents, for the retriever; `convert_30` applies the 3.0 dialect conversion.
-    pub fn retriever(&self, convert_30: bool) -> BundleRetriever {
-        let docs = self
-            .raw
-            .iter()
-            .map(|(k, v)| {
-                let mut v = v.clone();
-                if convert_30 && k.starts_with("contracts/") {
-                    super::dialect::convert_30(&mut v);
-                }
-                (k.clone(), v)
-            })
-            .collect();
-        BundleRetriever {
-            docs: Arc::new(docs),
+    /// The documents `roots` name and every document they refer to,
+    /// directly or not (those in the bundle), sorted by path.
+    pub fn closure<'a>(&'a self, roots: impl Iterator<Item = &'a str>) -> BTreeSet<&'a str> {
+        let mut seen = BTreeSet::new();
+        let mut todo: Vec<&str> = roots.collect();
+        while let Some(path) = todo.pop() {
+            let Some((path, doc)) = self.docs.get_key_value(path) else {
+                continue;
+            };
+            if seen.insert(path.as_str()) {
+                todo.extend(doc.refs().iter().map(String::as_str));
+            }
         }
+        seen
+    }
+
+    /// All documents, for the retriever; `convert_30` gives contracts in
+    /// the 3.0 dialect converted. Made once per bundle and dialect.
+    pub fn retriever(&self, convert_30: bool) -> BundleRetriever {
+        self.retrievers[usize::from(convert_30)]
+            .get_or_init(|| BundleRetriever {
+                docs: Arc::new(
+                    self.docs
+                        .iter()
+                        .map(|(k, d)| (k.clone(), d.for_validators(convert_30)))
+                        .collect(),
+                ),
+            })
+            .clone()
     }
 
     /// Follow `$ref` from `value` (found in `doc`) to the object it names.
@@ -79,7 +230,7 @@ impl BundleDocuments {
             } else {
                 join(&doc, file)?
             };
-            let root = self.raw.get(&target_doc).ok_or_else(|| {
+            let root = self.get(&target_doc).ok_or_else(|| {
                 format!("`$ref: {r}` names `{target_doc}`, which is not in the bundle")
             })?;
             let target = root
@@ -93,6 +244,11 @@ impl BundleDocuments {
             "`$ref` chain from {doc}#{pointer} is too long or circular"
         ))
     }
+}
+
+/// A lock whose data no panic can leave half-made (whole entries only).
+pub fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Resolve a relative file reference against the referring document's path.
@@ -121,12 +277,12 @@ pub fn join(from_doc: &str, rel: &str) -> Result<String, String> {
 /// Serves bundle documents to `jsonschema` for `$ref` resolution.
 #[derive(Debug, Clone)]
 pub struct BundleRetriever {
-    docs: Arc<BTreeMap<String, Value>>,
+    docs: Arc<BTreeMap<String, Arc<Value>>>,
 }
 
 impl BundleRetriever {
     /// The documents, by bundle-relative path.
-    pub fn documents(&self) -> &BTreeMap<String, Value> {
+    pub fn documents(&self) -> &BTreeMap<String, Arc<Value>> {
         &self.docs
     }
 }
@@ -141,7 +297,7 @@ impl jsonschema::Retrieve for BundleRetriever {
             .strip_prefix(BASE_URI)
             .map(|p| p.split('#').next().unwrap_or(p));
         match path.and_then(|p| self.docs.get(p)) {
-            Some(v) => Ok(v.clone()),
+            Some(v) => Ok(Value::clone(v)),
             None => Err(format!("`{s}` is not a document of the bundle").into()),
         }
     }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use jsonschema::{Draft, Validator};
 use serde_json::{json, Value};
 
-use super::documents::{BundleDocuments, BundleRetriever, BASE_URI};
+use super::documents::{lock, BundleDocuments, BundleRetriever, Compiled, BASE_URI};
 use super::operation::{BodyCheck, Operation, ResponseChecks};
 use super::params::{ParamCheck, ParamIn, Scalar, Shape};
 use crate::routing::{PathTemplate, Segment};
@@ -32,27 +32,79 @@ pub struct DocOperation {
 }
 
 /// Compiles schemas of one root document into validators.
-pub struct SchemaCompiler {
+pub struct SchemaCompiler<'d> {
     retriever: BundleRetriever,
     draft: Draft,
+    compiled: &'d Compiled,
 }
 
-impl SchemaCompiler {
+impl<'d> SchemaCompiler<'d> {
     /// For documents of this dialect.
-    pub fn new(docs: &BundleDocuments, convert_30: bool) -> Self {
+    pub fn new(docs: &'d BundleDocuments, convert_30: bool) -> Self {
         Self {
             retriever: docs.retriever(convert_30),
             draft: Draft::Draft202012,
+            compiled: docs.compiled(convert_30),
         }
+    }
+
+    /// The place of the schema at `doc#pointer`: itself, or the schema a
+    /// schema of nothing but a `$ref` names (followed), so that every
+    /// place referring to one schema shares its validators.
+    fn place(&self, doc: &str, pointer: &str) -> (String, String) {
+        let (mut doc, mut pointer) = (doc.to_string(), pointer.to_string());
+        for _ in 0..16 {
+            let Some(Value::Object(schema)) = self
+                .retriever
+                .documents()
+                .get(&doc)
+                .and_then(|d| d.pointer(&pointer))
+            else {
+                break;
+            };
+            let Some(Value::String(r)) = schema.get("$ref").filter(|_| schema.len() == 1) else {
+                break;
+            };
+            let (file, frag) = r.split_once('#').unwrap_or((r, ""));
+            let target = if file.is_empty() {
+                doc.clone()
+            } else {
+                match super::documents::join(&doc, file) {
+                    Ok(t) => t,
+                    Err(_) => break,
+                }
+            };
+            if frag.contains('%') || !self.retriever.documents().contains_key(&target) {
+                break;
+            }
+            (doc, pointer) = (target, frag.to_string());
+        }
+        (doc, pointer)
     }
 
     /// A validator for the schema at `doc#pointer`.
     pub fn compile(&self, doc: &str, pointer: &str) -> Result<Arc<Validator>, String> {
-        self.validator(doc, pointer).map(Arc::new)
+        let place = self.place(doc, pointer);
+        if let Some(v) = lock(&self.compiled.validators).get(&place) {
+            return Ok(Arc::clone(v));
+        }
+        let v = Arc::new(self.validator(&place.0, &place.1)?);
+        lock(&self.compiled.validators).insert(place, Arc::clone(&v));
+        Ok(v)
     }
 
     /// A body schema (both validators) for the schema at `doc#pointer`.
     pub fn compile_body(&self, doc: &str, pointer: &str) -> Result<Arc<BodySchema>, String> {
+        let place = self.place(doc, pointer);
+        if let Some(b) = lock(&self.compiled.bodies).get(&place) {
+            return Ok(Arc::clone(b));
+        }
+        let body = self.body(&place.0, &place.1)?;
+        lock(&self.compiled.bodies).insert(place, Arc::clone(&body));
+        Ok(body)
+    }
+
+    fn body(&self, doc: &str, pointer: &str) -> Result<Arc<BodySchema>, String> {
         let value = self.validator(doc, pointer)?;
         let fast = self
             .borrowed_options()
@@ -180,7 +232,7 @@ pub fn compile_document(
 
 struct OpCompile<'a> {
     docs: &'a BundleDocuments,
-    compiler: &'a SchemaCompiler,
+    compiler: &'a SchemaCompiler<'a>,
     errors: &'a mut Vec<PolicyError>,
     template: &'a PathTemplate,
 }

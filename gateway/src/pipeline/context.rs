@@ -150,7 +150,7 @@ impl RequestCtx {
     /// The app this request was routed to.
     pub fn app(&self) -> Option<&crate::policy::App> {
         let active = self.active.as_ref()?;
-        active.bundle.apps.get(self.app?)
+        active.bundle.apps.get(self.app?).map(|a| &**a)
     }
 }
 

@@ -22,8 +22,9 @@ use crate::routing::{PathTemplate, Router};
 pub struct Bundle {
     /// Content hash (`sha256` hex of the canonical files): the policy version.
     pub version: String,
-    /// The apps, in a stable order (by name).
-    pub apps: Vec<App>,
+    /// The apps, in a stable order (by name); shared with the versions
+    /// before and after that have the same app.
+    pub apps: Vec<Arc<App>>,
     /// Host/prefix lookup into `apps`.
     pub router: Router,
     /// Paths of the files the bundle was built from.

@@ -1,7 +1,7 @@
 //! The pure compile step: source files → [`Bundle`], or every error found.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::OnceLock;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, OnceLock};
 
 use http::HeaderName;
 use serde_json::Value;
@@ -41,10 +41,20 @@ pub fn compile(sources: &[SourceFile]) -> Result<Bundle, PolicyErrors> {
     let mut errors = Vec::new();
     let mut parsed: Vec<(&SourceFile, PolicyFile)> = Vec::new();
     let mut hasher = Sha256::new();
+    let cache = cache::Session::begin();
 
     let (doc_files, policy_files): (Vec<&SourceFile>, Vec<&SourceFile>) =
         sources.iter().partition(|s| super::is_document(&s.path));
-    let docs = BundleDocuments::parse(&doc_files, &mut errors);
+    let mut parsed_docs = BTreeMap::new();
+    for f in &doc_files {
+        match cache.document(&f.path, &f.text) {
+            Ok(d) => {
+                parsed_docs.insert(f.path.clone(), d);
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    let docs = BundleDocuments::of(parsed_docs);
     for f in &doc_files {
         if let Some(v) = docs.get(&f.path) {
             hasher.update(f.path.as_bytes());
@@ -84,7 +94,7 @@ pub fn compile(sources: &[SourceFile]) -> Result<Bundle, PolicyErrors> {
         }
     }
 
-    let mut apps: Vec<(String, App)> = Vec::new();
+    let mut apps: Vec<(String, Arc<App>)> = Vec::new();
     let mut names: HashMap<String, String> = HashMap::new();
     let mut host_prefixes: HashMap<(String, String), String> = HashMap::new();
     for (src, file) in &parsed {
@@ -126,7 +136,16 @@ pub fn compile(sources: &[SourceFile]) -> Result<Bundle, PolicyErrors> {
                     host_prefixes.insert(key, format!("app `{}` ({place})", spec.name));
                 }
             }
-            if let Some(app) = compile_app(&src.path, &at, spec, &docs, &mut errors) {
+            // An app compiled from the same settings and documents before
+            // is reused as it is.
+            let digest = app_digest(spec, &docs);
+            if let Some(app) = digest.as_ref().and_then(|d| cache.app(d)) {
+                apps.push((src.path.clone(), app));
+            } else if let Some(app) = compile_app(&src.path, &at, spec, &docs, &mut errors) {
+                let app = Arc::new(app);
+                if let Some(d) = digest {
+                    cache.keep_app(d, &app);
+                }
                 apps.push((src.path.clone(), app));
             }
         }
@@ -183,7 +202,8 @@ pub fn compile(sources: &[SourceFile]) -> Result<Bundle, PolicyErrors> {
             "the bundle declares no apps",
         )]));
     }
-    let mut apps: Vec<App> = apps.into_iter().map(|(_, a)| a).collect();
+    docs.compiled_all();
+    let mut apps: Vec<Arc<App>> = apps.into_iter().map(|(_, a)| a).collect();
     apps.sort_by(|a, b| a.name.cmp(&b.name));
     let router = Router::build(&apps);
     let version = hex(&hasher.finalize());
@@ -197,6 +217,39 @@ pub fn compile(sources: &[SourceFile]) -> Result<Bundle, PolicyErrors> {
         documents: docs,
         review,
     })
+}
+
+/// The digest of everything `spec` is compiled from: its settings, and
+/// each document they name (a contract, a schema, a key set) with every
+/// document those refer to. `None` if the settings cannot be written out.
+fn app_digest(spec: &AppSpec, docs: &BundleDocuments) -> Option<cache::Digest32> {
+    let settings = serde_json::to_value(spec).ok()?;
+    let mut named = Vec::new();
+    strings_in(&settings, &mut named);
+    let roots = named
+        .into_iter()
+        .map(|s| s.split('#').next().unwrap_or(s));
+    let mut h = Sha256::new();
+    h.update(b"app\0");
+    h.update(serde_json::to_vec(&settings).ok()?);
+    for path in docs.closure(roots) {
+        let doc = docs.document(path)?;
+        h.update([0]);
+        h.update(path.as_bytes());
+        h.update([0]);
+        h.update(doc.digest());
+    }
+    Some(h.finalize().into())
+}
+
+/// Every string in `v`.
+fn strings_in<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
+    match v {
+        Value::String(s) => out.push(s),
+        Value::Array(items) => items.iter().for_each(|i| strings_in(i, out)),
+        Value::Object(map) => map.values().for_each(|i| strings_in(i, out)),
+        _ => {}
+    }
 }
 
 fn parse_document(src: &SourceFile) -> Result<Value, PolicyError> {
@@ -551,5 +604,6 @@ fn hex(bytes: &[u8]) -> String {
         })
 }
 
+mod cache;
 #[cfg(test)]
 mod tests;

@@ -37,6 +37,25 @@ pub trait RoutedApp {
     fn passthrough(&self) -> bool;
 }
 
+impl<A: RoutedApp> RoutedApp for std::sync::Arc<A> {
+    type Route = A::Route;
+    fn hosts(&self) -> &[String] {
+        (**self).hosts()
+    }
+    fn path_prefix(&self) -> &str {
+        (**self).path_prefix()
+    }
+    fn case_insensitive_paths(&self) -> bool {
+        (**self).case_insensitive_paths()
+    }
+    fn routes(&self) -> &[Self::Route] {
+        (**self).routes()
+    }
+    fn passthrough(&self) -> bool {
+        (**self).passthrough()
+    }
+}
+
 /// What the router reads of a route.
 pub trait RoutedRoute {
     /// Its path template.

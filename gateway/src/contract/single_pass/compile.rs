@@ -27,7 +27,7 @@ const ANNOTATIONS: [&str; 14] = [
 ];
 
 pub(super) struct Compiler<'d, 'l> {
-    pub(super) documents: &'d BTreeMap<String, Value>,
+    pub(super) documents: &'d BTreeMap<String, std::sync::Arc<Value>>,
     pub(super) leaf: &'l dyn Fn(&Value) -> Option<Validator<Borrowed>>,
     pub(super) nodes: Vec<Node>,
     /// Compiled schemas by document and pointer (for `$ref` cycles).

@@ -475,7 +475,7 @@ impl SinglePass {
     /// with the bundle's options. `None` when the schema uses a keyword
     /// this program does not judge.
     pub fn compile(
-        documents: &BTreeMap<String, Value>,
+        documents: &BTreeMap<String, std::sync::Arc<Value>>,
         leaf: &dyn Fn(&Value) -> Option<Validator<Borrowed>>,
         doc: &str,
         pointer: &str,

@@ -12,7 +12,7 @@ fn both(schema: &Value) -> (Option<SinglePass>, Validator) {
         .with_format("email", crate::contract::formats::email)
         .build(schema)
         .expect("a valid schema");
-    let documents = BTreeMap::from([("s.json".to_owned(), schema.clone())]);
+    let documents = BTreeMap::from([("s.json".to_owned(), std::sync::Arc::new(schema.clone()))]);
     let leaf = |keywords: &Value| {
         jsonschema::options_for::<Borrowed>()
             .should_validate_formats(true)

@@ -1,0 +1,136 @@
+//! What a compile reuses from the compiles before it in this process:
+//! parsed documents (by path and the digest of their text) and compiled
+//! apps (by the digest of everything they are compiled from: the app's
+//! settings and every document they name, directly or through `$ref`s).
+//! So a new version of a large estate compiles only what changed, and
+//! shares the rest — in memory too — with the version it replaces.
+//!
+//! Content-addressed, so reuse never changes a result: compiling is still
+//! a pure function of the files. Entries not used by the last two compiles
+//! are dropped when a compile ends (the version being replaced, and the
+//! one a reviewer compares it with, stay warm).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+
+use sha2::{Digest, Sha256};
+
+use crate::contract::documents::Document;
+use crate::policy::bundle::App;
+use crate::source::PolicyError;
+
+/// A SHA-256 digest.
+pub type Digest32 = [u8; 32];
+
+struct Entry<T> {
+    item: T,
+    /// The last compile that used it.
+    used: u64,
+}
+
+#[derive(Default)]
+struct Cache {
+    /// Compiles begun.
+    compiles: u64,
+    documents: HashMap<(String, Digest32), Entry<Arc<Document>>>,
+    apps: HashMap<Digest32, Entry<Arc<App>>>,
+}
+
+fn cache() -> MutexGuard<'static, Cache> {
+    static CACHE: OnceLock<Mutex<Cache>> = OnceLock::new();
+    let lock = CACHE.get_or_init(Mutex::default);
+    // The cache holds no invariant a panic elsewhere could break.
+    lock.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// One compile's use of the cache. Dropping it ends the compile: entries
+/// neither it nor the compile before it used are dropped.
+pub struct Session {
+    compile: u64,
+}
+
+impl Session {
+    /// Begin a compile.
+    pub fn begin() -> Self {
+        let mut c = cache();
+        c.compiles += 1;
+        Self {
+            compile: c.compiles,
+        }
+    }
+
+    /// The document at `path` with `text`: parsed before, or now.
+    pub fn document(&self, path: &str, text: &str) -> Result<Arc<Document>, PolicyError> {
+        let digest: Digest32 = Sha256::digest(text).into();
+        let key = (path.to_string(), digest);
+        if let Some(e) = cache().documents.get_mut(&key) {
+            e.used = self.compile;
+            return Ok(Arc::clone(&e.item));
+        }
+        // Parsed without the lock: another compile may parse it too.
+        let value = crate::contract::documents::parse_text(path, text)?;
+        let doc = Arc::new(Document::with_digest(path, value, digest));
+        cache().documents.insert(
+            key,
+            Entry {
+                item: Arc::clone(&doc),
+                used: self.compile,
+            },
+        );
+        Ok(doc)
+    }
+
+    /// The app compiled from inputs with `digest`, if one was.
+    pub fn app(&self, digest: &Digest32) -> Option<Arc<App>> {
+        let mut c = cache();
+        let e = c.apps.get_mut(digest)?;
+        e.used = self.compile;
+        Some(Arc::clone(&e.item))
+    }
+
+    /// Keep `app`, compiled from inputs with `digest`, for later compiles.
+    pub fn keep_app(&self, digest: Digest32, app: &Arc<App>) {
+        cache().apps.insert(
+            digest,
+            Entry {
+                item: Arc::clone(app),
+                used: self.compile,
+            },
+        );
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let oldest = self.compile.saturating_sub(1);
+        let mut c = cache();
+        c.documents.retain(|_, e| e.used >= oldest);
+        c.apps.retain(|_, e| e.used >= oldest);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A path no other test uses.
+    const PATH: &str = "schemas/cache-test.json";
+
+    #[test]
+    fn a_document_is_parsed_once_per_text_and_dropped_when_unused() {
+        let first = Session::begin();
+        let a = first.document(PATH, "{\"type\": \"object\"}").expect("parses");
+        let again = first.document(PATH, "{\"type\": \"object\"}").expect("parses");
+        assert!(Arc::ptr_eq(&a, &again), "the same text is parsed once");
+        let other = first.document(PATH, "{\"type\": \"array\"}").expect("parses");
+        assert!(!Arc::ptr_eq(&a, &other), "another text is another document");
+        assert!(first.document("schemas/y.json", "{nope").is_err());
+        drop(first);
+        let key = (PATH.to_string(), *a.digest());
+        // Two more compiles that do not use it (whatever other tests
+        // compile meanwhile) drop it.
+        drop(Session::begin());
+        drop(Session::begin());
+        assert!(!cache().documents.contains_key(&key), "then dropped");
+    }
+}
