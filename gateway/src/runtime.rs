@@ -367,14 +367,44 @@ impl Drop for InFlight {
     }
 }
 
+/// Run `work` (a compile) on a thread of its own at a lower CPU priority
+/// (nice 10), so that the request threads keep their cores while a large
+/// bundle compiles; its result once done (`None`: no thread could be
+/// started, or `work` panicked).
+pub async fn in_background<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let started = std::thread::Builder::new()
+        .name("gatehouse-compile".into())
+        .spawn(move || {
+            let me = rustix::thread::gettid();
+            if let Err(e) = rustix::process::setpriority_process(Some(me), COMPILE_NICE) {
+                tracing::debug!(error = %e, "cannot lower the compile thread's priority");
+            }
+            let _ = tx.send(work());
+        });
+    if let Err(e) = started {
+        tracing::error!(error = %e, "cannot start a thread to compile the policy");
+        return None;
+    }
+    rx.await.ok()
+}
+
+/// The compile thread's nice value: below the request threads, which keep
+/// the default 0.
+const COMPILE_NICE: i32 = 10;
+
 /// Reload and log the outcome (every error on failure).
 pub fn reload_and_log(shared: &Shared, trigger: &str) {
+    let started = std::time::Instant::now();
     match shared.reload() {
         Ok(ReloadOutcome::Activated { from, to }) => {
             tracing::info!(
                 trigger,
                 from = &from[..12],
                 to = &to[..12],
+                ms = started.elapsed().as_millis() as u64,
                 "policy bundle activated"
             );
         }

@@ -789,6 +789,12 @@ impl BackgroundService for HealthChecker {
     }
 }
 
+/// A change to the policy files is reloaded once no other has come for
+/// this long.
+const RELOAD_QUIET: Duration = Duration::from_millis(25);
+/// … or once changes have kept coming for this long.
+const RELOAD_WAIT_MAX: Duration = Duration::from_millis(500);
+
 /// Reloads the bundle on SIGHUP and (unless disabled) on file changes.
 struct PolicyWatcher {
     shared: Arc<Shared>,
@@ -843,11 +849,24 @@ impl BackgroundService for PolicyWatcher {
                 Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => "SIGHUP",
                 _ = shutdown.changed() => return,
             };
-            // Debounce: editors write several events per save.
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            // Debounce: an editor's save, a `git checkout` or a copy is
+            // several events; reload once they have been quiet for
+            // `RELOAD_QUIET` (waiting at most `RELOAD_WAIT_MAX` in all).
+            let first = tokio::time::Instant::now();
+            loop {
+                let quiet = tokio::time::sleep(RELOAD_QUIET);
+                tokio::select! {
+                    _ = quiet => break,
+                    Some(_) = rx.recv() => {
+                        if first.elapsed() >= RELOAD_WAIT_MAX {
+                            break;
+                        }
+                    }
+                }
+            }
             while rx.try_recv().is_ok() {}
             let shared = Arc::clone(&self.shared);
-            let _ = tokio::task::spawn_blocking(move || reload_and_log(&shared, trigger)).await;
+            crate::runtime::in_background(move || reload_and_log(&shared, trigger)).await;
         }
     }
 }

@@ -25,6 +25,7 @@ pub struct Document {
     value: Arc<Value>,
     contract: bool,
     converted: OnceLock<Arc<Value>>,
+    canonical: OnceLock<Box<[u8]>>,
     refs: Vec<String>,
     digest: [u8; 32],
 }
@@ -44,6 +45,7 @@ impl Document {
             value: Arc::new(value),
             contract: path.starts_with("contracts/"),
             converted: OnceLock::new(),
+            canonical: OnceLock::new(),
             refs: refs.into_iter().collect(),
             digest,
         }
@@ -65,6 +67,12 @@ impl Document {
             super::dialect::convert_30(&mut v);
             Arc::new(v)
         }))
+    }
+
+    /// Its canonical JSON ([`canonical_json`]), made once.
+    pub fn canonical(&self) -> &[u8] {
+        self.canonical
+            .get_or_init(|| canonical_json(&self.value).into_boxed_slice())
     }
 
     /// The bundle paths its `$ref`s name (other documents), sorted.
@@ -120,7 +128,8 @@ pub struct BundleDocuments {
 #[derive(Debug, Default)]
 pub struct Compiled {
     /// Plain validators.
-    pub validators: std::sync::Mutex<std::collections::HashMap<(String, String), Arc<jsonschema::Validator>>>,
+    pub validators:
+        std::sync::Mutex<std::collections::HashMap<(String, String), Arc<jsonschema::Validator>>>,
     /// Body schemas.
     pub bodies: std::sync::Mutex<
         std::collections::HashMap<(String, String), Arc<super::body_schema::BodySchema>>,
@@ -244,6 +253,46 @@ impl BundleDocuments {
             "`$ref` chain from {doc}#{pointer} is too long or circular"
         ))
     }
+}
+
+/// JSON with object keys sorted, whatever the map type in use: what a
+/// policy version is the digest of.
+pub fn canonical_json(v: &Value) -> Vec<u8> {
+    fn write(v: &Value, out: &mut Vec<u8>) {
+        match v {
+            Value::Object(map) => {
+                let mut keys: Vec<_> = map.keys().collect();
+                keys.sort();
+                out.push(b'{');
+                for (i, k) in keys.into_iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    // Writing a string or a number into a Vec cannot fail.
+                    let _ = serde_json::to_writer(&mut *out, k);
+                    out.push(b':');
+                    write(&map[k], out);
+                }
+                out.push(b'}');
+            }
+            Value::Array(items) => {
+                out.push(b'[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    write(item, out);
+                }
+                out.push(b']');
+            }
+            other => {
+                let _ = serde_json::to_writer(&mut *out, other);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    write(v, &mut out);
+    out
 }
 
 /// A lock whose data no panic can leave half-made (whole entries only).

@@ -203,7 +203,7 @@ pub async fn follow(
                 etag = stored.version.clone();
                 let sh = Arc::clone(&shared);
                 let cfg2 = cfg.clone();
-                let outcome = tokio::task::spawn_blocking(move || {
+                let outcome = crate::runtime::in_background(move || {
                     let bundle = compile_stored(&stored)?;
                     let source = format!("control-plane:{}", cfg2.url);
                     let outcome = sh.activate(bundle, source);
@@ -211,7 +211,7 @@ pub async fn follow(
                     Ok::<_, String>(outcome)
                 })
                 .await
-                .unwrap_or_else(|e| Err(e.to_string()));
+                .unwrap_or_else(|| Err("the compile did not finish".to_string()));
                 match outcome {
                     Ok(ReloadOutcome::Activated { from, to }) => {
                         tracing::info!(

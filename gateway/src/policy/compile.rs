@@ -39,7 +39,7 @@ fn schema_validator() -> &'static jsonschema::Validator {
 /// bundle and version. Collects every error before giving up.
 pub fn compile(sources: &[SourceFile]) -> Result<Bundle, PolicyErrors> {
     let mut errors = Vec::new();
-    let mut parsed: Vec<(&SourceFile, PolicyFile)> = Vec::new();
+    let mut parsed: Vec<(&SourceFile, Arc<cache::PolicySource>)> = Vec::new();
     let mut hasher = Sha256::new();
     let cache = cache::Session::begin();
 
@@ -56,49 +56,31 @@ pub fn compile(sources: &[SourceFile]) -> Result<Bundle, PolicyErrors> {
     }
     let docs = BundleDocuments::of(parsed_docs);
     for f in &doc_files {
-        if let Some(v) = docs.get(&f.path) {
+        if let Some(d) = docs.document(&f.path) {
             hasher.update(f.path.as_bytes());
             hasher.update([0]);
-            hasher.update(canonical_json(v).as_bytes());
+            hasher.update(d.canonical());
             hasher.update([0]);
         }
     }
     for src in policy_files {
-        let value = match parse_document(src) {
-            Ok(v) => v,
-            Err(e) => {
-                errors.push(e);
-                continue;
+        match cache.policy_file(&src.path, &src.text, || read_policy_file(src)) {
+            Ok(source) => {
+                hasher.update(src.path.as_bytes());
+                hasher.update([0]);
+                hasher.update(&source.canonical);
+                hasher.update([0]);
+                parsed.push((src, source));
             }
-        };
-        hasher.update(src.path.as_bytes());
-        hasher.update([0]);
-        hasher.update(canonical_json(&value).as_bytes());
-        hasher.update([0]);
-        let before = errors.len();
-        for err in schema_validator().iter_errors(&value) {
-            errors.push(PolicyError::new(
-                &src.path,
-                err.instance_path().to_string(),
-                err.to_string(),
-            ));
-        }
-        if errors.len() > before {
-            continue;
-        }
-        // The parsed tree is consumed: a bundle of a million consumers should
-        // not be held twice.
-        match serde_json::from_value::<PolicyFile>(value) {
-            Ok(file) => parsed.push((src, file)),
-            Err(e) => errors.push(PolicyError::new(&src.path, "", e.to_string())),
+            Err(e) => errors.extend(e),
         }
     }
 
     let mut apps: Vec<(String, Arc<App>)> = Vec::new();
     let mut names: HashMap<String, String> = HashMap::new();
     let mut host_prefixes: HashMap<(String, String), String> = HashMap::new();
-    for (src, file) in &parsed {
-        for (i, spec) in file.apps.iter().enumerate() {
+    for (src, source) in &parsed {
+        for (i, spec) in source.file.apps.iter().enumerate() {
             let at = format!("/apps/{i}");
             let place = format!("{} {at}", src.path);
             if let Some(first) = names.get(&spec.name) {
@@ -138,7 +120,11 @@ pub fn compile(sources: &[SourceFile]) -> Result<Bundle, PolicyErrors> {
             }
             // An app compiled from the same settings and documents before
             // is reused as it is.
-            let digest = app_digest(spec, &docs);
+            let digest = source
+                .apps
+                .get(i)
+                .and_then(Option::as_ref)
+                .and_then(|a| app_digest(a, &docs));
             if let Some(app) = digest.as_ref().and_then(|d| cache.app(d)) {
                 apps.push((src.path.clone(), app));
             } else if let Some(app) = compile_app(&src.path, &at, spec, &docs, &mut errors) {
@@ -153,7 +139,8 @@ pub fn compile(sources: &[SourceFile]) -> Result<Bundle, PolicyErrors> {
 
     let mut plan_decls = Vec::new();
     let mut consumer_decls = Vec::new();
-    for (src, file) in &parsed {
+    for (src, source) in &parsed {
+        let file = &source.file;
         for (index, spec) in file.plans.iter().enumerate() {
             plan_decls.push(consumers::Declared {
                 file: &src.path,
@@ -172,8 +159,8 @@ pub fn compile(sources: &[SourceFile]) -> Result<Bundle, PolicyErrors> {
     let plans = consumers::compile_plans(&plan_decls, &mut errors);
     let mut review = super::review_rules::ReviewRules::default();
     let mut review_file: Option<&str> = None;
-    for (src, file) in &parsed {
-        if let Some(spec) = &file.review {
+    for (src, source) in &parsed {
+        if let Some(spec) = &source.file.review {
             match review_file {
                 Some(first) => errors.push(PolicyError::new(
                     &src.path,
@@ -219,20 +206,55 @@ pub fn compile(sources: &[SourceFile]) -> Result<Bundle, PolicyErrors> {
     })
 }
 
-/// The digest of everything `spec` is compiled from: its settings, and
-/// each document they name (a contract, a schema, a key set) with every
-/// document those refer to. `None` if the settings cannot be written out.
-fn app_digest(spec: &AppSpec, docs: &BundleDocuments) -> Option<cache::Digest32> {
+/// Read a policy file: parse it, check it against the policy schema, and
+/// take what the version and the apps' digests need. Every error found.
+fn read_policy_file(src: &SourceFile) -> Result<cache::PolicySource, Vec<PolicyError>> {
+    let value = parse_document(src).map_err(|e| vec![e])?;
+    let canonical = crate::contract::documents::canonical_json(&value);
+    let errors: Vec<PolicyError> = schema_validator()
+        .iter_errors(&value)
+        .map(|err| PolicyError::new(&src.path, err.instance_path().to_string(), err.to_string()))
+        .collect();
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    // The parsed tree is consumed: a bundle of a million consumers should
+    // not be held twice.
+    let file = serde_json::from_value::<PolicyFile>(value)
+        .map_err(|e| vec![PolicyError::new(&src.path, "", e.to_string())])?;
+    let apps = file.apps.iter().map(app_settings).collect();
+    Ok(cache::PolicySource {
+        file,
+        canonical,
+        apps,
+    })
+}
+
+/// The digest of an app's settings, and the strings in them (among them
+/// the documents they name). `None` if they cannot be written out.
+fn app_settings(spec: &AppSpec) -> Option<(cache::Digest32, Vec<String>)> {
     let settings = serde_json::to_value(spec).ok()?;
-    let mut named = Vec::new();
-    strings_in(&settings, &mut named);
-    let roots = named
+    let mut strings = Vec::new();
+    strings_in(&settings, &mut strings);
+    let strings = strings
         .into_iter()
-        .map(|s| s.split('#').next().unwrap_or(s));
+        .map(|s| s.split('#').next().unwrap_or(s).to_string())
+        .collect();
+    let digest = Sha256::digest(serde_json::to_vec(&settings).ok()?).into();
+    Some((digest, strings))
+}
+
+/// The digest of everything an app is compiled from: its settings
+/// (`settings`: their digest and strings), and each document they name (a
+/// contract, a schema, a key set) with every document those refer to.
+fn app_digest(
+    settings: &(cache::Digest32, Vec<String>),
+    docs: &BundleDocuments,
+) -> Option<cache::Digest32> {
     let mut h = Sha256::new();
     h.update(b"app\0");
-    h.update(serde_json::to_vec(&settings).ok()?);
-    for path in docs.closure(roots) {
+    h.update(settings.0);
+    for path in docs.closure(settings.1.iter().map(String::as_str)) {
         let doc = docs.document(path)?;
         h.update([0]);
         h.update(path.as_bytes());
@@ -556,42 +578,6 @@ pub fn parse_instance_url(url: &str) -> Result<InstanceAddr, String> {
         .into(),
         ..addr
     })
-}
-
-/// JSON with object keys sorted, whatever the map type in use.
-fn canonical_json(v: &Value) -> String {
-    fn write(v: &Value, out: &mut String) {
-        match v {
-            Value::Object(map) => {
-                let mut keys: Vec<_> = map.keys().collect();
-                keys.sort();
-                out.push('{');
-                for (i, k) in keys.into_iter().enumerate() {
-                    if i > 0 {
-                        out.push(',');
-                    }
-                    out.push_str(&Value::String(k.clone()).to_string());
-                    out.push(':');
-                    write(&map[k], out);
-                }
-                out.push('}');
-            }
-            Value::Array(items) => {
-                out.push('[');
-                for (i, item) in items.iter().enumerate() {
-                    if i > 0 {
-                        out.push(',');
-                    }
-                    write(item, out);
-                }
-                out.push(']');
-            }
-            other => out.push_str(&other.to_string()),
-        }
-    }
-    let mut out = String::new();
-    write(v, &mut out);
-    out
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -17,7 +17,25 @@ use sha2::{Digest, Sha256};
 
 use crate::contract::documents::Document;
 use crate::policy::bundle::App;
+use crate::policy::model::PolicyFile;
 use crate::source::PolicyError;
+
+/// Policy files larger than this are read afresh by every compile rather
+/// than kept (a file of a million consumers is not held twice).
+pub const MAX_CACHED_TEXT: usize = 1 << 20;
+
+/// A policy file as a compile reads it: parsed and checked against the
+/// policy schema, with what the version and the apps' digests need.
+pub struct PolicySource {
+    /// The file.
+    pub file: PolicyFile,
+    /// Its canonical JSON (what the policy version is the digest of).
+    pub canonical: Vec<u8>,
+    /// Per app of the file, in order: the digest of its settings, and the
+    /// strings in them (the documents they may name); `None` when they
+    /// cannot be written out (the app is then compiled every time).
+    pub apps: Vec<Option<(Digest32, Vec<String>)>>,
+}
 
 /// A SHA-256 digest.
 pub type Digest32 = [u8; 32];
@@ -33,6 +51,7 @@ struct Cache {
     /// Compiles begun.
     compiles: u64,
     documents: HashMap<(String, Digest32), Entry<Arc<Document>>>,
+    files: HashMap<(String, Digest32), Entry<Arc<PolicySource>>>,
     apps: HashMap<Digest32, Entry<Arc<App>>>,
 }
 
@@ -80,6 +99,33 @@ impl Session {
         Ok(doc)
     }
 
+    /// The policy file at `path` with `text`: read before, or now with
+    /// `read` (kept when it has no errors and is not too large).
+    pub fn policy_file(
+        &self,
+        path: &str,
+        text: &str,
+        read: impl FnOnce() -> Result<PolicySource, Vec<PolicyError>>,
+    ) -> Result<Arc<PolicySource>, Vec<PolicyError>> {
+        if text.len() > MAX_CACHED_TEXT {
+            return read().map(Arc::new);
+        }
+        let key = (path.to_string(), Sha256::digest(text).into());
+        if let Some(e) = cache().files.get_mut(&key) {
+            e.used = self.compile;
+            return Ok(Arc::clone(&e.item));
+        }
+        let source = Arc::new(read()?);
+        cache().files.insert(
+            key,
+            Entry {
+                item: Arc::clone(&source),
+                used: self.compile,
+            },
+        );
+        Ok(source)
+    }
+
     /// The app compiled from inputs with `digest`, if one was.
     pub fn app(&self, digest: &Digest32) -> Option<Arc<App>> {
         let mut c = cache();
@@ -105,6 +151,7 @@ impl Drop for Session {
         let oldest = self.compile.saturating_sub(1);
         let mut c = cache();
         c.documents.retain(|_, e| e.used >= oldest);
+        c.files.retain(|_, e| e.used >= oldest);
         c.apps.retain(|_, e| e.used >= oldest);
     }
 }
@@ -119,10 +166,16 @@ mod tests {
     #[test]
     fn a_document_is_parsed_once_per_text_and_dropped_when_unused() {
         let first = Session::begin();
-        let a = first.document(PATH, "{\"type\": \"object\"}").expect("parses");
-        let again = first.document(PATH, "{\"type\": \"object\"}").expect("parses");
+        let a = first
+            .document(PATH, "{\"type\": \"object\"}")
+            .expect("parses");
+        let again = first
+            .document(PATH, "{\"type\": \"object\"}")
+            .expect("parses");
         assert!(Arc::ptr_eq(&a, &again), "the same text is parsed once");
-        let other = first.document(PATH, "{\"type\": \"array\"}").expect("parses");
+        let other = first
+            .document(PATH, "{\"type\": \"array\"}")
+            .expect("parses");
         assert!(!Arc::ptr_eq(&a, &other), "another text is another document");
         assert!(first.document("schemas/y.json", "{nope").is_err());
         drop(first);

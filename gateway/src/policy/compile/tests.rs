@@ -349,3 +349,68 @@ fn case_insensitive_apps_write_their_routes_in_lower_case() {
     let ok = app("    case_insensitive_paths: true\n    routes:\n      - { method: GET, path: \"/admin/{Id}\" }\n");
     assert!(compile(&[src("f.yaml", &ok)]).is_ok());
 }
+
+/// A compiled app is reused by a later compile when nothing it is compiled
+/// from changed (its settings, its contract, the documents the contract
+/// refers to), and compiled again when any of them did — a change to a
+/// shared document included.
+#[test]
+fn an_app_is_compiled_again_only_when_what_it_is_compiled_from_changed() {
+    let contract = "openapi: 3.0.3\ninfo: { title: t, version: '1' }\npaths:\n  /items:\n    post:\n      operationId: addItem\n      requestBody:\n        content:\n          application/json:\n            schema: { $ref: 'reuse-shared.yaml#/components/schemas/Item' }\n      responses:\n        '200': { description: ok }\n";
+    let shared = |max: u32| {
+        format!("openapi: 3.0.3\ninfo: {{ title: s, version: '1' }}\npaths: {{}}\ncomponents:\n  schemas:\n    Item:\n      type: object\n      properties:\n        n: {{ type: integer, maximum: {max} }}\n")
+    };
+    let app = |name: &str, extra: &str| {
+        format!("version: 1\napps:\n  - name: {name}\n    owner: o\n    hosts: [{name}.test]\n    upstream: {{ instances: [\"http://127.0.0.1:1\"] }}\n{extra}")
+    };
+    let with_contract = app(
+        "reuse-a",
+        "    contract: { openapi: contracts/reuse-a.yaml }\n",
+    );
+    let bundle = |b_extra: &str, max: u32| {
+        compile(&[
+            src("a.yaml", &with_contract),
+            src(
+                "b.yaml",
+                &app("reuse-b", &format!("    passthrough: true\n{b_extra}")),
+            ),
+            src("contracts/reuse-a.yaml", contract),
+            src("contracts/reuse-shared.yaml", &shared(max)),
+        ])
+        .expect("compiles")
+    };
+    let accepts = |b: &Bundle, body: &str| {
+        let op = b.apps[0].routes[0]
+            .operation
+            .as_ref()
+            .expect("an operation");
+        let json = op
+            .body
+            .as_ref()
+            .and_then(|c| c.json.as_ref())
+            .expect("a body schema");
+        // `Some(true)`: valid; `None`: not (or the fast path cannot say).
+        json.accepts(body.as_bytes()) == Some(true)
+    };
+    let v1 = bundle("", 10);
+    assert_eq!(v1.apps[0].name, "reuse-a");
+    assert!(accepts(&v1, "{\"n\": 5}"));
+    assert!(!accepts(&v1, "{\"n\": 15}"));
+    // Another app's edit: this one is the same compiled app.
+    let v2 = bundle("    retries: 0\n", 10);
+    assert!(Arc::ptr_eq(&v1.apps[0], &v2.apps[0]), "reused");
+    assert!(
+        !Arc::ptr_eq(&v1.apps[1], &v2.apps[1]),
+        "the edited app is new"
+    );
+    // The document its contract refers to changed: compiled again.
+    let v3 = bundle("    retries: 0\n", 20);
+    assert!(!Arc::ptr_eq(&v2.apps[0], &v3.apps[0]));
+    assert!(accepts(&v3, "{\"n\": 15}"));
+    assert!(
+        Arc::ptr_eq(&v2.apps[1], &v3.apps[1]),
+        "the other app is reused"
+    );
+    // Back to the first files: the same version as the first compile.
+    assert_eq!(bundle("", 10).version, v1.version);
+}
