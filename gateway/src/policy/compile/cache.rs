@@ -20,8 +20,9 @@ use crate::policy::bundle::App;
 use crate::policy::model::PolicyFile;
 use crate::source::PolicyError;
 
-/// Policy files larger than this are read afresh by every compile rather
-/// than kept (a file of a million consumers is not held twice).
+/// Policy files larger than this, or declaring consumers, are read afresh
+/// by every compile rather than kept (a million consumers are not held
+/// twice).
 pub const MAX_CACHED_TEXT: usize = 1 << 20;
 
 /// A policy file as a compile reads it: parsed and checked against the
@@ -100,7 +101,8 @@ impl Session {
     }
 
     /// The policy file at `path` with `text`: read before, or now with
-    /// `read` (kept when it has no errors and is not too large).
+    /// `read` (kept when it has no errors, is not too large and declares
+    /// no consumers).
     pub fn policy_file(
         &self,
         path: &str,
@@ -116,6 +118,11 @@ impl Session {
             return Ok(Arc::clone(&e.item));
         }
         let source = Arc::new(read()?);
+        if !source.file.consumers.is_empty() {
+            // Consumers are many and compiled whole each time: their
+            // declarations are not held between compiles.
+            return Ok(source);
+        }
         cache().files.insert(
             key,
             Entry {
