@@ -27,6 +27,7 @@ pub struct Document {
     converted: OnceLock<Arc<Value>>,
     canonical: OnceLock<Box<[u8]>>,
     refs: Vec<String>,
+    rebases: bool,
     digest: [u8; 32],
 }
 
@@ -40,13 +41,15 @@ impl Document {
     /// The document at `path` whose text has `digest` (its SHA-256).
     pub fn with_digest(path: &str, value: Value, digest: [u8; 32]) -> Self {
         let mut refs = BTreeSet::new();
-        named_documents(path, &value, &mut refs);
+        let mut rebases = false;
+        named_documents(path, &value, &mut refs, &mut rebases);
         Self {
             value: Arc::new(value),
             contract: path.starts_with("contracts/"),
             converted: OnceLock::new(),
             canonical: OnceLock::new(),
             refs: refs.into_iter().collect(),
+            rebases,
             digest,
         }
     }
@@ -75,9 +78,18 @@ impl Document {
             .get_or_init(|| canonical_json(&self.value).into_boxed_slice())
     }
 
-    /// The bundle paths its `$ref`s name (other documents), sorted.
+    /// The bundle paths its `$ref`s name (other documents), sorted: every
+    /// reading of each (relative to the document, from the bundle's root,
+    /// as a `gatehouse://bundle/` URI), so none a validator may load is
+    /// missed.
     pub fn refs(&self) -> &[String] {
         &self.refs
+    }
+
+    /// Does it set a base (`$id`) or use dynamic references? Then which
+    /// documents its references load is not read off its `$ref`s alone.
+    pub fn rebases(&self) -> bool {
+        self.rebases
     }
 
     /// SHA-256 of its text.
@@ -86,30 +98,76 @@ impl Document {
     }
 }
 
-/// Collect the documents `$ref`s in `value` (found in the document at
-/// `path`) name.
-fn named_documents(path: &str, value: &Value, out: &mut BTreeSet<String>) {
+/// Collect the documents the references in `value` (found in the
+/// document at `path`) may name, and note whether it rebases (`$id`,
+/// dynamic references).
+fn named_documents(path: &str, value: &Value, out: &mut BTreeSet<String>, rebases: &mut bool) {
     match value {
         Value::Object(map) => {
-            if let Some(Value::String(r)) = map.get("$ref") {
-                let file = r.split('#').next().unwrap_or("");
-                if !file.is_empty() {
-                    if let Ok(target) = join(path, file) {
-                        out.insert(target);
+            for (key, v) in map {
+                match (key.as_str(), v) {
+                    ("$ref", Value::String(r)) => readings(path, r, out),
+                    ("$id" | "$dynamicRef" | "$dynamicAnchor" | "$recursiveRef", _) => {
+                        *rebases = true;
                     }
+                    _ => named_documents(path, v, out, rebases),
                 }
-            }
-            for v in map.values() {
-                named_documents(path, v, out);
             }
         }
         Value::Array(items) => {
             for v in items {
-                named_documents(path, v, out);
+                named_documents(path, v, out, rebases);
             }
         }
         _ => {}
     }
+}
+
+/// Every bundle path the file part of `reference` (in the document at
+/// `path`) may name: relative to the document, from the bundle's root
+/// (`/…`, or `..` past it, as a URI resolves them), or a
+/// `gatehouse://bundle/` URI.
+fn readings(path: &str, reference: &str, out: &mut BTreeSet<String>) {
+    let file = reference.split('#').next().unwrap_or("");
+    if file.is_empty() {
+        return;
+    }
+    if let Some(rest) = file.strip_prefix(BASE_URI) {
+        out.insert(normalise(rest));
+        return;
+    }
+    if file.contains("://") {
+        return;
+    }
+    if let Some(rooted) = file.strip_prefix('/') {
+        out.insert(normalise(rooted));
+        return;
+    }
+    match join(path, file) {
+        Ok(target) => {
+            out.insert(target);
+        }
+        Err(_) => {
+            // `..` past the bundle's root: a URI stays at the root.
+            let base = path.rsplit_once('/').map_or("", |(dir, _)| dir);
+            out.insert(normalise(&format!("{base}/{file}")));
+        }
+    }
+}
+
+/// A bundle path with `.` and `..` resolved, `..` stopping at the root.
+fn normalise(path: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for seg in path.split('/') {
+        match seg {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            s => parts.push(s),
+        }
+    }
+    parts.join("/")
 }
 
 /// Parsed documents, by bundle-relative path.

@@ -36,6 +36,7 @@ pub struct SchemaCompiler<'d> {
     retriever: BundleRetriever,
     draft: Draft,
     compiled: &'d Compiled,
+    documents: &'d BundleDocuments,
 }
 
 impl<'d> SchemaCompiler<'d> {
@@ -45,6 +46,7 @@ impl<'d> SchemaCompiler<'d> {
             retriever: docs.retriever(convert_30),
             draft: Draft::Draft202012,
             compiled: docs.compiled(convert_30),
+            documents: docs,
         }
     }
 
@@ -65,7 +67,14 @@ impl<'d> SchemaCompiler<'d> {
             let Some(Value::String(r)) = schema.get("$ref").filter(|_| schema.len() == 1) else {
                 break;
             };
+            // Only a plain relative reference between documents that set no
+            // base and use no dynamic references is followed: otherwise the
+            // validator's own resolution decides, at this place.
             let (file, frag) = r.split_once('#').unwrap_or((r, ""));
+            let plain = |d: &str| self.documents.document(d).is_some_and(|d| !d.rebases());
+            if file.starts_with('/') || file.contains("://") || !plain(&doc) {
+                break;
+            }
             let target = if file.is_empty() {
                 doc.clone()
             } else {
@@ -74,7 +83,10 @@ impl<'d> SchemaCompiler<'d> {
                     Err(_) => break,
                 }
             };
-            if frag.contains('%') || !self.retriever.documents().contains_key(&target) {
+            if frag.contains('%')
+                || !self.retriever.documents().contains_key(&target)
+                || !plain(&target)
+            {
                 break;
             }
             (doc, pointer) = (target, frag.to_string());

@@ -85,15 +85,6 @@ impl Window {
         (a, b)
     }
 
-    fn copy_from(&self, other: &Window) {
-        for (to, from) in self.buckets.iter().zip(&other.buckets) {
-            to.slot
-                .store(from.slot.load(Ordering::Acquire), Ordering::Relaxed);
-            to.a.store(from.a.load(Ordering::Relaxed), Ordering::Relaxed);
-            to.b.store(from.b.load(Ordering::Relaxed), Ordering::Relaxed);
-        }
-    }
-
     fn clear(&self) {
         for bucket in &self.buckets {
             bucket.a.store(0, Ordering::Relaxed);
@@ -215,6 +206,15 @@ const COUNT_MASK: u64 = (1 << COUNT_BITS) - 1;
 #[derive(Debug)]
 pub struct Breaker {
     tuning: Tuning,
+    /// Its state and counts: shared with the breaker of the same route
+    /// under the policy version before, when it kept the window's length,
+    /// so that requests let through under either judge the one breaker.
+    core: Arc<Core>,
+}
+
+/// A breaker's state and counts.
+#[derive(Debug)]
+struct Core {
     /// State in the low two bits, the time it was entered (ms) above them.
     state: AtomicU64,
     /// Successes (`a`) and failures (`b`) while closed.
@@ -233,6 +233,21 @@ pub struct Breaker {
     usual_ms: AtomicU64,
     /// Failures since the last success, while closed.
     in_a_row: AtomicU32,
+}
+
+impl Default for Core {
+    fn default() -> Self {
+        Self {
+            state: AtomicU64::new(CLOSED),
+            window: Window::default(),
+            probes: AtomicU32::new(0),
+            probes_ok: AtomicU32::new(0),
+            openings: AtomicU64::new(0),
+            waiting: AtomicU64::new(0),
+            usual_ms: AtomicU64::new(0),
+            in_a_row: AtomicU32::new(0),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -273,19 +288,12 @@ impl Breaker {
     pub fn new(spec: &BreakerSpec) -> Self {
         Self {
             tuning: Tuning::from(spec),
-            state: AtomicU64::new(CLOSED),
-            window: Window::default(),
-            probes: AtomicU32::new(0),
-            probes_ok: AtomicU32::new(0),
-            openings: AtomicU64::new(0),
-            waiting: AtomicU64::new(0),
-            usual_ms: AtomicU64::new(0),
-            in_a_row: AtomicU32::new(0),
+            core: Arc::default(),
         }
     }
 
     fn load(&self) -> (u64, u64) {
-        let word = self.state.load(Ordering::Acquire);
+        let word = self.core.state.load(Ordering::Acquire);
         (word & 3, word >> 2)
     }
 
@@ -300,11 +308,12 @@ impl Breaker {
 
     /// Times the breaker opened.
     pub fn openings(&self) -> u64 {
-        self.openings.load(Ordering::Relaxed)
+        self.core.openings.load(Ordering::Relaxed)
     }
 
     fn enter(&self, from: u64, since: u64, to: u64, now_ms: u64) -> bool {
-        self.state
+        self.core
+            .state
             .compare_exchange(
                 from | (since << 2),
                 to | (now_ms << 2),
@@ -318,16 +327,16 @@ impl Breaker {
     /// (`None`: stalls are not judged).
     fn stall_after(&self) -> Option<u64> {
         let floor = self.tuning.stall_ms;
-        (floor > 0).then(|| floor.max(STALL_FACTOR * self.usual_ms.load(Ordering::Relaxed)))
+        (floor > 0).then(|| floor.max(STALL_FACTOR * self.core.usual_ms.load(Ordering::Relaxed)))
     }
 
     fn open(&self, from: u64, since: u64, now_ms: u64, reason: Reason) -> Option<Transition> {
         if !self.enter(from, since, OPEN, now_ms) {
             return None;
         }
-        self.openings.fetch_add(1, Ordering::Relaxed);
-        self.waiting.store(0, Ordering::Relaxed);
-        self.in_a_row.store(0, Ordering::Relaxed);
+        self.core.openings.fetch_add(1, Ordering::Relaxed);
+        self.core.waiting.store(0, Ordering::Relaxed);
+        self.core.in_a_row.store(0, Ordering::Relaxed);
         Some(Transition {
             from: if from == HALF_OPEN {
                 BreakerState::HalfOpen
@@ -378,8 +387,8 @@ impl Breaker {
                         return Err(self.refusal(until, now_ms, None));
                     }
                     if self.enter(OPEN, since, HALF_OPEN, now_ms) {
-                        self.probes.store(0, Ordering::Relaxed);
-                        self.probes_ok.store(0, Ordering::Relaxed);
+                        self.core.probes.store(0, Ordering::Relaxed);
+                        self.core.probes_ok.store(0, Ordering::Relaxed);
                         changed = Some(Transition {
                             from: BreakerState::Open,
                             to: BreakerState::HalfOpen,
@@ -399,14 +408,15 @@ impl Breaker {
                     if now_ms >= since.saturating_add(patience)
                         && self.enter(HALF_OPEN, since, HALF_OPEN, now_ms)
                     {
-                        self.probes.store(0, Ordering::Relaxed);
-                        self.probes_ok.store(0, Ordering::Relaxed);
+                        self.core.probes.store(0, Ordering::Relaxed);
+                        self.core.probes_ok.store(0, Ordering::Relaxed);
                         continue;
                     }
                     // A probe, while the round has one left (counted only
                     // when taken, so a probe given back is free again).
                     let limit = self.tuning.probes;
                     let took = self
+                        .core
                         .probes
                         .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                             (n < limit).then_some(n + 1)
@@ -429,7 +439,8 @@ impl Breaker {
     /// One more request waits for the app from `now_ms`; the waiting word
     /// before.
     fn note_waiting(&self, now_ms: u64) -> u64 {
-        self.waiting
+        self.core
+            .waiting
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
                 Some(if w & COUNT_MASK == 0 {
                     (now_ms << COUNT_BITS) | 1
@@ -446,10 +457,12 @@ impl Breaker {
     pub fn release(&self, probe: bool) {
         if probe {
             let _ = self
+                .core
                 .probes
                 .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
         } else {
             let _ = self
+                .core
                 .waiting
                 .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
                     (w & COUNT_MASK > 0).then(|| w - 1)
@@ -457,36 +470,40 @@ impl Breaker {
         }
     }
 
-    /// Take over what `before` (the same route's breaker under the policy
-    /// version this one replaces) knows of the app at `now_ms`: an open
-    /// breaker stays open for the rest of its cool-down, a half-open one
-    /// probes again at once (its probes answer to the breaker they were
-    /// let through), a closed one keeps its window (when its buckets are
-    /// as long), its failures in a row and the app's usual time.
-    fn carry(&self, before: &Breaker, now_ms: u64) {
+    /// Take over from `before` (the same route's breaker under the policy
+    /// version this one replaces) at `now_ms`. With a window of the same
+    /// length the two share their state and counts: requests let through
+    /// under either are judged by the one breaker. Otherwise what it knows
+    /// is copied: an open breaker stays open for the rest of its
+    /// cool-down, a half-open one probes again at once (its probes answer
+    /// to the breaker they were let through), a closed one keeps its
+    /// failures in a row and the app's usual time.
+    fn carry(&mut self, before: &Breaker, now_ms: u64) {
+        if self.tuning.bucket_ms == before.tuning.bucket_ms {
+            self.core = Arc::clone(&before.core);
+            return;
+        }
         let (state, since) = before.load();
         let word = match state {
             OPEN => OPEN | (since << 2),
             HALF_OPEN => OPEN | (now_ms.saturating_sub(self.tuning.cool_down_ms) << 2),
             _ => CLOSED,
         };
-        self.state.store(word, Ordering::Release);
-        self.openings.store(before.openings(), Ordering::Relaxed);
-        self.usual_ms
-            .store(before.usual_ms.load(Ordering::Relaxed), Ordering::Relaxed);
+        let (old, new) = (&before.core, &self.core);
+        new.state.store(word, Ordering::Release);
+        new.openings.store(before.openings(), Ordering::Relaxed);
+        new.usual_ms
+            .store(old.usual_ms.load(Ordering::Relaxed), Ordering::Relaxed);
         if state == CLOSED {
-            self.in_a_row
-                .store(before.in_a_row.load(Ordering::Relaxed), Ordering::Relaxed);
-            if self.tuning.bucket_ms == before.tuning.bucket_ms {
-                self.window.copy_from(&before.window);
-            }
+            new.in_a_row
+                .store(old.in_a_row.load(Ordering::Relaxed), Ordering::Relaxed);
         }
     }
 
     /// The state word now (what [`Pass::epoch`] is compared with).
     #[cfg(test)]
     pub fn epoch(&self) -> u64 {
-        self.state.load(Ordering::Acquire)
+        self.core.state.load(Ordering::Acquire)
     }
 
     /// The outcome of a request let through at `since_ms` (`pass`):
@@ -501,19 +518,19 @@ impl Breaker {
         now_ms: u64,
         pass: Pass,
     ) -> Option<Transition> {
-        self.waiting.store(0, Ordering::Relaxed);
+        self.core.waiting.store(0, Ordering::Relaxed);
         if !failed {
             // The usual time to answer: a moving average over about eight
             // answers, of every answer (a probe's too, so that an app that
             // became slow but answers is learnt, not judged stalled again).
             let took = now_ms.saturating_sub(since_ms);
-            let usual = self.usual_ms.load(Ordering::Relaxed);
+            let usual = self.core.usual_ms.load(Ordering::Relaxed);
             let next = if usual == 0 {
                 took
             } else {
                 (usual * 7 + took) / 8
             };
-            self.usual_ms.store(next, Ordering::Relaxed);
+            self.core.usual_ms.store(next, Ordering::Relaxed);
         }
         let (state, since) = self.load();
         if state | (since << 2) != pass.epoch {
@@ -522,16 +539,17 @@ impl Breaker {
         let t = &self.tuning;
         match state {
             CLOSED => {
-                self.window
+                self.core
+                    .window
                     .add(t.bucket_ms, now_ms, u32::from(!failed), u32::from(failed));
                 if !failed {
-                    if self.in_a_row.load(Ordering::Relaxed) != 0 {
-                        self.in_a_row.store(0, Ordering::Relaxed);
+                    if self.core.in_a_row.load(Ordering::Relaxed) != 0 {
+                        self.core.in_a_row.store(0, Ordering::Relaxed);
                     }
                     return None;
                 }
-                let in_a_row = self.in_a_row.fetch_add(1, Ordering::AcqRel) + 1;
-                let (ok, bad) = self.window.sums(t.bucket_ms, now_ms);
+                let in_a_row = self.core.in_a_row.fetch_add(1, Ordering::AcqRel) + 1;
+                let (ok, bad) = self.core.window.sums(t.bucket_ms, now_ms);
                 let total = ok + bad;
                 let tripped =
                     total >= t.min_requests && f64::from(bad) >= t.failure_ratio * f64::from(total);
@@ -555,9 +573,9 @@ impl Breaker {
             }
             HALF_OPEN if failed => self.open(HALF_OPEN, since, now_ms, Reason::ProbeFailed),
             HALF_OPEN => {
-                let ok = self.probes_ok.fetch_add(1, Ordering::AcqRel) + 1;
+                let ok = self.core.probes_ok.fetch_add(1, Ordering::AcqRel) + 1;
                 if ok >= t.probes && self.enter(HALF_OPEN, since, CLOSED, now_ms) {
-                    self.window.clear();
+                    self.core.window.clear();
                     return Some(Transition {
                         from: BreakerState::HalfOpen,
                         to: BreakerState::Closed,
@@ -664,9 +682,9 @@ impl Cap {
     /// A slot, while fewer than `limit` (at most the cap) are in flight;
     /// a refusal counts as shed when `count`.
     fn take(&self, limit: u32, count: bool) -> bool {
-        let before = self.load.in_flight.fetch_add(1, Ordering::AcqRel);
+        let before = self.load.in_flight.fetch_add(1, Ordering::SeqCst);
         if before >= limit {
-            self.load.in_flight.fetch_sub(1, Ordering::AcqRel);
+            self.load.in_flight.fetch_sub(1, Ordering::SeqCst);
             if count {
                 self.note_shed();
             }
@@ -676,7 +694,9 @@ impl Cap {
     }
 
     fn give_back(&self) {
-        self.load.in_flight.fetch_sub(1, Ordering::AcqRel);
+        // Sequentially consistent with a waiter joining the queue (see
+        // `AppFence::join_queue`).
+        self.load.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 
     fn note_shed(&self) {
@@ -733,6 +753,9 @@ pub struct AppFence {
 /// versions that keep the app.
 #[derive(Debug)]
 struct Held {
+    /// The app's cap under the policy version in service (what its idle
+    /// connections, whichever version kept them, are swept against).
+    limit: AtomicU32,
     /// Idle connections to the app kept for reuse.
     idle: AtomicU32,
     /// Requests in flight per consumer slot.
@@ -746,6 +769,7 @@ struct Held {
 impl Default for Held {
     fn default() -> Self {
         Self {
+            limit: AtomicU32::new(u32::MAX),
             idle: AtomicU32::new(0),
             consumers: std::array::from_fn(|_| AtomicU32::new(0)),
             queued: AtomicU32::new(0),
@@ -763,7 +787,9 @@ impl IdleSlot {
     /// The app's requests in flight and idle connections are over its cap:
     /// this connection should go.
     pub fn over(&self) -> bool {
-        self.0.sockets_over()
+        let app = &self.0;
+        app.cap.in_flight() + app.held.idle.load(Ordering::Acquire)
+            > app.held.limit.load(Ordering::Relaxed)
     }
 
     /// Is this the connection of `fence`'s app?
@@ -807,6 +833,13 @@ impl AppFence {
             queue_wait_ms: spec.queue.max_wait.get().as_millis() as u64,
             held: Arc::default(),
         }
+        .limited()
+    }
+
+    /// Record the cap in the shared part, for idle connections.
+    fn limited(self) -> Self {
+        self.held.limit.store(self.cap.limit, Ordering::Relaxed);
+        self
     }
 
     /// These fences, taking over from `before` (the same app's under the
@@ -830,7 +863,7 @@ impl AppFence {
         self.retries
             .refused
             .store(before.retries.refused(), Ordering::Relaxed);
-        self
+        self.limited()
     }
 
     /// Are the app's requests in flight (each holding a socket, or about
@@ -891,12 +924,22 @@ impl AppFence {
         (self.queue_size > 0).then_some((self.queue_size, self.queue_wait_ms))
     }
 
-    /// A place in the app's queue, while it has room.
-    pub fn join_queue(&self) -> Option<Queued> {
+    /// A place in the app's queue for a caller of `priority`, while it has
+    /// room in the share of the queue that priority allows (as of the cap:
+    /// low callers cannot fill it for the others).
+    pub fn join_queue(&self, priority: Priority) -> Option<Queued> {
+        let room = if self.queue_size == 0 {
+            0
+        } else {
+            priority.of_cap(self.queue_size)
+        };
+        // Sequentially consistent with the release in `Fenced::drop`: a
+        // slot freed after this is seen by the waiter's next try, or its
+        // release sees the waiter and wakes it.
         self.held
             .queued
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < self.queue_size).then_some(n + 1)
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < room).then_some(n + 1)
             })
             .ok()?;
         Some(Queued(Arc::clone(&self.held)))
@@ -1167,7 +1210,7 @@ impl Drop for Fenced {
         if let Some(c) = self.fence.route_cap(self.route) {
             c.give_back();
         }
-        if held.queued.load(Ordering::Acquire) > 0 {
+        if held.queued.load(Ordering::SeqCst) > 0 {
             // Every waiter tries again (a queue is small): the slot may fit
             // one the first woken cannot use (its priority's share, its
             // consumer's).
@@ -1728,9 +1771,16 @@ mod tests {
             Some(Kept::Full)
         );
         assert_eq!(fence.shed(), 0, "a queued try is not counted");
-        let a = fence.join_queue().expect("room");
-        let b = fence.join_queue().expect("room");
-        assert!(fence.join_queue().is_none(), "two wait at most");
+        let a = fence.join_queue(Priority::High).expect("room");
+        assert!(
+            fence.join_queue(Priority::Low).is_none(),
+            "a low caller may fill 75 % of two: one place"
+        );
+        let b = fence.join_queue(Priority::High).expect("room");
+        assert!(
+            fence.join_queue(Priority::High).is_none(),
+            "two wait at most"
+        );
         assert_eq!(fence.queued(), 2);
         drop(busy);
         tokio::time::timeout(std::time::Duration::from_secs(5), freed)
@@ -1741,7 +1791,10 @@ mod tests {
         assert_eq!(fence.queued(), 0);
         let none = AppFence::with(std::iter::empty(), &spec("{}"));
         assert_eq!(none.queue(), None);
-        assert!(none.join_queue().is_none(), "no queue by default");
+        assert!(
+            none.join_queue(Priority::High).is_none(),
+            "no queue by default"
+        );
     }
 
     proptest! {

@@ -179,7 +179,12 @@ pub async fn wait_for_fence(ctx: &mut RequestCtx) -> Result<(), GatewayError> {
             Err(kept) => return Err(kept_error(kept)),
         }
         if place.is_none() {
-            place = fence.join_queue();
+            // In the queue, try once more before waiting: a slot freed
+            // before the queue counted this request woke nobody.
+            place = fence.join_queue(ctx.priority);
+            if place.is_some() {
+                continue;
+            }
         }
         if place.is_none() || tokio::time::timeout_at(until.into(), freed).await.is_err() {
             fence.note_shed();

@@ -231,8 +231,15 @@ fn read_policy_file(src: &SourceFile) -> Result<cache::PolicySource, Vec<PolicyE
 }
 
 /// The digest of an app's settings, and the strings in them (among them
-/// the documents they name). `None` if they cannot be written out.
+/// the documents they name). `None` if they cannot be written out, or if
+/// the app reads something outside the bundle when it runs (an HS256
+/// secret from the environment or a file): such an app is compiled anew
+/// by every compile, so a rotated secret takes effect on the next reload.
 fn app_settings(spec: &AppSpec) -> Option<(cache::Digest32, Vec<String>)> {
+    let jwt = spec.auth.as_ref().and_then(|a| a.jwt.as_ref());
+    if jwt.is_some_and(|j| j.hs256_secret_env.is_some() || j.hs256_secret_file.is_some()) {
+        return None;
+    }
     let settings = serde_json::to_value(spec).ok()?;
     let mut strings = Vec::new();
     strings_in(&settings, &mut strings);
@@ -254,7 +261,19 @@ fn app_digest(
     let mut h = Sha256::new();
     h.update(b"app\0");
     h.update(settings.0);
-    for path in docs.closure(settings.1.iter().map(String::as_str)) {
+    let closure = docs.closure(settings.1.iter().map(String::as_str));
+    // A document that sets `$id` or uses dynamic references may make a
+    // validator load documents no plain reading of its `$ref`s names:
+    // then every document of the bundle is an input.
+    let every = closure
+        .iter()
+        .any(|p| docs.document(p).is_some_and(|d| d.rebases()));
+    let inputs: Vec<&str> = if every {
+        docs.iter().map(|(p, _)| p).collect()
+    } else {
+        closure.into_iter().collect()
+    };
+    for path in inputs {
         let doc = docs.document(path)?;
         h.update([0]);
         h.update(path.as_bytes());

@@ -113,6 +113,9 @@ fn default_max_wait() -> Duration {
     Duration::from_millis(250)
 }
 
+/// The most requests a queue may hold: each slot freed wakes every waiter.
+const MAX_QUEUE: u32 = 1_000;
+
 /// The longest wait a queue may have: past it, queued clients hold the
 /// gateway's connections as a hanging app would.
 const MAX_QUEUE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -392,8 +395,8 @@ impl ResilienceSpec {
         if q.size > 0 && (q.max_wait.get().is_zero() || q.max_wait.get() > MAX_QUEUE_WAIT) {
             out.push("resilience.queue.max_wait must be above 0s and at most 10s".into());
         }
-        if q.size > 10_000 {
-            out.push("resilience.queue.size must be at most 10000".into());
+        if q.size > MAX_QUEUE {
+            out.push(format!("resilience.queue.size must be at most {MAX_QUEUE}"));
         }
         out
     }

@@ -6,12 +6,14 @@
 //! shares the rest — in memory too — with the version it replaces.
 //!
 //! Content-addressed, so reuse never changes a result: compiling is still
-//! a pure function of the files. Entries not used by the last two compiles
-//! are dropped when a compile ends (the version being replaced, and the
-//! one a reviewer compares it with, stay warm).
+//! a pure function of the files. Entries used neither by the last two
+//! compiles nor in the last 30 seconds are dropped when a compile ends
+//! (the version being replaced, and the one a reviewer compares it with,
+//! stay warm).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
@@ -45,7 +47,12 @@ struct Entry<T> {
     item: T,
     /// The last compile that used it.
     used: u64,
+    /// When.
+    at: Instant,
 }
+
+/// Entries used this recently are kept whatever compiled since.
+const KEEP_FOR: Duration = Duration::from_secs(30);
 
 #[derive(Default)]
 struct Cache {
@@ -84,7 +91,7 @@ impl Session {
         let digest: Digest32 = Sha256::digest(text).into();
         let key = (path.to_string(), digest);
         if let Some(e) = cache().documents.get_mut(&key) {
-            e.used = self.compile;
+            (e.used, e.at) = (self.compile, Instant::now());
             return Ok(Arc::clone(&e.item));
         }
         // Parsed without the lock: another compile may parse it too.
@@ -95,6 +102,7 @@ impl Session {
             Entry {
                 item: Arc::clone(&doc),
                 used: self.compile,
+                at: Instant::now(),
             },
         );
         Ok(doc)
@@ -114,7 +122,7 @@ impl Session {
         }
         let key = (path.to_string(), Sha256::digest(text).into());
         if let Some(e) = cache().files.get_mut(&key) {
-            e.used = self.compile;
+            (e.used, e.at) = (self.compile, Instant::now());
             return Ok(Arc::clone(&e.item));
         }
         let source = Arc::new(read()?);
@@ -128,6 +136,7 @@ impl Session {
             Entry {
                 item: Arc::clone(&source),
                 used: self.compile,
+                at: Instant::now(),
             },
         );
         Ok(source)
@@ -137,7 +146,7 @@ impl Session {
     pub fn app(&self, digest: &Digest32) -> Option<Arc<App>> {
         let mut c = cache();
         let e = c.apps.get_mut(digest)?;
-        e.used = self.compile;
+        (e.used, e.at) = (self.compile, Instant::now());
         Some(Arc::clone(&e.item))
     }
 
@@ -148,6 +157,7 @@ impl Session {
             Entry {
                 item: Arc::clone(app),
                 used: self.compile,
+                at: Instant::now(),
             },
         );
     }
@@ -156,10 +166,12 @@ impl Session {
 impl Drop for Session {
     fn drop(&mut self) {
         let oldest = self.compile.saturating_sub(1);
+        let now = Instant::now();
         let mut c = cache();
-        c.documents.retain(|_, e| e.used >= oldest);
-        c.files.retain(|_, e| e.used >= oldest);
-        c.apps.retain(|_, e| e.used >= oldest);
+        let keep = |used: u64, at: Instant| used >= oldest || now.duration_since(at) < KEEP_FOR;
+        c.documents.retain(|_, e| keep(e.used, e.at));
+        c.files.retain(|_, e| keep(e.used, e.at));
+        c.apps.retain(|_, e| keep(e.used, e.at));
     }
 }
 
@@ -187,8 +199,15 @@ mod tests {
         assert!(first.document("schemas/y.json", "{nope").is_err());
         drop(first);
         let key = (PATH.to_string(), *a.digest());
-        // Two more compiles that do not use it (whatever other tests
-        // compile meanwhile) drop it.
+        // Kept for a while whatever compiles; once that has passed, two
+        // more compiles that do not use it drop it.
+        drop(Session::begin());
+        drop(Session::begin());
+        assert!(cache().documents.contains_key(&key), "kept for a while");
+        let long_ago = Instant::now().checked_sub(KEEP_FOR * 2).expect("an uptime");
+        if let Some(e) = cache().documents.get_mut(&key) {
+            e.at = long_ago;
+        }
         drop(Session::begin());
         drop(Session::begin());
         assert!(!cache().documents.contains_key(&key), "then dropped");

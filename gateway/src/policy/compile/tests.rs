@@ -414,3 +414,40 @@ fn an_app_is_compiled_again_only_when_what_it_is_compiled_from_changed() {
     // Back to the first files: the same version as the first compile.
     assert_eq!(bundle("", 10).version, v1.version);
 }
+
+/// A reference the validator resolves as a URI (from the bundle's root)
+/// makes the document it names an input of the app too: editing that
+/// document compiles the app again.
+#[test]
+fn a_document_named_from_the_bundles_root_is_an_input_of_the_app() {
+    let contract = "openapi: 3.1.0\ninfo: { title: t, version: '1' }\npaths:\n  /items:\n    post:\n      operationId: addItem\n      requestBody:\n        content:\n          application/json:\n            schema: { $ref: '/schemas/rooted-item.json' }\n      responses:\n        '200': { description: ok }\n";
+    let app = "version: 1\napps:\n  - name: rooted\n    owner: o\n    hosts: [rooted.test]\n    upstream: { instances: [\"http://127.0.0.1:1\"] }\n    contract: { openapi: contracts/rooted.yaml }\n";
+    let bundle = |max: u32| {
+        compile(&[
+            src("a.yaml", app),
+            src("contracts/rooted.yaml", contract),
+            src(
+                "schemas/rooted-item.json",
+                &format!("{{\"type\": \"object\", \"properties\": {{\"n\": {{\"type\": \"integer\", \"maximum\": {max}}}}}}}"),
+            ),
+        ])
+        .expect("compiles")
+    };
+    let accepts = |b: &Bundle, body: &str| {
+        let op = b.apps[0].routes[0]
+            .operation
+            .as_ref()
+            .expect("an operation");
+        let json = op
+            .body
+            .as_ref()
+            .and_then(|c| c.json.as_ref())
+            .expect("a body schema");
+        json.accepts(body.as_bytes()) == Some(true)
+    };
+    let v1 = bundle(10);
+    assert!(accepts(&v1, "{\"n\": 5}") && !accepts(&v1, "{\"n\": 15}"));
+    let v2 = bundle(20);
+    assert!(!Arc::ptr_eq(&v1.apps[0], &v2.apps[0]), "compiled again");
+    assert!(accepts(&v2, "{\"n\": 15}"));
+}
