@@ -1180,6 +1180,12 @@ impl Fenced {
         self.pass.as_mut().and_then(|p| p.changed.take())
     }
 
+    /// The request needed a new connection and none could be made within
+    /// the app's cap: counted as shed.
+    pub fn shed_for_sockets(&self) {
+        self.fence.cap.note_shed();
+    }
+
     /// Its app's fence.
     pub fn fence(&self) -> &Arc<AppFence> {
         &self.fence

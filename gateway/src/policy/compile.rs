@@ -64,6 +64,27 @@ pub fn compile(sources: &[SourceFile]) -> Result<Bundle, PolicyErrors> {
         }
     }
     for src in policy_files {
+        if src.text.len() > cache::MAX_CACHED_TEXT {
+            // A large file (consumers) is read one consumer at a time.
+            match bulk::read(src, &mut hasher) {
+                bulk::Read::File(file) => {
+                    let apps = file.apps.iter().map(app_settings).collect();
+                    let canonical = Vec::new();
+                    let source = cache::PolicySource {
+                        file,
+                        canonical,
+                        apps,
+                    };
+                    parsed.push((src, Arc::new(source)));
+                    continue;
+                }
+                bulk::Read::Errors(e) => {
+                    errors.extend(e);
+                    continue;
+                }
+                bulk::Read::Whole => {}
+            }
+        }
         match cache.policy_file(&src.path, &src.text, || read_policy_file(src)) {
             Ok(source) => {
                 hasher.update(src.path.as_bytes());
@@ -609,6 +630,7 @@ fn hex(bytes: &[u8]) -> String {
         })
 }
 
+mod bulk;
 mod cache;
 #[cfg(test)]
 mod tests;

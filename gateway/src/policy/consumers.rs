@@ -100,25 +100,31 @@ pub fn compile_consumers(
     plans: &HashMap<String, Plan>,
     errors: &mut Vec<PolicyError>,
 ) -> ConsumerDirectory {
-    let mut out = Vec::new();
-    let mut keys: Vec<([u8; 32], usize)> = Vec::new();
-    let mut key_owner: HashMap<[u8; 32], String> = HashMap::new();
-    let mut ids: HashMap<&str, String> = HashMap::new();
+    let mut out: Vec<Consumer> = Vec::with_capacity(consumers.len());
+    let mut keys: Vec<([u8; 32], usize)> = Vec::with_capacity(consumers.len());
+    // By index, not by copies of names and places: a million consumers
+    // should not be held twice while they compile.
+    let mut key_owner: HashMap<[u8; 32], usize> = HashMap::with_capacity(consumers.len());
+    let mut ids: HashMap<&str, usize> = HashMap::with_capacity(consumers.len());
     let mut subjects: Vec<(String, String)> = Vec::new();
     let mut shared_plans: HashMap<String, Arc<str>> = HashMap::new();
     let mut shared_apps: HashMap<Vec<String>, Arc<[String]>> = HashMap::new();
-    for d in consumers {
+    for (n, d) in consumers.iter().enumerate() {
         let at = format!("/consumers/{}", d.index);
         let c = d.spec;
-        if let Some(first) = ids.get(c.id.as_str()) {
+        if let Some(&first) = ids.get(c.id.as_str()) {
+            let first = &consumers[first];
             errors.push(PolicyError::new(
                 d.file,
                 format!("{at}/id"),
-                format!("consumer `{}` is already declared at {first}", c.id),
+                format!(
+                    "consumer `{}` is already declared at {} /consumers/{}",
+                    c.id, first.file, first.index
+                ),
             ));
             continue;
         }
-        ids.insert(&c.id, format!("{} {at}", d.file));
+        ids.insert(&c.id, n);
         if let Some(plan) = &c.plan {
             if !plans.contains_key(plan) {
                 errors.push(PolicyError::new(
@@ -152,10 +158,11 @@ pub fn compile_consumers(
         for (k, key) in c.keys.iter().enumerate() {
             match parse_fingerprint(&key.hash) {
                 Some(h) => {
-                    if let Some(owner) = key_owner.get(&h) {
+                    if let Some(&owner) = key_owner.get(&h) {
+                        let owner = &consumers[owner].spec.id;
                         errors.push(PolicyError::new(d.file, format!("{at}/keys/{k}/hash"), format!("this key is already assigned to consumer `{owner}`")));
                     } else {
-                        key_owner.insert(h, c.id.clone());
+                        key_owner.insert(h, n);
                         keys.push((h, idx));
                     }
                 }

@@ -32,7 +32,9 @@ pub const MAX_CACHED_TEXT: usize = 1 << 20;
 pub struct PolicySource {
     /// The file.
     pub file: PolicyFile,
-    /// Its canonical JSON (what the policy version is the digest of).
+    /// Its canonical JSON (what the policy version is the digest of);
+    /// empty for a large file read one consumer at a time
+    /// (`compile::bulk`), whose digest was written as it was read.
     pub canonical: Vec<u8>,
     /// Per app of the file, in order: the digest of its settings, and the
     /// strings in them (the documents they may name); `None` when they

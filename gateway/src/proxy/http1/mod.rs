@@ -138,21 +138,23 @@ impl ServerApp for Engine {
 /// Make room for a new connection to the request's app, within its cap:
 /// when the app's requests in flight and idle connections are over it,
 /// close an idle one of this thread in its place. One idle on another
-/// thread is closed by that thread's next sweep, which the request waits
-/// for (two sweeps at most) before it connects anyway: it holds a slot
-/// under the cap, so the app's sockets exceed it only by idle connections
-/// about to close.
-async fn make_room_for_connection(ctx: &RequestCtx) {
+/// thread is closed by that thread's next sweep (every 20 ms while it has
+/// idle connections), which the request waits for, two sweeps at most.
+/// `false` (counted as shed): there is still no room, so the sockets to an
+/// app never exceed its cap.
+async fn make_room_for_connection(ctx: &RequestCtx) -> bool {
     let Some(fenced) = &ctx.fence else {
-        return;
+        return true;
     };
     let fence = fenced.fence();
     for _ in 0..8 {
         if !fence.sockets_over() || pool::evict_one(fence) {
-            return;
+            return true;
         }
         tokio::time::sleep(pool::SWEEP_EVERY / 4).await;
     }
+    fenced.shed_for_sockets();
+    false
 }
 
 /// What the connection does after an exchange.
@@ -521,7 +523,9 @@ impl Engine {
                 let (mut conn, reused) = match pool::take(socket, now, idempotent) {
                     Some(conn) => (conn, true),
                     None => {
-                        make_room_for_connection(ctx).await;
+                        if !make_room_for_connection(ctx).await {
+                            return Err(GatewayError::Shed);
+                        }
                         let limit = upstream::within_deadline(ctx, t.connect.min(remaining));
                         match connect(socket, upstream_io, limit).await {
                             Ok(conn) => (conn, false),

@@ -42,6 +42,33 @@ thread_local! {
     static IDLE: RefCell<Vec<(SocketAddr, Vec<Idle>)>> = const { RefCell::new(Vec::new()) };
     /// When this thread's pool was last swept.
     static SWEPT: std::cell::Cell<Option<Instant>> = const { std::cell::Cell::new(None) };
+    /// This thread has a task sweeping its pool while it is not empty.
+    static SWEEPER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// While this thread's pool holds connections, sweep it every
+/// [`SWEEP_EVERY`] even if the thread serves nothing meanwhile, so an
+/// idle connection of an app that went over its cap on another thread is
+/// closed within a sweep. The task runs on this thread's runtime (each
+/// proxy thread has its own), so it sees this thread's pool.
+fn keep_swept() {
+    if SWEEPER.with(|s| s.replace(true)) {
+        return;
+    }
+    tokio::spawn(async {
+        loop {
+            tokio::time::sleep(SWEEP_EVERY).await;
+            let empty = IDLE.with(|pool| {
+                let mut pool = pool.borrow_mut();
+                sweep(&mut pool, Instant::now());
+                pool.is_empty()
+            });
+            if empty {
+                SWEEPER.with(|s| s.set(false));
+                return;
+            }
+        }
+    });
 }
 
 /// How often a thread sweeps its whole pool.
@@ -145,6 +172,7 @@ pub fn give(addr: SocketAddr, stream: TcpStream, now: Instant, fence: &Arc<AppFe
             });
         }
     });
+    keep_swept();
 }
 
 /// Whether an idle connection is still open and silent: an upstream that

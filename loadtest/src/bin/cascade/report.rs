@@ -47,7 +47,7 @@ const KINDS: [Kind; 8] = [
     Kind::NoAnswer,
 ];
 
-fn measure(r: &PhaseResult) -> Measured {
+fn measure(r: &PhaseResult, length: Duration) -> Measured {
     let (slow, fast): (Vec<&Rec>, Vec<&Rec>) = r.recs.iter().partition(|x| x.slow);
     let mut fast_lat: Vec<Duration> = fast.iter().map(|x| x.latency).collect();
     fast_lat.sort();
@@ -85,8 +85,13 @@ fn measure(r: &PhaseResult) -> Measured {
             .count();
         quick as f64 / after.len().max(1) as f64
     });
-    // Full service: from the first request after the last one not served.
-    let mut by_sent: Vec<&&Rec> = slow.iter().collect();
+    // Full service: from the first request after the last one not served,
+    // of those answered within the phase (one still waiting when the next
+    // phase changed the app is that phase's).
+    let mut by_sent: Vec<&&Rec> = slow
+        .iter()
+        .filter(|x| x.sent + x.latency <= length)
+        .collect();
     by_sent.sort_by_key(|x| x.sent);
     let full_service_after = match by_sent.iter().rposition(|x| x.kind != Kind::Ok) {
         None => Some(Duration::ZERO),
@@ -117,7 +122,8 @@ fn secs(d: Option<Duration>) -> String {
 
 /// Print the table and the checks; the number of requirements not met.
 pub fn print(cli: &Cli, cap: u32, results: &[PhaseResult]) -> usize {
-    let m: Vec<Measured> = results.iter().map(measure).collect();
+    let length = Duration::from_secs(cli.phase_secs);
+    let m: Vec<Measured> = results.iter().map(|r| measure(r, length)).collect();
     println!();
     println!("| slow app is | fast p50 / p99 | fast errors | slow: 200 / app 5xx / shed / breaker-open / retry-budget / 504 / other / no answer | slow answered < 50 ms | slow 200 p50 | sockets gateway→slow (max) | slow in flight (max) | requests the slow app received per client request | breaker opened after | full service after |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
