@@ -353,6 +353,28 @@ pub fn canonical_json(v: &Value) -> Vec<u8> {
     out
 }
 
+/// A JSON syntax error in the file at `path`, with its place.
+pub fn json_error(path: &str, e: &serde_json::Error) -> PolicyError {
+    PolicyError::new(
+        path,
+        "",
+        format!(
+            "invalid JSON at line {} column {}: {e}",
+            e.line(),
+            e.column()
+        ),
+    )
+}
+
+/// A YAML syntax error in the file at `path`, with its place.
+pub fn yaml_error(path: &str, e: &serde_yaml::Error) -> PolicyError {
+    let loc = e
+        .location()
+        .map(|l| format!(" at line {} column {}", l.line(), l.column()))
+        .unwrap_or_default();
+    PolicyError::new(path, "", format!("invalid YAML{loc}: {e}"))
+}
+
 /// A lock whose data no panic can leave half-made (whole entries only).
 pub fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -413,25 +435,9 @@ impl jsonschema::Retrieve for BundleRetriever {
 /// Parse YAML or JSON by extension.
 pub fn parse_text(path: &str, text: &str) -> Result<Value, PolicyError> {
     if path.ends_with(".json") {
-        serde_json::from_str(text).map_err(|e| {
-            PolicyError::new(
-                path,
-                "",
-                format!(
-                    "invalid JSON at line {} column {}: {e}",
-                    e.line(),
-                    e.column()
-                ),
-            )
-        })
+        serde_json::from_str(text).map_err(|e| json_error(path, &e))
     } else {
-        serde_yaml::from_str::<Value>(text).map_err(|e| {
-            let loc = e
-                .location()
-                .map(|l| format!(" at line {} column {}", l.line(), l.column()))
-                .unwrap_or_default();
-            PolicyError::new(path, "", format!("invalid YAML{loc}: {e}"))
-        })
+        serde_yaml::from_str::<Value>(text).map_err(|e| yaml_error(path, &e))
     }
 }
 

@@ -20,7 +20,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use super::{schema_validator, POLICY_SCHEMA};
-use crate::contract::documents::canonical_json;
+use crate::contract::documents::{canonical_json, json_error, yaml_error};
 use crate::policy::model::{ConsumerSpec, PolicyFile};
 use crate::source::{PolicyError, SourceFile};
 
@@ -71,27 +71,11 @@ pub fn read(src: &SourceFile, out: &mut Sha256) -> Read {
         FileSeed(&mut state)
             .deserialize(&mut de)
             .and_then(|()| de.end())
-            .map_err(|e| {
-                PolicyError::new(
-                    &src.path,
-                    "",
-                    format!(
-                        "invalid JSON at line {} column {}: {e}",
-                        e.line(),
-                        e.column()
-                    ),
-                )
-            })
+            .map_err(|e| json_error(&src.path, &e))
     } else {
         FileSeed(&mut state)
             .deserialize(serde_yaml::Deserializer::from_str(&src.text))
-            .map_err(|e| {
-                let loc = e
-                    .location()
-                    .map(|l| format!(" at line {} column {}", l.line(), l.column()))
-                    .unwrap_or_default();
-                PolicyError::new(&src.path, "", format!("invalid YAML{loc}: {e}"))
-            })
+            .map_err(|e| yaml_error(&src.path, &e))
     };
     if state.whole {
         return Read::Whole;
@@ -228,6 +212,28 @@ impl State<'_> {
     }
 }
 
+/// A scalar where a map or a list was expected is handled as a unit: the
+/// file is read whole, which reports it.
+macro_rules! scalars_are_units {
+    () => {
+        fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
+            self.visit_unit()
+        }
+        fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
+            self.visit_unit()
+        }
+        fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
+            self.visit_unit()
+        }
+        fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
+            self.visit_unit()
+        }
+        fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
+            self.visit_unit()
+        }
+    };
+}
+
 /// The file: a map whose `consumers` is read item by item.
 struct FileSeed<'s, 'a>(&'s mut State<'a>);
 
@@ -277,21 +283,7 @@ impl<'de> Visitor<'de> for FileSeed<'_, '_> {
         while seq.next_element::<IgnoredAny>()?.is_some() {}
         Ok(())
     }
-    fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
-        self.visit_unit()
-    }
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
-        self.visit_unit()
-    }
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
-        self.visit_unit()
-    }
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
-        self.visit_unit()
-    }
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
-        self.visit_unit()
-    }
+    scalars_are_units!();
 }
 
 /// `consumers`: a list read one item at a time.
@@ -326,21 +318,7 @@ impl<'de> Visitor<'de> for ConsumersSeed<'_, '_> {
         self.0.whole = true;
         Ok(())
     }
-    fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
-        self.visit_unit()
-    }
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
-        self.visit_unit()
-    }
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
-        self.visit_unit()
-    }
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
-        self.visit_unit()
-    }
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
-        self.visit_unit()
-    }
+    scalars_are_units!();
 }
 
 #[cfg(test)]
