@@ -10,12 +10,16 @@
 //! bytes are written to a copy of the version's hasher as they come; that
 //! is right when every top-level key sorted before `consumers` (`apps`)
 //! came before it in the file and `consumers` came once. When not, this
-//! returns `None` and the caller reads the file whole.
+//! stops and returns [`Read::Whole`]: the caller reads the file whole.
+//!
+//! JSON is read as a stream. The YAML reader (`serde_yaml`) loads a whole
+//! document's events before it deserializes anything, so a large YAML
+//! file saves only the parsed tree, not the events.
 
 use std::fmt;
 use std::sync::OnceLock;
 
-use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
@@ -81,9 +85,14 @@ pub fn read(src: &SourceFile, out: &mut Sha256) -> Read {
         return Read::Whole;
     }
     if let Err(e) = parsed {
-        // A syntax error: what reading it whole reports.
+        if src.path.ends_with(".json") {
+            // The same reader at the same place: the whole reading's error.
+            return Read::Errors(vec![e]);
+        }
+        // YAML a map-shaped reading refuses (a tag, say): what reading it
+        // whole reports.
         return match crate::contract::documents::parse_text(&src.path, &src.text) {
-            Ok(_) => Read::Errors(vec![e]),
+            Ok(_) => Read::Whole,
             Err(whole) => Read::Errors(vec![whole]),
         };
     }
@@ -124,7 +133,6 @@ pub fn read(src: &SourceFile, out: &mut Sha256) -> Read {
         }),
     );
     if !errors.is_empty() {
-        errors.sort_by(|a, b| a.pointer.cmp(&b.pointer));
         return Read::Errors(errors);
     }
     match serde_json::from_value::<PolicyFile>(rest) {
@@ -165,6 +173,13 @@ struct State<'a> {
 }
 
 impl State<'_> {
+    /// This file must be read whole: stop reading (the error is not
+    /// reported; [`read`] sees `whole`).
+    fn read_whole<E: de::Error>(&mut self) -> E {
+        self.whole = true;
+        E::custom("read the file whole")
+    }
+
     /// `consumers` begins: the canonical form up to its first item.
     fn begin_consumers(&mut self) {
         self.seen_consumers = true;
@@ -254,9 +269,7 @@ impl<'de> Visitor<'de> for FileSeed<'_, '_> {
         while let Some(key) = map.next_key::<String>()? {
             if key == "consumers" {
                 if state.seen_consumers {
-                    state.whole = true;
-                    map.next_value::<IgnoredAny>()?;
-                    continue;
+                    return Err(state.read_whole());
                 }
                 state.before = state.rest.keys().cloned().collect();
                 state.begin_consumers();
@@ -265,7 +278,7 @@ impl<'de> Visitor<'de> for FileSeed<'_, '_> {
                 // A key sorted before `consumers` after it: its canonical
                 // place is already written.
                 if state.seen_consumers && key.as_str() < "consumers" {
-                    state.whole = true;
+                    return Err(state.read_whole());
                 }
                 let v: Value = map.next_value()?;
                 state.rest.insert(key, v);
@@ -275,13 +288,13 @@ impl<'de> Visitor<'de> for FileSeed<'_, '_> {
     }
     fn visit_unit<E: de::Error>(self) -> Result<(), E> {
         // An empty document, or not a map: the whole reading says what.
-        self.0.whole = true;
-        Ok(())
+        Err(self.0.read_whole())
     }
-    fn visit_seq<S: SeqAccess<'de>>(self, mut seq: S) -> Result<(), S::Error> {
-        self.0.whole = true;
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(())
+    fn visit_none<E: de::Error>(self) -> Result<(), E> {
+        self.visit_unit()
+    }
+    fn visit_seq<S: SeqAccess<'de>>(self, _: S) -> Result<(), S::Error> {
+        Err(self.0.read_whole())
     }
     scalars_are_units!();
 }
@@ -309,14 +322,14 @@ impl<'de> Visitor<'de> for ConsumersSeed<'_, '_> {
         state.hasher.update(b"]");
         Ok(())
     }
-    fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<(), M::Error> {
-        self.0.whole = true;
-        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-        Ok(())
+    fn visit_map<M: MapAccess<'de>>(self, _: M) -> Result<(), M::Error> {
+        Err(self.0.read_whole())
     }
     fn visit_unit<E: de::Error>(self) -> Result<(), E> {
-        self.0.whole = true;
-        Ok(())
+        Err(self.0.read_whole())
+    }
+    fn visit_none<E: de::Error>(self) -> Result<(), E> {
+        self.visit_unit()
     }
     scalars_are_units!();
 }
@@ -428,6 +441,8 @@ mod tests {
         for text in &read_whole_only {
             assert!(streamed(&file("c.json", text)).is_none(), "{text}");
         }
+        // A YAML file of comments only has no document: read whole.
+        assert!(streamed(&file("c.yaml", "# nothing here\n")).is_none());
         // YAML written as YAML, with the keys in another order.
         let yaml = format!(
             "consumers:\n  - {{ id: y1, name: \"Ÿ \\\"one\\\"\", plan: gold, keys: [{{ hash: \"{HASH}\" }}] }}\n  - id: y2\n    name: two\n    apps: ['*']\nversion: 1\nplans:\n  - {{ name: gold, quotas: [{{ name: d, limit: 5, window: day }}] }}\n"
