@@ -493,15 +493,10 @@ fn a_post_the_app_may_have_acted_on_is_never_sent_twice() {
 /// probes close it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_route_is_fenced_off_at_once_and_let_back_in_when_it_heals() {
-    let sim = Sim::one("approvals");
-    let dir = PolicyDir::new();
-    wf_policy(
-        &dir,
-        &sim.url(0),
+    let (sim, dir, gw) = wf_gateway(
         ", ejection: { consecutive_failures: 0 }",
         "    timeouts: { connect: 1s, read: 300ms, total: 1s }\n    retries: 0\n",
     );
-    let gw = Gateway::start(dir.path(), &[]);
     let c = client();
     let get = |path: &'static str, delay_ms: u64| wf_get(c.clone(), gw.url(), path, delay_ms);
     // The app hangs on one route's requests.
@@ -573,15 +568,7 @@ async fn a_failing_route_is_fenced_off_at_once_and_let_back_in_when_it_heals() {
 /// two seconds. A route's own cap keeps it from taking the whole app's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hanging_route_is_fenced_off_on_its_stall_long_before_its_timeouts() {
-    let sim = Sim::one("approvals");
-    let dir = PolicyDir::new();
-    wf_policy(
-        &dir,
-        &sim.url(0),
-        "",
-        "    timeouts: { connect: 1s, read: 20s, total: 30s }\n    resilience: { routes: { get: { max_in_flight: 24 } } }\n",
-    );
-    let gw = Gateway::start(dir.path(), &[]);
+    let (_sim, _dir, gw) = wf_gateway("", "    timeouts: { connect: 1s, read: 20s, total: 30s }\n    resilience: { routes: { get: { max_in_flight: 24 } } }\n");
     let c = client();
     let get = |path: &'static str, delay_ms: u64| {
         let answer = wf_get(c.clone(), gw.url(), path, delay_ms);
@@ -732,15 +719,10 @@ async fn under_a_low_descriptor_limit_the_gateway_sheds_instead_of_running_out()
 /// it is full or when they have waited the longest wait.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_its_cap_a_request_waits_in_the_apps_queue_for_a_bounded_time() {
-    let sim = Sim::one("approvals");
-    let dir = PolicyDir::new();
-    wf_policy(
-        &dir,
-        &sim.url(0),
+    let (_sim, _dir, gw) = wf_gateway(
         "",
         "    resilience: { max_in_flight: 2, queue: { size: 4, max_wait: 1s } }\n",
     );
-    let gw = Gateway::start(dir.path(), &[]);
     let c = client();
     let burst = |n: usize, delay_ms: u64| {
         let all: Vec<_> = (0..n)
@@ -806,6 +788,16 @@ async fn over_its_cap_a_request_waits_in_the_apps_queue_for_a_bounded_time() {
         metrics.contains("gatehouse_app_requests_queued{app=\"wf\"} 0"),
         "{metrics}"
     );
+}
+
+/// A gateway in front of one approvals simulator serving the `wf` app
+/// ([`wf_policy`], with `upstream_extra` and `app_lines`).
+fn wf_gateway(upstream_extra: &str, app_lines: &str) -> (Sim, PolicyDir, Gateway) {
+    let sim = Sim::one("approvals");
+    let dir = PolicyDir::new();
+    wf_policy(&dir, &sim.url(0), upstream_extra, app_lines);
+    let gw = Gateway::start(dir.path(), &[]);
+    (sim, dir, gw)
 }
 
 /// The `wf` app (host `wf.test`) on `instance`, with routes `get`

@@ -379,23 +379,10 @@ fn an_app_is_compiled_again_only_when_what_it_is_compiled_from_changed() {
         ])
         .expect("compiles")
     };
-    let accepts = |b: &Bundle, body: &str| {
-        let op = b.apps[0].routes[0]
-            .operation
-            .as_ref()
-            .expect("an operation");
-        let json = op
-            .body
-            .as_ref()
-            .and_then(|c| c.json.as_ref())
-            .expect("a body schema");
-        // `Some(true)`: valid; `None`: not (or the fast path cannot say).
-        json.accepts(body.as_bytes()) == Some(true)
-    };
     let v1 = bundle("", 10);
     assert_eq!(v1.apps[0].name, "reuse-a");
-    assert!(accepts(&v1, "{\"n\": 5}"));
-    assert!(!accepts(&v1, "{\"n\": 15}"));
+    assert!(body_valid(&v1, "{\"n\": 5}"));
+    assert!(!body_valid(&v1, "{\"n\": 15}"));
     // Another app's edit: this one is the same compiled app.
     let v2 = bundle("    retries: 0\n", 10);
     assert!(Arc::ptr_eq(&v1.apps[0], &v2.apps[0]), "reused");
@@ -406,7 +393,7 @@ fn an_app_is_compiled_again_only_when_what_it_is_compiled_from_changed() {
     // The document its contract refers to changed: compiled again.
     let v3 = bundle("    retries: 0\n", 20);
     assert!(!Arc::ptr_eq(&v2.apps[0], &v3.apps[0]));
-    assert!(accepts(&v3, "{\"n\": 15}"));
+    assert!(body_valid(&v3, "{\"n\": 15}"));
     assert!(
         Arc::ptr_eq(&v2.apps[1], &v3.apps[1]),
         "the other app is reused"
@@ -433,21 +420,25 @@ fn a_document_named_from_the_bundles_root_is_an_input_of_the_app() {
         ])
         .expect("compiles")
     };
-    let accepts = |b: &Bundle, body: &str| {
-        let op = b.apps[0].routes[0]
-            .operation
-            .as_ref()
-            .expect("an operation");
-        let json = op
-            .body
-            .as_ref()
-            .and_then(|c| c.json.as_ref())
-            .expect("a body schema");
-        json.accepts(body.as_bytes()) == Some(true)
-    };
     let v1 = bundle(10);
-    assert!(accepts(&v1, "{\"n\": 5}") && !accepts(&v1, "{\"n\": 15}"));
+    assert!(body_valid(&v1, "{\"n\": 5}") && !body_valid(&v1, "{\"n\": 15}"));
     let v2 = bundle(20);
     assert!(!Arc::ptr_eq(&v1.apps[0], &v2.apps[0]), "compiled again");
-    assert!(accepts(&v2, "{\"n\": 15}"));
+    assert!(body_valid(&v2, "{\"n\": 15}"));
+}
+
+/// Does the first route of `b`'s first app take `body` as valid?
+/// (`accepts` says `Some(true)` for valid; `None` when not, or when the
+/// fast path cannot say.)
+fn body_valid(b: &Bundle, body: &str) -> bool {
+    let op = b.apps[0].routes[0]
+        .operation
+        .as_ref()
+        .expect("an operation");
+    let json = op
+        .body
+        .as_ref()
+        .and_then(|c| c.json.as_ref())
+        .expect("a body schema");
+    json.accepts(body.as_bytes()) == Some(true)
 }
