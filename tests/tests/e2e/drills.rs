@@ -557,7 +557,9 @@ async fn drill_kill_9_loses_at_most_the_unflushed_interval() {
 
 /// SIGTERM under load: requests stop being accepted, but every request the
 /// gateway answered — those finishing during the drain included — is a
-/// row, flushed after the last connection closed.
+/// row: inserted by the final flush after the last connection closed, or,
+/// when ClickHouse could not take them in time (a busy machine, an insert
+/// under way when the flush began), spooled and replayed by the next start.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drill_sigterm_records_every_answered_request() {
     let mut e = estate();
@@ -569,7 +571,17 @@ async fn drill_sigterm_records_every_answered_request() {
             .expect("exits once drained");
     assert!(exited.success(), "{exited:?}");
     let t = load.finish().await;
-    let missing = drill::missing_rows(&e.ch, DB, &t, "term", Duration::from_secs(10));
+    let mut missing = drill::missing_rows(&e.ch, DB, &t, "term", Duration::from_secs(10));
+    if !missing.is_empty() {
+        eprintln!(
+            "{} rows not inserted before the exit: starting a gateway to replay the spool",
+            missing.len()
+        );
+        let mut args = vec!["--instance".to_string(), "replay".to_string()];
+        args.extend(e.args.iter().cloned());
+        let _next = Gateway::start(e.dir.path(), &strs(&args));
+        missing = drill::missing_rows(&e.ch, DB, &t, "term", Duration::from_secs(20));
+    }
     let rows = drill::rows(&e.ch, DB, "term");
     drill::report(
         "SIGTERM (no successor: later requests are refused)",
