@@ -787,9 +787,7 @@ impl IdleSlot {
     /// The app's requests in flight and idle connections are over its cap:
     /// this connection should go.
     pub fn over(&self) -> bool {
-        let app = &self.0;
-        app.cap.in_flight() + app.held.idle.load(Ordering::Acquire)
-            > app.held.limit.load(Ordering::Relaxed)
+        self.0.sockets_over()
     }
 
     /// Is this the connection of `fence`'s app?
@@ -871,7 +869,9 @@ impl AppFence {
     /// that needs a new connection then opens one only in place of an idle
     /// one it closes.
     pub fn sockets_over(&self) -> bool {
-        self.cap.in_flight() + self.held.idle.load(Ordering::Acquire) > self.cap.limit
+        // The cap in service, whichever policy version's fence this is.
+        self.cap.in_flight() + self.held.idle.load(Ordering::Acquire)
+            > self.held.limit.load(Ordering::Relaxed)
     }
 
     /// May one more idle connection to the app be kept? Only while its

@@ -150,15 +150,15 @@ pub async fn wait_for_fence(ctx: &mut RequestCtx) -> Result<(), GatewayError> {
     if ctx.attempts > 0 || ctx.fence.is_some() {
         return Ok(());
     }
-    let Some(fence) = ctx
+    // Most apps have no queue: nothing to take (not even the fence's
+    // `Arc`) for them.
+    let Some((fence, wait_ms)) = ctx
         .active
         .as_ref()
         .zip(ctx.app)
-        .and_then(|(active, app)| active.fences.get(app).cloned())
+        .and_then(|(active, app)| active.fences.get(app))
+        .and_then(|f| f.queue().map(|(_, wait_ms)| (Arc::clone(f), wait_ms)))
     else {
-        return Ok(());
-    };
-    let Some((_, wait_ms)) = fence.queue() else {
         return Ok(());
     };
     let start = Instant::now();
@@ -178,15 +178,15 @@ pub async fn wait_for_fence(ctx: &mut RequestCtx) -> Result<(), GatewayError> {
             Err(Kept::Full) => {}
             Err(kept) => return Err(kept_error(kept)),
         }
-        if place.is_none() {
+        let waited = if place.is_none() {
             // In the queue, try once more before waiting: a slot freed
             // before the queue counted this request woke nobody.
             place = fence.join_queue(ctx.priority);
-            if place.is_some() {
-                continue;
-            }
-        }
-        if place.is_none() || tokio::time::timeout_at(until.into(), freed).await.is_err() {
+            place.is_some()
+        } else {
+            tokio::time::timeout_at(until.into(), freed).await.is_ok()
+        };
+        if !waited {
             fence.note_shed();
             return Err(GatewayError::Shed);
         }

@@ -68,12 +68,11 @@ pub fn compile(sources: &[SourceFile]) -> Result<Bundle, PolicyErrors> {
             // A large file (consumers) is read one consumer at a time.
             match bulk::read(src, &mut hasher) {
                 bulk::Read::File(file) => {
-                    let apps = file.apps.iter().map(app_settings).collect();
-                    let canonical = Vec::new();
+                    // Its digest is written: no canonical form to keep.
                     let source = cache::PolicySource {
+                        apps: file.apps.iter().map(app_settings).collect(),
                         file,
-                        canonical,
-                        apps,
+                        canonical: Vec::new(),
                     };
                     parsed.push((src, Arc::new(source)));
                     continue;

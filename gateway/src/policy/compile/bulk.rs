@@ -62,7 +62,6 @@ pub fn read(src: &SourceFile, out: &mut Sha256) -> Read {
     let mut state = State {
         path: &src.path,
         hasher: out.clone(),
-        before: Vec::new(),
         rest: Map::new(),
         consumers: Vec::new(),
         count: 0,
@@ -95,14 +94,6 @@ pub fn read(src: &SourceFile, out: &mut Sha256) -> Read {
             Ok(_) => Read::Whole,
             Err(whole) => Read::Errors(vec![whole]),
         };
-    }
-    // Every key sorted before `consumers` must have come before it.
-    if state
-        .rest
-        .keys()
-        .any(|k| k.as_str() < "consumers" && !state.before.contains(k))
-    {
-        return Read::Whole;
     }
     let State {
         mut hasher,
@@ -158,8 +149,6 @@ struct State<'a> {
     path: &'a str,
     /// A copy of the version's hasher, written to as the file is read.
     hasher: Sha256,
-    /// The top-level keys read before `consumers`.
-    before: Vec<String>,
     /// The top-level values but `consumers`.
     rest: Map<String, Value>,
     /// The consumers that passed the schema.
@@ -271,7 +260,6 @@ impl<'de> Visitor<'de> for FileSeed<'_, '_> {
                 if state.seen_consumers {
                     return Err(state.read_whole());
                 }
-                state.before = state.rest.keys().cloned().collect();
                 state.begin_consumers();
                 map.next_value_seed(ConsumersSeed(state))?;
             } else {

@@ -56,13 +56,52 @@ struct Entry<T> {
 /// Entries used this recently are kept whatever compiled since.
 const KEEP_FOR: Duration = Duration::from_secs(30);
 
+/// Things of one kind, by the digest of what they were made from.
+struct Shelf<K, T> {
+    entries: HashMap<K, Entry<Arc<T>>>,
+}
+
+impl<K, T> Default for Shelf<K, T> {
+    fn default() -> Self {
+        Self {
+            entries: HashMap::new(),
+        }
+    }
+}
+
+impl<K: std::hash::Hash + Eq, T> Shelf<K, T> {
+    /// The thing under `key`, used by `compile`.
+    fn take(&mut self, key: &K, compile: u64) -> Option<Arc<T>> {
+        let e = self.entries.get_mut(key)?;
+        (e.used, e.at) = (compile, Instant::now());
+        Some(Arc::clone(&e.item))
+    }
+
+    /// Keep `item` under `key`, made by `compile`.
+    fn keep(&mut self, key: K, item: &Arc<T>, compile: u64) {
+        let entry = Entry {
+            item: Arc::clone(item),
+            used: compile,
+            at: Instant::now(),
+        };
+        self.entries.insert(key, entry);
+    }
+
+    /// Drop what neither a compile since `oldest` nor anyone in the last
+    /// [`KEEP_FOR`] used.
+    fn forget_unused(&mut self, oldest: u64, now: Instant) {
+        self.entries
+            .retain(|_, e| e.used >= oldest || now.duration_since(e.at) < KEEP_FOR);
+    }
+}
+
 #[derive(Default)]
 struct Cache {
     /// Compiles begun.
     compiles: u64,
-    documents: HashMap<(String, Digest32), Entry<Arc<Document>>>,
-    files: HashMap<(String, Digest32), Entry<Arc<PolicySource>>>,
-    apps: HashMap<Digest32, Entry<Arc<App>>>,
+    documents: Shelf<(String, Digest32), Document>,
+    files: Shelf<(String, Digest32), PolicySource>,
+    apps: Shelf<Digest32, App>,
 }
 
 fn cache() -> MutexGuard<'static, Cache> {
@@ -92,21 +131,13 @@ impl Session {
     pub fn document(&self, path: &str, text: &str) -> Result<Arc<Document>, PolicyError> {
         let digest: Digest32 = Sha256::digest(text).into();
         let key = (path.to_string(), digest);
-        if let Some(e) = cache().documents.get_mut(&key) {
-            (e.used, e.at) = (self.compile, Instant::now());
-            return Ok(Arc::clone(&e.item));
+        if let Some(doc) = cache().documents.take(&key, self.compile) {
+            return Ok(doc);
         }
         // Parsed without the lock: another compile may parse it too.
         let value = crate::contract::documents::parse_text(path, text)?;
         let doc = Arc::new(Document::with_digest(path, value, digest));
-        cache().documents.insert(
-            key,
-            Entry {
-                item: Arc::clone(&doc),
-                used: self.compile,
-                at: Instant::now(),
-            },
-        );
+        cache().documents.keep(key, &doc, self.compile);
         Ok(doc)
     }
 
@@ -123,9 +154,8 @@ impl Session {
             return read().map(Arc::new);
         }
         let key = (path.to_string(), Sha256::digest(text).into());
-        if let Some(e) = cache().files.get_mut(&key) {
-            (e.used, e.at) = (self.compile, Instant::now());
-            return Ok(Arc::clone(&e.item));
+        if let Some(source) = cache().files.take(&key, self.compile) {
+            return Ok(source);
         }
         let source = Arc::new(read()?);
         if !source.file.consumers.is_empty() {
@@ -133,35 +163,18 @@ impl Session {
             // declarations are not held between compiles.
             return Ok(source);
         }
-        cache().files.insert(
-            key,
-            Entry {
-                item: Arc::clone(&source),
-                used: self.compile,
-                at: Instant::now(),
-            },
-        );
+        cache().files.keep(key, &source, self.compile);
         Ok(source)
     }
 
     /// The app compiled from inputs with `digest`, if one was.
     pub fn app(&self, digest: &Digest32) -> Option<Arc<App>> {
-        let mut c = cache();
-        let e = c.apps.get_mut(digest)?;
-        (e.used, e.at) = (self.compile, Instant::now());
-        Some(Arc::clone(&e.item))
+        cache().apps.take(digest, self.compile)
     }
 
     /// Keep `app`, compiled from inputs with `digest`, for later compiles.
     pub fn keep_app(&self, digest: Digest32, app: &Arc<App>) {
-        cache().apps.insert(
-            digest,
-            Entry {
-                item: Arc::clone(app),
-                used: self.compile,
-                at: Instant::now(),
-            },
-        );
+        cache().apps.keep(digest, app, self.compile);
     }
 }
 
@@ -170,10 +183,9 @@ impl Drop for Session {
         let oldest = self.compile.saturating_sub(1);
         let now = Instant::now();
         let mut c = cache();
-        let keep = |used: u64, at: Instant| used >= oldest || now.duration_since(at) < KEEP_FOR;
-        c.documents.retain(|_, e| keep(e.used, e.at));
-        c.files.retain(|_, e| keep(e.used, e.at));
-        c.apps.retain(|_, e| keep(e.used, e.at));
+        c.documents.forget_unused(oldest, now);
+        c.files.forget_unused(oldest, now);
+        c.apps.forget_unused(oldest, now);
     }
 }
 
@@ -205,13 +217,19 @@ mod tests {
         // more compiles that do not use it drop it.
         drop(Session::begin());
         drop(Session::begin());
-        assert!(cache().documents.contains_key(&key), "kept for a while");
+        assert!(
+            cache().documents.entries.contains_key(&key),
+            "kept for a while"
+        );
         let long_ago = Instant::now().checked_sub(KEEP_FOR * 2).expect("an uptime");
-        if let Some(e) = cache().documents.get_mut(&key) {
+        if let Some(e) = cache().documents.entries.get_mut(&key) {
             e.at = long_ago;
         }
         drop(Session::begin());
         drop(Session::begin());
-        assert!(!cache().documents.contains_key(&key), "then dropped");
+        assert!(
+            !cache().documents.entries.contains_key(&key),
+            "then dropped"
+        );
     }
 }
